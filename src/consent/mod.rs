@@ -1,0 +1,214 @@
+//! The consent gate (CONTRACT §4): which purposes a user granted, and what that
+//! allows. Pure: no I/O, no clock.
+
+use crate::model::{ConsentChange, Event, PersonalizationLevel};
+
+/// A purpose a user can grant. Channel purposes say where personalization may be used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Purpose {
+    Personalization,
+    Location,
+    PreciseLocation,
+    Sensitive,
+    Measurement,
+    Web,
+    Email,
+    Push,
+    Ads,
+}
+
+impl Purpose {
+    /// Every purpose, in the order the contract lists them.
+    pub const ALL: [Purpose; 9] = [
+        Self::Personalization,
+        Self::Location,
+        Self::PreciseLocation,
+        Self::Sensitive,
+        Self::Measurement,
+        Self::Web,
+        Self::Email,
+        Self::Push,
+        Self::Ads,
+    ];
+
+    /// The channel purposes, in the canonical order channel lists are published in.
+    pub const CHANNELS: [Purpose; 4] = [Self::Web, Self::Email, Self::Push, Self::Ads];
+
+    /// The name used in `ConsentChange.granted` and in channel lists.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Personalization => "personalization",
+            Self::Location => "location",
+            Self::PreciseLocation => "precise_location",
+            Self::Sensitive => "sensitive",
+            Self::Measurement => "measurement",
+            Self::Web => "web",
+            Self::Email => "email",
+            Self::Push => "push",
+            Self::Ads => "ads",
+        }
+    }
+
+    /// The purpose named `name`, if it is one.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|purpose| purpose.as_str() == name)
+    }
+
+    fn bit(self) -> u16 {
+        1 << self as u16
+    }
+}
+
+/// A set of purposes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Purposes(u16);
+
+impl Purposes {
+    /// The empty set.
+    pub const NONE: Purposes = Purposes(0);
+
+    /// Whether `purpose` is in the set.
+    pub fn contains(self, purpose: Purpose) -> bool {
+        self.0 & purpose.bit() != 0
+    }
+
+    /// Whether every purpose of `other` is in the set.
+    pub fn contains_all(self, other: Purposes) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// The set with `purpose` added.
+    pub fn with(self, purpose: Purpose) -> Self {
+        Self(self.0 | purpose.bit())
+    }
+
+    /// The set with `purpose` removed.
+    pub fn without(self, purpose: Purpose) -> Self {
+        Self(self.0 & !purpose.bit())
+    }
+
+    /// The intersection of two sets.
+    pub fn intersect(self, other: Purposes) -> Self {
+        Self(self.0 & other.0)
+    }
+
+    /// The purposes of the set, in contract order.
+    pub fn iter(self) -> impl Iterator<Item = Purpose> {
+        Purpose::ALL.into_iter().filter(move |purpose| self.contains(*purpose))
+    }
+
+    /// The channel purposes of the set as published names, in canonical order.
+    pub fn channel_names(self) -> Vec<String> {
+        Purpose::CHANNELS
+            .into_iter()
+            .filter(|channel| self.contains(*channel))
+            .map(|channel| channel.as_str().to_owned())
+            .collect()
+    }
+
+    /// Parses purpose names; names that are not purposes are ignored so that a
+    /// consent tool may record purposes this version does not know yet.
+    pub fn from_names<S: AsRef<str>>(names: &[S]) -> Self {
+        names
+            .iter()
+            .filter_map(|name| Purpose::parse(name.as_ref()))
+            .fold(Self::NONE, Self::with)
+    }
+}
+
+impl FromIterator<Purpose> for Purposes {
+    fn from_iter<I: IntoIterator<Item = Purpose>>(iter: I) -> Self {
+        iter.into_iter().fold(Self::NONE, Self::with)
+    }
+}
+
+/// The consent in force for one user: the newest `ConsentChange` ingested,
+/// plus what later events' GPC signals took away.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConsentInForce {
+    pub granted: Purposes,
+    pub level: PersonalizationLevel,
+    pub source: String,
+    /// When the user chose (event time of the `ConsentChange`).
+    pub ts: i64,
+    /// A GPC signal removed `ads` until a newer `ConsentChange` grants it again.
+    pub gpc_opt_out: bool,
+}
+
+impl ConsentInForce {
+    /// The consent recorded by `change`.
+    pub fn from_change(change: &ConsentChange) -> Self {
+        Self {
+            granted: Purposes::from_names(&change.granted),
+            level: change.level,
+            source: change.source.clone(),
+            ts: change.ts,
+            gpc_opt_out: false,
+        }
+    }
+
+    /// Whether a profile may exist at all: `personalization` granted and a level above NONE.
+    pub fn allows_profile(&self) -> bool {
+        self.granted.contains(Purpose::Personalization) && self.level != PersonalizationLevel::None
+    }
+
+    /// The purposes in force, after GPC.
+    pub fn effective(&self) -> Purposes {
+        if self.gpc_opt_out {
+            self.granted.without(Purpose::Ads)
+        } else {
+            self.granted
+        }
+    }
+}
+
+/// Why an event was not applied. Bounded: used as a metric label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// No `ConsentChange` known for the user.
+    NoConsent,
+    /// `personalization` not granted.
+    NoPersonalization,
+    /// Level NONE.
+    LevelNone,
+    /// A location event without `location`.
+    NoLocation,
+}
+
+impl DropReason {
+    /// Every reason, for reporting.
+    pub const ALL: [DropReason; 4] = [
+        Self::NoConsent,
+        Self::NoPersonalization,
+        Self::LevelNone,
+        Self::NoLocation,
+    ];
+
+    /// Metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NoConsent => "no_consent",
+            Self::NoPersonalization => "no_personalization",
+            Self::LevelNone => "level_none",
+            Self::NoLocation => "no_location",
+        }
+    }
+}
+
+/// Decides whether `event` may be applied under `consent` (fail closed).
+pub fn admit(event: &Event, consent: Option<&ConsentInForce>) -> Result<(), DropReason> {
+    let consent = consent.ok_or(DropReason::NoConsent)?;
+    if !consent.granted.contains(Purpose::Personalization) {
+        return Err(DropReason::NoPersonalization);
+    }
+    if consent.level == PersonalizationLevel::None {
+        return Err(DropReason::LevelNone);
+    }
+    if matches!(event, Event::Location(_)) && !consent.granted.contains(Purpose::Location) {
+        return Err(DropReason::NoLocation);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,427 @@
+//! The pure core: one input record in, its effect on state and the profile
+//! update (if any) out. decode → validate → consent gate → facts → segments →
+//! profile diff. No I/O and no clock: `now_ms` comes in as an argument.
+//! The Kafka pipeline, `tactful demo` and the benchmark all drive this type.
+
+use crate::codec::{Codec, DecodeError, Decoded};
+use crate::consent::{self, ConsentInForce, DropReason, Purpose};
+use crate::model::{ConsentChange, Event, InputKind, Membership, PersonalizationLevel, ProfileUpdate};
+use crate::segments::engine::{arm, evaluate, render_reason};
+use crate::segments::{Catalogue, Segment, Tier};
+use crate::state::{hash_value, BrowseFact, ItemFact, LocationFact, PublishedProfile, PurchaseFact, UserState};
+use dashmap::DashMap;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+/// Without `precise_location`, coordinates are snapped to the centre of a grid
+/// cell this many degrees wide: 0.05° is about 5.6 km of latitude.
+pub const COARSE_GRID_DEGREES: f64 = 0.05;
+
+/// Why a record is bad input (CONTRACT §6). The producer's to fix.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum Rejection {
+    #[error("the key is missing or not UTF-8")]
+    BadKey,
+    #[error("the key differs from the record's user_id")]
+    KeyMismatch,
+    #[error("the event has no value")]
+    NoValue,
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error("absurd value: {0}")]
+    AbsurdValue(&'static str),
+}
+
+impl Rejection {
+    /// Bounded label for metrics and dead-letter headers.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::BadKey => "bad_key",
+            Self::KeyMismatch => "key_mismatch",
+            Self::NoValue => "no_value",
+            Self::Decode(error) => error.reason(),
+            Self::AbsurdValue(_) => "absurd_value",
+        }
+    }
+}
+
+/// What happened to a record.
+#[derive(Debug, PartialEq)]
+pub enum Outcome {
+    /// An event or consent change was applied.
+    Applied,
+    /// An event was dropped by the consent gate; nothing derived from it is kept.
+    Dropped(DropReason),
+    /// A bad record: counted and dead-lettered.
+    Rejected(Rejection),
+}
+
+/// A record to publish on `profiles.updates`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Output {
+    Update(ProfileUpdate),
+    /// The user was erased: a null value under their key.
+    Tombstone { user_id: String },
+}
+
+impl Output {
+    /// The record key.
+    pub fn user_id(&self) -> &str {
+        match self {
+            Self::Update(update) => &update.user_id,
+            Self::Tombstone { user_id } => user_id,
+        }
+    }
+}
+
+/// The result of processing one record.
+#[derive(Debug, PartialEq)]
+pub struct Processed {
+    pub outcome: Outcome,
+    pub output: Option<Output>,
+}
+
+impl Processed {
+    fn without_output(outcome: Outcome) -> Self {
+        Self { outcome, output: None }
+    }
+}
+
+/// Settings of the core that come from configuration.
+#[derive(Clone, Debug)]
+pub struct CoreSettings {
+    /// Product categories that need the `sensitive` purpose.
+    pub sensitive_categories: Vec<String>,
+    /// A record whose time is further than this from now is an absurd value.
+    pub event_time_tolerance_ms: i64,
+}
+
+/// The consent-gated segment engine over sharded in-memory state.
+pub struct Processor {
+    codec: Codec,
+    catalogue: Catalogue,
+    sensitive_categories: HashSet<u64>,
+    event_time_tolerance_ms: i64,
+    /// Per-user state, sharded by user id (DashMap shards by key hash).
+    users: DashMap<String, UserState>,
+    /// Current members per segment, by catalogue index; kept in step with
+    /// every published change so reading it costs nothing.
+    members: Vec<AtomicI64>,
+}
+
+impl Processor {
+    /// A processor for `catalogue`.
+    pub fn new(codec: Codec, catalogue: Catalogue, settings: &CoreSettings) -> Self {
+        let members = catalogue.segments.iter().map(|_| AtomicI64::new(0)).collect();
+        Self {
+            codec,
+            catalogue,
+            sensitive_categories: settings.sensitive_categories.iter().map(|name| hash_value(name)).collect(),
+            event_time_tolerance_ms: settings.event_time_tolerance_ms,
+            users: DashMap::new(),
+            members,
+        }
+    }
+
+    /// The codec, for encoding outputs.
+    pub fn codec(&self) -> &Codec {
+        &self.codec
+    }
+
+    /// The segment catalogue in force.
+    pub fn catalogue(&self) -> &Catalogue {
+        &self.catalogue
+    }
+
+    /// Current member count per segment id, in catalogue order.
+    pub fn segment_sizes(&self) -> Vec<(&str, i64)> {
+        self.catalogue
+            .segments
+            .iter()
+            .zip(&self.members)
+            .map(|(segment, members)| (segment.id.as_str(), members.load(Ordering::Relaxed)))
+            .collect()
+    }
+
+    /// Number of users with any state (consent or facts).
+    pub fn user_count(&self) -> usize {
+        self.users.len()
+    }
+
+    /// The current memberships of `user_id`, if a profile is published.
+    pub fn memberships(&self, user_id: &str) -> Option<Vec<Membership>> {
+        let state = self.users.get(user_id)?;
+        state.published.as_ref().map(|profile| profile.segments.clone())
+    }
+
+    /// Processes one input record of `kind`, read at processing time `now_ms`.
+    pub fn process(&self, kind: InputKind, key: Option<&[u8]>, value: Option<&[u8]>, now_ms: i64) -> Processed {
+        let Some(key) = key.and_then(|key| std::str::from_utf8(key).ok()).filter(|key| !key.is_empty()) else {
+            return Processed::without_output(Outcome::Rejected(Rejection::BadKey));
+        };
+        let Some(value) = value else {
+            return match kind {
+                InputKind::Consent => self.forget(key),
+                _ => Processed::without_output(Outcome::Rejected(Rejection::NoValue)),
+            };
+        };
+        let result = self
+            .codec
+            .decode(kind, value)
+            .map_err(Rejection::from)
+            .and_then(|decoded| self.validate(key, decoded, now_ms));
+        match result {
+            Err(rejection) => Processed::without_output(Outcome::Rejected(rejection)),
+            Ok(Decoded::Consent(change)) => self.apply_consent(change, now_ms),
+            Ok(Decoded::Event(event)) => self.apply_event(event, now_ms),
+        }
+    }
+
+    fn validate(&self, key: &str, decoded: Decoded, now_ms: i64) -> Result<Decoded, Rejection> {
+        let (user_id, ts) = match &decoded {
+            Decoded::Event(event) => (event.user_id(), event.ts()),
+            Decoded::Consent(change) => (change.user_id.as_str(), change.ts),
+        };
+        if user_id != key {
+            return Err(Rejection::KeyMismatch);
+        }
+        if ts.abs_diff(now_ms) > self.event_time_tolerance_ms.unsigned_abs() {
+            return Err(Rejection::AbsurdValue("timestamp too far from now"));
+        }
+        match &decoded {
+            Decoded::Event(Event::Location(location)) => {
+                if !(location.lat.is_finite() && (-90.0..=90.0).contains(&location.lat)) {
+                    return Err(Rejection::AbsurdValue("latitude outside -90..90"));
+                }
+                if !(location.lon.is_finite() && (-180.0..=180.0).contains(&location.lon)) {
+                    return Err(Rejection::AbsurdValue("longitude outside -180..180"));
+                }
+            }
+            Decoded::Event(Event::Purchase(purchase)) => {
+                if purchase.total_cents < 0 {
+                    return Err(Rejection::AbsurdValue("negative total_cents"));
+                }
+                if purchase.items.iter().any(|item| item.quantity < 0 || item.price_cents < 0) {
+                    return Err(Rejection::AbsurdValue("negative quantity or price_cents"));
+                }
+            }
+            _ => {}
+        }
+        Ok(decoded)
+    }
+
+    /// A consent tombstone: forget the user entirely.
+    fn forget(&self, user_id: &str) -> Processed {
+        let output = match self.users.remove(user_id) {
+            Some((user_id, state)) => {
+                self.count_members(state.published.as_ref(), None);
+                state.holds_profile_data().then_some(Output::Tombstone { user_id })
+            }
+            None => None,
+        };
+        Processed { outcome: Outcome::Applied, output }
+    }
+
+    fn apply_consent(&self, change: ConsentChange, now_ms: i64) -> Processed {
+        let consent = ConsentInForce::from_change(&change);
+        let mut state = self.users.entry(change.user_id.clone()).or_default();
+        let output = if consent.allows_profile() {
+            if !consent.granted.contains(Purpose::Location) {
+                state.history.locations.clear();
+            } else if !consent.granted.contains(Purpose::PreciseLocation) {
+                for location in &mut state.history.locations {
+                    (location.lat, location.lon) = coarsen(location.lat, location.lon);
+                }
+            }
+            if !consent.granted.contains(Purpose::Sensitive) {
+                state.history.forget_sensitive();
+            }
+            state.consent = Some(consent);
+            self.refresh(&change.user_id, &mut state, change.ts, now_ms).map(Output::Update)
+        } else {
+            // Withdrawal: erase everything built for the user; keep only the
+            // refusal itself so later events are dropped.
+            let erase = state.holds_profile_data();
+            self.count_members(state.published.as_ref(), None);
+            state.history = Default::default();
+            state.published = None;
+            state.consent = Some(consent);
+            erase.then(|| Output::Tombstone { user_id: change.user_id.clone() })
+        };
+        Processed { outcome: Outcome::Applied, output }
+    }
+
+    fn apply_event(&self, event: Event, now_ms: i64) -> Processed {
+        let Some(mut state) = self.users.get_mut(event.user_id()) else {
+            return Processed::without_output(Outcome::Dropped(DropReason::NoConsent));
+        };
+        if let Err(reason) = consent::admit(&event, state.consent.as_ref()) {
+            return Processed::without_output(Outcome::Dropped(reason));
+        }
+        let Some(consent) = state.consent.as_mut() else {
+            return Processed::without_output(Outcome::Dropped(DropReason::NoConsent));
+        };
+        if event.consent().is_some_and(|signals| signals.gpc) {
+            consent.gpc_opt_out = true;
+        }
+        let granted = consent.granted;
+        let ts = event.ts();
+        let history = &mut state.history;
+        match &event {
+            Event::Browse(browse) => {
+                let category = browse.category.as_deref().map(hash_value);
+                // Nothing about a product in a sensitive category is kept without consent.
+                let hidden = category.is_some_and(|category| self.sensitive_categories.contains(&category))
+                    && !granted.contains(Purpose::Sensitive);
+                insert_by_time(
+                    &mut history.browses,
+                    BrowseFact {
+                        ts,
+                        page_type: hash_value(&browse.page_type),
+                        category: if hidden { None } else { category },
+                        product: if hidden { None } else { browse.product_id.as_deref().map(hash_value) },
+                    },
+                    |fact| fact.ts,
+                );
+            }
+            Event::Purchase(purchase) => {
+                let mut total_cents = purchase.total_cents;
+                let mut items = Vec::with_capacity(purchase.items.len());
+                for item in &purchase.items {
+                    let category = hash_value(&item.category);
+                    let sensitive = self.sensitive_categories.contains(&category);
+                    let amount = item.price_cents.saturating_mul(i64::from(item.quantity));
+                    if sensitive && !granted.contains(Purpose::Sensitive) {
+                        total_cents = total_cents.saturating_sub(amount).max(0);
+                        continue;
+                    }
+                    items.push(ItemFact {
+                        category,
+                        product: hash_value(&item.product_id),
+                        quantity: item.quantity,
+                        price_cents: item.price_cents,
+                        sensitive,
+                    });
+                }
+                if !items.is_empty() || purchase.items.is_empty() {
+                    let currency = hash_value(&purchase.currency);
+                    let fact = PurchaseFact { ts, currency, total_cents, items };
+                    insert_by_time(&mut history.purchases, fact, |fact| fact.ts);
+                }
+            }
+            Event::Location(location) => {
+                let (lat, lon) = if granted.contains(Purpose::PreciseLocation) {
+                    (location.lat, location.lon)
+                } else {
+                    coarsen(location.lat, location.lon)
+                };
+                insert_by_time(&mut history.locations, LocationFact { ts, lat, lon }, |fact| fact.ts);
+            }
+        }
+        state.clock = state.clock.max(ts);
+        let clock = state.clock;
+        let output = self.refresh(event.user_id(), &mut state, clock, now_ms).map(Output::Update);
+        Processed { outcome: Outcome::Applied, output }
+    }
+
+    /// Re-evaluates every segment the user's consent allows and returns the
+    /// update to publish, if anything changed.
+    fn refresh(&self, user_id: &str, state: &mut UserState, change_ts: i64, now_ms: i64) -> Option<ProfileUpdate> {
+        let consent = state.consent.as_ref()?;
+        let granted = consent.effective();
+        let level = consent.level;
+        let now = state.clock;
+        state.history.prune(now, &self.catalogue.retention);
+        let previous = state.published.as_ref().map(|profile| profile.segments.as_slice()).unwrap_or_default();
+        let mut segments = Vec::new();
+        for segment in &self.catalogue.segments {
+            if !eligible(segment, level, granted) {
+                continue;
+            }
+            let mut captures = vec![0.0; segment.captures.len()];
+            if !evaluate(&segment.rule, &state.history, now, &mut captures) {
+                continue;
+            }
+            let since = previous
+                .iter()
+                .find(|membership| membership.id == segment.id)
+                .map_or(now, |membership| membership.since);
+            segments.push(Membership {
+                id: segment.id.clone(),
+                since,
+                reason: render_reason(&segment.reason, &captures),
+                channels: segment.channels.intersect(granted).channel_names(),
+                arm: arm(segment, user_id),
+            });
+        }
+        segments.sort_by(|a, b| a.id.cmp(&b.id));
+        let profile = PublishedProfile { level, channels: granted.channel_names(), segments };
+        if state.published.as_ref() == Some(&profile) || (state.published.is_none() && profile.segments.is_empty()) {
+            return None;
+        }
+        let entered = ids_missing_from(&profile.segments, previous);
+        let exited = ids_missing_from(previous, &profile.segments);
+        self.count_members(state.published.as_ref(), Some(&profile));
+        let update = ProfileUpdate {
+            user_id: user_id.to_owned(),
+            version: state.next_version(now_ms),
+            ts: change_ts,
+            level: profile.level,
+            channels: profile.channels.clone(),
+            segments: profile.segments.clone(),
+            entered,
+            exited,
+        };
+        state.published = Some(profile);
+        Some(update)
+    }
+
+    fn count_members(&self, before: Option<&PublishedProfile>, after: Option<&PublishedProfile>) {
+        let adjust = |profile: Option<&PublishedProfile>, delta: i64| {
+            for membership in profile.map(|profile| profile.segments.as_slice()).unwrap_or_default() {
+                if let Some(index) = self.catalogue.segments.iter().position(|segment| segment.id == membership.id) {
+                    self.members[index].fetch_add(delta, Ordering::Relaxed);
+                }
+            }
+        };
+        adjust(before, -1);
+        adjust(after, 1);
+    }
+}
+
+/// Whether the user's level and purposes allow computing `segment` at all.
+fn eligible(segment: &Segment, level: PersonalizationLevel, granted: consent::Purposes) -> bool {
+    let tier_allowed = match (segment.tier, level) {
+        (_, PersonalizationLevel::None) => false,
+        (Tier::Light, _) => true,
+        (Tier::Full, PersonalizationLevel::Full) => true,
+        (Tier::Sensitive, PersonalizationLevel::Full) => granted.contains(Purpose::Sensitive),
+        (_, PersonalizationLevel::Light) => false,
+    };
+    tier_allowed && granted.contains_all(segment.needs)
+}
+
+fn ids_missing_from(these: &[Membership], those: &[Membership]) -> Vec<String> {
+    these
+        .iter()
+        .filter(|membership| !those.iter().any(|other| other.id == membership.id))
+        .map(|membership| membership.id.clone())
+        .collect()
+}
+
+/// Snaps coordinates to the centre of their coarse grid cell.
+pub fn coarsen(lat: f64, lon: f64) -> (f64, f64) {
+    let snap = |degrees: f64| ((degrees / COARSE_GRID_DEGREES).floor() + 0.5) * COARSE_GRID_DEGREES;
+    (snap(lat).clamp(-90.0, 90.0), snap(lon).clamp(-180.0, 180.0))
+}
+
+/// Inserts `fact` keeping the list sorted by time; events mostly arrive in
+/// order, so this is a push in the common case.
+fn insert_by_time<T>(facts: &mut std::collections::VecDeque<T>, fact: T, ts: impl Fn(&T) -> i64) {
+    let fact_ts = ts(&fact);
+    let position = facts.iter().rposition(|existing| ts(existing) <= fact_ts).map_or(0, |index| index + 1);
+    facts.insert(position, fact);
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,576 @@
+//! Segment definitions: the file as written (serde) and its validated,
+//! compiled form the engine runs. See `deploy/segments.toml` and the README.
+
+use crate::consent::{Purpose, Purposes};
+use crate::state::{hash_value, Retention};
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashSet};
+use toml::Spanned;
+
+/// Without `precise_location`, coordinates are coarsened to cells of about
+/// this size, so a geofence smaller than it needs `precise_location`.
+pub const COARSE_PRECISION_M: f64 = 5_000.0;
+
+/// A segment file that cannot be used, with where and why. The author's to fix.
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("{file}:{line}:{column}: {message}")]
+pub struct DefinitionError {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+/// How much consent a segment needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    /// Allowed at level LIGHT and FULL.
+    Light,
+    /// Allowed at level FULL.
+    Full,
+    /// Allowed at level FULL with the `sensitive` purpose.
+    Sensitive,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSpec {
+    #[serde(default)]
+    places: BTreeMap<String, PlaceSpec>,
+    #[serde(default, rename = "segment")]
+    segments: Vec<Spanned<SegmentSpec>>,
+}
+
+#[derive(Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlaceSpec {
+    lat: f64,
+    lon: f64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SegmentSpec {
+    id: String,
+    description: String,
+    tier: Tier,
+    channels: Vec<String>,
+    reason: String,
+    #[serde(default)]
+    holdout: Option<f64>,
+    rule: RuleSpec,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleSpec {
+    all: Option<Vec<RuleSpec>>,
+    any: Option<Vec<RuleSpec>>,
+    not: Option<Box<RuleSpec>>,
+    count: Option<MeasureSpec>,
+    sum: Option<MeasureSpec>,
+    distinct_days: Option<MeasureSpec>,
+    distinct: Option<MeasureSpec>,
+    most_common: Option<MeasureSpec>,
+    near: Option<MeasureSpec>,
+    at_least: Option<f64>,
+    at_most: Option<f64>,
+    equals: Option<f64>,
+    more_than: Option<f64>,
+    less_than: Option<f64>,
+    #[serde(rename = "as")]
+    capture: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MeasureSpec {
+    of: Option<String>,
+    field: Option<String>,
+    #[serde(default, rename = "where")]
+    filter: BTreeMap<String, OneOrMany>,
+    within: Option<String>,
+    last: Option<usize>,
+    places: Option<Vec<String>>,
+    radius_m: Option<f64>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// Which facts a measure reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    Browse,
+    Purchase,
+    /// Each line of each purchase.
+    PurchaseItem,
+    Location,
+}
+
+/// A field a filter or a `distinct`/`most_common` measure reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Field {
+    PageType,
+    Category,
+    ProductId,
+    Currency,
+}
+
+/// One `where` condition: the field equals one of the (hashed) values.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Filter {
+    pub field: Field,
+    pub any_of: Vec<u64>,
+}
+
+/// What a leaf rule measures over a user's facts.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Measure {
+    Count { source: Source, filters: Vec<Filter>, window_ms: i64 },
+    /// Sum of amounts in cents: a purchase's total, or an item's price × quantity.
+    Sum { source: Source, filters: Vec<Filter>, window_ms: i64 },
+    DistinctDays { source: Source, filters: Vec<Filter>, window_ms: i64 },
+    Distinct { source: Source, filters: Vec<Filter>, field: Field, window_ms: i64 },
+    /// How many of the last `last` matching events share the most common value
+    /// of `field`; 0 while there are fewer than `last`.
+    MostCommon { source: Source, filters: Vec<Filter>, field: Field, last: usize },
+    /// Location events within `radius_m` of any of `places`.
+    Near { places: Vec<(f64, f64)>, radius_m: f64, window_ms: i64 },
+}
+
+/// A comparison of a measure with a number.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Comparison {
+    AtLeast(f64),
+    AtMost(f64),
+    Equals(f64),
+    MoreThan(f64),
+    LessThan(f64),
+}
+
+impl Comparison {
+    /// Whether `value` satisfies the comparison.
+    pub fn holds(self, value: f64) -> bool {
+        match self {
+            Self::AtLeast(bound) => value >= bound,
+            Self::AtMost(bound) => value <= bound,
+            Self::Equals(bound) => value == bound,
+            Self::MoreThan(bound) => value > bound,
+            Self::LessThan(bound) => value < bound,
+        }
+    }
+}
+
+/// A compiled rule.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Rule {
+    All(Vec<Rule>),
+    Any(Vec<Rule>),
+    Not(Box<Rule>),
+    Compare {
+        measure: Measure,
+        comparison: Comparison,
+        /// Index of the value in the reason template's captures.
+        capture: Option<usize>,
+    },
+}
+
+/// One piece of a reason template.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TemplatePart {
+    Text(String),
+    /// A captured value printed as a whole number.
+    Number(usize),
+    /// A captured amount in cents printed with two decimals.
+    Cents(usize),
+}
+
+/// A compiled segment.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Segment {
+    pub id: String,
+    pub description: String,
+    pub tier: Tier,
+    /// The channels the segment may be used on.
+    pub channels: Purposes,
+    /// The purposes the rule's reads need, derived from the rule.
+    pub needs: Purposes,
+    pub reason: Vec<TemplatePart>,
+    pub holdout: Option<f64>,
+    pub rule: Rule,
+    /// Names of the values the rule captures (`as = ...`), by index.
+    pub captures: Vec<String>,
+}
+
+/// The validated segment catalogue.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Catalogue {
+    pub segments: Vec<Segment>,
+    /// How long facts must be kept for these segments.
+    pub retention: Retention,
+}
+
+/// The default catalogue shipped with tactful.
+pub const DEFAULT_SEGMENTS: &str = include_str!("../../deploy/segments.toml");
+
+/// Builds a `DefinitionError` at a byte offset of the source text.
+fn error_at(file: &str, source: &str, offset: usize, message: String) -> DefinitionError {
+    let before = &source[..offset.min(source.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |newline| newline + 1) + 1;
+    DefinitionError {
+        file: file.to_owned(),
+        line,
+        column,
+        message,
+    }
+}
+
+/// Parses a duration such as `90d`, `1h`, `15m`, `30s` or `250ms` into milliseconds.
+pub fn parse_duration_ms(text: &str) -> Option<i64> {
+    let digits_end = text.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = text.split_at(digits_end);
+    let number: i64 = number.parse().ok()?;
+    let unit_ms = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return None,
+    };
+    number.checked_mul(unit_ms)
+}
+
+impl Catalogue {
+    /// Parses and validates a segment file. `sensitive_categories` are the
+    /// configured sensitive product categories; `max_retention_ms` bounds every window.
+    pub fn parse(
+        file: &str,
+        source: &str,
+        sensitive_categories: &[String],
+        max_retention_ms: i64,
+    ) -> Result<Self, DefinitionError> {
+        let spec: FileSpec = toml::from_str(source).map_err(|error| {
+            let offset = error.span().map_or(0, |span| span.start);
+            error_at(file, source, offset, error.message().to_owned())
+        })?;
+        let sensitive: HashSet<u64> = sensitive_categories.iter().map(|name| hash_value(name)).collect();
+        let mut retention = Retention {
+            max_ms: max_retention_ms,
+            ..Retention::default()
+        };
+        let mut segments = Vec::with_capacity(spec.segments.len());
+        let mut ids = HashSet::new();
+        for spanned in &spec.segments {
+            let at = |message: String| error_at(file, source, spanned.span().start, message);
+            let segment_spec = spanned.get_ref();
+            if !ids.insert(segment_spec.id.clone()) {
+                return Err(at(format!("segment `{}` is defined twice", segment_spec.id)));
+            }
+            let mut compiler = RuleCompiler {
+                places: &spec.places,
+                sensitive: &sensitive,
+                captures: Vec::new(),
+                needs: Purposes::NONE.with(Purpose::Personalization),
+                retention: &mut retention,
+            };
+            let rule = compiler
+                .compile(&segment_spec.rule)
+                .map_err(|message| at(format!("segment `{}`: {message}", segment_spec.id)))?;
+            let RuleCompiler { captures, needs, .. } = compiler;
+            let segment = compile_segment(segment_spec, rule, captures, needs)
+                .map_err(|message| at(format!("segment `{}`: {message}", segment_spec.id)))?;
+            segments.push(segment);
+        }
+        Ok(Self { segments, retention })
+    }
+
+    /// The default catalogue, with the given sensitive categories.
+    pub fn default_catalogue(sensitive_categories: &[String], max_retention_ms: i64) -> Self {
+        match Self::parse("deploy/segments.toml", DEFAULT_SEGMENTS, sensitive_categories, max_retention_ms) {
+            Ok(catalogue) => catalogue,
+            // The bundled file is tested; failing here is a build defect.
+            Err(error) => unreachable!("the bundled segment catalogue is invalid: {error}"),
+        }
+    }
+}
+
+fn compile_segment(
+    spec: &SegmentSpec,
+    rule: Rule,
+    captures: Vec<String>,
+    needs: Purposes,
+) -> Result<Segment, String> {
+    if spec.id.is_empty() || !spec.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err("an id is letters, digits and `_`".to_owned());
+    }
+    let mut channels = Purposes::NONE;
+    for name in &spec.channels {
+        match Purpose::parse(name).filter(|purpose| Purpose::CHANNELS.contains(purpose)) {
+            Some(channel) => channels = channels.with(channel),
+            None => return Err(format!("`{name}` is not a channel (web, email, push, ads)")),
+        }
+    }
+    if needs.contains(Purpose::Sensitive) && spec.tier != Tier::Sensitive {
+        return Err("it reads a sensitive category, so its tier must be `sensitive`".to_owned());
+    }
+    if let Some(share) = spec.holdout {
+        if !(0.0..1.0).contains(&share) {
+            return Err(format!("holdout {share} must be at least 0 and below 1"));
+        }
+    }
+    let reason = parse_template(&spec.reason, &captures)?;
+    Ok(Segment {
+        id: spec.id.clone(),
+        description: spec.description.clone(),
+        tier: spec.tier,
+        channels,
+        needs,
+        reason,
+        holdout: spec.holdout,
+        rule,
+        captures,
+    })
+}
+
+fn parse_template(text: &str, captures: &[String]) -> Result<Vec<TemplatePart>, String> {
+    let mut parts = Vec::new();
+    let mut rest = text;
+    while let Some(open) = rest.find('{') {
+        if open > 0 {
+            parts.push(TemplatePart::Text(rest[..open].to_owned()));
+        }
+        let close = rest[open..]
+            .find('}')
+            .ok_or_else(|| "the reason has a `{` without `}`".to_owned())?;
+        let placeholder = &rest[open + 1..open + close];
+        let (name, format) = placeholder.split_once(':').unwrap_or((placeholder, ""));
+        let index = captures
+            .iter()
+            .position(|capture| capture == name)
+            .ok_or_else(|| format!("the reason uses `{{{name}}}` but no rule captures it with `as = \"{name}\"`"))?;
+        parts.push(match format {
+            "" => TemplatePart::Number(index),
+            "cents" => TemplatePart::Cents(index),
+            other => return Err(format!("unknown format `{other}` in the reason (use `cents` or none)")),
+        });
+        rest = &rest[open + close + 1..];
+    }
+    if !rest.is_empty() {
+        parts.push(TemplatePart::Text(rest.to_owned()));
+    }
+    Ok(parts)
+}
+
+struct RuleCompiler<'a> {
+    places: &'a BTreeMap<String, PlaceSpec>,
+    sensitive: &'a HashSet<u64>,
+    captures: Vec<String>,
+    needs: Purposes,
+    retention: &'a mut Retention,
+}
+
+impl RuleCompiler<'_> {
+    fn compile(&mut self, spec: &RuleSpec) -> Result<Rule, String> {
+        let measures = [
+            ("count", &spec.count),
+            ("sum", &spec.sum),
+            ("distinct_days", &spec.distinct_days),
+            ("distinct", &spec.distinct),
+            ("most_common", &spec.most_common),
+            ("near", &spec.near),
+        ];
+        let given: Vec<&str> = [("all", spec.all.is_some()), ("any", spec.any.is_some()), ("not", spec.not.is_some())]
+            .into_iter()
+            .chain(measures.iter().map(|(name, measure)| (*name, measure.is_some())))
+            .filter_map(|(name, present)| present.then_some(name))
+            .collect();
+        if given.len() != 1 {
+            return Err(format!(
+                "a rule has exactly one of all, any, not, count, sum, distinct_days, distinct, most_common, near; found {}",
+                if given.is_empty() { "none".to_owned() } else { given.join(", ") }
+            ));
+        }
+        if let Some(rules) = &spec.all {
+            return Ok(Rule::All(self.compile_list(rules, "all")?));
+        }
+        if let Some(rules) = &spec.any {
+            return Ok(Rule::Any(self.compile_list(rules, "any")?));
+        }
+        if let Some(rule) = &spec.not {
+            return Ok(Rule::Not(Box::new(self.compile(rule)?)));
+        }
+        let comparisons = [
+            spec.at_least.map(Comparison::AtLeast),
+            spec.at_most.map(Comparison::AtMost),
+            spec.equals.map(Comparison::Equals),
+            spec.more_than.map(Comparison::MoreThan),
+            spec.less_than.map(Comparison::LessThan),
+        ];
+        let mut comparisons = comparisons.into_iter().flatten();
+        let (Some(comparison), None) = (comparisons.next(), comparisons.next()) else {
+            return Err(format!(
+                "`{}` needs exactly one of at_least, at_most, equals, more_than, less_than",
+                given[0]
+            ));
+        };
+        let (name, Some(measure_spec)) = measures.into_iter().find(|(_, measure)| measure.is_some()).unwrap_or(("", &None))
+        else {
+            return Err("a rule has no measure".to_owned());
+        };
+        let measure = self.compile_measure(name, measure_spec)?;
+        let capture = match &spec.capture {
+            Some(capture_name) if self.captures.contains(capture_name) => {
+                return Err(format!("`as = \"{capture_name}\"` is used twice"));
+            }
+            Some(capture_name) => {
+                self.captures.push(capture_name.clone());
+                Some(self.captures.len() - 1)
+            }
+            None => None,
+        };
+        Ok(Rule::Compare { measure, comparison, capture })
+    }
+
+    fn compile_list(&mut self, rules: &[RuleSpec], name: &str) -> Result<Vec<Rule>, String> {
+        if rules.is_empty() {
+            return Err(format!("`{name}` needs at least one rule"));
+        }
+        rules.iter().map(|rule| self.compile(rule)).collect()
+    }
+
+    fn window(&mut self, source: Source, within: Option<&str>) -> Result<i64, String> {
+        let text = within.ok_or("needs `within`, a window such as \"7d\"")?;
+        let window_ms = parse_duration_ms(text)
+            .ok_or_else(|| format!("`within = \"{text}\"` is not a duration (e.g. 90d, 1h, 15m, 30s)"))?;
+        if window_ms <= 0 || window_ms > self.retention.max_ms {
+            return Err(format!(
+                "`within = \"{text}\"` must be above zero and at most the maximum retention of {} days",
+                self.retention.max_ms / 86_400_000
+            ));
+        }
+        let kept = match source {
+            Source::Browse => &mut self.retention.browse_ms,
+            Source::Purchase | Source::PurchaseItem => &mut self.retention.purchase_ms,
+            Source::Location => &mut self.retention.location_ms,
+        };
+        *kept = (*kept).max(window_ms);
+        Ok(window_ms)
+    }
+
+    fn compile_measure(&mut self, name: &str, spec: &MeasureSpec) -> Result<Measure, String> {
+        if name == "near" {
+            return self.compile_near(spec);
+        }
+        let source = match spec.of.as_deref() {
+            Some("browse") => Source::Browse,
+            Some("purchase") => Source::Purchase,
+            Some("purchase_item") => Source::PurchaseItem,
+            Some("location") => Source::Location,
+            Some(other) => return Err(format!("`of = \"{other}\"` is not browse, purchase, purchase_item or location")),
+            None => return Err(format!("`{name}` needs `of` (browse, purchase, purchase_item or location)")),
+        };
+        if source == Source::Location {
+            self.needs = self.needs.with(Purpose::Location);
+        }
+        let filters = spec
+            .filter
+            .iter()
+            .map(|(field, values)| self.compile_filter(source, field, values))
+            .collect::<Result<Vec<_>, _>>()?;
+        let field = || -> Result<Field, String> {
+            let text = spec.field.as_deref().ok_or(format!("`{name}` needs `field`"))?;
+            parse_field(source, text)
+        };
+        Ok(match name {
+            "count" => Measure::Count { source, filters, window_ms: self.window(source, spec.within.as_deref())? },
+            "sum" => {
+                if !matches!(source, Source::Purchase | Source::PurchaseItem) {
+                    return Err("`sum` adds amounts in cents: `of` must be purchase or purchase_item".to_owned());
+                }
+                Measure::Sum { source, filters, window_ms: self.window(source, spec.within.as_deref())? }
+            }
+            "distinct_days" => {
+                Measure::DistinctDays { source, filters, window_ms: self.window(source, spec.within.as_deref())? }
+            }
+            "distinct" => {
+                let field = field()?;
+                Measure::Distinct { source, filters, field, window_ms: self.window(source, spec.within.as_deref())? }
+            }
+            _ => {
+                let field = field()?;
+                let last = spec.last.filter(|last| *last > 0).ok_or("`most_common` needs `last`, a count above zero")?;
+                if spec.within.is_some() {
+                    return Err("`most_common` reads the last N events; it takes `last`, not `within`".to_owned());
+                }
+                match source {
+                    Source::Purchase | Source::PurchaseItem => {
+                        self.retention.purchase_last = self.retention.purchase_last.max(last)
+                    }
+                    _ => return Err("`most_common` reads purchases or purchase items".to_owned()),
+                }
+                Measure::MostCommon { source, filters, field, last }
+            }
+        })
+    }
+
+    fn compile_filter(&mut self, source: Source, field: &str, values: &OneOrMany) -> Result<Filter, String> {
+        let field = parse_field(source, field)?;
+        let names: Vec<&String> = match values {
+            OneOrMany::One(value) => vec![value],
+            OneOrMany::Many(values) => values.iter().collect(),
+        };
+        let any_of: Vec<u64> = names.iter().map(|name| hash_value(name)).collect();
+        if field == Field::Category && any_of.iter().any(|hash| self.sensitive.contains(hash)) {
+            self.needs = self.needs.with(Purpose::Sensitive);
+        }
+        Ok(Filter { field, any_of })
+    }
+
+    fn compile_near(&mut self, spec: &MeasureSpec) -> Result<Measure, String> {
+        let names = spec.places.as_ref().filter(|names| !names.is_empty()).ok_or("`near` needs `places`, a list of place names")?;
+        let places = names
+            .iter()
+            .map(|name| {
+                self.places
+                    .get(name)
+                    .map(|place| (place.lat, place.lon))
+                    .ok_or_else(|| format!("place `{name}` is not defined under [places]"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let radius_m = spec.radius_m.filter(|radius| *radius > 0.0).ok_or("`near` needs `radius_m`, in metres above zero")?;
+        self.needs = self.needs.with(Purpose::Location);
+        if radius_m < COARSE_PRECISION_M {
+            self.needs = self.needs.with(Purpose::PreciseLocation);
+        }
+        let window_ms = self.window(Source::Location, spec.within.as_deref())?;
+        Ok(Measure::Near { places, radius_m, window_ms })
+    }
+}
+
+fn parse_field(source: Source, text: &str) -> Result<Field, String> {
+    let field = match text {
+        "page_type" => Field::PageType,
+        "category" => Field::Category,
+        "product_id" => Field::ProductId,
+        "currency" => Field::Currency,
+        other => return Err(format!("`{other}` is not a field (page_type, category, product_id, currency)")),
+    };
+    let fits = match source {
+        Source::Browse => field != Field::Currency,
+        Source::Purchase => field != Field::PageType,
+        Source::PurchaseItem => matches!(field, Field::Category | Field::ProductId),
+        Source::Location => false,
+    };
+    if !fits {
+        return Err(format!("`{text}` is not a field of this kind of event"));
+    }
+    Ok(field)
+}

@@ -1,0 +1,240 @@
+//! Evaluates compiled rules over a user's retained facts at an evaluation time.
+//! Pure: time comes in as an argument.
+
+use super::definition::{Field, Filter, Measure, Rule, Segment, Source, TemplatePart};
+use crate::state::{hash_value, BrowseFact, History, ItemFact, LocationFact, PurchaseFact};
+use std::ops::ControlFlow;
+
+const DAY_MS: i64 = 86_400_000;
+/// Mean Earth radius used by the haversine distance.
+const EARTH_RADIUS_M: f64 = 6_371_008.8;
+
+/// One retained fact as a measure sees it.
+#[derive(Clone, Copy)]
+enum Fact<'a> {
+    Browse(&'a BrowseFact),
+    Purchase(&'a PurchaseFact),
+    Item(i64, &'a ItemFact),
+    Location(&'a LocationFact),
+}
+
+impl Fact<'_> {
+    fn ts(self) -> i64 {
+        match self {
+            Self::Browse(fact) => fact.ts,
+            Self::Purchase(fact) => fact.ts,
+            Self::Item(ts, _) => ts,
+            Self::Location(fact) => fact.ts,
+        }
+    }
+
+    fn field(self, field: Field) -> Option<u64> {
+        match (self, field) {
+            (Self::Browse(fact), Field::PageType) => Some(fact.page_type),
+            (Self::Browse(fact), Field::Category) => fact.category,
+            (Self::Browse(fact), Field::ProductId) => fact.product,
+            (Self::Purchase(fact), Field::Currency) => Some(fact.currency),
+            // A purchase's product is its first line's; `most_common` of
+            // purchases compares what each order was mostly about.
+            (Self::Purchase(fact), Field::ProductId) => fact.items.first().map(|item| item.product),
+            (Self::Purchase(fact), Field::Category) => fact.items.first().map(|item| item.category),
+            (Self::Item(_, item), Field::Category) => Some(item.category),
+            (Self::Item(_, item), Field::ProductId) => Some(item.product),
+            _ => None,
+        }
+    }
+
+    fn matches(self, filter: &Filter) -> bool {
+        match self {
+            // A purchase matches a filter on its lines when any line does.
+            Self::Purchase(fact) if matches!(filter.field, Field::Category | Field::ProductId) => fact
+                .items
+                .iter()
+                .any(|item| Self::Item(fact.ts, item).matches(filter)),
+            _ => self.field(filter.field).is_some_and(|value| filter.any_of.contains(&value)),
+        }
+    }
+
+    fn amount_cents(self) -> i64 {
+        match self {
+            Self::Purchase(fact) => fact.total_cents,
+            Self::Item(_, item) => item.price_cents.saturating_mul(i64::from(item.quantity)),
+            _ => 0,
+        }
+    }
+}
+
+/// Visits the facts of `source` matching `filters`, newest first, until `visit` breaks.
+fn newest_first<'a>(
+    history: &'a History,
+    source: Source,
+    filters: &[Filter],
+    mut visit: impl FnMut(Fact<'a>) -> ControlFlow<()>,
+) {
+    let mut visit_matching = |fact: Fact<'a>| {
+        if filters.iter().all(|filter| fact.matches(filter)) {
+            visit(fact)
+        } else {
+            ControlFlow::Continue(())
+        }
+    };
+    let _ = match source {
+        Source::Browse => history.browses.iter().rev().try_for_each(|fact| visit_matching(Fact::Browse(fact))),
+        Source::Purchase => history.purchases.iter().rev().try_for_each(|fact| visit_matching(Fact::Purchase(fact))),
+        Source::PurchaseItem => history.purchases.iter().rev().try_for_each(|fact| {
+            fact.items.iter().rev().try_for_each(|item| visit_matching(Fact::Item(fact.ts, item)))
+        }),
+        Source::Location => history.locations.iter().rev().try_for_each(|fact| visit_matching(Fact::Location(fact))),
+    };
+}
+
+/// Visits the matching facts inside the window `(now - window_ms, now]`.
+/// Facts are kept sorted by time, so the walk stops at the window's edge.
+fn within_window<'a>(
+    history: &'a History,
+    source: Source,
+    filters: &[Filter],
+    now: i64,
+    window_ms: i64,
+    mut visit: impl FnMut(Fact<'a>),
+) {
+    let edge = now - window_ms;
+    newest_first(history, source, filters, |fact| {
+        let ts = fact.ts();
+        if ts <= edge {
+            return ControlFlow::Break(());
+        }
+        if ts <= now {
+            visit(fact);
+        }
+        ControlFlow::Continue(())
+    });
+}
+
+fn count_distinct(mut values: Vec<u64>) -> f64 {
+    values.sort_unstable();
+    values.dedup();
+    values.len() as f64
+}
+
+/// Great-circle distance in metres.
+pub fn distance_m(from: (f64, f64), to: (f64, f64)) -> f64 {
+    let (lat1, lat2) = (from.0.to_radians(), to.0.to_radians());
+    let delta_lat = lat2 - lat1;
+    let delta_lon = (to.1 - from.1).to_radians();
+    let a = (delta_lat / 2.0).sin().powi(2) + lat1.cos() * lat2.cos() * (delta_lon / 2.0).sin().powi(2);
+    2.0 * EARTH_RADIUS_M * a.sqrt().min(1.0).asin()
+}
+
+/// The value of `measure` over `history` at evaluation time `now`.
+pub fn measure(measure: &Measure, history: &History, now: i64) -> f64 {
+    match measure {
+        Measure::Count { source, filters, window_ms } => {
+            let mut count = 0u64;
+            within_window(history, *source, filters, now, *window_ms, |_| count += 1);
+            count as f64
+        }
+        Measure::Sum { source, filters, window_ms } => {
+            let mut sum = 0i64;
+            within_window(history, *source, filters, now, *window_ms, |fact| {
+                sum = sum.saturating_add(fact.amount_cents())
+            });
+            sum as f64
+        }
+        Measure::DistinctDays { source, filters, window_ms } => {
+            let mut days = Vec::new();
+            within_window(history, *source, filters, now, *window_ms, |fact| {
+                days.push(fact.ts().div_euclid(DAY_MS) as u64)
+            });
+            count_distinct(days)
+        }
+        Measure::Distinct { source, filters, field, window_ms } => {
+            let mut values = Vec::new();
+            within_window(history, *source, filters, now, *window_ms, |fact| {
+                values.extend(fact.field(*field))
+            });
+            count_distinct(values)
+        }
+        Measure::MostCommon { source, filters, field, last } => {
+            let mut values = Vec::with_capacity(*last);
+            newest_first(history, *source, filters, |fact| {
+                if fact.ts() <= now {
+                    values.push(fact.field(*field));
+                }
+                if values.len() == *last {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            });
+            if values.len() < *last {
+                return 0.0;
+            }
+            let mut present: Vec<u64> = values.into_iter().flatten().collect();
+            present.sort_unstable();
+            present
+                .chunk_by(|a, b| a == b)
+                .map(|run| run.len())
+                .max()
+                .unwrap_or(0) as f64
+        }
+        Measure::Near { places, radius_m, window_ms } => {
+            let mut count = 0u64;
+            within_window(history, Source::Location, &[], now, *window_ms, |fact| {
+                if let Fact::Location(location) = fact {
+                    let here = (location.lat, location.lon);
+                    if places.iter().any(|place| distance_m(here, *place) <= *radius_m) {
+                        count += 1;
+                    }
+                }
+            });
+            count as f64
+        }
+    }
+}
+
+/// Whether `rule` holds over `history` at `now`; captured values are written
+/// into `captures` (indexed as the segment's `captures`).
+pub fn evaluate(rule: &Rule, history: &History, now: i64, captures: &mut [f64]) -> bool {
+    match rule {
+        // Every branch is evaluated so that the reason's figures are all filled in.
+        Rule::All(rules) => rules
+            .iter()
+            .fold(true, |all, rule| evaluate(rule, history, now, captures) && all),
+        Rule::Any(rules) => rules
+            .iter()
+            .fold(false, |any, rule| evaluate(rule, history, now, captures) || any),
+        Rule::Not(rule) => !evaluate(rule, history, now, captures),
+        Rule::Compare { measure: what, comparison, capture } => {
+            let value = measure(what, history, now);
+            if let Some(index) = capture {
+                captures[*index] = value;
+            }
+            comparison.holds(value)
+        }
+    }
+}
+
+/// The reason sentence with the captured figures filled in.
+pub fn render_reason(parts: &[TemplatePart], captures: &[f64]) -> String {
+    let mut reason = String::new();
+    for part in parts {
+        match part {
+            TemplatePart::Text(text) => reason.push_str(text),
+            TemplatePart::Number(index) => reason.push_str(&format!("{}", captures[*index] as i64)),
+            TemplatePart::Cents(index) => {
+                let cents = captures[*index] as i64;
+                reason.push_str(&format!("{}.{:02}", cents / 100, (cents % 100).abs()));
+            }
+        }
+    }
+    reason
+}
+
+/// The experiment arm of `user_id` in `segment`: deterministic, so stable
+/// across restarts and instances.
+pub fn arm(segment: &Segment, user_id: &str) -> Option<String> {
+    let share = segment.holdout?;
+    let draw = hash_value(&format!("{}\u{0}{user_id}", segment.id)) as f64 / u64::MAX as f64;
+    Some(if draw < share { "holdout" } else { "treatment" }.to_owned())
+}

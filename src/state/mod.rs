@@ -1,0 +1,235 @@
+//! Per-user state: the consent in force, the facts retained from applied
+//! events, and the profile last published. Pure data and transitions.
+//!
+//! Facts keep no raw strings: categories, product ids and page types are kept
+//! as 64-bit FNV-1a hashes. Rules compare them with hashed literals, so state
+//! never holds a product id or URL in the clear, and each fact is a few bytes.
+
+use crate::consent::ConsentInForce;
+use crate::model::{Membership, PersonalizationLevel};
+use std::collections::VecDeque;
+use std::hash::Hasher;
+
+/// A stable 64-bit hash of a field value (FNV-1a: stable across builds and
+/// versions, which a changelog needs; `std`'s hasher is not).
+pub fn hash_value(value: &str) -> u64 {
+    let mut hasher = fnv::FnvHasher::default();
+    hasher.write(value.as_bytes());
+    hasher.finish()
+}
+
+/// What is kept of a browse event.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BrowseFact {
+    pub ts: i64,
+    pub page_type: u64,
+    pub category: Option<u64>,
+    pub product: Option<u64>,
+}
+
+/// What is kept of one purchase line.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ItemFact {
+    pub category: u64,
+    pub product: u64,
+    pub quantity: i32,
+    pub price_cents: i64,
+    /// In a configured sensitive category (kept only with the `sensitive` purpose).
+    pub sensitive: bool,
+}
+
+/// What is kept of a purchase.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PurchaseFact {
+    pub ts: i64,
+    pub currency: u64,
+    pub total_cents: i64,
+    pub items: Vec<ItemFact>,
+}
+
+/// What is kept of a location fix, at the precision the user consented to.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LocationFact {
+    pub ts: i64,
+    pub lat: f64,
+    pub lon: f64,
+}
+
+/// A user's retained facts, each list in arrival order.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct History {
+    pub browses: VecDeque<BrowseFact>,
+    pub purchases: VecDeque<PurchaseFact>,
+    pub locations: VecDeque<LocationFact>,
+}
+
+/// How long each kind of fact is kept: the longest window any segment reads,
+/// and the last N purchases a "share of the last N" rule reads.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Retention {
+    pub browse_ms: i64,
+    pub purchase_ms: i64,
+    pub purchase_last: usize,
+    pub location_ms: i64,
+    /// Nothing is kept longer than this, whatever a rule asks (data minimisation).
+    pub max_ms: i64,
+}
+
+impl History {
+    /// Whether nothing is retained.
+    pub fn is_empty(&self) -> bool {
+        self.browses.is_empty() && self.purchases.is_empty() && self.locations.is_empty()
+    }
+
+    /// Drops facts no segment can read any more at time `now`.
+    pub fn prune(&mut self, now: i64, retention: &Retention) {
+        let expired = |ts: i64, window_ms: i64| ts <= now - window_ms.min(retention.max_ms);
+        while self.browses.front().is_some_and(|fact| expired(fact.ts, retention.browse_ms)) {
+            self.browses.pop_front();
+        }
+        while self.locations.front().is_some_and(|fact| expired(fact.ts, retention.location_ms)) {
+            self.locations.pop_front();
+        }
+        while let Some(oldest) = self.purchases.front() {
+            let within_window = !expired(oldest.ts, retention.purchase_ms);
+            let among_last = self.purchases.len() <= retention.purchase_last
+                && !expired(oldest.ts, retention.max_ms);
+            if within_window || among_last {
+                break;
+            }
+            self.purchases.pop_front();
+        }
+    }
+
+    /// Removes everything derived from sensitive categories (the `sensitive`
+    /// purpose was withdrawn). Returns whether anything was removed.
+    pub fn forget_sensitive(&mut self) -> bool {
+        let mut removed = false;
+        for purchase in &mut self.purchases {
+            let before = purchase.items.len();
+            purchase.items.retain(|item| {
+                if item.sensitive {
+                    purchase.total_cents -= item.price_cents.saturating_mul(i64::from(item.quantity));
+                }
+                !item.sensitive
+            });
+            removed |= purchase.items.len() != before;
+        }
+        self.purchases.retain(|purchase| !purchase.items.is_empty());
+        removed
+    }
+}
+
+/// Everything tactful holds about one user.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct UserState {
+    /// The consent in force; `None` = nothing granted.
+    pub consent: Option<ConsentInForce>,
+    pub history: History,
+    /// The user's evaluation time: the newest event time applied.
+    pub clock: i64,
+    /// The profile last published, if one was.
+    pub published: Option<PublishedProfile>,
+    /// The version of the last update or tombstone published for the user.
+    pub version: i64,
+}
+
+/// The parts of the last published `ProfileUpdate` that decide whether a new one is due.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PublishedProfile {
+    pub level: PersonalizationLevel,
+    pub channels: Vec<String>,
+    pub segments: Vec<Membership>,
+}
+
+impl UserState {
+    /// Whether the user has anything that withdrawal must erase downstream.
+    pub fn holds_profile_data(&self) -> bool {
+        self.published.is_some() || !self.history.is_empty()
+    }
+
+    /// The next version to publish: strictly above every earlier one and at
+    /// least `now_ms`, so versions keep increasing even across a restart that
+    /// lost this state.
+    pub fn next_version(&mut self, now_ms: i64) -> i64 {
+        self.version = (self.version + 1).max(now_ms);
+        self.version
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn purchase(ts: i64) -> PurchaseFact {
+        PurchaseFact {
+            ts,
+            currency: 0,
+            total_cents: 100,
+            items: vec![ItemFact {
+                category: 1,
+                product: 2,
+                quantity: 1,
+                price_cents: 100,
+                sensitive: false,
+            }],
+        }
+    }
+
+    #[test]
+    fn prune_drops_a_fact_exactly_one_window_old_and_keeps_a_younger_one() {
+        let mut history = History::default();
+        history.browses.push_back(BrowseFact { ts: 0, page_type: 0, category: None, product: None });
+        history.browses.push_back(BrowseFact { ts: 1, page_type: 0, category: None, product: None });
+        let retention = Retention { browse_ms: 10, max_ms: i64::MAX, ..Retention::default() };
+        history.prune(10, &retention);
+        assert_eq!(history.browses.iter().map(|fact| fact.ts).collect::<Vec<_>>(), vec![1]);
+    }
+
+    #[test]
+    fn prune_keeps_the_last_n_purchases_beyond_the_window_but_not_beyond_max_retention() {
+        let mut history = History::default();
+        for ts in [0, 5, 6] {
+            history.purchases.push_back(purchase(ts));
+        }
+        let retention = Retention { purchase_ms: 1, purchase_last: 2, max_ms: 100, ..Retention::default() };
+        history.prune(50, &retention);
+        assert_eq!(history.purchases.iter().map(|fact| fact.ts).collect::<Vec<_>>(), vec![5, 6]);
+        history.prune(105, &retention);
+        assert_eq!(history.purchases.iter().map(|fact| fact.ts).collect::<Vec<_>>(), vec![6]);
+        history.prune(106, &retention);
+        assert!(history.purchases.is_empty());
+    }
+
+    #[test]
+    fn forgetting_sensitive_items_removes_them_and_their_amount() {
+        let mut history = History::default();
+        let mut mixed = purchase(1);
+        mixed.items.push(ItemFact { category: 9, product: 9, quantity: 2, price_cents: 50, sensitive: true });
+        mixed.total_cents = 200;
+        let mut only_sensitive = purchase(2);
+        only_sensitive.items[0].sensitive = true;
+        history.purchases.extend([mixed, only_sensitive]);
+        assert!(history.forget_sensitive());
+        assert_eq!(history.purchases.len(), 1);
+        assert_eq!(history.purchases[0].total_cents, 100);
+        assert_eq!(history.purchases[0].items.len(), 1);
+        assert!(!history.forget_sensitive());
+    }
+
+    #[test]
+    fn versions_strictly_increase_and_never_fall_below_the_clock() {
+        let mut state = UserState::default();
+        assert_eq!(state.next_version(1_000), 1_000);
+        assert_eq!(state.next_version(1_000), 1_001);
+        assert_eq!(state.next_version(500), 1_002);
+        assert_eq!(state.next_version(5_000), 5_000);
+    }
+
+    #[test]
+    fn hashes_are_stable_across_builds() {
+        // FNV-1a 64 of "running", computed independently.
+        assert_eq!(hash_value(""), 0xcbf29ce484222325);
+        assert_eq!(hash_value("a"), 0xaf63dc4c8601ec8c);
+    }
+}
