@@ -1,1 +1,136 @@
-fn main() {}
+//! The `tactful` command: parse arguments, load the validated config, set up
+//! telemetry and hand over to a driver of the core (Kafka pipeline or demo).
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use tactful::config::Config;
+use tactful::pipeline::{self, Health};
+use tactful::processor::Processor;
+use tactful::{admin, codec::Codec, demo, telemetry};
+
+/// Consent-first streaming personalization.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the pipeline against Kafka.
+    Run {
+        /// The configuration file (TOML; see deploy/tactful.toml).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run the whole pipeline in-process on a synthetic population, no Kafka needed.
+    Demo(demo::DemoOptions),
+    /// Validate a configuration file and the segment file it names; exit 1 if invalid.
+    Check {
+        /// The configuration file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run { config } => run(&config),
+        Command::Demo(options) => demo::run(&options).map_err(anyhow::Error::from),
+        Command::Check { config } => check(&config),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("tactful: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(path: &std::path::Path) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    println!("{}: ok", path.display());
+    for segment in &config.catalogue.segments {
+        let needs: Vec<&str> = segment.needs.iter().map(|purpose| purpose.as_str()).collect();
+        println!(
+            "  segment {:<20} tier {:<9} needs {}",
+            segment.id,
+            format!("{:?}", segment.tier).to_lowercase(),
+            needs.join(", ")
+        );
+    }
+    Ok(())
+}
+
+fn run(path: &std::path::Path) -> anyhow::Result<()> {
+    telemetry::init_logging();
+    let config = Config::load(path)?;
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .context("install the metrics recorder")?;
+    let codec = Codec::new(&config.extra_writer_schemas)?;
+    let processor = Processor::new(codec, config.catalogue.clone(), &config.core);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .context("start the async runtime")?;
+    let health = Arc::new(Health::default());
+    let shutdown = Arc::new(AtomicBool::new(false));
+
+    let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+    let admin_task = runtime.spawn(admin::serve(
+        config.admin_listen,
+        admin::router(health.clone(), metrics),
+        async move {
+            let _ = admin_stopped.await;
+        },
+    ));
+    let signal_flag = shutdown.clone();
+    runtime.spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("signal received, stopping");
+        signal_flag.store(true, Ordering::Release);
+    });
+
+    tracing::info!(app = %config.app_id, segments = config.catalogue.segments.len(), "starting");
+    let handle = runtime.handle().clone();
+    let result = std::thread::scope(|scope| {
+        scope
+            .spawn(|| pipeline::run(&config, &processor, &health, &shutdown, &handle))
+            .join()
+    });
+    let _ = stop_admin.send(());
+    if let Ok(Ok(Err(error))) = runtime.block_on(async { tokio::time::timeout(std::time::Duration::from_secs(5), admin_task).await }) {
+        tracing::warn!(%error, "admin endpoint failed");
+    }
+    match result {
+        Ok(outcome) => outcome.context("pipeline stopped"),
+        Err(_) => anyhow::bail!("the pipeline thread panicked"),
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -6,7 +6,14 @@ use crate::model::{InputKind, ProfileUpdate};
 use apache_avro::rabin::Rabin;
 use apache_avro::Schema;
 use serde::de::DeserializeOwned;
+use serde::Serialize;
 use std::collections::HashMap;
+use std::io::Read;
+
+/// The largest string and array block `apache_avro` may allocate for while
+/// decoding. Its default (512 MiB) lets a 20-byte record claiming a huge array
+/// reserve tens of GB and abort the process; no Kafka record is this large.
+pub const MAX_AVRO_ALLOCATION: usize = 8 * 1024 * 1024;
 
 /// The bundled schemas, compiled in so the binary needs no files to run.
 pub const BROWSE_SCHEMA: &str = include_str!("../../schemas/browse_event.avsc");
@@ -24,15 +31,38 @@ pub enum SchemaError {
     Encode(String),
 }
 
+/// A schema of the contract with its single-object header, computed once.
+struct ContractSchema {
+    schema: Schema,
+    header: [u8; 10],
+}
+
+impl ContractSchema {
+    fn parse(text: &str) -> Result<Self, SchemaError> {
+        let schema = parse(text)?;
+        let mut header = [0u8; 10];
+        header[..2].copy_from_slice(&SINGLE_OBJECT_MARKER);
+        header[2..].copy_from_slice(&fingerprint(&schema).to_le_bytes());
+        Ok(Self { schema, header })
+    }
+
+    /// Appends `value` in single-object encoding to `out`.
+    fn encode<T: Serialize>(&self, value: &T, out: &mut Vec<u8>) -> Result<(), SchemaError> {
+        out.extend_from_slice(&self.header);
+        apache_avro::write_avro_datum_ref(&self.schema, value, out)
+            .map_err(|error| SchemaError::Encode(error.to_string()))?;
+        Ok(())
+    }
+}
+
 /// Known writer schemas and the reader schemas of the contract.
 pub struct SchemaCatalogue {
     writers: HashMap<u64, Schema>,
-    browse: Schema,
-    purchase: Schema,
-    location: Schema,
-    consent: Schema,
-    profile: Schema,
-    profile_header: [u8; 10],
+    browse: ContractSchema,
+    purchase: ContractSchema,
+    location: ContractSchema,
+    consent: ContractSchema,
+    profile: ContractSchema,
 }
 
 /// The CRC-64-AVRO fingerprint of a schema's canonical form, as the integer
@@ -51,22 +81,20 @@ fn parse(text: &str) -> Result<Schema, SchemaError> {
 impl SchemaCatalogue {
     /// The bundled schemas plus extra writer schemas (JSON texts).
     pub fn new(extra_writer_schemas: &[String]) -> Result<Self, SchemaError> {
-        let browse = parse(BROWSE_SCHEMA)?;
-        let purchase = parse(PURCHASE_SCHEMA)?;
-        let location = parse(LOCATION_SCHEMA)?;
-        let consent = parse(CONSENT_SCHEMA)?;
-        let profile = parse(PROFILE_SCHEMA)?;
+        apache_avro::util::max_allocation_bytes(MAX_AVRO_ALLOCATION);
+        let browse = ContractSchema::parse(BROWSE_SCHEMA)?;
+        let purchase = ContractSchema::parse(PURCHASE_SCHEMA)?;
+        let location = ContractSchema::parse(LOCATION_SCHEMA)?;
+        let consent = ContractSchema::parse(CONSENT_SCHEMA)?;
+        let profile = ContractSchema::parse(PROFILE_SCHEMA)?;
         let mut writers = HashMap::new();
-        for schema in [&browse, &purchase, &location, &consent, &profile] {
-            writers.insert(fingerprint(schema), schema.clone());
+        for known in [&browse, &purchase, &location, &consent, &profile] {
+            writers.insert(fingerprint(&known.schema), known.schema.clone());
         }
         for text in extra_writer_schemas {
             let schema = parse(text)?;
             writers.insert(fingerprint(&schema), schema);
         }
-        let mut profile_header = [0u8; 10];
-        profile_header[..2].copy_from_slice(&SINGLE_OBJECT_MARKER);
-        profile_header[2..].copy_from_slice(&fingerprint(&profile).to_le_bytes());
         Ok(Self {
             writers,
             browse,
@@ -74,11 +102,10 @@ impl SchemaCatalogue {
             location,
             consent,
             profile,
-            profile_header,
         })
     }
 
-    fn reader(&self, kind: InputKind) -> &Schema {
+    fn reader(&self, kind: InputKind) -> &ContractSchema {
         match kind {
             InputKind::Browse => &self.browse,
             InputKind::Purchase => &self.purchase,
@@ -93,7 +120,7 @@ impl SchemaCatalogue {
         kind: InputKind,
         after_marker: &[u8],
     ) -> Result<T, DecodeError> {
-        let Some((fingerprint_bytes, mut datum)) = after_marker.split_first_chunk::<8>() else {
+        let Some((fingerprint_bytes, datum)) = after_marker.split_first_chunk::<8>() else {
             return Err(DecodeError::Truncated("single-object fingerprint shorter than 8 bytes"));
         };
         let fingerprint = u64::from_le_bytes(*fingerprint_bytes);
@@ -101,20 +128,25 @@ impl SchemaCatalogue {
             .writers
             .get(&fingerprint)
             .ok_or(DecodeError::UnknownFingerprint(fingerprint))?;
-        let value = apache_avro::from_avro_datum(writer, &mut datum, None).map_err(|error| {
-            DecodeError::Malformed {
-                encoding: "avro",
-                detail: error.to_string(),
-            }
+        // apache_avro reads a string, boolean or union cut off by the end of
+        // the input as null; a read past the end is how truncation shows.
+        let mut reader = EndGuard { rest: datum, read_past_end: false };
+        let value = apache_avro::from_avro_datum(writer, &mut reader, None);
+        if reader.read_past_end {
+            return Err(DecodeError::Truncated("the avro datum ends early"));
+        }
+        let value = value.map_err(|error| DecodeError::Malformed {
+            encoding: "avro",
+            detail: error.to_string(),
         })?;
-        if !datum.is_empty() {
+        if !reader.rest.is_empty() {
             return Err(DecodeError::Malformed {
                 encoding: "avro",
-                detail: format!("{} bytes after the end of the datum", datum.len()),
+                detail: format!("{} bytes after the end of the datum", reader.rest.len()),
             });
         }
         let resolved = value
-            .resolve(self.reader(kind))
+            .resolve(&self.reader(kind).schema)
             .map_err(|error| DecodeError::SchemaMismatch(error.to_string()))?;
         apache_avro::from_value(&resolved).map_err(|error| DecodeError::Malformed {
             encoding: "avro",
@@ -124,9 +156,27 @@ impl SchemaCatalogue {
 
     /// Appends `update` in single-object encoding to `out`.
     pub fn encode_profile(&self, update: &ProfileUpdate, out: &mut Vec<u8>) -> Result<(), SchemaError> {
-        out.extend_from_slice(&self.profile_header);
-        apache_avro::write_avro_datum_ref(&self.profile, update, out)
-            .map_err(|error| SchemaError::Encode(error.to_string()))?;
-        Ok(())
+        self.profile.encode(update, out)
+    }
+
+    /// Appends an input record of `kind` in single-object encoding to `out`
+    /// (for synthetic load: `tactful demo`, `tactful gen`, benchmarks).
+    pub fn encode_input<T: Serialize>(&self, kind: InputKind, value: &T, out: &mut Vec<u8>) -> Result<(), SchemaError> {
+        self.reader(kind).encode(value, out)
+    }
+}
+
+/// A reader over a datum that notes any attempt to read past its end.
+struct EndGuard<'a> {
+    rest: &'a [u8],
+    read_past_end: bool,
+}
+
+impl Read for EndGuard<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if !buf.is_empty() && self.rest.is_empty() {
+            self.read_past_end = true;
+        }
+        self.rest.read(buf)
     }
 }

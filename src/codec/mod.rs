@@ -94,6 +94,11 @@ impl Codec {
     pub fn encode_profile(&self, update: &ProfileUpdate, out: &mut Vec<u8>) -> Result<(), SchemaError> {
         self.schemas.encode_profile(update, out)
     }
+
+    /// Appends an input record of `kind` in Avro single-object encoding to `out`.
+    pub fn encode_input<T: serde::Serialize>(&self, kind: InputKind, value: &T, out: &mut Vec<u8>) -> Result<(), SchemaError> {
+        self.schemas.encode_input(kind, value, out)
+    }
 }
 
 fn decode_json<T: DeserializeOwned>(value: &[u8]) -> Result<T, DecodeError> {

@@ -224,7 +224,9 @@ pub fn render_reason(parts: &[TemplatePart], captures: &[f64]) -> String {
             TemplatePart::Number(index) => reason.push_str(&format!("{}", captures[*index] as i64)),
             TemplatePart::Cents(index) => {
                 let cents = captures[*index] as i64;
-                reason.push_str(&format!("{}.{:02}", cents / 100, (cents % 100).abs()));
+                let sign = if cents < 0 { "-" } else { "" };
+                let (units, hundredths) = (cents.unsigned_abs() / 100, cents.unsigned_abs() % 100);
+                reason.push_str(&format!("{sign}{units}.{hundredths:02}"));
             }
         }
     }
@@ -235,6 +237,16 @@ pub fn render_reason(parts: &[TemplatePart], captures: &[f64]) -> String {
 /// across restarts and instances.
 pub fn arm(segment: &Segment, user_id: &str) -> Option<String> {
     let share = segment.holdout?;
-    let draw = hash_value(&format!("{}\u{0}{user_id}", segment.id)) as f64 / u64::MAX as f64;
+    // FNV-1a alone spreads similar ids (user-1, user-2, ...) unevenly; mix its bits.
+    let draw = mix(hash_value(&format!("{}\u{0}{user_id}", segment.id))) as f64 / u64::MAX as f64;
     Some(if draw < share { "holdout" } else { "treatment" }.to_owned())
+}
+
+/// MurmurHash3's 64-bit finalizer: every input bit affects every output bit.
+fn mix(mut hash: u64) -> u64 {
+    hash ^= hash >> 33;
+    hash = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    hash ^= hash >> 33;
+    hash = hash.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    hash ^ (hash >> 33)
 }

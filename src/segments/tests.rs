@@ -1,0 +1,735 @@
+//! Tests of segment definitions (parse, validate), the rule engine, reasons,
+//! experiment arms, and the bundled catalogue `deploy/segments.toml`.
+
+use super::definition::{parse_duration_ms, Comparison, DEFAULT_SEGMENTS, Field, Filter, Measure, Rule, Source, TemplatePart};
+use super::engine::{arm, distance_m, evaluate, measure, render_reason};
+use super::*;
+use crate::consent::{Purpose, Purposes};
+use crate::state::{hash_value, BrowseFact, History, ItemFact, LocationFact, PurchaseFact, Retention};
+use proptest::prelude::*;
+
+const DAY: i64 = 86_400_000;
+const HOUR: i64 = 3_600_000;
+const MAX_RETENTION: i64 = 400 * DAY;
+/// 2023-11-15T00:00:00Z, a UTC midnight.
+const MIDNIGHT: i64 = 1_700_006_400_000;
+
+fn parse(text: &str) -> Result<Catalogue, DefinitionError> {
+    Catalogue::parse("test.toml", text, &["prenatal".to_owned()], MAX_RETENTION)
+}
+
+/// A file with one place (line 2) and one segment `x` whose header is on line 4;
+/// `rest` follows the segment's `reason` line (line 9) from line 10 on.
+fn one_segment(tier: &str, channels: &str, reason: &str, rest: &str) -> String {
+    format!(
+        "[places]\nhome = {{ lat = 52.5, lon = 13.4 }}\n\n[[segment]]\nid = \"x\"\ndescription = \"d\"\ntier = \"{tier}\"\n\
+         channels = {channels}\nreason = \"{reason}\"\n{rest}"
+    )
+}
+
+fn segment_with_rule(rule: &str) -> String {
+    one_segment("full", "[\"web\"]", "r", &format!("rule = {rule}\n"))
+}
+
+fn parse_err(text: &str) -> DefinitionError {
+    parse(text).expect_err("an invalid definition")
+}
+
+fn error(line: usize, column: usize, message: &str) -> DefinitionError {
+    DefinitionError {
+        file: "test.toml".to_owned(),
+        line,
+        column,
+        message: message.to_owned(),
+    }
+}
+
+fn only_segment(text: &str) -> Segment {
+    let mut catalogue = parse(text).expect("a valid definition");
+    assert_eq!(catalogue.segments.len(), 1);
+    catalogue.segments.remove(0)
+}
+
+fn purposes(list: &[Purpose]) -> Purposes {
+    list.iter().copied().collect()
+}
+
+fn browse(ts: i64, category: Option<&str>) -> BrowseFact {
+    BrowseFact {
+        ts,
+        page_type: hash_value("product"),
+        category: category.map(hash_value),
+        product: None,
+    }
+}
+
+fn item(product: &str, category: &str, quantity: i32, price_cents: i64) -> ItemFact {
+    ItemFact {
+        category: hash_value(category),
+        product: hash_value(product),
+        quantity,
+        price_cents,
+        sensitive: false,
+    }
+}
+
+fn purchase(ts: i64, total_cents: i64, items: Vec<ItemFact>) -> PurchaseFact {
+    PurchaseFact {
+        ts,
+        currency: hash_value("EUR"),
+        total_cents,
+        items,
+    }
+}
+
+fn at(ts: i64, lat: f64, lon: f64) -> LocationFact {
+    LocationFact { ts, lat, lon }
+}
+
+fn browses(facts: Vec<BrowseFact>) -> History {
+    History {
+        browses: facts.into(),
+        ..History::default()
+    }
+}
+
+fn purchases(facts: Vec<PurchaseFact>) -> History {
+    History {
+        purchases: facts.into(),
+        ..History::default()
+    }
+}
+
+fn category_filter(category: &str) -> Filter {
+    Filter {
+        field: Field::Category,
+        any_of: vec![hash_value(category)],
+    }
+}
+
+// --- the bundled catalogue -------------------------------------------------
+
+#[test]
+fn the_bundled_catalogue_parses_with_the_expected_segments() {
+    let catalogue = Catalogue::default_catalogue(&["prenatal".to_owned()], MAX_RETENTION);
+    let summary: Vec<(&str, Tier, Vec<String>, Option<f64>)> = catalogue
+        .segments
+        .iter()
+        .map(|segment| (segment.id.as_str(), segment.tier, segment.channels.channel_names(), segment.holdout))
+        .collect();
+    let names = |list: &[&str]| list.iter().map(|name| (*name).to_owned()).collect::<Vec<_>>();
+    assert_eq!(
+        summary,
+        vec![
+            ("new_visitor", Tier::Light, names(&["web", "email", "push"]), None),
+            ("returning_visitor", Tier::Light, names(&["web", "email", "push"]), None),
+            ("high_value", Tier::Full, names(&["web", "email", "push", "ads"]), None),
+            ("creature_of_habit", Tier::Full, names(&["email", "push"]), None),
+            ("running_browser", Tier::Full, names(&["web", "email", "push", "ads"]), None),
+            ("near_store", Tier::Full, names(&["push"]), None),
+        ]
+    );
+}
+
+#[test]
+fn the_bundled_catalogue_derives_what_each_segment_needs() {
+    let catalogue = Catalogue::default_catalogue(&[], MAX_RETENTION);
+    let personalization = purposes(&[Purpose::Personalization]);
+    for segment in &catalogue.segments {
+        let expected = if segment.id == "near_store" {
+            purposes(&[Purpose::Personalization, Purpose::Location, Purpose::PreciseLocation])
+        } else {
+            personalization
+        };
+        assert_eq!(segment.needs, expected, "{}", segment.id);
+    }
+}
+
+#[test]
+fn the_bundled_catalogue_keeps_facts_only_as_long_as_its_windows() {
+    let catalogue = Catalogue::default_catalogue(&[], MAX_RETENTION);
+    assert_eq!(
+        catalogue.retention,
+        Retention {
+            browse_ms: 30 * DAY,
+            purchase_ms: 90 * DAY,
+            purchase_last: 10,
+            location_ms: HOUR,
+            max_ms: MAX_RETENTION,
+        }
+    );
+}
+
+#[test]
+fn the_bundled_reasons_compile_to_text_and_figures() {
+    let catalogue = Catalogue::default_catalogue(&[], MAX_RETENTION);
+    let high_value = catalogue.segments.iter().find(|segment| segment.id == "high_value").unwrap();
+    assert_eq!(high_value.captures, vec!["spent", "orders"]);
+    assert_eq!(
+        high_value.reason,
+        vec![
+            TemplatePart::Text("Spent ".to_owned()),
+            TemplatePart::Cents(0),
+            TemplatePart::Text(" across ".to_owned()),
+            TemplatePart::Number(1),
+            TemplatePart::Text(" purchases in the last 90 days.".to_owned()),
+        ]
+    );
+    let near_store = catalogue.segments.iter().find(|segment| segment.id == "near_store").unwrap();
+    assert_eq!(
+        near_store.reason,
+        vec![TemplatePart::Text("Was within 500 m of one of our stores in the last hour.".to_owned())]
+    );
+    assert_eq!(
+        near_store.rule,
+        Rule::Compare {
+            measure: Measure::Near {
+                places: vec![(52.5246, 13.4020), (53.5503, 9.9937), (48.1372, 11.5755)],
+                radius_m: 500.0,
+                window_ms: HOUR,
+            },
+            comparison: Comparison::AtLeast(1.0),
+            capture: None,
+        }
+    );
+}
+
+#[test]
+fn the_bundled_running_browser_rule_compiles_as_written() {
+    let catalogue = Catalogue::default_catalogue(&[], MAX_RETENTION);
+    let running = catalogue.segments.iter().find(|segment| segment.id == "running_browser").unwrap();
+    assert_eq!(
+        running.rule,
+        Rule::All(vec![
+            Rule::Compare {
+                measure: Measure::Count {
+                    source: Source::Browse,
+                    filters: vec![category_filter("running")],
+                    window_ms: 7 * DAY,
+                },
+                comparison: Comparison::AtLeast(3.0),
+                capture: Some(0),
+            },
+            Rule::Compare {
+                measure: Measure::Count {
+                    source: Source::PurchaseItem,
+                    filters: vec![category_filter("running")],
+                    window_ms: 7 * DAY,
+                },
+                comparison: Comparison::Equals(0.0),
+                capture: None,
+            },
+        ])
+    );
+}
+
+#[test]
+fn the_bundled_file_text_is_rejected_when_a_window_exceeds_max_retention() {
+    // 90-day windows cannot be honoured with a 30-day retention bound.
+    let error = Catalogue::parse("deploy/segments.toml", DEFAULT_SEGMENTS, &[], 30 * DAY).unwrap_err();
+    assert_eq!(error.file, "deploy/segments.toml");
+    assert_eq!(
+        error.message,
+        "segment `high_value`: `within = \"90d\"` must be above zero and at most the maximum retention of 30 days"
+    );
+    let header = DEFAULT_SEGMENTS.find("id = \"high_value\"").unwrap();
+    let header_line = DEFAULT_SEGMENTS[..header].matches('\n').count(); // the `[[segment]]` line above it
+    assert_eq!((error.line, error.column), (header_line, 1));
+}
+
+// --- definition errors -----------------------------------------------------
+
+#[test]
+fn an_unknown_field_is_reported_where_it_is() {
+    let text = one_segment("full", "[\"web\"]", "r", "colour = \"red\"\nrule = { count = { of = \"browse\", within = \"7d\" }, at_least = 1 }\n");
+    assert_eq!(
+        parse_err(&text),
+        error(
+            10,
+            1,
+            "unknown field `colour`, expected one of `id`, `description`, `tier`, `channels`, `reason`, `holdout`, `rule`"
+        )
+    );
+    let text = segment_with_rule("{ count = { of = \"browse\", within = \"7d\", colour = 1 }, at_least = 1 }");
+    assert_eq!(
+        parse_err(&text),
+        error(
+            10,
+            50,
+            "unknown field `colour`, expected one of `of`, `field`, `where`, `within`, `last`, `places`, `radius_m`"
+        )
+    );
+    assert_eq!(
+        parse_err(&text).to_string(),
+        "test.toml:10:50: unknown field `colour`, expected one of `of`, `field`, `where`, `within`, `last`, `places`, `radius_m`"
+    );
+}
+
+#[test]
+fn two_measures_in_one_rule_are_refused() {
+    let text = segment_with_rule(
+        "{ count = { of = \"browse\", within = \"7d\" }, sum = { of = \"purchase\", within = \"7d\" }, at_least = 1 }",
+    );
+    assert_eq!(
+        parse_err(&text),
+        error(
+            4,
+            1,
+            "segment `x`: a rule has exactly one of all, any, not, count, sum, distinct_days, distinct, most_common, near; found count, sum"
+        )
+    );
+}
+
+#[test]
+fn an_empty_rule_is_refused() {
+    let text = segment_with_rule("{ at_least = 1 }");
+    assert_eq!(
+        parse_err(&text),
+        error(
+            4,
+            1,
+            "segment `x`: a rule has exactly one of all, any, not, count, sum, distinct_days, distinct, most_common, near; found none"
+        )
+    );
+}
+
+#[test]
+fn a_measure_without_a_comparison_is_refused() {
+    let text = segment_with_rule("{ count = { of = \"browse\", within = \"7d\" } }");
+    assert_eq!(
+        parse_err(&text),
+        error(4, 1, "segment `x`: `count` needs exactly one of at_least, at_most, equals, more_than, less_than")
+    );
+    let text = segment_with_rule("{ count = { of = \"browse\", within = \"7d\" }, at_least = 1, at_most = 3 }");
+    assert_eq!(
+        parse_err(&text),
+        error(4, 1, "segment `x`: `count` needs exactly one of at_least, at_most, equals, more_than, less_than")
+    );
+}
+
+#[test]
+fn an_undefined_place_is_refused() {
+    let text = segment_with_rule("{ near = { places = [\"home\", \"nowhere\"], radius_m = 100, within = \"1h\" }, at_least = 1 }");
+    assert_eq!(parse_err(&text), error(4, 1, "segment `x`: place `nowhere` is not defined under [places]"));
+}
+
+#[test]
+fn a_reason_placeholder_without_a_capture_is_refused() {
+    let text = one_segment(
+        "full",
+        "[\"web\"]",
+        "Seen {n} times",
+        "rule = { count = { of = \"browse\", within = \"7d\" }, at_least = 1, as = \"views\" }\n",
+    );
+    assert_eq!(
+        parse_err(&text),
+        error(4, 1, "segment `x`: the reason uses `{n}` but no rule captures it with `as = \"n\"`")
+    );
+    let text = one_segment(
+        "full",
+        "[\"web\"]",
+        "Seen {views:euros}",
+        "rule = { count = { of = \"browse\", within = \"7d\" }, at_least = 1, as = \"views\" }\n",
+    );
+    assert_eq!(
+        parse_err(&text),
+        error(4, 1, "segment `x`: unknown format `euros` in the reason (use `cents` or none)")
+    );
+}
+
+#[test]
+fn a_sensitive_category_needs_the_sensitive_tier() {
+    let rule = "rule = { count = { of = \"purchase_item\", where = { category = [\"toys\", \"prenatal\"] }, within = \"7d\" }, at_least = 1 }\n";
+    for tier in ["light", "full"] {
+        let text = one_segment(tier, "[\"email\"]", "r", rule);
+        assert_eq!(
+            parse_err(&text),
+            error(4, 1, "segment `x`: it reads a sensitive category, so its tier must be `sensitive`")
+        );
+    }
+    let segment = only_segment(&one_segment("sensitive", "[\"email\"]", "r", rule));
+    assert_eq!(segment.tier, Tier::Sensitive);
+    assert_eq!(segment.needs, purposes(&[Purpose::Personalization, Purpose::Sensitive]));
+    // Without "prenatal" configured as sensitive, the same rule is an ordinary full segment.
+    let text = one_segment("full", "[\"email\"]", "r", rule);
+    let plain = Catalogue::parse("test.toml", &text, &[], MAX_RETENTION).unwrap();
+    assert_eq!(plain.segments[0].needs, purposes(&[Purpose::Personalization]));
+}
+
+#[test]
+fn a_window_above_max_retention_is_refused() {
+    let text = segment_with_rule("{ count = { of = \"browse\", within = \"401d\" }, at_least = 1 }");
+    assert_eq!(
+        parse_err(&text),
+        error(4, 1, "segment `x`: `within = \"401d\"` must be above zero and at most the maximum retention of 400 days")
+    );
+    let at_max = only_segment(&segment_with_rule("{ count = { of = \"browse\", within = \"400d\" }, at_least = 1 }"));
+    assert!(matches!(at_max.rule, Rule::Compare { measure: Measure::Count { window_ms, .. }, .. } if window_ms == MAX_RETENTION));
+    let text = segment_with_rule("{ count = { of = \"browse\", within = \"0d\" }, at_least = 1 }");
+    assert_eq!(
+        parse_err(&text),
+        error(4, 1, "segment `x`: `within = \"0d\"` must be above zero and at most the maximum retention of 400 days")
+    );
+    let text = segment_with_rule("{ count = { of = \"browse\", within = \"a week\" }, at_least = 1 }");
+    assert_eq!(
+        parse_err(&text),
+        error(4, 1, "segment `x`: `within = \"a week\"` is not a duration (e.g. 90d, 1h, 15m, 30s)")
+    );
+}
+
+#[test]
+fn a_bad_channel_is_refused() {
+    let text = one_segment("full", "[\"web\", \"sms\"]", "r", "rule = { count = { of = \"browse\", within = \"7d\" }, at_least = 1 }\n");
+    assert_eq!(parse_err(&text), error(4, 1, "segment `x`: `sms` is not a channel (web, email, push, ads)"));
+    // A purpose that is not a channel is not a channel either.
+    let text = one_segment("full", "[\"location\"]", "r", "rule = { count = { of = \"browse\", within = \"7d\" }, at_least = 1 }\n");
+    assert_eq!(parse_err(&text), error(4, 1, "segment `x`: `location` is not a channel (web, email, push, ads)"));
+}
+
+#[test]
+fn errors_point_at_the_segment_they_are_about() {
+    let valid = "rule = { count = { of = \"browse\", within = \"7d\" }, at_least = 1 }\n";
+    let text = format!(
+        "# leading comment\n{}\n[[segment]]\nid = \"y\"\ndescription = \"d\"\ntier = \"full\"\nchannels = [\"sms\"]\nreason = \"r\"\n{valid}",
+        one_segment("full", "[\"web\"]", "r", valid)
+    );
+    // Line 1 comment, lines 2-11 segment x, line 12 blank, `[[segment]]` of y on line 13.
+    assert_eq!(parse_err(&text), error(13, 1, "segment `y`: `sms` is not a channel (web, email, push, ads)"));
+}
+
+#[test]
+fn duplicate_ids_and_bad_holdouts_are_refused() {
+    let valid = "rule = { count = { of = \"browse\", within = \"7d\" }, at_least = 1 }\n";
+    let text = format!("{}\n{}", one_segment("full", "[]", "r", valid), one_segment("full", "[]", "r", valid).replace("[places]\nhome = { lat = 52.5, lon = 13.4 }\n", ""));
+    assert_eq!(parse_err(&text), error(13, 1, "segment `x` is defined twice"));
+    let text = one_segment("full", "[]", "r", &format!("holdout = 1.0\n{valid}"));
+    assert_eq!(parse_err(&text), error(4, 1, "segment `x`: holdout 1 must be at least 0 and below 1"));
+}
+
+#[test]
+fn geofences_smaller_than_the_coarse_precision_need_precise_location() {
+    let small = only_segment(&segment_with_rule("{ near = { places = [\"home\"], radius_m = 4999, within = \"1h\" }, at_least = 1 }"));
+    assert_eq!(
+        small.needs,
+        purposes(&[Purpose::Personalization, Purpose::Location, Purpose::PreciseLocation])
+    );
+    let large = only_segment(&segment_with_rule("{ near = { places = [\"home\"], radius_m = 5000, within = \"1h\" }, at_least = 1 }"));
+    assert_eq!(large.needs, purposes(&[Purpose::Personalization, Purpose::Location]));
+    let counted = only_segment(&segment_with_rule("{ count = { of = \"location\", within = \"1h\" }, at_least = 1 }"));
+    assert_eq!(counted.needs, purposes(&[Purpose::Personalization, Purpose::Location]));
+}
+
+#[test]
+fn retention_is_the_longest_window_per_kind_of_fact() {
+    let text = segment_with_rule(
+        "{ all = [ { count = { of = \"browse\", within = \"2d\" }, at_least = 1 }, \
+         { count = { of = \"browse\", within = \"5d\" }, at_least = 1 }, \
+         { sum = { of = \"purchase_item\", within = \"12h\" }, at_least = 1 }, \
+         { most_common = { of = \"purchase\", field = \"currency\", last = 4 }, at_least = 1 } ] }",
+    );
+    let catalogue = parse(&text).unwrap();
+    assert_eq!(
+        catalogue.retention,
+        Retention {
+            browse_ms: 5 * DAY,
+            purchase_ms: 12 * HOUR,
+            purchase_last: 4,
+            location_ms: 0,
+            max_ms: MAX_RETENTION,
+        }
+    );
+}
+
+#[test]
+fn durations_parse_with_their_units() {
+    assert_eq!(parse_duration_ms("90d"), Some(90 * DAY));
+    assert_eq!(parse_duration_ms("1h"), Some(HOUR));
+    assert_eq!(parse_duration_ms("15m"), Some(900_000));
+    assert_eq!(parse_duration_ms("30s"), Some(30_000));
+    assert_eq!(parse_duration_ms("250ms"), Some(250));
+    for bad in ["", "7", "d", "-1d", "7w", "1.5h", "7 d", "99999999999999999999d", "999999999999999d"] {
+        assert_eq!(parse_duration_ms(bad), None, "{bad}");
+    }
+}
+
+// --- the engine ------------------------------------------------------------
+
+fn count_browses(window_ms: i64) -> Measure {
+    Measure::Count { source: Source::Browse, filters: vec![], window_ms }
+}
+
+#[test]
+fn an_event_exactly_one_window_old_is_out_and_one_ms_younger_is_in() {
+    let window = 7 * DAY;
+    let now = MIDNIGHT + 5 * HOUR;
+    let out = browses(vec![browse(now - window, None)]);
+    let inside = browses(vec![browse(now - window + 1, None)]);
+    assert_eq!(measure(&count_browses(window), &out, now), 0.0);
+    assert_eq!(measure(&count_browses(window), &inside, now), 1.0);
+
+    let days = Measure::DistinctDays { source: Source::Browse, filters: vec![], window_ms: window };
+    assert_eq!(measure(&days, &out, now), 0.0);
+    assert_eq!(measure(&days, &inside, now), 1.0);
+
+    let sum = Measure::Sum { source: Source::Purchase, filters: vec![], window_ms: window };
+    let out = purchases(vec![purchase(now - window, 700, vec![])]);
+    let inside = purchases(vec![purchase(now - window, 700, vec![]), purchase(now - window + 1, 1_234, vec![])]);
+    assert_eq!(measure(&sum, &out, now), 0.0);
+    assert_eq!(measure(&sum, &inside, now), 1_234.0);
+}
+
+#[test]
+fn events_after_the_evaluation_time_are_not_counted() {
+    let history = browses(vec![browse(100, None), browse(200, None), browse(300, None)]);
+    assert_eq!(measure(&count_browses(1_000), &history, 200), 2.0);
+    assert_eq!(measure(&count_browses(1_000), &history, 300), 3.0);
+}
+
+#[test]
+fn distinct_days_are_utc_days_across_midnight() {
+    let days = Measure::DistinctDays { source: Source::Browse, filters: vec![], window_ms: 30 * DAY };
+    let across = browses(vec![browse(MIDNIGHT - 1, None), browse(MIDNIGHT, None)]);
+    assert_eq!(measure(&days, &across, MIDNIGHT), 2.0);
+    let same_day = browses(vec![browse(MIDNIGHT, None), browse(MIDNIGHT + DAY - 1, None)]);
+    assert_eq!(measure(&days, &same_day, MIDNIGHT + DAY - 1), 1.0);
+    let three = browses(vec![
+        browse(MIDNIGHT - DAY, None),
+        browse(MIDNIGHT - 1, None),
+        browse(MIDNIGHT + 10, None),
+        browse(MIDNIGHT + 20, None),
+        browse(MIDNIGHT + DAY, None),
+    ]);
+    assert_eq!(measure(&days, &three, MIDNIGHT + DAY), 3.0);
+}
+
+#[test]
+fn filters_select_facts_by_hashed_field_values() {
+    let history = browses(vec![
+        browse(1, Some("running")),
+        browse(2, Some("tennis")),
+        browse(3, None),
+        browse(4, Some("running")),
+    ]);
+    let running = Measure::Count { source: Source::Browse, filters: vec![category_filter("running")], window_ms: DAY };
+    assert_eq!(measure(&running, &history, 10), 2.0);
+    let either = Measure::Count {
+        source: Source::Browse,
+        filters: vec![Filter { field: Field::Category, any_of: vec![hash_value("tennis"), hash_value("golf")] }],
+        window_ms: DAY,
+    };
+    assert_eq!(measure(&either, &history, 10), 1.0);
+    let distinct = Measure::Distinct { source: Source::Browse, filters: vec![], field: Field::Category, window_ms: DAY };
+    assert_eq!(measure(&distinct, &history, 10), 2.0);
+}
+
+#[test]
+fn purchases_match_item_filters_once_and_items_count_each_line() {
+    let history = purchases(vec![
+        purchase(
+            1,
+            10_000,
+            vec![item("shoe", "running", 1, 8_000), item("sock", "running", 2, 1_000)],
+        ),
+        purchase(2, 500, vec![item("ball", "tennis", 1, 500)]),
+    ]);
+    let orders = Measure::Count { source: Source::Purchase, filters: vec![category_filter("running")], window_ms: DAY };
+    assert_eq!(measure(&orders, &history, 5), 1.0);
+    let lines = Measure::Count { source: Source::PurchaseItem, filters: vec![category_filter("running")], window_ms: DAY };
+    assert_eq!(measure(&lines, &history, 5), 2.0);
+    let line_amounts = Measure::Sum { source: Source::PurchaseItem, filters: vec![category_filter("running")], window_ms: DAY };
+    assert_eq!(measure(&line_amounts, &history, 5), 10_000.0);
+    let totals = Measure::Sum { source: Source::Purchase, filters: vec![], window_ms: DAY };
+    assert_eq!(measure(&totals, &history, 5), 10_500.0);
+    let products = Measure::Distinct { source: Source::PurchaseItem, filters: vec![], field: Field::ProductId, window_ms: DAY };
+    assert_eq!(measure(&products, &history, 5), 3.0);
+}
+
+fn most_common_product(last: usize) -> Measure {
+    Measure::MostCommon { source: Source::Purchase, filters: vec![], field: Field::ProductId, last }
+}
+
+#[test]
+fn most_common_with_fewer_than_n_events_is_zero() {
+    let nine_same: Vec<PurchaseFact> = (0..9).map(|i| purchase(i, 300, vec![item("coffee", "food", 1, 300)])).collect();
+    assert_eq!(measure(&most_common_product(10), &purchases(nine_same.clone()), 100), 0.0);
+    let mut ten = nine_same;
+    ten.push(purchase(9, 300, vec![item("tea", "food", 1, 300)]));
+    assert_eq!(measure(&most_common_product(10), &purchases(ten.clone()), 100), 9.0);
+    // Only the last N count: an eleventh coffee pushes the tea... no, it pushes the oldest coffee out.
+    ten.push(purchase(10, 300, vec![item("coffee", "food", 1, 300)]));
+    assert_eq!(measure(&most_common_product(10), &purchases(ten.clone()), 100), 9.0);
+    ten.push(purchase(11, 300, vec![item("coffee", "food", 1, 300)]));
+    ten.push(purchase(12, 300, vec![item("coffee", "food", 1, 300)]));
+    assert_eq!(measure(&most_common_product(3), &purchases(ten.clone()), 100), 3.0);
+    assert_eq!(measure(&most_common_product(4), &purchases(ten), 100), 3.0);
+}
+
+#[test]
+fn most_common_counts_orders_without_lines_but_never_as_a_value() {
+    let mut facts: Vec<PurchaseFact> = (0..9).map(|i| purchase(i, 300, vec![item("coffee", "food", 1, 300)])).collect();
+    facts.push(purchase(9, 0, vec![]));
+    assert_eq!(measure(&most_common_product(10), &purchases(facts), 100), 9.0);
+}
+
+#[test]
+fn near_counts_fixes_within_the_radius_and_the_window() {
+    let store = (52.5246, 13.4020);
+    let near = Measure::Near { places: vec![(48.0, 11.0), store], radius_m: 500.0, window_ms: HOUR };
+    let now = MIDNIGHT;
+    // 0.0036° of latitude is 400.3 m; 0.0054° is 600.5 m.
+    let inside = History { locations: vec![at(now - 10, store.0 + 0.0036, store.1)].into(), ..History::default() };
+    let outside = History { locations: vec![at(now - 10, store.0 + 0.0054, store.1)].into(), ..History::default() };
+    let too_old = History { locations: vec![at(now - HOUR, store.0, store.1)].into(), ..History::default() };
+    let just_in_time = History { locations: vec![at(now - HOUR + 1, store.0, store.1)].into(), ..History::default() };
+    assert_eq!(measure(&near, &inside, now), 1.0);
+    assert_eq!(measure(&near, &outside, now), 0.0);
+    assert_eq!(measure(&near, &too_old, now), 0.0);
+    assert_eq!(measure(&near, &just_in_time, now), 1.0);
+}
+
+#[test]
+fn haversine_distance_matches_known_distances() {
+    let berlin = (52.5200, 13.4050);
+    let hamburg = (53.5511, 9.9937);
+    let distance = distance_m(berlin, hamburg);
+    assert!((distance - 255_000.0).abs() < 2_550.0, "{distance}");
+    assert!((distance - 255_250.5).abs() < 1.0, "{distance}");
+    assert_eq!(distance_m(berlin, berlin), 0.0);
+    assert!((distance_m(hamburg, berlin) - distance).abs() < 1e-6);
+    // One degree of latitude on the mean sphere.
+    assert!((distance_m((0.0, 0.0), (1.0, 0.0)) - 111_195.08).abs() < 0.01);
+    // Antipodes: half the circumference.
+    assert!((distance_m((0.0, 0.0), (0.0, 180.0)) - std::f64::consts::PI * 6_371_008.8).abs() < 1e-3);
+}
+
+#[test]
+fn comparisons_hold_exactly_at_their_bounds() {
+    assert!(Comparison::AtLeast(3.0).holds(3.0));
+    assert!(!Comparison::AtLeast(3.0).holds(2.0));
+    assert!(Comparison::AtMost(3.0).holds(3.0));
+    assert!(!Comparison::AtMost(3.0).holds(4.0));
+    assert!(Comparison::Equals(0.0).holds(0.0));
+    assert!(!Comparison::Equals(0.0).holds(1.0));
+    assert!(!Comparison::MoreThan(3.0).holds(3.0));
+    assert!(Comparison::MoreThan(3.0).holds(4.0));
+    assert!(!Comparison::LessThan(3.0).holds(3.0));
+    assert!(Comparison::LessThan(3.0).holds(2.0));
+}
+
+#[test]
+fn all_any_and_not_combine_and_every_branch_fills_its_capture() {
+    let segment = only_segment(&one_segment(
+        "full",
+        "[\"web\"]",
+        "{views} views, {spent:cents} spent",
+        "rule.all = [\n  { count = { of = \"browse\", within = \"7d\" }, at_least = 5, as = \"views\" },\n  \
+         { not = { sum = { of = \"purchase\", within = \"7d\" }, at_least = 100, as = \"spent\" } },\n]\n",
+    ));
+    let mut history = browses(vec![browse(1, None), browse(2, None)]);
+    history.purchases.push_back(purchase(3, 250, vec![]));
+    let mut captures = vec![0.0; 2];
+    // The first branch fails; the second is still evaluated so the reason is complete.
+    assert!(!evaluate(&segment.rule, &history, 10, &mut captures));
+    assert_eq!(captures, vec![2.0, 250.0]);
+    assert_eq!(render_reason(&segment.reason, &captures), "2 views, 2.50 spent");
+
+    let any = Rule::Any(vec![
+        Rule::Compare { measure: count_browses(DAY), comparison: Comparison::AtLeast(5.0), capture: Some(0) },
+        Rule::Compare { measure: count_browses(DAY), comparison: Comparison::AtLeast(2.0), capture: Some(1) },
+    ]);
+    let mut captures = vec![0.0; 2];
+    assert!(evaluate(&any, &history, 10, &mut captures));
+    assert_eq!(captures, vec![2.0, 2.0]);
+    assert!(!evaluate(&Rule::Not(Box::new(any)), &history, 10, &mut captures));
+}
+
+#[test]
+fn reasons_render_numbers_and_cents() {
+    let parts = vec![
+        TemplatePart::Text("Spent ".to_owned()),
+        TemplatePart::Cents(0),
+        TemplatePart::Text(" across ".to_owned()),
+        TemplatePart::Number(1),
+        TemplatePart::Text(" purchases.".to_owned()),
+    ];
+    assert_eq!(render_reason(&parts, &[50_000.0, 1.0]), "Spent 500.00 across 1 purchases.");
+    assert_eq!(render_reason(&parts, &[123_456.0, 12.0]), "Spent 1234.56 across 12 purchases.");
+    assert_eq!(render_reason(&parts, &[5.0, 0.0]), "Spent 0.05 across 0 purchases.");
+    assert_eq!(render_reason(&parts, &[-150.0, 3.0]), "Spent -1.50 across 3 purchases.");
+    assert_eq!(render_reason(&parts, &[-5.0, 3.0]), "Spent -0.05 across 3 purchases.");
+    assert_eq!(render_reason(&[TemplatePart::Number(0)], &[7.0]), "7");
+    assert_eq!(render_reason(&[], &[]), "");
+}
+
+fn with_holdout(id: &str, holdout: Option<f64>) -> Segment {
+    let mut segment = only_segment(&segment_with_rule("{ count = { of = \"browse\", within = \"7d\" }, at_least = 1 }"));
+    segment.id = id.to_owned();
+    segment.holdout = holdout;
+    segment
+}
+
+#[test]
+fn arms_are_deterministic_and_split_by_the_holdout_share() {
+    let segment = with_holdout("promo", Some(0.1));
+    let mut holdout = 0usize;
+    for index in 0..100_000 {
+        let user = format!("user-{index}");
+        let first = arm(&segment, &user);
+        assert_eq!(first, arm(&segment, &user));
+        match first.as_deref() {
+            Some("holdout") => holdout += 1,
+            Some("treatment") => {}
+            other => panic!("unexpected arm {other:?}"),
+        }
+    }
+    let share = holdout as f64 / 100_000.0;
+    assert!((share - 0.1).abs() < 0.015, "holdout share {share}");
+}
+
+#[test]
+fn arms_depend_on_the_segment_and_are_absent_without_a_holdout() {
+    assert_eq!(arm(&with_holdout("promo", None), "user-1"), None);
+    assert_eq!(arm(&with_holdout("promo", Some(0.0)), "user-1").as_deref(), Some("treatment"));
+    let a = with_holdout("a", Some(0.5));
+    let b = with_holdout("b", Some(0.5));
+    let differing = (0..1_000)
+        .filter(|index| arm(&a, &format!("user-{index}")) != arm(&b, &format!("user-{index}")))
+        .count();
+    // Independent halves disagree for about half the users.
+    assert!((400..600).contains(&differing), "{differing}");
+}
+
+proptest! {
+    #[test]
+    fn a_count_is_the_number_of_facts_in_the_half_open_window(
+        mut offsets in proptest::collection::vec(0i64..20 * DAY, 0..40),
+        window_days in 1i64..15,
+    ) {
+        offsets.sort_unstable();
+        let history = browses(offsets.iter().map(|offset| browse(MIDNIGHT + offset, None)).collect());
+        let now = MIDNIGHT + 20 * DAY;
+        let window = window_days * DAY;
+        let expected = offsets.iter().filter(|offset| MIDNIGHT + **offset > now - window).count();
+        prop_assert_eq!(measure(&count_browses(window), &history, now), expected as f64);
+        let days = Measure::DistinctDays { source: Source::Browse, filters: vec![], window_ms: window };
+        let mut expected_days: Vec<i64> = offsets
+            .iter()
+            .filter(|offset| MIDNIGHT + **offset > now - window)
+            .map(|offset| (MIDNIGHT + offset).div_euclid(DAY))
+            .collect();
+        expected_days.dedup();
+        prop_assert_eq!(measure(&days, &history, now), expected_days.len() as f64);
+    }
+
+    #[test]
+    fn rendering_cents_matches_decimal_formatting(cents in -10_000_000i64..10_000_000) {
+        let rendered = render_reason(&[TemplatePart::Cents(0)], &[cents as f64]);
+        let sign = if cents < 0 { "-" } else { "" };
+        prop_assert_eq!(rendered, format!("{sign}{}.{:02}", cents.abs() / 100, cents.abs() % 100));
+    }
+
+    #[test]
+    fn arbitrary_segment_files_never_panic(text in "[ -~\n]{0,200}") {
+        let _ = parse(&text);
+    }
+}

@@ -1,0 +1,361 @@
+//! Configuration in two phases: [`ConfigFile`] is the TOML as written (unknown
+//! keys rejected, a documented default per field); [`Config`] is the validated
+//! form the rest of the code trusts, with the segment catalogue loaded.
+
+use crate::codec::{Codec, SchemaError};
+use crate::processor::CoreSettings;
+use crate::segments::definition::DEFAULT_SEGMENTS;
+use crate::segments::{Catalogue, DefinitionError};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+const DAY_MS: i64 = 86_400_000;
+
+/// A configuration that cannot be used. The operator's to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+    #[error(transparent)]
+    Segments(#[from] DefinitionError),
+    #[error("schema file {path}: {source}")]
+    Schema { path: PathBuf, source: SchemaError },
+}
+
+/// The configuration file as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    pub kafka: KafkaSection,
+    #[serde(default)]
+    pub topics: TopicsSection,
+    #[serde(default)]
+    pub pipeline: PipelineSection,
+    #[serde(default)]
+    pub privacy: PrivacySection,
+    #[serde(default)]
+    pub admin: AdminSection,
+}
+
+/// `[kafka]`: how to reach the cluster.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSection {
+    /// Bootstrap servers, `host:port[,host:port]`. Required.
+    pub bootstrap_servers: String,
+    /// Names this deployment: the internal topics are `tactful.<app_id>.*`. Default `tactful`.
+    #[serde(default = "default_app_id")]
+    pub app_id: String,
+    /// Consumer group of the event topics. Default: the app id.
+    #[serde(default)]
+    pub group_id: Option<String>,
+    /// Extra librdkafka settings (security, tuning), passed to every client as given.
+    #[serde(default)]
+    pub client_properties: BTreeMap<String, String>,
+}
+
+fn default_app_id() -> String {
+    "tactful".to_owned()
+}
+
+/// `[topics]`: every topic name is configurable (CONTRACT §1).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TopicsSection {
+    pub browse: String,
+    pub purchase: String,
+    pub location: String,
+    pub consent: String,
+    pub profiles: String,
+    /// Default `tactful.<app_id>.dead-letters`.
+    pub dead_letters: Option<String>,
+}
+
+impl Default for TopicsSection {
+    fn default() -> Self {
+        Self {
+            browse: "events.browse".to_owned(),
+            purchase: "events.purchase".to_owned(),
+            location: "events.location".to_owned(),
+            consent: "consent.changes".to_owned(),
+            profiles: "profiles.updates".to_owned(),
+            dead_letters: None,
+        }
+    }
+}
+
+/// `[pipeline]`: how records are processed.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineSection {
+    /// Segment definitions. Default: the bundled catalogue (deploy/segments.toml).
+    pub segments_file: Option<PathBuf>,
+    /// Extra Avro writer schemas (older or newer versions of the records) to
+    /// recognise by fingerprint.
+    pub extra_schema_files: Vec<PathBuf>,
+    /// Most records processed between two commits. Default 5000.
+    pub max_batch_records: usize,
+    /// Longest wait for the first record of a batch. Default 100 ms.
+    pub poll_timeout_ms: u64,
+    /// Copy bad records to the dead-letter topic. Default true.
+    pub dead_letters_enabled: bool,
+    /// A record whose time is further than this from now is an absurd value.
+    /// Default 400 days, above the longest window.
+    pub event_time_tolerance_ms: i64,
+    /// Longest wait for the consent topic to catch up before a batch of
+    /// events; past it, the batch is applied with the consent read so far and
+    /// a warning is logged. Default 10000 ms.
+    pub consent_catch_up_timeout_ms: u64,
+    /// Create `profiles.updates` (compacted) and the dead-letter topic when
+    /// missing, with the input partition count. Default true.
+    pub create_output_topics: bool,
+}
+
+impl Default for PipelineSection {
+    fn default() -> Self {
+        Self {
+            segments_file: None,
+            extra_schema_files: Vec::new(),
+            max_batch_records: 5_000,
+            poll_timeout_ms: 100,
+            dead_letters_enabled: true,
+            event_time_tolerance_ms: 400 * DAY_MS,
+            consent_catch_up_timeout_ms: 10_000,
+            create_output_topics: true,
+        }
+    }
+}
+
+/// `[privacy]`: what counts as sensitive and how long anything is kept.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrivacySection {
+    /// Product categories that need the `sensitive` purpose. Default prenatal, pharmacy.
+    pub sensitive_categories: Vec<String>,
+    /// Nothing is retained longer than this, whatever a segment asks. Default 365 days.
+    pub max_retention_days: u32,
+}
+
+impl Default for PrivacySection {
+    fn default() -> Self {
+        Self {
+            sensitive_categories: vec!["prenatal".to_owned(), "pharmacy".to_owned()],
+            max_retention_days: 365,
+        }
+    }
+}
+
+/// `[admin]`: the HTTP endpoint for health, readiness and metrics.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSection {
+    /// Listen address. Default 127.0.0.1:9464 (loopback only).
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminSection {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+        }
+    }
+}
+
+/// Topic names, resolved.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Topics {
+    pub browse: String,
+    pub purchase: String,
+    pub location: String,
+    pub consent: String,
+    pub profiles: String,
+    pub dead_letters: String,
+}
+
+impl Topics {
+    /// The three event topics, consumed by the group.
+    pub fn events(&self) -> [&str; 3] {
+        [&self.browse, &self.purchase, &self.location]
+    }
+}
+
+/// The validated configuration.
+pub struct Config {
+    pub bootstrap_servers: String,
+    pub app_id: String,
+    pub group_id: String,
+    pub client_properties: BTreeMap<String, String>,
+    pub topics: Topics,
+    pub catalogue: Catalogue,
+    pub extra_writer_schemas: Vec<String>,
+    pub core: CoreSettings,
+    pub max_batch_records: usize,
+    pub poll_timeout_ms: u64,
+    pub dead_letters_enabled: bool,
+    pub consent_catch_up_timeout_ms: u64,
+    pub create_output_topics: bool,
+    pub admin_listen: SocketAddr,
+}
+
+impl Config {
+    /// Reads and validates the configuration file at `path`. Relative paths
+    /// inside it are relative to the file's folder.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = read(path)?;
+        let file: ConfigFile = toml::from_str(&text).map_err(|error| ConfigError::Parse {
+            path: path.to_owned(),
+            message: describe_toml_error(&text, &error),
+        })?;
+        Self::validate(file, path)
+    }
+
+    /// Validates a parsed file; `path` locates it and its relative paths.
+    pub fn validate(file: ConfigFile, path: &Path) -> Result<Self, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid { path: path.to_owned(), message };
+        let base = path.parent().unwrap_or(Path::new("."));
+        let ConfigFile { kafka, topics, pipeline, privacy, admin } = file;
+        if kafka.bootstrap_servers.trim().is_empty() {
+            return Err(invalid("kafka.bootstrap_servers is empty".to_owned()));
+        }
+        if kafka.app_id.is_empty() || !kafka.app_id.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+            return Err(invalid(format!(
+                "kafka.app_id `{}` must be letters, digits, `.`, `_` or `-` (it names topics)",
+                kafka.app_id
+            )));
+        }
+        if pipeline.max_batch_records == 0 {
+            return Err(invalid("pipeline.max_batch_records must be at least 1".to_owned()));
+        }
+        if pipeline.event_time_tolerance_ms <= 0 {
+            return Err(invalid("pipeline.event_time_tolerance_ms must be above zero".to_owned()));
+        }
+        if privacy.max_retention_days == 0 {
+            return Err(invalid("privacy.max_retention_days must be at least 1".to_owned()));
+        }
+        let max_retention_ms = i64::from(privacy.max_retention_days) * DAY_MS;
+        let catalogue = match &pipeline.segments_file {
+            Some(segments_path) => {
+                let segments_path = base.join(segments_path);
+                let source = read(&segments_path)?;
+                Catalogue::parse(
+                    &segments_path.display().to_string(),
+                    &source,
+                    &privacy.sensitive_categories,
+                    max_retention_ms,
+                )?
+            }
+            None => Catalogue::parse("deploy/segments.toml", DEFAULT_SEGMENTS, &privacy.sensitive_categories, max_retention_ms)?,
+        };
+        let mut extra_writer_schemas = Vec::new();
+        for schema_path in &pipeline.extra_schema_files {
+            let schema_path = base.join(schema_path);
+            let text = read(&schema_path)?;
+            // Parse now so a bad file is reported with its name.
+            Codec::new(std::slice::from_ref(&text)).map_err(|source| ConfigError::Schema { path: schema_path, source })?;
+            extra_writer_schemas.push(text);
+        }
+        let dead_letters = topics
+            .dead_letters
+            .unwrap_or_else(|| format!("tactful.{}.dead-letters", kafka.app_id));
+        Ok(Self {
+            group_id: kafka.group_id.unwrap_or_else(|| kafka.app_id.clone()),
+            bootstrap_servers: kafka.bootstrap_servers,
+            app_id: kafka.app_id,
+            client_properties: kafka.client_properties,
+            topics: Topics {
+                browse: topics.browse,
+                purchase: topics.purchase,
+                location: topics.location,
+                consent: topics.consent,
+                profiles: topics.profiles,
+                dead_letters,
+            },
+            catalogue,
+            extra_writer_schemas,
+            core: CoreSettings {
+                sensitive_categories: privacy.sensitive_categories,
+                event_time_tolerance_ms: pipeline.event_time_tolerance_ms,
+            },
+            max_batch_records: pipeline.max_batch_records,
+            poll_timeout_ms: pipeline.poll_timeout_ms,
+            dead_letters_enabled: pipeline.dead_letters_enabled,
+            consent_catch_up_timeout_ms: pipeline.consent_catch_up_timeout_ms,
+            create_output_topics: pipeline.create_output_topics,
+            admin_listen: admin.listen,
+        })
+    }
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })
+}
+
+/// `line L, column C: message` for a TOML error.
+fn describe_toml_error(text: &str, error: &toml::de::Error) -> String {
+    match error.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |newline| newline + 1) + 1;
+            format!("line {line}, column {column}: {}", error.message())
+        }
+        None => error.message().to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_text(text: &str) -> Result<Config, ConfigError> {
+        let dir = std::env::temp_dir().join(format!("tactful-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{:x}.toml", crate::state::hash_value(text)));
+        std::fs::write(&path, text).unwrap();
+        Config::load(&path)
+    }
+
+    #[test]
+    fn a_minimal_file_gets_the_documented_defaults() {
+        let config = load_text("[kafka]\nbootstrap_servers = \"127.0.0.1:9092\"\n").unwrap();
+        assert_eq!(config.group_id, "tactful");
+        assert_eq!(config.topics.consent, "consent.changes");
+        assert_eq!(config.topics.profiles, "profiles.updates");
+        assert_eq!(config.topics.dead_letters, "tactful.tactful.dead-letters");
+        assert_eq!(config.admin_listen.to_string(), "127.0.0.1:9464");
+        assert_eq!(config.catalogue.segments.len(), 6);
+        assert_eq!(config.core.sensitive_categories, vec!["prenatal", "pharmacy"]);
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_line() {
+        let error = load_text("[kafka]\nbootstrap_servers = \"x:1\"\n\n[pipeline]\nmax_batch = 3\n")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(error.contains("line 5, column 1: unknown field `max_batch`"), "{error}");
+    }
+
+    #[test]
+    fn a_missing_required_key_is_named() {
+        let error = load_text("[kafka]\napp_id = \"a\"\n").err().unwrap().to_string();
+        assert!(error.contains("missing field `bootstrap_servers`"), "{error}");
+    }
+
+    #[test]
+    fn invalid_values_are_explained() {
+        let error = load_text("[kafka]\nbootstrap_servers = \"x:1\"\napp_id = \"a b\"\n").err().unwrap().to_string();
+        assert!(error.contains("kafka.app_id `a b` must be letters"), "{error}");
+        let error = load_text("[kafka]\nbootstrap_servers = \"x:1\"\n[pipeline]\nmax_batch_records = 0\n")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(error.contains("pipeline.max_batch_records must be at least 1"), "{error}");
+    }
+}

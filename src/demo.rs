@@ -1,0 +1,123 @@
+//! `tactful demo`: the whole core on an embedded default — the bundled
+//! segment catalogue and a synthetic population — in-process, no Kafka.
+
+use crate::codec::Codec;
+use crate::config::PrivacySection;
+use crate::consent::DropReason;
+use crate::processor::{CoreSettings, Processor};
+use crate::segments::Catalogue;
+use crate::synthetic::Population;
+use crate::telemetry::Tally;
+use std::time::{Duration, Instant};
+
+const DAY_MS: i64 = 86_400_000;
+
+/// Options of `tactful demo`.
+#[derive(Debug, clap::Args)]
+pub struct DemoOptions {
+    /// Synthetic users.
+    #[arg(long, default_value_t = 50_000)]
+    pub users: usize,
+    /// Records to process (events, plus a few withdrawals and bad records).
+    #[arg(long, default_value_t = 2_000_000)]
+    pub events: u64,
+    /// Simulated days the events span.
+    #[arg(long, default_value_t = 60)]
+    pub days: i64,
+    /// Seed of the synthetic population.
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+}
+
+/// The demo failed to start. A build defect: the embedded defaults are tested.
+#[derive(Debug, thiserror::Error)]
+#[error("the embedded default is invalid: {0}")]
+pub struct DemoError(String);
+
+/// Runs the demo and prints a live summary to stdout.
+pub fn run(options: &DemoOptions) -> Result<(), DemoError> {
+    let privacy = PrivacySection::default();
+    let max_retention_ms = i64::from(privacy.max_retention_days) * DAY_MS;
+    let catalogue = Catalogue::default_catalogue(&privacy.sensitive_categories, max_retention_ms);
+    let settings = CoreSettings {
+        sensitive_categories: privacy.sensitive_categories,
+        event_time_tolerance_ms: max_retention_ms,
+    };
+    let codec = Codec::new(&[]).map_err(|error| DemoError(error.to_string()))?;
+    let processor = Processor::new(codec, catalogue, &settings);
+    let now_ms = crate::pipeline::now_ms();
+    let mut population = Population::new(options.seed, options.users.max(1), options.events, options.days, now_ms);
+
+    println!(
+        "tactful demo: {} synthetic users, {} records over {} simulated days (seed {})",
+        options.users, options.events, options.days, options.seed
+    );
+    let mut total = Tally::default();
+    let mut tally = Tally::default();
+    let mut sample_users = Vec::new();
+    for record in population.consent_records() {
+        let processed = processor.process(record.kind, Some(record.key.as_bytes()), record.value.as_deref(), now_ms);
+        tally.record(record.kind, &processed.outcome, processed.output.as_ref());
+    }
+    let started = Instant::now();
+    let mut last_report = Instant::now();
+    let mut since_report = 0u64;
+    for _ in 0..options.events {
+        let record = population.next_record();
+        let processed = processor.process(record.kind, Some(record.key.as_bytes()), record.value.as_deref(), now_ms);
+        tally.record(record.kind, &processed.outcome, processed.output.as_ref());
+        if let Some(crate::processor::Output::Update(update)) = &processed.output {
+            if sample_users.len() < 400 && update.segments.len() >= 2 && !sample_users.contains(&update.user_id) {
+                sample_users.push(update.user_id.clone());
+            }
+        }
+        since_report += 1;
+        if since_report % 4_096 == 0 && last_report.elapsed() >= Duration::from_secs(1) {
+            let rate = since_report as f64 / last_report.elapsed().as_secs_f64();
+            total.merge(&tally);
+            tally = Tally::default();
+            print_summary(&format!("{:>5.1}s", started.elapsed().as_secs_f64()), rate, &total, &processor);
+            last_report = Instant::now();
+            since_report = 0;
+        }
+    }
+    total.merge(&tally);
+    let elapsed = started.elapsed().as_secs_f64();
+    print_summary("done ", options.events as f64 / elapsed.max(1e-9), &total, &processor);
+    println!("\nA few profiles, as a personalization service (or the user) would see them:");
+    let mut shown = 0;
+    for user_id in sample_users.iter().rev() {
+        let Some(memberships) = processor.memberships(user_id) else { continue };
+        if memberships.len() < 2 {
+            continue;
+        }
+        println!("  {user_id}");
+        for membership in memberships {
+            println!("    {:<18} {}  (channels: {})", membership.id, membership.reason, membership.channels.join(", "));
+        }
+        shown += 1;
+        if shown == 4 {
+            break;
+        }
+    }
+    Ok(())
+}
+
+fn print_summary(label: &str, rate: f64, total: &Tally, processor: &Processor) {
+    let dropped: Vec<String> = DropReason::ALL
+        .iter()
+        .map(|reason| format!("{} {}", reason.as_str(), total.dropped_for(*reason)))
+        .collect();
+    let bad: u64 = total.rejected.values().sum();
+    println!(
+        "[{label}] {:>9.0} records/s | applied {} | dropped: {} | bad (dead-lettered) {} | updates {} | erased {}",
+        rate,
+        total.applied.iter().sum::<u64>(),
+        dropped.join(", "),
+        bad,
+        total.updates,
+        total.tombstones
+    );
+    let sizes: Vec<String> = processor.segment_sizes().iter().map(|(id, size)| format!("{id} {size}")).collect();
+    println!("         segments: {}", sizes.join(" | "));
+}

@@ -1,0 +1,216 @@
+//! The Kafka shell around the pure core: ingest the event topics as a
+//! consumer group, read the consent topic ahead of them as a table, apply each
+//! record through the [`Processor`], publish profile updates and dead letters,
+//! then commit (at least once: offsets are committed only after every record
+//! of the batch was acknowledged by the broker).
+//!
+//! Everything here is blocking librdkafka calls, so it runs on its own thread.
+
+mod clients;
+mod consent_table;
+
+use crate::config::Config;
+use crate::model::InputKind;
+use crate::processor::{Outcome, Output, Processor};
+use crate::telemetry::{record_segment_sizes, Tally};
+use clients::{Clients, DeadLetter};
+use consent_table::ConsentTable;
+use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub use clients::check_topics;
+
+/// A failure that stops the pipeline. Kafka errors are the outside system's;
+/// the process exits non-zero and uncommitted records are read again on restart.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("kafka: {context}: {source}")]
+    Kafka {
+        context: &'static str,
+        source: rdkafka::error::KafkaError,
+    },
+    #[error("topic layout: {0}")]
+    Topics(String),
+    #[error("{0} records could not be delivered; their input offsets were not committed")]
+    Delivery(u64),
+    #[error("cannot encode a profile update: {0}")]
+    Encode(#[from] crate::codec::SchemaError),
+}
+
+/// Shared flags between the pipeline thread and the admin endpoint.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// The consent table is loaded and the consumer is running.
+    pub ready: AtomicBool,
+}
+
+/// Milliseconds since the epoch, the processing time handed to the core.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Runs the pipeline until `shutdown` is set, then commits and leaves the group.
+pub fn run(
+    config: &Config,
+    processor: &Processor,
+    health: &Health,
+    shutdown: &AtomicBool,
+    runtime: &tokio::runtime::Handle,
+) -> Result<(), PipelineError> {
+    let partitions = check_topics(config, runtime)?;
+    let clients = Clients::connect(config)?;
+    let mut consent = ConsentTable::assign(&clients.consent, &config.topics.consent, partitions)?;
+    let mut batch = Batch::new(config, processor);
+    consent.catch_up(&clients.consent, &mut batch, Duration::from_millis(config.consent_catch_up_timeout_ms))?;
+    batch.publish(&clients)?;
+    tracing::info!(consent_records = batch.tally.applied[3], "consent table loaded");
+    batch.tally.flush_to_metrics();
+
+    clients
+        .events
+        .subscribe(&config.topics.events())
+        .map_err(|source| PipelineError::Kafka { context: "subscribe to the event topics", source })?;
+    health.ready.store(true, Ordering::Release);
+    tracing::info!(group = %config.group_id, partitions, "consuming events");
+
+    let poll_timeout = Duration::from_millis(config.poll_timeout_ms);
+    while !shutdown.load(Ordering::Acquire) {
+        let mut messages = Vec::new();
+        if let Some(first) = poll(&clients, poll_timeout)? {
+            messages.push(first);
+            while messages.len() < config.max_batch_records {
+                match poll(&clients, Duration::ZERO)? {
+                    Some(message) => messages.push(message),
+                    None => break,
+                }
+            }
+        }
+        if messages.is_empty() {
+            // Apply consent changes that arrive while events are quiet, so a
+            // withdrawal is honoured (and its tombstone published) promptly.
+            consent.drain(&clients.consent, &mut batch)?;
+        } else {
+            consent.catch_up(&clients.consent, &mut batch, Duration::from_millis(config.consent_catch_up_timeout_ms))?;
+            for message in &messages {
+                batch.apply_event(message);
+            }
+        }
+        batch.publish(&clients)?;
+        commit(&clients, &messages)?;
+        batch.tally.flush_to_metrics();
+        record_segment_sizes(processor.segment_sizes());
+    }
+    health.ready.store(false, Ordering::Release);
+    tracing::info!("shutting down: last batch committed, leaving the group");
+    clients.events.unsubscribe();
+    Ok(())
+}
+
+fn poll<'a>(clients: &'a Clients, timeout: Duration) -> Result<Option<BorrowedMessage<'a>>, PipelineError> {
+    match clients.events.poll(timeout) {
+        None => Ok(None),
+        Some(Ok(message)) => Ok(Some(message)),
+        // Transient errors (a broker restarting, a rebalance) are retried by
+        // librdkafka; they are logged and the loop goes on.
+        Some(Err(error)) => {
+            tracing::warn!(%error, "event consumer error");
+            Ok(None)
+        }
+    }
+}
+
+/// Commits the offsets after the last record of each partition in `messages`.
+fn commit(clients: &Clients, messages: &[BorrowedMessage<'_>]) -> Result<(), PipelineError> {
+    let mut next_offsets: BTreeMap<(&str, i32), i64> = BTreeMap::new();
+    for message in messages {
+        let next = next_offsets.entry((message.topic(), message.partition())).or_default();
+        *next = (*next).max(message.offset() + 1);
+    }
+    if next_offsets.is_empty() {
+        return Ok(());
+    }
+    let mut offsets = TopicPartitionList::new();
+    for ((topic, partition), next) in next_offsets {
+        offsets
+            .add_partition_offset(topic, partition, Offset::Offset(next))
+            .map_err(|source| PipelineError::Kafka { context: "build the offsets to commit", source })?;
+    }
+    clients
+        .events
+        .commit(&offsets, CommitMode::Sync)
+        .map_err(|source| PipelineError::Kafka { context: "commit offsets", source })
+}
+
+/// The effects of the records processed since the last commit.
+pub(crate) struct Batch<'a> {
+    processor: &'a Processor,
+    dead_letters_enabled: bool,
+    kinds: BTreeMap<String, InputKind>,
+    outputs: Vec<Output>,
+    dead_letters: Vec<DeadLetter>,
+    tally: Tally,
+}
+
+impl<'a> Batch<'a> {
+    fn new(config: &Config, processor: &'a Processor) -> Self {
+        let topics = &config.topics;
+        let kinds = [
+            (&topics.browse, InputKind::Browse),
+            (&topics.purchase, InputKind::Purchase),
+            (&topics.location, InputKind::Location),
+        ]
+        .into_iter()
+        .map(|(topic, kind)| (topic.clone(), kind))
+        .collect();
+        Self {
+            processor,
+            dead_letters_enabled: config.dead_letters_enabled,
+            kinds,
+            outputs: Vec::new(),
+            dead_letters: Vec::new(),
+            tally: Tally::default(),
+        }
+    }
+
+    /// Processes one record read from an event topic.
+    fn apply_event(&mut self, message: &BorrowedMessage<'_>) {
+        match self.kinds.get(message.topic()).copied() {
+            Some(kind) => self.apply(kind, message),
+            None => tracing::error!(topic = message.topic(), "record from a topic that is not an input; skipped"),
+        }
+    }
+
+    /// Processes one record of `kind`.
+    pub(crate) fn apply(&mut self, kind: InputKind, message: &BorrowedMessage<'_>) {
+        let processed = self.processor.process(kind, message.key(), message.payload(), now_ms());
+        self.tally.record(kind, &processed.outcome, processed.output.as_ref());
+        if let Outcome::Rejected(rejection) = &processed.outcome {
+            tracing::debug!(
+                topic = message.topic(),
+                partition = message.partition(),
+                offset = message.offset(),
+                reason = rejection.reason(),
+                "bad record"
+            );
+            if self.dead_letters_enabled {
+                self.dead_letters.push(DeadLetter::of(message, rejection.reason()));
+            }
+        }
+        self.outputs.extend(processed.output);
+    }
+
+    /// Sends every output and dead letter and waits until all are acknowledged.
+    fn publish(&mut self, clients: &Clients) -> Result<(), PipelineError> {
+        clients.publish(self.processor.codec(), &self.outputs, &self.dead_letters)?;
+        self.outputs.clear();
+        self.dead_letters.clear();
+        Ok(())
+    }
+}
+

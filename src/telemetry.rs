@@ -1,0 +1,123 @@
+//! Metrics and logs. Metric names follow Prometheus conventions
+//! (`tactful_<what>_total` for counters); labels are bounded enums, never a
+//! user id. Per-record counts accumulate in a [`Tally`] and are flushed once
+//! per batch, so the hot path touches no shared counter.
+
+use crate::consent::DropReason;
+use crate::model::InputKind;
+use crate::processor::{Outcome, Output};
+use std::collections::BTreeMap;
+
+/// Input kinds, in a fixed order for tallies.
+const KINDS: [InputKind; 4] = [InputKind::Browse, InputKind::Purchase, InputKind::Location, InputKind::Consent];
+
+fn kind_index(kind: InputKind) -> usize {
+    match kind {
+        InputKind::Browse => 0,
+        InputKind::Purchase => 1,
+        InputKind::Location => 2,
+        InputKind::Consent => 3,
+    }
+}
+
+/// Counts of outcomes since the last flush.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Tally {
+    /// Applied records per input kind.
+    pub applied: [u64; 4],
+    /// Dropped events per (kind, reason).
+    pub dropped: BTreeMap<(&'static str, &'static str), u64>,
+    /// Bad records per (kind, reason).
+    pub rejected: BTreeMap<(&'static str, &'static str), u64>,
+    pub updates: u64,
+    pub tombstones: u64,
+}
+
+impl Tally {
+    /// Counts one processed record.
+    pub fn record(&mut self, kind: InputKind, outcome: &Outcome, output: Option<&Output>) {
+        match outcome {
+            Outcome::Applied => self.applied[kind_index(kind)] += 1,
+            Outcome::Dropped(reason) => *self.dropped.entry((kind.as_str(), reason.as_str())).or_default() += 1,
+            Outcome::Rejected(rejection) => {
+                *self.rejected.entry((kind.as_str(), rejection.reason())).or_default() += 1
+            }
+        }
+        match output {
+            Some(Output::Update(_)) => self.updates += 1,
+            Some(Output::Tombstone { .. }) => self.tombstones += 1,
+            None => {}
+        }
+    }
+
+    /// Records processed, of any outcome.
+    pub fn records(&self) -> u64 {
+        self.applied.iter().sum::<u64>() + self.dropped.values().sum::<u64>() + self.rejected.values().sum::<u64>()
+    }
+
+    /// Events dropped for `reason`, of any kind.
+    pub fn dropped_for(&self, reason: DropReason) -> u64 {
+        self.dropped
+            .iter()
+            .filter(|((_, label), _)| *label == reason.as_str())
+            .map(|(_, count)| count)
+            .sum()
+    }
+
+    /// Adds `other` into `self`.
+    pub fn merge(&mut self, other: &Tally) {
+        for (mine, theirs) in self.applied.iter_mut().zip(other.applied) {
+            *mine += theirs;
+        }
+        for (key, count) in &other.dropped {
+            *self.dropped.entry(*key).or_default() += count;
+        }
+        for (key, count) in &other.rejected {
+            *self.rejected.entry(*key).or_default() += count;
+        }
+        self.updates += other.updates;
+        self.tombstones += other.tombstones;
+    }
+
+    /// Adds the counts to the process's metrics and resets the tally.
+    pub fn flush_to_metrics(&mut self) {
+        for (kind, count) in KINDS.iter().zip(self.applied) {
+            if count > 0 {
+                metrics::counter!("tactful_records_applied_total", "kind" => kind.as_str()).increment(count);
+            }
+        }
+        for ((kind, reason), count) in &self.dropped {
+            metrics::counter!("tactful_events_dropped_total", "kind" => *kind, "reason" => *reason).increment(*count);
+        }
+        for ((kind, reason), count) in &self.rejected {
+            metrics::counter!("tactful_records_rejected_total", "kind" => *kind, "reason" => *reason)
+                .increment(*count);
+        }
+        if self.updates > 0 {
+            metrics::counter!("tactful_profile_updates_total", "type" => "update").increment(self.updates);
+        }
+        if self.tombstones > 0 {
+            metrics::counter!("tactful_profile_updates_total", "type" => "tombstone").increment(self.tombstones);
+        }
+        *self = Self::default();
+    }
+}
+
+/// Sets the per-segment member gauges.
+pub fn record_segment_sizes<'a>(sizes: impl IntoIterator<Item = (&'a str, i64)>) {
+    for (segment, members) in sizes {
+        metrics::gauge!("tactful_segment_members", "segment" => segment.to_owned()).set(members as f64);
+    }
+}
+
+/// Installs the `tracing` subscriber: compact lines on stderr, level from
+/// `RUST_LOG` (default `info`).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
