@@ -144,10 +144,7 @@ pub struct PrivacySection {
 
 impl Default for PrivacySection {
     fn default() -> Self {
-        Self {
-            sensitive_categories: vec!["prenatal".to_owned(), "pharmacy".to_owned()],
-            max_retention_days: 365,
-        }
+        Self { sensitive_categories: vec!["prenatal".to_owned(), "pharmacy".to_owned()], max_retention_days: 365 }
     }
 }
 
@@ -161,9 +158,7 @@ pub struct AdminSection {
 
 impl Default for AdminSection {
     fn default() -> Self {
-        Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
-        }
+        Self { listen: SocketAddr::from(([127, 0, 0, 1], 9464)) }
     }
 }
 
@@ -250,19 +245,23 @@ impl Config {
                     max_retention_ms,
                 )?
             }
-            None => Catalogue::parse("deploy/segments.toml", DEFAULT_SEGMENTS, &privacy.sensitive_categories, max_retention_ms)?,
+            None => Catalogue::parse(
+                "deploy/segments.toml",
+                DEFAULT_SEGMENTS,
+                &privacy.sensitive_categories,
+                max_retention_ms,
+            )?,
         };
         let mut extra_writer_schemas = Vec::new();
         for schema_path in &pipeline.extra_schema_files {
             let schema_path = base.join(schema_path);
             let text = read(&schema_path)?;
             // Parse now so a bad file is reported with its name.
-            Codec::new(std::slice::from_ref(&text)).map_err(|source| ConfigError::Schema { path: schema_path, source })?;
+            Codec::new(std::slice::from_ref(&text))
+                .map_err(|source| ConfigError::Schema { path: schema_path, source })?;
             extra_writer_schemas.push(text);
         }
-        let dead_letters = topics
-            .dead_letters
-            .unwrap_or_else(|| format!("tactful.{}.dead-letters", kafka.app_id));
+        let dead_letters = topics.dead_letters.unwrap_or_else(|| format!("tactful.{}.dead-letters", kafka.app_id));
         Ok(Self {
             group_id: kafka.group_id.unwrap_or_else(|| kafka.app_id.clone()),
             bootstrap_servers: kafka.bootstrap_servers,
@@ -335,10 +334,8 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_rejected_with_their_line() {
-        let error = load_text("[kafka]\nbootstrap_servers = \"x:1\"\n\n[pipeline]\nmax_batch = 3\n")
-            .err()
-            .unwrap()
-            .to_string();
+        let error =
+            load_text("[kafka]\nbootstrap_servers = \"x:1\"\n\n[pipeline]\nmax_batch = 3\n").err().unwrap().to_string();
         assert!(error.contains("line 5, column 1: unknown field `max_batch`"), "{error}");
     }
 

@@ -39,10 +39,8 @@ pub fn run(options: &DemoOptions) -> Result<(), DemoError> {
     let privacy = PrivacySection::default();
     let max_retention_ms = i64::from(privacy.max_retention_days) * DAY_MS;
     let catalogue = Catalogue::default_catalogue(&privacy.sensitive_categories, max_retention_ms);
-    let settings = CoreSettings {
-        sensitive_categories: privacy.sensitive_categories,
-        event_time_tolerance_ms: max_retention_ms,
-    };
+    let settings =
+        CoreSettings { sensitive_categories: privacy.sensitive_categories, event_time_tolerance_ms: max_retention_ms };
     let codec = Codec::new(&[]).map_err(|error| DemoError(error.to_string()))?;
     let processor = Processor::new(codec, catalogue, &settings);
     let now_ms = crate::pipeline::now_ms();
@@ -72,7 +70,7 @@ pub fn run(options: &DemoOptions) -> Result<(), DemoError> {
             }
         }
         since_report += 1;
-        if since_report % 4_096 == 0 && last_report.elapsed() >= Duration::from_secs(1) {
+        if since_report.is_multiple_of(4_096) && last_report.elapsed() >= Duration::from_secs(1) {
             let rate = since_report as f64 / last_report.elapsed().as_secs_f64();
             total.merge(&tally);
             tally = Tally::default();
@@ -104,10 +102,8 @@ pub fn run(options: &DemoOptions) -> Result<(), DemoError> {
 }
 
 fn print_summary(label: &str, rate: f64, total: &Tally, processor: &Processor) {
-    let dropped: Vec<String> = DropReason::ALL
-        .iter()
-        .map(|reason| format!("{} {}", reason.as_str(), total.dropped_for(*reason)))
-        .collect();
+    let dropped: Vec<String> =
+        DropReason::ALL.iter().map(|reason| format!("{} {}", reason.as_str(), total.dropped_for(*reason))).collect();
     let bad: u64 = total.rejected.values().sum();
     println!(
         "[{label}] {:>9.0} records/s | applied {} | dropped: {} | bad (dead-lettered) {} | updates {} | erased {}",

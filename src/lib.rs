@@ -4,15 +4,15 @@
 //! segments over per-user state ([`segments`], [`state`]) → publish, with the
 //! pure core in [`processor`] and the Kafka shell in [`pipeline`].
 
+pub mod admin;
 pub mod codec;
+pub mod config;
 pub mod consent;
+pub mod demo;
 pub mod model;
+pub mod pipeline;
 pub mod processor;
 pub mod segments;
 pub mod state;
-pub mod config;
-pub mod pipeline;
-pub mod telemetry;
-pub mod admin;
-pub mod demo;
 pub mod synthetic;
+pub mod telemetry;

@@ -86,13 +86,10 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
     let shutdown = Arc::new(AtomicBool::new(false));
 
     let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
-    let admin_task = runtime.spawn(admin::serve(
-        config.admin_listen,
-        admin::router(health.clone(), metrics),
-        async move {
+    let admin_task =
+        runtime.spawn(admin::serve(config.admin_listen, admin::router(health.clone(), metrics), async move {
             let _ = admin_stopped.await;
-        },
-    ));
+        }));
     let signal_flag = shutdown.clone();
     runtime.spawn(async move {
         wait_for_signal().await;
@@ -103,12 +100,12 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
     tracing::info!(app = %config.app_id, segments = config.catalogue.segments.len(), "starting");
     let handle = runtime.handle().clone();
     let result = std::thread::scope(|scope| {
-        scope
-            .spawn(|| pipeline::run(&config, &processor, &health, &shutdown, &handle))
-            .join()
+        scope.spawn(|| pipeline::run(&config, &processor, &health, &shutdown, &handle)).join()
     });
     let _ = stop_admin.send(());
-    if let Ok(Ok(Err(error))) = runtime.block_on(async { tokio::time::timeout(std::time::Duration::from_secs(5), admin_task).await }) {
+    if let Ok(Ok(Err(error))) =
+        runtime.block_on(async { tokio::time::timeout(std::time::Duration::from_secs(5), admin_task).await })
+    {
         tracing::warn!(%error, "admin endpoint failed");
     }
     match result {

@@ -61,7 +61,9 @@ pub enum Outcome {
 pub enum Output {
     Update(ProfileUpdate),
     /// The user was erased: a null value under their key.
-    Tombstone { user_id: String },
+    Tombstone {
+        user_id: String,
+    },
 }
 
 impl Output {
@@ -185,7 +187,9 @@ impl Processor {
         if user_id != key {
             return Err(Rejection::KeyMismatch);
         }
-        if ts.abs_diff(now_ms) > self.event_time_tolerance_ms.unsigned_abs() {
+        // The consent topic is compacted: a choice made long ago is still in force.
+        let too_old = matches!(decoded, Decoded::Event(_)) && now_ms.saturating_sub(ts) > self.event_time_tolerance_ms;
+        if too_old || ts.saturating_sub(now_ms) > self.event_time_tolerance_ms {
             return Err(Rejection::AbsurdValue("timestamp too far from now"));
         }
         match &decoded {
@@ -235,6 +239,11 @@ impl Processor {
             }
             if !consent.granted.contains(Purpose::Sensitive) {
                 state.history.forget_sensitive();
+                for browse in &mut state.history.browses {
+                    if browse.category.is_some_and(|category| self.sensitive_categories.contains(&category)) {
+                        (browse.category, browse.product) = (None, None);
+                    }
+                }
             }
             state.consent = Some(consent);
             self.refresh(&change.user_id, &mut state, change.ts, now_ms).map(Output::Update)

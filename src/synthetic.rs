@@ -60,7 +60,9 @@ impl ConsentMix {
             ),
             Self::Light => (&["personalization", "web", "email"], PersonalizationLevel::Light),
             Self::NoLocation => (&["personalization", "web", "email", "push", "ads"], PersonalizationLevel::Full),
-            Self::CoarseLocation => (&["personalization", "location", "web", "email", "push"], PersonalizationLevel::Full),
+            Self::CoarseLocation => {
+                (&["personalization", "location", "web", "email", "push"], PersonalizationLevel::Full)
+            }
             Self::LevelNone => (&["personalization", "web"], PersonalizationLevel::None),
             Self::NoPersonalization => (&["web", "email"], PersonalizationLevel::Full),
             Self::Unknown => return None,
@@ -154,7 +156,7 @@ impl Population {
         let progress = self.emitted.min(self.planned) as f64 / self.planned as f64;
         let active = ((self.users.len() as f64) * (0.2 + 0.8 * progress)).ceil() as usize;
         let index = self.rng.random_range(0..active.clamp(1, self.users.len()));
-        if self.emitted % BAD_RECORD_EVERY == 0 {
+        if self.emitted.is_multiple_of(BAD_RECORD_EVERY) {
             return self.bad_record(index);
         }
         // About one user in 50 withdraws at some point, by snapshot or tombstone.
@@ -192,7 +194,7 @@ impl Population {
         let ts = self.clock;
         let event_id = format!("ev-{}", self.emitted);
         let gpc = rng.random_range(0..200) == 0;
-        let consent = gpc.then(|| EventConsent { tcf: None, gpc: true });
+        let consent = gpc.then_some(EventConsent { tcf: None, gpc: true });
         let roll = rng.random_range(0..100);
         let (kind, value): (InputKind, Result<Vec<u8>, _>) = match (user.persona, roll) {
             (Persona::StoreVisitor, 0..60) => {
@@ -202,23 +204,20 @@ impl Population {
                 } else {
                     (rng.random_range(47.5..54.5), rng.random_range(6.0..14.5))
                 };
-                let event = LocationEvent {
-                    event_id,
-                    user_id: user.id.clone(),
-                    ts,
-                    lat,
-                    lon,
-                    accuracy_m: Some(12.0),
-                    consent,
-                };
+                let event =
+                    LocationEvent { event_id, user_id: user.id.clone(), ts, lat, lon, accuracy_m: Some(12.0), consent };
                 (InputKind::Location, self.encode(InputKind::Location, &event))
             }
             (Persona::Habitual, 0..50) | (Persona::BigSpender, 0..30) | (Persona::Expecting, 0..30) | (_, 0..5) => {
                 let (product, category, price_cents) = match user.persona {
                     Persona::Habitual if rng.random_bool(0.92) => ("p-coffee-beans".to_owned(), "grocery", 1_299),
-                    Persona::BigSpender => (format!("p-tv-{}", rng.random_range(0..50)), "electronics", rng.random_range(9_000..40_000)),
+                    Persona::BigSpender => {
+                        (format!("p-tv-{}", rng.random_range(0..50)), "electronics", rng.random_range(9_000..40_000))
+                    }
                     Persona::Expecting => (format!("p-prenatal-{}", rng.random_range(0..5)), "prenatal", 2_499),
-                    Persona::RunningBrowser if rng.random_bool(0.3) => ("p-running-shoe-1".to_owned(), "running", 11_999),
+                    Persona::RunningBrowser if rng.random_bool(0.3) => {
+                        ("p-running-shoe-1".to_owned(), "running", 11_999)
+                    }
                     _ => (format!("p-{}", rng.random_range(0..5_000)), "home", rng.random_range(500..5_000)),
                 };
                 let event = PurchaseEvent {
@@ -228,7 +227,12 @@ impl Population {
                     order_id: format!("o-{}", self.emitted),
                     currency: "EUR".to_owned(),
                     total_cents: price_cents,
-                    items: vec![PurchaseItem { product_id: product, category: category.to_owned(), quantity: 1, price_cents }],
+                    items: vec![PurchaseItem {
+                        product_id: product,
+                        category: category.to_owned(),
+                        quantity: 1,
+                        price_cents,
+                    }],
                     consent,
                 };
                 (InputKind::Purchase, self.encode(InputKind::Purchase, &event))
@@ -252,16 +256,12 @@ impl Population {
                 (InputKind::Browse, self.encode(InputKind::Browse, &event))
             }
         };
-        SyntheticRecord {
-            kind,
-            key: self.users[index].id.clone(),
-            value: Some(value.unwrap_or_default()),
-        }
+        SyntheticRecord { kind, key: self.users[index].id.clone(), value: Some(value.unwrap_or_default()) }
     }
 
     /// Half the records as Avro single-object, half as JSON: both paths are exercised.
     fn encode<T: serde::Serialize>(&self, kind: InputKind, value: &T) -> Result<Vec<u8>, crate::codec::SchemaError> {
-        if self.emitted % 2 == 0 {
+        if self.emitted.is_multiple_of(2) {
             let mut out = Vec::with_capacity(128);
             self.codec.encode_input(kind, value, &mut out)?;
             Ok(out)

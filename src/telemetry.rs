@@ -39,9 +39,7 @@ impl Tally {
         match outcome {
             Outcome::Applied => self.applied[kind_index(kind)] += 1,
             Outcome::Dropped(reason) => *self.dropped.entry((kind.as_str(), reason.as_str())).or_default() += 1,
-            Outcome::Rejected(rejection) => {
-                *self.rejected.entry((kind.as_str(), rejection.reason())).or_default() += 1
-            }
+            Outcome::Rejected(rejection) => *self.rejected.entry((kind.as_str(), rejection.reason())).or_default() += 1,
         }
         match output {
             Some(Output::Update(_)) => self.updates += 1,
@@ -57,11 +55,7 @@ impl Tally {
 
     /// Events dropped for `reason`, of any kind.
     pub fn dropped_for(&self, reason: DropReason) -> u64 {
-        self.dropped
-            .iter()
-            .filter(|((_, label), _)| *label == reason.as_str())
-            .map(|(_, count)| count)
-            .sum()
+        self.dropped.iter().filter(|((_, label), _)| *label == reason.as_str()).map(|(_, count)| count).sum()
     }
 
     /// Adds `other` into `self`.
@@ -90,8 +84,7 @@ impl Tally {
             metrics::counter!("tactful_events_dropped_total", "kind" => *kind, "reason" => *reason).increment(*count);
         }
         for ((kind, reason), count) in &self.rejected {
-            metrics::counter!("tactful_records_rejected_total", "kind" => *kind, "reason" => *reason)
-                .increment(*count);
+            metrics::counter!("tactful_records_rejected_total", "kind" => *kind, "reason" => *reason).increment(*count);
         }
         if self.updates > 0 {
             metrics::counter!("tactful_profile_updates_total", "type" => "update").increment(self.updates);
@@ -115,9 +108,6 @@ pub fn record_segment_sizes<'a>(sizes: impl IntoIterator<Item = (&'a str, i64)>)
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
+    let _ =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
 }

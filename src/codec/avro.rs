@@ -95,14 +95,7 @@ impl SchemaCatalogue {
             let schema = parse(text)?;
             writers.insert(fingerprint(&schema), schema);
         }
-        Ok(Self {
-            writers,
-            browse,
-            purchase,
-            location,
-            consent,
-            profile,
-        })
+        Ok(Self { writers, browse, purchase, location, consent, profile })
     }
 
     fn reader(&self, kind: InputKind) -> &ContractSchema {
@@ -124,10 +117,7 @@ impl SchemaCatalogue {
             return Err(DecodeError::Truncated("single-object fingerprint shorter than 8 bytes"));
         };
         let fingerprint = u64::from_le_bytes(*fingerprint_bytes);
-        let writer = self
-            .writers
-            .get(&fingerprint)
-            .ok_or(DecodeError::UnknownFingerprint(fingerprint))?;
+        let writer = self.writers.get(&fingerprint).ok_or(DecodeError::UnknownFingerprint(fingerprint))?;
         // apache_avro reads a string, boolean or union cut off by the end of
         // the input as null; a read past the end is how truncation shows.
         let mut reader = EndGuard { rest: datum, read_past_end: false };
@@ -135,23 +125,17 @@ impl SchemaCatalogue {
         if reader.read_past_end {
             return Err(DecodeError::Truncated("the avro datum ends early"));
         }
-        let value = value.map_err(|error| DecodeError::Malformed {
-            encoding: "avro",
-            detail: error.to_string(),
-        })?;
+        let value = value.map_err(|error| DecodeError::Malformed { encoding: "avro", detail: error.to_string() })?;
         if !reader.rest.is_empty() {
             return Err(DecodeError::Malformed {
                 encoding: "avro",
                 detail: format!("{} bytes after the end of the datum", reader.rest.len()),
             });
         }
-        let resolved = value
-            .resolve(&self.reader(kind).schema)
-            .map_err(|error| DecodeError::SchemaMismatch(error.to_string()))?;
-        apache_avro::from_value(&resolved).map_err(|error| DecodeError::Malformed {
-            encoding: "avro",
-            detail: error.to_string(),
-        })
+        let resolved =
+            value.resolve(&self.reader(kind).schema).map_err(|error| DecodeError::SchemaMismatch(error.to_string()))?;
+        apache_avro::from_value(&resolved)
+            .map_err(|error| DecodeError::Malformed { encoding: "avro", detail: error.to_string() })
     }
 
     /// Appends `update` in single-object encoding to `out`.

@@ -62,9 +62,7 @@ pub struct Codec {
 impl Codec {
     /// A codec knowing the bundled schemas plus `extra_writer_schemas` (JSON texts).
     pub fn new(extra_writer_schemas: &[String]) -> Result<Self, SchemaError> {
-        Ok(Self {
-            schemas: SchemaCatalogue::new(extra_writer_schemas)?,
-        })
+        Ok(Self { schemas: SchemaCatalogue::new(extra_writer_schemas)? })
     }
 
     /// Decodes one value read from the topic of `kind`.
@@ -96,7 +94,12 @@ impl Codec {
     }
 
     /// Appends an input record of `kind` in Avro single-object encoding to `out`.
-    pub fn encode_input<T: serde::Serialize>(&self, kind: InputKind, value: &T, out: &mut Vec<u8>) -> Result<(), SchemaError> {
+    pub fn encode_input<T: serde::Serialize>(
+        &self,
+        kind: InputKind,
+        value: &T,
+        out: &mut Vec<u8>,
+    ) -> Result<(), SchemaError> {
         self.schemas.encode_input(kind, value, out)
     }
 }

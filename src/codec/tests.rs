@@ -29,9 +29,9 @@ fn rabin_fingerprint(canonical_form: &str) -> u64 {
         }
         *entry = fingerprint;
     }
-    canonical_form.bytes().fold(EMPTY, |fingerprint, byte| {
-        (fingerprint >> 8) ^ table[((fingerprint ^ u64::from(byte)) & 0xff) as usize]
-    })
+    canonical_form
+        .bytes()
+        .fold(EMPTY, |fingerprint, byte| (fingerprint >> 8) ^ table[((fingerprint ^ u64::from(byte)) & 0xff) as usize])
 }
 
 fn schema(text: &str) -> Schema {
@@ -71,10 +71,7 @@ fn full_browse() -> BrowseEvent {
         product_id: Some("shoe-42".to_owned()),
         category: Some("running".to_owned()),
         url: Some("https://shop.example/p/shoe-42".to_owned()),
-        consent: Some(EventConsent {
-            tcf: Some("CPXxRfAPXxRfAAfKABENB-CgAAAAAAAAAAYgAAAAAAAA".to_owned()),
-            gpc: true,
-        }),
+        consent: Some(EventConsent { tcf: Some("CPXxRfAPXxRfAAfKABENB-CgAAAAAAAAAAYgAAAAAAAA".to_owned()), gpc: true }),
     }
 }
 
@@ -200,10 +197,7 @@ fn json_round_trips_every_input_record_type() {
     assert_eq!(codec.decode(InputKind::Purchase, &bytes), Ok(Decoded::Event(Event::Purchase(purchase()))));
     for accuracy in [None, Some(12.5)] {
         let bytes = serde_json::to_vec(&location(accuracy)).unwrap();
-        assert_eq!(
-            codec.decode(InputKind::Location, &bytes),
-            Ok(Decoded::Event(Event::Location(location(accuracy))))
-        );
+        assert_eq!(codec.decode(InputKind::Location, &bytes), Ok(Decoded::Event(Event::Location(location(accuracy)))));
     }
     let bytes = serde_json::to_vec(&consent_change()).unwrap();
     assert_eq!(codec.decode(InputKind::Consent, &bytes), Ok(Decoded::Consent(consent_change())));
@@ -227,10 +221,7 @@ fn avro_single_object_round_trips_every_input_record_type() {
     assert_eq!(codec.decode(InputKind::Purchase, &bytes), Ok(Decoded::Event(Event::Purchase(purchase()))));
     for accuracy in [None, Some(12.5)] {
         let bytes = avro_of(LOCATION_AVSC, &location(accuracy));
-        assert_eq!(
-            codec.decode(InputKind::Location, &bytes),
-            Ok(Decoded::Event(Event::Location(location(accuracy))))
-        );
+        assert_eq!(codec.decode(InputKind::Location, &bytes), Ok(Decoded::Event(Event::Location(location(accuracy)))));
     }
     for level in [PersonalizationLevel::None, PersonalizationLevel::Light, PersonalizationLevel::Full] {
         let change = ConsentChange { level, ..consent_change() };
@@ -253,10 +244,7 @@ fn avro_header_is_marker_then_little_endian_fingerprint() {
 #[test]
 fn a_writer_with_an_added_field_with_default_still_decodes() {
     let writer = edited_schema(BROWSE_AVSC, |fields| {
-        fields.insert(
-            4,
-            serde_json::json!({"name": "referrer", "type": "string", "default": ""}),
-        );
+        fields.insert(4, serde_json::json!({"name": "referrer", "type": "string", "default": ""}));
     });
     let mut fields = record_fields(apache_avro::to_value(full_browse()).unwrap());
     fields.insert(4, ("referrer".to_owned(), Value::String("https://search.example".to_owned())));
@@ -282,12 +270,7 @@ fn a_writer_lacking_optional_fields_still_decodes_them_as_not_given() {
         .collect();
     let bytes = single_object(&writer, Value::Record(fields));
     let codec = Codec::new(&[writer]).unwrap();
-    let expected = BrowseEvent {
-        url: None,
-        consent: None,
-        session_id: None,
-        ..full_browse()
-    };
+    let expected = BrowseEvent { url: None, consent: None, session_id: None, ..full_browse() };
     assert_eq!(codec.decode(InputKind::Browse, &bytes), Ok(Decoded::Event(Event::Browse(expected))));
 }
 
@@ -354,10 +337,7 @@ fn a_value_cut_off_before_its_trailing_consent_is_truncated_not_consent_free() {
     // consent union branch 1 (02), tcf null (00), gpc true (01).
     assert_eq!(&bytes[bytes.len() - 3..], &[0x02, 0x00, 0x01]);
     let cut = &bytes[..bytes.len() - 3];
-    assert_eq!(
-        codec().decode(InputKind::Purchase, cut),
-        Err(DecodeError::Truncated("the avro datum ends early"))
-    );
+    assert_eq!(codec().decode(InputKind::Purchase, cut), Err(DecodeError::Truncated("the avro datum ends early")));
 }
 
 #[test]
@@ -365,10 +345,7 @@ fn a_value_cut_off_inside_a_string_is_truncated() {
     let bytes = avro_of(BROWSE_AVSC, &full_browse());
     // Header (10), event_id "e-1" (1 + 3), then user_id's length and 2 of its 6 bytes.
     let cut = &bytes[..10 + 4 + 1 + 2];
-    assert_eq!(
-        codec().decode(InputKind::Browse, cut),
-        Err(DecodeError::Truncated("the avro datum ends early"))
-    );
+    assert_eq!(codec().decode(InputKind::Browse, cut), Err(DecodeError::Truncated("the avro datum ends early")));
 }
 
 #[test]
@@ -377,10 +354,7 @@ fn bytes_after_the_datum_are_malformed() {
     bytes.push(0);
     assert_eq!(
         codec().decode(InputKind::Browse, &bytes),
-        Err(DecodeError::Malformed {
-            encoding: "avro",
-            detail: "1 bytes after the end of the datum".to_owned()
-        })
+        Err(DecodeError::Malformed { encoding: "avro", detail: "1 bytes after the end of the datum".to_owned() })
     );
 }
 
@@ -422,14 +396,15 @@ fn json_missing_a_required_field_is_missing_field() {
     json.as_object_mut().unwrap().remove("page_type");
     let error = codec().decode(InputKind::Browse, &serde_json::to_vec(&json).unwrap()).unwrap_err();
     match &error {
-        DecodeError::MissingField(detail) => assert!(detail.starts_with("missing field `page_type`"), "{detail}"),
+        DecodeError::MissingField(detail) => {
+            assert!(detail.starts_with("missing field `page_type`"), "{detail}")
+        }
         other => panic!("expected MissingField, got {other:?}"),
     }
     assert_eq!(error.reason(), "missing_field");
 
-    let error = codec()
-        .decode(InputKind::Consent, br#"{"user_id":"u","ts":1,"granted":[],"source":"cmp"}"#)
-        .unwrap_err();
+    let error =
+        codec().decode(InputKind::Consent, br#"{"user_id":"u","ts":1,"granted":[],"source":"cmp"}"#).unwrap_err();
     assert!(matches!(&error, DecodeError::MissingField(detail) if detail.contains("`level`")), "{error:?}");
 }
 
@@ -466,7 +441,8 @@ fn json_fields_unknown_to_the_reader_are_ignored() {
 #[test]
 fn values_that_are_no_known_encoding_or_invalid_json_are_malformed() {
     let codec = codec();
-    for value in [&b"hello"[..], b"[1,2]", b"{\"event_id\":", b"{\"event_id\":\"e\",\"user_id\":\"u\",\"ts\":\"soon\"}"] {
+    for value in [&b"hello"[..], b"[1,2]", b"{\"event_id\":", b"{\"event_id\":\"e\",\"user_id\":\"u\",\"ts\":\"soon\"}"]
+    {
         let error = codec.decode(InputKind::Browse, value).unwrap_err();
         assert!(matches!(error, DecodeError::Malformed { encoding: "json", .. }), "{value:?}: {error:?}");
         assert_eq!(error.reason(), "undecodable");
@@ -514,10 +490,7 @@ fn encoded_inputs_decode_back_to_the_same_records() {
     assert_eq!(codec.decode(InputKind::Purchase, &bytes), Ok(Decoded::Event(Event::Purchase(purchase()))));
     bytes.clear();
     codec.encode_input(InputKind::Location, &location(Some(4.0)), &mut bytes).unwrap();
-    assert_eq!(
-        codec.decode(InputKind::Location, &bytes),
-        Ok(Decoded::Event(Event::Location(location(Some(4.0)))))
-    );
+    assert_eq!(codec.decode(InputKind::Location, &bytes), Ok(Decoded::Event(Event::Location(location(Some(4.0))))));
     bytes.clear();
     codec.encode_input(InputKind::Consent, &consent_change(), &mut bytes).unwrap();
     assert_eq!(codec.decode(InputKind::Consent, &bytes), Ok(Decoded::Consent(consent_change())));
@@ -542,10 +515,7 @@ fn encoded_profile_arms_are_avro_unions() {
         .collect();
     assert_eq!(
         arms,
-        vec![
-            &Value::Union(1, Box::new(Value::String("holdout".to_owned()))),
-            &Value::Union(0, Box::new(Value::Null)),
-        ]
+        vec![&Value::Union(1, Box::new(Value::String("holdout".to_owned()))), &Value::Union(0, Box::new(Value::Null)),]
     );
 }
 
@@ -577,12 +547,7 @@ fn a_huge_array_block_count_is_an_error_not_an_abort() {
 }
 
 fn all_kinds() -> impl Strategy<Value = InputKind> {
-    prop_oneof![
-        Just(InputKind::Browse),
-        Just(InputKind::Purchase),
-        Just(InputKind::Location),
-        Just(InputKind::Consent),
-    ]
+    prop_oneof![Just(InputKind::Browse), Just(InputKind::Purchase), Just(InputKind::Location), Just(InputKind::Consent),]
 }
 
 proptest! {

@@ -109,10 +109,7 @@ impl Purposes {
     /// Parses purpose names; names that are not purposes are ignored so that a
     /// consent tool may record purposes this version does not know yet.
     pub fn from_names<S: AsRef<str>>(names: &[S]) -> Self {
-        names
-            .iter()
-            .filter_map(|name| Purpose::parse(name.as_ref()))
-            .fold(Self::NONE, Self::with)
+        names.iter().filter_map(|name| Purpose::parse(name.as_ref())).fold(Self::NONE, Self::with)
     }
 }
 
@@ -177,12 +174,7 @@ pub enum DropReason {
 
 impl DropReason {
     /// Every reason, for reporting.
-    pub const ALL: [DropReason; 4] = [
-        Self::NoConsent,
-        Self::NoPersonalization,
-        Self::LevelNone,
-        Self::NoLocation,
-    ];
+    pub const ALL: [DropReason; 4] = [Self::NoConsent, Self::NoPersonalization, Self::LevelNone, Self::NoLocation];
 
     /// Metric label.
     pub fn as_str(self) -> &'static str {

@@ -66,17 +66,7 @@ fn purpose_names_are_the_contract_names() {
     let names: Vec<&str> = Purpose::ALL.iter().map(|purpose| purpose.as_str()).collect();
     assert_eq!(
         names,
-        [
-            "personalization",
-            "location",
-            "precise_location",
-            "sensitive",
-            "measurement",
-            "web",
-            "email",
-            "push",
-            "ads"
-        ]
+        ["personalization", "location", "precise_location", "sensitive", "measurement", "web", "email", "push", "ads"]
     );
     for purpose in Purpose::ALL {
         assert_eq!(Purpose::parse(purpose.as_str()), Some(purpose));
@@ -136,10 +126,7 @@ fn gpc_removes_ads_and_nothing_else() {
     let mut consent = in_force(&["personalization", "web", "email", "push", "ads"], PersonalizationLevel::Full);
     assert_eq!(consent.effective(), consent.granted);
     consent.gpc_opt_out = true;
-    assert_eq!(
-        consent.effective(),
-        set(&[Purpose::Personalization, Purpose::Web, Purpose::Email, Purpose::Push])
-    );
+    assert_eq!(consent.effective(), set(&[Purpose::Personalization, Purpose::Web, Purpose::Email, Purpose::Push]));
     assert_eq!(consent.effective().channel_names(), vec!["web", "email", "push"]);
     // What was granted is still on record; only its effect is narrowed.
     assert!(consent.granted.contains(Purpose::Ads));
@@ -204,11 +191,7 @@ fn drop_reason_labels() {
 }
 
 fn any_level() -> impl Strategy<Value = PersonalizationLevel> {
-    prop_oneof![
-        Just(PersonalizationLevel::None),
-        Just(PersonalizationLevel::Light),
-        Just(PersonalizationLevel::Full),
-    ]
+    prop_oneof![Just(PersonalizationLevel::None), Just(PersonalizationLevel::Light), Just(PersonalizationLevel::Full),]
 }
 
 fn any_event() -> impl Strategy<Value = Event> {

@@ -118,6 +118,9 @@ impl Clients {
             .create_with_context(GroupContext)
             .map_err(kafka("create the event consumer"))?;
         let consent = base_config(config)
+            // librdkafka wants a group id even for assign(); this consumer
+            // never subscribes or commits, so the group stays empty.
+            .set("group.id", format!("{}.consent-table", config.group_id))
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
             // End-of-partition events tell when the table has caught up.
@@ -247,11 +250,14 @@ pub fn check_topics(config: &Config, runtime: &tokio::runtime::Handle) -> Result
             names.join(", ")
         )));
     }
-    let admin: AdminClient<DefaultClientContext> = base_config(config).create().map_err(kafka("create an admin client"))?;
+    let admin: AdminClient<DefaultClientContext> =
+        base_config(config).create().map_err(kafka("create an admin client"))?;
     // -1: the cluster's default replication factor.
     let new_topics: Vec<NewTopic<'_>> = missing
         .iter()
-        .map(|(name, cleanup)| NewTopic::new(name, partitions, TopicReplication::Fixed(-1)).set("cleanup.policy", cleanup))
+        .map(|(name, cleanup)| {
+            NewTopic::new(name, partitions, TopicReplication::Fixed(-1)).set("cleanup.policy", cleanup)
+        })
         .collect();
     let results = runtime
         .block_on(admin.create_topics(&new_topics, &AdminOptions::new().operation_timeout(Some(METADATA_TIMEOUT))))

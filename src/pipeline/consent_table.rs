@@ -42,7 +42,12 @@ impl ConsentTable {
 
     /// Applies consent records until every partition reached the end it had
     /// when this call started, or `timeout` passed (logged as degraded).
-    pub fn catch_up(&mut self, consumer: &BaseConsumer, batch: &mut Batch<'_>, timeout: Duration) -> Result<(), PipelineError> {
+    pub fn catch_up(
+        &mut self,
+        consumer: &BaseConsumer,
+        batch: &mut Batch<'_>,
+        timeout: Duration,
+    ) -> Result<(), PipelineError> {
         let mut targets = Vec::with_capacity(self.partitions as usize);
         for partition in 0..self.partitions {
             let (_, high) = consumer
@@ -68,7 +73,10 @@ impl ConsentTable {
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                tracing::warn!(pending_partitions = pending, "consent topic did not catch up in time; applying events with the consent read so far");
+                tracing::warn!(
+                    pending_partitions = pending,
+                    "consent topic did not catch up in time; applying events with the consent read so far"
+                );
                 return Ok(());
             }
             match consumer.poll(CATCH_UP_POLL) {

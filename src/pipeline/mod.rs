@@ -29,10 +29,7 @@ pub use clients::check_topics;
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
     #[error("kafka: {context}: {source}")]
-    Kafka {
-        context: &'static str,
-        source: rdkafka::error::KafkaError,
-    },
+    Kafka { context: &'static str, source: rdkafka::error::KafkaError },
     #[error("topic layout: {0}")]
     Topics(String),
     #[error("{0} records could not be delivered; their input offsets were not committed")]
@@ -96,7 +93,11 @@ pub fn run(
             // withdrawal is honoured (and its tombstone published) promptly.
             consent.drain(&clients.consent, &mut batch)?;
         } else {
-            consent.catch_up(&clients.consent, &mut batch, Duration::from_millis(config.consent_catch_up_timeout_ms))?;
+            consent.catch_up(
+                &clients.consent,
+                &mut batch,
+                Duration::from_millis(config.consent_catch_up_timeout_ms),
+            )?;
             for message in &messages {
                 batch.apply_event(message);
             }
@@ -213,4 +214,3 @@ impl<'a> Batch<'a> {
         Ok(())
     }
 }
-

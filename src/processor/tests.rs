@@ -1,0 +1,1122 @@
+//! Tests of the pure core: records in, outcomes, state and profile updates out,
+//! over the bundled segment catalogue.
+
+use super::*;
+use crate::model::{BrowseEvent, EventConsent, LocationEvent, PurchaseEvent, PurchaseItem};
+use proptest::prelude::*;
+use serde::Serialize;
+
+const DAY: i64 = 86_400_000;
+const HOUR: i64 = 3_600_000;
+const MINUTE: i64 = 60_000;
+const TOLERANCE: i64 = 400 * DAY;
+/// 2023-11-15T10:00:00Z.
+const T0: i64 = 1_700_006_400_000 + 10 * HOUR;
+/// Processing time: after every event time used here, within the tolerance.
+const NOW: i64 = T0 + 60 * DAY;
+
+const ALL_CHANNELS: [&str; 4] = ["web", "email", "push", "ads"];
+const EVERYTHING: [&str; 5] = ["personalization", "web", "email", "push", "ads"];
+const BERLIN_STORE: (f64, f64) = (52.5246, 13.4020);
+const HAMBURG_STORE: (f64, f64) = (53.5503, 9.9937);
+const MUNICH_STORE: (f64, f64) = (48.1372, 11.5755);
+
+const NEW_VISITOR_1: &str = "Visited on 1 day in the last 30 days.";
+const RETURNING_2: &str = "Visited on 2 different days in the last 30 days.";
+const NEAR_STORE: &str = "Was within 500 m of one of our stores in the last hour.";
+
+struct Harness {
+    processor: Processor,
+}
+
+fn harness() -> Harness {
+    harness_with_sensitive(&[])
+}
+
+fn harness_with_sensitive(sensitive: &[&str]) -> Harness {
+    let sensitive: Vec<String> = sensitive.iter().map(|name| (*name).to_owned()).collect();
+    let settings = CoreSettings { sensitive_categories: sensitive.clone(), event_time_tolerance_ms: TOLERANCE };
+    let catalogue = Catalogue::default_catalogue(&sensitive, 400 * DAY);
+    Harness { processor: Processor::new(Codec::new(&[]).unwrap(), catalogue, &settings) }
+}
+
+fn strings(list: &[&str]) -> Vec<String> {
+    list.iter().map(|item| (*item).to_owned()).collect()
+}
+
+fn browse_event(user: &str, ts: i64, category: Option<&str>) -> BrowseEvent {
+    BrowseEvent {
+        event_id: format!("b-{ts}"),
+        user_id: user.to_owned(),
+        ts,
+        session_id: None,
+        page_type: "product".to_owned(),
+        product_id: category.map(|category| format!("{category}-item")),
+        category: category.map(str::to_owned),
+        url: None,
+        consent: None,
+    }
+}
+
+/// `(product, category, quantity, price_cents)` lines; the total is their sum.
+fn purchase_event(user: &str, ts: i64, items: &[(&str, &str, i32, i64)]) -> PurchaseEvent {
+    PurchaseEvent {
+        event_id: format!("p-{ts}"),
+        user_id: user.to_owned(),
+        ts,
+        order_id: format!("o-{ts}"),
+        currency: "EUR".to_owned(),
+        total_cents: items.iter().map(|(_, _, quantity, price)| i64::from(*quantity) * price).sum(),
+        items: items
+            .iter()
+            .map(|(product, category, quantity, price)| PurchaseItem {
+                product_id: (*product).to_owned(),
+                category: (*category).to_owned(),
+                quantity: *quantity,
+                price_cents: *price,
+            })
+            .collect(),
+        consent: None,
+    }
+}
+
+fn location_event(user: &str, ts: i64, (lat, lon): (f64, f64)) -> LocationEvent {
+    LocationEvent {
+        event_id: format!("l-{ts}"),
+        user_id: user.to_owned(),
+        ts,
+        lat,
+        lon,
+        accuracy_m: Some(10.0),
+        consent: None,
+    }
+}
+
+/// The record in Avro single-object encoding, built with apache_avro directly
+/// (JSON cannot carry NaN or infinities).
+fn avro<T: Serialize>(schema_text: &str, record: &T) -> Vec<u8> {
+    let schema = apache_avro::Schema::parse_str(schema_text).unwrap();
+    let value = apache_avro::to_value(record).unwrap().resolve(&schema).unwrap();
+    let mut bytes = vec![0xC3, 0x01];
+    bytes.extend_from_slice(&schema.fingerprint::<apache_avro::rabin::Rabin>().bytes);
+    bytes.extend(apache_avro::to_avro_datum(&schema, value).unwrap());
+    bytes
+}
+
+impl Harness {
+    fn send<T: Serialize>(&self, kind: InputKind, user: &str, record: &T) -> Processed {
+        self.send_at(kind, user, record, NOW)
+    }
+
+    fn send_at<T: Serialize>(&self, kind: InputKind, user: &str, record: &T, now_ms: i64) -> Processed {
+        let value = serde_json::to_vec(record).unwrap();
+        self.processor.process(kind, Some(user.as_bytes()), Some(&value), now_ms)
+    }
+
+    fn consent(&self, user: &str, granted: &[&str], level: PersonalizationLevel, ts: i64) -> Processed {
+        let change = ConsentChange {
+            user_id: user.to_owned(),
+            ts,
+            granted: strings(granted),
+            level,
+            source: "test-cmp".to_owned(),
+        };
+        self.send(InputKind::Consent, user, &change)
+    }
+
+    fn forget(&self, user: &str) -> Processed {
+        self.processor.process(InputKind::Consent, Some(user.as_bytes()), None, NOW)
+    }
+
+    fn browse(&self, user: &str, ts: i64, category: Option<&str>) -> Processed {
+        self.send(InputKind::Browse, user, &browse_event(user, ts, category))
+    }
+
+    fn browse_with_gpc(&self, user: &str, ts: i64) -> Processed {
+        let mut event = browse_event(user, ts, None);
+        event.consent = Some(EventConsent { tcf: None, gpc: true });
+        self.send(InputKind::Browse, user, &event)
+    }
+
+    fn purchase(&self, user: &str, ts: i64, items: &[(&str, &str, i32, i64)]) -> Processed {
+        self.send(InputKind::Purchase, user, &purchase_event(user, ts, items))
+    }
+
+    fn location(&self, user: &str, ts: i64, at: (f64, f64)) -> Processed {
+        self.send(InputKind::Location, user, &location_event(user, ts, at))
+    }
+
+    fn state(&self, user: &str) -> UserState {
+        self.processor.users.get(user).expect("the user has state").clone()
+    }
+
+    fn sizes(&self) -> Vec<(String, i64)> {
+        self.processor.segment_sizes().into_iter().map(|(id, size)| (id.to_owned(), size)).collect()
+    }
+
+    fn size_of(&self, id: &str) -> i64 {
+        self.sizes().into_iter().find(|(segment, _)| segment == id).expect("a segment").1
+    }
+}
+
+/// The update of an applied record; fails on anything else.
+#[track_caller]
+fn update(processed: Processed) -> ProfileUpdate {
+    match processed {
+        Processed { outcome: Outcome::Applied, output: Some(Output::Update(update)) } => update,
+        other => panic!("expected an applied record with an update, got {other:?}"),
+    }
+}
+
+#[track_caller]
+fn applied_silently(processed: Processed) {
+    assert_eq!(processed, Processed { outcome: Outcome::Applied, output: None });
+}
+
+#[track_caller]
+fn tombstone(processed: Processed, user: &str) {
+    assert_eq!(
+        processed,
+        Processed { outcome: Outcome::Applied, output: Some(Output::Tombstone { user_id: user.to_owned() }) }
+    );
+}
+
+#[track_caller]
+fn dropped(processed: Processed, reason: DropReason) {
+    assert_eq!(processed, Processed { outcome: Outcome::Dropped(reason), output: None });
+}
+
+#[track_caller]
+fn rejected(processed: Processed, rejection: Rejection) {
+    let label = rejection.reason();
+    assert_eq!(processed, Processed { outcome: Outcome::Rejected(rejection), output: None });
+    assert!(!label.is_empty());
+}
+
+fn membership(id: &str, since: i64, reason: &str, channels: &[&str]) -> Membership {
+    Membership { id: id.to_owned(), since, reason: reason.to_owned(), channels: strings(channels), arm: None }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn expected(
+    user: &str,
+    version: i64,
+    ts: i64,
+    level: PersonalizationLevel,
+    channels: &[&str],
+    segments: Vec<Membership>,
+    entered: &[&str],
+    exited: &[&str],
+) -> ProfileUpdate {
+    ProfileUpdate {
+        user_id: user.to_owned(),
+        version,
+        ts,
+        level,
+        channels: strings(channels),
+        segments,
+        entered: strings(entered),
+        exited: strings(exited),
+    }
+}
+
+fn running_reason(views: u32) -> String {
+    format!("Browsed running products {views} times in the last 7 days and has not bought any.")
+}
+
+// --- segments: enter and exit ----------------------------------------------
+
+#[test]
+fn running_browser_is_entered_after_three_views_and_exited_by_a_running_purchase() {
+    let h = harness();
+    applied_silently(h.consent("u1", &EVERYTHING, PersonalizationLevel::Full, T0 - HOUR));
+    let full = PersonalizationLevel::Full;
+    let new_visitor = membership("new_visitor", T0, NEW_VISITOR_1, &["web", "email", "push"]);
+
+    assert_eq!(
+        update(h.browse("u1", T0, Some("running"))),
+        expected("u1", NOW, T0, full, &ALL_CHANNELS, vec![new_visitor.clone()], &["new_visitor"], &[])
+    );
+    // A second view changes nothing a consumer sees: no update.
+    applied_silently(h.browse("u1", T0 + MINUTE, Some("running")));
+    assert_eq!(
+        update(h.browse("u1", T0 + 2 * MINUTE, Some("running"))),
+        expected(
+            "u1",
+            NOW + 1,
+            T0 + 2 * MINUTE,
+            full,
+            &ALL_CHANNELS,
+            vec![
+                new_visitor.clone(),
+                membership("running_browser", T0 + 2 * MINUTE, &running_reason(3), &ALL_CHANNELS),
+            ],
+            &["running_browser"],
+            &[],
+        )
+    );
+    // A fourth view changes the figures in the reason: that is a change, published
+    // with nothing entered or exited and `since` kept.
+    assert_eq!(
+        update(h.browse("u1", T0 + 3 * MINUTE, Some("running"))),
+        expected(
+            "u1",
+            NOW + 2,
+            T0 + 3 * MINUTE,
+            full,
+            &ALL_CHANNELS,
+            vec![
+                new_visitor.clone(),
+                membership("running_browser", T0 + 2 * MINUTE, &running_reason(4), &ALL_CHANNELS),
+            ],
+            &[],
+            &[],
+        )
+    );
+    // A view of another category changes nothing.
+    applied_silently(h.browse("u1", T0 + 4 * MINUTE, Some("tennis")));
+    assert_eq!(h.size_of("running_browser"), 1);
+    assert_eq!(
+        update(h.purchase("u1", T0 + 5 * MINUTE, &[("shoe-42", "running", 1, 12_000)])),
+        expected("u1", NOW + 3, T0 + 5 * MINUTE, full, &ALL_CHANNELS, vec![new_visitor], &[], &["running_browser"],)
+    );
+    assert_eq!(h.size_of("running_browser"), 0);
+    assert_eq!(h.size_of("new_visitor"), 1);
+}
+
+#[test]
+fn running_browser_exits_when_its_views_leave_the_seven_day_window() {
+    let h = harness();
+    applied_silently(h.consent("u1", &EVERYTHING, PersonalizationLevel::Full, T0));
+    h.browse("u1", T0, Some("running"));
+    h.browse("u1", T0 + 1, Some("running"));
+    let entered = update(h.browse("u1", T0 + 2, Some("running")));
+    assert_eq!(entered.entered, strings(&["running_browser"]));
+    // One ms before the first view is 7 days old, all three still count.
+    let still = h.browse("u1", T0 + 7 * DAY - 1, None);
+    // new_visitor → returning_visitor (a second day), running_browser unchanged.
+    let still = update(still);
+    assert_eq!(
+        (still.entered.clone(), still.exited.clone()),
+        (strings(&["returning_visitor"]), strings(&["new_visitor"]))
+    );
+    assert!(still
+        .segments
+        .iter()
+        .any(|segment| segment.id == "running_browser" && segment.reason == running_reason(3)));
+    // Exactly 7 days after the first view, it is out of the window: 2 views, exit.
+    let exit = update(h.browse("u1", T0 + 7 * DAY, None));
+    assert_eq!(exit.exited, strings(&["running_browser"]));
+    assert_eq!(exit.entered, Vec::<String>::new());
+    assert_eq!(exit.segments.iter().map(|segment| segment.id.as_str()).collect::<Vec<_>>(), vec!["returning_visitor"]);
+}
+
+#[test]
+fn a_new_visitor_becomes_a_returning_visitor_in_one_update() {
+    let h = harness();
+    applied_silently(h.consent("u2", &["personalization", "email"], PersonalizationLevel::Light, T0));
+    let light = PersonalizationLevel::Light;
+    assert_eq!(
+        update(h.browse("u2", T0, None)),
+        expected(
+            "u2",
+            NOW,
+            T0,
+            light,
+            &["email"],
+            vec![membership("new_visitor", T0, NEW_VISITOR_1, &["email"])],
+            &["new_visitor"],
+            &[],
+        )
+    );
+    assert_eq!(
+        update(h.browse("u2", T0 + DAY, None)),
+        expected(
+            "u2",
+            NOW + 1,
+            T0 + DAY,
+            light,
+            &["email"],
+            vec![membership("returning_visitor", T0 + DAY, RETURNING_2, &["email"])],
+            &["returning_visitor"],
+            &["new_visitor"],
+        )
+    );
+    // 30 days after the second day's visit, only today counts: new visitor again.
+    applied_silently(h.browse("u2", T0 + 31 * DAY - 1, None));
+    assert_eq!(
+        update(h.browse("u2", T0 + 31 * DAY, None)),
+        expected(
+            "u2",
+            NOW + 2,
+            T0 + 31 * DAY,
+            light,
+            &["email"],
+            vec![membership("new_visitor", T0 + 31 * DAY, NEW_VISITOR_1, &["email"])],
+            &["new_visitor"],
+            &["returning_visitor"],
+        )
+    );
+}
+
+#[test]
+fn high_value_needs_500_00_in_90_days_and_says_so() {
+    let h = harness();
+    applied_silently(h.consent("u3", &EVERYTHING, PersonalizationLevel::Full, T0));
+    assert_eq!(
+        update(h.purchase("u3", T0, &[("tv", "electronics", 1, 50_000)])),
+        expected(
+            "u3",
+            NOW,
+            T0,
+            PersonalizationLevel::Full,
+            &ALL_CHANNELS,
+            vec![membership("high_value", T0, "Spent 500.00 across 1 purchases in the last 90 days.", &ALL_CHANNELS)],
+            &["high_value"],
+            &[],
+        )
+    );
+
+    applied_silently(h.consent("u4", &EVERYTHING, PersonalizationLevel::Full, T0));
+    applied_silently(h.purchase("u4", T0, &[("tv", "electronics", 1, 49_999)]));
+    let entered = update(h.purchase("u4", T0 + DAY, &[("cable", "electronics", 1, 1)]));
+    assert_eq!(entered.segments[0].reason, "Spent 500.00 across 2 purchases in the last 90 days.");
+    assert_eq!(entered.segments[0].since, T0 + DAY);
+    // 90 days after the first purchase it leaves the window: 0.01 remains, exit.
+    let exited = update(h.purchase("u4", T0 + 90 * DAY, &[("pen", "office", 2, 150)]));
+    assert_eq!(exited.exited, strings(&["high_value"]));
+    assert!(exited.segments.is_empty());
+}
+
+#[test]
+fn creature_of_habit_needs_nine_of_the_last_ten_purchases_and_never_uses_web_or_ads() {
+    let h = harness();
+    applied_silently(h.consent("u5", &EVERYTHING, PersonalizationLevel::Full, T0));
+    for index in 0..9 {
+        applied_silently(h.purchase("u5", T0 + index * DAY, &[("coffee", "food", 1, 300)]));
+    }
+    assert_eq!(
+        update(h.purchase("u5", T0 + 9 * DAY, &[("tea", "food", 1, 300)])),
+        expected(
+            "u5",
+            NOW,
+            T0 + 9 * DAY,
+            PersonalizationLevel::Full,
+            &ALL_CHANNELS,
+            vec![membership(
+                "creature_of_habit",
+                T0 + 9 * DAY,
+                "Bought the same product in 9 of the last 10 purchases.",
+                &["email", "push"]
+            )],
+            &["creature_of_habit"],
+            &[],
+        )
+    );
+    // An eleventh purchase, another coffee: the oldest coffee drops out, still 9.
+    applied_silently(h.purchase("u5", T0 + 10 * DAY, &[("coffee", "food", 1, 300)]));
+    // A second tea: 8 of the last 10, exit.
+    let exit = update(h.purchase("u5", T0 + 11 * DAY, &[("tea", "food", 1, 300)]));
+    assert_eq!(exit.exited, strings(&["creature_of_habit"]));
+}
+
+#[test]
+fn creature_of_habit_with_eight_of_ten_is_not_entered() {
+    let h = harness();
+    applied_silently(h.consent("u6", &EVERYTHING, PersonalizationLevel::Full, T0));
+    for index in 0..10 {
+        let product = if index < 8 { "coffee" } else { "tea" };
+        applied_silently(h.purchase("u6", T0 + index * HOUR, &[(product, "food", 1, 300)]));
+    }
+    assert_eq!(h.processor.memberships("u6"), None);
+}
+
+#[test]
+fn near_store_with_precise_location_is_entered_at_a_store_and_left_an_hour_later() {
+    let h = harness();
+    let granted = ["personalization", "location", "precise_location", "push"];
+    applied_silently(h.consent("u7", &granted, PersonalizationLevel::Full, T0));
+    assert_eq!(
+        update(h.location("u7", T0, BERLIN_STORE)),
+        expected(
+            "u7",
+            NOW,
+            T0,
+            PersonalizationLevel::Full,
+            &["push"],
+            vec![membership("near_store", T0, NEAR_STORE, &["push"])],
+            &["near_store"],
+            &[],
+        )
+    );
+    // 400 m from the Hamburg store, 30 minutes later: still a member, nothing new.
+    applied_silently(h.location("u7", T0 + 30 * MINUTE, (HAMBURG_STORE.0 + 0.0036, HAMBURG_STORE.1)));
+    // 600 m from the Munich store, an hour after the Hamburg fix: exit.
+    let exit = update(h.location("u7", T0 + 90 * MINUTE, (MUNICH_STORE.0 + 0.0054, MUNICH_STORE.1)));
+    assert_eq!(
+        exit,
+        expected("u7", NOW + 1, T0 + 90 * MINUTE, PersonalizationLevel::Full, &["push"], vec![], &[], &["near_store"])
+    );
+}
+
+#[test]
+fn without_precise_location_coordinates_are_coarsened_and_near_store_is_never_entered() {
+    let h = harness();
+    let granted = ["personalization", "location", "web", "push"];
+    applied_silently(h.consent("u8", &granted, PersonalizationLevel::Full, T0));
+    for (index, store) in [BERLIN_STORE, HAMBURG_STORE, MUNICH_STORE].into_iter().enumerate() {
+        applied_silently(h.location("u8", T0 + index as i64 * MINUTE, store));
+    }
+    let kept: Vec<(f64, f64)> = h.state("u8").history.locations.iter().map(|fact| (fact.lat, fact.lon)).collect();
+    let expected_cells = [(52.525, 13.425), (53.575, 9.975), (48.125, 11.575)];
+    assert_eq!(kept.len(), 3);
+    for ((lat, lon), (cell_lat, cell_lon)) in kept.iter().zip(expected_cells) {
+        assert!((lat - cell_lat).abs() < 1e-9 && (lon - cell_lon).abs() < 1e-9, "{lat},{lon}");
+    }
+    assert_eq!(h.processor.memberships("u8"), None);
+
+    // Granting precise location later makes near_store eligible, but the stored
+    // fixes stay coarse (about 1.5 km from the Berlin store): not entered.
+    let precise = ["personalization", "location", "precise_location", "web", "push"];
+    applied_silently(h.consent("u8", &precise, PersonalizationLevel::Full, T0 + 3 * MINUTE));
+    // A precise fix now counts.
+    let entered = update(h.location("u8", T0 + 4 * MINUTE, BERLIN_STORE));
+    assert_eq!(entered.entered, strings(&["near_store"]));
+    let kept = h.state("u8").history.locations.back().cloned().unwrap();
+    assert_eq!((kept.lat, kept.lon), BERLIN_STORE);
+}
+
+#[test]
+fn coarsening_snaps_to_cell_centres() {
+    let close = |(lat, lon): (f64, f64), (want_lat, want_lon): (f64, f64)| {
+        (lat - want_lat).abs() < 1e-9 && (lon - want_lon).abs() < 1e-9
+    };
+    assert!(close(coarsen(52.5246, 13.4020), (52.525, 13.425)));
+    assert!(close(coarsen(-33.8688, 151.2093), (-33.875, 151.225)));
+    assert!(close(coarsen(0.0, 0.0), (0.025, 0.025)));
+    assert!(close(coarsen(-0.01, -0.01), (-0.025, -0.025)));
+    assert!(close(coarsen(90.0, 180.0), (90.0, 180.0)));
+    assert!(close(coarsen(-90.0, -180.0), (-89.975, -179.975)));
+}
+
+// --- consent ---------------------------------------------------------------
+
+#[test]
+fn without_consent_events_are_dropped_and_nothing_is_kept() {
+    let h = harness();
+    dropped(h.browse("u1", T0, Some("running")), DropReason::NoConsent);
+    dropped(h.purchase("u1", T0, &[("tv", "electronics", 1, 90_000)]), DropReason::NoConsent);
+    dropped(h.location("u1", T0, BERLIN_STORE), DropReason::NoConsent);
+    assert_eq!(h.processor.user_count(), 0);
+    assert_eq!(h.processor.memberships("u1"), None);
+}
+
+#[test]
+fn level_none_drops_events_and_keeps_only_the_refusal() {
+    let h = harness();
+    applied_silently(h.consent("u1", &EVERYTHING, PersonalizationLevel::None, T0));
+    dropped(h.browse("u1", T0, Some("running")), DropReason::LevelNone);
+    dropped(h.purchase("u1", T0, &[("tv", "electronics", 1, 90_000)]), DropReason::LevelNone);
+    assert_eq!(h.processor.user_count(), 1);
+    let state = h.state("u1");
+    assert!(state.history.is_empty());
+    assert_eq!(state.published, None);
+    assert_eq!(state.consent.unwrap().level, PersonalizationLevel::None);
+}
+
+#[test]
+fn a_refusal_of_personalization_drops_events() {
+    let h = harness();
+    applied_silently(h.consent("u1", &["web", "location", "ads"], PersonalizationLevel::Full, T0));
+    dropped(h.browse("u1", T0, None), DropReason::NoPersonalization);
+    dropped(h.location("u1", T0, BERLIN_STORE), DropReason::NoPersonalization);
+    applied_silently(h.consent("u1", &["personalization"], PersonalizationLevel::Full, T0 + 1));
+    dropped(h.location("u1", T0, BERLIN_STORE), DropReason::NoLocation);
+    assert!(h.state("u1").history.is_empty());
+}
+
+#[test]
+fn light_gets_only_light_segments() {
+    let h = harness();
+    applied_silently(h.consent("u1", &EVERYTHING, PersonalizationLevel::Light, T0));
+    let first = update(h.browse("u1", T0, Some("running")));
+    assert_eq!(first.level, PersonalizationLevel::Light);
+    assert_eq!(first.entered, strings(&["new_visitor"]));
+    applied_silently(h.browse("u1", T0 + 1, Some("running")));
+    applied_silently(h.browse("u1", T0 + 2, Some("running")));
+    applied_silently(h.browse("u1", T0 + 3, Some("running")));
+    applied_silently(h.purchase("u1", T0 + 4, &[("tv", "electronics", 1, 90_000)]));
+    for index in 0..10 {
+        applied_silently(h.purchase("u1", T0 + 5 + index, &[("coffee", "food", 1, 300)]));
+    }
+    let second = update(h.browse("u1", T0 + DAY, None));
+    let ids: Vec<&str> = second.segments.iter().map(|segment| segment.id.as_str()).collect();
+    assert_eq!(ids, vec!["returning_visitor"]);
+
+    // Raising the level to FULL enters the full segments the facts support, at once.
+    let raised = update(h.consent("u1", &EVERYTHING, PersonalizationLevel::Full, T0 + DAY + 1));
+    let ids: Vec<&str> = raised.segments.iter().map(|segment| segment.id.as_str()).collect();
+    assert_eq!(ids, vec!["creature_of_habit", "high_value", "returning_visitor", "running_browser"]);
+    assert_eq!(raised.entered, strings(&["creature_of_habit", "high_value", "running_browser"]));
+    assert_eq!(raised.exited, Vec::<String>::new());
+    assert_eq!(raised.ts, T0 + DAY + 1);
+    assert_eq!(raised.level, PersonalizationLevel::Full);
+}
+
+#[test]
+fn withdrawing_personalization_erases_the_user_and_publishes_a_tombstone() {
+    let h = harness();
+    applied_silently(h.consent("u1", &EVERYTHING, PersonalizationLevel::Full, T0));
+    let before = update(h.purchase("u1", T0, &[("tv", "electronics", 1, 90_000)]));
+    assert_eq!(h.size_of("high_value"), 1);
+
+    tombstone(h.consent("u1", &["web", "email", "push", "ads"], PersonalizationLevel::Full, T0 + 1), "u1");
+    let state = h.state("u1");
+    assert!(state.history.is_empty());
+    assert_eq!(state.published, None);
+    assert_eq!(h.processor.memberships("u1"), None);
+    assert_eq!(h.size_of("high_value"), 0);
+
+    dropped(h.purchase("u1", T0 + 2, &[("tv", "electronics", 1, 90_000)]), DropReason::NoPersonalization);
+    // A second withdrawal has nothing left to erase.
+    applied_silently(h.consent("u1", &[], PersonalizationLevel::Full, T0 + 3));
+
+    // Consenting again starts from nothing; versions keep increasing.
+    applied_silently(h.consent("u1", &EVERYTHING, PersonalizationLevel::Full, T0 + 4));
+    let again = update(h.browse("u1", T0 + 5, None));
+    assert_eq!(again.entered, strings(&["new_visitor"]));
+    assert_eq!(again.segments.len(), 1);
+    assert!(again.version > before.version);
+}
+
+#[test]
+fn setting_level_none_erases_the_user_like_a_withdrawal() {
+    let h = harness();
+    applied_silently(h.consent("u1", &EVERYTHING, PersonalizationLevel::Full, T0));
+    update(h.browse("u1", T0, None));
+    tombstone(h.consent("u1", &EVERYTHING, PersonalizationLevel::None, T0 + 1), "u1");
+    assert!(h.state("u1").history.is_empty());
+    dropped(h.browse("u1", T0 + 2, None), DropReason::LevelNone);
+}
+
+#[test]
+fn withdrawal_erases_facts_even_when_no_profile_was_published() {
+    let h = harness();
+    applied_silently(h.consent("u1", &EVERYTHING, PersonalizationLevel::Full, T0));
+    applied_silently(h.purchase("u1", T0, &[("pen", "office", 1, 100)]));
+    assert!(!h.state("u1").history.is_empty());
+    tombstone(h.consent("u1", &[], PersonalizationLevel::Full, T0 + 1), "u1");
+    assert!(h.state("u1").history.is_empty());
+}
+
+#[test]
+fn a_consent_tombstone_forgets_the_user_entirely() {
+    let h = harness();
+    applied_silently(h.consent("u1", &EVERYTHING, PersonalizationLevel::Full, T0));
+    update(h.browse("u1", T0, None));
+    assert_eq!(h.size_of("new_visitor"), 1);
+    tombstone(h.forget("u1"), "u1");
+    assert_eq!(h.processor.user_count(), 0);
+    assert_eq!(h.size_of("new_visitor"), 0);
+    dropped(h.browse("u1", T0 + 1, None), DropReason::NoConsent);
+    assert_eq!(h.processor.user_count(), 0);
+
+    // Nothing held: nothing to publish, and no state is created.
+    applied_silently(h.forget("u1"));
+    applied_silently(h.consent("u2", &["web"], PersonalizationLevel::Full, T0));
+    assert_eq!(h.processor.user_count(), 1);
+    applied_silently(h.forget("u2"));
+    assert_eq!(h.processor.user_count(), 0);
+}
+
+#[test]
+fn gpc_removes_ads_until_a_newer_consent_change_grants_ads_again() {
+    let h = harness();
+    applied_silently(h.consent("u1", &EVERYTHING, PersonalizationLevel::Full, T0));
+    let spent = "Spent 900.00 across 1 purchases in the last 90 days.";
+    update(h.purchase("u1", T0, &[("tv", "electronics", 1, 90_000)]));
+    let without_ads = ["web", "email", "push"];
+    assert_eq!(
+        update(h.browse_with_gpc("u1", T0 + MINUTE)),
+        expected(
+            "u1",
+            NOW + 1,
+            T0 + MINUTE,
+            PersonalizationLevel::Full,
+            &without_ads,
+            vec![
+                membership("high_value", T0, spent, &without_ads),
+                membership("new_visitor", T0 + MINUTE, NEW_VISITOR_1, &without_ads),
+            ],
+            &["new_visitor"],
+            &[],
+        )
+    );
+    // A later event without GPC does not bring ads back.
+    applied_silently(h.browse("u1", T0 + 2 * MINUTE, None));
+    assert!(!h.state("u1").consent.unwrap().effective().contains(Purpose::Ads));
+    // A newer consent change granting ads does.
+    assert_eq!(
+        update(h.consent("u1", &EVERYTHING, PersonalizationLevel::Full, T0 + 3 * MINUTE)),
+        expected(
+            "u1",
+            NOW + 2,
+            T0 + 3 * MINUTE,
+            PersonalizationLevel::Full,
+            &ALL_CHANNELS,
+            vec![
+                membership("high_value", T0, spent, &ALL_CHANNELS),
+                membership("new_visitor", T0 + MINUTE, NEW_VISITOR_1, &without_ads),
+            ],
+            &[],
+            &[],
+        )
+    );
+}
+
+#[test]
+fn removing_location_exits_near_store_and_keeps_the_other_segments() {
+    let h = harness();
+    let granted = ["personalization", "location", "precise_location", "web", "push"];
+    applied_silently(h.consent("u1", &granted, PersonalizationLevel::Full, T0));
+    update(h.browse("u1", T0, None));
+    let entered = update(h.location("u1", T0 + MINUTE, BERLIN_STORE));
+    assert_eq!(entered.entered, strings(&["near_store"]));
+    assert_eq!(h.size_of("near_store"), 1);
+
+    assert_eq!(
+        update(h.consent("u1", &["personalization", "web", "push"], PersonalizationLevel::Full, T0 + 2 * MINUTE)),
+        expected(
+            "u1",
+            NOW + 2,
+            T0 + 2 * MINUTE,
+            PersonalizationLevel::Full,
+            &["web", "push"],
+            vec![membership("new_visitor", T0, NEW_VISITOR_1, &["web", "push"])],
+            &[],
+            &["near_store"],
+        )
+    );
+    assert!(h.state("u1").history.locations.is_empty());
+    assert_eq!(h.size_of("near_store"), 0);
+    dropped(h.location("u1", T0 + 3 * MINUTE, BERLIN_STORE), DropReason::NoLocation);
+}
+
+#[test]
+fn removing_precise_location_coarsens_kept_fixes_and_exits_near_store() {
+    let h = harness();
+    let precise = ["personalization", "location", "precise_location", "push"];
+    applied_silently(h.consent("u1", &precise, PersonalizationLevel::Full, T0));
+    update(h.location("u1", T0, BERLIN_STORE));
+    let exit = update(h.consent("u1", &["personalization", "location", "push"], PersonalizationLevel::Full, T0 + 1));
+    assert_eq!(exit.exited, strings(&["near_store"]));
+    let kept = h.state("u1").history.locations[0].clone();
+    assert!((kept.lat - 52.525).abs() < 1e-9 && (kept.lon - 13.425).abs() < 1e-9, "{kept:?}");
+}
+
+#[test]
+fn without_sensitive_a_sensitive_item_does_not_count_towards_high_value() {
+    let h = harness_with_sensitive(&["prenatal"]);
+    applied_silently(h.consent("u1", &EVERYTHING, PersonalizationLevel::Full, T0));
+    applied_silently(h.purchase("u1", T0, &[("vitamins", "prenatal", 1, 20_000), ("tv", "electronics", 1, 40_000)]));
+    let kept = h.state("u1").history.purchases[0].clone();
+    assert_eq!(kept.total_cents, 40_000);
+    assert_eq!(kept.items.len(), 1);
+    assert_eq!(kept.items[0].category, hash_value("electronics"));
+    // An order of only sensitive items leaves nothing behind.
+    applied_silently(h.purchase("u1", T0 + 1, &[("crib", "prenatal", 1, 60_000)]));
+    assert_eq!(h.state("u1").history.purchases.len(), 1);
+    let entered = update(h.purchase("u1", T0 + 2, &[("cable", "electronics", 1, 10_000)]));
+    assert_eq!(entered.segments[0].reason, "Spent 500.00 across 2 purchases in the last 90 days.");
+}
+
+#[test]
+fn with_sensitive_a_sensitive_item_counts_until_sensitive_is_withdrawn() {
+    let h = harness_with_sensitive(&["prenatal"]);
+    let with_sensitive = ["personalization", "sensitive", "web", "email", "push", "ads"];
+    applied_silently(h.consent("u1", &with_sensitive, PersonalizationLevel::Full, T0));
+    let entered = update(h.purchase("u1", T0, &[("crib", "prenatal", 1, 50_000)]));
+    assert_eq!(entered.segments[0].reason, "Spent 500.00 across 1 purchases in the last 90 days.");
+    let exit = update(h.consent("u1", &EVERYTHING, PersonalizationLevel::Full, T0 + 1));
+    assert_eq!(exit.exited, strings(&["high_value"]));
+    assert!(h.state("u1").history.purchases.is_empty());
+}
+
+#[test]
+fn sensitive_browses_keep_no_category_or_product_without_sensitive() {
+    let h = harness_with_sensitive(&["prenatal"]);
+    applied_silently(h.consent("u1", &EVERYTHING, PersonalizationLevel::Full, T0));
+    update(h.browse("u1", T0, Some("prenatal")));
+    let fact = h.state("u1").history.browses[0].clone();
+    assert_eq!((fact.category, fact.product), (None, None));
+    assert_eq!(fact.page_type, hash_value("product"));
+}
+
+#[test]
+fn withdrawing_sensitive_forgets_sensitive_browses_too() {
+    // Regression: withdrawing `sensitive` removed sensitive purchase lines but
+    // kept the category and product of sensitive browses.
+    let h = harness_with_sensitive(&["prenatal"]);
+    let with_sensitive = ["personalization", "sensitive", "web"];
+    applied_silently(h.consent("u1", &with_sensitive, PersonalizationLevel::Full, T0));
+    update(h.browse("u1", T0, Some("prenatal")));
+    h.browse("u1", T0 + 1, Some("running"));
+    let fact = h.state("u1").history.browses[0].clone();
+    assert_eq!(fact.category, Some(hash_value("prenatal")));
+    h.consent("u1", &["personalization", "web"], PersonalizationLevel::Full, T0 + 2);
+    let browses = h.state("u1").history.browses;
+    assert_eq!((browses[0].category, browses[0].product), (None, None));
+    assert_eq!(browses[1].category, Some(hash_value("running")));
+    assert_eq!(browses[1].product, Some(hash_value("running-item")));
+}
+
+// --- bad records -----------------------------------------------------------
+
+#[test]
+fn bad_keys_are_rejected() {
+    let h = harness();
+    let value = serde_json::to_vec(&browse_event("u1", T0, None)).unwrap();
+    for key in [None, Some(&[0xFF, 0xFE][..]), Some(&b""[..])] {
+        let processed = h.processor.process(InputKind::Browse, key, Some(&value), NOW);
+        assert_eq!(processed.outcome, Outcome::Rejected(Rejection::BadKey));
+        assert_eq!(processed.output, None);
+        assert_eq!(Rejection::BadKey.reason(), "bad_key");
+    }
+    // A consent tombstone with a bad key forgets nobody.
+    applied_silently(h.consent("u1", &EVERYTHING, PersonalizationLevel::Full, T0));
+    rejected(h.processor.process(InputKind::Consent, None, None, NOW), Rejection::BadKey);
+    assert_eq!(h.processor.user_count(), 1);
+}
+
+#[test]
+fn a_key_that_differs_from_the_user_id_is_rejected() {
+    let h = harness();
+    let processed = h.send(InputKind::Browse, "u2", &browse_event("u1", T0, None));
+    assert_eq!(Rejection::KeyMismatch.reason(), "key_mismatch");
+    rejected(processed, Rejection::KeyMismatch);
+    let change = ConsentChange {
+        user_id: "u1".to_owned(),
+        ts: T0,
+        granted: strings(&EVERYTHING),
+        level: PersonalizationLevel::Full,
+        source: "cmp".to_owned(),
+    };
+    rejected(h.send(InputKind::Consent, "u2", &change), Rejection::KeyMismatch);
+    assert_eq!(h.processor.user_count(), 0);
+}
+
+#[test]
+fn event_times_far_from_now_are_absurd() {
+    let h = harness();
+    let absurd = || Rejection::AbsurdValue("timestamp too far from now");
+    assert_eq!(absurd().reason(), "absurd_value");
+    rejected(h.browse("u1", NOW - TOLERANCE - 1, None), absurd());
+    rejected(h.browse("u1", NOW + TOLERANCE + 1, None), absurd());
+    rejected(h.browse("u1", 0, None), absurd());
+    rejected(h.browse("u1", i64::MIN, None), absurd());
+    rejected(h.browse("u1", i64::MAX, None), absurd());
+    // At the tolerance it is a valid record (dropped here for want of consent).
+    dropped(h.browse("u1", NOW - TOLERANCE, None), DropReason::NoConsent);
+    dropped(h.browse("u1", NOW + TOLERANCE, None), DropReason::NoConsent);
+    assert_eq!(h.processor.user_count(), 0);
+}
+
+#[test]
+fn an_old_consent_choice_is_still_in_force() {
+    // Regression: the consent topic is compacted and re-read from the start, so
+    // a choice made long ago is the one in force, not an absurd value.
+    let h = harness();
+    applied_silently(h.consent("u1", &EVERYTHING, PersonalizationLevel::Full, NOW - 3 * TOLERANCE));
+    assert_eq!(update(h.browse("u1", T0, None)).entered, strings(&["new_visitor"]));
+    // A choice from the future is still absurd.
+    rejected(
+        h.consent("u2", &EVERYTHING, PersonalizationLevel::Full, NOW + TOLERANCE + 1),
+        Rejection::AbsurdValue("timestamp too far from now"),
+    );
+}
+
+#[test]
+fn absurd_coordinates_are_rejected() {
+    let h = harness();
+    let schema = include_str!("../../schemas/location_event.avsc");
+    let latitude = "latitude outside -90..90";
+    let longitude = "longitude outside -180..180";
+    let cases = [
+        ((f64::NAN, 13.0), latitude),
+        ((f64::INFINITY, 13.0), latitude),
+        ((90.000_001, 13.0), latitude),
+        ((-91.0, 13.0), latitude),
+        ((52.0, f64::NAN), longitude),
+        ((52.0, f64::NEG_INFINITY), longitude),
+        ((52.0, 180.000_001), longitude),
+        ((52.0, -181.0), longitude),
+    ];
+    for (at, why) in cases {
+        let value = avro(schema, &location_event("u1", T0, at));
+        let processed = h.processor.process(InputKind::Location, Some(b"u1"), Some(&value), NOW);
+        assert_eq!(processed.outcome, Outcome::Rejected(Rejection::AbsurdValue(why)), "{at:?}");
+        assert_eq!(processed.output, None);
+    }
+    // The edges themselves are valid places.
+    for at in [(90.0, 180.0), (-90.0, -180.0)] {
+        let value = avro(schema, &location_event("u1", T0, at));
+        let processed = h.processor.process(InputKind::Location, Some(b"u1"), Some(&value), NOW);
+        assert_eq!(processed.outcome, Outcome::Dropped(DropReason::NoConsent));
+    }
+}
+
+#[test]
+fn negative_amounts_are_rejected() {
+    let h = harness();
+    let mut negative_total = purchase_event("u1", T0, &[("tv", "electronics", 1, 100)]);
+    negative_total.total_cents = -1;
+    rejected(h.send(InputKind::Purchase, "u1", &negative_total), Rejection::AbsurdValue("negative total_cents"));
+    let negative_price = purchase_event("u1", T0, &[("tv", "electronics", 1, -100)]);
+    let mut negative_price = negative_price;
+    negative_price.total_cents = 0;
+    rejected(
+        h.send(InputKind::Purchase, "u1", &negative_price),
+        Rejection::AbsurdValue("negative quantity or price_cents"),
+    );
+    let mut negative_quantity = purchase_event("u1", T0, &[("tv", "electronics", 1, 100)]);
+    negative_quantity.items[0].quantity = -2;
+    rejected(
+        h.send(InputKind::Purchase, "u1", &negative_quantity),
+        Rejection::AbsurdValue("negative quantity or price_cents"),
+    );
+}
+
+#[test]
+fn undecodable_and_missing_values_are_rejected_with_their_labels() {
+    let h = harness();
+    applied_silently(h.consent("u1", &EVERYTHING, PersonalizationLevel::Full, T0));
+    let processed = h.processor.process(InputKind::Browse, Some(b"u1"), None, NOW);
+    assert_eq!(processed, Processed { outcome: Outcome::Rejected(Rejection::NoValue), output: None });
+    assert_eq!(Rejection::NoValue.reason(), "no_value");
+
+    let processed = h.processor.process(InputKind::Browse, Some(b"u1"), Some(b"not json"), NOW);
+    match processed.outcome {
+        Outcome::Rejected(rejection @ Rejection::Decode(DecodeError::Malformed { .. })) => {
+            assert_eq!(rejection.reason(), "undecodable")
+        }
+        other => panic!("{other:?}"),
+    }
+    let processed = h.processor.process(InputKind::Purchase, Some(b"u1"), Some(br#"{"user_id":"u1"}"#), NOW);
+    match processed.outcome {
+        Outcome::Rejected(rejection @ Rejection::Decode(DecodeError::MissingField(_))) => {
+            assert_eq!(rejection.reason(), "missing_field")
+        }
+        other => panic!("{other:?}"),
+    }
+    let processed = h.processor.process(InputKind::Browse, Some(b"u1"), Some(&[0x00, 0, 0, 0, 1, 2]), NOW);
+    assert_eq!(processed.outcome, Outcome::Rejected(Rejection::Decode(DecodeError::NoRegistry(1))));
+    assert_eq!(Rejection::Decode(DecodeError::NoRegistry(1)).reason(), "unknown_schema");
+    // None of it touched the user.
+    assert!(h.state("u1").history.is_empty());
+}
+
+#[test]
+fn avro_and_json_events_have_the_same_effect() {
+    let json = harness();
+    let avro_side = harness();
+    for h in [&json, &avro_side] {
+        applied_silently(h.consent("u1", &EVERYTHING, PersonalizationLevel::Full, T0));
+    }
+    let event = purchase_event("u1", T0, &[("tv", "electronics", 1, 50_000)]);
+    let from_json = update(json.send(InputKind::Purchase, "u1", &event));
+    let value = avro(include_str!("../../schemas/purchase_event.avsc"), &event);
+    let from_avro = update(avro_side.processor.process(InputKind::Purchase, Some(b"u1"), Some(&value), NOW));
+    assert_eq!(from_json, from_avro);
+}
+
+// --- versions --------------------------------------------------------------
+
+#[test]
+fn versions_follow_processing_time_and_always_increase() {
+    let h = harness();
+    applied_silently(h.consent("u1", &EVERYTHING, PersonalizationLevel::Full, T0));
+    let first = update(h.send_at(InputKind::Browse, "u1", &browse_event("u1", T0, None), NOW + 5_000));
+    assert_eq!(first.version, NOW + 5_000);
+    // The processing clock went back (another instance, a restart): still increasing.
+    let second = update(h.send_at(InputKind::Browse, "u1", &browse_event("u1", T0 + DAY, None), NOW));
+    assert_eq!(second.version, NOW + 5_001);
+    let third = update(h.send_at(
+        InputKind::Purchase,
+        "u1",
+        &purchase_event("u1", T0 + DAY, &[("tv", "electronics", 1, 50_000)]),
+        NOW + 9_000,
+    ));
+    assert_eq!(third.version, NOW + 9_000);
+}
+
+#[test]
+fn out_of_order_events_are_evaluated_at_the_newest_event_time() {
+    let h = harness();
+    applied_silently(h.consent("u1", &EVERYTHING, PersonalizationLevel::Full, T0));
+    update(h.browse("u1", T0 + DAY, None));
+    // An older browse from the day before arrives late: returning visitor,
+    // published with the user's evaluation time as `since` and the update's `ts`.
+    let late = update(h.browse("u1", T0, None));
+    assert_eq!(late.ts, T0 + DAY);
+    assert_eq!(late.segments, vec![membership("returning_visitor", T0 + DAY, RETURNING_2, &["web", "email", "push"])]);
+}
+
+// --- the property: no consent, no output ---------------------------------
+
+#[derive(Clone, Debug)]
+enum Op {
+    Consent { granted: Vec<&'static str>, level: PersonalizationLevel },
+    Forget,
+    Browse { day: i64, category: &'static str, gpc: bool },
+    Purchase { day: i64, product: &'static str, category: &'static str, price: i64 },
+    Location { minute: i64, store: bool },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let level = prop_oneof![
+        Just(PersonalizationLevel::None),
+        Just(PersonalizationLevel::Light),
+        Just(PersonalizationLevel::Full),
+    ];
+    let purposes = vec![
+        "personalization",
+        "location",
+        "precise_location",
+        "sensitive",
+        "measurement",
+        "web",
+        "email",
+        "push",
+        "ads",
+        "unknown",
+    ];
+    let category = proptest::sample::select(vec!["running", "food", "prenatal"]);
+    prop_oneof![
+        2 => (proptest::sample::subsequence(purposes, 0..=10), level)
+            .prop_map(|(granted, level)| Op::Consent { granted, level }),
+        1 => Just(Op::Forget),
+        4 => (0i64..40, category.clone(), any::<bool>())
+            .prop_map(|(day, category, gpc)| Op::Browse { day, category, gpc }),
+        4 => (0i64..40, proptest::sample::select(vec!["coffee", "tea"]), category, prop_oneof![Just(300i64), Just(40_000)])
+            .prop_map(|(day, product, category, price)| Op::Purchase { day, product, category, price }),
+        2 => (0i64..120, any::<bool>()).prop_map(|(minute, store)| Op::Location { minute, store }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    #[test]
+    fn a_user_whose_consent_never_allowed_a_profile_never_gets_output(
+        ops in proptest::collection::vec((0usize..3, op()), 1..60)
+    ) {
+        let h = harness_with_sensitive(&["prenatal"]);
+        let users = ["alice", "bob", "carol"];
+        let mut in_force: [Option<ConsentInForce>; 3] = [None, None, None];
+        let mut ever_allowed = [false; 3];
+        let mut last_version = [i64::MIN; 3];
+        for (step, (user_index, op)) in ops.into_iter().enumerate() {
+            let user = users[user_index];
+            let ts = T0 + step as i64;
+            let processed = match &op {
+                Op::Consent { granted, level } => {
+                    let change = ConsentChange {
+                        user_id: user.to_owned(),
+                        ts,
+                        granted: granted.iter().map(|name| (*name).to_owned()).collect(),
+                        level: *level,
+                        source: "prop".to_owned(),
+                    };
+                    let consent = ConsentInForce::from_change(&change);
+                    ever_allowed[user_index] |= consent.allows_profile();
+                    in_force[user_index] = Some(consent);
+                    h.send(InputKind::Consent, user, &change)
+                }
+                Op::Forget => {
+                    in_force[user_index] = None;
+                    last_version[user_index] = i64::MIN;
+                    h.forget(user)
+                }
+                Op::Browse { day, category, gpc } => {
+                    let mut event = browse_event(user, ts + day * DAY, Some(category));
+                    event.consent = gpc.then_some(EventConsent { tcf: None, gpc: true });
+                    h.send(InputKind::Browse, user, &event)
+                }
+                Op::Purchase { day, product, category, price } => {
+                    h.purchase(user, ts + day * DAY, &[(product, category, 1, *price)])
+                }
+                Op::Location { minute, store } => {
+                    let at = if *store { BERLIN_STORE } else { (40.0, -3.7) };
+                    h.location(user, ts + minute * MINUTE, at)
+                }
+            };
+            if !matches!(op, Op::Consent { .. } | Op::Forget) {
+                let event_kind_location = matches!(op, Op::Location { .. });
+                let expected_drop = match &in_force[user_index] {
+                    None => Some(DropReason::NoConsent),
+                    Some(consent) if !consent.granted.contains(Purpose::Personalization) => {
+                        Some(DropReason::NoPersonalization)
+                    }
+                    Some(consent) if consent.level == PersonalizationLevel::None => Some(DropReason::LevelNone),
+                    Some(consent) if event_kind_location && !consent.granted.contains(Purpose::Location) => {
+                        Some(DropReason::NoLocation)
+                    }
+                    Some(_) => None,
+                };
+                match expected_drop {
+                    Some(reason) => {
+                        prop_assert_eq!(&processed, &Processed { outcome: Outcome::Dropped(reason), output: None })
+                    }
+                    None => prop_assert_eq!(&processed.outcome, &Outcome::Applied),
+                }
+            }
+            if let Some(output) = &processed.output {
+                prop_assert!(ever_allowed[user_index], "{user} got {output:?} without ever allowing a profile");
+                prop_assert_eq!(output.user_id(), user);
+                if let Output::Update(update) = output {
+                    let consent = in_force[user_index].as_ref().expect("an update needs consent in force");
+                    prop_assert!(consent.allows_profile());
+                    prop_assert_eq!(update.level, consent.level);
+                    prop_assert!(update.version > last_version[user_index]);
+                    last_version[user_index] = update.version;
+                    let ids: Vec<&str> = update.segments.iter().map(|segment| segment.id.as_str()).collect();
+                    let mut sorted = ids.clone();
+                    sorted.sort_unstable();
+                    sorted.dedup();
+                    prop_assert_eq!(&ids, &sorted);
+                    let granted = consent.granted;
+                    for name in &update.channels {
+                        prop_assert!(granted.contains(Purpose::parse(name).unwrap()), "{name}");
+                    }
+                    for segment in &update.segments {
+                        prop_assert!(segment.channels.iter().all(|channel| update.channels.contains(channel)));
+                        if consent.level == PersonalizationLevel::Light {
+                            prop_assert!(matches!(segment.id.as_str(), "new_visitor" | "returning_visitor"));
+                        }
+                        if segment.id == "near_store" {
+                            prop_assert!(granted.contains(Purpose::PreciseLocation));
+                        }
+                    }
+                    for id in &update.entered {
+                        prop_assert!(ids.contains(&id.as_str()) && !update.exited.contains(id));
+                    }
+                    for id in &update.exited {
+                        prop_assert!(!ids.contains(&id.as_str()));
+                    }
+                }
+            }
+        }
+        // Member counts agree with the memberships held.
+        for (id, size) in h.sizes() {
+            let held = users
+                .iter()
+                .filter(|user| {
+                    h.processor
+                        .memberships(user)
+                        .is_some_and(|segments| segments.iter().any(|segment| segment.id == id))
+                })
+                .count();
+            prop_assert_eq!(size, held as i64, "{}", id);
+        }
+    }
+}

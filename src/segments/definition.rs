@@ -132,16 +132,42 @@ pub struct Filter {
 /// What a leaf rule measures over a user's facts.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Measure {
-    Count { source: Source, filters: Vec<Filter>, window_ms: i64 },
+    Count {
+        source: Source,
+        filters: Vec<Filter>,
+        window_ms: i64,
+    },
     /// Sum of amounts in cents: a purchase's total, or an item's price × quantity.
-    Sum { source: Source, filters: Vec<Filter>, window_ms: i64 },
-    DistinctDays { source: Source, filters: Vec<Filter>, window_ms: i64 },
-    Distinct { source: Source, filters: Vec<Filter>, field: Field, window_ms: i64 },
+    Sum {
+        source: Source,
+        filters: Vec<Filter>,
+        window_ms: i64,
+    },
+    DistinctDays {
+        source: Source,
+        filters: Vec<Filter>,
+        window_ms: i64,
+    },
+    Distinct {
+        source: Source,
+        filters: Vec<Filter>,
+        field: Field,
+        window_ms: i64,
+    },
     /// How many of the last `last` matching events share the most common value
     /// of `field`; 0 while there are fewer than `last`.
-    MostCommon { source: Source, filters: Vec<Filter>, field: Field, last: usize },
+    MostCommon {
+        source: Source,
+        filters: Vec<Filter>,
+        field: Field,
+        last: usize,
+    },
     /// Location events within `radius_m` of any of `places`.
-    Near { places: Vec<(f64, f64)>, radius_m: f64, window_ms: i64 },
+    Near {
+        places: Vec<(f64, f64)>,
+        radius_m: f64,
+        window_ms: i64,
+    },
 }
 
 /// A comparison of a measure with a number.
@@ -224,12 +250,7 @@ fn error_at(file: &str, source: &str, offset: usize, message: String) -> Definit
     let before = &source[..offset.min(source.len())];
     let line = before.matches('\n').count() + 1;
     let column = before.len() - before.rfind('\n').map_or(0, |newline| newline + 1) + 1;
-    DefinitionError {
-        file: file.to_owned(),
-        line,
-        column,
-        message,
-    }
+    DefinitionError { file: file.to_owned(), line, column, message }
 }
 
 /// Parses a duration such as `90d`, `1h`, `15m`, `30s` or `250ms` into milliseconds.
@@ -262,10 +283,7 @@ impl Catalogue {
             error_at(file, source, offset, error.message().to_owned())
         })?;
         let sensitive: HashSet<u64> = sensitive_categories.iter().map(|name| hash_value(name)).collect();
-        let mut retention = Retention {
-            max_ms: max_retention_ms,
-            ..Retention::default()
-        };
+        let mut retention = Retention { max_ms: max_retention_ms, ..Retention::default() };
         let mut segments = Vec::with_capacity(spec.segments.len());
         let mut ids = HashSet::new();
         for spanned in &spec.segments {
@@ -302,12 +320,7 @@ impl Catalogue {
     }
 }
 
-fn compile_segment(
-    spec: &SegmentSpec,
-    rule: Rule,
-    captures: Vec<String>,
-    needs: Purposes,
-) -> Result<Segment, String> {
+fn compile_segment(spec: &SegmentSpec, rule: Rule, captures: Vec<String>, needs: Purposes) -> Result<Segment, String> {
     if spec.id.is_empty() || !spec.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
         return Err("an id is letters, digits and `_`".to_owned());
     }
@@ -347,9 +360,7 @@ fn parse_template(text: &str, captures: &[String]) -> Result<Vec<TemplatePart>, 
         if open > 0 {
             parts.push(TemplatePart::Text(rest[..open].to_owned()));
         }
-        let close = rest[open..]
-            .find('}')
-            .ok_or_else(|| "the reason has a `{` without `}`".to_owned())?;
+        let close = rest[open..].find('}').ok_or_else(|| "the reason has a `{` without `}`".to_owned())?;
         let placeholder = &rest[open + 1..open + close];
         let (name, format) = placeholder.split_once(':').unwrap_or((placeholder, ""));
         let index = captures
@@ -416,12 +427,10 @@ impl RuleCompiler<'_> {
         ];
         let mut comparisons = comparisons.into_iter().flatten();
         let (Some(comparison), None) = (comparisons.next(), comparisons.next()) else {
-            return Err(format!(
-                "`{}` needs exactly one of at_least, at_most, equals, more_than, less_than",
-                given[0]
-            ));
+            return Err(format!("`{}` needs exactly one of at_least, at_most, equals, more_than, less_than", given[0]));
         };
-        let (name, Some(measure_spec)) = measures.into_iter().find(|(_, measure)| measure.is_some()).unwrap_or(("", &None))
+        let (name, Some(measure_spec)) =
+            measures.into_iter().find(|(_, measure)| measure.is_some()).unwrap_or(("", &None))
         else {
             return Err("a rule has no measure".to_owned());
         };
@@ -474,7 +483,9 @@ impl RuleCompiler<'_> {
             Some("purchase") => Source::Purchase,
             Some("purchase_item") => Source::PurchaseItem,
             Some("location") => Source::Location,
-            Some(other) => return Err(format!("`of = \"{other}\"` is not browse, purchase, purchase_item or location")),
+            Some(other) => {
+                return Err(format!("`of = \"{other}\"` is not browse, purchase, purchase_item or location"))
+            }
             None => return Err(format!("`{name}` needs `of` (browse, purchase, purchase_item or location)")),
         };
         if source == Source::Location {
@@ -506,7 +517,8 @@ impl RuleCompiler<'_> {
             }
             _ => {
                 let field = field()?;
-                let last = spec.last.filter(|last| *last > 0).ok_or("`most_common` needs `last`, a count above zero")?;
+                let last =
+                    spec.last.filter(|last| *last > 0).ok_or("`most_common` needs `last`, a count above zero")?;
                 if spec.within.is_some() {
                     return Err("`most_common` reads the last N events; it takes `last`, not `within`".to_owned());
                 }
@@ -535,7 +547,11 @@ impl RuleCompiler<'_> {
     }
 
     fn compile_near(&mut self, spec: &MeasureSpec) -> Result<Measure, String> {
-        let names = spec.places.as_ref().filter(|names| !names.is_empty()).ok_or("`near` needs `places`, a list of place names")?;
+        let names = spec
+            .places
+            .as_ref()
+            .filter(|names| !names.is_empty())
+            .ok_or("`near` needs `places`, a list of place names")?;
         let places = names
             .iter()
             .map(|name| {
@@ -545,7 +561,8 @@ impl RuleCompiler<'_> {
                     .ok_or_else(|| format!("place `{name}` is not defined under [places]"))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let radius_m = spec.radius_m.filter(|radius| *radius > 0.0).ok_or("`near` needs `radius_m`, in metres above zero")?;
+        let radius_m =
+            spec.radius_m.filter(|radius| *radius > 0.0).ok_or("`near` needs `radius_m`, in metres above zero")?;
         self.needs = self.needs.with(Purpose::Location);
         if radius_m < COARSE_PRECISION_M {
             self.needs = self.needs.with(Purpose::PreciseLocation);

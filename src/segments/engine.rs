@@ -47,10 +47,9 @@ impl Fact<'_> {
     fn matches(self, filter: &Filter) -> bool {
         match self {
             // A purchase matches a filter on its lines when any line does.
-            Self::Purchase(fact) if matches!(filter.field, Field::Category | Field::ProductId) => fact
-                .items
-                .iter()
-                .any(|item| Self::Item(fact.ts, item).matches(filter)),
+            Self::Purchase(fact) if matches!(filter.field, Field::Category | Field::ProductId) => {
+                fact.items.iter().any(|item| Self::Item(fact.ts, item).matches(filter))
+            }
             _ => self.field(filter.field).is_some_and(|value| filter.any_of.contains(&value)),
         }
     }
@@ -150,9 +149,7 @@ pub fn measure(measure: &Measure, history: &History, now: i64) -> f64 {
         }
         Measure::Distinct { source, filters, field, window_ms } => {
             let mut values = Vec::new();
-            within_window(history, *source, filters, now, *window_ms, |fact| {
-                values.extend(fact.field(*field))
-            });
+            within_window(history, *source, filters, now, *window_ms, |fact| values.extend(fact.field(*field)));
             count_distinct(values)
         }
         Measure::MostCommon { source, filters, field, last } => {
@@ -172,11 +169,7 @@ pub fn measure(measure: &Measure, history: &History, now: i64) -> f64 {
             }
             let mut present: Vec<u64> = values.into_iter().flatten().collect();
             present.sort_unstable();
-            present
-                .chunk_by(|a, b| a == b)
-                .map(|run| run.len())
-                .max()
-                .unwrap_or(0) as f64
+            present.chunk_by(|a, b| a == b).map(|run| run.len()).max().unwrap_or(0) as f64
         }
         Measure::Near { places, radius_m, window_ms } => {
             let mut count = 0u64;
@@ -198,12 +191,20 @@ pub fn measure(measure: &Measure, history: &History, now: i64) -> f64 {
 pub fn evaluate(rule: &Rule, history: &History, now: i64, captures: &mut [f64]) -> bool {
     match rule {
         // Every branch is evaluated so that the reason's figures are all filled in.
-        Rule::All(rules) => rules
-            .iter()
-            .fold(true, |all, rule| evaluate(rule, history, now, captures) && all),
-        Rule::Any(rules) => rules
-            .iter()
-            .fold(false, |any, rule| evaluate(rule, history, now, captures) || any),
+        Rule::All(rules) => {
+            let mut all = true;
+            for rule in rules {
+                all &= evaluate(rule, history, now, captures);
+            }
+            all
+        }
+        Rule::Any(rules) => {
+            let mut any = false;
+            for rule in rules {
+                any |= evaluate(rule, history, now, captures);
+            }
+            any
+        }
         Rule::Not(rule) => !evaluate(rule, history, now, captures),
         Rule::Compare { measure: what, comparison, capture } => {
             let value = measure(what, history, now);

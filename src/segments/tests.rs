@@ -1,7 +1,9 @@
 //! Tests of segment definitions (parse, validate), the rule engine, reasons,
 //! experiment arms, and the bundled catalogue `deploy/segments.toml`.
 
-use super::definition::{parse_duration_ms, Comparison, DEFAULT_SEGMENTS, Field, Filter, Measure, Rule, Source, TemplatePart};
+use super::definition::{
+    parse_duration_ms, Comparison, Field, Filter, Measure, Rule, Source, TemplatePart, DEFAULT_SEGMENTS,
+};
 use super::engine::{arm, distance_m, evaluate, measure, render_reason};
 use super::*;
 use crate::consent::{Purpose, Purposes};
@@ -36,12 +38,7 @@ fn parse_err(text: &str) -> DefinitionError {
 }
 
 fn error(line: usize, column: usize, message: &str) -> DefinitionError {
-    DefinitionError {
-        file: "test.toml".to_owned(),
-        line,
-        column,
-        message: message.to_owned(),
-    }
+    DefinitionError { file: "test.toml".to_owned(), line, column, message: message.to_owned() }
 }
 
 fn only_segment(text: &str) -> Segment {
@@ -55,31 +52,15 @@ fn purposes(list: &[Purpose]) -> Purposes {
 }
 
 fn browse(ts: i64, category: Option<&str>) -> BrowseFact {
-    BrowseFact {
-        ts,
-        page_type: hash_value("product"),
-        category: category.map(hash_value),
-        product: None,
-    }
+    BrowseFact { ts, page_type: hash_value("product"), category: category.map(hash_value), product: None }
 }
 
 fn item(product: &str, category: &str, quantity: i32, price_cents: i64) -> ItemFact {
-    ItemFact {
-        category: hash_value(category),
-        product: hash_value(product),
-        quantity,
-        price_cents,
-        sensitive: false,
-    }
+    ItemFact { category: hash_value(category), product: hash_value(product), quantity, price_cents, sensitive: false }
 }
 
 fn purchase(ts: i64, total_cents: i64, items: Vec<ItemFact>) -> PurchaseFact {
-    PurchaseFact {
-        ts,
-        currency: hash_value("EUR"),
-        total_cents,
-        items,
-    }
+    PurchaseFact { ts, currency: hash_value("EUR"), total_cents, items }
 }
 
 fn at(ts: i64, lat: f64, lon: f64) -> LocationFact {
@@ -87,24 +68,15 @@ fn at(ts: i64, lat: f64, lon: f64) -> LocationFact {
 }
 
 fn browses(facts: Vec<BrowseFact>) -> History {
-    History {
-        browses: facts.into(),
-        ..History::default()
-    }
+    History { browses: facts.into(), ..History::default() }
 }
 
 fn purchases(facts: Vec<PurchaseFact>) -> History {
-    History {
-        purchases: facts.into(),
-        ..History::default()
-    }
+    History { purchases: facts.into(), ..History::default() }
 }
 
 fn category_filter(category: &str) -> Filter {
-    Filter {
-        field: Field::Category,
-        any_of: vec![hash_value(category)],
-    }
+    Filter { field: Field::Category, any_of: vec![hash_value(category)] }
 }
 
 // --- the bundled catalogue -------------------------------------------------
@@ -241,7 +213,12 @@ fn the_bundled_file_text_is_rejected_when_a_window_exceeds_max_retention() {
 
 #[test]
 fn an_unknown_field_is_reported_where_it_is() {
-    let text = one_segment("full", "[\"web\"]", "r", "colour = \"red\"\nrule = { count = { of = \"browse\", within = \"7d\" }, at_least = 1 }\n");
+    let text = one_segment(
+        "full",
+        "[\"web\"]",
+        "r",
+        "colour = \"red\"\nrule = { count = { of = \"browse\", within = \"7d\" }, at_least = 1 }\n",
+    );
     assert_eq!(
         parse_err(&text),
         error(
@@ -309,7 +286,9 @@ fn a_measure_without_a_comparison_is_refused() {
 
 #[test]
 fn an_undefined_place_is_refused() {
-    let text = segment_with_rule("{ near = { places = [\"home\", \"nowhere\"], radius_m = 100, within = \"1h\" }, at_least = 1 }");
+    let text = segment_with_rule(
+        "{ near = { places = [\"home\", \"nowhere\"], radius_m = 100, within = \"1h\" }, at_least = 1 }",
+    );
     assert_eq!(parse_err(&text), error(4, 1, "segment `x`: place `nowhere` is not defined under [places]"));
 }
 
@@ -361,10 +340,16 @@ fn a_window_above_max_retention_is_refused() {
     let text = segment_with_rule("{ count = { of = \"browse\", within = \"401d\" }, at_least = 1 }");
     assert_eq!(
         parse_err(&text),
-        error(4, 1, "segment `x`: `within = \"401d\"` must be above zero and at most the maximum retention of 400 days")
+        error(
+            4,
+            1,
+            "segment `x`: `within = \"401d\"` must be above zero and at most the maximum retention of 400 days"
+        )
     );
     let at_max = only_segment(&segment_with_rule("{ count = { of = \"browse\", within = \"400d\" }, at_least = 1 }"));
-    assert!(matches!(at_max.rule, Rule::Compare { measure: Measure::Count { window_ms, .. }, .. } if window_ms == MAX_RETENTION));
+    assert!(
+        matches!(at_max.rule, Rule::Compare { measure: Measure::Count { window_ms, .. }, .. } if window_ms == MAX_RETENTION)
+    );
     let text = segment_with_rule("{ count = { of = \"browse\", within = \"0d\" }, at_least = 1 }");
     assert_eq!(
         parse_err(&text),
@@ -379,10 +364,20 @@ fn a_window_above_max_retention_is_refused() {
 
 #[test]
 fn a_bad_channel_is_refused() {
-    let text = one_segment("full", "[\"web\", \"sms\"]", "r", "rule = { count = { of = \"browse\", within = \"7d\" }, at_least = 1 }\n");
+    let text = one_segment(
+        "full",
+        "[\"web\", \"sms\"]",
+        "r",
+        "rule = { count = { of = \"browse\", within = \"7d\" }, at_least = 1 }\n",
+    );
     assert_eq!(parse_err(&text), error(4, 1, "segment `x`: `sms` is not a channel (web, email, push, ads)"));
     // A purpose that is not a channel is not a channel either.
-    let text = one_segment("full", "[\"location\"]", "r", "rule = { count = { of = \"browse\", within = \"7d\" }, at_least = 1 }\n");
+    let text = one_segment(
+        "full",
+        "[\"location\"]",
+        "r",
+        "rule = { count = { of = \"browse\", within = \"7d\" }, at_least = 1 }\n",
+    );
     assert_eq!(parse_err(&text), error(4, 1, "segment `x`: `location` is not a channel (web, email, push, ads)"));
 }
 
@@ -400,7 +395,11 @@ fn errors_point_at_the_segment_they_are_about() {
 #[test]
 fn duplicate_ids_and_bad_holdouts_are_refused() {
     let valid = "rule = { count = { of = \"browse\", within = \"7d\" }, at_least = 1 }\n";
-    let text = format!("{}\n{}", one_segment("full", "[]", "r", valid), one_segment("full", "[]", "r", valid).replace("[places]\nhome = { lat = 52.5, lon = 13.4 }\n", ""));
+    let text = format!(
+        "{}\n{}",
+        one_segment("full", "[]", "r", valid),
+        one_segment("full", "[]", "r", valid).replace("[places]\nhome = { lat = 52.5, lon = 13.4 }\n", "")
+    );
     assert_eq!(parse_err(&text), error(13, 1, "segment `x` is defined twice"));
     let text = one_segment("full", "[]", "r", &format!("holdout = 1.0\n{valid}"));
     assert_eq!(parse_err(&text), error(4, 1, "segment `x`: holdout 1 must be at least 0 and below 1"));
@@ -408,12 +407,13 @@ fn duplicate_ids_and_bad_holdouts_are_refused() {
 
 #[test]
 fn geofences_smaller_than_the_coarse_precision_need_precise_location() {
-    let small = only_segment(&segment_with_rule("{ near = { places = [\"home\"], radius_m = 4999, within = \"1h\" }, at_least = 1 }"));
-    assert_eq!(
-        small.needs,
-        purposes(&[Purpose::Personalization, Purpose::Location, Purpose::PreciseLocation])
-    );
-    let large = only_segment(&segment_with_rule("{ near = { places = [\"home\"], radius_m = 5000, within = \"1h\" }, at_least = 1 }"));
+    let small = only_segment(&segment_with_rule(
+        "{ near = { places = [\"home\"], radius_m = 4999, within = \"1h\" }, at_least = 1 }",
+    ));
+    assert_eq!(small.needs, purposes(&[Purpose::Personalization, Purpose::Location, Purpose::PreciseLocation]));
+    let large = only_segment(&segment_with_rule(
+        "{ near = { places = [\"home\"], radius_m = 5000, within = \"1h\" }, at_least = 1 }",
+    ));
     assert_eq!(large.needs, purposes(&[Purpose::Personalization, Purpose::Location]));
     let counted = only_segment(&segment_with_rule("{ count = { of = \"location\", within = \"1h\" }, at_least = 1 }"));
     assert_eq!(counted.needs, purposes(&[Purpose::Personalization, Purpose::Location]));
@@ -518,29 +518,29 @@ fn filters_select_facts_by_hashed_field_values() {
         window_ms: DAY,
     };
     assert_eq!(measure(&either, &history, 10), 1.0);
-    let distinct = Measure::Distinct { source: Source::Browse, filters: vec![], field: Field::Category, window_ms: DAY };
+    let distinct =
+        Measure::Distinct { source: Source::Browse, filters: vec![], field: Field::Category, window_ms: DAY };
     assert_eq!(measure(&distinct, &history, 10), 2.0);
 }
 
 #[test]
 fn purchases_match_item_filters_once_and_items_count_each_line() {
     let history = purchases(vec![
-        purchase(
-            1,
-            10_000,
-            vec![item("shoe", "running", 1, 8_000), item("sock", "running", 2, 1_000)],
-        ),
+        purchase(1, 10_000, vec![item("shoe", "running", 1, 8_000), item("sock", "running", 2, 1_000)]),
         purchase(2, 500, vec![item("ball", "tennis", 1, 500)]),
     ]);
     let orders = Measure::Count { source: Source::Purchase, filters: vec![category_filter("running")], window_ms: DAY };
     assert_eq!(measure(&orders, &history, 5), 1.0);
-    let lines = Measure::Count { source: Source::PurchaseItem, filters: vec![category_filter("running")], window_ms: DAY };
+    let lines =
+        Measure::Count { source: Source::PurchaseItem, filters: vec![category_filter("running")], window_ms: DAY };
     assert_eq!(measure(&lines, &history, 5), 2.0);
-    let line_amounts = Measure::Sum { source: Source::PurchaseItem, filters: vec![category_filter("running")], window_ms: DAY };
+    let line_amounts =
+        Measure::Sum { source: Source::PurchaseItem, filters: vec![category_filter("running")], window_ms: DAY };
     assert_eq!(measure(&line_amounts, &history, 5), 10_000.0);
     let totals = Measure::Sum { source: Source::Purchase, filters: vec![], window_ms: DAY };
     assert_eq!(measure(&totals, &history, 5), 10_500.0);
-    let products = Measure::Distinct { source: Source::PurchaseItem, filters: vec![], field: Field::ProductId, window_ms: DAY };
+    let products =
+        Measure::Distinct { source: Source::PurchaseItem, filters: vec![], field: Field::ProductId, window_ms: DAY };
     assert_eq!(measure(&products, &history, 5), 3.0);
 }
 
@@ -555,7 +555,7 @@ fn most_common_with_fewer_than_n_events_is_zero() {
     let mut ten = nine_same;
     ten.push(purchase(9, 300, vec![item("tea", "food", 1, 300)]));
     assert_eq!(measure(&most_common_product(10), &purchases(ten.clone()), 100), 9.0);
-    // Only the last N count: an eleventh coffee pushes the tea... no, it pushes the oldest coffee out.
+    // Only the last N count: an eleventh purchase pushes the oldest out.
     ten.push(purchase(10, 300, vec![item("coffee", "food", 1, 300)]));
     assert_eq!(measure(&most_common_product(10), &purchases(ten.clone()), 100), 9.0);
     ten.push(purchase(11, 300, vec![item("coffee", "food", 1, 300)]));
@@ -662,7 +662,8 @@ fn reasons_render_numbers_and_cents() {
 }
 
 fn with_holdout(id: &str, holdout: Option<f64>) -> Segment {
-    let mut segment = only_segment(&segment_with_rule("{ count = { of = \"browse\", within = \"7d\" }, at_least = 1 }"));
+    let mut segment =
+        only_segment(&segment_with_rule("{ count = { of = \"browse\", within = \"7d\" }, at_least = 1 }"));
     segment.id = id.to_owned();
     segment.holdout = holdout;
     segment
@@ -670,33 +671,51 @@ fn with_holdout(id: &str, holdout: Option<f64>) -> Segment {
 
 #[test]
 fn arms_are_deterministic_and_split_by_the_holdout_share() {
-    let segment = with_holdout("promo", Some(0.1));
-    let mut holdout = 0usize;
-    for index in 0..100_000 {
-        let user = format!("user-{index}");
-        let first = arm(&segment, &user);
-        assert_eq!(first, arm(&segment, &user));
-        match first.as_deref() {
-            Some("holdout") => holdout += 1,
-            Some("treatment") => {}
-            other => panic!("unexpected arm {other:?}"),
+    // Regression: plain FNV-1a of sequential ids put 11.6% of users in a 10% holdout.
+    for id in ["promo", "high_value", "running_browser"] {
+        let segment = with_holdout(id, Some(0.1));
+        let mut holdout = 0usize;
+        for index in 0..100_000 {
+            let user = format!("user-{index}");
+            let first = arm(&segment, &user);
+            assert_eq!(first, arm(&segment, &user));
+            match first.as_deref() {
+                Some("holdout") => holdout += 1,
+                Some("treatment") => {}
+                other => panic!("unexpected arm {other:?}"),
+            }
         }
+        let share = holdout as f64 / 100_000.0;
+        assert!((share - 0.1).abs() < 0.015, "{id}: holdout share {share}");
     }
-    let share = holdout as f64 / 100_000.0;
-    assert!((share - 0.1).abs() < 0.015, "holdout share {share}");
 }
 
 #[test]
-fn arms_depend_on_the_segment_and_are_absent_without_a_holdout() {
+fn arms_are_absent_without_a_holdout_and_fixed_across_calls() {
     assert_eq!(arm(&with_holdout("promo", None), "user-1"), None);
     assert_eq!(arm(&with_holdout("promo", Some(0.0)), "user-1").as_deref(), Some("treatment"));
-    let a = with_holdout("a", Some(0.5));
-    let b = with_holdout("b", Some(0.5));
-    let differing = (0..1_000)
-        .filter(|index| arm(&a, &format!("user-{index}")) != arm(&b, &format!("user-{index}")))
+    let segment = with_holdout("promo", Some(0.5));
+    let arms: Vec<Option<String>> = (0..20).map(|index| arm(&segment, &format!("u{index}"))).collect();
+    let again: Vec<Option<String>> = (0..20).map(|index| arm(&segment, &format!("u{index}"))).collect();
+    assert_eq!(arms, again);
+}
+
+#[test]
+fn arms_of_different_segments_are_independent() {
+    // Regression: with plain FNV-1a, 53% of users got different arms in two
+    // 50% holdouts instead of 50%, and 0.2% instead of 1% were in both 10% holdouts.
+    let (a, b) = (with_holdout("high_value", Some(0.5)), with_holdout("running_browser", Some(0.5)));
+    let users: Vec<String> = (0..100_000).map(|index| format!("user-{index}")).collect();
+    let differing = users.iter().filter(|user| arm(&a, user) != arm(&b, user)).count();
+    let share = differing as f64 / users.len() as f64;
+    assert!((share - 0.5).abs() < 0.01, "{share}");
+    let (a, b) = (with_holdout("a", Some(0.1)), with_holdout("b", Some(0.1)));
+    let both = users
+        .iter()
+        .filter(|user| arm(&a, user).as_deref() == Some("holdout") && arm(&b, user).as_deref() == Some("holdout"))
         .count();
-    // Independent halves disagree for about half the users.
-    assert!((400..600).contains(&differing), "{differing}");
+    let share = both as f64 / users.len() as f64;
+    assert!((share - 0.01).abs() < 0.003, "{share}");
 }
 
 proptest! {

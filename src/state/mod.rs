@@ -92,8 +92,7 @@ impl History {
         }
         while let Some(oldest) = self.purchases.front() {
             let within_window = !expired(oldest.ts, retention.purchase_ms);
-            let among_last = self.purchases.len() <= retention.purchase_last
-                && !expired(oldest.ts, retention.max_ms);
+            let among_last = self.purchases.len() <= retention.purchase_last && !expired(oldest.ts, retention.max_ms);
             if within_window || among_last {
                 break;
             }
@@ -166,13 +165,7 @@ mod tests {
             ts,
             currency: 0,
             total_cents: 100,
-            items: vec![ItemFact {
-                category: 1,
-                product: 2,
-                quantity: 1,
-                price_cents: 100,
-                sensitive: false,
-            }],
+            items: vec![ItemFact { category: 1, product: 2, quantity: 1, price_cents: 100, sensitive: false }],
         }
     }
 

@@ -1,0 +1,456 @@
+//! Test harness: a real Kafka broker (started by scripts/test.sh), fresh
+//! topics per test, the `tactful` binary as a child process, and an
+//! independent client path (raw Avro single-object bytes built with
+//! apache_avro directly, and JSON) to produce input and read profile updates.
+#![allow(dead_code)]
+
+use apache_avro::rabin::Rabin;
+use apache_avro::Schema;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
+use rdkafka::{Offset, TopicPartitionList};
+use serde::Deserialize;
+use serde_json::json;
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+pub const DAY_MS: i64 = 86_400_000;
+pub const HOUR_MS: i64 = 3_600_000;
+
+/// The broker started by scripts/test.sh. Without one the test fails loudly.
+pub fn bootstrap() -> String {
+    std::env::var("TACTFUL_TEST_BOOTSTRAP").unwrap_or_else(|_| {
+        panic!("TACTFUL_TEST_BOOTSTRAP is not set: run the suite with scripts/test.sh, which starts a Kafka broker")
+    })
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+/// 10:00 UTC two days ago: room for events on that day and the next.
+pub fn base_time() -> i64 {
+    let today = now_ms().div_euclid(DAY_MS) * DAY_MS;
+    today - 2 * DAY_MS + 10 * HOUR_MS
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+/// A fresh set of topic names for one test.
+pub struct Topics {
+    pub prefix: String,
+    pub browse: String,
+    pub purchase: String,
+    pub location: String,
+    pub consent: String,
+    pub profiles: String,
+    pub dead_letters: String,
+}
+
+impl Topics {
+    /// Creates the four input topics with `partitions` partitions each
+    /// (`consent_partitions` for the consent topic) and names the outputs.
+    pub fn create_with(test: &str, partitions: i32, consent_partitions: i32) -> Self {
+        let prefix = format!("{test}-{}", now_ms() % 100_000_000);
+        let topics = Self {
+            browse: format!("{prefix}.events.browse"),
+            purchase: format!("{prefix}.events.purchase"),
+            location: format!("{prefix}.events.location"),
+            consent: format!("{prefix}.consent.changes"),
+            profiles: format!("{prefix}.profiles.updates"),
+            dead_letters: format!("{prefix}.dead-letters"),
+            prefix,
+        };
+        let admin: AdminClient<DefaultClientContext> =
+            ClientConfig::new().set("bootstrap.servers", bootstrap()).create().unwrap();
+        let new_topics = [
+            NewTopic::new(&topics.browse, partitions, TopicReplication::Fixed(1)),
+            NewTopic::new(&topics.purchase, partitions, TopicReplication::Fixed(1)),
+            NewTopic::new(&topics.location, partitions, TopicReplication::Fixed(1)),
+            NewTopic::new(&topics.consent, consent_partitions, TopicReplication::Fixed(1))
+                .set("cleanup.policy", "compact"),
+        ];
+        let results = runtime().block_on(admin.create_topics(&new_topics, &AdminOptions::new())).unwrap();
+        for result in results {
+            result.unwrap_or_else(|(name, code)| panic!("cannot create topic {name}: {code}"));
+        }
+        topics
+    }
+
+    pub fn create(test: &str) -> Self {
+        Self::create_with(test, 1, 1)
+    }
+
+    pub fn group(&self) -> String {
+        format!("{}-group", self.prefix)
+    }
+}
+
+/// A free loopback port for the admin endpoint.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A running `tactful run` process; stopped with SIGTERM when dropped.
+pub struct Pipeline {
+    child: Child,
+    pub admin_port: u16,
+    pub config_path: PathBuf,
+    pub log_path: PathBuf,
+}
+
+impl Pipeline {
+    /// Writes a config for `topics` (plus `extra` TOML appended) and starts the binary.
+    pub fn start_with(topics: &Topics, extra_pipeline: &str) -> Self {
+        let admin_port = free_port();
+        let dir = std::env::temp_dir().join(format!("tactful-test-{}", topics.prefix));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config_path = dir.join("tactful.toml");
+        let config = format!(
+            r#"
+[kafka]
+bootstrap_servers = "{bootstrap}"
+app_id = "{prefix}"
+group_id = "{group}"
+
+[topics]
+browse = "{browse}"
+purchase = "{purchase}"
+location = "{location}"
+consent = "{consent}"
+profiles = "{profiles}"
+dead_letters = "{dead_letters}"
+
+[pipeline]
+poll_timeout_ms = 50
+{extra_pipeline}
+
+[admin]
+listen = "127.0.0.1:{admin_port}"
+"#,
+            bootstrap = bootstrap(),
+            prefix = topics.prefix,
+            group = topics.group(),
+            browse = topics.browse,
+            purchase = topics.purchase,
+            location = topics.location,
+            consent = topics.consent,
+            profiles = topics.profiles,
+            dead_letters = topics.dead_letters,
+        );
+        std::fs::write(&config_path, config).unwrap();
+        let log_path = dir.join("tactful.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_tactful"))
+            .args(["run", "--config"])
+            .arg(&config_path)
+            .env("RUST_LOG", std::env::var("TACTFUL_TEST_LOG").unwrap_or_else(|_| "info".to_owned()))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let pipeline = Self { child, admin_port, config_path, log_path };
+        pipeline.wait_ready();
+        pipeline
+    }
+
+    pub fn start(topics: &Topics) -> Self {
+        Self::start_with(topics, "")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some((200, _)) = http_get(self.admin_port, "/readyz") {
+                return;
+            }
+            assert!(Instant::now() < deadline, "pipeline not ready after 60 s; log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        self.terminate()
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                return self.child.wait().unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            self.terminate();
+        }
+    }
+}
+
+/// A plain HTTP/1.0 GET on loopback: (status, body).
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
+    Some((status, body))
+}
+
+/// Produces raw records the way another team's client would.
+pub struct Producer {
+    inner: BaseProducer,
+}
+
+impl Producer {
+    pub fn new() -> Self {
+        let inner = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap())
+            .set("partitioner", "murmur2_random")
+            .create()
+            .unwrap();
+        Self { inner }
+    }
+
+    pub fn send(&self, topic: &str, key: Option<&[u8]>, value: Option<&[u8]>) {
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        if let Some(value) = value {
+            record = record.payload(value);
+        }
+        self.inner.send(record).map_err(|(error, _)| error).unwrap();
+        self.inner.flush(Duration::from_secs(30)).unwrap();
+    }
+
+    pub fn send_keyed(&self, topic: &str, key: &str, value: &[u8]) {
+        self.send(topic, Some(key.as_bytes()), Some(value));
+    }
+}
+
+/// Avro single-object bytes of `value` (a serde_json object) under the schema
+/// file `schemas/<file>`, built directly with apache_avro.
+pub fn avro(file: &str, value: &serde_json::Value) -> Vec<u8> {
+    let text = std::fs::read_to_string(format!("{}/schemas/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    let schema = Schema::parse_str(&text).unwrap();
+    let avro_value = json_to_avro(value, &schema);
+    let datum = apache_avro::to_avro_datum(&schema, avro_value).unwrap();
+    let mut bytes = vec![0xC3, 0x01];
+    bytes.extend_from_slice(&schema.fingerprint::<Rabin>().bytes);
+    bytes.extend_from_slice(&datum);
+    bytes
+}
+
+/// Converts a JSON object to an Avro value of `schema`, resolving unions.
+fn json_to_avro(value: &serde_json::Value, schema: &Schema) -> apache_avro::types::Value {
+    use apache_avro::types::Value as Avro;
+    let plain: Avro = match value {
+        serde_json::Value::Null => Avro::Null,
+        serde_json::Value::Bool(b) => Avro::Boolean(*b),
+        serde_json::Value::Number(n) if n.is_i64() => Avro::Long(n.as_i64().unwrap()),
+        serde_json::Value::Number(n) => Avro::Double(n.as_f64().unwrap()),
+        serde_json::Value::String(s) => Avro::String(s.clone()),
+        serde_json::Value::Array(items) => {
+            Avro::Array(items.iter().map(|item| json_to_avro(item, &Schema::Null)).collect())
+        }
+        serde_json::Value::Object(fields) => Avro::Record(
+            fields.iter().map(|(name, field)| (name.clone(), json_to_avro(field, &Schema::Null))).collect(),
+        ),
+    };
+    if matches!(schema, Schema::Null) {
+        return plain;
+    }
+    plain.resolve(schema).unwrap()
+}
+
+pub fn consent(user: &str, ts: i64, granted: &[&str], level: &str) -> serde_json::Value {
+    json!({"user_id": user, "ts": ts, "granted": granted, "level": level, "source": "test-cmp"})
+}
+
+pub const EVERYTHING: &[&str] =
+    &["personalization", "location", "precise_location", "measurement", "web", "email", "push", "ads"];
+
+pub fn browse(user: &str, ts: i64, category: &str) -> serde_json::Value {
+    json!({"event_id": format!("b-{user}-{ts}"), "user_id": user, "ts": ts, "page_type": "product",
+           "product_id": format!("p-{category}-1"), "category": category, "url": "https://shop.example/p"})
+}
+
+pub fn purchase(user: &str, ts: i64, items: &[(&str, &str, i64)]) -> serde_json::Value {
+    let total: i64 = items.iter().map(|(_, _, price)| price).sum();
+    json!({"event_id": format!("o-{user}-{ts}"), "user_id": user, "ts": ts, "order_id": format!("o-{ts}"),
+           "currency": "EUR", "total_cents": total,
+           "items": items.iter().map(|(product, category, price)| json!({
+               "product_id": product, "category": category, "quantity": 1, "price_cents": price})).collect::<Vec<_>>()})
+}
+
+pub fn location(user: &str, ts: i64, lat: f64, lon: f64) -> serde_json::Value {
+    json!({"event_id": format!("l-{user}-{ts}"), "user_id": user, "ts": ts, "lat": lat, "lon": lon, "accuracy_m": 10.0})
+}
+
+pub fn to_json(value: &serde_json::Value) -> Vec<u8> {
+    serde_json::to_vec(value).unwrap()
+}
+
+/// A `ProfileUpdate` as a consumer that knows only the contract decodes it.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct Update {
+    pub user_id: String,
+    pub version: i64,
+    pub ts: i64,
+    pub level: String,
+    pub channels: Vec<String>,
+    pub segments: Vec<Member>,
+    pub entered: Vec<String>,
+    pub exited: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct Member {
+    pub id: String,
+    pub since: i64,
+    pub reason: String,
+    pub channels: Vec<String>,
+    pub arm: Option<String>,
+}
+
+/// One record of `profiles.updates`: the key and the update, `None` for a tombstone.
+pub type ProfileRecord = (String, Option<Update>);
+
+fn decode_update(bytes: &[u8]) -> Update {
+    let text = std::fs::read_to_string(format!("{}/schemas/profile_update.avsc", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    let schema = Schema::parse_str(&text).unwrap();
+    assert_eq!(&bytes[..2], &[0xC3, 0x01], "profile updates are Avro single-object encoded");
+    assert_eq!(&bytes[2..10], schema.fingerprint::<Rabin>().bytes.as_slice(), "written with the contract schema");
+    let value = apache_avro::from_avro_datum(&schema, &mut &bytes[10..], None).unwrap();
+    apache_avro::from_value(&value).unwrap()
+}
+
+/// Waits until the pipeline's group committed every record of the event
+/// topics, i.e. everything produced so far is processed and its outputs are
+/// acknowledged, then reads all of `topic`.
+pub fn wait_processed(topics: &Topics) {
+    let consumer: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", bootstrap()).set("group.id", topics.group()).create().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for topic in [&topics.browse, &topics.purchase, &topics.location] {
+        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
+        let partitions = metadata.topics()[0].partitions().len() as i32;
+        for partition in 0..partitions {
+            let (_, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(10)).unwrap();
+            if high == 0 {
+                continue;
+            }
+            loop {
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition(topic, partition);
+                let committed = consumer.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+                let offset = committed.find_partition(topic, partition).and_then(|element| element.offset().to_raw());
+                if offset.is_some_and(|offset| offset >= high) {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the pipeline did not process {topic}/{partition} up to {high} in 60 s"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+/// Every record in `topic`, from the beginning, read_committed.
+pub fn read_all(topic: &str) -> Vec<rdkafka::message::OwnedMessage> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("group.id", format!("reader-{}", now_ms()))
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true")
+        .create()
+        .unwrap();
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
+    let partitions = metadata.topics()[0].partitions().len() as i32;
+    let mut tpl = TopicPartitionList::new();
+    let mut remaining = 0;
+    for partition in 0..partitions {
+        let (low, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(10)).unwrap();
+        if high > low {
+            tpl.add_partition_offset(topic, partition, Offset::Beginning).unwrap();
+            remaining += 1;
+        }
+    }
+    if remaining == 0 {
+        return Vec::new();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut records = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while remaining > 0 {
+        assert!(Instant::now() < deadline, "could not read {topic} to its end");
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(message)) => records.push(message.detach()),
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => remaining -= 1,
+            Some(Err(error)) => panic!("reading {topic}: {error}"),
+            None => {}
+        }
+    }
+    records
+}
+
+/// All profile records, in topic order.
+pub fn read_profiles(topics: &Topics) -> Vec<ProfileRecord> {
+    wait_processed(topics);
+    read_all(&topics.profiles)
+        .iter()
+        .map(|message| {
+            let key = String::from_utf8(message.key().unwrap().to_vec()).unwrap();
+            (key, message.payload().map(decode_update))
+        })
+        .collect()
+}
+
+/// The records of one user.
+pub fn of_user<'a>(records: &'a [ProfileRecord], user: &str) -> Vec<&'a Option<Update>> {
+    records.iter().filter(|(key, _)| key == user).map(|(_, update)| update).collect()
+}
+
+/// The headers of a message as a map.
+pub fn headers(message: &rdkafka::message::OwnedMessage) -> HashMap<String, String> {
+    message
+        .headers()
+        .map(|headers| {
+            headers
+                .iter()
+                .map(|header| {
+                    (header.key.to_owned(), String::from_utf8_lossy(header.value.unwrap_or_default()).into_owned())
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}

@@ -1,0 +1,317 @@
+//! End to end through a real Kafka broker: what a data platform produces and
+//! what a personalization service reads, per CONTRACT.md.
+
+mod common;
+
+use common::*;
+use rdkafka::message::Message;
+
+#[test]
+fn users_without_consent_never_influence_a_profile() {
+    let topics = Topics::create("no-consent");
+    let _pipeline = Pipeline::start(&topics);
+    let producer = Producer::new();
+    let t = base_time();
+    let store = (52.5246, 13.4020);
+    producer.send_keyed(
+        &topics.consent,
+        "u-level-none",
+        &to_json(&consent("u-level-none", t - 1000, EVERYTHING, "NONE")),
+    );
+    producer.send_keyed(
+        &topics.consent,
+        "u-no-personalization",
+        &to_json(&consent(
+            "u-no-personalization",
+            t - 1000,
+            &["location", "precise_location", "web", "email", "push", "ads"],
+            "FULL",
+        )),
+    );
+    producer.send_keyed(
+        &topics.consent,
+        "u-no-location",
+        &to_json(&consent("u-no-location", t - 1000, &["personalization", "web", "email", "push", "ads"], "FULL")),
+    );
+    producer.send_keyed(&topics.consent, "u-control", &to_json(&consent("u-control", t - 1000, EVERYTHING, "FULL")));
+    for user in ["u-unknown", "u-level-none", "u-no-personalization"] {
+        for step in 0..3 {
+            producer.send_keyed(&topics.browse, user, &avro("browse_event.avsc", &browse(user, t + step, "running")));
+        }
+        producer.send_keyed(
+            &topics.purchase,
+            user,
+            &to_json(&purchase(user, t + 10, &[("p-tv", "electronics", 60_000)])),
+        );
+        producer.send_keyed(&topics.location, user, &to_json(&location(user, t + 20, store.0, store.1)));
+    }
+    // Location only, without the `location` purpose: nothing at all.
+    producer.send_keyed(
+        &topics.location,
+        "u-no-location",
+        &avro("location_event.avsc", &location("u-no-location", t, store.0, store.1)),
+    );
+    // The control user proves the pipeline was running and processing.
+    producer.send_keyed(&topics.location, "u-control", &to_json(&location("u-control", t, store.0, store.1)));
+
+    let records = read_profiles(&topics);
+    let keys: Vec<&str> = records.iter().map(|(key, _)| key.as_str()).collect();
+    assert_eq!(keys, vec!["u-control"], "only the consenting user has a profile");
+    let update = records[0].1.as_ref().unwrap();
+    assert_eq!(update.entered, vec!["near_store"]);
+}
+
+#[test]
+fn each_default_segment_is_entered_and_exited_with_exact_updates() {
+    let topics = Topics::create("segments");
+    let _pipeline = Pipeline::start(&topics);
+    let producer = Producer::new();
+    let t = base_time();
+    for user in ["runner", "spender", "habit", "visitor", "shopper"] {
+        producer.send_keyed(
+            &topics.consent,
+            user,
+            &avro("consent_change.avsc", &consent(user, t - 1000, EVERYTHING, "FULL")),
+        );
+    }
+    // runner: three running product views in JSON and Avro, then buys running shoes.
+    producer.send_keyed(&topics.browse, "runner", &to_json(&browse("runner", t, "running")));
+    producer.send_keyed(&topics.browse, "runner", &avro("browse_event.avsc", &browse("runner", t + 60_000, "running")));
+    producer.send_keyed(&topics.browse, "runner", &to_json(&browse("runner", t + 120_000, "running")));
+    // spender: two purchases adding up to exactly 500.00.
+    producer.send_keyed(
+        &topics.purchase,
+        "spender",
+        &avro("purchase_event.avsc", &purchase("spender", t, &[("p-tv", "electronics", 30_000)])),
+    );
+    producer.send_keyed(
+        &topics.purchase,
+        "spender",
+        &to_json(&purchase("spender", t + 1_000, &[("p-sofa", "home", 20_000)])),
+    );
+    // habit: ten purchases, nine of the same coffee.
+    for step in 0..10 {
+        let product = if step == 4 { "p-tea" } else { "p-coffee" };
+        producer.send_keyed(
+            &topics.purchase,
+            "habit",
+            &to_json(&purchase("habit", t + step * 1_000, &[(product, "grocery", 1_299)])),
+        );
+    }
+    // visitor: on one day, then on the next.
+    producer.send_keyed(&topics.browse, "visitor", &to_json(&browse("visitor", t, "books")));
+    producer.send_keyed(&topics.browse, "visitor", &to_json(&browse("visitor", t + common::DAY_MS, "books")));
+    // shopper: 200 m from the Berlin store, then across town two hours later.
+    producer.send_keyed(&topics.location, "shopper", &to_json(&location("shopper", t, 52.5264, 13.4020)));
+    producer.send_keyed(
+        &topics.location,
+        "shopper",
+        &avro("location_event.avsc", &location("shopper", t + 2 * HOUR_MS, 52.4, 13.1)),
+    );
+    let records = read_profiles(&topics);
+
+    let runner: Vec<&Update> = of_user(&records, "runner").into_iter().map(|update| update.as_ref().unwrap()).collect();
+    assert_eq!(runner.len(), 2, "{runner:#?}");
+    assert_eq!(runner[0].entered, vec!["new_visitor"]);
+    assert_eq!(runner[0].segments[0].reason, "Visited on 1 day in the last 30 days.");
+    assert_eq!(runner[0].segments[0].channels, vec!["web", "email", "push"]);
+    assert_eq!(runner[1].entered, vec!["running_browser"]);
+    assert_eq!(runner[1].exited, Vec::<String>::new());
+    assert_eq!(runner[1].ts, t + 120_000);
+    assert_eq!(runner[1].level, "FULL");
+    assert_eq!(runner[1].channels, vec!["web", "email", "push", "ads"]);
+    let running = &runner[1].segments[1];
+    assert_eq!(running.id, "running_browser");
+    assert_eq!(running.since, t + 120_000);
+    assert_eq!(running.reason, "Browsed running products 3 times in the last 7 days and has not bought any.");
+    assert_eq!(running.channels, vec!["web", "email", "push", "ads"]);
+    assert_eq!(running.arm, None);
+    assert!(runner[1].version > runner[0].version);
+
+    let spender: Vec<&Update> =
+        of_user(&records, "spender").into_iter().map(|update| update.as_ref().unwrap()).collect();
+    assert_eq!(spender.len(), 1, "below 500.00 nothing is published: {spender:#?}");
+    assert_eq!(spender[0].entered, vec!["high_value"]);
+    assert_eq!(spender[0].segments.len(), 1);
+    assert_eq!(spender[0].segments[0].reason, "Spent 500.00 across 2 purchases in the last 90 days.");
+    assert_eq!(spender[0].segments[0].since, t + 1_000);
+
+    let habit: Vec<&Update> = of_user(&records, "habit").into_iter().map(|update| update.as_ref().unwrap()).collect();
+    assert_eq!(habit.len(), 1, "{habit:#?}");
+    assert_eq!(habit[0].entered, vec!["creature_of_habit"]);
+    assert_eq!(habit[0].segments[0].reason, "Bought the same product in 9 of the last 10 purchases.");
+    assert_eq!(habit[0].segments[0].channels, vec!["email", "push"], "never web or ads");
+
+    let visitor: Vec<&Update> =
+        of_user(&records, "visitor").into_iter().map(|update| update.as_ref().unwrap()).collect();
+    assert_eq!(visitor.len(), 2);
+    assert_eq!(visitor[1].entered, vec!["returning_visitor"]);
+    assert_eq!(visitor[1].exited, vec!["new_visitor"]);
+    assert_eq!(visitor[1].segments[0].reason, "Visited on 2 different days in the last 30 days.");
+
+    let shopper: Vec<&Update> =
+        of_user(&records, "shopper").into_iter().map(|update| update.as_ref().unwrap()).collect();
+    assert_eq!(shopper.len(), 2);
+    assert_eq!(shopper[0].entered, vec!["near_store"]);
+    assert_eq!(shopper[0].segments[0].channels, vec!["push"]);
+    assert_eq!(shopper[0].segments[0].reason, "Was within 500 m of one of our stores in the last hour.");
+    assert_eq!(shopper[1].exited, vec!["near_store"]);
+    assert!(shopper[1].segments.is_empty());
+    assert_eq!(shopper[1].ts, t + 2 * HOUR_MS);
+
+    // The runner buys running shoes: they leave running_browser.
+    producer.send_keyed(
+        &topics.purchase,
+        "runner",
+        &to_json(&purchase("runner", t + 180_000, &[("p-shoe", "running", 11_999)])),
+    );
+    let records = read_profiles(&topics);
+    let runner = of_user(&records, "runner");
+    let last = runner.last().unwrap().as_ref().unwrap();
+    assert_eq!(last.exited, vec!["running_browser"]);
+    assert_eq!(last.segments.iter().map(|member| member.id.as_str()).collect::<Vec<_>>(), vec!["new_visitor"]);
+}
+
+#[test]
+fn withdrawal_publishes_a_tombstone_and_later_events_are_dropped() {
+    let topics = Topics::create("withdrawal");
+    let _pipeline = Pipeline::start(&topics);
+    let producer = Producer::new();
+    let t = base_time();
+    for user in ["withdraws", "forgotten", "lightened"] {
+        producer.send_keyed(&topics.consent, user, &to_json(&consent(user, t - 1000, EVERYTHING, "FULL")));
+        for step in 0..3 {
+            producer.send_keyed(&topics.browse, user, &to_json(&browse(user, t + step, "running")));
+        }
+    }
+    let before = read_profiles(&topics);
+    for user in ["withdraws", "forgotten", "lightened"] {
+        assert_eq!(of_user(&before, user).len(), 2, "{user} has a profile first");
+    }
+    // A snapshot without personalization, a consent tombstone, and a move to LIGHT.
+    producer.send_keyed(&topics.consent, "withdraws", &to_json(&consent("withdraws", t + 10, &["web"], "FULL")));
+    producer.send(&topics.consent, Some(b"forgotten"), None);
+    producer.send_keyed(&topics.consent, "lightened", &to_json(&consent("lightened", t + 10, EVERYTHING, "LIGHT")));
+    // Consent is read ahead of events: these later events meet the new choices.
+    for user in ["withdraws", "forgotten", "lightened"] {
+        producer.send_keyed(&topics.browse, user, &to_json(&browse(user, t + common::DAY_MS, "running")));
+    }
+    let after = read_profiles(&topics);
+    for user in ["withdraws", "forgotten"] {
+        let records = of_user(&after, user);
+        assert_eq!(records.len(), 3, "{user}: two updates, then one tombstone and nothing after it");
+        assert_eq!(records[2], &None, "{user}: the last record is a tombstone");
+    }
+    let lightened: Vec<&Update> =
+        of_user(&after, "lightened").into_iter().map(|update| update.as_ref().unwrap()).collect();
+    assert_eq!(lightened.len(), 4);
+    assert_eq!(lightened[2].level, "LIGHT");
+    assert_eq!(lightened[2].exited, vec!["running_browser"]);
+    assert_eq!(lightened[2].ts, t + 10);
+    assert_eq!(lightened[3].entered, vec!["returning_visitor"]);
+    assert_eq!(lightened[3].exited, vec!["new_visitor"]);
+    let versions: Vec<i64> = lightened.iter().map(|update| update.version).collect();
+    assert!(versions.windows(2).all(|pair| pair[0] < pair[1]), "versions strictly increase: {versions:?}");
+}
+
+#[test]
+fn bad_records_are_dead_lettered_and_processing_continues() {
+    let topics = Topics::create("bad-input");
+    let _pipeline = Pipeline::start(&topics);
+    let producer = Producer::new();
+    let t = base_time();
+    producer.send_keyed(&topics.consent, "good", &to_json(&consent("good", t - 1000, EVERYTHING, "FULL")));
+    producer.send_keyed(&topics.browse, "good", b"\xC3\x01garbage!");
+    producer.send_keyed(&topics.browse, "good", b"not json at all");
+    producer.send(&topics.browse, None, Some(&to_json(&browse("good", t, "books"))));
+    producer.send_keyed(&topics.browse, "someone-else", &to_json(&browse("good", t, "books")));
+    producer.send_keyed(&topics.browse, "good", br#"{"event_id": "e", "user_id": "good", "ts": 1}"#);
+    producer.send_keyed(&topics.location, "good", &to_json(&location("good", t, 91.5, 13.0)));
+    producer.send_keyed(&topics.purchase, "good", &[0, 0, 0, 0, 7, 2, 4]);
+    producer.send_keyed(&topics.browse, "good", &to_json(&browse("good", t, "books")));
+    let records = read_profiles(&topics);
+    assert_eq!(of_user(&records, "good").len(), 1, "the valid event after the bad ones was applied");
+
+    let letters = read_all(&topics.dead_letters);
+    let mut reasons: Vec<(String, String, String)> = letters
+        .iter()
+        .map(|message| {
+            let headers = headers(message);
+            (
+                headers["tactful.source.topic"].clone(),
+                headers["tactful.source.offset"].clone(),
+                headers["tactful.reason"].clone(),
+            )
+        })
+        .collect();
+    reasons.sort();
+    let mut expected: Vec<(String, String, String)> = [
+        (&topics.browse, "0", "unknown_schema"),
+        (&topics.browse, "1", "undecodable"),
+        (&topics.browse, "2", "bad_key"),
+        (&topics.browse, "3", "key_mismatch"),
+        (&topics.browse, "4", "missing_field"),
+        (&topics.location, "0", "absurd_value"),
+        (&topics.purchase, "0", "unknown_schema"),
+    ]
+    .into_iter()
+    .map(|(topic, offset, reason)| (topic.clone(), offset.to_owned(), reason.to_owned()))
+    .collect();
+    expected.sort();
+    assert_eq!(reasons, expected);
+    assert_eq!(letters.len(), 7);
+    let garbage = letters.iter().find(|message| headers(message)["tactful.source.offset"] == "1").unwrap();
+    assert_eq!(garbage.payload(), Some(&b"not json at all"[..]), "the original bytes are kept");
+    assert_eq!(garbage.key(), Some(&b"good"[..]));
+}
+
+#[test]
+fn mismatched_partition_counts_are_a_clear_start_error() {
+    let topics = Topics::create_with("copartition", 2, 3);
+    let config = std::env::temp_dir().join(format!("{}-config.toml", topics.prefix));
+    std::fs::write(
+        &config,
+        format!(
+            "[kafka]\nbootstrap_servers = \"{}\"\n[topics]\nbrowse = \"{}\"\npurchase = \"{}\"\nlocation = \"{}\"\nconsent = \"{}\"\n",
+            bootstrap(),
+            topics.browse,
+            topics.purchase,
+            topics.location,
+            topics.consent
+        ),
+    )
+    .unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tactful"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let expected = format!(
+        "the input topics must have the same partition count (co-partitioned by user id): `{}` has 2, `{}` has 2, `{}` has 2, `{}` has 3",
+        topics.browse, topics.purchase, topics.location, topics.consent
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
+}
+
+#[test]
+fn health_readiness_and_metrics_are_served_on_loopback() {
+    let topics = Topics::create("admin");
+    let pipeline = Pipeline::start(&topics);
+    let producer = Producer::new();
+    let t = base_time();
+    producer.send_keyed(&topics.consent, "m", &to_json(&consent("m", t, EVERYTHING, "FULL")));
+    producer.send_keyed(&topics.browse, "m", &to_json(&browse("m", t, "books")));
+    producer.send_keyed(&topics.browse, "nobody", &to_json(&browse("nobody", t, "books")));
+    wait_processed(&topics);
+    assert_eq!(http_get(pipeline.admin_port, "/healthz"), Some((200, "ok\n".to_owned())));
+    assert_eq!(http_get(pipeline.admin_port, "/readyz"), Some((200, "ready\n".to_owned())));
+    let (status, metrics) = http_get(pipeline.admin_port, "/metrics").unwrap();
+    assert_eq!(status, 200);
+    assert!(metrics.contains("tactful_records_applied_total{kind=\"browse\"} 1"), "{metrics}");
+    assert!(metrics.contains("tactful_events_dropped_total{kind=\"browse\",reason=\"no_consent\"} 1"), "{metrics}");
+    assert!(metrics.contains("tactful_segment_members{segment=\"new_visitor\"} 1"), "{metrics}");
+    let status = pipeline.stop();
+    assert!(status.success(), "SIGTERM ends the pipeline cleanly: {status:?}");
+}
