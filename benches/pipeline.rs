@@ -1,1 +1,113 @@
-fn main() {}
+//! The in-process path of one record: decode → consent gate → segment update
+//! → encode the profile update, over 1M distinct synthetic users. Kafka I/O is
+//! excluded (see BENCHMARKS.md for the end-to-end figures).
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use std::time::{Duration, Instant};
+use tactful::codec::Codec;
+use tactful::config::PrivacySection;
+use tactful::model::InputKind;
+use tactful::processor::{CoreSettings, Output, Processor};
+use tactful::segments::Catalogue;
+use tactful::synthetic::{Population, SyntheticRecord};
+
+const USERS: usize = 1_000_000;
+const RECORDS: u64 = 2_000_000;
+const CHUNK: usize = 10_000;
+const DAY_MS: i64 = 86_400_000;
+
+fn processor() -> Processor {
+    let privacy = PrivacySection::default();
+    let retention_ms = i64::from(privacy.max_retention_days) * DAY_MS;
+    let catalogue = Catalogue::default_catalogue(&privacy.sensitive_categories, retention_ms);
+    let settings =
+        CoreSettings { sensitive_categories: privacy.sensitive_categories, event_time_tolerance_ms: retention_ms };
+    Processor::new(Codec::new(&[]).unwrap(), catalogue, &settings)
+}
+
+struct Workload {
+    now_ms: i64,
+    consents: Vec<SyntheticRecord>,
+    events: Vec<SyntheticRecord>,
+}
+
+fn workload() -> Workload {
+    let now_ms = 1_800_000_000_000;
+    let mut population = Population::new(42, USERS, RECORDS, 30, now_ms);
+    let consents = population.consent_records();
+    let events = (0..RECORDS).map(|_| population.next_record()).collect();
+    Workload { now_ms, consents, events }
+}
+
+/// A processor that knows every user's consent, untimed.
+fn loaded_processor(workload: &Workload) -> Processor {
+    let processor = processor();
+    for record in &workload.consents {
+        processor.process(record.kind, Some(record.key.as_bytes()), record.value.as_deref(), workload.now_ms);
+    }
+    processor
+}
+
+fn process_chunk(processor: &Processor, records: &[SyntheticRecord], now_ms: i64, buffer: &mut Vec<u8>) {
+    for record in records {
+        let processed = processor.process(record.kind, Some(record.key.as_bytes()), record.value.as_deref(), now_ms);
+        if let Some(Output::Update(update)) = processed.output {
+            buffer.clear();
+            processor.codec().encode_profile(&update, buffer).unwrap();
+        }
+    }
+}
+
+fn full_path(criterion: &mut Criterion) {
+    let workload = workload();
+    let mut group = criterion.benchmark_group("pipeline");
+    group.throughput(Throughput::Elements(CHUNK as u64));
+    group.sample_size(30).measurement_time(Duration::from_secs(20));
+    group.bench_function(BenchmarkId::new("decode_consent_segments_encode", "1M users"), |bencher| {
+        let mut processor = loaded_processor(&workload);
+        let mut position = 0;
+        let mut buffer = Vec::with_capacity(1024);
+        bencher.iter_custom(|iterations| {
+            let mut elapsed = Duration::ZERO;
+            for _ in 0..iterations {
+                if position + CHUNK > workload.events.len() {
+                    // The stream is used up: start again on fresh state, untimed.
+                    processor = loaded_processor(&workload);
+                    position = 0;
+                }
+                let started = Instant::now();
+                process_chunk(&processor, &workload.events[position..position + CHUNK], workload.now_ms, &mut buffer);
+                elapsed += started.elapsed();
+                position += CHUNK;
+            }
+            elapsed
+        });
+    });
+    group.finish();
+}
+
+fn stages(criterion: &mut Criterion) {
+    let workload = workload();
+    let codec = Codec::new(&[]).unwrap();
+    let browse: Vec<&SyntheticRecord> =
+        workload.events.iter().filter(|record| record.kind == InputKind::Browse).take(CHUNK * 2).collect();
+    let (avro, json): (Vec<&SyntheticRecord>, Vec<&SyntheticRecord>) = browse
+        .into_iter()
+        .partition(|record| record.value.as_deref().is_some_and(|value| value.first() == Some(&0xC3)));
+    let mut group = criterion.benchmark_group("decode");
+    for (name, records) in [("browse_avro", &avro), ("browse_json", &json)] {
+        group.throughput(Throughput::Elements(records.len() as u64));
+        group.bench_function(name, |bencher| {
+            bencher.iter(|| {
+                for record in records.iter() {
+                    let _ =
+                        std::hint::black_box(codec.decode(record.kind, record.value.as_deref().unwrap_or_default()));
+                }
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, full_path, stages);
+criterion_main!(benches);

@@ -3,6 +3,8 @@
 
 use crate::model::{ConsentChange, Event, PersonalizationLevel};
 
+pub mod tcf;
+
 /// A purpose a user can grant. Channel purposes say where personalization may be used.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Purpose {
@@ -170,11 +172,15 @@ pub enum DropReason {
     LevelNone,
     /// A location event without `location`.
     NoLocation,
+    /// The event's TCF string does not grant purposes 1, 5 and 6 (and special
+    /// feature 1 where precise location would be used), or cannot be decoded.
+    TcfRefused,
 }
 
 impl DropReason {
     /// Every reason, for reporting.
-    pub const ALL: [DropReason; 4] = [Self::NoConsent, Self::NoPersonalization, Self::LevelNone, Self::NoLocation];
+    pub const ALL: [DropReason; 5] =
+        [Self::NoConsent, Self::NoPersonalization, Self::LevelNone, Self::NoLocation, Self::TcfRefused];
 
     /// Metric label.
     pub fn as_str(self) -> &'static str {
@@ -183,6 +189,7 @@ impl DropReason {
             Self::NoPersonalization => "no_personalization",
             Self::LevelNone => "level_none",
             Self::NoLocation => "no_location",
+            Self::TcfRefused => "tcf_refused",
         }
     }
 }
@@ -196,10 +203,35 @@ pub fn admit(event: &Event, consent: Option<&ConsentInForce>) -> Result<(), Drop
     if consent.level == PersonalizationLevel::None {
         return Err(DropReason::LevelNone);
     }
-    if matches!(event, Event::Location(_)) && !consent.granted.contains(Purpose::Location) {
+    let is_location = matches!(event, Event::Location(_));
+    if is_location && !consent.granted.contains(Purpose::Location) {
         return Err(DropReason::NoLocation);
     }
+    if let Some(text) = event.consent().and_then(|signals| signals.tcf.as_deref()) {
+        let precise = is_location && consent.granted.contains(Purpose::PreciseLocation);
+        if !tcf_grants(text, precise) {
+            return Err(DropReason::TcfRefused);
+        }
+    }
     Ok(())
+}
+
+/// TCF purposes personalization relies on: 1 (store and access information on
+/// a device), 5 (create a personalised profile), 6 (use it to select content).
+const TCF_PURPOSES: [u8; 3] = [1, 5, 6];
+/// TCF special feature 1: use precise geolocation data.
+const TCF_PRECISE_GEOLOCATION: u8 = 1;
+
+/// Whether a TC string grants what applying an event needs. An undecodable
+/// string is a refusal (fail closed).
+fn tcf_grants(text: &str, precise_location: bool) -> bool {
+    match tcf::TcString::parse(text) {
+        Ok(tc) => {
+            TCF_PURPOSES.iter().all(|purpose| tc.purpose_consent(*purpose))
+                && (!precise_location || tc.special_feature_opt_in(TCF_PRECISE_GEOLOCATION))
+        }
+        Err(_) => false,
+    }
 }
 
 #[cfg(test)]

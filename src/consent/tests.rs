@@ -1,7 +1,7 @@
 //! Tests of the consent gate: purposes, the consent in force and `admit`.
 
 use super::*;
-use crate::model::{BrowseEvent, LocationEvent, PurchaseEvent};
+use crate::model::{BrowseEvent, EventConsent, LocationEvent, PurchaseEvent};
 use proptest::prelude::*;
 
 fn browse() -> Event {
@@ -187,7 +187,54 @@ fn gpc_does_not_drop_events() {
 #[test]
 fn drop_reason_labels() {
     let labels: Vec<&str> = DropReason::ALL.iter().map(|reason| reason.as_str()).collect();
-    assert_eq!(labels, ["no_consent", "no_personalization", "level_none", "no_location"]);
+    assert_eq!(labels, ["no_consent", "no_personalization", "level_none", "no_location", "tcf_refused"]);
+}
+
+/// TC strings built for these tests (core segment, CMP 7, language EN, no
+/// vendors): purposes 1-10 with special feature 1; purposes 1-10 without it;
+/// purposes 1-4 and 7 (no 5 or 6) with special feature 1.
+const TCF_ALL_WITH_GEO: &str = "COtybn4Otybn4AHABAENBkEIAP_AAAAAAAYgAAAAAAAA";
+const TCF_ALL_WITHOUT_GEO: &str = "COtybn4Otybn4AHABAENBkEAAP_AAAAAAAYgAAAAAAAA";
+const TCF_NO_PROFILING: &str = "COtybn4Otybn4AHABAENBkEIAPIAAAAAAAYgAAAAAAAA";
+
+fn with_tcf(mut event: Event, tcf: &str) -> Event {
+    let signals = Some(EventConsent { tcf: Some(tcf.to_owned()), gpc: false });
+    match &mut event {
+        Event::Browse(browse) => browse.consent = signals,
+        Event::Purchase(purchase) => purchase.consent = signals,
+        Event::Location(location) => location.consent = signals,
+    }
+    event
+}
+
+#[test]
+fn the_test_tc_strings_decode_to_what_they_claim() {
+    let all = tcf::TcString::parse(TCF_ALL_WITH_GEO).unwrap();
+    assert_eq!((1..=24).filter(|p| all.purpose_consent(*p)).collect::<Vec<_>>(), (1..=10).collect::<Vec<_>>());
+    assert!(all.special_feature_opt_in(1));
+    assert!(!tcf::TcString::parse(TCF_ALL_WITHOUT_GEO).unwrap().special_feature_opt_in(1));
+    let no_profiling = tcf::TcString::parse(TCF_NO_PROFILING).unwrap();
+    assert_eq!((1..=24).filter(|p| no_profiling.purpose_consent(*p)).collect::<Vec<_>>(), vec![1, 2, 3, 4, 7]);
+}
+
+#[test]
+fn an_event_tc_string_must_grant_purposes_1_5_and_6() {
+    let consent = in_force(&["personalization", "location", "precise_location"], PersonalizationLevel::Full);
+    for event in [browse(), purchase(), location()] {
+        assert_eq!(admit(&with_tcf(event.clone(), TCF_ALL_WITH_GEO), Some(&consent)), Ok(()));
+        assert_eq!(admit(&with_tcf(event.clone(), TCF_NO_PROFILING), Some(&consent)), Err(DropReason::TcfRefused));
+        assert_eq!(admit(&with_tcf(event.clone(), "not a tc string"), Some(&consent)), Err(DropReason::TcfRefused));
+        assert_eq!(admit(&with_tcf(event, ""), Some(&consent)), Err(DropReason::TcfRefused));
+    }
+}
+
+#[test]
+fn precise_location_also_needs_tcf_special_feature_1() {
+    let precise = in_force(&["personalization", "location", "precise_location"], PersonalizationLevel::Full);
+    let coarse = in_force(&["personalization", "location"], PersonalizationLevel::Full);
+    assert_eq!(admit(&with_tcf(location(), TCF_ALL_WITHOUT_GEO), Some(&precise)), Err(DropReason::TcfRefused));
+    assert_eq!(admit(&with_tcf(location(), TCF_ALL_WITHOUT_GEO), Some(&coarse)), Ok(()));
+    assert_eq!(admit(&with_tcf(browse(), TCF_ALL_WITHOUT_GEO), Some(&precise)), Ok(()));
 }
 
 fn any_level() -> impl Strategy<Value = PersonalizationLevel> {
