@@ -51,8 +51,22 @@ fn users_without_consent_never_influence_a_profile() {
         "u-no-location",
         &avro("location_event.avsc", &location("u-no-location", t, store.0, store.1)),
     );
-    // The control user proves the pipeline was running and processing.
-    producer.send_keyed(&topics.location, "u-control", &to_json(&location("u-control", t, store.0, store.1)));
+    // Consent on file, but the device's TCF string refuses purposes 5 and 6.
+    producer.send_keyed(
+        &topics.consent,
+        "u-tcf-refused",
+        &to_json(&consent("u-tcf-refused", t - 1000, EVERYTHING, "FULL")),
+    );
+    for step in 0..3 {
+        let mut event = browse("u-tcf-refused", t + step, "running");
+        event["consent"] = serde_json::json!({"tcf": TCF_NO_PROFILING, "gpc": false});
+        producer.send_keyed(&topics.browse, "u-tcf-refused", &avro("browse_event.avsc", &event));
+    }
+    // The control user proves the pipeline was running and processing; its
+    // TCF string grants purposes 1, 5, 6 and special feature 1.
+    let mut control = location("u-control", t, store.0, store.1);
+    control["consent"] = serde_json::json!({"tcf": TCF_ALL_WITH_GEO, "gpc": false});
+    producer.send_keyed(&topics.location, "u-control", &to_json(&control));
 
     let records = read_profiles(&topics);
     let keys: Vec<&str> = records.iter().map(|(key, _)| key.as_str()).collect();
@@ -314,4 +328,29 @@ fn health_readiness_and_metrics_are_served_on_loopback() {
     assert!(metrics.contains("tactful_segment_members{segment=\"new_visitor\"} 1"), "{metrics}");
     let status = pipeline.stop();
     assert!(status.success(), "SIGTERM ends the pipeline cleanly: {status:?}");
+}
+
+#[test]
+fn gpc_removes_ads_until_a_newer_consent_change_grants_it_again() {
+    let topics = Topics::create("gpc");
+    let _pipeline = Pipeline::start(&topics);
+    let producer = Producer::new();
+    let t = base_time();
+    producer.send_keyed(&topics.consent, "g", &to_json(&consent("g", t - 1000, EVERYTHING, "FULL")));
+    let mut first = purchase("g", t, &[("p-tv", "electronics", 50_000)]);
+    first["consent"] = serde_json::json!({"gpc": true});
+    producer.send_keyed(&topics.purchase, "g", &avro("purchase_event.avsc", &first));
+    let records = read_profiles(&topics);
+    let update = of_user(&records, "g")[0].clone().unwrap();
+    assert_eq!(update.channels, vec!["web", "email", "push"]);
+    assert_eq!(update.segments[0].id, "high_value");
+    assert_eq!(update.segments[0].channels, vec!["web", "email", "push"]);
+
+    producer.send_keyed(&topics.consent, "g", &to_json(&consent("g", t + 10, EVERYTHING, "FULL")));
+    producer.send_keyed(&topics.browse, "g", &to_json(&browse("g", t + 20, "books")));
+    let records = read_profiles(&topics);
+    let last = of_user(&records, "g").last().unwrap().as_ref().unwrap().clone();
+    assert_eq!(last.channels, vec!["web", "email", "push", "ads"]);
+    let high_value = last.segments.iter().find(|member| member.id == "high_value").unwrap();
+    assert_eq!(high_value.channels, vec!["web", "email", "push", "ads"]);
 }

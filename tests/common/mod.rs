@@ -294,6 +294,11 @@ pub fn consent(user: &str, ts: i64, granted: &[&str], level: &str) -> serde_json
     json!({"user_id": user, "ts": ts, "granted": granted, "level": level, "source": "test-cmp"})
 }
 
+/// TC strings (core segment, no vendors): purposes 1-10 with special feature
+/// 1, and purposes 1-4 and 7 only (no 5 or 6). See src/consent/tests.rs.
+pub const TCF_ALL_WITH_GEO: &str = "COtybn4Otybn4AHABAENBkEIAP_AAAAAAAYgAAAAAAAA";
+pub const TCF_NO_PROFILING: &str = "COtybn4Otybn4AHABAENBkEIAPIAAAAAAAYgAAAAAAAA";
+
 pub const EVERYTHING: &[&str] =
     &["personalization", "location", "precise_location", "measurement", "web", "email", "push", "ads"];
 
