@@ -4,11 +4,14 @@
 //! The Kafka pipeline, `tactful demo` and the benchmark all drive this type.
 
 use crate::codec::{Codec, DecodeError, Decoded};
-use crate::consent::{self, ConsentInForce, DropReason, Purpose};
+use crate::consent::{self, ConsentInForce, DropReason, Purpose, Purposes};
 use crate::model::{ConsentChange, Event, InputKind, Membership, PersonalizationLevel, ProfileUpdate};
 use crate::segments::engine::{arm, evaluate, render_reason};
 use crate::segments::{Catalogue, Segment, Tier};
-use crate::state::{hash_value, BrowseFact, ItemFact, LocationFact, PublishedProfile, PurchaseFact, UserState};
+use crate::state::{
+    hash_value, BrowseFact, ItemFact, LocationFact, PublishedMember, PublishedProfile, PurchaseFact, UserState,
+    MAX_CAPTURES,
+};
 use dashmap::DashMap;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -109,12 +112,16 @@ pub struct Processor {
     /// Current members per segment, by catalogue index; kept in step with
     /// every published change so reading it costs nothing.
     members: Vec<AtomicI64>,
+    /// Catalogue indices in segment id order: memberships are published sorted by id.
+    by_id: Vec<usize>,
 }
 
 impl Processor {
     /// A processor for `catalogue`.
     pub fn new(codec: Codec, catalogue: Catalogue, settings: &CoreSettings) -> Self {
         let members = catalogue.segments.iter().map(|_| AtomicI64::new(0)).collect();
+        let mut by_id: Vec<usize> = (0..catalogue.segments.len()).collect();
+        by_id.sort_by(|a, b| catalogue.segments[*a].id.cmp(&catalogue.segments[*b].id));
         Self {
             codec,
             catalogue,
@@ -122,6 +129,7 @@ impl Processor {
             event_time_tolerance_ms: settings.event_time_tolerance_ms,
             users: DashMap::new(),
             members,
+            by_id,
         }
     }
 
@@ -153,7 +161,7 @@ impl Processor {
     /// The current memberships of `user_id`, if a profile is published.
     pub fn memberships(&self, user_id: &str) -> Option<Vec<Membership>> {
         let state = self.users.get(user_id)?;
-        state.published.as_ref().map(|profile| profile.segments.clone())
+        state.published.as_ref().map(|profile| self.render(user_id, profile))
     }
 
     /// Processes one input record of `kind`, read at processing time `now_ms`.
@@ -334,50 +342,54 @@ impl Processor {
     }
 
     /// Re-evaluates every segment the user's consent allows and returns the
-    /// update to publish, if anything changed.
+    /// update to publish, if anything changed. Reasons and channel names are
+    /// rendered only then: an unchanged profile costs no allocation.
     fn refresh(&self, user_id: &str, state: &mut UserState, change_ts: i64, now_ms: i64) -> Option<ProfileUpdate> {
         let consent = state.consent.as_ref()?;
         let granted = consent.effective();
         let level = consent.level;
         let now = state.clock;
         state.history.prune(now, &self.catalogue.retention);
-        let previous = state.published.as_ref().map(|profile| profile.segments.as_slice()).unwrap_or_default();
-        let mut segments = Vec::new();
-        for segment in &self.catalogue.segments {
+        let previous = state.published.as_ref().map(|profile| profile.members.as_slice()).unwrap_or_default();
+        let mut members = Vec::new();
+        for &index in &self.by_id {
+            let segment = &self.catalogue.segments[index];
             if !eligible(segment, level, granted) {
                 continue;
             }
-            let mut captures = vec![0.0; segment.captures.len()];
-            if !evaluate(&segment.rule, &state.history, now, &mut captures) {
+            let mut figures = [0.0; MAX_CAPTURES];
+            if !evaluate(&segment.rule, &state.history, now, &mut figures) {
                 continue;
             }
-            let since = previous
-                .iter()
-                .find(|membership| membership.id == segment.id)
-                .map_or(now, |membership| membership.since);
-            segments.push(Membership {
-                id: segment.id.clone(),
+            let since = previous.iter().find(|member| member.segment == index).map_or(now, |member| member.since);
+            members.push(PublishedMember {
+                segment: index,
                 since,
-                reason: render_reason(&segment.reason, &captures),
-                channels: segment.channels.intersect(granted).channel_names(),
-                arm: arm(segment, user_id),
+                figures,
+                channels: segment.channels.intersect(granted),
             });
         }
-        segments.sort_by(|a, b| a.id.cmp(&b.id));
-        let profile = PublishedProfile { level, channels: granted.channel_names(), segments };
-        if state.published.as_ref() == Some(&profile) || (state.published.is_none() && profile.segments.is_empty()) {
+        let profile = PublishedProfile { level, channels: Purposes::channels_of(granted), members };
+        if state.published.as_ref() == Some(&profile) || (state.published.is_none() && profile.members.is_empty()) {
             return None;
         }
-        let entered = ids_missing_from(&profile.segments, previous);
-        let exited = ids_missing_from(previous, &profile.segments);
+        let ids_missing_from = |these: &[PublishedMember], those: &[PublishedMember]| -> Vec<String> {
+            these
+                .iter()
+                .filter(|member| !those.iter().any(|other| other.segment == member.segment))
+                .map(|member| self.catalogue.segments[member.segment].id.clone())
+                .collect()
+        };
+        let entered = ids_missing_from(&profile.members, previous);
+        let exited = ids_missing_from(previous, &profile.members);
         self.count_members(state.published.as_ref(), Some(&profile));
         let update = ProfileUpdate {
             user_id: user_id.to_owned(),
             version: state.next_version(now_ms),
             ts: change_ts,
-            level: profile.level,
-            channels: profile.channels.clone(),
-            segments: profile.segments.clone(),
+            level,
+            channels: profile.channels.channel_names(),
+            segments: self.render(user_id, &profile),
             entered,
             exited,
         };
@@ -385,12 +397,28 @@ impl Processor {
         Some(update)
     }
 
+    /// The memberships of a published profile as the contract shows them.
+    fn render(&self, user_id: &str, profile: &PublishedProfile) -> Vec<Membership> {
+        profile
+            .members
+            .iter()
+            .map(|member| {
+                let segment = &self.catalogue.segments[member.segment];
+                Membership {
+                    id: segment.id.clone(),
+                    since: member.since,
+                    reason: render_reason(&segment.reason, &member.figures),
+                    channels: member.channels.channel_names(),
+                    arm: arm(segment, user_id),
+                }
+            })
+            .collect()
+    }
+
     fn count_members(&self, before: Option<&PublishedProfile>, after: Option<&PublishedProfile>) {
         let adjust = |profile: Option<&PublishedProfile>, delta: i64| {
-            for membership in profile.map(|profile| profile.segments.as_slice()).unwrap_or_default() {
-                if let Some(index) = self.catalogue.segments.iter().position(|segment| segment.id == membership.id) {
-                    self.members[index].fetch_add(delta, Ordering::Relaxed);
-                }
+            for member in profile.map(|profile| profile.members.as_slice()).unwrap_or_default() {
+                self.members[member.segment].fetch_add(delta, Ordering::Relaxed);
             }
         };
         adjust(before, -1);
@@ -408,14 +436,6 @@ fn eligible(segment: &Segment, level: PersonalizationLevel, granted: consent::Pu
         (_, PersonalizationLevel::Light) => false,
     };
     tier_allowed && granted.contains_all(segment.needs)
-}
-
-fn ids_missing_from(these: &[Membership], those: &[Membership]) -> Vec<String> {
-    these
-        .iter()
-        .filter(|membership| !those.iter().any(|other| other.id == membership.id))
-        .map(|membership| membership.id.clone())
-        .collect()
 }
 
 /// Snaps coordinates to the centre of their coarse grid cell.

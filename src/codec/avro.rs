@@ -1,6 +1,7 @@
 //! The schema catalogue: writer schemas by CRC-64-AVRO fingerprint, the reader
 //! schema per topic, and the `ProfileUpdate` writer.
 
+use super::binary::{Cursor, ReadAvro};
 use super::{DecodeError, SINGLE_OBJECT_MARKER};
 use crate::model::{InputKind, ProfileUpdate};
 use apache_avro::rabin::Rabin;
@@ -34,16 +35,18 @@ pub enum SchemaError {
 /// A schema of the contract with its single-object header, computed once.
 struct ContractSchema {
     schema: Schema,
+    fingerprint: u64,
     header: [u8; 10],
 }
 
 impl ContractSchema {
     fn parse(text: &str) -> Result<Self, SchemaError> {
         let schema = parse(text)?;
+        let fingerprint = fingerprint(&schema);
         let mut header = [0u8; 10];
         header[..2].copy_from_slice(&SINGLE_OBJECT_MARKER);
-        header[2..].copy_from_slice(&fingerprint(&schema).to_le_bytes());
-        Ok(Self { schema, header })
+        header[2..].copy_from_slice(&fingerprint.to_le_bytes());
+        Ok(Self { schema, fingerprint, header })
     }
 
     /// Appends `value` in single-object encoding to `out`.
@@ -89,7 +92,7 @@ impl SchemaCatalogue {
         let profile = ContractSchema::parse(PROFILE_SCHEMA)?;
         let mut writers = HashMap::new();
         for known in [&browse, &purchase, &location, &consent, &profile] {
-            writers.insert(fingerprint(&known.schema), known.schema.clone());
+            writers.insert(known.fingerprint, known.schema.clone());
         }
         for text in extra_writer_schemas {
             let schema = parse(text)?;
@@ -108,7 +111,7 @@ impl SchemaCatalogue {
     }
 
     /// Decodes the part of a single-object value after the `C3 01` marker.
-    pub fn decode_single_object<T: DeserializeOwned>(
+    pub fn decode_single_object<T: DeserializeOwned + ReadAvro>(
         &self,
         kind: InputKind,
         after_marker: &[u8],
@@ -117,6 +120,17 @@ impl SchemaCatalogue {
             return Err(DecodeError::Truncated("single-object fingerprint shorter than 8 bytes"));
         };
         let fingerprint = u64::from_le_bytes(*fingerprint_bytes);
+        if fingerprint == self.reader(kind).fingerprint {
+            let mut cursor = Cursor::new(datum);
+            let record = T::read_avro(&mut cursor)?;
+            return match cursor.remaining() {
+                0 => Ok(record),
+                extra => Err(DecodeError::Malformed {
+                    encoding: "avro",
+                    detail: format!("{extra} bytes after the end of the datum"),
+                }),
+            };
+        }
         let writer = self.writers.get(&fingerprint).ok_or(DecodeError::UnknownFingerprint(fingerprint))?;
         // apache_avro reads a string, boolean or union cut off by the end of
         // the input as null; a read past the end is how truncation shows.

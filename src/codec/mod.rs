@@ -5,8 +5,11 @@
 //! anything starting with `{` is JSON. The record type follows from the topic.
 
 mod avro;
+mod binary;
 
-pub use avro::{SchemaCatalogue, SchemaError};
+pub use avro::{
+    SchemaCatalogue, SchemaError, BROWSE_SCHEMA, CONSENT_SCHEMA, LOCATION_SCHEMA, PROFILE_SCHEMA, PURCHASE_SCHEMA,
+};
 
 use crate::model::{ConsentChange, Event, InputKind, ProfileUpdate};
 use serde::de::DeserializeOwned;
@@ -75,7 +78,11 @@ impl Codec {
         })
     }
 
-    fn decode_as<T: DeserializeOwned>(&self, kind: InputKind, value: &[u8]) -> Result<T, DecodeError> {
+    fn decode_as<T: DeserializeOwned + binary::ReadAvro>(
+        &self,
+        kind: InputKind,
+        value: &[u8],
+    ) -> Result<T, DecodeError> {
         match value {
             [] => Err(DecodeError::Empty),
             [0xC3] => Err(DecodeError::Truncated("single-object marker without fingerprint")),

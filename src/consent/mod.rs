@@ -99,6 +99,11 @@ impl Purposes {
         Purpose::ALL.into_iter().filter(move |purpose| self.contains(*purpose))
     }
 
+    /// Only the channel purposes of `purposes`.
+    pub fn channels_of(purposes: Purposes) -> Purposes {
+        Purpose::CHANNELS.into_iter().filter(|channel| purposes.contains(*channel)).collect()
+    }
+
     /// The channel purposes of the set as published names, in canonical order.
     pub fn channel_names(self) -> Vec<String> {
         Purpose::CHANNELS

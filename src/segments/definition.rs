@@ -2,7 +2,7 @@
 //! compiled form the engine runs. See `deploy/segments.toml` and the README.
 
 use crate::consent::{Purpose, Purposes};
-use crate::state::{hash_value, Retention};
+use crate::state::{hash_value, Retention, MAX_CAPTURES};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashSet};
 use toml::Spanned;
@@ -438,6 +438,9 @@ impl RuleCompiler<'_> {
         let capture = match &spec.capture {
             Some(capture_name) if self.captures.contains(capture_name) => {
                 return Err(format!("`as = \"{capture_name}\"` is used twice"));
+            }
+            Some(_) if self.captures.len() == MAX_CAPTURES => {
+                return Err(format!("a segment captures at most {MAX_CAPTURES} figures with `as`"));
             }
             Some(capture_name) => {
                 self.captures.push(capture_name.clone());

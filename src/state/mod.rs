@@ -5,8 +5,8 @@
 //! as 64-bit FNV-1a hashes. Rules compare them with hashed literals, so state
 //! never holds a product id or URL in the clear, and each fact is a few bytes.
 
-use crate::consent::ConsentInForce;
-use crate::model::{Membership, PersonalizationLevel};
+use crate::consent::{ConsentInForce, Purposes};
+use crate::model::PersonalizationLevel;
 use std::collections::VecDeque;
 use std::hash::Hasher;
 
@@ -133,12 +133,28 @@ pub struct UserState {
     pub version: i64,
 }
 
+/// Most figures one segment's rule may capture for its reason.
+pub const MAX_CAPTURES: usize = 8;
+
+/// One membership as last published, kept compact: the reason and channel
+/// names are rendered from it only when an update is due.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PublishedMember {
+    /// Index of the segment in the catalogue (catalogue order = id order is not assumed).
+    pub segment: usize,
+    pub since: i64,
+    /// The figures of the reason.
+    pub figures: [f64; MAX_CAPTURES],
+    pub channels: Purposes,
+}
+
 /// The parts of the last published `ProfileUpdate` that decide whether a new one is due.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PublishedProfile {
     pub level: PersonalizationLevel,
-    pub channels: Vec<String>,
-    pub segments: Vec<Membership>,
+    pub channels: Purposes,
+    /// Sorted by segment id, as published.
+    pub members: Vec<PublishedMember>,
 }
 
 impl UserState {
