@@ -107,6 +107,36 @@ fn stages(criterion: &mut Criterion) {
         });
     }
     group.finish();
+
+    // Encoding: the updates a fresh processor publishes for the first records.
+    let processor = loaded_processor(&workload);
+    let updates: Vec<_> = workload
+        .events
+        .iter()
+        .take(CHUNK * 5)
+        .filter_map(|record| {
+            match processor
+                .process(record.kind, Some(record.key.as_bytes()), record.value.as_deref(), workload.now_ms)
+                .output
+            {
+                Some(Output::Update(update)) => Some(update),
+                _ => None,
+            }
+        })
+        .collect();
+    let mut group = criterion.benchmark_group("encode");
+    group.throughput(Throughput::Elements(updates.len() as u64));
+    group.bench_function("profile_update", |bencher| {
+        let mut buffer = Vec::with_capacity(1024);
+        bencher.iter(|| {
+            for update in &updates {
+                buffer.clear();
+                codec.encode_profile(update, &mut buffer).unwrap();
+            }
+            std::hint::black_box(buffer.len())
+        })
+    });
+    group.finish();
 }
 
 criterion_group!(benches, full_path, stages);
