@@ -48,14 +48,22 @@ fn loaded_processor(workload: &Workload) -> Processor {
     processor
 }
 
+/// Processes a chunk as the pipeline processes a batch: every record, then
+/// the time-driven exits up to the newest event time (the stream is in order).
 fn process_chunk(processor: &Processor, records: &[SyntheticRecord], now_ms: i64, buffer: &mut Vec<u8>) {
-    for record in records {
-        let processed = processor.process(record.kind, Some(record.key.as_bytes()), record.value.as_deref(), now_ms);
-        if let Some(Output::Update(update)) = processed.output {
+    let mut encode = |output: Output| {
+        if let Output::Update(update) = output {
             buffer.clear();
             processor.codec().encode_profile(&update, buffer).unwrap();
         }
+    };
+    let mut newest_event_time = i64::MIN;
+    for record in records {
+        let processed = processor.process(record.kind, Some(record.key.as_bytes()), record.value.as_deref(), now_ms);
+        newest_event_time = newest_event_time.max(processed.event_time.unwrap_or(i64::MIN));
+        processed.output.map(&mut encode);
     }
+    processor.advance_to(newest_event_time, now_ms).into_iter().for_each(encode);
 }
 
 fn full_path(criterion: &mut Criterion) {

@@ -115,6 +115,9 @@ pub struct PipelineSection {
     /// Create `profiles.updates` (compacted) and the dead-letter topic when
     /// missing, with the input partition count. Default true.
     pub create_output_topics: bool,
+    /// How far behind the newest event time the watermark trails: events may
+    /// arrive this much out of order before time-driven exits fire. Default 60000 ms.
+    pub allowed_lateness_ms: i64,
 }
 
 impl Default for PipelineSection {
@@ -128,6 +131,7 @@ impl Default for PipelineSection {
             event_time_tolerance_ms: 400 * DAY_MS,
             consent_catch_up_timeout_ms: 10_000,
             create_output_topics: true,
+            allowed_lateness_ms: 60_000,
         }
     }
 }
@@ -195,6 +199,7 @@ pub struct Config {
     pub dead_letters_enabled: bool,
     pub consent_catch_up_timeout_ms: u64,
     pub create_output_topics: bool,
+    pub allowed_lateness_ms: i64,
     pub admin_listen: SocketAddr,
 }
 
@@ -229,6 +234,9 @@ impl Config {
         }
         if pipeline.event_time_tolerance_ms <= 0 {
             return Err(invalid("pipeline.event_time_tolerance_ms must be above zero".to_owned()));
+        }
+        if pipeline.allowed_lateness_ms < 0 {
+            return Err(invalid("pipeline.allowed_lateness_ms must not be negative".to_owned()));
         }
         if privacy.max_retention_days == 0 {
             return Err(invalid("privacy.max_retention_days must be at least 1".to_owned()));
@@ -286,6 +294,7 @@ impl Config {
             dead_letters_enabled: pipeline.dead_letters_enabled,
             consent_catch_up_timeout_ms: pipeline.consent_catch_up_timeout_ms,
             create_output_topics: pipeline.create_output_topics,
+            allowed_lateness_ms: pipeline.allowed_lateness_ms,
             admin_listen: admin.listen,
         })
     }

@@ -6,14 +6,16 @@
 use crate::codec::{Codec, DecodeError, Decoded};
 use crate::consent::{self, ConsentInForce, DropReason, Purpose, Purposes};
 use crate::model::{ConsentChange, Event, InputKind, Membership, PersonalizationLevel, ProfileUpdate};
-use crate::segments::engine::{arm, evaluate, render_reason};
+use crate::segments::engine::{arm, evaluate, next_window_exit, render_reason};
 use crate::segments::{Catalogue, Segment, Tier};
 use crate::state::{
     hash_value, BrowseFact, ItemFact, LocationFact, PublishedMember, PublishedProfile, PurchaseFact, UserState,
     MAX_CAPTURES,
 };
 use dashmap::DashMap;
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 /// Without `precise_location`, coordinates are snapped to the centre of a grid
 /// cell this many degrees wide: 0.05° is about 5.6 km of latitude.
@@ -83,11 +85,14 @@ impl Output {
 pub struct Processed {
     pub outcome: Outcome,
     pub output: Option<Output>,
+    /// The event time of a valid event, applied or dropped: how far event time
+    /// has progressed (the shell derives its watermark from it).
+    pub event_time: Option<i64>,
 }
 
 impl Processed {
     fn without_output(outcome: Outcome) -> Self {
-        Self { outcome, output: None }
+        Self { outcome, output: None, event_time: None }
     }
 }
 
@@ -116,6 +121,9 @@ pub struct Processor {
     members: Vec<AtomicI64>,
     /// Catalogue indices in segment id order: memberships are published sorted by id.
     by_id: Vec<usize>,
+    /// (when, user): a fact of the user leaves a window then. Entries whose
+    /// time no longer matches the user's `next_exit` are stale and skipped.
+    timers: Mutex<BTreeSet<(i64, String)>>,
 }
 
 impl Processor {
@@ -132,6 +140,7 @@ impl Processor {
             users: DashMap::default(),
             members,
             by_id,
+            timers: Mutex::new(BTreeSet::new()),
         }
     }
 
@@ -185,7 +194,10 @@ impl Processor {
         match result {
             Err(rejection) => Processed::without_output(Outcome::Rejected(rejection)),
             Ok(Decoded::Consent(change)) => self.apply_consent(change, now_ms),
-            Ok(Decoded::Event(event)) => self.apply_event(event, now_ms),
+            Ok(Decoded::Event(event)) => {
+                let event_time = event.ts();
+                Processed { event_time: Some(event_time), ..self.apply_event(event, now_ms) }
+            }
         }
     }
 
@@ -233,7 +245,7 @@ impl Processor {
             }
             None => None,
         };
-        Processed { outcome: Outcome::Applied, output }
+        Processed { outcome: Outcome::Applied, output, event_time: None }
     }
 
     fn apply_consent(&self, change: ConsentChange, now_ms: i64) -> Processed {
@@ -256,7 +268,9 @@ impl Processor {
                 }
             }
             state.consent = Some(consent);
-            self.refresh(&change.user_id, &mut state, change.ts, now_ms).map(Output::Update)
+            let update = self.refresh(&change.user_id, &mut state, change.ts, now_ms);
+            self.schedule(&change.user_id, &mut state);
+            update.map(Output::Update)
         } else {
             // Withdrawal: erase everything built for the user; keep only the
             // refusal itself so later events are dropped.
@@ -264,10 +278,11 @@ impl Processor {
             self.count_members(state.published.as_ref(), None);
             state.history = Default::default();
             state.published = None;
+            state.next_exit = None;
             state.consent = Some(consent);
             erase.then(|| Output::Tombstone { user_id: change.user_id.clone() })
         };
-        Processed { outcome: Outcome::Applied, output }
+        Processed { outcome: Outcome::Applied, output, event_time: None }
     }
 
     fn apply_event(&self, event: Event, now_ms: i64) -> Processed {
@@ -340,7 +355,46 @@ impl Processor {
         state.clock = state.clock.max(ts);
         let clock = state.clock;
         let output = self.refresh(event.user_id(), &mut state, clock, now_ms).map(Output::Update);
-        Processed { outcome: Outcome::Applied, output }
+        self.schedule(event.user_id(), &mut state);
+        Processed { outcome: Outcome::Applied, output, event_time: None }
+    }
+
+    /// Sets a timer for the next moment a fact of the user leaves a window.
+    fn schedule(&self, user_id: &str, state: &mut UserState) {
+        let next_exit = next_window_exit(&state.history, state.clock, &self.catalogue.windows);
+        if next_exit != state.next_exit {
+            state.next_exit = next_exit;
+            if let Some(due) = next_exit {
+                self.timers.lock().unwrap_or_else(PoisonError::into_inner).insert((due, user_id.to_owned()));
+            }
+        }
+    }
+
+    /// Event time has progressed to `watermark`: re-evaluates every user a
+    /// window dropped a fact of by then, at the moment it dropped it, and
+    /// returns the updates (time-driven exits and entries, no new event needed).
+    pub fn advance_to(&self, watermark: i64, now_ms: i64) -> Vec<Output> {
+        let mut outputs = Vec::new();
+        loop {
+            let next = {
+                let mut timers = self.timers.lock().unwrap_or_else(PoisonError::into_inner);
+                match timers.first() {
+                    Some((due, _)) if *due <= watermark => timers.pop_first(),
+                    _ => None,
+                }
+            };
+            let Some((due, user_id)) = next else { break };
+            let Some(mut state) = self.users.get_mut(&user_id) else { continue };
+            // A timer replaced by a later one, or a user erased since, is stale.
+            if state.next_exit != Some(due) || !state.consent.as_ref().is_some_and(ConsentInForce::allows_profile) {
+                continue;
+            }
+            state.clock = state.clock.max(due);
+            let clock = state.clock;
+            outputs.extend(self.refresh(&user_id, &mut state, clock, now_ms).map(Output::Update));
+            self.schedule(&user_id, &mut state);
+        }
+        outputs
     }
 
     /// Re-evaluates every segment the user's consent allows and returns the

@@ -101,6 +101,7 @@ pub fn run(
             for message in &messages {
                 batch.apply_event(message);
             }
+            batch.advance_event_time(config.allowed_lateness_ms);
         }
         batch.publish(&clients)?;
         commit(&clients, &messages)?;
@@ -156,6 +157,11 @@ pub(crate) struct Batch<'a> {
     outputs: Vec<Output>,
     dead_letters: Vec<DeadLetter>,
     tally: Tally,
+    /// The newest event time seen per partition number (the event topics are
+    /// co-partitioned, so a partition number stands for one key range).
+    newest_event_time: BTreeMap<i32, i64>,
+    /// The watermark timers were last advanced to.
+    watermark: i64,
 }
 
 impl<'a> Batch<'a> {
@@ -176,7 +182,23 @@ impl<'a> Batch<'a> {
             outputs: Vec::new(),
             dead_letters: Vec::new(),
             tally: Tally::default(),
+            newest_event_time: BTreeMap::new(),
+            watermark: i64::MIN,
         }
+    }
+
+    /// Fires the time-driven exits up to the watermark: the oldest of the
+    /// partitions' newest event times, minus the allowed lateness.
+    fn advance_event_time(&mut self, allowed_lateness_ms: i64) {
+        let Some(oldest) = self.newest_event_time.values().min() else { return };
+        let watermark = oldest.saturating_sub(allowed_lateness_ms);
+        if watermark <= self.watermark {
+            return;
+        }
+        self.watermark = watermark;
+        let outputs = self.processor.advance_to(watermark, now_ms());
+        self.tally.updates += outputs.len() as u64;
+        self.outputs.extend(outputs);
     }
 
     /// Processes one record read from an event topic.
@@ -191,6 +213,10 @@ impl<'a> Batch<'a> {
     pub(crate) fn apply(&mut self, kind: InputKind, message: &BorrowedMessage<'_>) {
         let processed = self.processor.process(kind, message.key(), message.payload(), now_ms());
         self.tally.record(kind, &processed.outcome, processed.output.as_ref());
+        if let Some(event_time) = processed.event_time {
+            let newest = self.newest_event_time.entry(message.partition()).or_insert(event_time);
+            *newest = (*newest).max(event_time);
+        }
         if let Outcome::Rejected(rejection) = &processed.outcome {
             tracing::debug!(
                 topic = message.topic(),

@@ -163,33 +163,33 @@ impl Harness {
 #[track_caller]
 fn update(processed: Processed) -> ProfileUpdate {
     match processed {
-        Processed { outcome: Outcome::Applied, output: Some(Output::Update(update)) } => update,
+        Processed { outcome: Outcome::Applied, output: Some(Output::Update(update)), .. } => update,
         other => panic!("expected an applied record with an update, got {other:?}"),
     }
 }
 
 #[track_caller]
 fn applied_silently(processed: Processed) {
-    assert_eq!(processed, Processed { outcome: Outcome::Applied, output: None });
+    assert_eq!((processed.outcome, processed.output), (Outcome::Applied, None));
 }
 
 #[track_caller]
 fn tombstone(processed: Processed, user: &str) {
     assert_eq!(
-        processed,
-        Processed { outcome: Outcome::Applied, output: Some(Output::Tombstone { user_id: user.to_owned() }) }
+        (processed.outcome, processed.output),
+        (Outcome::Applied, Some(Output::Tombstone { user_id: user.to_owned() }))
     );
 }
 
 #[track_caller]
 fn dropped(processed: Processed, reason: DropReason) {
-    assert_eq!(processed, Processed { outcome: Outcome::Dropped(reason), output: None });
+    assert_eq!((processed.outcome, processed.output), (Outcome::Dropped(reason), None));
 }
 
 #[track_caller]
 fn rejected(processed: Processed, rejection: Rejection) {
     let label = rejection.reason();
-    assert_eq!(processed, Processed { outcome: Outcome::Rejected(rejection), output: None });
+    assert_eq!((processed.outcome, processed.output), (Outcome::Rejected(rejection), None));
     assert!(!label.is_empty());
 }
 
@@ -891,7 +891,7 @@ fn undecodable_and_missing_values_are_rejected_with_their_labels() {
     let h = harness();
     applied_silently(h.consent("u1", &EVERYTHING, PersonalizationLevel::Full, T0));
     let processed = h.processor.process(InputKind::Browse, Some(b"u1"), None, NOW);
-    assert_eq!(processed, Processed { outcome: Outcome::Rejected(Rejection::NoValue), output: None });
+    assert_eq!((processed.outcome, processed.output), (Outcome::Rejected(Rejection::NoValue), None));
     assert_eq!(Rejection::NoValue.reason(), "no_value");
 
     let processed = h.processor.process(InputKind::Browse, Some(b"u1"), Some(b"not json"), NOW);
@@ -1065,7 +1065,7 @@ proptest! {
                 };
                 match expected_drop {
                     Some(reason) => {
-                        prop_assert_eq!(&processed, &Processed { outcome: Outcome::Dropped(reason), output: None })
+                        prop_assert_eq!((&processed.outcome, &processed.output), (&Outcome::Dropped(reason), &None))
                     }
                     None => prop_assert_eq!(&processed.outcome, &Outcome::Applied),
                 }
@@ -1119,4 +1119,69 @@ proptest! {
             prop_assert_eq!(size, held as i64, "{}", id);
         }
     }
+}
+
+// ---- Time-driven exits: event time progresses without events of the user ----
+
+const LOCATION_GRANTS: [&str; 7] = ["personalization", "location", "precise_location", "web", "email", "push", "ads"];
+
+#[test]
+fn near_store_is_exited_when_event_time_passes_one_hour_after_the_last_nearby_fix() {
+    let harness = harness();
+    harness.consent("shopper", &LOCATION_GRANTS, PersonalizationLevel::Full, T0 - MINUTE);
+    let entered = update(harness.location("shopper", T0, BERLIN_STORE));
+    assert_eq!(entered.entered, strings(&["near_store"]));
+    // Just before the hour is up nothing changes.
+    assert!(harness.processor.advance_to(T0 + HOUR - 1, NOW).is_empty());
+    assert_eq!(harness.size_of("near_store"), 1);
+    let outputs = harness.processor.advance_to(T0 + HOUR, NOW);
+    let [Output::Update(exit)] = outputs.as_slice() else { panic!("one update expected, got {outputs:?}") };
+    assert_eq!(exit.user_id, "shopper");
+    assert_eq!(exit.exited, strings(&["near_store"]));
+    assert_eq!(exit.entered, Vec::<String>::new());
+    assert_eq!(exit.segments, vec![]);
+    assert_eq!(exit.ts, T0 + HOUR, "the exit happens at the moment the window dropped the fix");
+    assert!(exit.version > entered.version);
+    assert_eq!(harness.size_of("near_store"), 0);
+    // The timer fired once: advancing again publishes nothing.
+    assert!(harness.processor.advance_to(T0 + 2 * HOUR, NOW).is_empty());
+}
+
+#[test]
+fn a_later_nearby_fix_moves_the_exit_and_the_earlier_timer_is_stale() {
+    let harness = harness();
+    harness.consent("shopper", &LOCATION_GRANTS, PersonalizationLevel::Full, T0 - MINUTE);
+    update(harness.location("shopper", T0, BERLIN_STORE));
+    applied_silently(harness.location("shopper", T0 + 30 * MINUTE, BERLIN_STORE));
+    assert!(harness.processor.advance_to(T0 + HOUR, NOW).is_empty(), "the second fix is still inside the hour");
+    let outputs = harness.processor.advance_to(T0 + 90 * MINUTE, NOW);
+    assert_eq!(outputs.len(), 1);
+    let Output::Update(exit) = &outputs[0] else { panic!("an update") };
+    assert_eq!((exit.exited.clone(), exit.ts), (strings(&["near_store"]), T0 + 90 * MINUTE));
+}
+
+#[test]
+fn time_passing_can_also_enter_a_segment() {
+    // Two visit days make a returning visitor; 30 days after the first day,
+    // only one day is left in the window and the user is a new visitor again.
+    let harness = harness();
+    harness.consent("visitor", &EVERYTHING, PersonalizationLevel::Full, T0 - MINUTE);
+    update(harness.browse("visitor", T0, None));
+    let returning = update(harness.browse("visitor", T0 + DAY, None));
+    assert_eq!(returning.entered, strings(&["returning_visitor"]));
+    let outputs = harness.processor.advance_to(T0 + 30 * DAY, NOW);
+    let [Output::Update(update)] = outputs.as_slice() else { panic!("one update expected, got {outputs:?}") };
+    assert_eq!(update.entered, strings(&["new_visitor"]));
+    assert_eq!(update.exited, strings(&["returning_visitor"]));
+    assert_eq!(update.segments[0].reason, NEW_VISITOR_1);
+    assert_eq!(update.ts, T0 + 30 * DAY);
+}
+
+#[test]
+fn a_withdrawn_user_gets_no_time_driven_update() {
+    let harness = harness();
+    harness.consent("shopper", &LOCATION_GRANTS, PersonalizationLevel::Full, T0 - MINUTE);
+    update(harness.location("shopper", T0, BERLIN_STORE));
+    tombstone(harness.consent("shopper", &[], PersonalizationLevel::None, T0 + MINUTE), "shopper");
+    assert!(harness.processor.advance_to(T0 + 2 * HOUR, NOW).is_empty());
 }

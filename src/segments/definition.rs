@@ -240,6 +240,9 @@ pub struct Catalogue {
     pub segments: Vec<Segment>,
     /// How long facts must be kept for these segments.
     pub retention: Retention,
+    /// Every distinct (source, window) a rule reads: when a fact leaves one of
+    /// these windows a membership may change without a new event.
+    pub windows: Vec<(Source, i64)>,
 }
 
 /// The default catalogue shipped with tactful.
@@ -284,6 +287,7 @@ impl Catalogue {
         })?;
         let sensitive: HashSet<u64> = sensitive_categories.iter().map(|name| hash_value(name)).collect();
         let mut retention = Retention { max_ms: max_retention_ms, ..Retention::default() };
+        let mut windows = Vec::new();
         let mut segments = Vec::with_capacity(spec.segments.len());
         let mut ids = HashSet::new();
         for spanned in &spec.segments {
@@ -298,6 +302,7 @@ impl Catalogue {
                 captures: Vec::new(),
                 needs: Purposes::NONE.with(Purpose::Personalization),
                 retention: &mut retention,
+                windows: &mut windows,
             };
             let rule = compiler
                 .compile(&segment_spec.rule)
@@ -307,7 +312,7 @@ impl Catalogue {
                 .map_err(|message| at(format!("segment `{}`: {message}", segment_spec.id)))?;
             segments.push(segment);
         }
-        Ok(Self { segments, retention })
+        Ok(Self { segments, retention, windows })
     }
 
     /// The default catalogue, with the given sensitive categories.
@@ -386,6 +391,7 @@ struct RuleCompiler<'a> {
     captures: Vec<String>,
     needs: Purposes,
     retention: &'a mut Retention,
+    windows: &'a mut Vec<(Source, i64)>,
 }
 
 impl RuleCompiler<'_> {
@@ -467,6 +473,10 @@ impl RuleCompiler<'_> {
                 "`within = \"{text}\"` must be above zero and at most the maximum retention of {} days",
                 self.retention.max_ms / 86_400_000
             ));
+        }
+        let fact_source = if source == Source::PurchaseItem { Source::Purchase } else { source };
+        if !self.windows.contains(&(fact_source, window_ms)) {
+            self.windows.push((fact_source, window_ms));
         }
         let kept = match source {
             Source::Browse => &mut self.retention.browse_ms,

@@ -131,6 +131,8 @@ pub struct UserState {
     pub published: Option<PublishedProfile>,
     /// The version of the last update or tombstone published for the user.
     pub version: i64,
+    /// When a fact next leaves a window (a timer is set for it).
+    pub next_exit: Option<i64>,
 }
 
 /// Most figures one segment's rule may capture for its reason.
