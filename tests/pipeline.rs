@@ -381,3 +381,35 @@ fn near_store_is_exited_when_event_time_passes_without_new_events_of_the_user() 
     assert!(shopper[1].segments.is_empty());
     assert!(shopper[1].version > shopper[0].version);
 }
+
+#[test]
+fn debug_logs_carry_no_personal_data() {
+    let topics = Topics::create("log-privacy");
+    let pipeline = Pipeline::start_logging(&topics, "", "trace");
+    let producer = Producer::new();
+    let t = base_time();
+    let user = "alice.private-id-4711";
+    producer.send_keyed(&topics.consent, user, &to_json(&consent(user, t - 1000, EVERYTHING, "FULL")));
+    let mut page = browse(user, t, "running");
+    page["url"] = serde_json::json!("https://shop.example/secret-path-9931");
+    page["product_id"] = serde_json::json!("product-sku-55123");
+    for step in 0..3 {
+        page["ts"] = serde_json::json!(t + step);
+        producer.send_keyed(&topics.browse, user, &avro("browse_event.avsc", &page));
+    }
+    producer.send_keyed(&topics.location, user, &to_json(&location(user, t + 10, 52.52613, 13.40297)));
+    // Bad records are logged too: by coordinates in the topic, never by content.
+    producer.send_keyed(&topics.browse, user, br#"{"user_id": "alice.private-id-4711"}"#);
+    producer.send_keyed(&topics.browse, "bob.private-id-0815", &to_json(&browse(user, t, "running")));
+    let records = read_profiles(&topics);
+    assert!(!of_user(&records, user).is_empty(), "the scenario ran");
+    drop(pipeline);
+    let log = std::fs::read_to_string(std::env::temp_dir().join(format!("tactful-test-{}/tactful.log", topics.prefix)))
+        .unwrap();
+    assert!(log.lines().count() > 10, "debug logging was on:\n{log}");
+    for secret in
+        ["alice", "private-id", "bob", "secret-path", "shop.example", "product-sku", "52.526", "13.402", "running"]
+    {
+        assert!(!log.contains(secret), "the log contains `{secret}`:\n{log}");
+    }
+}

@@ -111,6 +111,11 @@ pub struct Pipeline {
 impl Pipeline {
     /// Writes a config for `topics` (plus `extra` TOML appended) and starts the binary.
     pub fn start_with(topics: &Topics, extra_pipeline: &str) -> Self {
+        Self::start_logging(topics, extra_pipeline, "info")
+    }
+
+    /// Starts the pipeline with `RUST_LOG` set to `log_level`.
+    pub fn start_logging(topics: &Topics, extra_pipeline: &str, log_level: &str) -> Self {
         let admin_port = free_port();
         let dir = std::env::temp_dir().join(format!("tactful-test-{}", topics.prefix));
         std::fs::create_dir_all(&dir).unwrap();
@@ -153,7 +158,7 @@ listen = "127.0.0.1:{admin_port}"
         let child = Command::new(env!("CARGO_BIN_EXE_tactful"))
             .args(["run", "--config"])
             .arg(&config_path)
-            .env("RUST_LOG", std::env::var("TACTFUL_TEST_LOG").unwrap_or_else(|_| "info".to_owned()))
+            .env("RUST_LOG", log_level)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
