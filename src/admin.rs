@@ -38,13 +38,18 @@ async fn render_metrics(State(state): State<AdminState>) -> String {
     state.metrics.render()
 }
 
-/// Serves the admin routes on `listen` until `shutdown` completes.
+/// Binds the admin address, so a taken port fails the start, not later.
+pub async fn bind(listen: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    tracing::info!(%listen, "admin endpoint listening");
+    Ok(listener)
+}
+
+/// Serves the admin routes until `shutdown` completes.
 pub async fn serve(
-    listen: SocketAddr,
+    listener: tokio::net::TcpListener,
     router: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(listen).await?;
-    tracing::info!(%listen, "admin endpoint listening");
     axum::serve(listener, router).with_graceful_shutdown(shutdown).await
 }

@@ -101,7 +101,8 @@ pub struct PipelineSection {
     pub extra_schema_files: Vec<PathBuf>,
     /// Most records processed between two commits. Default 5000.
     pub max_batch_records: usize,
-    /// Longest wait for the first record of a batch. Default 100 ms.
+    /// Longest time a batch collects records before it is processed (and the
+    /// most a record waits for its batch). Default 100 ms.
     pub poll_timeout_ms: u64,
     /// Copy bad records to the dead-letter topic. Default true.
     pub dead_letters_enabled: bool,

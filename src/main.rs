@@ -10,7 +10,7 @@ use std::sync::Arc;
 use tactful::config::Config;
 use tactful::pipeline::{self, Health};
 use tactful::processor::Processor;
-use tactful::{admin, codec::Codec, demo, telemetry};
+use tactful::{admin, codec::Codec, demo, gen, telemetry};
 
 /// Consent-first streaming personalization.
 #[derive(Parser)]
@@ -30,6 +30,8 @@ enum Command {
     },
     /// Run the whole pipeline in-process on a synthetic population, no Kafka needed.
     Demo(demo::DemoOptions),
+    /// Produce a synthetic event load into the configured Kafka topics, with progress.
+    Gen(gen::GenOptions),
     /// Validate a configuration file and the segment file it names; exit 1 if invalid.
     Check {
         /// The configuration file.
@@ -44,6 +46,7 @@ fn main() -> ExitCode {
         Command::Run { config } => run(&config),
         Command::Demo(options) => demo::run(&options).map_err(anyhow::Error::from),
         Command::Check { config } => check(&config),
+        Command::Gen(options) => generate(&options),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -69,6 +72,14 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn generate(options: &gen::GenOptions) -> anyhow::Result<()> {
+    let config = Config::load(&options.config)?;
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().context("start the async runtime")?;
+    gen::run(&config, options, runtime.handle())?;
+    Ok(())
+}
+
 fn run(path: &std::path::Path) -> anyhow::Result<()> {
     telemetry::init_logging();
     let config = Config::load(path)?;
@@ -85,11 +96,13 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
     let health = Arc::new(Health::default());
     let shutdown = Arc::new(AtomicBool::new(false));
 
+    let listener = runtime
+        .block_on(admin::bind(config.admin_listen))
+        .with_context(|| format!("bind the admin endpoint to {}", config.admin_listen))?;
     let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
-    let admin_task =
-        runtime.spawn(admin::serve(config.admin_listen, admin::router(health.clone(), metrics), async move {
-            let _ = admin_stopped.await;
-        }));
+    let admin_task = runtime.spawn(admin::serve(listener, admin::router(health.clone(), metrics), async move {
+        let _ = admin_stopped.await;
+    }));
     let signal_flag = shutdown.clone();
     runtime.spawn(async move {
         wait_for_signal().await;

@@ -18,11 +18,38 @@ use std::time::Duration;
 const METADATA_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long to wait for all records of a batch to be acknowledged.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(120);
+/// How often to check whether a batch's records are all acknowledged.
+const ACKNOWLEDGEMENT_POLL: Duration = Duration::from_micros(500);
+
+/// librdkafka's global errors are transient (it reconnects and retries) or,
+/// for the consent table, the expected end of a partition: logged as
+/// degraded (warn) or not at all, never as data loss (error).
+fn log_client_error(error: KafkaError) {
+    match error {
+        KafkaError::PartitionEOF(_) => {}
+        error => tracing::warn!(%error, "kafka client error"),
+    }
+}
 
 /// Logs partition assignments of the event consumer group.
 pub struct GroupContext;
 
-impl ClientContext for GroupContext {}
+impl ClientContext for GroupContext {
+    fn error(&self, error: KafkaError, _reason: &str) {
+        log_client_error(error);
+    }
+}
+
+/// The consent table's consumer.
+pub struct TableContext;
+
+impl ClientContext for TableContext {
+    fn error(&self, error: KafkaError, _reason: &str) {
+        log_client_error(error);
+    }
+}
+
+impl ConsumerContext for TableContext {}
 
 impl ConsumerContext for GroupContext {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -40,7 +67,11 @@ pub struct DeliveryTracker {
     failed: AtomicU64,
 }
 
-impl ClientContext for DeliveryTracker {}
+impl ClientContext for DeliveryTracker {
+    fn error(&self, error: KafkaError, _reason: &str) {
+        log_client_error(error);
+    }
+}
 
 impl ProducerContext for DeliveryTracker {
     type DeliveryOpaque = ();
@@ -82,7 +113,10 @@ pub struct Clients {
     /// The consumer group of the event topics.
     pub events: BaseConsumer<GroupContext>,
     /// Reads the whole consent topic, outside the group (a table).
-    pub consent: BaseConsumer,
+    pub consent: BaseConsumer<TableContext>,
+    /// Asks for the consent topic's end offsets. A client of its own: on the
+    /// consent consumer the request queues behind its long-polling fetches.
+    pub watermarks: BaseConsumer<TableContext>,
     producer: ThreadedProducer<DeliveryTracker>,
     profiles_topic: String,
     dead_letters_topic: String,
@@ -126,8 +160,10 @@ impl Clients {
             // End-of-partition events tell when the table has caught up.
             .set("enable.partition.eof", "true")
             .set("isolation.level", "read_committed")
-            .create()
+            .create_with_context(TableContext)
             .map_err(kafka("create the consent consumer"))?;
+        let watermarks =
+            base_config(config).create_with_context(TableContext).map_err(kafka("create the watermark client"))?;
         let producer = base_config(config)
             // No duplicates or reordering from librdkafka's own retries.
             .set("enable.idempotence", "true")
@@ -140,6 +176,7 @@ impl Clients {
         Ok(Self {
             events,
             consent,
+            watermarks,
             producer,
             profiles_topic: config.topics.profiles.clone(),
             dead_letters_topic: config.topics.dead_letters.clone(),
@@ -180,11 +217,29 @@ impl Clients {
             }
             self.send(record)?;
         }
-        self.producer.flush(FLUSH_TIMEOUT).map_err(kafka("wait for acknowledgements"))?;
+        self.wait_for_acknowledgements()?;
         match self.producer.context().failed.swap(0, Ordering::Relaxed) {
             0 => Ok(()),
             failed => Err(PipelineError::Delivery(failed)),
         }
+    }
+
+    /// Waits until every sent record was acknowledged or failed. rdkafka's
+    /// `flush` sleeps in 100 ms steps when a background thread serves the
+    /// delivery reports, which would cap a batch at one per 100 ms.
+    fn wait_for_acknowledgements(&self) -> Result<(), PipelineError> {
+        let deadline = std::time::Instant::now() + FLUSH_TIMEOUT;
+        self.producer.poll(Duration::ZERO);
+        while self.producer.in_flight_count() > 0 {
+            if std::time::Instant::now() > deadline {
+                return Err(PipelineError::Kafka {
+                    context: "wait for acknowledgements",
+                    source: KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut),
+                });
+            }
+            std::thread::sleep(ACKNOWLEDGEMENT_POLL);
+        }
+        Ok(())
     }
 
     fn send<K, P>(&self, mut record: BaseRecord<'_, K, P>) -> Result<(), PipelineError>

@@ -5,17 +5,20 @@
 //! a choice recorded before an event was produced is in force when the event
 //! is applied (CONTRACT §4).
 
+use super::clients::TableContext;
 use super::{Batch, PipelineError};
 use crate::model::InputKind;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 /// How long one watermark request may take.
 const WATERMARK_TIMEOUT: Duration = Duration::from_secs(10);
+/// Records applied between two position checks while catching up.
+const POSITION_CHECK_EVERY: usize = 4_096;
 /// Poll interval while catching up.
 const CATCH_UP_POLL: Duration = Duration::from_millis(50);
 
@@ -27,7 +30,7 @@ pub struct ConsentTable {
 
 impl ConsentTable {
     /// Assigns every partition of `topic` from the beginning.
-    pub fn assign(consumer: &BaseConsumer, topic: &str, partitions: i32) -> Result<Self, PipelineError> {
+    pub fn assign(consumer: &BaseConsumer<TableContext>, topic: &str, partitions: i32) -> Result<Self, PipelineError> {
         let mut assignment = TopicPartitionList::new();
         for partition in 0..partitions {
             assignment
@@ -44,13 +47,14 @@ impl ConsentTable {
     /// when this call started, or `timeout` passed (logged as degraded).
     pub fn catch_up(
         &mut self,
-        consumer: &BaseConsumer,
+        consumer: &BaseConsumer<TableContext>,
+        watermarks: &BaseConsumer<TableContext>,
         batch: &mut Batch<'_>,
         timeout: Duration,
     ) -> Result<(), PipelineError> {
         let mut targets = Vec::with_capacity(self.partitions as usize);
         for partition in 0..self.partitions {
-            let (_, high) = consumer
+            let (_, high) = watermarks
                 .fetch_watermarks(&self.topic, partition, WATERMARK_TIMEOUT)
                 .map_err(|source| PipelineError::Kafka { context: "read consent watermarks", source })?;
             targets.push((partition, high));
@@ -58,17 +62,27 @@ impl ConsentTable {
         let deadline = Instant::now() + timeout;
         let mut reached_end = HashSet::new();
         loop {
+            // Apply what is already fetched; positions are checked when that
+            // runs dry, or every few thousand records.
+            for _ in 0..POSITION_CHECK_EVERY {
+                match consumer.poll(Duration::ZERO) {
+                    Some(result) => handle(result, batch, &mut reached_end),
+                    None => break,
+                }
+            }
             let positions = consumer
                 .position()
                 .map_err(|source| PipelineError::Kafka { context: "read consent positions", source })?;
-            let pending = targets.iter().filter(|(partition, high)| {
-                let position = positions
-                    .find_partition(&self.topic, *partition)
-                    .and_then(|element| element.offset().to_raw())
-                    .unwrap_or(0);
-                position < *high && !reached_end.contains(partition)
-            });
-            let pending = pending.count();
+            let pending = targets
+                .iter()
+                .filter(|(partition, high)| {
+                    let position = positions
+                        .find_partition(&self.topic, *partition)
+                        .and_then(|element| element.offset().to_raw())
+                        .unwrap_or(0);
+                    position < *high && !reached_end.contains(partition)
+                })
+                .count();
             if pending == 0 {
                 return Ok(());
             }
@@ -79,29 +93,32 @@ impl ConsentTable {
                 );
                 return Ok(());
             }
-            match consumer.poll(CATCH_UP_POLL) {
-                Some(Ok(message)) => {
-                    reached_end.remove(&message.partition());
-                    batch.apply(InputKind::Consent, &message);
-                }
-                Some(Err(KafkaError::PartitionEOF(partition))) => {
-                    reached_end.insert(partition);
-                }
-                Some(Err(error)) => tracing::warn!(%error, "consent consumer error"),
-                None => {}
+            if let Some(result) = consumer.poll(CATCH_UP_POLL) {
+                handle(result, batch, &mut reached_end);
             }
         }
     }
 
     /// Applies the consent records already fetched, without waiting.
-    pub fn drain(&mut self, consumer: &BaseConsumer, batch: &mut Batch<'_>) -> Result<(), PipelineError> {
+    pub fn drain(&mut self, consumer: &BaseConsumer<TableContext>, batch: &mut Batch<'_>) -> Result<(), PipelineError> {
+        let mut reached_end = HashSet::new();
         while let Some(result) = consumer.poll(Duration::ZERO) {
-            match result {
-                Ok(message) => batch.apply(InputKind::Consent, &message),
-                Err(KafkaError::PartitionEOF(_)) => {}
-                Err(error) => tracing::warn!(%error, "consent consumer error"),
-            }
+            handle(result, batch, &mut reached_end);
         }
         Ok(())
+    }
+}
+
+/// Applies a consent record, or notes that a partition reached its end.
+fn handle(result: KafkaResult<BorrowedMessage<'_>>, batch: &mut Batch<'_>, reached_end: &mut HashSet<i32>) {
+    match result {
+        Ok(message) => {
+            reached_end.remove(&message.partition());
+            batch.apply(InputKind::Consent, &message);
+        }
+        Err(KafkaError::PartitionEOF(partition)) => {
+            reached_end.insert(partition);
+        }
+        Err(error) => tracing::warn!(%error, "consent consumer error"),
     }
 }

@@ -20,7 +20,7 @@ use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub use clients::check_topics;
 
@@ -64,7 +64,12 @@ pub fn run(
     let clients = Clients::connect(config)?;
     let mut consent = ConsentTable::assign(&clients.consent, &config.topics.consent, partitions)?;
     let mut batch = Batch::new(config, processor);
-    consent.catch_up(&clients.consent, &mut batch, Duration::from_millis(config.consent_catch_up_timeout_ms))?;
+    consent.catch_up(
+        &clients.consent,
+        &clients.watermarks,
+        &mut batch,
+        Duration::from_millis(config.consent_catch_up_timeout_ms),
+    )?;
     batch.publish(&clients)?;
     tracing::info!(consent_records = batch.tally.applied[3], "consent table loaded");
     batch.tally.flush_to_metrics();
@@ -78,16 +83,18 @@ pub fn run(
 
     let poll_timeout = Duration::from_millis(config.poll_timeout_ms);
     while !shutdown.load(Ordering::Acquire) {
+        // A batch collects records for up to `poll_timeout` or until it is
+        // full: larger batches amortise the consent catch-up, the wait for
+        // acknowledgements and the commit.
         let mut messages = Vec::new();
-        if let Some(first) = poll(&clients, poll_timeout)? {
-            messages.push(first);
-            while messages.len() < config.max_batch_records {
-                match poll(&clients, Duration::ZERO)? {
-                    Some(message) => messages.push(message),
-                    None => break,
-                }
+        let batch_deadline = Instant::now() + poll_timeout;
+        while messages.len() < config.max_batch_records {
+            match poll(&clients, batch_deadline.saturating_duration_since(Instant::now()))? {
+                Some(message) => messages.push(message),
+                None => break,
             }
         }
+        let collected = Instant::now();
         if messages.is_empty() {
             // Apply consent changes that arrive while events are quiet, so a
             // withdrawal is honoured (and its tombstone published) promptly.
@@ -95,16 +102,30 @@ pub fn run(
         } else {
             consent.catch_up(
                 &clients.consent,
+                &clients.watermarks,
                 &mut batch,
                 Duration::from_millis(config.consent_catch_up_timeout_ms),
             )?;
-            for message in &messages {
-                batch.apply_event(message);
-            }
-            batch.advance_event_time(config.allowed_lateness_ms);
         }
+        let caught_up = Instant::now();
+        for message in &messages {
+            batch.apply_event(message);
+        }
+        batch.advance_event_time(config.allowed_lateness_ms);
+        let applied = Instant::now();
         batch.publish(&clients)?;
+        let published = Instant::now();
         commit(&clients, &messages)?;
+        if !messages.is_empty() {
+            tracing::debug!(
+                records = messages.len(),
+                consent_catch_up_us = (caught_up - collected).as_micros() as u64,
+                apply_us = (applied - caught_up).as_micros() as u64,
+                publish_us = (published - applied).as_micros() as u64,
+                commit_us = published.elapsed().as_micros() as u64,
+                "batch"
+            );
+        }
         batch.tally.flush_to_metrics();
         record_segment_sizes(processor.segment_sizes());
     }
