@@ -154,7 +154,9 @@ impl SchemaCatalogue {
 
     /// Appends `update` in single-object encoding to `out`.
     pub fn encode_profile(&self, update: &ProfileUpdate, out: &mut Vec<u8>) -> Result<(), SchemaError> {
-        self.profile.encode(update, out)
+        out.extend_from_slice(&self.profile.header);
+        super::binary::write_profile_update(update, out);
+        Ok(())
     }
 
     /// Appends an input record of `kind` in single-object encoding to `out`

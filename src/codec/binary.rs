@@ -7,10 +7,15 @@
 //! (same fingerprint, the common case) the layout is known, so these readers
 //! decode straight into the model types. Any other writer schema (schema
 //! evolution) still goes through apache-avro's resolution.
+//!
+//! The writer for `ProfileUpdate` is direct for the same reason (apache-avro's
+//! schema-aware serializer costs ~0.8 µs per update); a property test checks
+//! that both produce the same bytes.
 
 use super::DecodeError;
 use crate::model::{
-    BrowseEvent, ConsentChange, EventConsent, LocationEvent, PersonalizationLevel, PurchaseEvent, PurchaseItem,
+    BrowseEvent, ConsentChange, EventConsent, LocationEvent, Membership, PersonalizationLevel, ProfileUpdate,
+    PurchaseEvent, PurchaseItem,
 };
 
 /// Reads Avro binary primitives from a byte slice, never past its end.
@@ -214,6 +219,60 @@ impl ReadAvro for ConsentChange {
     }
 }
 
+/// Appends a zig-zag varint `long`.
+fn write_long(value: i64, out: &mut Vec<u8>) {
+    let mut zigzag = ((value << 1) ^ (value >> 63)) as u64;
+    while zigzag >= 0x80 {
+        out.push((zigzag as u8) | 0x80);
+        zigzag >>= 7;
+    }
+    out.push(zigzag as u8);
+}
+
+fn write_string(value: &str, out: &mut Vec<u8>) {
+    write_long(value.len() as i64, out);
+    out.extend_from_slice(value.as_bytes());
+}
+
+/// An array as one block (count, items) and the closing empty block.
+fn write_array<T>(items: &[T], out: &mut Vec<u8>, mut write: impl FnMut(&T, &mut Vec<u8>)) {
+    if !items.is_empty() {
+        write_long(items.len() as i64, out);
+        for item in items {
+            write(item, out);
+        }
+    }
+    out.push(0);
+}
+
+fn write_strings(items: &[String], out: &mut Vec<u8>) {
+    write_array(items, out, |item, out| write_string(item, out));
+}
+
+/// Appends the binary datum of `update` under the contract's `ProfileUpdate` schema.
+pub fn write_profile_update(update: &ProfileUpdate, out: &mut Vec<u8>) {
+    write_string(&update.user_id, out);
+    write_long(update.version, out);
+    write_long(update.ts, out);
+    write_long(update.level as i64, out);
+    write_strings(&update.channels, out);
+    write_array(&update.segments, out, |membership: &Membership, out| {
+        write_string(&membership.id, out);
+        write_long(membership.since, out);
+        write_string(&membership.reason, out);
+        write_strings(&membership.channels, out);
+        match &membership.arm {
+            None => write_long(0, out),
+            Some(arm) => {
+                write_long(1, out);
+                write_string(arm, out);
+            }
+        }
+    });
+    write_strings(&update.entered, out);
+    write_strings(&update.exited, out);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -276,6 +335,30 @@ mod tests {
             prop_assert_eq!((direct.lat.to_bits(), direct.lon.to_bits(), direct.accuracy_m.map(f32::to_bits)), (lat.to_bits(), lon.to_bits(), accuracy_m.map(f32::to_bits)));
             prop_assert_eq!((generic.lat.to_bits(), generic.lon.to_bits(), generic.accuracy_m.map(f32::to_bits)), (lat.to_bits(), lon.to_bits(), accuracy_m.map(f32::to_bits)));
             prop_assert_eq!(direct.consent, generic.consent);
+        }
+    }
+
+    fn any_membership() -> impl Strategy<Value = Membership> {
+        (".{0,10}", any::<i64>(), ".{0,40}", proptest::collection::vec(".{0,5}", 0..4), optional_text())
+            .prop_map(|(id, since, reason, channels, arm)| Membership { id, since, reason, channels, arm })
+    }
+
+    proptest! {
+        #[test]
+        fn the_direct_writer_writes_what_apache_avro_writes(
+            user_id in ".{0,12}", version in any::<i64>(), ts in any::<i64>(), level in 0..3u8,
+            channels in proptest::collection::vec(".{0,5}", 0..4),
+            segments in proptest::collection::vec(any_membership(), 0..4),
+            entered in proptest::collection::vec(".{0,8}", 0..3), exited in proptest::collection::vec(".{0,8}", 0..3),
+        ) {
+            let level = [PersonalizationLevel::None, PersonalizationLevel::Light, PersonalizationLevel::Full][usize::from(level)];
+            let update = ProfileUpdate { user_id, version, ts, level, channels, segments, entered, exited };
+            let schema = apache_avro::Schema::parse_str(crate::codec::PROFILE_SCHEMA).unwrap();
+            let mut expected = Vec::new();
+            apache_avro::write_avro_datum_ref(&schema, &update, &mut expected).unwrap();
+            let mut direct = Vec::new();
+            write_profile_update(&update, &mut direct);
+            prop_assert_eq!(direct, expected);
         }
     }
 
