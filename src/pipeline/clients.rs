@@ -108,21 +108,16 @@ impl DeadLetter {
     }
 }
 
-/// The three clients of a running pipeline.
+/// The event consumer group and the producer of a running pipeline.
 pub struct Clients {
     /// The consumer group of the event topics.
     pub events: BaseConsumer<GroupContext>,
-    /// Reads the whole consent topic, outside the group (a table).
-    pub consent: BaseConsumer<TableContext>,
-    /// Asks for the consent topic's end offsets. A client of its own: on the
-    /// consent consumer the request queues behind its long-polling fetches.
-    pub watermarks: BaseConsumer<TableContext>,
     producer: ThreadedProducer<DeliveryTracker>,
     profiles_topic: String,
     dead_letters_topic: String,
 }
 
-fn base_config(config: &Config) -> ClientConfig {
+pub(super) fn base_config(config: &Config) -> ClientConfig {
     let mut client = ClientConfig::new();
     client.set("bootstrap.servers", &config.bootstrap_servers);
     for (key, value) in &config.client_properties {
@@ -131,7 +126,7 @@ fn base_config(config: &Config) -> ClientConfig {
     client
 }
 
-fn kafka(context: &'static str) -> impl FnOnce(KafkaError) -> PipelineError {
+pub(super) fn kafka(context: &'static str) -> impl FnOnce(KafkaError) -> PipelineError {
     move |source| PipelineError::Kafka { context, source }
 }
 
@@ -151,19 +146,6 @@ impl Clients {
             .set("isolation.level", "read_committed")
             .create_with_context(GroupContext)
             .map_err(kafka("create the event consumer"))?;
-        let consent = base_config(config)
-            // librdkafka wants a group id even for assign(); this consumer
-            // never subscribes or commits, so the group stays empty.
-            .set("group.id", format!("{}.consent-table", config.group_id))
-            .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest")
-            // End-of-partition events tell when the table has caught up.
-            .set("enable.partition.eof", "true")
-            .set("isolation.level", "read_committed")
-            .create_with_context(TableContext)
-            .map_err(kafka("create the consent consumer"))?;
-        let watermarks =
-            base_config(config).create_with_context(TableContext).map_err(kafka("create the watermark client"))?;
         let producer = base_config(config)
             // No duplicates or reordering from librdkafka's own retries.
             .set("enable.idempotence", "true")
@@ -175,8 +157,6 @@ impl Clients {
             .map_err(kafka("create the producer"))?;
         Ok(Self {
             events,
-            consent,
-            watermarks,
             producer,
             profiles_topic: config.topics.profiles.clone(),
             dead_letters_topic: config.topics.dead_letters.clone(),

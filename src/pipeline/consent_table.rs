@@ -5,8 +5,9 @@
 //! a choice recorded before an event was produced is in force when the event
 //! is applied (CONTRACT §4).
 
-use super::clients::TableContext;
+use super::clients::{base_config, kafka, TableContext};
 use super::{Batch, PipelineError};
+use crate::config::Config;
 use crate::model::InputKind;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, KafkaResult};
@@ -22,57 +23,74 @@ const POSITION_CHECK_EVERY: usize = 4_096;
 /// Poll interval while catching up.
 const CATCH_UP_POLL: Duration = Duration::from_millis(50);
 
-/// Progress through the consent topic.
+/// The consent topic's reader and how far it has read.
 pub struct ConsentTable {
     topic: String,
     partitions: i32,
+    catch_up_timeout: Duration,
+    /// Reads the whole consent topic, outside the consumer group.
+    consumer: BaseConsumer<TableContext>,
+    /// Asks for the topic's end offsets. A client of its own: on `consumer`
+    /// the request would queue behind its long-polling fetches.
+    watermarks: BaseConsumer<TableContext>,
 }
 
 impl ConsentTable {
-    /// Assigns every partition of `topic` from the beginning.
-    pub fn assign(consumer: &BaseConsumer<TableContext>, topic: &str, partitions: i32) -> Result<Self, PipelineError> {
+    /// Creates the table's clients and assigns every partition from the beginning.
+    pub fn open(config: &Config, partitions: i32) -> Result<Self, PipelineError> {
+        let consumer: BaseConsumer<TableContext> = base_config(config)
+            // librdkafka wants a group id even for assign(); this consumer
+            // never subscribes or commits, so the group stays empty.
+            .set("group.id", format!("{}.consent-table", config.group_id))
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            // End-of-partition events tell when the table has caught up.
+            .set("enable.partition.eof", "true")
+            .set("isolation.level", "read_committed")
+            .create_with_context(TableContext)
+            .map_err(kafka("create the consent consumer"))?;
+        let watermarks =
+            base_config(config).create_with_context(TableContext).map_err(kafka("create the watermark client"))?;
+        let topic = config.topics.consent.clone();
         let mut assignment = TopicPartitionList::new();
         for partition in 0..partitions {
             assignment
-                .add_partition_offset(topic, partition, Offset::Beginning)
-                .map_err(|source| PipelineError::Kafka { context: "build the consent assignment", source })?;
+                .add_partition_offset(&topic, partition, Offset::Beginning)
+                .map_err(kafka("build the consent assignment"))?;
         }
-        consumer
-            .assign(&assignment)
-            .map_err(|source| PipelineError::Kafka { context: "assign the consent topic", source })?;
-        Ok(Self { topic: topic.to_owned(), partitions })
+        consumer.assign(&assignment).map_err(kafka("assign the consent topic"))?;
+        Ok(Self {
+            topic,
+            partitions,
+            catch_up_timeout: Duration::from_millis(config.consent_catch_up_timeout_ms),
+            consumer,
+            watermarks,
+        })
     }
 
     /// Applies consent records until every partition reached the end it had
-    /// when this call started, or `timeout` passed (logged as degraded).
-    pub fn catch_up(
-        &mut self,
-        consumer: &BaseConsumer<TableContext>,
-        watermarks: &BaseConsumer<TableContext>,
-        batch: &mut Batch<'_>,
-        timeout: Duration,
-    ) -> Result<(), PipelineError> {
+    /// when this call started, or the catch-up timeout passed (logged as degraded).
+    pub fn catch_up(&mut self, batch: &mut Batch<'_>) -> Result<(), PipelineError> {
         let mut targets = Vec::with_capacity(self.partitions as usize);
         for partition in 0..self.partitions {
-            let (_, high) = watermarks
+            let (_, high) = self
+                .watermarks
                 .fetch_watermarks(&self.topic, partition, WATERMARK_TIMEOUT)
-                .map_err(|source| PipelineError::Kafka { context: "read consent watermarks", source })?;
+                .map_err(kafka("read consent watermarks"))?;
             targets.push((partition, high));
         }
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now() + self.catch_up_timeout;
         let mut reached_end = HashSet::new();
         loop {
             // Apply what is already fetched; positions are checked when that
             // runs dry, or every few thousand records.
             for _ in 0..POSITION_CHECK_EVERY {
-                match consumer.poll(Duration::ZERO) {
+                match self.consumer.poll(Duration::ZERO) {
                     Some(result) => handle(result, batch, &mut reached_end),
                     None => break,
                 }
             }
-            let positions = consumer
-                .position()
-                .map_err(|source| PipelineError::Kafka { context: "read consent positions", source })?;
+            let positions = self.consumer.position().map_err(kafka("read consent positions"))?;
             let pending = targets
                 .iter()
                 .filter(|(partition, high)| {
@@ -93,19 +111,18 @@ impl ConsentTable {
                 );
                 return Ok(());
             }
-            if let Some(result) = consumer.poll(CATCH_UP_POLL) {
+            if let Some(result) = self.consumer.poll(CATCH_UP_POLL) {
                 handle(result, batch, &mut reached_end);
             }
         }
     }
 
     /// Applies the consent records already fetched, without waiting.
-    pub fn drain(&mut self, consumer: &BaseConsumer<TableContext>, batch: &mut Batch<'_>) -> Result<(), PipelineError> {
+    pub fn drain(&mut self, batch: &mut Batch<'_>) {
         let mut reached_end = HashSet::new();
-        while let Some(result) = consumer.poll(Duration::ZERO) {
+        while let Some(result) = self.consumer.poll(Duration::ZERO) {
             handle(result, batch, &mut reached_end);
         }
-        Ok(())
     }
 }
 

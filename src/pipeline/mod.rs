@@ -62,14 +62,9 @@ pub fn run(
 ) -> Result<(), PipelineError> {
     let partitions = check_topics(config, runtime)?;
     let clients = Clients::connect(config)?;
-    let mut consent = ConsentTable::assign(&clients.consent, &config.topics.consent, partitions)?;
+    let mut consent = ConsentTable::open(config, partitions)?;
     let mut batch = Batch::new(config, processor);
-    consent.catch_up(
-        &clients.consent,
-        &clients.watermarks,
-        &mut batch,
-        Duration::from_millis(config.consent_catch_up_timeout_ms),
-    )?;
+    consent.catch_up(&mut batch)?;
     batch.publish(&clients)?;
     tracing::info!(consent_records = batch.tally.applied[3], "consent table loaded");
     batch.tally.flush_to_metrics();
@@ -98,14 +93,9 @@ pub fn run(
         if messages.is_empty() {
             // Apply consent changes that arrive while events are quiet, so a
             // withdrawal is honoured (and its tombstone published) promptly.
-            consent.drain(&clients.consent, &mut batch)?;
+            consent.drain(&mut batch);
         } else {
-            consent.catch_up(
-                &clients.consent,
-                &clients.watermarks,
-                &mut batch,
-                Duration::from_millis(config.consent_catch_up_timeout_ms),
-            )?;
+            consent.catch_up(&mut batch)?;
         }
         let caught_up = Instant::now();
         for message in &messages {
