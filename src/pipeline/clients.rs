@@ -8,7 +8,8 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::TopicPartitionList;
 use rdkafka::message::{BorrowedMessage, DeliveryResult, Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -52,6 +53,13 @@ impl ClientContext for TableContext {
 impl ConsumerContext for TableContext {}
 
 impl ConsumerContext for GroupContext {
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        // A lost commit only means those records are processed again after a restart.
+        if let Err(error) = result {
+            tracing::warn!(%error, "offset commit failed");
+        }
+    }
+
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(partitions) => tracing::info!(partitions = partitions.count(), "partitions assigned"),
@@ -61,9 +69,10 @@ impl ConsumerContext for GroupContext {
     }
 }
 
-/// Counts records the broker did not acknowledge.
+/// Counts delivery reports: every record sent gets one, success or failure.
 #[derive(Default)]
 pub struct DeliveryTracker {
+    reported: AtomicU64,
     failed: AtomicU64,
 }
 
@@ -81,6 +90,7 @@ impl ProducerContext for DeliveryTracker {
             self.failed.fetch_add(1, Ordering::Relaxed);
             tracing::error!(%error, "record not delivered");
         }
+        self.reported.fetch_add(1, Ordering::Release);
     }
 }
 
@@ -113,6 +123,8 @@ pub struct Clients {
     /// The consumer group of the event topics.
     pub events: BaseConsumer<GroupContext>,
     producer: ThreadedProducer<DeliveryTracker>,
+    /// Records handed to the producer so far.
+    sent: std::cell::Cell<u64>,
     profiles_topic: String,
     dead_letters_topic: String,
 }
@@ -158,16 +170,20 @@ impl Clients {
         Ok(Self {
             events,
             producer,
+            sent: std::cell::Cell::new(0),
             profiles_topic: config.topics.profiles.clone(),
             dead_letters_topic: config.topics.dead_letters.clone(),
         })
     }
 
-    /// Sends outputs and dead letters, then waits until the broker acknowledged them all.
-    pub fn publish(&self, codec: &Codec, outputs: &[Output], dead_letters: &[DeadLetter]) -> Result<(), PipelineError> {
-        if outputs.is_empty() && dead_letters.is_empty() {
-            return Ok(());
-        }
+    /// Sends outputs and dead letters without waiting for acknowledgements.
+    /// Returns a mark to pass to [`Clients::wait_until_acknowledged`].
+    pub fn send_all(
+        &self,
+        codec: &Codec,
+        outputs: &[Output],
+        dead_letters: &[DeadLetter],
+    ) -> Result<u64, PipelineError> {
         let mut value = Vec::with_capacity(512);
         for output in outputs {
             let record = BaseRecord::to(&self.profiles_topic).key(output.user_id());
@@ -197,20 +213,23 @@ impl Clients {
             }
             self.send(record)?;
         }
-        self.wait_for_acknowledgements()?;
-        match self.producer.context().failed.swap(0, Ordering::Relaxed) {
-            0 => Ok(()),
-            failed => Err(PipelineError::Delivery(failed)),
-        }
+        Ok(self.sent.get())
     }
 
-    /// Waits until every sent record was acknowledged or failed. rdkafka's
-    /// `flush` sleeps in 100 ms steps when a background thread serves the
-    /// delivery reports, which would cap a batch at one per 100 ms.
-    fn wait_for_acknowledgements(&self) -> Result<(), PipelineError> {
+    /// Waits until every record sent up to `mark` got its delivery report,
+    /// and fails if any record was not delivered. (rdkafka's `flush` sleeps
+    /// in 100 ms steps when a background thread serves delivery reports.)
+    pub fn wait_until_acknowledged(&self, mark: u64) -> Result<(), PipelineError> {
         let deadline = std::time::Instant::now() + FLUSH_TIMEOUT;
-        self.producer.poll(Duration::ZERO);
-        while self.producer.in_flight_count() > 0 {
+        let tracker = self.producer.context();
+        loop {
+            let failed = tracker.failed.load(Ordering::Relaxed);
+            if failed > 0 {
+                return Err(PipelineError::Delivery(failed));
+            }
+            if tracker.reported.load(Ordering::Acquire) >= mark {
+                return Ok(());
+            }
             if std::time::Instant::now() > deadline {
                 return Err(PipelineError::Kafka {
                     context: "wait for acknowledgements",
@@ -219,7 +238,6 @@ impl Clients {
             }
             std::thread::sleep(ACKNOWLEDGEMENT_POLL);
         }
-        Ok(())
     }
 
     fn send<K, P>(&self, mut record: BaseRecord<'_, K, P>) -> Result<(), PipelineError>
@@ -229,7 +247,10 @@ impl Clients {
     {
         loop {
             match self.producer.send(record) {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    self.sent.set(self.sent.get() + 1);
+                    return Ok(());
+                }
                 // The local queue is full: wait for acknowledgements to drain it.
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
                     record = returned;

@@ -1,8 +1,9 @@
 //! The Kafka shell around the pure core: ingest the event topics as a
 //! consumer group, read the consent topic ahead of them as a table, apply each
 //! record through the [`Processor`], publish profile updates and dead letters,
-//! then commit (at least once: offsets are committed only after every record
-//! of the batch was acknowledged by the broker).
+//! then commit (at least once: a batch's offsets are committed only after
+//! every record it produced was acknowledged by the broker; the next batch is
+//! processed meanwhile).
 //!
 //! Everything here is blocking librdkafka calls, so it runs on its own thread.
 
@@ -65,7 +66,8 @@ pub fn run(
     let mut consent = ConsentTable::open(config, partitions)?;
     let mut batch = Batch::new(config, processor);
     consent.catch_up(&mut batch)?;
-    batch.publish(&clients)?;
+    let loaded = batch.send(&clients)?;
+    clients.wait_until_acknowledged(loaded)?;
     tracing::info!(consent_records = batch.tally.applied[3], "consent table loaded");
     batch.tally.flush_to_metrics();
 
@@ -77,10 +79,12 @@ pub fn run(
     tracing::info!(group = %config.group_id, partitions, "consuming events");
 
     let poll_timeout = Duration::from_millis(config.poll_timeout_ms);
+    // The batch before this one: its outputs are in flight while this one is
+    // processed; its offsets are committed once they are all acknowledged.
+    let mut in_flight: Option<(u64, TopicPartitionList)> = None;
     while !shutdown.load(Ordering::Acquire) {
         // A batch collects records for up to `poll_timeout` or until it is
-        // full: larger batches amortise the consent catch-up, the wait for
-        // acknowledgements and the commit.
+        // full: larger batches amortise the consent catch-up and the commit.
         let mut messages = Vec::new();
         let batch_deadline = Instant::now() + poll_timeout;
         while messages.len() < config.max_batch_records {
@@ -103,21 +107,29 @@ pub fn run(
         }
         batch.advance_event_time(config.allowed_lateness_ms);
         let applied = Instant::now();
-        batch.publish(&clients)?;
-        let published = Instant::now();
-        commit(&clients, &messages)?;
-        if !messages.is_empty() {
+        let mark = batch.send(&clients)?;
+        let offsets = next_offsets(&messages)?;
+        drop(messages);
+        if let Some((previous_mark, previous_offsets)) = in_flight.take() {
+            clients.wait_until_acknowledged(previous_mark)?;
+            commit(&clients, &previous_offsets, CommitMode::Async)?;
+        }
+        if offsets.count() > 0 {
             tracing::debug!(
-                records = messages.len(),
+                records = offsets.count(),
                 consent_catch_up_us = (caught_up - collected).as_micros() as u64,
                 apply_us = (applied - caught_up).as_micros() as u64,
-                publish_us = (published - applied).as_micros() as u64,
-                commit_us = published.elapsed().as_micros() as u64,
+                send_and_commit_previous_us = applied.elapsed().as_micros() as u64,
                 "batch"
             );
         }
+        in_flight = Some((mark, offsets));
         batch.tally.flush_to_metrics();
         record_segment_sizes(processor.segment_sizes());
+    }
+    if let Some((mark, offsets)) = in_flight {
+        clients.wait_until_acknowledged(mark)?;
+        commit(&clients, &offsets, CommitMode::Sync)?;
     }
     health.ready.store(false, Ordering::Release);
     tracing::info!("shutting down: last batch committed, leaving the group");
@@ -138,15 +150,12 @@ fn poll<'a>(clients: &'a Clients, timeout: Duration) -> Result<Option<BorrowedMe
     }
 }
 
-/// Commits the offsets after the last record of each partition in `messages`.
-fn commit(clients: &Clients, messages: &[BorrowedMessage<'_>]) -> Result<(), PipelineError> {
+/// The offsets after the last record of each partition in `messages`.
+fn next_offsets(messages: &[BorrowedMessage<'_>]) -> Result<TopicPartitionList, PipelineError> {
     let mut next_offsets: BTreeMap<(&str, i32), i64> = BTreeMap::new();
     for message in messages {
         let next = next_offsets.entry((message.topic(), message.partition())).or_default();
         *next = (*next).max(message.offset() + 1);
-    }
-    if next_offsets.is_empty() {
-        return Ok(());
     }
     let mut offsets = TopicPartitionList::new();
     for ((topic, partition), next) in next_offsets {
@@ -154,10 +163,15 @@ fn commit(clients: &Clients, messages: &[BorrowedMessage<'_>]) -> Result<(), Pip
             .add_partition_offset(topic, partition, Offset::Offset(next))
             .map_err(|source| PipelineError::Kafka { context: "build the offsets to commit", source })?;
     }
-    clients
-        .events
-        .commit(&offsets, CommitMode::Sync)
-        .map_err(|source| PipelineError::Kafka { context: "commit offsets", source })
+    Ok(offsets)
+}
+
+/// Commits `offsets`, if there are any.
+fn commit(clients: &Clients, offsets: &TopicPartitionList, mode: CommitMode) -> Result<(), PipelineError> {
+    if offsets.count() == 0 {
+        return Ok(());
+    }
+    clients.events.commit(offsets, mode).map_err(|source| PipelineError::Kafka { context: "commit offsets", source })
 }
 
 /// The effects of the records processed since the last commit.
@@ -243,11 +257,11 @@ impl<'a> Batch<'a> {
         self.outputs.extend(processed.output);
     }
 
-    /// Sends every output and dead letter and waits until all are acknowledged.
-    fn publish(&mut self, clients: &Clients) -> Result<(), PipelineError> {
-        clients.publish(self.processor.codec(), &self.outputs, &self.dead_letters)?;
+    /// Sends every output and dead letter; returns the acknowledgement mark.
+    fn send(&mut self, clients: &Clients) -> Result<u64, PipelineError> {
+        let mark = clients.send_all(self.processor.codec(), &self.outputs, &self.dead_letters)?;
         self.outputs.clear();
         self.dead_letters.clear();
-        Ok(())
+        Ok(mark)
     }
 }
