@@ -4,7 +4,7 @@
 
 use crate::codec::{Codec, SchemaError};
 use crate::processor::CoreSettings;
-use crate::segments::definition::DEFAULT_SEGMENTS;
+use crate::segments::definition::{line_and_column, DEFAULT_SEGMENTS};
 use crate::segments::{Catalogue, DefinitionError};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -309,9 +309,7 @@ fn read(path: &Path) -> Result<String, ConfigError> {
 fn describe_toml_error(text: &str, error: &toml::de::Error) -> String {
     match error.span() {
         Some(span) => {
-            let before = &text[..span.start.min(text.len())];
-            let line = before.matches('\n').count() + 1;
-            let column = before.len() - before.rfind('\n').map_or(0, |newline| newline + 1) + 1;
+            let (line, column) = line_and_column(text, span.start);
             format!("line {line}, column {column}: {}", error.message())
         }
         None => error.message().to_owned(),

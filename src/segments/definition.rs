@@ -248,11 +248,17 @@ pub struct Catalogue {
 /// The default catalogue shipped with tactful.
 pub const DEFAULT_SEGMENTS: &str = include_str!("../../deploy/segments.toml");
 
-/// Builds a `DefinitionError` at a byte offset of the source text.
-fn error_at(file: &str, source: &str, offset: usize, message: String) -> DefinitionError {
-    let before = &source[..offset.min(source.len())];
+/// The 1-based line and column of a byte offset in `text`.
+pub fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset.min(text.len())).unwrap_or(text);
     let line = before.matches('\n').count() + 1;
     let column = before.len() - before.rfind('\n').map_or(0, |newline| newline + 1) + 1;
+    (line, column)
+}
+
+/// Builds a `DefinitionError` at a byte offset of the source text.
+fn error_at(file: &str, source: &str, offset: usize, message: String) -> DefinitionError {
+    let (line, column) = line_and_column(source, offset);
     DefinitionError { file: file.to_owned(), line, column, message }
 }
 
