@@ -413,3 +413,27 @@ fn debug_logs_carry_no_personal_data() {
         assert!(!log.contains(secret), "the log contains `{secret}`:\n{log}");
     }
 }
+
+#[test]
+fn consent_recorded_before_a_restart_is_in_force_after_it_and_versions_keep_increasing() {
+    let topics = Topics::create("restart");
+    let producer = Producer::new();
+    let t = base_time();
+    producer.send_keyed(&topics.consent, "loyal", &to_json(&consent("loyal", t - 1000, EVERYTHING, "FULL")));
+    producer.send_keyed(&topics.consent, "refuser", &to_json(&consent("refuser", t - 1000, &["web"], "FULL")));
+    let first = Pipeline::start(&topics);
+    producer.send_keyed(&topics.browse, "loyal", &to_json(&browse("loyal", t, "books")));
+    let before = read_profiles(&topics);
+    assert_eq!(of_user(&before, "loyal").len(), 1);
+    assert!(first.stop().success());
+
+    // The consent table is read again from the compacted topic at start-up.
+    let _second = Pipeline::start(&topics);
+    producer.send_keyed(&topics.browse, "loyal", &to_json(&browse("loyal", t + common::DAY_MS, "books")));
+    producer.send_keyed(&topics.browse, "refuser", &to_json(&browse("refuser", t + common::DAY_MS, "books")));
+    let after = read_profiles(&topics);
+    let loyal: Vec<&Update> = of_user(&after, "loyal").into_iter().map(|update| update.as_ref().unwrap()).collect();
+    assert_eq!(loyal.len(), 2, "the event after the restart was applied: {loyal:#?}");
+    assert!(loyal[1].version > loyal[0].version, "versions are never reused across a restart");
+    assert!(of_user(&after, "refuser").is_empty());
+}
