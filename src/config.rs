@@ -159,11 +159,14 @@ impl Default for PrivacySection {
 pub struct AdminSection {
     /// Listen address. Default 127.0.0.1:9464 (loopback only).
     pub listen: SocketAddr,
+    /// Bearer token of the explain API (`/v1/profiles/...`), at least 16
+    /// characters. Default: none, and the explain API is off.
+    pub api_token: Option<String>,
 }
 
 impl Default for AdminSection {
     fn default() -> Self {
-        Self { listen: SocketAddr::from(([127, 0, 0, 1], 9464)) }
+        Self { listen: SocketAddr::from(([127, 0, 0, 1], 9464)), api_token: None }
     }
 }
 
@@ -202,6 +205,8 @@ pub struct Config {
     pub create_output_topics: bool,
     pub allowed_lateness_ms: i64,
     pub admin_listen: SocketAddr,
+    /// The explain API's bearer token; `None` = the API is off.
+    pub admin_api_token: Option<String>,
 }
 
 impl Config {
@@ -238,6 +243,9 @@ impl Config {
         }
         if pipeline.allowed_lateness_ms < 0 {
             return Err(invalid("pipeline.allowed_lateness_ms must not be negative".to_owned()));
+        }
+        if admin.api_token.as_ref().is_some_and(|token| token.chars().count() < 16) {
+            return Err(invalid("admin.api_token must be at least 16 characters".to_owned()));
         }
         if privacy.max_retention_days == 0 {
             return Err(invalid("privacy.max_retention_days must be at least 1".to_owned()));
@@ -297,6 +305,7 @@ impl Config {
             create_output_topics: pipeline.create_output_topics,
             allowed_lateness_ms: pipeline.allowed_lateness_ms,
             admin_listen: admin.listen,
+            admin_api_token: admin.api_token,
         })
     }
 }

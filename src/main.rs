@@ -87,7 +87,7 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
         .install_recorder()
         .context("install the metrics recorder")?;
     let codec = Codec::new(&config.extra_writer_schemas)?;
-    let processor = Processor::new(codec, config.catalogue.clone(), &config.core);
+    let processor = Arc::new(Processor::new(codec, config.catalogue.clone(), &config.core));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -99,10 +99,15 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
     let listener = runtime
         .block_on(admin::bind(config.admin_listen))
         .with_context(|| format!("bind the admin endpoint to {}", config.admin_listen))?;
+    let explain = config
+        .admin_api_token
+        .as_deref()
+        .map(|token| admin::ExplainApi { token: Arc::from(token), processor: processor.clone() });
     let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
-    let admin_task = runtime.spawn(admin::serve(listener, admin::router(health.clone(), metrics), async move {
-        let _ = admin_stopped.await;
-    }));
+    let admin_task =
+        runtime.spawn(admin::serve(listener, admin::router(health.clone(), metrics, explain), async move {
+            let _ = admin_stopped.await;
+        }));
     let signal_flag = shutdown.clone();
     runtime.spawn(async move {
         wait_for_signal().await;

@@ -5,6 +5,7 @@
 
 use crate::codec::{Codec, DecodeError, Decoded};
 use crate::consent::{self, ConsentInForce, DropReason, Purpose, Purposes};
+use crate::explain::{data_held, ConsentView, Explanation, ProfileView};
 use crate::model::{ConsentChange, Event, InputKind, Membership, PersonalizationLevel, ProfileUpdate};
 use crate::segments::engine::{arm, evaluate, next_window_exit, render_reason};
 use crate::segments::{Catalogue, Segment, Tier};
@@ -173,6 +174,22 @@ impl Processor {
     pub fn memberships(&self, user_id: &str) -> Option<Vec<Membership>> {
         let state = self.users.get(user_id)?;
         state.published.as_ref().map(|profile| self.render(user_id, profile))
+    }
+
+    /// What is held about `user_id` and why, for the explain API; `None` if nothing is.
+    pub fn explain(&self, user_id: &str) -> Option<Explanation> {
+        let state = self.users.get(user_id)?;
+        let precise = state.consent.as_ref().is_some_and(|consent| consent.granted.contains(Purpose::PreciseLocation));
+        Some(Explanation {
+            user_id: user_id.to_owned(),
+            consent: state.consent.as_ref().map(ConsentView::of),
+            profile: state.published.as_ref().map(|profile| ProfileView {
+                level: profile.level,
+                channels: profile.channels.channel_names(),
+                segments: self.render(user_id, profile),
+            }),
+            data_held: data_held(&state.history, &self.catalogue.retention, precise),
+        })
     }
 
     /// Processes one input record of `kind`, read at processing time `now_ms`.

@@ -437,3 +437,62 @@ fn consent_recorded_before_a_restart_is_in_force_after_it_and_versions_keep_incr
     assert!(loyal[1].version > loyal[0].version, "versions are never reused across a restart");
     assert!(of_user(&after, "refuser").is_empty());
 }
+
+#[test]
+fn the_explain_api_needs_the_token_and_shows_reasons_consent_and_data_held() {
+    let topics = Topics::create("explain");
+    let token = "a-test-token-of-some-length";
+    let pipeline = Pipeline::start_full(&topics, "", &format!("api_token = \"{token}\""), "info");
+    let producer = Producer::new();
+    let t = base_time();
+    producer.send_keyed(
+        &topics.consent,
+        "reader",
+        &to_json(&consent("reader", t - 1000, &["personalization", "location", "email"], "FULL")),
+    );
+    producer.send_keyed(&topics.browse, "reader", &to_json(&browse("reader", t, "books")));
+    producer.send_keyed(&topics.location, "reader", &to_json(&location("reader", t - 1, 52.52, 13.40)));
+    wait_processed(&topics);
+
+    let port = pipeline.admin_port;
+    let bearer = format!("Authorization: Bearer {token}");
+    for headers in [
+        vec![],
+        vec!["Authorization: Bearer wrong-token-of-some-length"],
+        vec!["Authorization: a-test-token-of-some-length"],
+    ] {
+        assert_eq!(http_get_with(port, "/v1/profiles/reader", &headers), Some((401, "unauthorized\n".to_owned())));
+        assert_eq!(
+            http_get_with(port, "/v1/profiles/nobody", &headers),
+            Some((401, "unauthorized\n".to_owned())),
+            "no hint whether a user exists"
+        );
+    }
+    assert_eq!(http_get_with(port, "/v1/profiles/nobody", &[&bearer]).map(|(status, _)| status), Some(404));
+    let (status, body) = http_get_with(port, "/v1/profiles/reader", &[&bearer]).unwrap();
+    assert_eq!(status, 200, "{body}");
+    let explanation: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        explanation,
+        serde_json::json!({
+            "user_id": "reader",
+            "consent": {"granted": ["personalization", "location", "email"], "level": "FULL", "source": "test-cmp", "ts": t - 1000, "gpc_opt_out": false},
+            "profile": {"level": "FULL", "channels": ["email"], "segments": [
+                {"id": "new_visitor", "since": t, "reason": "Visited on 1 day in the last 30 days.", "channels": ["email"], "arm": null}
+            ]},
+            "data_held": [
+                {"category": "browsing history, last 30 days", "since": t, "records": 1},
+                {"category": "coarse location (about 5 km), last hour", "since": t - 1, "records": 1}
+            ]
+        })
+    );
+}
+
+#[test]
+fn without_a_token_the_explain_api_is_off() {
+    let topics = Topics::create("explain-off");
+    let pipeline = Pipeline::start(&topics);
+    let response =
+        http_get_with(pipeline.admin_port, "/v1/profiles/anyone", &["Authorization: Bearer anything-at-all-here"]);
+    assert_eq!(response.map(|(status, _)| status), Some(404));
+}

@@ -116,6 +116,11 @@ impl Pipeline {
 
     /// Starts the pipeline with `RUST_LOG` set to `log_level`.
     pub fn start_logging(topics: &Topics, extra_pipeline: &str, log_level: &str) -> Self {
+        Self::start_full(topics, extra_pipeline, "", log_level)
+    }
+
+    /// Starts the pipeline with extra `[pipeline]` and `[admin]` settings.
+    pub fn start_full(topics: &Topics, extra_pipeline: &str, extra_admin: &str, log_level: &str) -> Self {
         let admin_port = free_port();
         let dir = std::env::temp_dir().join(format!("tactful-test-{}", topics.prefix));
         std::fs::create_dir_all(&dir).unwrap();
@@ -141,6 +146,7 @@ poll_timeout_ms = 50
 
 [admin]
 listen = "127.0.0.1:{admin_port}"
+{extra_admin}
 "#,
             bootstrap = bootstrap(),
             prefix = topics.prefix,
@@ -218,9 +224,15 @@ impl Drop for Pipeline {
 
 /// A plain HTTP/1.0 GET on loopback: (status, body).
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    http_get_with(port, path, &[])
+}
+
+/// A plain HTTP/1.0 GET on loopback with extra header lines: (status, body).
+pub fn http_get_with(port: u16, path: &str, headers: &[&str]) -> Option<(u16, String)> {
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let extra: String = headers.iter().map(|header| format!("{header}\r\n")).collect();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{extra}\r\n").ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     let status = response.split_whitespace().nth(1)?.parse().ok()?;

@@ -1,0 +1,136 @@
+//! "Why am I seeing this?": what tactful holds about one user, in terms the
+//! user (or a data-protection officer) can check — the consent in force, the
+//! memberships with their reasons, and each category of data held with since
+//! when. Pure: built from a user's state.
+
+use crate::consent::ConsentInForce;
+use crate::model::{Membership, PersonalizationLevel};
+use crate::state::{History, Retention};
+use serde::Serialize;
+
+const DAY_MS: i64 = 86_400_000;
+const HOUR_MS: i64 = 3_600_000;
+
+/// The answer of `GET /v1/profiles/{user_id}`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Explanation {
+    pub user_id: String,
+    /// The consent in force; `None` = nothing granted.
+    pub consent: Option<ConsentView>,
+    /// The profile as last published; `None` = no profile.
+    pub profile: Option<ProfileView>,
+    /// Each category of data held, with since when.
+    pub data_held: Vec<DataHeld>,
+}
+
+/// The consent in force, as recorded.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ConsentView {
+    pub granted: Vec<&'static str>,
+    pub level: PersonalizationLevel,
+    pub source: String,
+    /// When the user chose (epoch milliseconds).
+    pub ts: i64,
+    /// A Global Privacy Control signal turned `ads` off.
+    pub gpc_opt_out: bool,
+}
+
+/// The published profile.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ProfileView {
+    pub level: PersonalizationLevel,
+    pub channels: Vec<String>,
+    pub segments: Vec<Membership>,
+}
+
+/// One category of data held about the user.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DataHeld {
+    /// e.g. "purchase history, last 90 days".
+    pub category: String,
+    /// The oldest record of this category still held (epoch milliseconds).
+    pub since: i64,
+    pub records: usize,
+}
+
+/// "last hour", "last 7 days", … for a window.
+fn last(window_ms: i64) -> String {
+    let (count, unit) =
+        if window_ms < DAY_MS { ((window_ms / HOUR_MS).max(1), "hour") } else { (window_ms / DAY_MS, "day") };
+    if count == 1 {
+        format!("last {unit}")
+    } else {
+        format!("last {count} {unit}s")
+    }
+}
+
+/// The categories of data in `history`, described with how long each is kept.
+pub fn data_held(history: &History, retention: &Retention, precise_location: bool) -> Vec<DataHeld> {
+    let mut held = Vec::new();
+    if let Some(oldest) = history.browses.front() {
+        held.push(DataHeld {
+            category: format!("browsing history, {}", last(retention.browse_ms)),
+            since: oldest.ts,
+            records: history.browses.len(),
+        });
+    }
+    if let Some(oldest) = history.purchases.front() {
+        held.push(DataHeld {
+            category: format!(
+                "purchase history, {} or last {} purchases",
+                last(retention.purchase_ms),
+                retention.purchase_last
+            ),
+            since: oldest.ts,
+            records: history.purchases.len(),
+        });
+        let sensitive: Vec<i64> = history
+            .purchases
+            .iter()
+            .filter(|purchase| purchase.items.iter().any(|item| item.sensitive))
+            .map(|purchase| purchase.ts)
+            .collect();
+        if let Some(since) = sensitive.first() {
+            held.push(DataHeld {
+                category: "purchases in sensitive categories (with your explicit consent)".to_owned(),
+                since: *since,
+                records: sensitive.len(),
+            });
+        }
+    }
+    if let Some(oldest) = history.locations.front() {
+        let precision = if precise_location { "precise location" } else { "coarse location (about 5 km)" };
+        held.push(DataHeld {
+            category: format!("{precision}, {}", last(retention.location_ms)),
+            since: oldest.ts,
+            records: history.locations.len(),
+        });
+    }
+    held
+}
+
+impl ConsentView {
+    /// The view of `consent`.
+    pub fn of(consent: &ConsentInForce) -> Self {
+        Self {
+            granted: consent.granted.iter().map(|purpose| purpose.as_str()).collect(),
+            level: consent.level,
+            source: consent.source.clone(),
+            ts: consent.ts,
+            gpc_opt_out: consent.gpc_opt_out,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_read_as_plain_words() {
+        assert_eq!(last(3_600_000), "last hour");
+        assert_eq!(last(2 * 3_600_000), "last 2 hours");
+        assert_eq!(last(DAY_MS), "last day");
+        assert_eq!(last(90 * DAY_MS), "last 90 days");
+    }
+}
