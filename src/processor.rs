@@ -10,8 +10,8 @@ use crate::model::{ConsentChange, Event, InputKind, Membership, PersonalizationL
 use crate::segments::engine::{arm, evaluate, next_window_exit, render_reason};
 use crate::segments::{Catalogue, Segment, Tier};
 use crate::state::{
-    hash_value, BrowseFact, ItemFact, LocationFact, PublishedMember, PublishedProfile, PurchaseFact, UserState,
-    MAX_CAPTURES,
+    hash_value, BrowseFact, ItemFact, LocationFact, PublishedMember, PublishedProfile, PurchaseFact, Retention,
+    UserState, MAX_CAPTURES,
 };
 use dashmap::DashMap;
 use std::collections::BTreeSet;
@@ -180,6 +180,10 @@ impl Processor {
     pub fn explain(&self, user_id: &str) -> Option<Explanation> {
         let state = self.users.get(user_id)?;
         let precise = state.consent.as_ref().is_some_and(|consent| consent.granted.contains(Purpose::PreciseLocation));
+        let retention = match &state.consent {
+            Some(consent) => self.retention_for(consent.level, consent.effective()),
+            None => self.catalogue.retention,
+        };
         Some(Explanation {
             user_id: user_id.to_owned(),
             consent: state.consent.as_ref().map(ConsentView::of),
@@ -188,7 +192,7 @@ impl Processor {
                 channels: profile.channels.channel_names(),
                 segments: self.render(user_id, profile),
             }),
-            data_held: data_held(&state.history, &self.catalogue.retention, precise),
+            data_held: data_held(&state.history, &retention, precise),
         })
     }
 
@@ -422,7 +426,9 @@ impl Processor {
         let granted = consent.effective();
         let level = consent.level;
         let now = state.clock;
-        state.history.prune(now, &self.catalogue.retention);
+        // Data minimisation: keep facts only as long as the segments this
+        // user's consent allows need them.
+        state.history.prune(now, &self.retention_for(level, granted));
         let previous = state.published.as_ref().map(|profile| profile.members.as_slice()).unwrap_or_default();
         let mut members = Vec::new();
         for &index in &self.by_id {
@@ -468,6 +474,16 @@ impl Processor {
         };
         state.published = Some(profile);
         Some(update)
+    }
+
+    /// How long facts are kept for a user with `level` and `granted`.
+    fn retention_for(&self, level: PersonalizationLevel, granted: Purposes) -> Retention {
+        let none = Retention { max_ms: self.catalogue.retention.max_ms, ..Retention::default() };
+        self.catalogue
+            .segments
+            .iter()
+            .filter(|segment| eligible(segment, level, granted))
+            .fold(none, |kept, segment| kept.union(&segment.retention))
     }
 
     /// The memberships of a published profile as the contract shows them.

@@ -448,7 +448,7 @@ fn the_explain_api_needs_the_token_and_shows_reasons_consent_and_data_held() {
     producer.send_keyed(
         &topics.consent,
         "reader",
-        &to_json(&consent("reader", t - 1000, &["personalization", "location", "email"], "FULL")),
+        &to_json(&consent("reader", t - 1000, &["personalization", "location", "precise_location", "email"], "FULL")),
     );
     producer.send_keyed(&topics.browse, "reader", &to_json(&browse("reader", t, "books")));
     producer.send_keyed(&topics.location, "reader", &to_json(&location("reader", t - 1, 52.52, 13.40)));
@@ -476,13 +476,13 @@ fn the_explain_api_needs_the_token_and_shows_reasons_consent_and_data_held() {
         explanation,
         serde_json::json!({
             "user_id": "reader",
-            "consent": {"granted": ["personalization", "location", "email"], "level": "FULL", "source": "test-cmp", "ts": t - 1000, "gpc_opt_out": false},
+            "consent": {"granted": ["personalization", "location", "precise_location", "email"], "level": "FULL", "source": "test-cmp", "ts": t - 1000, "gpc_opt_out": false},
             "profile": {"level": "FULL", "channels": ["email"], "segments": [
                 {"id": "new_visitor", "since": t, "reason": "Visited on 1 day in the last 30 days.", "channels": ["email"], "arm": null}
             ]},
             "data_held": [
                 {"category": "browsing history, last 30 days", "since": t, "records": 1},
-                {"category": "coarse location (about 5 km), last hour", "since": t - 1, "records": 1}
+                {"category": "precise location, last hour", "since": t - 1, "records": 1}
             ]
         })
     );

@@ -33,6 +33,27 @@ fn harness() -> Harness {
     harness_with_sensitive(&[])
 }
 
+/// The default catalogue plus `in_berlin`, a segment that reads location at
+/// coarse precision (a 20 km geofence needs no `precise_location`).
+fn harness_with_coarse_segment() -> Harness {
+    let source = format!(
+        "{}\n{}",
+        crate::segments::definition::DEFAULT_SEGMENTS,
+        r#"
+[[segment]]
+id = "in_berlin"
+description = "In Berlin in the last hour."
+tier = "full"
+channels = ["push"]
+reason = "Was in Berlin in the last hour."
+rule = { near = { places = ["store_berlin_mitte"], radius_m = 20000, within = "1h" }, at_least = 1 }
+"#
+    );
+    let catalogue = Catalogue::parse("test.toml", &source, &[], 400 * DAY).unwrap();
+    let settings = CoreSettings { sensitive_categories: vec![], event_time_tolerance_ms: TOLERANCE };
+    Harness { processor: Processor::new(Codec::new(&[]).unwrap(), catalogue, &settings) }
+}
+
 fn harness_with_sensitive(sensitive: &[&str]) -> Harness {
     let sensitive: Vec<String> = sensitive.iter().map(|name| (*name).to_owned()).collect();
     let settings = CoreSettings { sensitive_categories: sensitive.clone(), event_time_tolerance_ms: TOLERANCE };
@@ -461,19 +482,21 @@ fn near_store_with_precise_location_is_entered_at_a_store_and_left_an_hour_later
 
 #[test]
 fn without_precise_location_coordinates_are_coarsened_and_near_store_is_never_entered() {
-    let h = harness();
+    let h = harness_with_coarse_segment();
     let granted = ["personalization", "location", "web", "push"];
     applied_silently(h.consent("u8", &granted, PersonalizationLevel::Full, T0));
-    for (index, store) in [BERLIN_STORE, HAMBURG_STORE, MUNICH_STORE].into_iter().enumerate() {
-        applied_silently(h.location("u8", T0 + index as i64 * MINUTE, store));
-    }
+    let first = update(h.location("u8", T0, BERLIN_STORE));
+    assert_eq!(first.entered, strings(&["in_berlin"]), "coarse location serves coarse segments");
+    applied_silently(h.location("u8", T0 + MINUTE, HAMBURG_STORE));
+    applied_silently(h.location("u8", T0 + 2 * MINUTE, MUNICH_STORE));
     let kept: Vec<(f64, f64)> = h.state("u8").history.locations.iter().map(|fact| (fact.lat, fact.lon)).collect();
     let expected_cells = [(52.525, 13.425), (53.575, 9.975), (48.125, 11.575)];
     assert_eq!(kept.len(), 3);
     for ((lat, lon), (cell_lat, cell_lon)) in kept.iter().zip(expected_cells) {
         assert!((lat - cell_lat).abs() < 1e-9 && (lon - cell_lon).abs() < 1e-9, "{lat},{lon}");
     }
-    assert_eq!(h.processor.memberships("u8"), None);
+    let ids: Vec<String> = h.processor.memberships("u8").unwrap().into_iter().map(|member| member.id).collect();
+    assert_eq!(ids, strings(&["in_berlin"]), "never near_store");
 
     // Granting precise location later makes near_store eligible, but the stored
     // fixes stay coarse (about 1.5 km from the Berlin store): not entered.
@@ -553,11 +576,16 @@ fn light_gets_only_light_segments() {
     let ids: Vec<&str> = second.segments.iter().map(|segment| segment.id.as_str()).collect();
     assert_eq!(ids, vec!["returning_visitor"]);
 
-    // Raising the level to FULL enters the full segments the facts support, at once.
+    // Facts no segment allowed at LIGHT reads are not kept: the purchases are
+    // gone, while the browses (read by the light segments) remain.
+    assert!(h.state("u1").history.purchases.is_empty());
+    assert_eq!(h.state("u1").history.browses.len(), 5);
+
+    // Raising the level to FULL enters the full segments the kept facts support, at once.
     let raised = update(h.consent("u1", &EVERYTHING, PersonalizationLevel::Full, T0 + DAY + 1));
     let ids: Vec<&str> = raised.segments.iter().map(|segment| segment.id.as_str()).collect();
-    assert_eq!(ids, vec!["creature_of_habit", "high_value", "returning_visitor", "running_browser"]);
-    assert_eq!(raised.entered, strings(&["creature_of_habit", "high_value", "running_browser"]));
+    assert_eq!(ids, vec!["returning_visitor", "running_browser"]);
+    assert_eq!(raised.entered, strings(&["running_browser"]));
     assert_eq!(raised.exited, Vec::<String>::new());
     assert_eq!(raised.ts, T0 + DAY + 1);
     assert_eq!(raised.level, PersonalizationLevel::Full);
@@ -704,14 +732,36 @@ fn removing_location_exits_near_store_and_keeps_the_other_segments() {
 
 #[test]
 fn removing_precise_location_coarsens_kept_fixes_and_exits_near_store() {
-    let h = harness();
+    let h = harness_with_coarse_segment();
     let precise = ["personalization", "location", "precise_location", "push"];
     applied_silently(h.consent("u1", &precise, PersonalizationLevel::Full, T0));
     update(h.location("u1", T0, BERLIN_STORE));
     let exit = update(h.consent("u1", &["personalization", "location", "push"], PersonalizationLevel::Full, T0 + 1));
     assert_eq!(exit.exited, strings(&["near_store"]));
+    assert_eq!(exit.segments.iter().map(|member| member.id.as_str()).collect::<Vec<_>>(), vec!["in_berlin"]);
     let kept = h.state("u1").history.locations[0].clone();
     assert!((kept.lat - 52.525).abs() < 1e-9 && (kept.lon - 13.425).abs() < 1e-9, "{kept:?}");
+}
+
+#[test]
+fn facts_no_allowed_segment_reads_are_not_kept() {
+    // With the default catalogue only near_store reads location, and it needs
+    // precise_location: without it, even coarse fixes are not kept.
+    let h = harness();
+    applied_silently(h.consent("u1", &["personalization", "location", "push"], PersonalizationLevel::Full, T0));
+    applied_silently(h.location("u1", T0, BERLIN_STORE));
+    assert!(h.state("u1").history.locations.is_empty());
+    // Removing precise_location later deletes the precise fixes the same way.
+    applied_silently(h.consent(
+        "u2",
+        &["personalization", "location", "precise_location", "push"],
+        PersonalizationLevel::Full,
+        T0,
+    ));
+    update(h.location("u2", T0, BERLIN_STORE));
+    let exit = update(h.consent("u2", &["personalization", "location", "push"], PersonalizationLevel::Full, T0 + 1));
+    assert_eq!(exit.exited, strings(&["near_store"]));
+    assert!(h.state("u2").history.locations.is_empty());
 }
 
 #[test]

@@ -232,13 +232,16 @@ pub struct Segment {
     pub rule: Rule,
     /// Names of the values the rule captures (`as = ...`), by index.
     pub captures: Vec<String>,
+    /// How long this segment needs each kind of fact. A user's facts are kept
+    /// only as long as the segments their consent allows need them.
+    pub retention: Retention,
 }
 
 /// The validated segment catalogue.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Catalogue {
     pub segments: Vec<Segment>,
-    /// How long facts must be kept for these segments.
+    /// How long facts must be kept for all of these segments together.
     pub retention: Retention,
     /// Every distinct (source, window) a rule reads: when a fact leaves one of
     /// these windows a membership may change without a new event.
@@ -302,20 +305,22 @@ impl Catalogue {
             if !ids.insert(segment_spec.id.clone()) {
                 return Err(at(format!("segment `{}` is defined twice", segment_spec.id)));
             }
+            let mut segment_retention = Retention { max_ms: max_retention_ms, ..Retention::default() };
             let mut compiler = RuleCompiler {
                 places: &spec.places,
                 sensitive: &sensitive,
                 captures: Vec::new(),
                 needs: Purposes::NONE.with(Purpose::Personalization),
-                retention: &mut retention,
+                retention: &mut segment_retention,
                 windows: &mut windows,
             };
             let rule = compiler
                 .compile(&segment_spec.rule)
                 .map_err(|message| at(format!("segment `{}`: {message}", segment_spec.id)))?;
             let RuleCompiler { captures, needs, .. } = compiler;
-            let segment = compile_segment(segment_spec, rule, captures, needs)
+            let segment = compile_segment(segment_spec, rule, captures, needs, segment_retention)
                 .map_err(|message| at(format!("segment `{}`: {message}", segment_spec.id)))?;
+            retention = retention.union(&segment.retention);
             segments.push(segment);
         }
         Ok(Self { segments, retention, windows })
@@ -331,7 +336,13 @@ impl Catalogue {
     }
 }
 
-fn compile_segment(spec: &SegmentSpec, rule: Rule, captures: Vec<String>, needs: Purposes) -> Result<Segment, String> {
+fn compile_segment(
+    spec: &SegmentSpec,
+    rule: Rule,
+    captures: Vec<String>,
+    needs: Purposes,
+    retention: Retention,
+) -> Result<Segment, String> {
     if spec.id.is_empty() || !spec.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
         return Err("an id is letters, digits and `_`".to_owned());
     }
@@ -361,6 +372,7 @@ fn compile_segment(spec: &SegmentSpec, rule: Rule, captures: Vec<String>, needs:
         holdout: spec.holdout,
         rule,
         captures,
+        retention,
     })
 }
 

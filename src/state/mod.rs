@@ -75,6 +75,19 @@ pub struct Retention {
     pub max_ms: i64,
 }
 
+impl Retention {
+    /// What both `self` and `other` need kept.
+    pub fn union(&self, other: &Retention) -> Retention {
+        Retention {
+            browse_ms: self.browse_ms.max(other.browse_ms),
+            purchase_ms: self.purchase_ms.max(other.purchase_ms),
+            purchase_last: self.purchase_last.max(other.purchase_last),
+            location_ms: self.location_ms.max(other.location_ms),
+            max_ms: self.max_ms.max(other.max_ms),
+        }
+    }
+}
+
 impl History {
     /// Whether nothing is retained.
     pub fn is_empty(&self) -> bool {
