@@ -345,7 +345,7 @@ mod tests {
         assert_eq!(config.topics.profiles, "profiles.updates");
         assert_eq!(config.topics.dead_letters, "tactful.tactful.dead-letters");
         assert_eq!(config.admin_listen.to_string(), "127.0.0.1:9464");
-        assert_eq!(config.catalogue.segments.len(), 6);
+        assert_eq!(config.catalogue.segments.len(), 7);
         assert_eq!(config.core.sensitive_categories, vec!["prenatal", "pharmacy"]);
     }
 

@@ -496,3 +496,56 @@ fn without_a_token_the_explain_api_is_off() {
         http_get_with(pipeline.admin_port, "/v1/profiles/anyone", &["Authorization: Bearer anything-at-all-here"]);
     assert_eq!(response.map(|(status, _)| status), Some(404));
 }
+
+#[test]
+fn expecting_parent_needs_explicit_sensitive_consent_and_withdrawing_it_removes_the_data() {
+    let topics = Topics::create("sensitive");
+    let token = "another-test-token-0123";
+    let pipeline = Pipeline::start_full(&topics, "", &format!("api_token = \"{token}\""), "info");
+    let producer = Producer::new();
+    let t = base_time();
+    let with_sensitive = ["personalization", "sensitive", "email"];
+    producer.send_keyed(&topics.consent, "yes", &to_json(&consent("yes", t - 1000, &with_sensitive, "FULL")));
+    producer.send_keyed(
+        &topics.consent,
+        "no",
+        &to_json(&consent("no", t - 1000, &["personalization", "email"], "FULL")),
+    );
+    for user in ["yes", "no"] {
+        producer.send_keyed(&topics.purchase, user, &to_json(&purchase(user, t, &[("p-vitamins", "prenatal", 2_499)])));
+    }
+    let records = read_profiles(&topics);
+    assert!(of_user(&records, "no").is_empty(), "nothing computed or published without `sensitive`");
+    let yes = of_user(&records, "yes")[0].as_ref().unwrap();
+    assert_eq!(yes.entered, vec!["expecting_parent"]);
+    assert_eq!(yes.segments[0].reason, "Bought 1 prenatal product in the last 180 days.");
+    assert_eq!(yes.segments[0].channels, vec!["email"]);
+
+    let bearer = format!("Authorization: Bearer {token}");
+    let explain = |user: &str| -> serde_json::Value {
+        let (status, body) = http_get_with(pipeline.admin_port, &format!("/v1/profiles/{user}"), &[&bearer]).unwrap();
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    };
+    assert_eq!(explain("no")["data_held"], serde_json::json!([]), "no sensitive data held");
+    assert_eq!(
+        explain("yes")["data_held"],
+        serde_json::json!([
+            {"category": "purchase history, last 180 days or last 10 purchases", "since": t, "records": 1},
+            {"category": "purchases in sensitive categories (with your explicit consent)", "since": t, "records": 1}
+        ])
+    );
+
+    // Withdrawing `sensitive` exits the segment and deletes what was derived from it.
+    producer.send_keyed(
+        &topics.consent,
+        "yes",
+        &to_json(&consent("yes", t + 10, &["personalization", "email"], "FULL")),
+    );
+    producer.send_keyed(&topics.browse, "no", &to_json(&browse("no", t + 20, "books")));
+    let records = read_profiles(&topics);
+    let last = of_user(&records, "yes").last().unwrap().as_ref().unwrap().clone();
+    assert_eq!(last.exited, vec!["expecting_parent"]);
+    assert!(last.segments.is_empty());
+    assert_eq!(explain("yes")["data_held"], serde_json::json!([]));
+}

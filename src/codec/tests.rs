@@ -148,7 +148,7 @@ fn profile(arm: Option<&str>) -> ProfileUpdate {
             Membership {
                 id: "high_value".to_owned(),
                 since: 1_699_000_000_000,
-                reason: "Spent 500.00 across 1 purchases in the last 90 days.".to_owned(),
+                reason: "Spent 500.00 across 1 purchase in the last 90 days.".to_owned(),
                 channels: vec!["web".to_owned()],
                 arm: arm.map(str::to_owned),
             },

@@ -392,7 +392,7 @@ fn high_value_needs_500_00_in_90_days_and_says_so() {
             T0,
             PersonalizationLevel::Full,
             &ALL_CHANNELS,
-            vec![membership("high_value", T0, "Spent 500.00 across 1 purchases in the last 90 days.", &ALL_CHANNELS)],
+            vec![membership("high_value", T0, "Spent 500.00 across 1 purchase in the last 90 days.", &ALL_CHANNELS)],
             &["high_value"],
             &[],
         )
@@ -661,7 +661,7 @@ fn a_consent_tombstone_forgets_the_user_entirely() {
 fn gpc_removes_ads_until_a_newer_consent_change_grants_ads_again() {
     let h = harness();
     applied_silently(h.consent("u1", &EVERYTHING, PersonalizationLevel::Full, T0));
-    let spent = "Spent 900.00 across 1 purchases in the last 90 days.";
+    let spent = "Spent 900.00 across 1 purchase in the last 90 days.";
     update(h.purchase("u1", T0, &[("tv", "electronics", 1, 90_000)]));
     let without_ads = ["web", "email", "push"];
     assert_eq!(
@@ -786,10 +786,30 @@ fn with_sensitive_a_sensitive_item_counts_until_sensitive_is_withdrawn() {
     let with_sensitive = ["personalization", "sensitive", "web", "email", "push", "ads"];
     applied_silently(h.consent("u1", &with_sensitive, PersonalizationLevel::Full, T0));
     let entered = update(h.purchase("u1", T0, &[("crib", "prenatal", 1, 50_000)]));
-    assert_eq!(entered.segments[0].reason, "Spent 500.00 across 1 purchases in the last 90 days.");
+    assert_eq!(entered.entered, strings(&["expecting_parent", "high_value"]));
+    assert_eq!(
+        entered.segments,
+        vec![
+            membership("expecting_parent", T0, "Bought 1 prenatal product in the last 180 days.", &["email"]),
+            membership("high_value", T0, "Spent 500.00 across 1 purchase in the last 90 days.", &ALL_CHANNELS),
+        ]
+    );
     let exit = update(h.consent("u1", &EVERYTHING, PersonalizationLevel::Full, T0 + 1));
-    assert_eq!(exit.exited, strings(&["high_value"]));
+    assert_eq!(exit.exited, strings(&["expecting_parent", "high_value"]));
     assert!(h.state("u1").history.purchases.is_empty());
+}
+
+#[test]
+fn expecting_parent_is_never_computed_without_sensitive() {
+    let h = harness_with_sensitive(&["prenatal"]);
+    // FULL and every other purpose, but not `sensitive`.
+    applied_silently(h.consent("u1", &EVERYTHING, PersonalizationLevel::Full, T0));
+    for day in 0..3 {
+        applied_silently(h.purchase("u1", T0 + day * DAY, &[("crib", "prenatal", 1, 9_000)]));
+    }
+    assert_eq!(h.processor.memberships("u1"), None);
+    assert!(h.state("u1").history.purchases.is_empty(), "nothing about a sensitive item is stored");
+    assert_eq!(h.size_of("expecting_parent"), 0);
 }
 
 #[test]

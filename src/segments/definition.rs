@@ -215,6 +215,12 @@ pub enum TemplatePart {
     Number(usize),
     /// A captured amount in cents printed with two decimals.
     Cents(usize),
+    /// A captured count with its noun: "1 purchase", "2 purchases".
+    Counted {
+        index: usize,
+        singular: String,
+        plural: String,
+    },
 }
 
 /// A compiled segment.
@@ -390,10 +396,17 @@ fn parse_template(text: &str, captures: &[String]) -> Result<Vec<TemplatePart>, 
             .iter()
             .position(|capture| capture == name)
             .ok_or_else(|| format!("the reason uses `{{{name}}}` but no rule captures it with `as = \"{name}\"`"))?;
-        parts.push(match format {
-            "" => TemplatePart::Number(index),
-            "cents" => TemplatePart::Cents(index),
-            other => return Err(format!("unknown format `{other}` in the reason (use `cents` or none)")),
+        parts.push(match format.split_once('/') {
+            _ if format.is_empty() => TemplatePart::Number(index),
+            _ if format == "cents" => TemplatePart::Cents(index),
+            Some((singular, plural)) if !singular.is_empty() && !plural.is_empty() => {
+                TemplatePart::Counted { index, singular: singular.to_owned(), plural: plural.to_owned() }
+            }
+            _ => {
+                return Err(format!(
+                    "unknown format `{format}` in the reason (use `cents`, `singular/plural` or none)"
+                ));
+            }
         });
         rest = &rest[open + close + 1..];
     }

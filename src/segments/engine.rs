@@ -249,6 +249,10 @@ pub fn render_reason(parts: &[TemplatePart], captures: &[f64]) -> String {
         match part {
             TemplatePart::Text(text) => reason.push_str(text),
             TemplatePart::Number(index) => reason.push_str(&format!("{}", captures[*index] as i64)),
+            TemplatePart::Counted { index, singular, plural } => {
+                let count = captures[*index] as i64;
+                reason.push_str(&format!("{count} {}", if count == 1 { singular } else { plural }));
+            }
             TemplatePart::Cents(index) => {
                 let cents = captures[*index] as i64;
                 let sign = if cents < 0 { "-" } else { "" };

@@ -99,6 +99,7 @@ fn the_bundled_catalogue_parses_with_the_expected_segments() {
             ("creature_of_habit", Tier::Full, names(&["email", "push"]), None),
             ("running_browser", Tier::Full, names(&["web", "email", "push", "ads"]), None),
             ("near_store", Tier::Full, names(&["push"]), None),
+            ("expecting_parent", Tier::Sensitive, names(&["email"]), None),
         ]
     );
 }
@@ -108,10 +109,9 @@ fn the_bundled_catalogue_derives_what_each_segment_needs() {
     let catalogue = Catalogue::default_catalogue(&[], MAX_RETENTION);
     let personalization = purposes(&[Purpose::Personalization]);
     for segment in &catalogue.segments {
-        let expected = if segment.id == "near_store" {
-            purposes(&[Purpose::Personalization, Purpose::Location, Purpose::PreciseLocation])
-        } else {
-            personalization
+        let expected = match segment.id.as_str() {
+            "near_store" => purposes(&[Purpose::Personalization, Purpose::Location, Purpose::PreciseLocation]),
+            _ => personalization,
         };
         assert_eq!(segment.needs, expected, "{}", segment.id);
     }
@@ -124,7 +124,7 @@ fn the_bundled_catalogue_keeps_facts_only_as_long_as_its_windows() {
         catalogue.retention,
         Retention {
             browse_ms: 30 * DAY,
-            purchase_ms: 90 * DAY,
+            purchase_ms: 180 * DAY,
             purchase_last: 10,
             location_ms: HOUR,
             max_ms: MAX_RETENTION,
@@ -143,8 +143,8 @@ fn the_bundled_reasons_compile_to_text_and_figures() {
             TemplatePart::Text("Spent ".to_owned()),
             TemplatePart::Cents(0),
             TemplatePart::Text(" across ".to_owned()),
-            TemplatePart::Number(1),
-            TemplatePart::Text(" purchases in the last 90 days.".to_owned()),
+            TemplatePart::Counted { index: 1, singular: "purchase".to_owned(), plural: "purchases".to_owned() },
+            TemplatePart::Text(" in the last 90 days.".to_owned()),
         ]
     );
     let near_store = catalogue.segments.iter().find(|segment| segment.id == "near_store").unwrap();
@@ -312,7 +312,7 @@ fn a_reason_placeholder_without_a_capture_is_refused() {
     );
     assert_eq!(
         parse_err(&text),
-        error(4, 1, "segment `x`: unknown format `euros` in the reason (use `cents` or none)")
+        error(4, 1, "segment `x`: unknown format `euros` in the reason (use `cents`, `singular/plural` or none)")
     );
 }
 
@@ -751,4 +751,26 @@ proptest! {
     fn arbitrary_segment_files_never_panic(text in "[ -~\n]{0,200}") {
         let _ = parse(&text);
     }
+}
+
+#[test]
+fn expecting_parent_reads_a_sensitive_category_when_prenatal_is_configured_sensitive() {
+    let catalogue = Catalogue::default_catalogue(&["prenatal".to_owned()], MAX_RETENTION);
+    let segment = catalogue.segments.iter().find(|segment| segment.id == "expecting_parent").unwrap();
+    assert_eq!(segment.needs, purposes(&[Purpose::Personalization, Purpose::Sensitive]));
+    assert_eq!(segment.retention.purchase_ms, 180 * DAY);
+    let high_value = catalogue.segments.iter().find(|segment| segment.id == "high_value").unwrap();
+    assert_eq!(high_value.retention.purchase_ms, 90 * DAY, "only sensitive users' purchases are kept 180 days");
+}
+
+#[test]
+fn counted_figures_take_the_singular_only_for_one() {
+    let parts = vec![
+        TemplatePart::Text("Bought ".to_owned()),
+        TemplatePart::Counted { index: 0, singular: "item".to_owned(), plural: "items".to_owned() },
+        TemplatePart::Text(".".to_owned()),
+    ];
+    assert_eq!(render_reason(&parts, &[1.0]), "Bought 1 item.");
+    assert_eq!(render_reason(&parts, &[0.0]), "Bought 0 items.");
+    assert_eq!(render_reason(&parts, &[12.0]), "Bought 12 items.");
 }
