@@ -7,7 +7,7 @@ use crate::codec::{Codec, DecodeError, Decoded};
 use crate::consent::{self, ConsentInForce, DropReason, Purpose, Purposes};
 use crate::explain::{data_held, ConsentView, Explanation, ProfileView};
 use crate::model::{ConsentChange, Event, InputKind, Membership, PersonalizationLevel, ProfileUpdate};
-use crate::segments::engine::{arm, evaluate, next_window_exit, render_reason};
+use crate::segments::engine::{arm, evaluate, next_recency_flip, next_window_exit, render_reason};
 use crate::segments::{Catalogue, Segment, Tier};
 use crate::state::{
     hash_value, BrowseFact, ItemFact, LocationFact, PublishedMember, PublishedProfile, PurchaseFact, Retention,
@@ -322,6 +322,7 @@ impl Processor {
         let granted = consent.granted;
         let ts = event.ts();
         let history = &mut state.history;
+        history.seen_at(ts);
         match &event {
             Event::Browse(browse) => {
                 let category = browse.category.as_deref().map(hash_value);
@@ -380,9 +381,19 @@ impl Processor {
         Processed { outcome: Outcome::Applied, output, event_time: None }
     }
 
-    /// Sets a timer for the next moment a fact of the user leaves a window.
+    /// Sets a timer for the next moment time alone can change a membership:
+    /// a fact leaving a window, or a recency crossing its threshold.
     fn schedule(&self, user_id: &str, state: &mut UserState) {
-        let next_exit = next_window_exit(&state.history, state.clock, &self.catalogue.windows);
+        let recency_flip = self
+            .catalogue
+            .segments
+            .iter()
+            .filter_map(|segment| next_recency_flip(&segment.rule, &state.history, state.clock))
+            .min();
+        let next_exit = next_window_exit(&state.history, state.clock, &self.catalogue.windows)
+            .into_iter()
+            .chain(recency_flip)
+            .min();
         if next_exit != state.next_exit {
             state.next_exit = next_exit;
             if let Some(due) = next_exit {

@@ -33,12 +33,18 @@ fn harness() -> Harness {
     harness_with_sensitive(&[])
 }
 
+/// The default catalogue plus the segments in `extra` (TOML).
+fn harness_with_extra(extra: &str) -> Harness {
+    let source = format!("{}\n{extra}", crate::segments::definition::DEFAULT_SEGMENTS);
+    let catalogue = Catalogue::parse("test.toml", &source, &[], 400 * DAY).unwrap();
+    let settings = CoreSettings { sensitive_categories: vec![], event_time_tolerance_ms: TOLERANCE };
+    Harness { processor: Processor::new(Codec::new(&[]).unwrap(), catalogue, &settings) }
+}
+
 /// The default catalogue plus `in_berlin`, a segment that reads location at
 /// coarse precision (a 20 km geofence needs no `precise_location`).
 fn harness_with_coarse_segment() -> Harness {
-    let source = format!(
-        "{}\n{}",
-        crate::segments::definition::DEFAULT_SEGMENTS,
+    harness_with_extra(
         r#"
 [[segment]]
 id = "in_berlin"
@@ -47,11 +53,8 @@ tier = "full"
 channels = ["push"]
 reason = "Was in Berlin in the last hour."
 rule = { near = { places = ["store_berlin_mitte"], radius_m = 20000, within = "1h" }, at_least = 1 }
-"#
-    );
-    let catalogue = Catalogue::parse("test.toml", &source, &[], 400 * DAY).unwrap();
-    let settings = CoreSettings { sensitive_categories: vec![], event_time_tolerance_ms: TOLERANCE };
-    Harness { processor: Processor::new(Codec::new(&[]).unwrap(), catalogue, &settings) }
+"#,
+    )
 }
 
 fn harness_with_sensitive(sensitive: &[&str]) -> Harness {
@@ -1254,4 +1257,42 @@ fn a_withdrawn_user_gets_no_time_driven_update() {
     update(harness.location("shopper", T0, BERLIN_STORE));
     tombstone(harness.consent("shopper", &[], PersonalizationLevel::None, T0 + MINUTE), "shopper");
     assert!(harness.processor.advance_to(T0 + 2 * HOUR, NOW).is_empty());
+}
+
+#[test]
+fn a_recency_segment_is_entered_when_its_threshold_passes_without_new_events() {
+    let h = harness_with_extra(
+        r#"
+[[segment]]
+id = "lapsed_buyer"
+description = "Bought in the last 90 days, but not in the last 30."
+tier = "full"
+channels = ["email"]
+reason = "Has not bought anything for 30 days or more."
+rule.all = [
+  { count = { of = "purchase", within = "90d" }, at_least = 1 },
+  { since_last = { of = "purchase", within = "90d" }, at_least = "30d" },
+]
+"#,
+    );
+    applied_silently(h.consent("u1", &EVERYTHING, PersonalizationLevel::Full, T0));
+    applied_silently(h.purchase("u1", T0, &[("mug", "home", 1, 1_500)]));
+    assert!(h.processor.advance_to(T0 + 30 * DAY - 1, NOW).is_empty());
+    let outputs = h.processor.advance_to(T0 + 30 * DAY, NOW);
+    let [Output::Update(lapsed)] = outputs.as_slice() else { panic!("one update expected, got {outputs:?}") };
+    assert_eq!(lapsed.entered, strings(&["lapsed_buyer"]));
+    assert_eq!(lapsed.ts, T0 + 30 * DAY);
+    assert_eq!(
+        lapsed.segments,
+        vec![membership("lapsed_buyer", T0 + 30 * DAY, "Has not bought anything for 30 days or more.", &["email"])]
+    );
+    // A new purchase ends it; 90 days after the last purchase it cannot apply either.
+    let back = update(h.purchase("u1", T0 + 40 * DAY, &[("mug", "home", 1, 1_500)]));
+    assert_eq!(back.exited, strings(&["lapsed_buyer"]));
+    let outputs = h.processor.advance_to(T0 + 70 * DAY, NOW);
+    assert_eq!(outputs.len(), 1, "lapsed again 30 days after the second purchase: {outputs:?}");
+    let outputs = h.processor.advance_to(T0 + 130 * DAY, NOW);
+    let [Output::Update(gone)] = outputs.as_slice() else { panic!("one update expected, got {outputs:?}") };
+    assert_eq!(gone.exited, strings(&["lapsed_buyer"]));
+    assert_eq!(gone.ts, T0 + 130 * DAY);
 }

@@ -73,12 +73,15 @@ struct RuleSpec {
     distinct_days: Option<MeasureSpec>,
     distinct: Option<MeasureSpec>,
     most_common: Option<MeasureSpec>,
+    share: Option<MeasureSpec>,
+    since_first_seen: Option<MeasureSpec>,
+    since_last: Option<MeasureSpec>,
     near: Option<MeasureSpec>,
-    at_least: Option<f64>,
-    at_most: Option<f64>,
-    equals: Option<f64>,
-    more_than: Option<f64>,
-    less_than: Option<f64>,
+    at_least: Option<Threshold>,
+    at_most: Option<Threshold>,
+    equals: Option<Threshold>,
+    more_than: Option<Threshold>,
+    less_than: Option<Threshold>,
     #[serde(rename = "as")]
     capture: Option<String>,
 }
@@ -92,8 +95,19 @@ struct MeasureSpec {
     filter: BTreeMap<String, OneOrMany>,
     within: Option<String>,
     last: Option<usize>,
+    /// The predicate of `share`: the share of the last N events matching it.
+    #[serde(default)]
+    satisfying: BTreeMap<String, OneOrMany>,
     places: Option<Vec<String>>,
     radius_m: Option<f64>,
+}
+
+/// A comparison's number, or a duration such as "30d" (for recency measures).
+#[derive(Clone, Deserialize)]
+#[serde(untagged)]
+enum Threshold {
+    Number(f64),
+    Duration(String),
 }
 
 #[derive(Deserialize)]
@@ -162,12 +176,37 @@ pub enum Measure {
         field: Field,
         last: usize,
     },
+    /// Of the last `last` matching events, the share (0 to 1) that also
+    /// match `satisfying`; 0 while there are fewer than `last`.
+    Share {
+        source: Source,
+        filters: Vec<Filter>,
+        satisfying: Vec<Filter>,
+        last: usize,
+    },
+    /// Milliseconds since the user's first applied event.
+    SinceFirstSeen,
+    /// Milliseconds since the newest matching event in the window; infinite
+    /// when there is none.
+    SinceLast {
+        source: Source,
+        filters: Vec<Filter>,
+        window_ms: i64,
+    },
     /// Location events within `radius_m` of any of `places`.
     Near {
         places: Vec<(f64, f64)>,
         radius_m: f64,
         window_ms: i64,
     },
+}
+
+impl Measure {
+    /// Whether the value grows with time by itself (a recency): the rule's
+    /// outcome can then change when its threshold is crossed.
+    pub fn is_recency(&self) -> bool {
+        matches!(self, Self::SinceFirstSeen | Self::SinceLast { .. })
+    }
 }
 
 /// A comparison of a measure with a number.
@@ -181,6 +220,17 @@ pub enum Comparison {
 }
 
 impl Comparison {
+    /// The number compared with.
+    pub fn threshold(self) -> f64 {
+        match self {
+            Self::AtLeast(bound)
+            | Self::AtMost(bound)
+            | Self::Equals(bound)
+            | Self::MoreThan(bound)
+            | Self::LessThan(bound) => bound,
+        }
+    }
+
     /// Whether `value` satisfies the comparison.
     pub fn holds(self, value: f64) -> bool {
         match self {
@@ -221,6 +271,10 @@ pub enum TemplatePart {
         singular: String,
         plural: String,
     },
+    /// A captured duration in milliseconds printed as whole days.
+    Days(usize),
+    /// A captured share printed as a whole percentage.
+    Percent(usize),
 }
 
 /// A compiled segment.
@@ -399,12 +453,14 @@ fn parse_template(text: &str, captures: &[String]) -> Result<Vec<TemplatePart>, 
         parts.push(match format.split_once('/') {
             _ if format.is_empty() => TemplatePart::Number(index),
             _ if format == "cents" => TemplatePart::Cents(index),
+            _ if format == "days" => TemplatePart::Days(index),
+            _ if format == "percent" => TemplatePart::Percent(index),
             Some((singular, plural)) if !singular.is_empty() && !plural.is_empty() => {
                 TemplatePart::Counted { index, singular: singular.to_owned(), plural: plural.to_owned() }
             }
             _ => {
                 return Err(format!(
-                    "unknown format `{format}` in the reason (use `cents`, `singular/plural` or none)"
+                    "unknown format `{format}` in the reason (use `cents`, `days`, `percent`, `singular/plural` or none)"
                 ));
             }
         });
@@ -433,6 +489,9 @@ impl RuleCompiler<'_> {
             ("distinct_days", &spec.distinct_days),
             ("distinct", &spec.distinct),
             ("most_common", &spec.most_common),
+            ("share", &spec.share),
+            ("since_first_seen", &spec.since_first_seen),
+            ("since_last", &spec.since_last),
             ("near", &spec.near),
         ];
         let given: Vec<&str> = [("all", spec.all.is_some()), ("any", spec.any.is_some()), ("not", spec.not.is_some())]
@@ -442,7 +501,7 @@ impl RuleCompiler<'_> {
             .collect();
         if given.len() != 1 {
             return Err(format!(
-                "a rule has exactly one of all, any, not, count, sum, distinct_days, distinct, most_common, near; found {}",
+                "a rule has exactly one of all, any, not, count, sum, distinct_days, distinct, most_common, share, since_first_seen, since_last, near; found {}",
                 if given.is_empty() { "none".to_owned() } else { given.join(", ") }
             ));
         }
@@ -455,12 +514,21 @@ impl RuleCompiler<'_> {
         if let Some(rule) = &spec.not {
             return Ok(Rule::Not(Box::new(self.compile(rule)?)));
         }
+        let threshold = |threshold: &Option<Threshold>| -> Result<Option<f64>, String> {
+            match threshold {
+                None => Ok(None),
+                Some(Threshold::Number(number)) => Ok(Some(*number)),
+                Some(Threshold::Duration(text)) => parse_duration_ms(text)
+                    .map(|ms| Some(ms as f64))
+                    .ok_or_else(|| format!("`{text}` is neither a number nor a duration (e.g. 30d, 12h)")),
+            }
+        };
         let comparisons = [
-            spec.at_least.map(Comparison::AtLeast),
-            spec.at_most.map(Comparison::AtMost),
-            spec.equals.map(Comparison::Equals),
-            spec.more_than.map(Comparison::MoreThan),
-            spec.less_than.map(Comparison::LessThan),
+            threshold(&spec.at_least)?.map(Comparison::AtLeast),
+            threshold(&spec.at_most)?.map(Comparison::AtMost),
+            threshold(&spec.equals)?.map(Comparison::Equals),
+            threshold(&spec.more_than)?.map(Comparison::MoreThan),
+            threshold(&spec.less_than)?.map(Comparison::LessThan),
         ];
         let mut comparisons = comparisons.into_iter().flatten();
         let (Some(comparison), None) = (comparisons.next(), comparisons.next()) else {
@@ -522,6 +590,13 @@ impl RuleCompiler<'_> {
         if name == "near" {
             return self.compile_near(spec);
         }
+        if name == "since_first_seen" {
+            if spec.of.is_some() || spec.within.is_some() || !spec.filter.is_empty() {
+                return Err("`since_first_seen` counts from the user's first event of any kind: it takes no `of`, `where` or `within`".to_owned());
+            }
+            self.retention.first_seen = true;
+            return Ok(Measure::SinceFirstSeen);
+        }
         let source = match spec.of.as_deref() {
             Some("browse") => Source::Browse,
             Some("purchase") => Source::Purchase,
@@ -559,20 +634,34 @@ impl RuleCompiler<'_> {
                 let field = field()?;
                 Measure::Distinct { source, filters, field, window_ms: self.window(source, spec.within.as_deref())? }
             }
+            "since_last" => {
+                Measure::SinceLast { source, filters, window_ms: self.window(source, spec.within.as_deref())? }
+            }
             _ => {
-                let field = field()?;
                 let last =
-                    spec.last.filter(|last| *last > 0).ok_or("`most_common` needs `last`, a count above zero")?;
+                    spec.last.filter(|last| *last > 0).ok_or(format!("`{name}` needs `last`, a count above zero"))?;
                 if spec.within.is_some() {
-                    return Err("`most_common` reads the last N events; it takes `last`, not `within`".to_owned());
+                    return Err(format!("`{name}` reads the last N events; it takes `last`, not `within`"));
                 }
                 match source {
                     Source::Purchase | Source::PurchaseItem => {
                         self.retention.purchase_last = self.retention.purchase_last.max(last)
                     }
-                    _ => return Err("`most_common` reads purchases or purchase items".to_owned()),
+                    _ => return Err(format!("`{name}` reads purchases or purchase items")),
                 }
-                Measure::MostCommon { source, filters, field, last }
+                if name == "share" {
+                    if spec.satisfying.is_empty() {
+                        return Err("`share` needs `satisfying`, the condition whose share is measured".to_owned());
+                    }
+                    let satisfying = spec
+                        .satisfying
+                        .iter()
+                        .map(|(field, values)| self.compile_filter(source, field, values))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    Measure::Share { source, filters, satisfying, last }
+                } else {
+                    Measure::MostCommon { source, filters, field: field()?, last }
+                }
             }
         })
     }

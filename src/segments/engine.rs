@@ -171,6 +171,29 @@ pub fn measure(measure: &Measure, history: &History, now: i64) -> f64 {
             present.sort_unstable();
             present.chunk_by(|a, b| a == b).map(|run| run.len()).max().unwrap_or(0) as f64
         }
+        Measure::Share { source, filters, satisfying, last } => {
+            let (mut seen, mut satisfied) = (0usize, 0usize);
+            newest_first(history, *source, filters, |fact| {
+                if fact.ts() <= now {
+                    seen += 1;
+                    satisfied += usize::from(satisfying.iter().all(|filter| fact.matches(filter)));
+                }
+                if seen == *last {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            });
+            if seen < *last {
+                0.0
+            } else {
+                satisfied as f64 / *last as f64
+            }
+        }
+        Measure::SinceFirstSeen => history.first_seen.map_or(0.0, |first| (now - first) as f64),
+        Measure::SinceLast { source, filters, window_ms } => {
+            newest_in_window(history, *source, filters, now, *window_ms).map_or(f64::INFINITY, |ts| (now - ts) as f64)
+        }
         Measure::Near { places, radius_m, window_ms } => {
             let mut count = 0u64;
             within_window(history, Source::Location, &[], now, *window_ms, |fact| {
@@ -242,6 +265,51 @@ pub fn next_window_exit(history: &History, now: i64, windows: &[(Source, i64)]) 
         .min()
 }
 
+/// The time of the newest matching fact inside the window, if any.
+fn newest_in_window(history: &History, source: Source, filters: &[Filter], now: i64, window_ms: i64) -> Option<i64> {
+    let mut newest = None;
+    newest_first(history, source, filters, |fact| {
+        let ts = fact.ts();
+        if ts <= now - window_ms {
+            return ControlFlow::Break(());
+        }
+        if ts <= now {
+            newest = Some(ts);
+            return ControlFlow::Break(());
+        }
+        ControlFlow::Continue(())
+    });
+    newest
+}
+
+/// The earliest time after `now` at which a recency comparison in `rule`
+/// flips by time passing alone (its reference plus its threshold).
+pub fn next_recency_flip(rule: &Rule, history: &History, now: i64) -> Option<i64> {
+    match rule {
+        Rule::All(rules) | Rule::Any(rules) => {
+            rules.iter().filter_map(|rule| next_recency_flip(rule, history, now)).min()
+        }
+        Rule::Not(rule) => next_recency_flip(rule, history, now),
+        Rule::Compare { measure, comparison, .. } => {
+            let reference = match measure {
+                Measure::SinceFirstSeen => history.first_seen?,
+                Measure::SinceLast { source, filters, window_ms } => {
+                    newest_in_window(history, *source, filters, now, *window_ms)?
+                }
+                _ => return None,
+            };
+            let threshold = comparison.threshold();
+            if !threshold.is_finite() {
+                return None;
+            }
+            // The comparison can flip at reference + threshold, or one
+            // millisecond later (strict comparisons).
+            let at = reference.saturating_add(threshold.ceil() as i64);
+            [at, at.saturating_add(1)].into_iter().find(|moment| *moment > now)
+        }
+    }
+}
+
 /// The reason sentence with the captured figures filled in.
 pub fn render_reason(parts: &[TemplatePart], captures: &[f64]) -> String {
     let mut reason = String::new();
@@ -253,6 +321,11 @@ pub fn render_reason(parts: &[TemplatePart], captures: &[f64]) -> String {
                 let count = captures[*index] as i64;
                 reason.push_str(&format!("{count} {}", if count == 1 { singular } else { plural }));
             }
+            TemplatePart::Days(index) => match captures[*index] {
+                value if value.is_finite() => reason.push_str(&format!("{}", (value / DAY_MS as f64).floor() as i64)),
+                _ => reason.push_str("many"),
+            },
+            TemplatePart::Percent(index) => reason.push_str(&format!("{}%", (captures[*index] * 100.0).round() as i64)),
             TemplatePart::Cents(index) => {
                 let cents = captures[*index] as i64;
                 let sign = if cents < 0 { "-" } else { "" };

@@ -127,6 +127,7 @@ fn the_bundled_catalogue_keeps_facts_only_as_long_as_its_windows() {
             purchase_ms: 180 * DAY,
             purchase_last: 10,
             location_ms: HOUR,
+            first_seen: false,
             max_ms: MAX_RETENTION,
         }
     );
@@ -233,12 +234,12 @@ fn an_unknown_field_is_reported_where_it_is() {
         error(
             10,
             50,
-            "unknown field `colour`, expected one of `of`, `field`, `where`, `within`, `last`, `places`, `radius_m`"
+            "unknown field `colour`, expected one of `of`, `field`, `where`, `within`, `last`, `satisfying`, `places`, `radius_m`"
         )
     );
     assert_eq!(
         parse_err(&text).to_string(),
-        "test.toml:10:50: unknown field `colour`, expected one of `of`, `field`, `where`, `within`, `last`, `places`, `radius_m`"
+        "test.toml:10:50: unknown field `colour`, expected one of `of`, `field`, `where`, `within`, `last`, `satisfying`, `places`, `radius_m`"
     );
 }
 
@@ -252,7 +253,7 @@ fn two_measures_in_one_rule_are_refused() {
         error(
             4,
             1,
-            "segment `x`: a rule has exactly one of all, any, not, count, sum, distinct_days, distinct, most_common, near; found count, sum"
+            "segment `x`: a rule has exactly one of all, any, not, count, sum, distinct_days, distinct, most_common, share, since_first_seen, since_last, near; found count, sum"
         )
     );
 }
@@ -265,7 +266,7 @@ fn an_empty_rule_is_refused() {
         error(
             4,
             1,
-            "segment `x`: a rule has exactly one of all, any, not, count, sum, distinct_days, distinct, most_common, near; found none"
+            "segment `x`: a rule has exactly one of all, any, not, count, sum, distinct_days, distinct, most_common, share, since_first_seen, since_last, near; found none"
         )
     );
 }
@@ -312,7 +313,7 @@ fn a_reason_placeholder_without_a_capture_is_refused() {
     );
     assert_eq!(
         parse_err(&text),
-        error(4, 1, "segment `x`: unknown format `euros` in the reason (use `cents`, `singular/plural` or none)")
+        error(4, 1, "segment `x`: unknown format `euros` in the reason (use `cents`, `days`, `percent`, `singular/plural` or none)")
     );
 }
 
@@ -435,6 +436,7 @@ fn retention_is_the_longest_window_per_kind_of_fact() {
             purchase_ms: 12 * HOUR,
             purchase_last: 4,
             location_ms: 0,
+            first_seen: false,
             max_ms: MAX_RETENTION,
         }
     );
@@ -773,4 +775,95 @@ fn counted_figures_take_the_singular_only_for_one() {
     assert_eq!(render_reason(&parts, &[1.0]), "Bought 1 item.");
     assert_eq!(render_reason(&parts, &[0.0]), "Bought 0 items.");
     assert_eq!(render_reason(&parts, &[12.0]), "Bought 12 items.");
+}
+
+// --- share and recency -----------------------------------------------------
+
+fn rule_of(text: &str) -> Rule {
+    only_segment(&segment_with_rule(text)).rule
+}
+
+fn measure_of(rule: &Rule) -> &Measure {
+    match rule {
+        Rule::Compare { measure, .. } => measure,
+        other => panic!("a comparison expected, got {other:?}"),
+    }
+}
+
+#[test]
+fn share_is_the_part_of_the_last_n_matching_events_that_satisfy_the_condition() {
+    let rule = rule_of(
+        "{ share = { of = \"purchase\", last = 10, satisfying = { product_id = \"coffee\" } }, at_least = 0.9, as = \"s\" }",
+    );
+    let facts = |coffees: usize, total: usize| -> History {
+        purchases(
+            (0..total)
+                .map(|index| {
+                    let product = if index < total - coffees { "tea" } else { "coffee" };
+                    purchase(MIDNIGHT + index as i64, 100, vec![item(product, "food", 1, 100)])
+                })
+                .collect(),
+        )
+    };
+    let now = MIDNIGHT + DAY;
+    assert_eq!(measure(measure_of(&rule), &facts(9, 10), now), 0.9);
+    assert_eq!(measure(measure_of(&rule), &facts(9, 12), now), 0.9, "only the last 10 count");
+    assert_eq!(measure(measure_of(&rule), &facts(9, 9), now), 0.0, "fewer than 10 purchases: 0");
+    let mut captures = [0.0; 8];
+    assert!(evaluate(&rule, &facts(10, 10), now, &mut captures));
+    assert_eq!(render_reason(&[TemplatePart::Percent(0)], &captures), "100%");
+    assert!(!evaluate(&rule, &facts(8, 10), now, &mut captures));
+}
+
+#[test]
+fn recency_thresholds_accept_durations() {
+    let rule = rule_of("{ since_first_seen = {}, at_least = \"30d\" }");
+    assert!(
+        matches!(rule, Rule::Compare { measure: Measure::SinceFirstSeen, comparison: Comparison::AtLeast(t), .. } if t == (30 * DAY) as f64)
+    );
+    let error = parse_err(&segment_with_rule("{ since_first_seen = {}, at_least = \"a month\" }"));
+    assert_eq!(error.message, "segment `x`: `a month` is neither a number nor a duration (e.g. 30d, 12h)");
+    let error = parse_err(&segment_with_rule("{ since_first_seen = { of = \"browse\" }, at_least = 1 }"));
+    assert_eq!(
+        error.message,
+        "segment `x`: `since_first_seen` counts from the user's first event of any kind: it takes no `of`, `where` or `within`"
+    );
+    assert!(only_segment(&segment_with_rule("{ since_first_seen = {}, at_least = 1 }")).retention.first_seen);
+}
+
+#[test]
+fn since_first_seen_and_since_last_measure_time_from_their_reference() {
+    let first_seen = rule_of("{ since_first_seen = {}, at_least = \"30d\" }");
+    let since_last = rule_of(
+        "{ since_last = { of = \"browse\", where = { category = \"running\" }, within = \"90d\" }, at_least = \"7d\" }",
+    );
+    let mut history = browses(vec![browse(MIDNIGHT, Some("running")), browse(MIDNIGHT + 2 * DAY, Some("books"))]);
+    history.first_seen = Some(MIDNIGHT - DAY);
+    let now = MIDNIGHT + 3 * DAY;
+    assert_eq!(measure(measure_of(&first_seen), &history, now), (4 * DAY) as f64);
+    assert_eq!(measure(measure_of(&since_last), &history, now), (3 * DAY) as f64, "the newest running browse");
+    assert_eq!(measure(measure_of(&since_last), &browses(vec![]), now), f64::INFINITY, "never: infinitely long ago");
+    assert_eq!(measure(measure_of(&first_seen), &History::default(), now), 0.0);
+}
+
+#[test]
+fn recency_comparisons_flip_at_reference_plus_threshold() {
+    use super::engine::next_recency_flip;
+    let at_least = rule_of("{ since_first_seen = {}, at_least = \"30d\" }");
+    let more_than = rule_of("{ since_first_seen = {}, more_than = \"30d\" }");
+    let history = History { first_seen: Some(MIDNIGHT), ..History::default() };
+    assert_eq!(next_recency_flip(&at_least, &history, MIDNIGHT + DAY), Some(MIDNIGHT + 30 * DAY));
+    assert_eq!(next_recency_flip(&at_least, &history, MIDNIGHT + 30 * DAY), Some(MIDNIGHT + 30 * DAY + 1));
+    assert_eq!(next_recency_flip(&more_than, &history, MIDNIGHT + 31 * DAY), None, "already flipped");
+    let mut captures = [0.0; 8];
+    assert!(!evaluate(&at_least, &history, MIDNIGHT + 30 * DAY - 1, &mut captures));
+    assert!(evaluate(&at_least, &history, MIDNIGHT + 30 * DAY, &mut captures));
+    assert!(!evaluate(&more_than, &history, MIDNIGHT + 30 * DAY, &mut captures));
+    assert!(evaluate(&more_than, &history, MIDNIGHT + 30 * DAY + 1, &mut captures));
+}
+
+#[test]
+fn days_print_whole_days_and_never_as_many() {
+    assert_eq!(render_reason(&[TemplatePart::Days(0)], &[(3 * DAY + 5 * HOUR) as f64]), "3");
+    assert_eq!(render_reason(&[TemplatePart::Days(0)], &[f64::INFINITY]), "many");
 }

@@ -61,6 +61,9 @@ pub struct History {
     pub browses: VecDeque<BrowseFact>,
     pub purchases: VecDeque<PurchaseFact>,
     pub locations: VecDeque<LocationFact>,
+    /// The time of the user's first applied event, kept only while a segment
+    /// measures time since first seen.
+    pub first_seen: Option<i64>,
 }
 
 /// How long each kind of fact is kept: the longest window any segment reads,
@@ -71,6 +74,8 @@ pub struct Retention {
     pub purchase_ms: i64,
     pub purchase_last: usize,
     pub location_ms: i64,
+    /// Whether a segment measures time since the user was first seen.
+    pub first_seen: bool,
     /// Nothing is kept longer than this, whatever a rule asks (data minimisation).
     pub max_ms: i64,
 }
@@ -83,6 +88,7 @@ impl Retention {
             purchase_ms: self.purchase_ms.max(other.purchase_ms),
             purchase_last: self.purchase_last.max(other.purchase_last),
             location_ms: self.location_ms.max(other.location_ms),
+            first_seen: self.first_seen || other.first_seen,
             max_ms: self.max_ms.max(other.max_ms),
         }
     }
@@ -91,11 +97,19 @@ impl Retention {
 impl History {
     /// Whether nothing is retained.
     pub fn is_empty(&self) -> bool {
-        self.browses.is_empty() && self.purchases.is_empty() && self.locations.is_empty()
+        self.browses.is_empty() && self.purchases.is_empty() && self.locations.is_empty() && self.first_seen.is_none()
+    }
+
+    /// Notes an applied event's time (for `since_first_seen`).
+    pub fn seen_at(&mut self, ts: i64) {
+        self.first_seen = Some(self.first_seen.map_or(ts, |first| first.min(ts)));
     }
 
     /// Drops facts no segment can read any more at time `now`.
     pub fn prune(&mut self, now: i64, retention: &Retention) {
+        if !retention.first_seen {
+            self.first_seen = None;
+        }
         let expired = |ts: i64, window_ms: i64| ts <= now - window_ms.min(retention.max_ms);
         while self.browses.front().is_some_and(|fact| expired(fact.ts, retention.browse_ms)) {
             self.browses.pop_front();
