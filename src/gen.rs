@@ -15,8 +15,15 @@ use std::time::{Duration, Instant};
 #[derive(Debug, clap::Args)]
 pub struct GenOptions {
     /// The configuration file naming the cluster and topics.
+    #[arg(long, required_unless_present = "output")]
+    pub config: Option<std::path::PathBuf>,
+    /// Write the records to this file as JSON lines (the `tactful replay`
+    /// format) instead of producing them to Kafka.
     #[arg(long)]
-    pub config: std::path::PathBuf,
+    pub output: Option<std::path::PathBuf>,
+    /// End of the simulated period, epoch milliseconds (default: now).
+    #[arg(long)]
+    pub end_ms: Option<i64>,
     /// Synthetic users.
     #[arg(long, default_value_t = 100_000)]
     pub users: usize,
@@ -69,8 +76,7 @@ pub fn run(config: &Config, options: &GenOptions, runtime: &tokio::runtime::Hand
         InputKind::Location => &topics.location,
         InputKind::Consent => &topics.consent,
     };
-    let mut population =
-        Population::new(options.seed, options.users.max(1), options.events, options.days, crate::pipeline::now_ms());
+    let mut population = population(options);
     let started = Instant::now();
     let mut last_report = Instant::now();
     let mut produced = 0u64;
@@ -113,6 +119,50 @@ pub fn run(config: &Config, options: &GenOptions, runtime: &tokio::runtime::Hand
         produced as f64 / started.elapsed().as_secs_f64()
     );
     Ok(produced)
+}
+
+fn population(options: &GenOptions) -> Population {
+    let end_ms = options.end_ms.unwrap_or_else(crate::pipeline::now_ms);
+    Population::new(options.seed, options.users.max(1), options.events, options.days, end_ms)
+}
+
+/// Writes the population's records to `path` as JSON lines, each with its
+/// `kind`. Deliberately bad records are left out: a JSON line cannot carry a
+/// wrong key or garbage bytes.
+pub fn write_json_lines(options: &GenOptions, path: &std::path::Path) -> std::io::Result<u64> {
+    use crate::codec::{Codec, Decoded};
+    use crate::model::Event;
+    use std::io::Write;
+    let codec = Codec::new(&[]).map_err(std::io::Error::other)?;
+    let mut population = population(options);
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let mut written = 0;
+    let mut records = population.consent_records();
+    records.extend((0..options.events).map(|_| population.next_record()));
+    for record in records {
+        let line = match &record.value {
+            None => serde_json::json!({"kind": "consent", "user_id": record.key, "tombstone": true}),
+            Some(bytes) => {
+                let (user_id, mut json) = match codec.decode(record.kind, bytes) {
+                    Ok(Decoded::Event(Event::Browse(event))) => (event.user_id.clone(), serde_json::to_value(event)?),
+                    Ok(Decoded::Event(Event::Purchase(event))) => (event.user_id.clone(), serde_json::to_value(event)?),
+                    Ok(Decoded::Event(Event::Location(event))) => (event.user_id.clone(), serde_json::to_value(event)?),
+                    Ok(Decoded::Consent(change)) => (change.user_id.clone(), serde_json::to_value(change)?),
+                    Err(_) => continue,
+                };
+                if user_id != record.key {
+                    continue;
+                }
+                json["kind"] = serde_json::Value::from(record.kind.as_str());
+                json
+            }
+        };
+        serde_json::to_writer(&mut out, &line)?;
+        out.write_all(b"\n")?;
+        written += 1;
+    }
+    out.flush()?;
+    Ok(written)
 }
 
 fn create_inputs(

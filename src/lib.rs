@@ -14,6 +14,7 @@ pub mod gen;
 pub mod model;
 pub mod pipeline;
 pub mod processor;
+pub mod replay;
 pub mod segments;
 pub mod state;
 pub mod synthetic;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use tactful::config::Config;
 use tactful::pipeline::{self, Health};
 use tactful::processor::Processor;
-use tactful::{admin, codec::Codec, demo, gen, telemetry};
+use tactful::{admin, codec::Codec, demo, gen, replay, telemetry};
 
 /// Consent-first streaming personalization.
 #[derive(Parser)]
@@ -30,6 +30,8 @@ enum Command {
     },
     /// Run the whole pipeline in-process on a synthetic population, no Kafka needed.
     Demo(demo::DemoOptions),
+    /// Run segment definitions over a file of recorded events, offline.
+    Replay(replay::ReplayOptions),
     /// Produce a synthetic event load into the configured Kafka topics, with progress.
     Gen(gen::GenOptions),
     /// Validate a configuration file and the segment file it names; exit 1 if invalid.
@@ -47,6 +49,7 @@ fn main() -> ExitCode {
         Command::Demo(options) => demo::run(&options).map_err(anyhow::Error::from),
         Command::Check { config } => check(&config),
         Command::Gen(options) => generate(&options),
+        Command::Replay(options) => replay_file(&options),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -72,8 +75,32 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn replay_file(options: &replay::ReplayOptions) -> anyhow::Result<()> {
+    let outcome = replay::run(options)?;
+    let tally = &outcome.tally;
+    println!(
+        "replayed {} records: applied {}, dropped {}, bad {}; {} profile updates, {} erasures",
+        tally.records(),
+        tally.applied.iter().sum::<u64>(),
+        tally.dropped.values().sum::<u64>(),
+        tally.rejected.values().sum::<u64>(),
+        tally.updates,
+        tally.tombstones
+    );
+    for (id, size) in &outcome.sizes {
+        println!("  {id:<20} {size}");
+    }
+    Ok(())
+}
+
 fn generate(options: &gen::GenOptions) -> anyhow::Result<()> {
-    let config = Config::load(&options.config)?;
+    if let Some(path) = &options.output {
+        let written = gen::write_json_lines(options, path).with_context(|| format!("write {}", path.display()))?;
+        eprintln!("tactful gen: wrote {written} records to {}", path.display());
+        return Ok(());
+    }
+    let Some(config) = &options.config else { anyhow::bail!("--config or --output is needed") };
+    let config = Config::load(config)?;
     let runtime =
         tokio::runtime::Builder::new_current_thread().enable_all().build().context("start the async runtime")?;
     gen::run(&config, options, runtime.handle())?;

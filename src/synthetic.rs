@@ -31,6 +31,7 @@ enum Persona {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum ConsentMix {
     Everything,
+    EverythingWithSensitive,
     Light,
     NoLocation,
     CoarseLocation,
@@ -42,7 +43,8 @@ enum ConsentMix {
 impl ConsentMix {
     fn pick(roll: u32) -> Self {
         match roll {
-            0..45 => Self::Everything,
+            0..40 => Self::Everything,
+            40..45 => Self::EverythingWithSensitive,
             45..60 => Self::Light,
             60..70 => Self::NoLocation,
             70..80 => Self::CoarseLocation,
@@ -56,6 +58,20 @@ impl ConsentMix {
         let (granted, level): (&[&str], _) = match self {
             Self::Everything => (
                 &["personalization", "location", "precise_location", "measurement", "web", "email", "push", "ads"],
+                PersonalizationLevel::Full,
+            ),
+            Self::EverythingWithSensitive => (
+                &[
+                    "personalization",
+                    "location",
+                    "precise_location",
+                    "sensitive",
+                    "measurement",
+                    "web",
+                    "email",
+                    "push",
+                    "ads",
+                ],
                 PersonalizationLevel::Full,
             ),
             Self::Light => (&["personalization", "web", "email"], PersonalizationLevel::Light),
