@@ -1,18 +1,23 @@
 //! The admin HTTP endpoint, on loopback by default: `/healthz`, `/readyz`,
 //! `/metrics` (Prometheus text, no personal data) and, only when an API token
-//! is configured, the explain API `GET /v1/profiles/{user_id}` behind it.
+//! is configured, the explain API behind it: `GET /v1/profiles/{user_id}`,
+//! its `/export` download, `POST /v1/profiles/{user_id}/erase` and
+//! `GET /v1/erasures/{receipt}`.
 
-use crate::pipeline::Health;
+use crate::erasure::Erasures;
+use crate::pipeline::{now_ms, Health};
 use crate::processor::Processor;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 #[derive(Clone)]
 struct AdminState {
@@ -20,12 +25,19 @@ struct AdminState {
     metrics: PrometheusHandle,
 }
 
-/// What the explain API needs: the token callers must present and the state.
+/// What the explain API needs: the token callers must present, the state,
+/// and a producer to record erasures on the consent topic.
 #[derive(Clone)]
 pub struct ExplainApi {
     pub token: Arc<str>,
     pub processor: Arc<Processor>,
+    pub erasures: Arc<Erasures>,
+    pub consent_producer: FutureProducer,
+    pub consent_topic: Arc<str>,
 }
+
+/// How long an erasure request waits for Kafka to acknowledge its tombstone.
+const ERASURE_SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The admin routes; the explain API only when `explain` is given.
 pub fn router(health: Arc<Health>, metrics: PrometheusHandle, explain: Option<ExplainApi>) -> Router {
@@ -35,7 +47,14 @@ pub fn router(health: Arc<Health>, metrics: PrometheusHandle, explain: Option<Ex
         .route("/metrics", get(render_metrics))
         .with_state(AdminState { health, metrics });
     match explain {
-        Some(explain) => router.merge(Router::new().route("/v1/profiles/{user_id}", get(profile)).with_state(explain)),
+        Some(explain) => router.merge(
+            Router::new()
+                .route("/v1/profiles/{user_id}", get(profile))
+                .route("/v1/profiles/{user_id}/export", get(export))
+                .route("/v1/profiles/{user_id}/erase", post(erase))
+                .route("/v1/erasures/{receipt}", get(erasure_status))
+                .with_state(explain),
+        ),
         None => router,
     }
 }
@@ -53,14 +72,72 @@ fn authorized(headers: &HeaderMap, token: &str) -> bool {
     given.len() == token.len() && given.bytes().zip(token.bytes()).fold(0u8, |diff, (a, b)| diff | (a ^ b)) == 0
 }
 
+/// The same answer for any request without the right token: no hint whether a user exists.
+fn unauthorized() -> Response {
+    (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer")], "unauthorized\n").into_response()
+}
+
+fn nothing_held() -> Response {
+    (StatusCode::NOT_FOUND, "no data is held about this user\n").into_response()
+}
+
 async fn profile(State(explain): State<ExplainApi>, headers: HeaderMap, Path(user_id): Path<String>) -> Response {
-    // The same answer for any user without the right token: no hint whether they exist.
     if !authorized(&headers, &explain.token) {
-        return (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer")], "unauthorized\n").into_response();
+        return unauthorized();
     }
     match explain.processor.explain(&user_id) {
         Some(explanation) => Json(explanation).into_response(),
-        None => (StatusCode::NOT_FOUND, "no data is held about this user\n").into_response(),
+        None => nothing_held(),
+    }
+}
+
+/// The data-subject access download: the same document, as a file.
+async fn export(State(explain): State<ExplainApi>, headers: HeaderMap, Path(user_id): Path<String>) -> Response {
+    if !authorized(&headers, &explain.token) {
+        return unauthorized();
+    }
+    match explain.processor.explain(&user_id) {
+        Some(explanation) => {
+            ([(header::CONTENT_DISPOSITION, "attachment; filename=\"tactful-profile.json\"")], Json(explanation))
+                .into_response()
+        }
+        None => nothing_held(),
+    }
+}
+
+/// Records the erasure durably (a consent tombstone) and returns a receipt.
+async fn erase(State(explain): State<ExplainApi>, headers: HeaderMap, Path(user_id): Path<String>) -> Response {
+    if !authorized(&headers, &explain.token) {
+        return unauthorized();
+    }
+    let receipt = format!("{:032x}", rand::random::<u128>());
+    // Opened before the tombstone is sent: the pipeline may apply it at once.
+    explain.erasures.open(&receipt, &user_id, now_ms());
+    let tombstone = FutureRecord::<str, ()>::to(&explain.consent_topic).key(&user_id);
+    match explain.consent_producer.send(tombstone, ERASURE_SEND_TIMEOUT).await {
+        Ok(_) => {
+            explain.erasures.recorded(&receipt, now_ms());
+            let status = format!("/v1/erasures/{receipt}");
+            (StatusCode::ACCEPTED, Json(serde_json::json!({"receipt": receipt, "status": status}))).into_response()
+        }
+        Err((error, _)) => {
+            tracing::warn!(%error, "could not record an erasure request");
+            (StatusCode::SERVICE_UNAVAILABLE, "the erasure could not be recorded; try again\n").into_response()
+        }
+    }
+}
+
+async fn erasure_status(
+    State(explain): State<ExplainApi>,
+    headers: HeaderMap,
+    Path(receipt): Path<String>,
+) -> Response {
+    if !authorized(&headers, &explain.token) {
+        return unauthorized();
+    }
+    match explain.erasures.status(&receipt) {
+        Some(status) => Json(status).into_response(),
+        None => (StatusCode::NOT_FOUND, "no such receipt\n").into_response(),
     }
 }
 

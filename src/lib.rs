@@ -9,6 +9,7 @@ pub mod codec;
 pub mod config;
 pub mod consent;
 pub mod demo;
+pub mod erasure;
 pub mod explain;
 pub mod gen;
 pub mod model;

@@ -3,11 +3,13 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use rdkafka::producer::FutureProducer;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tactful::config::Config;
+use tactful::erasure::Erasures;
 use tactful::pipeline::{self, Health};
 use tactful::processor::Processor;
 use tactful::{admin, codec::Codec, demo, gen, replay, telemetry};
@@ -126,10 +128,25 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
     let listener = runtime
         .block_on(admin::bind(config.admin_listen))
         .with_context(|| format!("bind the admin endpoint to {}", config.admin_listen))?;
-    let explain = config
-        .admin_api_token
-        .as_deref()
-        .map(|token| admin::ExplainApi { token: Arc::from(token), processor: processor.clone() });
+    let erasures = Arc::new(Erasures::default());
+    let explain = match config.admin_api_token.as_deref() {
+        Some(token) => {
+            let consent_producer: FutureProducer = pipeline::client_config(&config)
+                // Where the data platform's Java clients put the user's consent records.
+                .set("partitioner", "murmur2_random")
+                .set("enable.idempotence", "true")
+                .create()
+                .context("create the erasure producer")?;
+            Some(admin::ExplainApi {
+                token: Arc::from(token),
+                processor: processor.clone(),
+                erasures: erasures.clone(),
+                consent_producer,
+                consent_topic: Arc::from(config.topics.consent.as_str()),
+            })
+        }
+        None => None,
+    };
     let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
     let admin_task =
         runtime.spawn(admin::serve(listener, admin::router(health.clone(), metrics, explain), async move {
@@ -145,7 +162,7 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
     tracing::info!(app = %config.app_id, segments = config.catalogue.segments.len(), "starting");
     let handle = runtime.handle().clone();
     let result = std::thread::scope(|scope| {
-        scope.spawn(|| pipeline::run(&config, &processor, &health, &shutdown, &handle)).join()
+        scope.spawn(|| pipeline::run(&config, &processor, &erasures, &health, &shutdown, &handle)).join()
     });
     let _ = stop_admin.send(());
     if let Ok(Ok(Err(error))) =

@@ -549,3 +549,60 @@ fn expecting_parent_needs_explicit_sensitive_consent_and_withdrawing_it_removes_
     assert!(last.segments.is_empty());
     assert_eq!(explain("yes")["data_held"], serde_json::json!([]));
 }
+
+#[test]
+fn erasure_through_the_api_publishes_a_tombstone_and_completes_its_receipt() {
+    let topics = Topics::create("erase");
+    let token = "erasure-test-token-4242";
+    let pipeline = Pipeline::start_full(&topics, "", &format!("api_token = \"{token}\""), "info");
+    let producer = Producer::new();
+    let t = base_time();
+    producer.send_keyed(&topics.consent, "leaver", &to_json(&consent("leaver", t - 1000, EVERYTHING, "FULL")));
+    producer.send_keyed(&topics.browse, "leaver", &to_json(&browse("leaver", t, "books")));
+    assert_eq!(of_user(&read_profiles(&topics), "leaver").len(), 1);
+    let port = pipeline.admin_port;
+    let bearer = format!("Authorization: Bearer {token}");
+
+    // Without the token nothing happens, whoever the user.
+    for path in ["/v1/profiles/leaver/erase", "/v1/profiles/nobody/erase"] {
+        assert_eq!(http(port, "POST", path, &[]).map(|(status, _, _)| status), Some(401));
+    }
+    assert_eq!(http(port, "GET", "/v1/erasures/whatever", &[]).map(|(status, _, _)| status), Some(401));
+
+    let (status, head, body) = http(port, "GET", "/v1/profiles/leaver/export", &[&bearer]).unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        head.to_lowercase().contains("content-disposition: attachment; filename=\"tactful-profile.json\""),
+        "{head}"
+    );
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["user_id"], "leaver");
+
+    let (status, _, body) = http(port, "POST", "/v1/profiles/leaver/erase", &[&bearer]).unwrap();
+    assert_eq!(status, 202, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let receipt = answer["receipt"].as_str().unwrap().to_owned();
+    assert_eq!(answer["status"], format!("/v1/erasures/{receipt}"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        let (code, _, body) = http(port, "GET", &format!("/v1/erasures/{receipt}"), &[&bearer]).unwrap();
+        assert_eq!(code, 200, "{body}");
+        let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if status["complete"] == true {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "the erasure did not complete: {status}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let requested = status["requested_at"].as_i64().unwrap();
+    let cleared = status["profile_topic_cleared_at"].as_i64().unwrap();
+    assert!(status["recorded_at"].as_i64().unwrap() >= requested);
+    assert!(status["state_cleared_at"].as_i64().unwrap() >= requested);
+    assert!(cleared >= status["state_cleared_at"].as_i64().unwrap());
+    eprintln!("erasure request to acknowledged profile tombstone: {} ms", cleared - requested);
+
+    let records = read_profiles(&topics);
+    assert_eq!(of_user(&records, "leaver").last().unwrap(), &&None, "a tombstone on profiles.updates");
+    let consent_records = read_all(&topics.consent);
+    assert!(consent_records.iter().any(|message| message.key() == Some(&b"leaver"[..]) && message.payload().is_none()));
+    assert_eq!(http_get_with(port, "/v1/profiles/leaver", &[&bearer]).map(|(status, _)| status), Some(404));
+}

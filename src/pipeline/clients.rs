@@ -129,7 +129,7 @@ pub struct Clients {
     dead_letters_topic: String,
 }
 
-pub(super) fn base_config(config: &Config) -> ClientConfig {
+pub(crate) fn base_config(config: &Config) -> ClientConfig {
     let mut client = ClientConfig::new();
     client.set("bootstrap.servers", &config.bootstrap_servers);
     for (key, value) in &config.client_properties {

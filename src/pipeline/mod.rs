@@ -11,6 +11,7 @@ mod clients;
 mod consent_table;
 
 use crate::config::Config;
+use crate::erasure::Erasures;
 use crate::model::InputKind;
 use crate::processor::{Outcome, Output, Processor};
 use crate::telemetry::{record_segment_sizes, Tally};
@@ -24,6 +25,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub use clients::check_topics;
+
+/// A client configuration with the cluster address and the configured
+/// extra librdkafka settings.
+pub fn client_config(config: &Config) -> rdkafka::config::ClientConfig {
+    clients::base_config(config)
+}
 
 /// A failure that stops the pipeline. Kafka errors are the outside system's;
 /// the process exits non-zero and uncommitted records are read again on restart.
@@ -57,6 +64,7 @@ pub fn now_ms() -> i64 {
 pub fn run(
     config: &Config,
     processor: &Processor,
+    erasures: &Erasures,
     health: &Health,
     shutdown: &AtomicBool,
     runtime: &tokio::runtime::Handle,
@@ -64,10 +72,11 @@ pub fn run(
     let partitions = check_topics(config, runtime)?;
     let clients = Clients::connect(config)?;
     let mut consent = ConsentTable::open(config, partitions)?;
-    let mut batch = Batch::new(config, processor);
+    let mut batch = Batch::new(config, processor, erasures);
     consent.catch_up(&mut batch)?;
-    let loaded = batch.send(&clients)?;
+    let (loaded, erased) = batch.send(&clients)?;
     clients.wait_until_acknowledged(loaded)?;
+    erasures_acknowledged(erasures, &erased);
     tracing::info!(consent_records = batch.tally.applied[3], "consent table loaded");
     batch.tally.flush_to_metrics();
 
@@ -81,7 +90,7 @@ pub fn run(
     let poll_timeout = Duration::from_millis(config.poll_timeout_ms);
     // The batch before this one: its outputs are in flight while this one is
     // processed; its offsets are committed once they are all acknowledged.
-    let mut in_flight: Option<(u64, TopicPartitionList)> = None;
+    let mut in_flight: Option<(u64, TopicPartitionList, Vec<String>)> = None;
     while !shutdown.load(Ordering::Acquire) {
         // A batch collects records for up to `poll_timeout` or until it is
         // full: larger batches amortise the consent catch-up and the commit.
@@ -107,11 +116,12 @@ pub fn run(
         }
         batch.advance_event_time(config.allowed_lateness_ms);
         let applied = Instant::now();
-        let mark = batch.send(&clients)?;
+        let (mark, erased) = batch.send(&clients)?;
         let offsets = next_offsets(&messages)?;
         drop(messages);
-        if let Some((previous_mark, previous_offsets)) = in_flight.take() {
+        if let Some((previous_mark, previous_offsets, previous_erased)) = in_flight.take() {
             clients.wait_until_acknowledged(previous_mark)?;
+            erasures_acknowledged(erasures, &previous_erased);
             commit(&clients, &previous_offsets, CommitMode::Async)?;
         }
         if offsets.count() > 0 {
@@ -123,12 +133,13 @@ pub fn run(
                 "batch"
             );
         }
-        in_flight = Some((mark, offsets));
+        in_flight = Some((mark, offsets, erased));
         batch.tally.flush_to_metrics();
         record_segment_sizes(processor.segment_sizes());
     }
-    if let Some((mark, offsets)) = in_flight {
+    if let Some((mark, offsets, erased)) = in_flight {
         clients.wait_until_acknowledged(mark)?;
+        erasures_acknowledged(erasures, &erased);
         commit(&clients, &offsets, CommitMode::Sync)?;
     }
     health.ready.store(false, Ordering::Release);
@@ -147,6 +158,14 @@ fn poll<'a>(clients: &'a Clients, timeout: Duration) -> Result<Option<BorrowedMe
             tracing::warn!(%error, "event consumer error");
             Ok(None)
         }
+    }
+}
+
+/// The profile tombstones of these erased users are acknowledged.
+fn erasures_acknowledged(erasures: &Erasures, erased: &[String]) {
+    let now = now_ms();
+    for user_id in erased {
+        erasures.profile_cleared(user_id, now);
     }
 }
 
@@ -177,6 +196,9 @@ fn commit(clients: &Clients, offsets: &TopicPartitionList, mode: CommitMode) -> 
 /// The effects of the records processed since the last commit.
 pub(crate) struct Batch<'a> {
     processor: &'a Processor,
+    erasures: &'a Erasures,
+    /// Users erased by a consent tombstone whose profile tombstone is in this batch.
+    erased: Vec<String>,
     dead_letters_enabled: bool,
     kinds: BTreeMap<String, InputKind>,
     outputs: Vec<Output>,
@@ -190,7 +212,7 @@ pub(crate) struct Batch<'a> {
 }
 
 impl<'a> Batch<'a> {
-    fn new(config: &Config, processor: &'a Processor) -> Self {
+    fn new(config: &Config, processor: &'a Processor, erasures: &'a Erasures) -> Self {
         let topics = &config.topics;
         let kinds = [
             (&topics.browse, InputKind::Browse),
@@ -202,6 +224,8 @@ impl<'a> Batch<'a> {
         .collect();
         Self {
             processor,
+            erasures,
+            erased: Vec::new(),
             dead_letters_enabled: config.dead_letters_enabled,
             kinds,
             outputs: Vec::new(),
@@ -254,14 +278,24 @@ impl<'a> Batch<'a> {
                 self.dead_letters.push(DeadLetter::of(message, rejection.reason()));
             }
         }
+        if kind == InputKind::Consent && message.payload().is_none() && processed.outcome == Outcome::Applied {
+            if let Some(user_id) = message.key().and_then(|key| std::str::from_utf8(key).ok()) {
+                let tombstone = matches!(processed.output, Some(Output::Tombstone { .. }));
+                self.erasures.state_cleared(user_id, tombstone, now_ms());
+                if tombstone {
+                    self.erased.push(user_id.to_owned());
+                }
+            }
+        }
         self.outputs.extend(processed.output);
     }
 
-    /// Sends every output and dead letter; returns the acknowledgement mark.
-    fn send(&mut self, clients: &Clients) -> Result<u64, PipelineError> {
+    /// Sends every output and dead letter; returns the acknowledgement mark
+    /// and the users whose erasure completes with it.
+    fn send(&mut self, clients: &Clients) -> Result<(u64, Vec<String>), PipelineError> {
         let mark = clients.send_all(self.processor.codec(), &self.outputs, &self.dead_letters)?;
         self.outputs.clear();
         self.dead_letters.clear();
-        Ok(mark)
+        Ok((mark, std::mem::take(&mut self.erased)))
     }
 }

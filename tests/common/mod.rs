@@ -229,15 +229,20 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
 
 /// A plain HTTP/1.0 GET on loopback with extra header lines: (status, body).
 pub fn http_get_with(port: u16, path: &str, headers: &[&str]) -> Option<(u16, String)> {
+    http(port, "GET", path, headers).map(|(status, _, body)| (status, body))
+}
+
+/// A plain HTTP/1.0 request on loopback: (status, head, body).
+pub fn http(port: u16, method: &str, path: &str, headers: &[&str]) -> Option<(u16, String, String)> {
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(15))).ok()?;
     let extra: String = headers.iter().map(|header| format!("{header}\r\n")).collect();
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{extra}\r\n").ok()?;
+    write!(stream, "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n{extra}\r\n").ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     let status = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
-    Some((status, body))
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    Some((status, head.to_owned(), body.to_owned()))
 }
 
 /// Produces raw records the way another team's client would.
