@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::model::{BrowseEvent, EventConsent, LocationEvent, PurchaseEvent, PurchaseItem};
+use crate::state::History;
 use proptest::prelude::*;
 use serde::Serialize;
 
@@ -1295,4 +1296,132 @@ rule.all = [
     let [Output::Update(gone)] = outputs.as_slice() else { panic!("one update expected, got {outputs:?}") };
     assert_eq!(gone.exited, strings(&["lapsed_buyer"]));
     assert_eq!(gone.ts, T0 + 130 * DAY);
+}
+
+// ---- The processor against a brute-force oracle ------------------------------
+
+/// One step of a random stream for one user.
+#[derive(Clone, Debug)]
+enum Step {
+    Browse {
+        gap_ms: i64,
+        category: &'static str,
+    },
+    Purchase {
+        gap_ms: i64,
+        product: &'static str,
+        category: &'static str,
+        cents: i64,
+    },
+    Location {
+        gap_ms: i64,
+        near: bool,
+    },
+    /// Event time moves on (other users' events) to this long after the newest event.
+    Advance {
+        gap_ms: i64,
+    },
+}
+
+fn any_gap() -> impl Strategy<Value = i64> {
+    // From minutes to weeks, and now and then an event up to an hour late.
+    prop_oneof![
+        4 => 0..2 * HOUR,
+        3 => 0..3 * DAY,
+        1 => 0..40 * DAY,
+        1 => -HOUR..0,
+    ]
+}
+
+fn any_step() -> impl Strategy<Value = Step> {
+    let category = prop_oneof![Just("running"), Just("books"), Just("home")];
+    prop_oneof![
+        4 => (any_gap(), category.clone()).prop_map(|(gap_ms, category)| Step::Browse { gap_ms, category }),
+        3 => (any_gap(), prop_oneof![Just("coffee"), Just("tea"), Just("shoe")], category, 100..40_000i64)
+            .prop_map(|(gap_ms, product, category, cents)| Step::Purchase { gap_ms, product, category, cents }),
+        2 => (any_gap(), any::<bool>()).prop_map(|(gap_ms, near)| Step::Location { gap_ms, near }),
+        1 => (0..10 * DAY).prop_map(|gap_ms| Step::Advance { gap_ms }),
+    ]
+}
+
+/// What the memberships must be after `facts` at `now`: every eligible segment
+/// evaluated over everything ever applied, with no pruning.
+fn oracle(catalogue: &Catalogue, facts: &History, now: i64) -> Vec<(String, String)> {
+    let granted: Purposes = [
+        Purpose::Personalization,
+        Purpose::Location,
+        Purpose::PreciseLocation,
+        Purpose::Web,
+        Purpose::Email,
+        Purpose::Push,
+        Purpose::Ads,
+    ]
+    .into_iter()
+    .collect();
+    let mut expected: Vec<(String, String)> = catalogue
+        .segments
+        .iter()
+        .filter(|segment| eligible(segment, PersonalizationLevel::Full, granted))
+        .filter_map(|segment| {
+            let mut figures = [0.0; MAX_CAPTURES];
+            evaluate(&segment.rule, facts, now, &mut figures)
+                .then(|| (segment.id.clone(), render_reason(&segment.reason, &figures)))
+        })
+        .collect();
+    expected.sort();
+    expected
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    #[test]
+    fn published_memberships_always_equal_a_recomputation_over_every_event(steps in proptest::collection::vec(any_step(), 1..60)) {
+        let h = harness();
+        let catalogue = h.processor.catalogue().clone();
+        applied_silently(h.consent("u", &LOCATION_GRANTS, PersonalizationLevel::Full, T0 - DAY));
+        let mut all = History::default();
+        let (mut newest, mut watermark) = (T0, T0);
+        for step in steps {
+            let gap = match &step {
+                Step::Browse { gap_ms, .. } | Step::Purchase { gap_ms, .. } | Step::Location { gap_ms, .. } => *gap_ms,
+                Step::Advance { .. } => 0,
+            };
+            // Late events may not go back past the watermark (time-driven
+            // changes up to it are already published).
+            let ts = (newest + gap).max(watermark + 1);
+            match step {
+                Step::Browse { category, .. } => {
+                    h.browse("u", ts, Some(category));
+                    insert_by_time(&mut all.browses, BrowseFact { ts, page_type: hash_value("product"), category: Some(hash_value(category)), product: Some(hash_value(&format!("{category}-item"))) }, |fact| fact.ts);
+                }
+                Step::Purchase { product, category, cents, .. } => {
+                    h.purchase("u", ts, &[(product, category, 1, cents)]);
+                    let item = ItemFact { category: hash_value(category), product: hash_value(product), quantity: 1, price_cents: cents, sensitive: false };
+                    insert_by_time(&mut all.purchases, PurchaseFact { ts, currency: hash_value("EUR"), total_cents: cents, items: vec![item] }, |fact| fact.ts);
+                }
+                Step::Location { near, .. } => {
+                    let at = if near { BERLIN_STORE } else { (52.40, 13.10) };
+                    h.location("u", ts, at);
+                    insert_by_time(&mut all.locations, LocationFact { ts, lat: at.0, lon: at.1 }, |fact| fact.ts);
+                }
+                Step::Advance { gap_ms } => {
+                    watermark = watermark.max(newest + gap_ms);
+                    h.processor.advance_to(watermark, NOW);
+                }
+            }
+            if !matches!(step, Step::Advance { .. }) {
+                newest = newest.max(ts);
+            }
+            // Time-driven changes have fired up to the watermark: evaluated
+            // anywhere from the last change point to it, the result is the same.
+            let now = newest.max(watermark);
+            let published: Vec<(String, String)> = {
+                let mut members: Vec<(String, String)> = h.processor.memberships("u").unwrap_or_default().into_iter().map(|member| (member.id, member.reason)).collect();
+                members.sort();
+                members
+            };
+            prop_assert_eq!(published, oracle(&catalogue, &all, now), "after {:?} at {}", step, now);
+        }
+    }
 }
