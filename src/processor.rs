@@ -10,8 +10,8 @@ use crate::model::{ConsentChange, Event, InputKind, Membership, PersonalizationL
 use crate::segments::engine::{arm, evaluate, next_recency_flip, next_window_exit, render_reason};
 use crate::segments::{Catalogue, Segment, Tier};
 use crate::state::{
-    hash_value, BrowseFact, ItemFact, LocationFact, PublishedMember, PublishedProfile, PurchaseFact, Retention,
-    UserState, MAX_CAPTURES,
+    hash_value, BrowseFact, History, ItemFact, LocationFact, PublishedMember, PublishedProfile, PurchaseFact,
+    Retention, UserState, MAX_CAPTURES,
 };
 use dashmap::DashMap;
 use std::collections::BTreeSet;
@@ -123,7 +123,7 @@ pub struct Processor {
     /// Catalogue indices in segment id order: memberships are published sorted by id.
     by_id: Vec<usize>,
     /// (when, user): a fact of the user leaves a window then. Entries whose
-    /// time no longer matches the user's `next_exit` are stale and skipped.
+    /// time no longer matches the user's `next_change` are stale and skipped.
     timers: Mutex<BTreeSet<(i64, String)>>,
 }
 
@@ -299,7 +299,7 @@ impl Processor {
             self.count_members(state.published.as_ref(), None);
             state.history = Default::default();
             state.published = None;
-            state.next_exit = None;
+            state.next_change = None;
             state.consent = Some(consent);
             erase.then(|| Output::Tombstone { user_id: change.user_id.clone() })
         };
@@ -321,9 +321,20 @@ impl Processor {
         }
         let granted = consent.granted;
         let ts = event.ts();
-        let history = &mut state.history;
+        self.keep_fact(&mut state.history, &event, granted);
+        state.clock = state.clock.max(ts);
+        let clock = state.clock;
+        let output = self.refresh(event.user_id(), &mut state, clock, now_ms).map(Output::Update);
+        self.schedule(event.user_id(), &mut state);
+        Processed { outcome: Outcome::Applied, output, event_time: None }
+    }
+
+    /// Keeps what the rules need of an admitted event, at the precision and
+    /// with the categories its consent allows.
+    fn keep_fact(&self, history: &mut History, event: &Event, granted: Purposes) {
+        let ts = event.ts();
         history.seen_at(ts);
-        match &event {
+        match event {
             Event::Browse(browse) => {
                 let category = browse.category.as_deref().map(hash_value);
                 // Nothing about a product in a sensitive category is kept without consent.
@@ -374,11 +385,6 @@ impl Processor {
                 insert_by_time(&mut history.locations, LocationFact { ts, lat, lon }, |fact| fact.ts);
             }
         }
-        state.clock = state.clock.max(ts);
-        let clock = state.clock;
-        let output = self.refresh(event.user_id(), &mut state, clock, now_ms).map(Output::Update);
-        self.schedule(event.user_id(), &mut state);
-        Processed { outcome: Outcome::Applied, output, event_time: None }
     }
 
     /// Sets a timer for the next moment time alone can change a membership:
@@ -390,13 +396,13 @@ impl Processor {
             .iter()
             .filter_map(|segment| next_recency_flip(&segment.rule, &state.history, state.clock))
             .min();
-        let next_exit = next_window_exit(&state.history, state.clock, &self.catalogue.windows)
+        let next_change = next_window_exit(&state.history, state.clock, &self.catalogue.windows)
             .into_iter()
             .chain(recency_flip)
             .min();
-        if next_exit != state.next_exit {
-            state.next_exit = next_exit;
-            if let Some(due) = next_exit {
+        if next_change != state.next_change {
+            state.next_change = next_change;
+            if let Some(due) = next_change {
                 self.timers.lock().unwrap_or_else(PoisonError::into_inner).insert((due, user_id.to_owned()));
             }
         }
@@ -418,7 +424,7 @@ impl Processor {
             let Some((due, user_id)) = next else { break };
             let Some(mut state) = self.users.get_mut(&user_id) else { continue };
             // A timer replaced by a later one, or a user erased since, is stale.
-            if state.next_exit != Some(due) || !state.consent.as_ref().is_some_and(ConsentInForce::allows_profile) {
+            if state.next_change != Some(due) || !state.consent.as_ref().is_some_and(ConsentInForce::allows_profile) {
                 continue;
             }
             state.clock = state.clock.max(due);

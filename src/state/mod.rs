@@ -159,7 +159,7 @@ pub struct UserState {
     /// The version of the last update or tombstone published for the user.
     pub version: i64,
     /// When a fact next leaves a window (a timer is set for it).
-    pub next_exit: Option<i64>,
+    pub next_change: Option<i64>,
 }
 
 /// Most figures one segment's rule may capture for its reason.
