@@ -38,9 +38,12 @@ enum Command {
     Gen(gen::GenOptions),
     /// Validate a configuration file and the segment file it names; exit 1 if invalid.
     Check {
-        /// The configuration file.
-        #[arg(long)]
-        config: PathBuf,
+        /// The configuration file (and the segment file it names).
+        #[arg(long, required_unless_present = "segments")]
+        config: Option<PathBuf>,
+        /// A segment file on its own, checked with the default privacy settings.
+        #[arg(long, conflicts_with = "config")]
+        segments: Option<PathBuf>,
     },
 }
 
@@ -49,7 +52,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { config } => run(&config),
         Command::Demo(options) => demo::run(&options).map_err(anyhow::Error::from),
-        Command::Check { config } => check(&config),
+        Command::Check { config, segments } => check(config.as_deref(), segments.as_deref()),
         Command::Gen(options) => generate(&options),
         Command::Replay(options) => replay_file(&options),
     };
@@ -62,10 +65,25 @@ fn main() -> ExitCode {
     }
 }
 
-fn check(path: &std::path::Path) -> anyhow::Result<()> {
-    let config = Config::load(path)?;
+fn check(config: Option<&std::path::Path>, segments: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let (path, catalogue) = match (config, segments) {
+        (Some(path), _) => (path, Config::load(path)?.catalogue),
+        (None, Some(path)) => {
+            let privacy = tactful::config::PrivacySection::default();
+            let source = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let max_retention_ms = i64::from(privacy.max_retention_days) * 86_400_000;
+            let catalogue = tactful::segments::Catalogue::parse(
+                &path.display().to_string(),
+                &source,
+                &privacy.sensitive_categories,
+                max_retention_ms,
+            )?;
+            (path, catalogue)
+        }
+        (None, None) => anyhow::bail!("give --config or --segments"),
+    };
     println!("{}: ok", path.display());
-    for segment in &config.catalogue.segments {
+    for segment in &catalogue.segments {
         let needs: Vec<&str> = segment.needs.iter().map(|purpose| purpose.as_str()).collect();
         println!(
             "  segment {:<20} tier {:<9} needs {}",

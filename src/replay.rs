@@ -104,7 +104,7 @@ fn write_file(path: &Path, text: &str) -> Result<(), ReplayError> {
     std::fs::write(path, text).map_err(|source| ReplayError::Io { path: path.to_owned(), source })
 }
 
-/// Runs `records` through `processor`. "Now" is the newest event time in the
+/// Runs `records` through `processor`. "Now" is the newest record time in the
 /// input (the end of the recording), so a recording of any age replays the
 /// same way; the watermark follows the newest event time seen.
 fn replay(processor: Processor, records: &[Record]) -> ReplayOutcome {
@@ -114,7 +114,7 @@ fn replay(processor: Processor, records: &[Record]) -> ReplayOutcome {
     let mut newest = i64::MIN;
     let sizes_now = |processor: &Processor| processor.segment_sizes().iter().map(|(_, size)| *size).collect();
     for (index, record) in records.iter().enumerate() {
-        if let Some(ts) = record.ts {
+        if let Some(ts) = record.ts.filter(|_| record.kind != InputKind::Consent) {
             let day = ts.div_euclid(DAY_MS);
             if newest != i64::MIN && day > newest.div_euclid(DAY_MS) {
                 tally.updates += processor.advance_to(day * DAY_MS - 1, now_ms).len() as u64;
@@ -164,7 +164,7 @@ fn read_records(path: &Path, codec: &Codec) -> Result<Vec<Record>, ReplayError> 
         let key = value.get("user_id").and_then(|id| id.as_str()).unwrap_or_default().to_owned();
         let tombstone =
             kind == InputKind::Consent && value.get("tombstone").and_then(|flag| flag.as_bool()) == Some(true);
-        let ts = if kind == InputKind::Consent { None } else { value.get("ts").and_then(|ts| ts.as_i64()) };
+        let ts = value.get("ts").and_then(|ts| ts.as_i64());
         // The line itself is the record: the core's JSON decoder ignores `kind`.
         records.push(Record { kind, key, value: (!tombstone).then(|| line.into_bytes()), ts });
     }
@@ -202,7 +202,7 @@ fn read_avro_file(path: &Path, reader: impl std::io::Read, codec: &Codec) -> Res
                 encode::<LocationEvent>(codec, kind, &value, &mut bytes, |e| (e.user_id.clone(), Some(e.ts)))
             }
             InputKind::Consent => {
-                encode::<ConsentChange>(codec, kind, &value, &mut bytes, |c| (c.user_id.clone(), None))
+                encode::<ConsentChange>(codec, kind, &value, &mut bytes, |c| (c.user_id.clone(), Some(c.ts)))
             }
         }
         .map_err(invalid)?;

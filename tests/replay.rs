@@ -53,3 +53,30 @@ fn a_line_without_a_known_kind_is_a_clear_error() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("line 2: `kind` must be browse, purchase, location or consent"), "{stderr}");
 }
+
+#[test]
+fn an_avro_container_file_of_one_record_type_replays() {
+    use apache_avro::types::Value;
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/schemas/consent_change.avsc")).unwrap();
+    let schema = apache_avro::Schema::parse_str(&text).unwrap();
+    let mut writer = apache_avro::Writer::new(&schema, Vec::new());
+    for (user, level) in [("a", 2), ("b", 1), ("c", 0)] {
+        let record = Value::Record(vec![
+            ("user_id".to_owned(), Value::String(user.to_owned())),
+            ("ts".to_owned(), Value::TimestampMillis(1_798_000_000_000)),
+            ("granted".to_owned(), Value::Array(vec![Value::String("personalization".to_owned())])),
+            ("level".to_owned(), Value::Enum(level, ["NONE", "LIGHT", "FULL"][level as usize].to_owned())),
+            ("source".to_owned(), Value::String("test".to_owned())),
+        ]);
+        writer.append(record).unwrap();
+    }
+    let path = std::env::temp_dir().join(format!("tactful-replay-{}.avro", std::process::id()));
+    std::fs::write(&path, writer.into_inner().unwrap()).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_tactful")).arg("replay").arg(&path).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        stdout.starts_with("replayed 3 records: applied 3, dropped 0, bad 0; 0 profile updates, 0 erasures\n"),
+        "{stdout}"
+    );
+}
