@@ -12,4 +12,4 @@ echo "test.sh: Kafka broker at $TACTFUL_TEST_BOOTSTRAP" >&2
 
 # Unit, property and integration tests (benchmarks are built by clippy in CI
 # and run with `cargo bench`).
-cargo test "$@"
+cargo test --lib --bins --tests "$@"
