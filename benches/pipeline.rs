@@ -5,23 +5,16 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::time::{Duration, Instant};
 use tactful::codec::Codec;
-use tactful::config::PrivacySection;
 use tactful::model::InputKind;
-use tactful::processor::{CoreSettings, Output, Processor};
-use tactful::segments::Catalogue;
+use tactful::processor::{Output, Processor};
 use tactful::synthetic::{Population, SyntheticRecord};
 
 const USERS: usize = 1_000_000;
 const RECORDS: u64 = 2_000_000;
 const CHUNK: usize = 10_000;
-const DAY_MS: i64 = 86_400_000;
 
 fn processor() -> Processor {
-    let privacy = PrivacySection::default();
-    let retention_ms = i64::from(privacy.max_retention_days) * DAY_MS;
-    let catalogue = Catalogue::default_catalogue(&privacy.sensitive_categories, retention_ms);
-    let settings =
-        CoreSettings { sensitive_categories: privacy.sensitive_categories, event_time_tolerance_ms: retention_ms };
+    let (catalogue, settings) = tactful::config::embedded_defaults();
     Processor::new(Codec::new(&[]).unwrap(), catalogue, &settings)
 }
 

@@ -119,6 +119,10 @@ pub struct PipelineSection {
     /// How far behind the newest event time the watermark trails: events may
     /// arrive this much out of order before time-driven exits fire. Default 60000 ms.
     pub allowed_lateness_ms: i64,
+    /// A purchase within this time after entering a segment with a holdout
+    /// counts as that entry's conversion (for users with `measurement`).
+    /// Default 7 days.
+    pub conversion_window_ms: i64,
 }
 
 impl Default for PipelineSection {
@@ -133,6 +137,7 @@ impl Default for PipelineSection {
             consent_catch_up_timeout_ms: 10_000,
             create_output_topics: true,
             allowed_lateness_ms: 60_000,
+            conversion_window_ms: 7 * DAY_MS,
         }
     }
 }
@@ -168,6 +173,21 @@ impl Default for AdminSection {
     fn default() -> Self {
         Self { listen: SocketAddr::from(([127, 0, 0, 1], 9464)), api_token: None }
     }
+}
+
+/// The bundled segment catalogue and core settings with every default: what
+/// `tactful demo`, `tactful replay` without a config and the benchmarks run.
+pub fn embedded_defaults() -> (Catalogue, CoreSettings) {
+    let privacy = PrivacySection::default();
+    let pipeline = PipelineSection::default();
+    let max_retention_ms = i64::from(privacy.max_retention_days) * DAY_MS;
+    let catalogue = Catalogue::default_catalogue(&privacy.sensitive_categories, max_retention_ms);
+    let settings = CoreSettings {
+        sensitive_categories: privacy.sensitive_categories,
+        event_time_tolerance_ms: pipeline.event_time_tolerance_ms,
+        conversion_window_ms: pipeline.conversion_window_ms,
+    };
+    (catalogue, settings)
 }
 
 /// Topic names, resolved.
@@ -241,6 +261,9 @@ impl Config {
         if pipeline.event_time_tolerance_ms <= 0 {
             return Err(invalid("pipeline.event_time_tolerance_ms must be above zero".to_owned()));
         }
+        if pipeline.conversion_window_ms <= 0 {
+            return Err(invalid("pipeline.conversion_window_ms must be above zero".to_owned()));
+        }
         if pipeline.allowed_lateness_ms < 0 {
             return Err(invalid("pipeline.allowed_lateness_ms must not be negative".to_owned()));
         }
@@ -297,6 +320,7 @@ impl Config {
             core: CoreSettings {
                 sensitive_categories: privacy.sensitive_categories,
                 event_time_tolerance_ms: pipeline.event_time_tolerance_ms,
+                conversion_window_ms: pipeline.conversion_window_ms,
             },
             max_batch_records: pipeline.max_batch_records,
             poll_timeout_ms: pipeline.poll_timeout_ms,

@@ -2,15 +2,11 @@
 //! segment catalogue and a synthetic population — in-process, no Kafka.
 
 use crate::codec::Codec;
-use crate::config::PrivacySection;
 use crate::consent::DropReason;
-use crate::processor::{CoreSettings, Processor};
-use crate::segments::Catalogue;
+use crate::processor::Processor;
 use crate::synthetic::Population;
 use crate::telemetry::Tally;
 use std::time::{Duration, Instant};
-
-const DAY_MS: i64 = 86_400_000;
 
 /// Options of `tactful demo`.
 #[derive(Debug, clap::Args)]
@@ -27,6 +23,17 @@ pub struct DemoOptions {
     /// Seed of the synthetic population.
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
+    /// Run every segment as an experiment with this holdout share (e.g. 0.2)
+    /// and print the measured lift at the end.
+    #[arg(long, value_parser = parse_share)]
+    pub holdout: Option<f64>,
+}
+
+fn parse_share(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(share) if (0.0..1.0).contains(&share) && share > 0.0 => Ok(share),
+        _ => Err(format!("`{text}` is not a share above 0 and below 1")),
+    }
 }
 
 /// The demo failed to start. A build defect: the embedded defaults are tested.
@@ -36,11 +43,12 @@ pub struct DemoError(String);
 
 /// Runs the demo and prints a live summary to stdout.
 pub fn run(options: &DemoOptions) -> Result<(), DemoError> {
-    let privacy = PrivacySection::default();
-    let max_retention_ms = i64::from(privacy.max_retention_days) * DAY_MS;
-    let catalogue = Catalogue::default_catalogue(&privacy.sensitive_categories, max_retention_ms);
-    let settings =
-        CoreSettings { sensitive_categories: privacy.sensitive_categories, event_time_tolerance_ms: max_retention_ms };
+    let (mut catalogue, settings) = crate::config::embedded_defaults();
+    if let Some(share) = options.holdout {
+        for segment in &mut catalogue.segments {
+            segment.holdout = Some(share);
+        }
+    }
     let codec = Codec::new(&[]).map_err(|error| DemoError(error.to_string()))?;
     let processor = Processor::new(codec, catalogue, &settings);
     let now_ms = crate::pipeline::now_ms();
@@ -88,6 +96,10 @@ pub fn run(options: &DemoOptions) -> Result<(), DemoError> {
     total.merge(&tally);
     let elapsed = started.elapsed().as_secs_f64();
     print_summary("done ", options.events as f64 / elapsed.max(1e-9), &total, &processor);
+    if options.holdout.is_some() {
+        println!("\nExperiments (users with `measurement`; a purchase within 7 days of entering converts):");
+        print!("{}", crate::report::render(&processor.experiment_counts()));
+    }
     println!("\nA few profiles, as a personalization service (or the user) would see them:");
     let mut shown = 0;
     for user_id in sample_users.iter().rev() {

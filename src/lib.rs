@@ -16,6 +16,7 @@ pub mod model;
 pub mod pipeline;
 pub mod processor;
 pub mod replay;
+pub mod report;
 pub mod segments;
 pub mod state;
 pub mod synthetic;

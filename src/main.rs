@@ -32,6 +32,12 @@ enum Command {
     },
     /// Run the whole pipeline in-process on a synthetic population, no Kafka needed.
     Demo(demo::DemoOptions),
+    /// Experiment lift per segment with a holdout, from a `/metrics` scrape
+    /// (a file, or `-` for standard input: `curl -s 127.0.0.1:9464/metrics | tactful report -`).
+    Report {
+        /// Prometheus text of a running pipeline's `/metrics`.
+        metrics: PathBuf,
+    },
     /// Run segment definitions over a file of recorded events, offline.
     Replay(replay::ReplayOptions),
     /// Produce a synthetic event load into the configured Kafka topics, with progress.
@@ -55,6 +61,7 @@ fn main() -> ExitCode {
         Command::Check { config, segments } => check(config.as_deref(), segments.as_deref()),
         Command::Gen(options) => generate(&options),
         Command::Replay(options) => replay_file(&options),
+        Command::Report { metrics } => report(&metrics),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -92,6 +99,16 @@ fn check(config: Option<&std::path::Path>, segments: Option<&std::path::Path>) -
             needs.join(", ")
         );
     }
+    Ok(())
+}
+
+fn report(metrics: &std::path::Path) -> anyhow::Result<()> {
+    let text = if metrics == std::path::Path::new("-") {
+        std::io::read_to_string(std::io::stdin()).context("read standard input")?
+    } else {
+        std::fs::read_to_string(metrics).with_context(|| format!("cannot read {}", metrics.display()))?
+    };
+    print!("{}", tactful::report::render(&tactful::report::parse_metrics(&text)));
     Ok(())
 }
 

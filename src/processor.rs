@@ -7,15 +7,15 @@ use crate::codec::{Codec, DecodeError, Decoded};
 use crate::consent::{self, ConsentInForce, DropReason, Purpose, Purposes};
 use crate::explain::{data_held, ConsentView, Explanation, ProfileView};
 use crate::model::{ConsentChange, Event, InputKind, Membership, PersonalizationLevel, ProfileUpdate};
-use crate::segments::engine::{arm, evaluate, next_recency_flip, next_window_exit, render_reason};
+use crate::segments::engine::{arm, evaluate, in_holdout, next_recency_flip, next_window_exit, render_reason};
 use crate::segments::{Catalogue, Segment, Tier};
 use crate::state::{
-    hash_value, BrowseFact, History, ItemFact, LocationFact, PublishedMember, PublishedProfile, PurchaseFact,
-    Retention, UserState, MAX_CAPTURES,
+    hash_value, BrowseFact, ExperimentEntry, History, ItemFact, LocationFact, PublishedMember, PublishedProfile,
+    PurchaseFact, Retention, UserState, MAX_CAPTURES,
 };
 use dashmap::DashMap;
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 /// Without `precise_location`, coordinates are snapped to the centre of a grid
@@ -104,6 +104,8 @@ pub struct CoreSettings {
     pub sensitive_categories: Vec<String>,
     /// A record whose time is further than this from now is an absurd value.
     pub event_time_tolerance_ms: i64,
+    /// A purchase this long after entering an experiment segment is its conversion.
+    pub conversion_window_ms: i64,
 }
 
 /// The consent-gated segment engine over sharded in-memory state.
@@ -122,6 +124,10 @@ pub struct Processor {
     members: Vec<AtomicI64>,
     /// Catalogue indices in segment id order: memberships are published sorted by id.
     by_id: Vec<usize>,
+    /// Per segment, [treatment, holdout] entries and conversions of users
+    /// with `measurement` (aggregates only: nothing personal).
+    experiments: Vec<[ArmCounts; 2]>,
+    conversion_window_ms: i64,
     /// (when, user): a fact of the user leaves a window then. Entries whose
     /// time no longer matches the user's `next_change` are stale and skipped.
     timers: Mutex<BTreeSet<(i64, String)>>,
@@ -130,7 +136,8 @@ pub struct Processor {
 impl Processor {
     /// A processor for `catalogue`.
     pub fn new(codec: Codec, catalogue: Catalogue, settings: &CoreSettings) -> Self {
-        let members = catalogue.segments.iter().map(|_| AtomicI64::new(0)).collect();
+        let members: Vec<AtomicI64> = catalogue.segments.iter().map(|_| AtomicI64::new(0)).collect();
+        let members_len = members.len();
         let mut by_id: Vec<usize> = (0..catalogue.segments.len()).collect();
         by_id.sort_by(|a, b| catalogue.segments[*a].id.cmp(&catalogue.segments[*b].id));
         Self {
@@ -141,6 +148,8 @@ impl Processor {
             users: DashMap::default(),
             members,
             by_id,
+            experiments: catalogue_len_arms(members_len),
+            conversion_window_ms: settings.conversion_window_ms,
             timers: Mutex::new(BTreeSet::new()),
         }
     }
@@ -162,6 +171,22 @@ impl Processor {
             .iter()
             .zip(&self.members)
             .map(|(segment, members)| (segment.id.as_str(), members.load(Ordering::Relaxed)))
+            .collect()
+    }
+
+    /// Entries and conversions per segment with a holdout, in catalogue order.
+    pub fn experiment_counts(&self) -> Vec<ExperimentCounts> {
+        let read = |arm: &ArmCounts| (arm.entered.load(Ordering::Relaxed), arm.converted.load(Ordering::Relaxed));
+        self.catalogue
+            .segments
+            .iter()
+            .zip(&self.experiments)
+            .filter(|(segment, _)| segment.holdout.is_some())
+            .map(|(segment, [treatment, holdout])| ExperimentCounts {
+                segment: segment.id.clone(),
+                treatment: read(treatment),
+                holdout: read(holdout),
+            })
             .collect()
     }
 
@@ -300,6 +325,7 @@ impl Processor {
             state.history = Default::default();
             state.published = None;
             state.next_change = None;
+            state.experiment_entries.clear();
             state.consent = Some(consent);
             erase.then(|| Output::Tombstone { user_id: change.user_id.clone() })
         };
@@ -322,6 +348,9 @@ impl Processor {
         let granted = consent.granted;
         let ts = event.ts();
         self.keep_fact(&mut state.history, &event, granted);
+        if matches!(event, Event::Purchase(_)) && granted.contains(Purpose::Measurement) {
+            self.measure_conversion(&mut state, ts);
+        }
         state.clock = state.clock.max(ts);
         let clock = state.clock;
         let output = self.refresh(event.user_id(), &mut state, clock, now_ms).map(Output::Update);
@@ -385,6 +414,38 @@ impl Processor {
                 insert_by_time(&mut history.locations, LocationFact { ts, lat, lon }, |fact| fact.ts);
             }
         }
+    }
+
+    /// Counts the entries into experiment segments of this update and
+    /// returns them, to be measured for a conversion.
+    fn measure_entries(
+        &self,
+        user_id: &str,
+        profile: &PublishedProfile,
+        previous: &[PublishedMember],
+    ) -> Vec<ExperimentEntry> {
+        let mut entries = Vec::new();
+        for member in &profile.members {
+            let segment = &self.catalogue.segments[member.segment];
+            let entered = !previous.iter().any(|before| before.segment == member.segment);
+            if let (true, Some(holdout)) = (entered, in_holdout(segment, user_id)) {
+                self.experiments[member.segment][usize::from(holdout)].entered.fetch_add(1, Ordering::Relaxed);
+                entries.push(ExperimentEntry { segment: member.segment, holdout, entered_at: member.since });
+            }
+        }
+        entries
+    }
+
+    /// A purchase at `ts` converts every measured entry of the last window.
+    fn measure_conversion(&self, state: &mut UserState, ts: i64) {
+        let window_ms = self.conversion_window_ms;
+        state.experiment_entries.retain(|entry| {
+            let converts = entry.entered_at <= ts && ts <= entry.entered_at.saturating_add(window_ms);
+            if converts {
+                self.experiments[entry.segment][usize::from(entry.holdout)].converted.fetch_add(1, Ordering::Relaxed);
+            }
+            !converts && ts <= entry.entered_at.saturating_add(window_ms)
+        });
     }
 
     /// Sets a timer for the next moment time alone can change a membership:
@@ -476,6 +537,11 @@ impl Processor {
                 .map(|member| self.catalogue.segments[member.segment].id.clone())
                 .collect()
         };
+        let new_entries = if granted.contains(Purpose::Measurement) {
+            self.measure_entries(user_id, &profile, previous)
+        } else {
+            Vec::new()
+        };
         let entered = ids_missing_from(&profile.members, previous);
         let exited = ids_missing_from(previous, &profile.members);
         self.count_members(state.published.as_ref(), Some(&profile));
@@ -489,6 +555,7 @@ impl Processor {
             entered,
             exited,
         };
+        state.experiment_entries.extend(new_entries);
         state.published = Some(profile);
         Some(update)
     }
@@ -530,6 +597,27 @@ impl Processor {
         adjust(before, -1);
         adjust(after, 1);
     }
+}
+
+/// Entries and conversions of one experiment arm.
+#[derive(Debug, Default)]
+struct ArmCounts {
+    entered: AtomicU64,
+    converted: AtomicU64,
+}
+
+fn catalogue_len_arms(segments: usize) -> Vec<[ArmCounts; 2]> {
+    (0..segments).map(|_| Default::default()).collect()
+}
+
+/// Measured entries and conversions of one segment with a holdout.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExperimentCounts {
+    pub segment: String,
+    /// (entered, converted) of the treatment arm.
+    pub treatment: (u64, u64),
+    /// (entered, converted) of the holdout arm.
+    pub holdout: (u64, u64),
 }
 
 /// Whether the user's level and purposes allow computing `segment` at all.

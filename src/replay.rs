@@ -10,8 +10,7 @@
 
 use crate::codec::Codec;
 use crate::model::{BrowseEvent, ConsentChange, InputKind, LocationEvent, PurchaseEvent};
-use crate::processor::{CoreSettings, Processor};
-use crate::segments::Catalogue;
+use crate::processor::Processor;
 use crate::telemetry::Tally;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -73,13 +72,7 @@ pub fn run(options: &ReplayOptions) -> Result<ReplayOutcome, ReplayError> {
             (config.catalogue, config.core, config.extra_writer_schemas)
         }
         None => {
-            let privacy = crate::config::PrivacySection::default();
-            let retention_ms = i64::from(privacy.max_retention_days) * DAY_MS;
-            let catalogue = Catalogue::default_catalogue(&privacy.sensitive_categories, retention_ms);
-            let settings = CoreSettings {
-                sensitive_categories: privacy.sensitive_categories,
-                event_time_tolerance_ms: retention_ms,
-            };
+            let (catalogue, settings) = crate::config::embedded_defaults();
             (catalogue, settings, Vec::new())
         }
     };

@@ -606,3 +606,56 @@ fn erasure_through_the_api_publishes_a_tombstone_and_completes_its_receipt() {
     assert!(consent_records.iter().any(|message| message.key() == Some(&b"leaver"[..]) && message.payload().is_none()));
     assert_eq!(http_get_with(port, "/v1/profiles/leaver", &[&bearer]).map(|(status, _)| status), Some(404));
 }
+
+#[test]
+fn experiment_counts_are_exported_and_tactful_report_reads_them() {
+    let topics = Topics::create("experiment");
+    let segments = std::env::temp_dir().join(format!("{}-segments.toml", topics.prefix));
+    std::fs::write(
+        &segments,
+        "[[segment]]\nid = \"browsers\"\ndescription = \"d\"\ntier = \"light\"\nchannels = [\"web\"]\nholdout = 0.5\n\
+         reason = \"Browsed in the last 30 days.\"\nrule = { count = { of = \"browse\", within = \"30d\" }, at_least = 1 }\n",
+    )
+    .unwrap();
+    let pipeline = Pipeline::start_with(&topics, &format!("segments_file = \"{}\"", segments.display()));
+    let producer = Producer::new();
+    let t = base_time();
+    let users: Vec<String> = (0..8).map(|index| format!("m{index}")).collect();
+    for user in &users {
+        producer.send_keyed(
+            &topics.consent,
+            user,
+            &to_json(&consent(user, t - 1000, &["personalization", "measurement", "web"], "FULL")),
+        );
+        producer.send_keyed(&topics.browse, user, &to_json(&browse(user, t, "books")));
+    }
+    for user in &users[..4] {
+        producer.send_keyed(
+            &topics.purchase,
+            user,
+            &to_json(&purchase(user, t + common::DAY_MS, &[("p-mug", "home", 1_500)])),
+        );
+    }
+    let records = read_profiles(&topics);
+    let arms: Vec<String> = users
+        .iter()
+        .map(|user| of_user(&records, user)[0].as_ref().unwrap().segments[0].arm.clone().unwrap())
+        .collect();
+    assert!(arms.iter().all(|arm| arm == "treatment" || arm == "holdout"), "{arms:?}");
+    let (_, metrics) = http_get(pipeline.admin_port, "/metrics").unwrap();
+    let counts = tactful::report::parse_metrics(&metrics);
+    assert_eq!(counts.len(), 1, "{metrics}");
+    let browsers = &counts[0];
+    let holdouts = arms.iter().filter(|arm| *arm == "holdout").count() as u64;
+    let converted_holdouts = arms[..4].iter().filter(|arm| *arm == "holdout").count() as u64;
+    assert_eq!(browsers.holdout, (holdouts, converted_holdouts));
+    assert_eq!(browsers.treatment, (8 - holdouts, 4 - converted_holdouts));
+
+    let scrape = std::env::temp_dir().join(format!("{}-metrics.txt", topics.prefix));
+    std::fs::write(&scrape, &metrics).unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tactful")).arg("report").arg(&scrape).output().unwrap();
+    let report = String::from_utf8(output.stdout).unwrap();
+    assert!(output.status.success());
+    assert!(report.starts_with("segment "), "{report}");
+    assert!(report.contains("browsers"), "{report}");
+}

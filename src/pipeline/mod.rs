@@ -136,6 +136,7 @@ pub fn run(
         in_flight = Some((mark, offsets, erased));
         batch.tally.flush_to_metrics();
         record_segment_sizes(processor.segment_sizes());
+        crate::report::record_metrics(&processor.experiment_counts());
     }
     if let Some((mark, offsets, erased)) = in_flight {
         clients.wait_until_acknowledged(mark)?;

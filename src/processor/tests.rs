@@ -38,7 +38,11 @@ fn harness() -> Harness {
 fn harness_with_extra(extra: &str) -> Harness {
     let source = format!("{}\n{extra}", crate::segments::definition::DEFAULT_SEGMENTS);
     let catalogue = Catalogue::parse("test.toml", &source, &[], 400 * DAY).unwrap();
-    let settings = CoreSettings { sensitive_categories: vec![], event_time_tolerance_ms: TOLERANCE };
+    let settings = CoreSettings {
+        sensitive_categories: vec![],
+        event_time_tolerance_ms: TOLERANCE,
+        conversion_window_ms: 7 * DAY,
+    };
     Harness { processor: Processor::new(Codec::new(&[]).unwrap(), catalogue, &settings) }
 }
 
@@ -60,7 +64,11 @@ rule = { near = { places = ["store_berlin_mitte"], radius_m = 20000, within = "1
 
 fn harness_with_sensitive(sensitive: &[&str]) -> Harness {
     let sensitive: Vec<String> = sensitive.iter().map(|name| (*name).to_owned()).collect();
-    let settings = CoreSettings { sensitive_categories: sensitive.clone(), event_time_tolerance_ms: TOLERANCE };
+    let settings = CoreSettings {
+        sensitive_categories: sensitive.clone(),
+        event_time_tolerance_ms: TOLERANCE,
+        conversion_window_ms: 7 * DAY,
+    };
     let catalogue = Catalogue::default_catalogue(&sensitive, 400 * DAY);
     Harness { processor: Processor::new(Codec::new(&[]).unwrap(), catalogue, &settings) }
 }
@@ -1424,4 +1432,69 @@ proptest! {
             prop_assert_eq!(published, oracle(&catalogue, &all, now), "after {:?} at {}", step, now);
         }
     }
+}
+
+// ---- Experiments --------------------------------------------------------------
+
+#[test]
+fn a_planted_lift_is_recovered_within_its_interval() {
+    use rand::{Rng, SeedableRng};
+    let h = harness_with_extra(
+        r#"
+[[segment]]
+id = "browsers"
+description = "Browsed in the last 30 days."
+tier = "light"
+channels = ["web"]
+holdout = 0.5
+reason = "Browsed in the last 30 days."
+rule = { count = { of = "browse", within = "30d" }, at_least = 1 }
+"#,
+    );
+    let segment = h.processor.catalogue().segments.iter().find(|segment| segment.id == "browsers").unwrap().clone();
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(2026);
+    let measured = ["personalization", "measurement", "web"];
+    for index in 0..20_000 {
+        let user = format!("u{index}");
+        applied_silently(h.consent(&user, &measured, PersonalizationLevel::Full, T0 - DAY));
+        update(h.browse(&user, T0, Some("books")));
+        // Planted: treatment converts at 13%, holdout at 10% (lift +30%).
+        let holdout = crate::segments::engine::in_holdout(&segment, &user).unwrap();
+        if rng.random_bool(if holdout { 0.10 } else { 0.13 }) {
+            h.purchase(&user, T0 + DAY, &[("mug", "home", 1, 1_500)]);
+        }
+        // A purchase after the 7-day window is no conversion.
+        if index % 10 == 0 {
+            h.purchase(&user, T0 + 8 * DAY, &[("mug", "home", 1, 1_500)]);
+        }
+    }
+    let counts = h.processor.experiment_counts();
+    let browsers = counts.iter().find(|experiment| experiment.segment == "browsers").unwrap();
+    assert_eq!(browsers.treatment.0 + browsers.holdout.0, 20_000, "every entry is counted once");
+    assert!((browsers.holdout.0 as f64 / 20_000.0 - 0.5).abs() < 0.015, "{browsers:?}");
+    let lift = crate::report::lift(browsers.treatment, browsers.holdout).unwrap();
+    assert!(lift.low < 0.30 && 0.30 < lift.high, "{lift:?}");
+    assert!(lift.low > 0.0, "the effect is detected: {lift:?}");
+}
+
+#[test]
+fn without_measurement_nothing_is_counted() {
+    let h = harness_with_extra(
+        r#"
+[[segment]]
+id = "browsers"
+description = "d"
+tier = "light"
+channels = ["web"]
+holdout = 0.5
+reason = "r"
+rule = { count = { of = "browse", within = "30d" }, at_least = 1 }
+"#,
+    );
+    applied_silently(h.consent("u", &["personalization", "web"], PersonalizationLevel::Full, T0 - DAY));
+    update(h.browse("u", T0, None));
+    h.purchase("u", T0 + 1, &[("mug", "home", 1, 1_500)]);
+    let counts = h.processor.experiment_counts();
+    assert_eq!(counts[0].treatment.0 + counts[0].holdout.0, 0);
+    assert!(h.state("u").experiment_entries.is_empty());
 }

@@ -340,10 +340,15 @@ pub fn render_reason(parts: &[TemplatePart], captures: &[f64]) -> String {
 /// The experiment arm of `user_id` in `segment`: deterministic, so stable
 /// across restarts and instances.
 pub fn arm(segment: &Segment, user_id: &str) -> Option<String> {
+    in_holdout(segment, user_id).map(|holdout| if holdout { "holdout" } else { "treatment" }.to_owned())
+}
+
+/// Whether `user_id` is in the holdout of `segment`; `None` without an experiment.
+pub fn in_holdout(segment: &Segment, user_id: &str) -> Option<bool> {
     let share = segment.holdout?;
     // FNV-1a alone spreads similar ids (user-1, user-2, ...) unevenly; mix its bits.
     let draw = mix(hash_value(&format!("{}\u{0}{user_id}", segment.id))) as f64 / u64::MAX as f64;
-    Some(if draw < share { "holdout" } else { "treatment" }.to_owned())
+    Some(draw < share)
 }
 
 /// MurmurHash3's 64-bit finalizer: every input bit affects every output bit.

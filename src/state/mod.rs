@@ -160,6 +160,18 @@ pub struct UserState {
     pub version: i64,
     /// When a fact next leaves a window (a timer is set for it).
     pub next_change: Option<i64>,
+    /// Entries into experiment segments still waiting for a conversion
+    /// (kept only with the `measurement` purpose, and only for the window).
+    pub experiment_entries: Vec<ExperimentEntry>,
+}
+
+/// An entry into a segment with a holdout, measured for its conversion.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ExperimentEntry {
+    /// Catalogue index of the segment.
+    pub segment: usize,
+    pub holdout: bool,
+    pub entered_at: i64,
 }
 
 /// Most figures one segment's rule may capture for its reason.
