@@ -1436,11 +1436,8 @@ proptest! {
 
 // ---- Experiments --------------------------------------------------------------
 
-#[test]
-fn a_planted_lift_is_recovered_within_its_interval() {
-    use rand::{Rng, SeedableRng};
-    let h = harness_with_extra(
-        r#"
+/// A light segment that every browsing user enters, with a 50% holdout.
+const BROWSERS_EXPERIMENT: &str = r#"
 [[segment]]
 id = "browsers"
 description = "Browsed in the last 30 days."
@@ -1449,8 +1446,12 @@ channels = ["web"]
 holdout = 0.5
 reason = "Browsed in the last 30 days."
 rule = { count = { of = "browse", within = "30d" }, at_least = 1 }
-"#,
-    );
+"#;
+
+#[test]
+fn a_planted_lift_is_recovered_within_its_interval() {
+    use rand::{Rng, SeedableRng};
+    let h = harness_with_extra(BROWSERS_EXPERIMENT);
     let segment = h.processor.catalogue().segments.iter().find(|segment| segment.id == "browsers").unwrap().clone();
     let mut rng = rand::rngs::SmallRng::seed_from_u64(2026);
     let measured = ["personalization", "measurement", "web"];
@@ -1479,18 +1480,7 @@ rule = { count = { of = "browse", within = "30d" }, at_least = 1 }
 
 #[test]
 fn without_measurement_nothing_is_counted() {
-    let h = harness_with_extra(
-        r#"
-[[segment]]
-id = "browsers"
-description = "d"
-tier = "light"
-channels = ["web"]
-holdout = 0.5
-reason = "r"
-rule = { count = { of = "browse", within = "30d" }, at_least = 1 }
-"#,
-    );
+    let h = harness_with_extra(BROWSERS_EXPERIMENT);
     applied_silently(h.consent("u", &["personalization", "web"], PersonalizationLevel::Full, T0 - DAY));
     update(h.browse("u", T0, None));
     h.purchase("u", T0 + 1, &[("mug", "home", 1, 1_500)]);
