@@ -48,6 +48,11 @@ impl Tally {
         }
     }
 
+    /// Applied records of `kind`.
+    pub fn applied_of(&self, kind: InputKind) -> u64 {
+        self.applied[kind_index(kind)]
+    }
+
     /// Records processed, of any outcome.
     pub fn records(&self) -> u64 {
         self.applied.iter().sum::<u64>() + self.dropped.values().sum::<u64>() + self.rejected.values().sum::<u64>()

@@ -74,10 +74,9 @@ pub fn run(
     let mut consent = ConsentTable::open(config, partitions)?;
     let mut batch = Batch::new(config, processor, erasures);
     consent.catch_up(&mut batch)?;
-    let (loaded, erased) = batch.send(&clients)?;
-    clients.wait_until_acknowledged(loaded)?;
-    erasures_acknowledged(erasures, &erased);
-    tracing::info!(consent_records = batch.tally.applied[3], "consent table loaded");
+    let loaded = batch.send(&clients)?;
+    loaded.settle(&clients, erasures)?;
+    tracing::info!(consent_records = batch.tally.applied_of(InputKind::Consent), "consent table loaded");
     batch.tally.flush_to_metrics();
 
     clients
@@ -90,7 +89,7 @@ pub fn run(
     let poll_timeout = Duration::from_millis(config.poll_timeout_ms);
     // The batch before this one: its outputs are in flight while this one is
     // processed; its offsets are committed once they are all acknowledged.
-    let mut in_flight: Option<(u64, TopicPartitionList, Vec<String>)> = None;
+    let mut in_flight: Option<InFlight> = None;
     while !shutdown.load(Ordering::Acquire) {
         // A batch collects records for up to `poll_timeout` or until it is
         // full: larger batches amortise the consent catch-up and the commit.
@@ -116,32 +115,31 @@ pub fn run(
         }
         batch.advance_event_time(config.allowed_lateness_ms);
         let applied = Instant::now();
-        let (mark, erased) = batch.send(&clients)?;
-        let offsets = next_offsets(&messages)?;
+        let mut sent = batch.send(&clients)?;
+        sent.offsets = next_offsets(&messages)?;
+        let records = messages.len();
         drop(messages);
-        if let Some((previous_mark, previous_offsets, previous_erased)) = in_flight.take() {
-            clients.wait_until_acknowledged(previous_mark)?;
-            erasures_acknowledged(erasures, &previous_erased);
-            commit(&clients, &previous_offsets, CommitMode::Async)?;
+        if let Some(previous) = in_flight.take() {
+            previous.settle(&clients, erasures)?;
+            commit(&clients, &previous.offsets, CommitMode::Async)?;
         }
-        if offsets.count() > 0 {
+        if records > 0 {
             tracing::debug!(
-                records = offsets.count(),
+                records,
                 consent_catch_up_us = (caught_up - collected).as_micros() as u64,
                 apply_us = (applied - caught_up).as_micros() as u64,
                 send_and_commit_previous_us = applied.elapsed().as_micros() as u64,
                 "batch"
             );
         }
-        in_flight = Some((mark, offsets, erased));
+        in_flight = Some(sent);
         batch.tally.flush_to_metrics();
         record_segment_sizes(processor.segment_sizes());
         crate::report::record_metrics(&processor.experiment_counts());
     }
-    if let Some((mark, offsets, erased)) = in_flight {
-        clients.wait_until_acknowledged(mark)?;
-        erasures_acknowledged(erasures, &erased);
-        commit(&clients, &offsets, CommitMode::Sync)?;
+    if let Some(last) = in_flight {
+        last.settle(&clients, erasures)?;
+        commit(&clients, &last.offsets, CommitMode::Sync)?;
     }
     health.ready.store(false, Ordering::Release);
     tracing::info!("shutting down: last batch committed, leaving the group");
@@ -162,11 +160,26 @@ fn poll<'a>(clients: &'a Clients, timeout: Duration) -> Result<Option<BorrowedMe
     }
 }
 
-/// The profile tombstones of these erased users are acknowledged.
-fn erasures_acknowledged(erasures: &Erasures, erased: &[String]) {
-    let now = now_ms();
-    for user_id in erased {
-        erasures.profile_cleared(user_id, now);
+/// A batch whose records are sent but maybe not yet acknowledged.
+struct InFlight {
+    /// Acknowledgement mark of its last record.
+    mark: u64,
+    /// Its input offsets, committed once it is acknowledged.
+    offsets: TopicPartitionList,
+    /// Users whose erasure completes with its profile tombstones.
+    erased: Vec<String>,
+}
+
+impl InFlight {
+    /// Waits until every record of the batch is acknowledged and completes
+    /// the erasure receipts it carried.
+    fn settle(&self, clients: &Clients, erasures: &Erasures) -> Result<(), PipelineError> {
+        clients.wait_until_acknowledged(self.mark)?;
+        let now = now_ms();
+        for user_id in &self.erased {
+            erasures.profile_cleared(user_id, now);
+        }
+        Ok(())
     }
 }
 
@@ -291,12 +304,11 @@ impl<'a> Batch<'a> {
         self.outputs.extend(processed.output);
     }
 
-    /// Sends every output and dead letter; returns the acknowledgement mark
-    /// and the users whose erasure completes with it.
-    fn send(&mut self, clients: &Clients) -> Result<(u64, Vec<String>), PipelineError> {
+    /// Sends every output and dead letter (the offsets are the caller's to add).
+    fn send(&mut self, clients: &Clients) -> Result<InFlight, PipelineError> {
         let mark = clients.send_all(self.processor.codec(), &self.outputs, &self.dead_letters)?;
         self.outputs.clear();
         self.dead_letters.clear();
-        Ok((mark, std::mem::take(&mut self.erased)))
+        Ok(InFlight { mark, offsets: TopicPartitionList::new(), erased: std::mem::take(&mut self.erased) })
     }
 }
