@@ -659,3 +659,40 @@ fn experiment_counts_are_exported_and_tactful_report_reads_them() {
     assert!(report.starts_with("segment "), "{report}");
     assert!(report.contains("browsers"), "{report}");
 }
+
+#[test]
+fn near_store_needs_precise_location_and_withdrawing_it_exits_and_removes_the_fixes() {
+    let topics = Topics::create("precise");
+    let token = "precise-test-token-0042";
+    let pipeline = Pipeline::start_full(&topics, "", &format!("api_token = \"{token}\""), "info");
+    let producer = Producer::new();
+    let t = base_time();
+    let coarse = ["personalization", "location", "push"];
+    let precise = ["personalization", "location", "precise_location", "push"];
+    producer.send_keyed(&topics.consent, "coarse", &to_json(&consent("coarse", t - 1000, &coarse, "FULL")));
+    producer.send_keyed(&topics.consent, "precise", &to_json(&consent("precise", t - 1000, &precise, "FULL")));
+    for user in ["coarse", "precise"] {
+        producer.send_keyed(&topics.location, user, &to_json(&location(user, t, 52.5250, 13.4025)));
+    }
+    let records = read_profiles(&topics);
+    assert!(of_user(&records, "coarse").is_empty(), "coarse location never enters near_store");
+    assert_eq!(of_user(&records, "precise")[0].as_ref().unwrap().entered, vec!["near_store"]);
+
+    producer.send_keyed(&topics.consent, "precise", &to_json(&consent("precise", t + 10, &coarse, "FULL")));
+    producer.send_keyed(&topics.browse, "someone", &to_json(&browse("someone", t + 20, "books")));
+    let records = read_profiles(&topics);
+    let last = of_user(&records, "precise").last().unwrap().as_ref().unwrap().clone();
+    assert_eq!(last.exited, vec!["near_store"]);
+    assert_eq!(last.ts, t + 10);
+    let bearer = format!("Authorization: Bearer {token}");
+    for user in ["coarse", "precise"] {
+        let (status, body) = http_get_with(pipeline.admin_port, &format!("/v1/profiles/{user}"), &[&bearer]).unwrap();
+        assert_eq!(status, 200, "{body}");
+        let explanation: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            explanation["data_held"],
+            serde_json::json!([]),
+            "{user}: no location kept without a segment using it"
+        );
+    }
+}
