@@ -44,7 +44,7 @@ fn an_invalid_segment_file_fails_with_its_location_and_reason() {
     assert_eq!(
         stderr.trim_end(),
         format!(
-            "tactful: {}:1:1: segment `baby`: it reads a sensitive category, so its tier must be `sensitive`",
+            "tactful: {}:4:8: segment `baby`: it reads a sensitive category, so its tier must be `sensitive`",
             path.display()
         )
     );

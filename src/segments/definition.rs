@@ -54,20 +54,20 @@ struct PlaceSpec {
 struct SegmentSpec {
     id: String,
     description: String,
-    tier: Tier,
-    channels: Vec<String>,
-    reason: String,
+    tier: Spanned<Tier>,
+    channels: Spanned<Vec<String>>,
+    reason: Spanned<String>,
     #[serde(default)]
-    holdout: Option<f64>,
-    rule: RuleSpec,
+    holdout: Option<Spanned<f64>>,
+    rule: Spanned<RuleSpec>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RuleSpec {
-    all: Option<Vec<RuleSpec>>,
-    any: Option<Vec<RuleSpec>>,
-    not: Option<Box<RuleSpec>>,
+    all: Option<Vec<Spanned<RuleSpec>>>,
+    any: Option<Vec<Spanned<RuleSpec>>>,
+    not: Option<Box<Spanned<RuleSpec>>>,
     count: Option<MeasureSpec>,
     sum: Option<MeasureSpec>,
     distinct_days: Option<MeasureSpec>,
@@ -373,13 +373,19 @@ impl Catalogue {
                 needs: Purposes::NONE.with(Purpose::Personalization),
                 retention: &mut segment_retention,
                 windows: &mut windows,
+                error_offset: None,
+            };
+            // Errors point at the innermost rule or the field they are about.
+            let located = |(message, offset): (String, Option<usize>)| {
+                let offset = offset.unwrap_or(spanned.span().start);
+                error_at(file, source, offset, format!("segment `{}`: {message}", segment_spec.id))
             };
             let rule = compiler
-                .compile(&segment_spec.rule)
-                .map_err(|message| at(format!("segment `{}`: {message}", segment_spec.id)))?;
+                .compile_spanned(&segment_spec.rule)
+                .map_err(|message| located((message, compiler.error_offset)))?;
             let RuleCompiler { captures, needs, .. } = compiler;
             let segment = compile_segment(segment_spec, rule, captures, needs, segment_retention)
-                .map_err(|message| at(format!("segment `{}`: {message}", segment_spec.id)))?;
+                .map_err(|(message, offset)| located((message, Some(offset))))?;
             retention = retention.union(&segment.retention);
             segments.push(segment);
         }
@@ -402,34 +408,41 @@ fn compile_segment(
     captures: Vec<String>,
     needs: Purposes,
     retention: Retention,
-) -> Result<Segment, String> {
-    if spec.id.is_empty() || !spec.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-        return Err("an id is letters, digits and `_`".to_owned());
+) -> Result<Segment, (String, usize)> {
+    let id_ok = !spec.id.is_empty() && spec.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !id_ok {
+        return Err(("an id is letters, digits and `_`".to_owned(), spec.rule.span().start));
     }
     let mut channels = Purposes::NONE;
-    for name in &spec.channels {
+    for name in spec.channels.get_ref() {
         match Purpose::parse(name).filter(|purpose| Purpose::CHANNELS.contains(purpose)) {
             Some(channel) => channels = channels.with(channel),
-            None => return Err(format!("`{name}` is not a channel (web, email, push, ads)")),
+            None => {
+                return Err((format!("`{name}` is not a channel (web, email, push, ads)"), spec.channels.span().start));
+            }
         }
     }
-    if needs.contains(Purpose::Sensitive) && spec.tier != Tier::Sensitive {
-        return Err("it reads a sensitive category, so its tier must be `sensitive`".to_owned());
+    let tier = *spec.tier.get_ref();
+    if needs.contains(Purpose::Sensitive) && tier != Tier::Sensitive {
+        let message = "it reads a sensitive category, so its tier must be `sensitive`".to_owned();
+        return Err((message, spec.tier.span().start));
     }
-    if let Some(share) = spec.holdout {
+    let holdout = spec.holdout.as_ref().map(|share| *share.get_ref());
+    if let (Some(share), Some(spanned)) = (holdout, &spec.holdout) {
         if !(0.0..1.0).contains(&share) {
-            return Err(format!("holdout {share} must be at least 0 and below 1"));
+            return Err((format!("holdout {share} must be at least 0 and below 1"), spanned.span().start));
         }
     }
-    let reason = parse_template(&spec.reason, &captures)?;
+    let reason =
+        parse_template(spec.reason.get_ref(), &captures).map_err(|message| (message, spec.reason.span().start))?;
     Ok(Segment {
         id: spec.id.clone(),
         description: spec.description.clone(),
-        tier: spec.tier,
+        tier,
         channels,
         needs,
         reason,
-        holdout: spec.holdout,
+        holdout,
         rule,
         captures,
         retention,
@@ -479,9 +492,18 @@ struct RuleCompiler<'a> {
     needs: Purposes,
     retention: &'a mut Retention,
     windows: &'a mut Vec<(Source, i64)>,
+    /// Where the innermost failing rule starts in the file.
+    error_offset: Option<usize>,
 }
 
 impl RuleCompiler<'_> {
+    /// Compiles a rule, noting where it starts if it (and none inside it) fails.
+    fn compile_spanned(&mut self, spec: &Spanned<RuleSpec>) -> Result<Rule, String> {
+        self.compile(spec.get_ref()).inspect_err(|_| {
+            self.error_offset.get_or_insert(spec.span().start);
+        })
+    }
+
     fn compile(&mut self, spec: &RuleSpec) -> Result<Rule, String> {
         let measures = [
             ("count", &spec.count),
@@ -512,7 +534,7 @@ impl RuleCompiler<'_> {
             return Ok(Rule::Any(self.compile_list(rules, "any")?));
         }
         if let Some(rule) = &spec.not {
-            return Ok(Rule::Not(Box::new(self.compile(rule)?)));
+            return Ok(Rule::Not(Box::new(self.compile_spanned(rule)?)));
         }
         let threshold = |threshold: &Option<Threshold>| -> Result<Option<f64>, String> {
             match threshold {
@@ -556,11 +578,11 @@ impl RuleCompiler<'_> {
         Ok(Rule::Compare { measure, comparison, capture })
     }
 
-    fn compile_list(&mut self, rules: &[RuleSpec], name: &str) -> Result<Vec<Rule>, String> {
+    fn compile_list(&mut self, rules: &[Spanned<RuleSpec>], name: &str) -> Result<Vec<Rule>, String> {
         if rules.is_empty() {
             return Err(format!("`{name}` needs at least one rule"));
         }
-        rules.iter().map(|rule| self.compile(rule)).collect()
+        rules.iter().map(|rule| self.compile_spanned(rule)).collect()
     }
 
     fn window(&mut self, source: Source, within: Option<&str>) -> Result<i64, String> {

@@ -205,9 +205,11 @@ fn the_bundled_file_text_is_rejected_when_a_window_exceeds_max_retention() {
         error.message,
         "segment `high_value`: `within = \"90d\"` must be above zero and at most the maximum retention of 30 days"
     );
-    let header = DEFAULT_SEGMENTS.find("id = \"high_value\"").unwrap();
-    let header_line = DEFAULT_SEGMENTS[..header].matches('\n').count(); // the `[[segment]]` line above it
-    assert_eq!((error.line, error.column), (header_line, 1));
+    // The error points at the rule that reads the window, inside `rule.all`.
+    let rule = DEFAULT_SEGMENTS.find("{ sum = { of = \"purchase\", within = \"90d\" }").unwrap();
+    let line = DEFAULT_SEGMENTS[..rule].matches('\n').count() + 1;
+    let column = rule - DEFAULT_SEGMENTS[..rule].rfind('\n').unwrap();
+    assert_eq!((error.line, error.column), (line, column));
 }
 
 // --- definition errors -----------------------------------------------------
@@ -251,8 +253,8 @@ fn two_measures_in_one_rule_are_refused() {
     assert_eq!(
         parse_err(&text),
         error(
-            4,
-            1,
+            10,
+            8,
             "segment `x`: a rule has exactly one of all, any, not, count, sum, distinct_days, distinct, most_common, share, since_first_seen, since_last, near; found count, sum"
         )
     );
@@ -264,8 +266,8 @@ fn an_empty_rule_is_refused() {
     assert_eq!(
         parse_err(&text),
         error(
-            4,
-            1,
+            10,
+            8,
             "segment `x`: a rule has exactly one of all, any, not, count, sum, distinct_days, distinct, most_common, share, since_first_seen, since_last, near; found none"
         )
     );
@@ -276,12 +278,12 @@ fn a_measure_without_a_comparison_is_refused() {
     let text = segment_with_rule("{ count = { of = \"browse\", within = \"7d\" } }");
     assert_eq!(
         parse_err(&text),
-        error(4, 1, "segment `x`: `count` needs exactly one of at_least, at_most, equals, more_than, less_than")
+        error(10, 8, "segment `x`: `count` needs exactly one of at_least, at_most, equals, more_than, less_than")
     );
     let text = segment_with_rule("{ count = { of = \"browse\", within = \"7d\" }, at_least = 1, at_most = 3 }");
     assert_eq!(
         parse_err(&text),
-        error(4, 1, "segment `x`: `count` needs exactly one of at_least, at_most, equals, more_than, less_than")
+        error(10, 8, "segment `x`: `count` needs exactly one of at_least, at_most, equals, more_than, less_than")
     );
 }
 
@@ -290,7 +292,7 @@ fn an_undefined_place_is_refused() {
     let text = segment_with_rule(
         "{ near = { places = [\"home\", \"nowhere\"], radius_m = 100, within = \"1h\" }, at_least = 1 }",
     );
-    assert_eq!(parse_err(&text), error(4, 1, "segment `x`: place `nowhere` is not defined under [places]"));
+    assert_eq!(parse_err(&text), error(10, 8, "segment `x`: place `nowhere` is not defined under [places]"));
 }
 
 #[test]
@@ -303,7 +305,7 @@ fn a_reason_placeholder_without_a_capture_is_refused() {
     );
     assert_eq!(
         parse_err(&text),
-        error(4, 1, "segment `x`: the reason uses `{n}` but no rule captures it with `as = \"n\"`")
+        error(9, 10, "segment `x`: the reason uses `{n}` but no rule captures it with `as = \"n\"`")
     );
     let text = one_segment(
         "full",
@@ -313,7 +315,7 @@ fn a_reason_placeholder_without_a_capture_is_refused() {
     );
     assert_eq!(
         parse_err(&text),
-        error(4, 1, "segment `x`: unknown format `euros` in the reason (use `cents`, `days`, `percent`, `singular/plural` or none)")
+        error(9, 10, "segment `x`: unknown format `euros` in the reason (use `cents`, `days`, `percent`, `singular/plural` or none)")
     );
 }
 
@@ -324,7 +326,7 @@ fn a_sensitive_category_needs_the_sensitive_tier() {
         let text = one_segment(tier, "[\"email\"]", "r", rule);
         assert_eq!(
             parse_err(&text),
-            error(4, 1, "segment `x`: it reads a sensitive category, so its tier must be `sensitive`")
+            error(7, 8, "segment `x`: it reads a sensitive category, so its tier must be `sensitive`")
         );
     }
     let segment = only_segment(&one_segment("sensitive", "[\"email\"]", "r", rule));
@@ -342,8 +344,8 @@ fn a_window_above_max_retention_is_refused() {
     assert_eq!(
         parse_err(&text),
         error(
-            4,
-            1,
+            10,
+            8,
             "segment `x`: `within = \"401d\"` must be above zero and at most the maximum retention of 400 days"
         )
     );
@@ -354,12 +356,12 @@ fn a_window_above_max_retention_is_refused() {
     let text = segment_with_rule("{ count = { of = \"browse\", within = \"0d\" }, at_least = 1 }");
     assert_eq!(
         parse_err(&text),
-        error(4, 1, "segment `x`: `within = \"0d\"` must be above zero and at most the maximum retention of 400 days")
+        error(10, 8, "segment `x`: `within = \"0d\"` must be above zero and at most the maximum retention of 400 days")
     );
     let text = segment_with_rule("{ count = { of = \"browse\", within = \"a week\" }, at_least = 1 }");
     assert_eq!(
         parse_err(&text),
-        error(4, 1, "segment `x`: `within = \"a week\"` is not a duration (e.g. 90d, 1h, 15m, 30s)")
+        error(10, 8, "segment `x`: `within = \"a week\"` is not a duration (e.g. 90d, 1h, 15m, 30s)")
     );
 }
 
@@ -371,7 +373,7 @@ fn a_bad_channel_is_refused() {
         "r",
         "rule = { count = { of = \"browse\", within = \"7d\" }, at_least = 1 }\n",
     );
-    assert_eq!(parse_err(&text), error(4, 1, "segment `x`: `sms` is not a channel (web, email, push, ads)"));
+    assert_eq!(parse_err(&text), error(8, 12, "segment `x`: `sms` is not a channel (web, email, push, ads)"));
     // A purpose that is not a channel is not a channel either.
     let text = one_segment(
         "full",
@@ -379,7 +381,7 @@ fn a_bad_channel_is_refused() {
         "r",
         "rule = { count = { of = \"browse\", within = \"7d\" }, at_least = 1 }\n",
     );
-    assert_eq!(parse_err(&text), error(4, 1, "segment `x`: `location` is not a channel (web, email, push, ads)"));
+    assert_eq!(parse_err(&text), error(8, 12, "segment `x`: `location` is not a channel (web, email, push, ads)"));
 }
 
 #[test]
@@ -389,8 +391,9 @@ fn errors_point_at_the_segment_they_are_about() {
         "# leading comment\n{}\n[[segment]]\nid = \"y\"\ndescription = \"d\"\ntier = \"full\"\nchannels = [\"sms\"]\nreason = \"r\"\n{valid}",
         one_segment("full", "[\"web\"]", "r", valid)
     );
-    // Line 1 comment, lines 2-11 segment x, line 12 blank, `[[segment]]` of y on line 13.
-    assert_eq!(parse_err(&text), error(13, 1, "segment `y`: `sms` is not a channel (web, email, push, ads)"));
+    // Line 1 comment, lines 2-11 segment x, line 12 blank, `[[segment]]` of y on
+    // line 13: the error points at y's channel list on line 17.
+    assert_eq!(parse_err(&text), error(17, 12, "segment `y`: `sms` is not a channel (web, email, push, ads)"));
 }
 
 #[test]
@@ -403,7 +406,7 @@ fn duplicate_ids_and_bad_holdouts_are_refused() {
     );
     assert_eq!(parse_err(&text), error(13, 1, "segment `x` is defined twice"));
     let text = one_segment("full", "[]", "r", &format!("holdout = 1.0\n{valid}"));
-    assert_eq!(parse_err(&text), error(4, 1, "segment `x`: holdout 1 must be at least 0 and below 1"));
+    assert_eq!(parse_err(&text), error(10, 11, "segment `x`: holdout 1 must be at least 0 and below 1"));
 }
 
 #[test]
