@@ -47,7 +47,7 @@ fn process_chunk(processor: &Processor, records: &[SyntheticRecord], now_ms: i64
     let mut encode = |output: Output| {
         if let Output::Update(update) = output {
             buffer.clear();
-            processor.codec().encode_profile(&update, buffer).unwrap();
+            processor.codec().encode_profile(&update, buffer);
         }
     };
     let mut newest_event_time = i64::MIN;
@@ -132,7 +132,7 @@ fn stages(criterion: &mut Criterion) {
         bencher.iter(|| {
             for update in &updates {
                 buffer.clear();
-                codec.encode_profile(update, &mut buffer).unwrap();
+                codec.encode_profile(update, &mut buffer);
             }
             std::hint::black_box(buffer.len())
         })

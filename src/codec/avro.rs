@@ -152,11 +152,11 @@ impl SchemaCatalogue {
             .map_err(|error| DecodeError::Malformed { encoding: "avro", detail: error.to_string() })
     }
 
-    /// Appends `update` in single-object encoding to `out`.
-    pub fn encode_profile(&self, update: &ProfileUpdate, out: &mut Vec<u8>) -> Result<(), SchemaError> {
+    /// Appends `update` in single-object encoding to `out`. Cannot fail: the
+    /// record type is the schema's own.
+    pub fn encode_profile(&self, update: &ProfileUpdate, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.profile.header);
         super::binary::write_profile_update(update, out);
-        Ok(())
     }
 
     /// Appends an input record of `kind` in single-object encoding to `out`

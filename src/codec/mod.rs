@@ -96,7 +96,7 @@ impl Codec {
     }
 
     /// Appends `update` in Avro single-object encoding to `out`.
-    pub fn encode_profile(&self, update: &ProfileUpdate, out: &mut Vec<u8>) -> Result<(), SchemaError> {
+    pub fn encode_profile(&self, update: &ProfileUpdate, out: &mut Vec<u8>) {
         self.schemas.encode_profile(update, out)
     }
 

@@ -190,7 +190,7 @@ impl Clients {
             match output {
                 Output::Update(update) => {
                     value.clear();
-                    codec.encode_profile(update, &mut value)?;
+                    codec.encode_profile(update, &mut value);
                     self.send(record.payload(&value))?;
                 }
                 Output::Tombstone { .. } => self.send(record)?,

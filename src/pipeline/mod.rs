@@ -42,8 +42,6 @@ pub enum PipelineError {
     Topics(String),
     #[error("{0} records could not be delivered; their input offsets were not committed")]
     Delivery(u64),
-    #[error("cannot encode a profile update: {0}")]
-    Encode(#[from] crate::codec::SchemaError),
 }
 
 /// Shared flags between the pipeline thread and the admin endpoint.
