@@ -55,6 +55,12 @@ pub struct KafkaSection {
     /// Consumer group of the event topics. Default: the app id.
     #[serde(default)]
     pub group_id: Option<String>,
+    /// Names this instance among those of the group: its transactional id is
+    /// `tactful.<app_id>.<instance_id>`, so a restarted instance fences its
+    /// previous incarnation. Give each instance its own (e.g. the pod name).
+    /// Default: the host name.
+    #[serde(default)]
+    pub instance_id: Option<String>,
     /// Extra librdkafka settings (security, tuning), passed to every client as given.
     #[serde(default)]
     pub client_properties: BTreeMap<String, String>,
@@ -75,6 +81,8 @@ pub struct TopicsSection {
     pub profiles: String,
     /// Default `tactful.<app_id>.dead-letters`.
     pub dead_letters: Option<String>,
+    /// Default `tactful.<app_id>.changelog`.
+    pub changelog: Option<String>,
 }
 
 impl Default for TopicsSection {
@@ -86,6 +94,7 @@ impl Default for TopicsSection {
             consent: "consent.changes".to_owned(),
             profiles: "profiles.updates".to_owned(),
             dead_letters: None,
+            changelog: None,
         }
     }
 }
@@ -99,11 +108,13 @@ pub struct PipelineSection {
     /// Extra Avro writer schemas (older or newer versions of the records) to
     /// recognise by fingerprint.
     pub extra_schema_files: Vec<PathBuf>,
+    /// `exactly_once` (default) or `at_least_once`.
+    pub processing_guarantee: Guarantee,
     /// Most records processed between two commits. Default 5000.
     pub max_batch_records: usize,
-    /// Longest time a batch collects records before it is processed (and the
-    /// most a record waits for its batch). Default 100 ms.
-    pub poll_timeout_ms: u64,
+    /// Longest time a batch collects records before it is processed and
+    /// committed (and the most a record waits for its batch). Default 100 ms.
+    pub commit_interval_ms: u64,
     /// Copy bad records to the dead-letter topic. Default true.
     pub dead_letters_enabled: bool,
     /// A record whose time is further than this from now is an absurd value.
@@ -130,8 +141,9 @@ impl Default for PipelineSection {
         Self {
             segments_file: None,
             extra_schema_files: Vec::new(),
+            processing_guarantee: Guarantee::ExactlyOnce,
             max_batch_records: 5_000,
-            poll_timeout_ms: 100,
+            commit_interval_ms: 100,
             dead_letters_enabled: true,
             event_time_tolerance_ms: 400 * DAY_MS,
             consent_catch_up_timeout_ms: 10_000,
@@ -142,6 +154,18 @@ impl Default for PipelineSection {
     }
 }
 
+/// What survives a crash, a restart or a rebalance.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Guarantee {
+    /// Input offsets, profile updates, dead letters and changelog records
+    /// are committed in one Kafka transaction per batch.
+    ExactlyOnce,
+    /// Offsets are committed after the batch's records are acknowledged: a
+    /// crash repeats the effects of the last batches.
+    AtLeastOnce,
+}
+
 /// `[privacy]`: what counts as sensitive and how long anything is kept.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -150,11 +174,18 @@ pub struct PrivacySection {
     pub sensitive_categories: Vec<String>,
     /// Nothing is retained longer than this, whatever a segment asks. Default 365 days.
     pub max_retention_days: u32,
+    /// A user with no applied event for this long (event time) is deleted,
+    /// with a tombstone on `profiles.updates` if they had a profile. Default 365 days.
+    pub idle_user_days: u32,
 }
 
 impl Default for PrivacySection {
     fn default() -> Self {
-        Self { sensitive_categories: vec!["prenatal".to_owned(), "pharmacy".to_owned()], max_retention_days: 365 }
+        Self {
+            sensitive_categories: vec!["prenatal".to_owned(), "pharmacy".to_owned()],
+            max_retention_days: 365,
+            idle_user_days: 365,
+        }
     }
 }
 
@@ -186,6 +217,7 @@ pub fn embedded_defaults() -> (Catalogue, CoreSettings) {
         sensitive_categories: privacy.sensitive_categories,
         event_time_tolerance_ms: pipeline.event_time_tolerance_ms,
         conversion_window_ms: pipeline.conversion_window_ms,
+        idle_user_ms: i64::from(privacy.idle_user_days) * DAY_MS,
     };
     (catalogue, settings)
 }
@@ -199,6 +231,7 @@ pub struct Topics {
     pub consent: String,
     pub profiles: String,
     pub dead_letters: String,
+    pub changelog: String,
 }
 
 impl Topics {
@@ -213,13 +246,15 @@ pub struct Config {
     pub bootstrap_servers: String,
     pub app_id: String,
     pub group_id: String,
+    pub instance_id: String,
     pub client_properties: BTreeMap<String, String>,
     pub topics: Topics,
     pub catalogue: Catalogue,
     pub extra_writer_schemas: Vec<String>,
     pub core: CoreSettings,
+    pub guarantee: Guarantee,
     pub max_batch_records: usize,
-    pub poll_timeout_ms: u64,
+    pub commit_interval_ms: u64,
     pub dead_letters_enabled: bool,
     pub consent_catch_up_timeout_ms: u64,
     pub create_output_topics: bool,
@@ -273,6 +308,9 @@ impl Config {
         if privacy.max_retention_days == 0 {
             return Err(invalid("privacy.max_retention_days must be at least 1".to_owned()));
         }
+        if privacy.idle_user_days == 0 {
+            return Err(invalid("privacy.idle_user_days must be at least 1".to_owned()));
+        }
         let max_retention_ms = i64::from(privacy.max_retention_days) * DAY_MS;
         let catalogue = match &pipeline.segments_file {
             Some(segments_path) => {
@@ -302,8 +340,16 @@ impl Config {
             extra_writer_schemas.push(text);
         }
         let dead_letters = topics.dead_letters.unwrap_or_else(|| format!("tactful.{}.dead-letters", kafka.app_id));
+        let changelog = topics.changelog.unwrap_or_else(|| format!("tactful.{}.changelog", kafka.app_id));
+        let instance_id = kafka.instance_id.unwrap_or_else(host_name);
+        if instance_id.is_empty() || !instance_id.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+            return Err(invalid(format!(
+                "kafka.instance_id `{instance_id}` must be letters, digits, `.`, `_` or `-` (it names the transactional id)"
+            )));
+        }
         Ok(Self {
             group_id: kafka.group_id.unwrap_or_else(|| kafka.app_id.clone()),
+            instance_id,
             bootstrap_servers: kafka.bootstrap_servers,
             app_id: kafka.app_id,
             client_properties: kafka.client_properties,
@@ -314,6 +360,7 @@ impl Config {
                 consent: topics.consent,
                 profiles: topics.profiles,
                 dead_letters,
+                changelog,
             },
             catalogue,
             extra_writer_schemas,
@@ -321,9 +368,11 @@ impl Config {
                 sensitive_categories: privacy.sensitive_categories,
                 event_time_tolerance_ms: pipeline.event_time_tolerance_ms,
                 conversion_window_ms: pipeline.conversion_window_ms,
+                idle_user_ms: i64::from(privacy.idle_user_days) * DAY_MS,
             },
+            guarantee: pipeline.processing_guarantee,
             max_batch_records: pipeline.max_batch_records,
-            poll_timeout_ms: pipeline.poll_timeout_ms,
+            commit_interval_ms: pipeline.commit_interval_ms,
             dead_letters_enabled: pipeline.dead_letters_enabled,
             consent_catch_up_timeout_ms: pipeline.consent_catch_up_timeout_ms,
             create_output_topics: pipeline.create_output_topics,
@@ -332,6 +381,15 @@ impl Config {
             admin_api_token: admin.api_token,
         })
     }
+}
+
+/// This machine's name (Linux), or `tactful` when it cannot be read.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().chars().filter(|c| c.is_ascii_alphanumeric() || "._-".contains(*c)).collect::<String>())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "tactful".to_owned())
 }
 
 fn read(path: &Path) -> Result<String, ConfigError> {

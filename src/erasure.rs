@@ -17,11 +17,12 @@ pub struct ErasureStatus {
     pub recorded_at: Option<i64>,
     /// When the in-memory state was deleted.
     pub state_cleared_at: Option<i64>,
-    /// When the tombstone on `profiles.updates` was acknowledged, or the state
-    /// was cleared if no profile had ever been published.
+    /// When the batch that deleted the state was committed: from then on
+    /// `profiles.updates` holds a tombstone for the user (if a profile was
+    /// ever published, else nothing new)...
     pub profile_topic_cleared_at: Option<i64>,
-    /// tactful keeps no changelog yet: state lives in memory only.
-    pub changelog: &'static str,
+    /// ...and the changelog holds a tombstone for the user's state.
+    pub changelog_cleared_at: Option<i64>,
     /// Every place is cleared.
     pub complete: bool,
 }
@@ -55,7 +56,7 @@ impl Erasures {
                     recorded_at: None,
                     state_cleared_at: None,
                     profile_topic_cleared_at: None,
-                    changelog: "none is kept",
+                    changelog_cleared_at: None,
                     complete: false,
                 },
             );
@@ -72,21 +73,18 @@ impl Erasures {
         });
     }
 
-    /// The pipeline deleted the state of `user_id`; `published_tombstone`
-    /// says whether a tombstone for the profile topic is on its way.
-    pub fn state_cleared(&self, user_id: &str, published_tombstone: bool, now_ms: i64) {
+    /// The pipeline deleted the in-memory state of `user_id`.
+    pub fn state_cleared(&self, user_id: &str, now_ms: i64) {
         self.update_pending(user_id, |status| {
             status.state_cleared_at.get_or_insert(now_ms);
-            if !published_tombstone {
-                status.profile_topic_cleared_at.get_or_insert(now_ms);
-            }
         });
     }
 
-    /// The profile tombstone of `user_id` was acknowledged.
-    pub fn profile_cleared(&self, user_id: &str, now_ms: i64) {
+    /// The batch with the profile and changelog tombstones of `user_id` was committed.
+    pub fn committed(&self, user_id: &str, now_ms: i64) {
         self.update_pending(user_id, |status| {
             status.profile_topic_cleared_at.get_or_insert(now_ms);
+            status.changelog_cleared_at.get_or_insert(now_ms);
         });
     }
 
@@ -97,7 +95,9 @@ impl Erasures {
             for receipt in receipts {
                 if let Some(status) = registry.by_receipt.get_mut(&receipt) {
                     change(status);
-                    status.complete = status.state_cleared_at.is_some() && status.profile_topic_cleared_at.is_some();
+                    status.complete = status.state_cleared_at.is_some()
+                        && status.profile_topic_cleared_at.is_some()
+                        && status.changelog_cleared_at.is_some();
                     if !status.complete {
                         still_pending.push(receipt);
                     }
@@ -122,32 +122,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_receipt_completes_when_state_and_profile_topic_are_cleared() {
+    fn a_receipt_completes_when_the_state_is_cleared_and_the_tombstones_are_committed() {
         let erasures = Erasures::default();
         erasures.open("r1", "u1", 100);
         erasures.recorded("r1", 110);
-        erasures.state_cleared("u1", true, 120);
+        erasures.state_cleared("u1", 120);
         let status = erasures.status("r1").unwrap();
         assert_eq!(
-            (status.state_cleared_at, status.profile_topic_cleared_at, status.complete),
-            (Some(120), None, false)
+            (status.state_cleared_at, status.profile_topic_cleared_at, status.changelog_cleared_at, status.complete),
+            (Some(120), None, None, false)
         );
-        erasures.profile_cleared("u1", 130);
+        erasures.committed("u1", 130);
         let status = erasures.status("r1").unwrap();
         assert_eq!(status.recorded_at, Some(110));
-        assert_eq!((status.profile_topic_cleared_at, status.complete), (Some(130), true));
+        assert_eq!(
+            (status.profile_topic_cleared_at, status.changelog_cleared_at, status.complete),
+            (Some(130), Some(130), true)
+        );
         // Later erasures of the same user do not touch a completed receipt.
-        erasures.state_cleared("u1", false, 500);
+        erasures.state_cleared("u1", 500);
         assert_eq!(erasures.status("r1").unwrap().state_cleared_at, Some(120));
-    }
-
-    #[test]
-    fn without_a_published_profile_the_profile_topic_is_clear_with_the_state() {
-        let erasures = Erasures::default();
-        erasures.open("r2", "u2", 100);
-        erasures.state_cleared("u2", false, 150);
-        let status = erasures.status("r2").unwrap();
-        assert_eq!((status.profile_topic_cleared_at, status.complete), (Some(150), true));
         assert_eq!(erasures.status("unknown"), None);
     }
 }

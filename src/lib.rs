@@ -5,6 +5,7 @@
 //! pure core in [`processor`] and the Kafka shell in [`pipeline`].
 
 pub mod admin;
+pub mod changelog;
 pub mod codec;
 pub mod config;
 pub mod consent;

@@ -3,6 +3,7 @@
 //! profile diff. No I/O and no clock: `now_ms` comes in as an argument.
 //! The Kafka pipeline, `tactful demo` and the benchmark all drive this type.
 
+use crate::changelog::{self, ChangelogError};
 use crate::codec::{Codec, DecodeError, Decoded};
 use crate::consent::{self, ConsentInForce, DropReason, Purpose, Purposes};
 use crate::explain::{data_held, ConsentView, Explanation, ProfileView};
@@ -14,7 +15,7 @@ use crate::state::{
     PurchaseFact, Retention, UserState, MAX_CAPTURES,
 };
 use dashmap::DashMap;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
@@ -106,6 +107,9 @@ pub struct CoreSettings {
     pub event_time_tolerance_ms: i64,
     /// A purchase this long after entering an experiment segment is its conversion.
     pub conversion_window_ms: i64,
+    /// A user without an applied event for this long (event time) is deleted,
+    /// with a tombstone if they had a profile (data minimisation).
+    pub idle_user_ms: i64,
 }
 
 /// The consent-gated segment engine over sharded in-memory state.
@@ -128,9 +132,12 @@ pub struct Processor {
     /// with `measurement` (aggregates only: nothing personal).
     experiments: Vec<[ArmCounts; 2]>,
     conversion_window_ms: i64,
-    /// (when, user): a fact of the user leaves a window then. Entries whose
-    /// time no longer matches the user's `next_change` are stale and skipped.
-    timers: Mutex<BTreeSet<(i64, String)>>,
+    /// Per input partition, (when, user): time alone may change the user's
+    /// profile then. Entries whose time no longer matches the user's
+    /// `next_change` are stale and skipped.
+    timers: Mutex<BTreeMap<i32, BTreeSet<(i64, String)>>>,
+    /// Users idle (no applied event) this long are deleted.
+    idle_user_ms: i64,
 }
 
 impl Processor {
@@ -150,7 +157,8 @@ impl Processor {
             by_id,
             experiments: catalogue_len_arms(members_len),
             conversion_window_ms: settings.conversion_window_ms,
-            timers: Mutex::new(BTreeSet::new()),
+            timers: Mutex::new(BTreeMap::new()),
+            idle_user_ms: settings.idle_user_ms,
         }
     }
 
@@ -221,8 +229,21 @@ impl Processor {
         })
     }
 
-    /// Processes one input record of `kind`, read at processing time `now_ms`.
+    /// Processes one input record of `kind`, read at processing time `now_ms`,
+    /// with every record on one partition and no watermark (offline use).
     pub fn process(&self, kind: InputKind, key: Option<&[u8]>, value: Option<&[u8]>, now_ms: i64) -> Processed {
+        self.process_from(Source { partition: 0, watermark: i64::MIN }, kind, key, value, now_ms)
+    }
+
+    /// Processes one input record of `kind` read from `source`, at processing time `now_ms`.
+    pub fn process_from(
+        &self,
+        source: Source,
+        kind: InputKind,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        now_ms: i64,
+    ) -> Processed {
         let Some(key) = key.and_then(|key| std::str::from_utf8(key).ok()).filter(|key| !key.is_empty()) else {
             return Processed::without_output(Outcome::Rejected(Rejection::BadKey));
         };
@@ -239,7 +260,10 @@ impl Processor {
             .and_then(|decoded| self.validate(key, decoded, now_ms));
         match result {
             Err(rejection) => Processed::without_output(Outcome::Rejected(rejection)),
-            Ok(Decoded::Consent(change)) => self.apply_consent(change, now_ms),
+            Ok(Decoded::Consent(change)) => self.apply_consent(source.partition, change, now_ms),
+            Ok(Decoded::Event(event)) if event.ts() < source.watermark => {
+                Processed { event_time: Some(event.ts()), ..Processed::without_output(Outcome::Dropped(DropReason::Late)) }
+            }
             Ok(Decoded::Event(event)) => {
                 let event_time = event.ts();
                 Processed { event_time: Some(event_time), ..self.apply_event(event, now_ms) }
@@ -294,42 +318,58 @@ impl Processor {
         Processed { outcome: Outcome::Applied, output, event_time: None }
     }
 
-    fn apply_consent(&self, change: ConsentChange, now_ms: i64) -> Processed {
+    fn apply_consent(&self, partition: i32, change: ConsentChange, now_ms: i64) -> Processed {
         let consent = ConsentInForce::from_change(&change);
-        let mut state = self.users.entry(change.user_id.clone()).or_default();
-        let output = if consent.allows_profile() {
-            if !consent.granted.contains(Purpose::Location) {
-                state.history.locations.clear();
-            } else if !consent.granted.contains(Purpose::PreciseLocation) {
-                for location in &mut state.history.locations {
-                    (location.lat, location.lon) = coarsen(location.lat, location.lon);
-                }
-            }
-            if !consent.granted.contains(Purpose::Sensitive) {
-                state.history.forget_sensitive();
-                for browse in &mut state.history.browses {
-                    if browse.category.is_some_and(|category| self.sensitive_categories.contains(&category)) {
-                        (browse.category, browse.product) = (None, None);
-                    }
-                }
-            }
-            state.consent = Some(consent);
-            let update = self.refresh(&change.user_id, &mut state, change.ts, now_ms);
-            self.schedule(&change.user_id, &mut state);
-            update.map(Output::Update)
-        } else {
-            // Withdrawal: erase everything built for the user; keep only the
-            // refusal itself so later events are dropped.
+        let mut state = self.users.entry(change.user_id.clone()).or_insert_with(|| UserState {
+            partition,
+            ..UserState::default()
+        });
+        // A choice older than the one in force (read again while catching
+        // up, after a restored state already had the newer one) changes nothing.
+        if state.consent.as_ref().is_some_and(|in_force| in_force.ts > consent.ts) {
+            return Processed::without_output(Outcome::Applied);
+        }
+        let output = self.enforce(&change.user_id, &mut state, consent, change.ts, now_ms);
+        Processed { outcome: Outcome::Applied, output, event_time: None }
+    }
+
+    /// Puts `consent` in force for the user: a withdrawal erases everything
+    /// built for them (keeping only the refusal, so later events are
+    /// dropped); a narrower consent deletes exactly what it no longer allows.
+    fn enforce(
+        &self,
+        user_id: &str,
+        state: &mut UserState,
+        consent: ConsentInForce,
+        change_ts: i64,
+        now_ms: i64,
+    ) -> Option<Output> {
+        if !consent.allows_profile() {
             let erase = state.holds_profile_data();
             self.count_members(state.published.as_ref(), None);
-            state.history = Default::default();
-            state.published = None;
-            state.next_change = None;
-            state.experiment_entries.clear();
             state.consent = Some(consent);
-            erase.then(|| Output::Tombstone { user_id: change.user_id.clone() })
-        };
-        Processed { outcome: Outcome::Applied, output, event_time: None }
+            state.keep_only_consent();
+            return erase.then(|| Output::Tombstone { user_id: user_id.to_owned() });
+        }
+        if !consent.granted.contains(Purpose::Location) {
+            state.history.locations.clear();
+        } else if !consent.granted.contains(Purpose::PreciseLocation) {
+            for location in &mut state.history.locations {
+                (location.lat, location.lon) = coarsen(location.lat, location.lon);
+            }
+        }
+        if !consent.granted.contains(Purpose::Sensitive) {
+            state.history.forget_sensitive();
+            for browse in &mut state.history.browses {
+                if browse.category.is_some_and(|category| self.sensitive_categories.contains(&category)) {
+                    (browse.category, browse.product) = (None, None);
+                }
+            }
+        }
+        state.consent = Some(consent);
+        let update = self.refresh(user_id, state, change_ts, now_ms);
+        self.schedule(user_id, state);
+        update.map(Output::Update)
     }
 
     fn apply_event(&self, event: Event, now_ms: i64) -> Processed {
@@ -352,6 +392,7 @@ impl Processor {
             self.measure_conversion(&mut state, ts);
         }
         state.clock = state.clock.max(ts);
+        state.last_event = state.last_event.max(ts);
         let clock = state.clock;
         let output = self.refresh(event.user_id(), &mut state, clock, now_ms).map(Output::Update);
         self.schedule(event.user_id(), &mut state);
@@ -457,28 +498,41 @@ impl Processor {
             .iter()
             .filter_map(|segment| next_recency_flip(&segment.rule, &state.history, state.clock))
             .min();
+        let idle_expiry = state.holds_profile_data().then(|| state.last_event.saturating_add(self.idle_user_ms));
         let next_change = next_window_exit(&state.history, state.clock, &self.catalogue.windows)
             .into_iter()
             .chain(recency_flip)
+            .chain(idle_expiry)
             .min();
         if next_change != state.next_change {
             state.next_change = next_change;
             if let Some(due) = next_change {
-                self.timers.lock().unwrap_or_else(PoisonError::into_inner).insert((due, user_id.to_owned()));
+                let mut timers = self.timers.lock().unwrap_or_else(PoisonError::into_inner);
+                timers.entry(state.partition).or_default().insert((due, user_id.to_owned()));
             }
         }
     }
 
-    /// Event time has progressed to `watermark`: re-evaluates every user a
-    /// window dropped a fact of by then, at the moment it dropped it, and
-    /// returns the updates (time-driven exits and entries, no new event needed).
+    /// Event time has progressed to `watermark` on every partition (offline use).
     pub fn advance_to(&self, watermark: i64, now_ms: i64) -> Vec<Output> {
+        let partitions: Vec<i32> = self.timers.lock().unwrap_or_else(PoisonError::into_inner).keys().copied().collect();
+        partitions.into_iter().flat_map(|partition| self.advance_partition(partition, watermark, now_ms)).collect()
+    }
+
+    /// Event time has progressed to `watermark` on `partition`: re-evaluates
+    /// every user of it whose profile time alone changes by then, at that
+    /// moment, and returns the updates (time-driven exits and entries, no new
+    /// event needed), and the tombstones of users idle for too long.
+    pub fn advance_partition(&self, partition: i32, watermark: i64, now_ms: i64) -> Vec<Output> {
         let mut outputs = Vec::new();
         loop {
             let next = {
                 let mut timers = self.timers.lock().unwrap_or_else(PoisonError::into_inner);
-                match timers.first() {
-                    Some((due, _)) if *due <= watermark => timers.pop_first(),
+                let due_timers = timers.get_mut(&partition);
+                match due_timers {
+                    Some(due_timers) if due_timers.first().is_some_and(|(due, _)| *due <= watermark) => {
+                        due_timers.pop_first()
+                    }
                     _ => None,
                 }
             };
@@ -488,10 +542,110 @@ impl Processor {
             if state.next_change != Some(due) || !state.consent.as_ref().is_some_and(ConsentInForce::allows_profile) {
                 continue;
             }
+            if state.last_event.saturating_add(self.idle_user_ms) <= due {
+                // Idle for too long: deleted (data minimisation).
+                let erase = state.published.is_some();
+                self.count_members(state.published.as_ref(), None);
+                state.keep_only_consent();
+                outputs.extend(erase.then(|| Output::Tombstone { user_id: user_id.clone() }));
+                continue;
+            }
             state.clock = state.clock.max(due);
             let clock = state.clock;
             outputs.extend(self.refresh(&user_id, &mut state, clock, now_ms).map(Output::Update));
             self.schedule(&user_id, &mut state);
+        }
+        outputs
+    }
+
+    /// Forgets everything built for the users of `partitions` (they moved to
+    /// another instance), keeping the consent table.
+    pub fn drop_partitions(&self, partitions: &[i32]) {
+        self.timers.lock().unwrap_or_else(PoisonError::into_inner).retain(|partition, _| !partitions.contains(partition));
+        self.users.retain(|_, state| {
+            if !partitions.contains(&state.partition) {
+                return true;
+            }
+            self.count_members(state.published.as_ref(), None);
+            state.keep_only_consent();
+            state.consent.is_some()
+        });
+    }
+
+    /// The changelog value of `user_id`'s state; `None` when nothing beyond
+    /// the consent table is held (a tombstone in the changelog).
+    pub fn changelog_value(&self, user_id: &str) -> Option<Vec<u8>> {
+        let state = self.users.get(user_id)?;
+        let gpc = state.consent.as_ref().is_some_and(|consent| consent.gpc_opt_out);
+        if !state.holds_profile_data() && !gpc {
+            return None;
+        }
+        let mut value = Vec::with_capacity(256);
+        changelog::encode(&state, &self.catalogue, &mut value);
+        Some(value)
+    }
+
+    /// Installs a changelog record of a user of `partition` read while
+    /// restoring (`None` = a tombstone). The consent table's entry for the
+    /// user is kept aside in `restoring` to reconcile with at the end.
+    pub fn restore(
+        &self,
+        restoring: &mut Restoring,
+        partition: i32,
+        user_id: &str,
+        value: Option<&[u8]>,
+    ) -> Result<(), ChangelogError> {
+        let restored = match value {
+            Some(value) => Some(changelog::decode(value, &self.catalogue)?),
+            None => None,
+        };
+        let mut state = self.users.entry(user_id.to_owned()).or_default();
+        if !restoring.table.contains_key(user_id) {
+            restoring.table.insert(user_id.to_owned(), (partition, state.consent.clone()));
+        }
+        self.count_members(state.published.as_ref(), None);
+        match restored {
+            Some(restored) => *state = UserState { partition, ..restored },
+            None => {
+                state.partition = partition;
+                state.keep_only_consent();
+            }
+        }
+        self.count_members(None, state.published.as_ref());
+        Ok(())
+    }
+
+    /// Ends a restore: reconciles each restored user with the consent table
+    /// (which may be newer than the changelog: a withdrawal read while the
+    /// state was elsewhere is enforced now), re-evaluates them under the
+    /// segments in force, sets their timers, and returns what to publish,
+    /// with the user's partition.
+    pub fn finish_restore(&self, restoring: Restoring, now_ms: i64) -> Vec<(i32, Output)> {
+        let mut outputs = Vec::new();
+        for (user_id, (partition, table)) in restoring.table {
+            let Some(mut state) = self.users.get_mut(&user_id) else { continue };
+            let changelog_ts = state.consent.as_ref().map(|consent| consent.ts);
+            let output = match table {
+                // Nothing known in the consent table: nothing granted.
+                None => {
+                    let erase = state.holds_profile_data();
+                    self.count_members(state.published.as_ref(), None);
+                    drop(state);
+                    self.users.remove(&user_id);
+                    erase.then(|| Output::Tombstone { user_id: user_id.clone() })
+                }
+                Some(table) if changelog_ts.is_none_or(|ts| ts < table.ts) => {
+                    let change_ts = table.ts;
+                    self.enforce(&user_id, &mut state, table, change_ts, now_ms)
+                }
+                Some(_) => {
+                    let clock = state.clock;
+                    let update = self.refresh(&user_id, &mut state, clock, now_ms);
+                    self.schedule(&user_id, &mut state);
+                    update.map(Output::Update)
+                }
+            };
+            outputs.extend(output.map(|output| (partition, output)));
         }
         outputs
     }
@@ -596,6 +750,34 @@ impl Processor {
         };
         adjust(before, -1);
         adjust(after, 1);
+    }
+}
+
+/// Where a record was read: its input partition, and the partition's
+/// watermark (events older than it are late).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Source {
+    pub partition: i32,
+    pub watermark: i64,
+}
+
+/// The consent table's entries of the users being restored, as they were
+/// before their changelog state was installed.
+#[derive(Debug, Default)]
+pub struct Restoring {
+    /// User id → (partition, the consent table's entry).
+    table: HashMap<String, (i32, Option<ConsentInForce>)>,
+}
+
+impl Restoring {
+    /// Users restored so far.
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    /// Whether no user was restored.
+    pub fn is_empty(&self) -> bool {
+        self.table.is_empty()
     }
 }
 

@@ -41,10 +41,16 @@ impl Tally {
             Outcome::Dropped(reason) => *self.dropped.entry((kind.as_str(), reason.as_str())).or_default() += 1,
             Outcome::Rejected(rejection) => *self.rejected.entry((kind.as_str(), rejection.reason())).or_default() += 1,
         }
+        if let Some(output) = output {
+            self.record_output(output);
+        }
+    }
+
+    /// Counts an update or tombstone that no input record produced (time-driven, restored).
+    pub fn record_output(&mut self, output: &Output) {
         match output {
-            Some(Output::Update(_)) => self.updates += 1,
-            Some(Output::Tombstone { .. }) => self.tombstones += 1,
-            None => {}
+            Output::Update(_) => self.updates += 1,
+            Output::Tombstone { .. } => self.tombstones += 1,
         }
     }
 

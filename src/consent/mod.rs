@@ -62,7 +62,7 @@ impl Purpose {
 }
 
 /// A set of purposes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Purposes(u16);
 
 impl Purposes {
@@ -128,7 +128,7 @@ impl FromIterator<Purpose> for Purposes {
 
 /// The consent in force for one user: the newest `ConsentChange` ingested,
 /// plus what later events' GPC signals took away.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ConsentInForce {
     pub granted: Purposes,
     pub level: PersonalizationLevel,
@@ -180,12 +180,15 @@ pub enum DropReason {
     /// The event's TCF string does not grant purposes 1, 5 and 6 (and special
     /// feature 1 where precise location would be used), or cannot be decoded.
     TcfRefused,
+    /// Older than its partition's watermark: the time-driven changes up to
+    /// then are already published.
+    Late,
 }
 
 impl DropReason {
     /// Every reason, for reporting.
-    pub const ALL: [DropReason; 5] =
-        [Self::NoConsent, Self::NoPersonalization, Self::LevelNone, Self::NoLocation, Self::TcfRefused];
+    pub const ALL: [DropReason; 6] =
+        [Self::NoConsent, Self::NoPersonalization, Self::LevelNone, Self::NoLocation, Self::TcfRefused, Self::Late];
 
     /// Metric label.
     pub fn as_str(self) -> &'static str {
@@ -195,6 +198,7 @@ impl DropReason {
             Self::LevelNone => "level_none",
             Self::NoLocation => "no_location",
             Self::TcfRefused => "tcf_refused",
+            Self::Late => "late",
         }
     }
 }

@@ -187,7 +187,7 @@ fn gpc_does_not_drop_events() {
 #[test]
 fn drop_reason_labels() {
     let labels: Vec<&str> = DropReason::ALL.iter().map(|reason| reason.as_str()).collect();
-    assert_eq!(labels, ["no_consent", "no_personalization", "level_none", "no_location", "tcf_refused"]);
+    assert_eq!(labels, ["no_consent", "no_personalization", "level_none", "no_location", "tcf_refused", "late"]);
 }
 
 /// TC strings built for these tests (core segment, CMP 7, language EN, no

@@ -2,7 +2,7 @@
 
 use super::PipelineError;
 use crate::codec::Codec;
-use crate::config::Config;
+use crate::config::{Config, Guarantee};
 use crate::processor::Output;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
@@ -11,7 +11,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, DeliveryResult, Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::TopicPartitionList;
+use rdkafka::{Offset, TopicPartitionList};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -32,8 +32,28 @@ fn log_client_error(error: KafkaError) {
     }
 }
 
-/// Logs partition assignments of the event consumer group.
-pub struct GroupContext;
+/// A change of the partitions this instance owns, by partition number (the
+/// range assignor gives one member the same numbers of every event topic).
+#[derive(Debug, PartialEq)]
+pub enum Rebalanced {
+    Assigned(Vec<i32>),
+    Revoked(Vec<i32>),
+}
+
+/// Notes the partition assignments of the event consumer group, for the
+/// pipeline to act on between two polls (drop state, restore state).
+#[derive(Default)]
+pub struct GroupContext {
+    rebalances: std::sync::Mutex<Vec<Rebalanced>>,
+}
+
+/// The distinct partition numbers of `partitions`.
+fn partition_numbers(partitions: &TopicPartitionList) -> Vec<i32> {
+    let mut numbers: Vec<i32> = partitions.elements().iter().map(|element| element.partition()).collect();
+    numbers.sort_unstable();
+    numbers.dedup();
+    numbers
+}
 
 impl ClientContext for GroupContext {
     fn error(&self, error: KafkaError, _reason: &str) {
@@ -61,11 +81,16 @@ impl ConsumerContext for GroupContext {
     }
 
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        match rebalance {
-            Rebalance::Assign(partitions) => tracing::info!(partitions = partitions.count(), "partitions assigned"),
-            Rebalance::Revoke(partitions) => tracing::info!(partitions = partitions.count(), "partitions revoked"),
-            Rebalance::Error(error) => tracing::warn!(%error, "rebalance error"),
-        }
+        let change = match rebalance {
+            Rebalance::Assign(partitions) => Rebalanced::Assigned(partition_numbers(partitions)),
+            Rebalance::Revoke(partitions) => Rebalanced::Revoked(partition_numbers(partitions)),
+            Rebalance::Error(error) => {
+                tracing::warn!(%error, "rebalance error");
+                return;
+            }
+        };
+        tracing::info!(?change, "rebalance");
+        self.rebalances.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(change);
     }
 }
 
@@ -118,6 +143,13 @@ impl DeadLetter {
     }
 }
 
+/// A changelog record: the user's state, or `None` for a tombstone.
+pub struct ChangelogRecord {
+    pub user_id: String,
+    pub partition: i32,
+    pub value: Option<Vec<u8>>,
+}
+
 /// The event consumer group and the producer of a running pipeline.
 pub struct Clients {
     /// The consumer group of the event topics.
@@ -127,6 +159,27 @@ pub struct Clients {
     sent: std::cell::Cell<u64>,
     profiles_topic: String,
     dead_letters_topic: String,
+    changelog_topic: String,
+    /// Whether the producer is transactional.
+    transactional: bool,
+}
+
+/// How long one transactional step may take before it is retried or fails.
+const TRANSACTION_STEP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a transactional step is retried (through a broker restart).
+const TRANSACTION_RETRY_DEADLINE: Duration = Duration::from_secs(180);
+
+/// Sets `key` unless the configured client properties set it.
+fn set_default(client: &mut ClientConfig, config: &Config, key: &str, value: &str) {
+    if !config.client_properties.contains_key(key) {
+        client.set(key, value);
+    }
+}
+
+/// Whether a Kafka error leaves the open transaction to be aborted (the
+/// pipeline then rewinds to the last commit); other errors are fatal.
+pub fn requires_abort(error: &PipelineError) -> bool {
+    matches!(error, PipelineError::Kafka { source: KafkaError::Transaction(error), .. } if error.txn_requires_abort())
 }
 
 pub(crate) fn base_config(config: &Config) -> ClientConfig {
@@ -145,7 +198,12 @@ pub(super) fn kafka(context: &'static str) -> impl FnOnce(KafkaError) -> Pipelin
 impl Clients {
     /// Creates the clients (connections are made lazily by librdkafka).
     pub fn connect(config: &Config) -> Result<Self, PipelineError> {
-        let events = base_config(config)
+        let transactional = config.guarantee == Guarantee::ExactlyOnce;
+        let mut events = base_config(config);
+        // A dead instance's partitions move after this long without heartbeats.
+        set_default(&mut events, config, "session.timeout.ms", "10000");
+        set_default(&mut events, config, "heartbeat.interval.ms", "2000");
+        let events = events
             .set("group.id", &config.group_id)
             // Offsets are committed by hand, only after the batch's outputs are acknowledged.
             .set("enable.auto.commit", "false")
@@ -156,9 +214,18 @@ impl Clients {
             .set("partition.assignment.strategy", "range")
             // Never act on records of aborted transactions.
             .set("isolation.level", "read_committed")
-            .create_with_context(GroupContext)
+            .create_with_context(GroupContext::default())
             .map_err(kafka("create the event consumer"))?;
-        let producer = base_config(config)
+        let mut producer = base_config(config);
+        if transactional {
+            // One id per instance: a restarted instance fences its previous
+            // incarnation and aborts the transaction it left open.
+            producer.set("transactional.id", format!("tactful.{}.{}", config.app_id, config.instance_id));
+            // A transaction left open by an instance that never comes back
+            // blocks read_committed readers until it times out.
+            set_default(&mut producer, config, "transaction.timeout.ms", "30000");
+        }
+        let producer = producer
             // No duplicates or reordering from librdkafka's own retries.
             .set("enable.idempotence", "true")
             // Java clients' partitioner: a key lands where a Java producer would put it.
@@ -167,13 +234,94 @@ impl Clients {
             .set("linger.ms", "5")
             .create_with_context(DeliveryTracker::default())
             .map_err(kafka("create the producer"))?;
-        Ok(Self {
+        let clients = Self {
             events,
             producer,
             sent: std::cell::Cell::new(0),
             profiles_topic: config.topics.profiles.clone(),
             dead_letters_topic: config.topics.dead_letters.clone(),
-        })
+            changelog_topic: config.topics.changelog.clone(),
+            transactional,
+        };
+        if transactional {
+            retry_transactional(|| clients.producer.init_transactions(TRANSACTION_STEP_TIMEOUT))
+                .map_err(kafka("initialise transactions (fencing a previous incarnation)"))?;
+        }
+        Ok(clients)
+    }
+
+    /// The partition changes since the last call.
+    pub fn take_rebalances(&self) -> Vec<Rebalanced> {
+        std::mem::take(&mut *self.events.context().rebalances.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    /// Opens a transaction (exactly once), before the batch's records are sent.
+    pub fn begin(&self) -> Result<(), PipelineError> {
+        if self.transactional {
+            self.producer.begin_transaction().map_err(kafka("begin a transaction"))?;
+        }
+        Ok(())
+    }
+
+    /// Commits the open transaction with the input `offsets` in it.
+    pub fn commit_transaction(&self, offsets: &TopicPartitionList) -> Result<(), PipelineError> {
+        if offsets.count() > 0 {
+            let group = self
+                .events
+                .group_metadata()
+                .ok_or(PipelineError::Kafka { context: "read the group metadata", source: KafkaError::NoMessageReceived })?;
+            retry_transactional(|| {
+                self.producer.send_offsets_to_transaction(offsets, &group, TRANSACTION_STEP_TIMEOUT)
+            })
+            .map_err(kafka("add the input offsets to the transaction"))?;
+        }
+        retry_transactional(|| self.producer.commit_transaction(TRANSACTION_STEP_TIMEOUT))
+            .map_err(kafka("commit the transaction"))
+    }
+
+    /// Aborts the open transaction: none of its records becomes visible to
+    /// read_committed readers.
+    pub fn abort_transaction(&self) -> Result<(), PipelineError> {
+        retry_transactional(|| self.producer.abort_transaction(TRANSACTION_STEP_TIMEOUT))
+            .map_err(kafka("abort the transaction"))
+    }
+
+    /// Moves the event consumer back to the committed offsets of its assignment.
+    pub fn rewind(&self) -> Result<(), PipelineError> {
+        let committed = self.events.committed(TRANSACTION_STEP_TIMEOUT).map_err(kafka("read committed offsets"))?;
+        let mut positions = TopicPartitionList::new();
+        for element in committed.elements() {
+            let offset = match element.offset() {
+                Offset::Offset(offset) => Offset::Offset(offset),
+                _ => Offset::Beginning,
+            };
+            positions
+                .add_partition_offset(element.topic(), element.partition(), offset)
+                .map_err(kafka("build the rewind positions"))?;
+        }
+        self.events.seek_partitions(positions, TRANSACTION_STEP_TIMEOUT).map_err(kafka("rewind to committed offsets"))?;
+        Ok(())
+    }
+
+    /// Whether the event consumer has read `topic`'s `partition` to its end
+    /// (as of the last fetch; no request is made). `positions` are the
+    /// consumer's; `starts` where it started on partitions it has not
+    /// returned a record of yet (their committed offsets).
+    pub fn read_to_end(
+        &self,
+        positions: &TopicPartitionList,
+        starts: &TopicPartitionList,
+        topic: &str,
+        partition: i32,
+    ) -> bool {
+        let offset_in = |list: &TopicPartitionList| {
+            list.find_partition(topic, partition).and_then(|element| element.offset().to_raw()).filter(|o| *o >= 0)
+        };
+        let Some((low, high)) = cached_watermarks(&self.events, topic, partition) else {
+            // Nothing fetched yet: records may be waiting.
+            return false;
+        };
+        offset_in(positions).or_else(|| offset_in(starts)).unwrap_or(low) >= high
     }
 
     /// Sends outputs and dead letters without waiting for acknowledgements.
@@ -183,6 +331,7 @@ impl Clients {
         codec: &Codec,
         outputs: &[Output],
         dead_letters: &[DeadLetter],
+        changelog: &[ChangelogRecord],
     ) -> Result<u64, PipelineError> {
         let mut value = Vec::with_capacity(512);
         for output in outputs {
@@ -212,6 +361,15 @@ impl Clients {
                 record = record.payload(payload.as_slice());
             }
             self.send(record)?;
+        }
+        for change in changelog {
+            // The user's state lives on the partition number of their events,
+            // whatever partitioner the data platform used.
+            let record = BaseRecord::to(&self.changelog_topic).key(change.user_id.as_str()).partition(change.partition);
+            match &change.value {
+                Some(value) => self.send(record.payload(value.as_slice()))?,
+                None => self.send(record)?,
+            }
         }
         Ok(self.sent.get())
     }
@@ -291,7 +449,14 @@ pub fn check_topics(config: &Config, runtime: &tokio::runtime::Handle) -> Result
             listing.join(", ")
         )));
     }
-    let missing: Vec<(&str, &str)> = [(&topics.profiles, "compact"), (&topics.dead_letters, "delete")]
+    if let Some(count) = partitions_of(&topics.changelog).filter(|count| *count != partitions) {
+        return Err(PipelineError::Topics(format!(
+            "the changelog topic `{}` has {count} partitions; it needs the input topics' {partitions}",
+            topics.changelog
+        )));
+    }
+    let outputs = [(&topics.profiles, "compact"), (&topics.dead_letters, "delete"), (&topics.changelog, "compact")];
+    let missing: Vec<(&str, &str)> = outputs
         .into_iter()
         .filter(|(name, _)| partitions_of(name).is_none())
         .map(|(name, cleanup)| (name.as_str(), cleanup))
@@ -328,4 +493,42 @@ pub fn check_topics(config: &Config, runtime: &tokio::runtime::Handle) -> Result
         }
     }
     Ok(partitions)
+}
+
+/// Runs a transactional step again while it fails with a retriable error
+/// (a broker restarting, a coordinator moving), up to a deadline.
+fn retry_transactional(mut step: impl FnMut() -> KafkaResult<()>) -> KafkaResult<()> {
+    let deadline = std::time::Instant::now() + TRANSACTION_RETRY_DEADLINE;
+    loop {
+        match step() {
+            Err(KafkaError::Transaction(error)) if error.is_retriable() && std::time::Instant::now() < deadline => {
+                tracing::warn!(%error, "transactional step failed; retrying");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            result => return result,
+        }
+    }
+}
+
+/// The low and high watermarks of `topic`'s `partition` as of the consumer's last
+/// fetch, without a request to the broker. rust-rdkafka wraps only the
+/// network query (`fetch_watermarks`), which would cost a round trip per
+/// partition and batch; librdkafka's cached lookup is called directly.
+fn cached_watermarks(consumer: &BaseConsumer<GroupContext>, topic: &str, partition: i32) -> Option<(i64, i64)> {
+    let topic = std::ffi::CString::new(topic).ok()?;
+    let (mut low, mut high) = (-1_i64, -1_i64);
+    // SAFETY: the client pointer is valid for the consumer's lifetime, the
+    // topic is a NUL-terminated string that outlives the call, and the two
+    // out-pointers are valid i64s on this stack frame.
+    let error = unsafe {
+        rdkafka::bindings::rd_kafka_get_watermark_offsets(
+            consumer.client().native_ptr(),
+            topic.as_ptr(),
+            partition,
+            &mut low,
+            &mut high,
+        )
+    };
+    (error == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && low >= 0 && high >= 0)
+        .then_some((low, high))
 }

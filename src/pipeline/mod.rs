@@ -1,30 +1,43 @@
 //! The Kafka shell around the pure core: ingest the event topics as a
 //! consumer group, read the consent topic ahead of them as a table, apply each
-//! record through the [`Processor`], publish profile updates and dead letters,
-//! then commit (at least once: a batch's offsets are committed only after
-//! every record it produced was acknowledged by the broker; the next batch is
-//! processed meanwhile).
+//! record through the [`Processor`], publish profile updates, dead letters and
+//! changelog records, then commit.
+//!
+//! Exactly once (the default): each batch's outputs, dead letters, changelog
+//! records and input offsets are one Kafka transaction. At least once: a
+//! batch's offsets are committed once every record it produced is
+//! acknowledged (the next batch is processed meanwhile).
+//!
+//! The state of a partition's users lives in memory while this instance owns
+//! the partition: restored from the changelog when it is assigned (before any
+//! of its events is applied), dropped when it is revoked.
 //!
 //! Everything here is blocking librdkafka calls, so it runs on its own thread.
 
 mod clients;
-mod consent_table;
+mod event_time;
+mod table;
 
-use crate::config::Config;
+use crate::config::{Config, Guarantee};
 use crate::erasure::Erasures;
 use crate::model::InputKind;
-use crate::processor::{Outcome, Output, Processor};
+use crate::processor::{Outcome, Output, Processor, Restoring, Source};
 use crate::telemetry::{record_segment_sizes, Tally};
-use clients::{Clients, DeadLetter};
-use consent_table::ConsentTable;
+use clients::{requires_abort, ChangelogRecord, Clients, DeadLetter, Rebalanced};
+use event_time::EventTime;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use table::{CaughtUp, Table};
 
 pub use clients::check_topics;
+
+/// How long restoring a partition's state may take before the start fails
+/// (a transaction left open by a dead instance blocks it until it times out).
+const RESTORE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// A client configuration with the cluster address and the configured
 /// extra librdkafka settings.
@@ -42,12 +55,15 @@ pub enum PipelineError {
     Topics(String),
     #[error("{0} records could not be delivered; their input offsets were not committed")]
     Delivery(u64),
+    #[error("the changelog could not be read to its end within {0:?}")]
+    Restore(Duration),
 }
 
 /// Shared flags between the pipeline thread and the admin endpoint.
 #[derive(Debug, Default)]
 pub struct Health {
-    /// The consent table is loaded and the consumer is running.
+    /// The consent table is loaded, the state of every assigned partition is
+    /// restored, and the consumer is running.
     pub ready: AtomicBool,
 }
 
@@ -69,69 +85,75 @@ pub fn run(
 ) -> Result<(), PipelineError> {
     let partitions = check_topics(config, runtime)?;
     let clients = Clients::connect(config)?;
-    let mut consent = ConsentTable::open(config, partitions)?;
-    let mut batch = Batch::new(config, processor, erasures);
-    consent.catch_up(&mut batch)?;
-    let loaded = batch.send(&clients)?;
-    loaded.settle(&clients, erasures)?;
-    tracing::info!(consent_records = batch.tally.applied_of(InputKind::Consent), "consent table loaded");
-    batch.tally.flush_to_metrics();
+    let mut consent = Table::open(config, &config.topics.consent, "consent-table")?;
+    consent.assign(&(0..partitions).collect::<Vec<_>>())?;
+    let mut changelog = Table::open(config, &config.topics.changelog, "restore")?;
+    let mut shell = Shell::new(config, processor, erasures);
+    // Nothing is restored yet, so the consent table alone produces no output.
+    shell.catch_up_consent(&mut consent)?;
+    tracing::info!(consent_records = shell.work.tally.applied_of(InputKind::Consent), "consent table loaded");
+    shell.work.tally.flush_to_metrics();
 
     clients
         .events
         .subscribe(&config.topics.events())
         .map_err(|source| PipelineError::Kafka { context: "subscribe to the event topics", source })?;
     health.ready.store(true, Ordering::Release);
-    tracing::info!(group = %config.group_id, partitions, "consuming events");
+    tracing::info!(group = %config.group_id, partitions, guarantee = ?config.guarantee, "consuming events");
 
-    let poll_timeout = Duration::from_millis(config.poll_timeout_ms);
-    // The batch before this one: its outputs are in flight while this one is
-    // processed; its offsets are committed once they are all acknowledged.
+    let commit_interval = Duration::from_millis(config.commit_interval_ms);
+    // At least once: the batch before this one, whose records are in flight
+    // while this one is processed; its offsets are committed once they are
+    // all acknowledged.
     let mut in_flight: Option<InFlight> = None;
     while !shutdown.load(Ordering::Acquire) {
-        // A batch collects records for up to `poll_timeout` or until it is
-        // full: larger batches amortise the consent catch-up and the commit.
+        // A batch collects records for up to the commit interval or until it
+        // is full: larger batches amortise the consent catch-up and the commit.
         let mut messages = Vec::new();
-        let batch_deadline = Instant::now() + poll_timeout;
+        let batch_deadline = Instant::now() + commit_interval;
         while messages.len() < config.max_batch_records {
-            match poll(&clients, batch_deadline.saturating_duration_since(Instant::now()))? {
+            let message = poll(&clients, batch_deadline.saturating_duration_since(Instant::now()));
+            // Partition changes happen inside a poll: act on them before
+            // keeping what it returned.
+            for change in clients.take_rebalances() {
+                if let Some(previous) = in_flight.take() {
+                    // At least once: what is acknowledged is committed; the rest repeats.
+                    previous.settle(&clients, erasures)?;
+                    commit(&clients, &previous.offsets, CommitMode::Sync).ok();
+                }
+                health.ready.store(false, Ordering::Release);
+                shell.rebalance(change, &mut messages, &clients, &mut consent, &mut changelog)?;
+                health.ready.store(true, Ordering::Release);
+            }
+            match message {
                 Some(message) => messages.push(message),
                 None => break,
             }
         }
-        let collected = Instant::now();
         if messages.is_empty() {
             // Apply consent changes that arrive while events are quiet, so a
             // withdrawal is honoured (and its tombstone published) promptly.
-            consent.drain(&mut batch);
+            consent.drain(|message| shell.apply(InputKind::Consent, message));
         } else {
-            consent.catch_up(&mut batch)?;
+            shell.catch_up_consent(&mut consent)?;
         }
-        let caught_up = Instant::now();
         for message in &messages {
-            batch.apply_event(message);
+            shell.apply_event(message);
         }
-        batch.advance_event_time(config.allowed_lateness_ms);
-        let applied = Instant::now();
-        let mut sent = batch.send(&clients)?;
-        sent.offsets = next_offsets(&messages)?;
-        let records = messages.len();
+        shell.advance_event_time(&clients)?;
+        let offsets = next_offsets(&messages)?;
         drop(messages);
-        if let Some(previous) = in_flight.take() {
-            previous.settle(&clients, erasures)?;
-            commit(&clients, &previous.offsets, CommitMode::Async)?;
+        match config.guarantee {
+            Guarantee::ExactlyOnce => shell.commit_exactly_once(&clients, &offsets, &mut consent, &mut changelog)?,
+            Guarantee::AtLeastOnce => {
+                let sent = shell.send(&clients, offsets)?;
+                if let Some(previous) = in_flight.replace(sent) {
+                    previous.settle(&clients, erasures)?;
+                    commit(&clients, &previous.offsets, CommitMode::Async)?;
+                }
+            }
         }
-        if records > 0 {
-            tracing::debug!(
-                records,
-                consent_catch_up_us = (caught_up - collected).as_micros() as u64,
-                apply_us = (applied - caught_up).as_micros() as u64,
-                send_and_commit_previous_us = applied.elapsed().as_micros() as u64,
-                "batch"
-            );
-        }
-        in_flight = Some(sent);
-        batch.tally.flush_to_metrics();
+        shell.work.tally.flush_to_metrics();
         record_segment_sizes(processor.segment_sizes());
         crate::report::record_metrics(&processor.experiment_counts());
     }
@@ -145,26 +167,26 @@ pub fn run(
     Ok(())
 }
 
-fn poll<'a>(clients: &'a Clients, timeout: Duration) -> Result<Option<BorrowedMessage<'a>>, PipelineError> {
+fn poll<'a>(clients: &'a Clients, timeout: Duration) -> Option<BorrowedMessage<'a>> {
     match clients.events.poll(timeout) {
-        None => Ok(None),
-        Some(Ok(message)) => Ok(Some(message)),
+        None => None,
+        Some(Ok(message)) => Some(message),
         // Transient errors (a broker restarting, a rebalance) are retried by
         // librdkafka; they are logged and the loop goes on.
         Some(Err(error)) => {
             tracing::warn!(%error, "event consumer error");
-            Ok(None)
+            None
         }
     }
 }
 
-/// A batch whose records are sent but maybe not yet acknowledged.
+/// An at-least-once batch whose records are sent but maybe not yet acknowledged.
 struct InFlight {
     /// Acknowledgement mark of its last record.
     mark: u64,
     /// Its input offsets, committed once it is acknowledged.
     offsets: TopicPartitionList,
-    /// Users whose erasure completes with its profile tombstones.
+    /// Users whose erasure completes with its tombstones.
     erased: Vec<String>,
 }
 
@@ -175,7 +197,7 @@ impl InFlight {
         clients.wait_until_acknowledged(self.mark)?;
         let now = now_ms();
         for user_id in &self.erased {
-            erasures.profile_cleared(user_id, now);
+            erasures.committed(user_id, now);
         }
         Ok(())
     }
@@ -206,78 +228,214 @@ fn commit(clients: &Clients, offsets: &TopicPartitionList, mode: CommitMode) -> 
 }
 
 /// The effects of the records processed since the last commit.
-pub(crate) struct Batch<'a> {
-    processor: &'a Processor,
-    erasures: &'a Erasures,
-    /// Users erased by a consent tombstone whose profile tombstone is in this batch.
-    erased: Vec<String>,
-    dead_letters_enabled: bool,
-    kinds: BTreeMap<String, InputKind>,
+#[derive(Default)]
+struct Work {
     outputs: Vec<Output>,
     dead_letters: Vec<DeadLetter>,
+    /// Users whose state changed, with their partition: their changelog
+    /// records go with the batch.
+    changed: HashMap<String, i32>,
+    /// Users erased by a consent tombstone in this batch.
+    erased: Vec<String>,
     tally: Tally,
-    /// The newest event time seen per partition number (the event topics are
-    /// co-partitioned, so a partition number stands for one key range).
-    newest_event_time: BTreeMap<i32, i64>,
-    /// The watermark timers were last advanced to.
-    watermark: i64,
 }
 
-impl<'a> Batch<'a> {
+/// The pipeline's state between batches.
+struct Shell<'a> {
+    processor: &'a Processor,
+    erasures: &'a Erasures,
+    dead_letters_enabled: bool,
+    consent_catch_up_timeout: Duration,
+    /// Each event topic's kind and index.
+    kinds: BTreeMap<String, (InputKind, usize)>,
+    event_topics: [String; 3],
+    /// Partition numbers this instance owns (restored).
+    owned: BTreeSet<i32>,
+    /// The committed offsets of the assignment when it was made: where the
+    /// consumer starts on each event partition.
+    starts: TopicPartitionList,
+    event_time: EventTime,
+    work: Work,
+}
+
+impl<'a> Shell<'a> {
     fn new(config: &Config, processor: &'a Processor, erasures: &'a Erasures) -> Self {
         let topics = &config.topics;
-        let kinds = [
-            (&topics.browse, InputKind::Browse),
-            (&topics.purchase, InputKind::Purchase),
-            (&topics.location, InputKind::Location),
-        ]
-        .into_iter()
-        .map(|(topic, kind)| (topic.clone(), kind))
-        .collect();
+        let event_topics = [topics.browse.clone(), topics.purchase.clone(), topics.location.clone()];
+        let kinds = event_topics
+            .iter()
+            .zip([InputKind::Browse, InputKind::Purchase, InputKind::Location])
+            .enumerate()
+            .map(|(index, (topic, kind))| (topic.clone(), (kind, index)))
+            .collect();
         Self {
             processor,
             erasures,
-            erased: Vec::new(),
             dead_letters_enabled: config.dead_letters_enabled,
+            consent_catch_up_timeout: Duration::from_millis(config.consent_catch_up_timeout_ms),
             kinds,
-            outputs: Vec::new(),
-            dead_letters: Vec::new(),
-            tally: Tally::default(),
-            newest_event_time: BTreeMap::new(),
-            watermark: i64::MIN,
+            event_topics,
+            owned: BTreeSet::new(),
+            starts: TopicPartitionList::new(),
+            event_time: EventTime::new(config.allowed_lateness_ms),
+            work: Work::default(),
         }
     }
 
-    /// Fires the time-driven exits up to the watermark: the oldest of the
-    /// partitions' newest event times, minus the allowed lateness.
-    fn advance_event_time(&mut self, allowed_lateness_ms: i64) {
-        let Some(oldest) = self.newest_event_time.values().min() else { return };
-        let watermark = oldest.saturating_sub(allowed_lateness_ms);
-        if watermark <= self.watermark {
-            return;
+    /// Applies consent records up to the consent topic's end.
+    fn catch_up_consent(&mut self, consent: &mut Table) -> Result<(), PipelineError> {
+        let timeout = self.consent_catch_up_timeout;
+        if let CaughtUp::Behind(partitions) = consent.catch_up(timeout, |message| self.apply(InputKind::Consent, message))? {
+            tracing::warn!(
+                pending_partitions = partitions,
+                "consent topic did not catch up in time; applying events with the consent read so far"
+            );
         }
-        self.watermark = watermark;
-        let outputs = self.processor.advance_to(watermark, now_ms());
-        self.tally.updates += outputs.len() as u64;
-        self.outputs.extend(outputs);
+        Ok(())
+    }
+
+    /// Acts on a partition change: a revoked partition's state and unapplied
+    /// records are dropped; an assigned partition's state is restored from
+    /// the changelog before any of its events is applied.
+    fn rebalance(
+        &mut self,
+        change: Rebalanced,
+        messages: &mut Vec<BorrowedMessage<'_>>,
+        clients: &Clients,
+        consent: &mut Table,
+        changelog: &mut Table,
+    ) -> Result<(), PipelineError> {
+        match change {
+            Rebalanced::Revoked(partitions) => {
+                messages.retain(|message| !partitions.contains(&message.partition()));
+                self.forget(&partitions);
+            }
+            Rebalanced::Assigned(partitions) => {
+                let fresh: Vec<i32> =
+                    partitions.iter().copied().filter(|partition| !self.owned.contains(partition)).collect();
+                // Waits for offsets a previous owner's transaction may still be
+                // committing (read_committed fetches stable offsets only), so its
+                // changelog records are complete before they are read.
+                self.starts =
+                    clients.events.committed(RESTORE_TIMEOUT).map_err(clients::kafka("read committed offsets"))?;
+                self.restore(&fresh, consent, changelog)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops the state of `partitions` and the pending work for their users.
+    fn forget(&mut self, partitions: &[i32]) {
+        self.processor.drop_partitions(partitions);
+        self.event_time.forget(partitions);
+        for partition in partitions {
+            self.owned.remove(partition);
+        }
+        let changed = &mut self.work.changed;
+        self.work.outputs.retain(|output| changed.get(output.user_id()).is_none_or(|p| !partitions.contains(p)));
+        changed.retain(|_, partition| !partitions.contains(partition));
+    }
+
+    /// Restores the state of `partitions` from the changelog and reconciles
+    /// it with the consent table (caught up first).
+    fn restore(&mut self, partitions: &[i32], consent: &mut Table, changelog: &mut Table) -> Result<(), PipelineError> {
+        if partitions.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        self.catch_up_consent(consent)?;
+        changelog.assign(partitions)?;
+        let mut restoring = Restoring::default();
+        let mut bad_records = 0_u64;
+        let mut records = 0_u64;
+        loop {
+            let caught_up = changelog.catch_up(RESTORE_TIMEOUT, |message| {
+                records += 1;
+                let Some(user_id) = message.key().and_then(|key| std::str::from_utf8(key).ok()) else {
+                    bad_records += 1;
+                    return;
+                };
+                let restored = self.processor.restore(&mut restoring, message.partition(), user_id, message.payload());
+                if restored.is_err() {
+                    bad_records += 1;
+                }
+            })?;
+            match caught_up {
+                CaughtUp::Complete => break,
+                CaughtUp::Behind(_) if started.elapsed() < RESTORE_TIMEOUT => continue,
+                CaughtUp::Behind(_) => return Err(PipelineError::Restore(RESTORE_TIMEOUT)),
+            }
+        }
+        changelog.assign(&[])?;
+        let users = restoring.len();
+        for (partition, output) in self.processor.finish_restore(restoring, now_ms()) {
+            self.work.changed.insert(output.user_id().to_owned(), partition);
+            self.work.tally.record_output(&output);
+            self.work.outputs.push(output);
+        }
+        self.owned.extend(partitions);
+        let elapsed = started.elapsed();
+        metrics::counter!("tactful_restored_users_total").increment(users as u64);
+        if bad_records > 0 {
+            // Another writer's records, or a corrupted log: those users start afresh.
+            tracing::error!(bad_records, "unreadable changelog records skipped");
+        }
+        tracing::info!(
+            ?partitions,
+            records,
+            users,
+            elapsed_ms = elapsed.as_millis() as u64,
+            users_per_second = (users as f64 / elapsed.as_secs_f64().max(1e-6)) as u64,
+            "state restored"
+        );
+        Ok(())
+    }
+
+    /// Fires time-driven changes on every owned partition whose watermark advanced.
+    fn advance_event_time(&mut self, clients: &Clients) -> Result<(), PipelineError> {
+        let positions = clients.events.position().map_err(clients::kafka("read consumer positions"))?;
+        let owned: Vec<i32> = self.owned.iter().copied().collect();
+        let topics = &self.event_topics;
+        let starts = &self.starts;
+        let advanced = self.event_time.advance(&owned, topics.len(), |topic, partition| {
+            clients.read_to_end(&positions, starts, &topics[topic], partition)
+        });
+        let now = now_ms();
+        for (partition, watermark) in advanced {
+            for output in self.processor.advance_partition(partition, watermark, now) {
+                self.work.changed.insert(output.user_id().to_owned(), partition);
+                self.work.tally.record_output(&output);
+                self.work.outputs.push(output);
+            }
+        }
+        Ok(())
     }
 
     /// Processes one record read from an event topic.
     fn apply_event(&mut self, message: &BorrowedMessage<'_>) {
         match self.kinds.get(message.topic()).copied() {
-            Some(kind) => self.apply(kind, message),
+            Some((kind, topic)) => {
+                let partition = message.partition();
+                let source = Source { partition, watermark: self.event_time.watermark(partition) };
+                if let Some(event_time) = self.process(kind, source, message) {
+                    self.event_time.observe(topic, partition, event_time);
+                }
+            }
             None => tracing::error!(topic = message.topic(), "record from a topic that is not an input; skipped"),
         }
     }
 
-    /// Processes one record of `kind`.
-    pub(crate) fn apply(&mut self, kind: InputKind, message: &BorrowedMessage<'_>) {
-        let processed = self.processor.process(kind, message.key(), message.payload(), now_ms());
-        self.tally.record(kind, &processed.outcome, processed.output.as_ref());
-        if let Some(event_time) = processed.event_time {
-            let newest = self.newest_event_time.entry(message.partition()).or_insert(event_time);
-            *newest = (*newest).max(event_time);
-        }
+    /// Processes one consent record (every instance reads all of them).
+    fn apply(&mut self, kind: InputKind, message: &BorrowedMessage<'_>) {
+        let source = Source { partition: message.partition(), watermark: i64::MIN };
+        self.process(kind, source, message);
+    }
+
+    /// Processes one record of `kind` from `source`; returns its event time.
+    fn process(&mut self, kind: InputKind, source: Source, message: &BorrowedMessage<'_>) -> Option<i64> {
+        let processed = self.processor.process_from(source, kind, message.key(), message.payload(), now_ms());
+        let work = &mut self.work;
+        work.tally.record(kind, &processed.outcome, processed.output.as_ref());
         if let Outcome::Rejected(rejection) = &processed.outcome {
             tracing::debug!(
                 topic = message.topic(),
@@ -287,26 +445,83 @@ impl<'a> Batch<'a> {
                 "bad record"
             );
             if self.dead_letters_enabled {
-                self.dead_letters.push(DeadLetter::of(message, rejection.reason()));
+                work.dead_letters.push(DeadLetter::of(message, rejection.reason()));
             }
         }
-        if kind == InputKind::Consent && message.payload().is_none() && processed.outcome == Outcome::Applied {
+        // Consent records of other instances' users change only the consent table.
+        let owned = self.owned.contains(&source.partition);
+        if processed.outcome == Outcome::Applied && owned {
             if let Some(user_id) = message.key().and_then(|key| std::str::from_utf8(key).ok()) {
-                let tombstone = matches!(processed.output, Some(Output::Tombstone { .. }));
-                self.erasures.state_cleared(user_id, tombstone, now_ms());
-                if tombstone {
-                    self.erased.push(user_id.to_owned());
+                work.changed.insert(user_id.to_owned(), source.partition);
+                if kind == InputKind::Consent && message.payload().is_none() {
+                    self.erasures.state_cleared(user_id, now_ms());
+                    work.erased.push(user_id.to_owned());
                 }
             }
         }
-        self.outputs.extend(processed.output);
+        work.outputs.extend(processed.output);
+        processed.event_time
     }
 
-    /// Sends every output and dead letter (the offsets are the caller's to add).
-    fn send(&mut self, clients: &Clients) -> Result<InFlight, PipelineError> {
-        let mark = clients.send_all(self.processor.codec(), &self.outputs, &self.dead_letters)?;
-        self.outputs.clear();
-        self.dead_letters.clear();
-        Ok(InFlight { mark, offsets: TopicPartitionList::new(), erased: std::mem::take(&mut self.erased) })
+    /// The changelog records of the users whose state changed.
+    fn changelog_records(&mut self) -> Vec<ChangelogRecord> {
+        self.work
+            .changed
+            .drain()
+            .map(|(user_id, partition)| {
+                let value = self.processor.changelog_value(&user_id);
+                ChangelogRecord { user_id, partition, value }
+            })
+            .collect()
+    }
+
+    /// Sends the batch's outputs, dead letters and changelog records (at least once).
+    fn send(&mut self, clients: &Clients, offsets: TopicPartitionList) -> Result<InFlight, PipelineError> {
+        let changelog = self.changelog_records();
+        let mark = clients.send_all(self.processor.codec(), &self.work.outputs, &self.work.dead_letters, &changelog)?;
+        self.work.outputs.clear();
+        self.work.dead_letters.clear();
+        Ok(InFlight { mark, offsets, erased: std::mem::take(&mut self.work.erased) })
+    }
+
+    /// Sends the batch and commits it with its input offsets in one
+    /// transaction. A transaction that must be aborted rewinds the
+    /// instance to the last commit: its partitions' state is restored from
+    /// the changelog and their records are read again.
+    fn commit_exactly_once(
+        &mut self,
+        clients: &Clients,
+        offsets: &TopicPartitionList,
+        consent: &mut Table,
+        changelog: &mut Table,
+    ) -> Result<(), PipelineError> {
+        let work = &self.work;
+        if offsets.count() == 0 && work.outputs.is_empty() && work.dead_letters.is_empty() && work.changed.is_empty() {
+            return Ok(());
+        }
+        clients.begin()?;
+        let result = self.send(clients, TopicPartitionList::new()).and_then(|sent| {
+            clients.commit_transaction(offsets)?;
+            Ok(sent)
+        });
+        match result {
+            Ok(sent) => {
+                let now = now_ms();
+                for user_id in &sent.erased {
+                    self.erasures.committed(user_id, now);
+                }
+                Ok(())
+            }
+            Err(error) if requires_abort(&error) => {
+                tracing::warn!(%error, "transaction aborted; rewinding to the last commit");
+                clients.abort_transaction()?;
+                let owned: Vec<i32> = self.owned.iter().copied().collect();
+                self.forget(&owned);
+                self.work = Work { tally: std::mem::take(&mut self.work.tally), ..Work::default() };
+                clients.rewind()?;
+                self.restore(&owned, consent, changelog)
+            }
+            Err(error) => Err(error),
+        }
     }
 }

@@ -42,6 +42,7 @@ fn harness_with_extra(extra: &str) -> Harness {
         sensitive_categories: vec![],
         event_time_tolerance_ms: TOLERANCE,
         conversion_window_ms: 7 * DAY,
+        idle_user_ms: 365 * DAY,
     };
     Harness { processor: Processor::new(Codec::new(&[]).unwrap(), catalogue, &settings) }
 }
@@ -68,6 +69,7 @@ fn harness_with_sensitive(sensitive: &[&str]) -> Harness {
         sensitive_categories: sensitive.clone(),
         event_time_tolerance_ms: TOLERANCE,
         conversion_window_ms: 7 * DAY,
+        idle_user_ms: 365 * DAY,
     };
     let catalogue = Catalogue::default_catalogue(&sensitive, 400 * DAY);
     Harness { processor: Processor::new(Codec::new(&[]).unwrap(), catalogue, &settings) }

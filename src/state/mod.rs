@@ -7,6 +7,7 @@
 
 use crate::consent::{ConsentInForce, Purposes};
 use crate::model::PersonalizationLevel;
+use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::hash::Hasher;
 
@@ -19,7 +20,7 @@ pub fn hash_value(value: &str) -> u64 {
 }
 
 /// What is kept of a browse event.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BrowseFact {
     pub ts: i64,
     pub page_type: u64,
@@ -28,7 +29,7 @@ pub struct BrowseFact {
 }
 
 /// What is kept of one purchase line.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ItemFact {
     pub category: u64,
     pub product: u64,
@@ -39,7 +40,7 @@ pub struct ItemFact {
 }
 
 /// What is kept of a purchase.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PurchaseFact {
     pub ts: i64,
     pub currency: u64,
@@ -48,7 +49,7 @@ pub struct PurchaseFact {
 }
 
 /// What is kept of a location fix, at the precision the user consented to.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LocationFact {
     pub ts: i64,
     pub lat: f64,
@@ -56,7 +57,7 @@ pub struct LocationFact {
 }
 
 /// A user's retained facts, each list in arrival order.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct History {
     pub browses: VecDeque<BrowseFact>,
     pub purchases: VecDeque<PurchaseFact>,
@@ -151,6 +152,11 @@ impl History {
 pub struct UserState {
     /// The consent in force; `None` = nothing granted.
     pub consent: Option<ConsentInForce>,
+    /// The input partition number the user's records arrive on (the input
+    /// topics are co-partitioned): the user's state moves with it.
+    pub partition: i32,
+    /// The time of the newest applied event (idle users are deleted after a while).
+    pub last_event: i64,
     pub history: History,
     /// The user's evaluation time: the newest event time applied.
     pub clock: i64,
@@ -202,6 +208,17 @@ impl UserState {
     /// Whether the user has anything that withdrawal must erase downstream.
     pub fn holds_profile_data(&self) -> bool {
         self.published.is_some() || !self.history.is_empty()
+    }
+
+    /// Forgets everything built for the user, keeping the consent in force,
+    /// where the user's records arrive and the last version (never reused).
+    pub fn keep_only_consent(&mut self) {
+        *self = UserState {
+            consent: self.consent.take(),
+            partition: self.partition,
+            version: self.version,
+            ..UserState::default()
+        };
     }
 
     /// The next version to publish: strictly above every earlier one and at

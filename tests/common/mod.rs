@@ -141,7 +141,7 @@ profiles = "{profiles}"
 dead_letters = "{dead_letters}"
 
 [pipeline]
-poll_timeout_ms = 50
+commit_interval_ms = 50
 {extra_pipeline}
 
 [admin]

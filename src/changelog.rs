@@ -1,0 +1,145 @@
+//! The changelog encoding of a user's state (CONTRACT §1: `tactful.<app>.changelog`,
+//! compacted, keyed by user id, "any encoding").
+//!
+//! A format byte, then postcard (compact serde binary). Memberships and
+//! experiment entries are stored by segment id, not catalogue index, so a
+//! state written under one segment file restores under another: memberships
+//! of segments that are gone are dropped, and the refresh after restoring
+//! publishes the difference.
+
+use crate::consent::{ConsentInForce, Purposes};
+use crate::model::PersonalizationLevel;
+use crate::segments::Catalogue;
+use crate::state::{ExperimentEntry, History, PublishedMember, PublishedProfile, UserState, MAX_CAPTURES};
+use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+
+/// The first byte of every changelog value: the layout below.
+const FORMAT: u8 = 1;
+
+/// Why a changelog value could not be restored.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ChangelogError {
+    #[error("unknown changelog format {0}")]
+    Format(u8),
+    #[error("empty changelog value")]
+    Empty,
+    #[error("undecodable changelog value: {0}")]
+    Decode(String),
+}
+
+#[derive(Serialize, Deserialize)]
+struct Stored<'a> {
+    consent: Option<Cow<'a, ConsentInForce>>,
+    history: Cow<'a, History>,
+    clock: i64,
+    last_event: i64,
+    version: i64,
+    published: Option<StoredProfile<'a>>,
+    experiment_entries: Vec<StoredEntry<'a>>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredProfile<'a> {
+    level: PersonalizationLevel,
+    channels: Purposes,
+    members: Vec<StoredMember<'a>>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredMember<'a> {
+    segment: Cow<'a, str>,
+    since: i64,
+    figures: [f64; MAX_CAPTURES],
+    channels: Purposes,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredEntry<'a> {
+    segment: Cow<'a, str>,
+    holdout: bool,
+    entered_at: i64,
+}
+
+/// Appends the changelog value of `state` to `out`.
+pub fn encode(state: &UserState, catalogue: &Catalogue, out: &mut Vec<u8>) {
+    let id = |index: usize| Cow::Borrowed(catalogue.segments[index].id.as_str());
+    let stored = Stored {
+        consent: state.consent.as_ref().map(Cow::Borrowed),
+        history: Cow::Borrowed(&state.history),
+        clock: state.clock,
+        last_event: state.last_event,
+        version: state.version,
+        published: state.published.as_ref().map(|profile| StoredProfile {
+            level: profile.level,
+            channels: profile.channels,
+            members: profile
+                .members
+                .iter()
+                .map(|member| StoredMember {
+                    segment: id(member.segment),
+                    since: member.since,
+                    figures: member.figures,
+                    channels: member.channels,
+                })
+                .collect(),
+        }),
+        experiment_entries: state
+            .experiment_entries
+            .iter()
+            .map(|entry| StoredEntry { segment: id(entry.segment), holdout: entry.holdout, entered_at: entry.entered_at })
+            .collect(),
+    };
+    out.push(FORMAT);
+    // Writing into a Vec cannot fail, and every field is serialisable.
+    if let Ok(bytes) = postcard::to_extend(&stored, std::mem::take(out)) {
+        *out = bytes;
+    }
+}
+
+/// The state stored in a changelog value, read under `catalogue`; its
+/// partition is the caller's to set.
+pub fn decode(bytes: &[u8], catalogue: &Catalogue) -> Result<UserState, ChangelogError> {
+    let (&format, body) = bytes.split_first().ok_or(ChangelogError::Empty)?;
+    if format != FORMAT {
+        return Err(ChangelogError::Format(format));
+    }
+    let stored: Stored<'_> = postcard::from_bytes(body).map_err(|error| ChangelogError::Decode(error.to_string()))?;
+    let index = |id: &str| catalogue.segments.iter().position(|segment| segment.id == id);
+    Ok(UserState {
+        consent: stored.consent.map(Cow::into_owned),
+        partition: 0,
+        last_event: stored.last_event,
+        history: stored.history.into_owned(),
+        clock: stored.clock,
+        published: stored.published.map(|profile| PublishedProfile {
+            level: profile.level,
+            channels: profile.channels,
+            members: profile
+                .members
+                .into_iter()
+                .filter_map(|member| {
+                    Some(PublishedMember {
+                        segment: index(&member.segment)?,
+                        since: member.since,
+                        figures: member.figures,
+                        channels: member.channels,
+                    })
+                })
+                .collect(),
+        }),
+        version: stored.version,
+        next_change: None,
+        experiment_entries: stored
+            .experiment_entries
+            .into_iter()
+            .filter_map(|entry| {
+                Some(ExperimentEntry {
+                    segment: index(&entry.segment)?,
+                    holdout: entry.holdout,
+                    entered_at: entry.entered_at,
+                })
+            })
+            .collect(),
+    })
+}

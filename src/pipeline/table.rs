@@ -1,0 +1,160 @@
+//! Topics read as tables, outside the consumer group, from the beginning to
+//! their end: the consent topic (every instance reads all of it, so the
+//! consent in force is known for every user before any event is applied, also
+//! right after a restart), and the changelog partitions an instance restores
+//! when it is assigned their event partitions.
+
+use super::clients::{base_config, kafka, TableContext};
+use super::PipelineError;
+use crate::config::Config;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::BorrowedMessage;
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+/// How long one watermark request may take.
+const WATERMARK_TIMEOUT: Duration = Duration::from_secs(10);
+/// Records applied between two position checks while catching up.
+const POSITION_CHECK_EVERY: usize = 4_096;
+/// Poll interval while catching up.
+const CATCH_UP_POLL: Duration = Duration::from_millis(50);
+
+/// A reader of some partitions of one topic.
+pub struct Table {
+    topic: String,
+    /// The partitions read.
+    partitions: Vec<i32>,
+    /// Reads the assigned partitions, outside the consumer group.
+    consumer: BaseConsumer<TableContext>,
+    /// Asks for the partitions' end offsets. A client of its own: on
+    /// `consumer` the request would queue behind its long-polling fetches.
+    watermarks: BaseConsumer<TableContext>,
+}
+
+/// How far a catch-up got.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CaughtUp {
+    /// Every partition reached the end it had when the catch-up started.
+    Complete,
+    /// The timeout passed (or the ends could not be read); this many partitions were behind.
+    Behind(usize),
+}
+
+impl Table {
+    /// A reader of `topic` with nothing assigned yet.
+    pub fn open(config: &Config, topic: &str, role: &str) -> Result<Self, PipelineError> {
+        let consumer: BaseConsumer<TableContext> = base_config(config)
+            // librdkafka wants a group id even for assign(); this consumer
+            // never subscribes or commits, so the group stays empty.
+            .set("group.id", format!("{}.{role}", config.group_id))
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            // End-of-partition events tell when the table has caught up.
+            .set("enable.partition.eof", "true")
+            // Records of aborted transactions never count.
+            .set("isolation.level", "read_committed")
+            .create_with_context(TableContext)
+            .map_err(kafka("create a table consumer"))?;
+        let watermarks = base_config(config)
+            // The end of a partition is its last stable offset: the records of
+            // a transaction still open are not part of the table yet.
+            .set("isolation.level", "read_committed")
+            .create_with_context(TableContext)
+            .map_err(kafka("create a watermark client"))?;
+        Ok(Self { topic: topic.to_owned(), partitions: Vec::new(), consumer, watermarks })
+    }
+
+    /// Reads `partitions` from their beginning (replacing what was read before).
+    pub fn assign(&mut self, partitions: &[i32]) -> Result<(), PipelineError> {
+        let mut assignment = TopicPartitionList::new();
+        for partition in partitions {
+            assignment
+                .add_partition_offset(&self.topic, *partition, Offset::Beginning)
+                .map_err(kafka("build a table assignment"))?;
+        }
+        self.consumer.assign(&assignment).map_err(kafka("assign table partitions"))?;
+        self.partitions = partitions.to_vec();
+        Ok(())
+    }
+
+    /// Hands every record to `handle` until each assigned partition reached
+    /// the end it had when this call started, or `timeout` passed.
+    pub fn catch_up(
+        &mut self,
+        timeout: Duration,
+        mut handle: impl FnMut(&BorrowedMessage<'_>),
+    ) -> Result<CaughtUp, PipelineError> {
+        let mut targets = Vec::with_capacity(self.partitions.len());
+        for &partition in &self.partitions {
+            match self.watermarks.fetch_watermarks(&self.topic, partition, WATERMARK_TIMEOUT) {
+                Ok((_, high)) => targets.push((partition, high)),
+                // The cluster is unreachable: go on with what is read (the caller decides).
+                Err(error) => {
+                    tracing::warn!(topic = %self.topic, %error, "cannot read the end of a table topic");
+                    return Ok(CaughtUp::Behind(self.partitions.len()));
+                }
+            }
+        }
+        let deadline = Instant::now() + timeout;
+        let mut reached_end = HashSet::new();
+        loop {
+            // Apply what is already fetched; positions are checked when that
+            // runs dry, or every few thousand records.
+            for _ in 0..POSITION_CHECK_EVERY {
+                match self.consumer.poll(Duration::ZERO) {
+                    Some(result) => self.handle(result, &mut reached_end, &mut handle),
+                    None => break,
+                }
+            }
+            let positions = self.consumer.position().map_err(kafka("read table positions"))?;
+            let pending = targets
+                .iter()
+                .filter(|(partition, high)| {
+                    let position = positions
+                        .find_partition(&self.topic, *partition)
+                        .and_then(|element| element.offset().to_raw())
+                        .unwrap_or(0);
+                    position < *high && !reached_end.contains(partition)
+                })
+                .count();
+            if pending == 0 {
+                return Ok(CaughtUp::Complete);
+            }
+            if Instant::now() >= deadline {
+                return Ok(CaughtUp::Behind(pending));
+            }
+            if let Some(result) = self.consumer.poll(CATCH_UP_POLL) {
+                self.handle(result, &mut reached_end, &mut handle);
+            }
+        }
+    }
+
+    /// Hands the records already fetched to `handle`, without waiting.
+    pub fn drain(&mut self, mut handle: impl FnMut(&BorrowedMessage<'_>)) {
+        let mut reached_end = HashSet::new();
+        while let Some(result) = self.consumer.poll(Duration::ZERO) {
+            self.handle(result, &mut reached_end, &mut handle);
+        }
+    }
+
+    /// Hands a record to `handle`, or notes that a partition reached its end.
+    fn handle(
+        &self,
+        result: Result<BorrowedMessage<'_>, KafkaError>,
+        reached_end: &mut HashSet<i32>,
+        handle: &mut impl FnMut(&BorrowedMessage<'_>),
+    ) {
+        match result {
+            Ok(message) => {
+                reached_end.remove(&rdkafka::message::Message::partition(&message));
+                handle(&message);
+            }
+            Err(KafkaError::PartitionEOF(partition)) => {
+                reached_end.insert(partition);
+            }
+            Err(error) => tracing::warn!(topic = %self.topic, %error, "table consumer error"),
+        }
+    }
+}
