@@ -5,6 +5,7 @@
 # Usage:
 #   scripts/kafka.sh start    # prints exactly one line on stdout: 127.0.0.1:<port>
 #   scripts/kafka.sh stop     # exit 0 also when nothing was running
+#   scripts/kafka.sh restart  # stop and start again on the same data (prints the address)
 #   scripts/kafka.sh status   # exit 0 if running and the port answers, else 1
 #
 # Environment:
@@ -270,6 +271,15 @@ cmd_start() {
         -c "$RUN_DIR/server.properties" --standalone >>"$STDOUT_LOG" 2>&1 \
         || fail_start "" "StorageTool format failed"
 
+    launch_broker
+}
+
+# Starts the broker on the formatted run dir and waits until it serves.
+launch_broker() {
+    local pid
+    # Readiness is judged on log lines written by this launch only.
+    local log_start
+    log_start=$(( $(wc -l <"$SERVER_LOG" 2>/dev/null || echo 0) + 1 ))
     # stdin/stdout/stderr detached so that `$(scripts/kafka.sh start)` returns
     # once we print the address, instead of waiting for the broker's fds.
     # nohup: the broker must outlive the terminal/session that started it.
@@ -282,7 +292,7 @@ cmd_start() {
     local deadline=$((SECONDS + READY_TIMEOUT))
     while :; do
         kill -0 "$pid" 2>/dev/null || fail_start "" "broker exited during startup"
-        if grep -q 'Kafka Server started' "$SERVER_LOG" 2>/dev/null && port_open "$PORT"; then
+        if tail -n +"$log_start" "$SERVER_LOG" 2>/dev/null | grep -q 'Kafka Server started' && port_open "$PORT"; then
             break
         fi
         [ "$SECONDS" -lt "$deadline" ] || fail_start "$pid" "broker not ready after ${READY_TIMEOUT}s"
@@ -290,6 +300,25 @@ cmd_start() {
     done
     log "broker ready"
     echo "$HOST:$PORT"
+}
+
+# Stops the running broker and starts it again on the same data: topics,
+# records, offsets and transactions survive (the broker-restart test).
+cmd_restart() {
+    local pid
+    pid="$(running_pid)" || die "no broker is running (run dir $RUN_DIR)"
+    log "restarting broker (pid $pid)"
+    kill_broker "$pid"
+    local p
+    for p in "$PORT" "$CPORT"; do
+        local deadline=$((SECONDS + 30))
+        while port_open "$p"; do
+            [ "$SECONDS" -lt "$deadline" ] || die "port $HOST:$p still in use after the broker stopped"
+            sleep 0.2
+        done
+    done
+    jvm_opts
+    launch_broker
 }
 
 cmd_stop() {
@@ -310,9 +339,10 @@ cmd_status() {
 case "${1:-}" in
     start) cmd_start ;;
     stop) cmd_stop ;;
+    restart) cmd_restart ;;
     status) cmd_status ;;
     *)
-        echo "usage: $0 {start|stop|status}" >&2
+        echo "usage: $0 {start|stop|restart|status}" >&2
         exit 2
         ;;
 esac

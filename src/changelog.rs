@@ -87,7 +87,11 @@ pub fn encode(state: &UserState, catalogue: &Catalogue, out: &mut Vec<u8>) {
         experiment_entries: state
             .experiment_entries
             .iter()
-            .map(|entry| StoredEntry { segment: id(entry.segment), holdout: entry.holdout, entered_at: entry.entered_at })
+            .map(|entry| StoredEntry {
+                segment: id(entry.segment),
+                holdout: entry.holdout,
+                entered_at: entry.entered_at,
+            })
             .collect(),
     };
     out.push(FORMAT);

@@ -261,9 +261,10 @@ impl Processor {
         match result {
             Err(rejection) => Processed::without_output(Outcome::Rejected(rejection)),
             Ok(Decoded::Consent(change)) => self.apply_consent(source.partition, change, now_ms),
-            Ok(Decoded::Event(event)) if event.ts() < source.watermark => {
-                Processed { event_time: Some(event.ts()), ..Processed::without_output(Outcome::Dropped(DropReason::Late)) }
-            }
+            Ok(Decoded::Event(event)) if event.ts() < source.watermark => Processed {
+                event_time: Some(event.ts()),
+                ..Processed::without_output(Outcome::Dropped(DropReason::Late))
+            },
             Ok(Decoded::Event(event)) => {
                 let event_time = event.ts();
                 Processed { event_time: Some(event_time), ..self.apply_event(event, now_ms) }
@@ -320,10 +321,8 @@ impl Processor {
 
     fn apply_consent(&self, partition: i32, change: ConsentChange, now_ms: i64) -> Processed {
         let consent = ConsentInForce::from_change(&change);
-        let mut state = self.users.entry(change.user_id.clone()).or_insert_with(|| UserState {
-            partition,
-            ..UserState::default()
-        });
+        let mut state =
+            self.users.entry(change.user_id.clone()).or_insert_with(|| UserState { partition, ..UserState::default() });
         // A choice older than the one in force (read again while catching
         // up, after a restored state already had the newer one) changes nothing.
         if state.consent.as_ref().is_some_and(|in_force| in_force.ts > consent.ts) {
@@ -561,7 +560,10 @@ impl Processor {
     /// Forgets everything built for the users of `partitions` (they moved to
     /// another instance), keeping the consent table.
     pub fn drop_partitions(&self, partitions: &[i32]) {
-        self.timers.lock().unwrap_or_else(PoisonError::into_inner).retain(|partition, _| !partitions.contains(partition));
+        self.timers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|partition, _| !partitions.contains(partition));
         self.users.retain(|_, state| {
             if !partitions.contains(&state.partition) {
                 return true;

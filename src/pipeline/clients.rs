@@ -27,7 +27,7 @@ const ACKNOWLEDGEMENT_POLL: Duration = Duration::from_micros(500);
 /// degraded (warn) or not at all, never as data loss (error).
 fn log_client_error(error: KafkaError) {
     match error {
-        KafkaError::PartitionEOF(_) => {}
+        KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF) => {}
         error => tracing::warn!(%error, "kafka client error"),
     }
 }
@@ -266,10 +266,10 @@ impl Clients {
     /// Commits the open transaction with the input `offsets` in it.
     pub fn commit_transaction(&self, offsets: &TopicPartitionList) -> Result<(), PipelineError> {
         if offsets.count() > 0 {
-            let group = self
-                .events
-                .group_metadata()
-                .ok_or(PipelineError::Kafka { context: "read the group metadata", source: KafkaError::NoMessageReceived })?;
+            let group = self.events.group_metadata().ok_or(PipelineError::Kafka {
+                context: "read the group metadata",
+                source: KafkaError::NoMessageReceived,
+            })?;
             retry_transactional(|| {
                 self.producer.send_offsets_to_transaction(offsets, &group, TRANSACTION_STEP_TIMEOUT)
             })
@@ -299,7 +299,9 @@ impl Clients {
                 .add_partition_offset(element.topic(), element.partition(), offset)
                 .map_err(kafka("build the rewind positions"))?;
         }
-        self.events.seek_partitions(positions, TRANSACTION_STEP_TIMEOUT).map_err(kafka("rewind to committed offsets"))?;
+        self.events
+            .seek_partitions(positions, TRANSACTION_STEP_TIMEOUT)
+            .map_err(kafka("rewind to committed offsets"))?;
         Ok(())
     }
 

@@ -98,7 +98,7 @@ pub fn run(
         .events
         .subscribe(&config.topics.events())
         .map_err(|source| PipelineError::Kafka { context: "subscribe to the event topics", source })?;
-    health.ready.store(true, Ordering::Release);
+    // Ready once the first assignment's state is restored (below).
     tracing::info!(group = %config.group_id, partitions, guarantee = ?config.guarantee, "consuming events");
 
     let commit_interval = Duration::from_millis(config.commit_interval_ms);
@@ -285,7 +285,9 @@ impl<'a> Shell<'a> {
     /// Applies consent records up to the consent topic's end.
     fn catch_up_consent(&mut self, consent: &mut Table) -> Result<(), PipelineError> {
         let timeout = self.consent_catch_up_timeout;
-        if let CaughtUp::Behind(partitions) = consent.catch_up(timeout, |message| self.apply(InputKind::Consent, message))? {
+        if let CaughtUp::Behind(partitions) =
+            consent.catch_up(timeout, |message| self.apply(InputKind::Consent, message))?
+        {
             tracing::warn!(
                 pending_partitions = partitions,
                 "consent topic did not catch up in time; applying events with the consent read so far"

@@ -89,6 +89,8 @@ impl Table {
         let mut targets = Vec::with_capacity(self.partitions.len());
         for &partition in &self.partitions {
             match self.watermarks.fetch_watermarks(&self.topic, partition, WATERMARK_TIMEOUT) {
+                // An empty partition has nothing to read.
+                Ok((low, high)) if high <= low => {}
                 Ok((_, high)) => targets.push((partition, high)),
                 // The cluster is unreachable: go on with what is read (the caller decides).
                 Err(error) => {

@@ -4,6 +4,8 @@
 //! apache_avro directly, and JSON) to produce input and read profile updates.
 #![allow(dead_code)]
 
+pub mod stream;
+
 use apache_avro::rabin::Rabin;
 use apache_avro::Schema;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -54,6 +56,8 @@ pub struct Topics {
     pub consent: String,
     pub profiles: String,
     pub dead_letters: String,
+    /// The pipeline's changelog (its app id is the prefix).
+    pub changelog: String,
 }
 
 impl Topics {
@@ -68,6 +72,7 @@ impl Topics {
             consent: format!("{prefix}.consent.changes"),
             profiles: format!("{prefix}.profiles.updates"),
             dead_letters: format!("{prefix}.dead-letters"),
+            changelog: format!("tactful.{prefix}.changelog"),
             prefix,
         };
         let admin: AdminClient<DefaultClientContext> =
@@ -121,8 +126,28 @@ impl Pipeline {
 
     /// Starts the pipeline with extra `[pipeline]` and `[admin]` settings.
     pub fn start_full(topics: &Topics, extra_pipeline: &str, extra_admin: &str, log_level: &str) -> Self {
+        Self::launch(topics, "", extra_pipeline, extra_admin, log_level, "run")
+    }
+
+    /// Starts instance `instance` of a group (several may run at once),
+    /// with a short session timeout so a killed instance's partitions move soon.
+    pub fn start_instance(topics: &Topics, instance: &str, extra_pipeline: &str) -> Self {
+        let kafka = format!(
+            "instance_id = \"{instance}\"\nclient_properties = {{ \"session.timeout.ms\" = \"6000\", \"heartbeat.interval.ms\" = \"1000\" }}"
+        );
+        Self::launch(topics, &kafka, extra_pipeline, "", "info", instance)
+    }
+
+    fn launch(
+        topics: &Topics,
+        extra_kafka: &str,
+        extra_pipeline: &str,
+        extra_admin: &str,
+        log_level: &str,
+        name: &str,
+    ) -> Self {
         let admin_port = free_port();
-        let dir = std::env::temp_dir().join(format!("tactful-test-{}", topics.prefix));
+        let dir = std::env::temp_dir().join(format!("tactful-test-{}-{name}", topics.prefix));
         std::fs::create_dir_all(&dir).unwrap();
         let config_path = dir.join("tactful.toml");
         let config = format!(
@@ -131,6 +156,7 @@ impl Pipeline {
 bootstrap_servers = "{bootstrap}"
 app_id = "{prefix}"
 group_id = "{group}"
+{extra_kafka}
 
 [topics]
 browse = "{browse}"
@@ -160,7 +186,8 @@ listen = "127.0.0.1:{admin_port}"
         );
         std::fs::write(&config_path, config).unwrap();
         let log_path = dir.join("tactful.log");
-        let log = std::fs::File::create(&log_path).unwrap();
+        // Appended: a restarted instance keeps its earlier incarnations' log.
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_tactful"))
             .args(["run", "--config"])
             .arg(&config_path)
@@ -196,6 +223,12 @@ listen = "127.0.0.1:{admin_port}"
     /// Sends SIGTERM and waits for the exit status.
     pub fn stop(mut self) -> std::process::ExitStatus {
         self.terminate()
+    }
+
+    /// Kills the process with SIGKILL (kill -9): no shutdown code runs.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
     }
 
     fn terminate(&mut self) -> std::process::ExitStatus {
@@ -274,6 +307,33 @@ impl Producer {
 
     pub fn send_keyed(&self, topic: &str, key: &str, value: &[u8]) {
         self.send(topic, Some(key.as_bytes()), Some(value));
+    }
+
+    /// Sends a record to an explicit partition without waiting for it.
+    pub fn send_to(&self, topic: &str, partition: i32, key: &str, value: Option<&[u8]>) {
+        let mut record: BaseRecord<'_, str, [u8]> = BaseRecord::to(topic).partition(partition).key(key);
+        if let Some(value) = value {
+            record = record.payload(value);
+        }
+        let mut record = record;
+        loop {
+            match self.inner.send(record) {
+                Ok(()) => return,
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                    back,
+                )) => {
+                    record = back;
+                    self.inner.poll(Duration::from_millis(10));
+                }
+                Err((error, _)) => panic!("cannot produce: {error}"),
+            }
+        }
+    }
+
+    /// Waits until everything sent is acknowledged.
+    pub fn flush(&self) {
+        self.inner.flush(Duration::from_secs(60)).unwrap();
     }
 }
 
