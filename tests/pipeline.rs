@@ -194,7 +194,8 @@ fn each_default_segment_is_entered_and_exited_with_exact_updates() {
 #[test]
 fn withdrawal_publishes_a_tombstone_and_later_events_are_dropped() {
     let topics = Topics::create("withdrawal");
-    let _pipeline = Pipeline::start(&topics);
+    // The at-least-once mode (exactly once is the default and every other test's).
+    let _pipeline = Pipeline::start_with(&topics, "processing_guarantee = \"at_least_once\"");
     let producer = Producer::new();
     let t = base_time();
     for user in ["withdraws", "forgotten", "lightened"] {
@@ -363,7 +364,7 @@ fn gpc_removes_ads_until_a_newer_consent_change_grants_it_again() {
 #[test]
 fn near_store_is_exited_when_event_time_passes_without_new_events_of_the_user() {
     let topics = Topics::create("time-exit");
-    let _pipeline = Pipeline::start_with(&topics, "allowed_lateness_ms = 1000");
+    let pipeline = Pipeline::start_with(&topics, "allowed_lateness_ms = 1000");
     let producer = Producer::new();
     let t = base_time();
     producer.send_keyed(&topics.consent, "shopper", &to_json(&consent("shopper", t - 1000, EVERYTHING, "FULL")));
@@ -383,6 +384,14 @@ fn near_store_is_exited_when_event_time_passes_without_new_events_of_the_user() 
     assert_eq!(shopper[1].ts, t + HOUR_MS, "the exit is at the moment the window dropped the fix");
     assert!(shopper[1].segments.is_empty());
     assert!(shopper[1].version > shopper[0].version);
+
+    // An event older than the watermark (an hour behind the newest) is late:
+    // dropped, counted, and without effect.
+    producer.send_keyed(&topics.location, "shopper", &to_json(&location("shopper", t + 10, 52.5250, 13.4025)));
+    let records = read_profiles(&topics);
+    assert_eq!(of_user(&records, "shopper").len(), 2, "the late fix changed nothing");
+    let (_, metrics) = http_get(pipeline.admin_port, "/metrics").unwrap();
+    assert!(metrics.contains("tactful_events_dropped_total{kind=\"location\",reason=\"late\"} 1"), "{metrics}");
 }
 
 #[test]
@@ -406,9 +415,9 @@ fn debug_logs_carry_no_personal_data() {
     producer.send_keyed(&topics.browse, "bob.private-id-0815", &to_json(&browse(user, t, "running")));
     let records = read_profiles(&topics);
     assert!(!of_user(&records, user).is_empty(), "the scenario ran");
+    let log_path = pipeline.log_path.clone();
     drop(pipeline);
-    let log = std::fs::read_to_string(std::env::temp_dir().join(format!("tactful-test-{}/tactful.log", topics.prefix)))
-        .unwrap();
+    let log = std::fs::read_to_string(log_path).unwrap();
     assert!(log.lines().count() > 10, "debug logging was on:\n{log}");
     for secret in
         ["alice", "private-id", "bob", "secret-path", "shop.example", "product-sku", "52.526", "13.402", "running"]
@@ -601,10 +610,15 @@ fn erasure_through_the_api_publishes_a_tombstone_and_completes_its_receipt() {
     assert!(status["recorded_at"].as_i64().unwrap() >= requested);
     assert!(status["state_cleared_at"].as_i64().unwrap() >= requested);
     assert!(cleared >= status["state_cleared_at"].as_i64().unwrap());
-    eprintln!("erasure request to acknowledged profile tombstone: {} ms", cleared - requested);
+    assert_eq!(status["changelog_cleared_at"].as_i64(), Some(cleared), "committed in the same transaction");
+    eprintln!("erasure request to committed profile tombstone: {} ms", cleared - requested);
 
     let records = read_profiles(&topics);
     assert_eq!(of_user(&records, "leaver").last().unwrap(), &&None, "a tombstone on profiles.updates");
+    let changelog: Vec<_> =
+        read_all(&topics.changelog).into_iter().filter(|message| message.key() == Some(&b"leaver"[..])).collect();
+    assert!(changelog.len() >= 2, "the state was in the changelog, then its tombstone");
+    assert_eq!(changelog.last().unwrap().payload(), None, "nothing is left in the changelog for the user");
     let consent_records = read_all(&topics.consent);
     assert!(consent_records.iter().any(|message| message.key() == Some(&b"leaver"[..]) && message.payload().is_none()));
     assert_eq!(http_get_with(port, "/v1/profiles/leaver", &[&bearer]).map(|(status, _)| status), Some(404));
@@ -698,4 +712,27 @@ fn near_store_needs_precise_location_and_withdrawing_it_exits_and_removes_the_fi
             "{user}: no location kept without a segment using it"
         );
     }
+}
+
+#[test]
+fn an_idle_user_is_deleted_with_a_tombstone_when_event_time_passes_the_idle_limit() {
+    let topics = Topics::create("idle");
+    let _pipeline = Pipeline::start_with(&topics, "allowed_lateness_ms = 1000\n\n[privacy]\nidle_user_days = 1");
+    let producer = Producer::new();
+    let t = base_time();
+    for user in ["idle", "active"] {
+        producer.send_keyed(&topics.consent, user, &to_json(&consent(user, t - 1000, EVERYTHING, "FULL")));
+    }
+    producer.send_keyed(&topics.browse, "idle", &to_json(&browse("idle", t, "books")));
+    // Someone else's events move event time past a day (plus the lateness).
+    producer.send_keyed(&topics.browse, "active", &to_json(&browse("active", t + common::DAY_MS + 2_000, "books")));
+    let records = read_profiles(&topics);
+    let idle = of_user(&records, "idle");
+    assert_eq!(idle.len(), 2, "{idle:?}");
+    assert_eq!(idle[0].as_ref().unwrap().entered, vec!["new_visitor"]);
+    assert_eq!(idle[1], &None, "deleted after a day without events, with a tombstone");
+    let changelog: Vec<_> =
+        read_all(&topics.changelog).into_iter().filter(|message| message.key() == Some(&b"idle"[..])).collect();
+    assert_eq!(changelog.last().unwrap().payload(), None, "and its state is gone from the changelog");
+    assert_eq!(of_user(&records, "active").len(), 1, "the active user stays");
 }

@@ -1490,3 +1490,199 @@ fn without_measurement_nothing_is_counted() {
     assert_eq!(counts[0].treatment.0 + counts[0].holdout.0, 0);
     assert!(h.state("u").experiment_entries.is_empty());
 }
+
+/// Copies every user's changelog value out of `from` (as the changelog topic would hold them).
+fn changelog_of(from: &Harness, users: &[&str]) -> Vec<(String, Option<Vec<u8>>)> {
+    users.iter().map(|user| ((*user).to_owned(), from.processor.changelog_value(user))).collect()
+}
+
+/// Restores `records` into `into` on partition 0 and reconciles.
+fn restore_into(into: &Harness, records: &[(String, Option<Vec<u8>>)]) -> Vec<(i32, Output)> {
+    let mut restoring = Restoring::default();
+    for (user, value) in records {
+        into.processor.restore(&mut restoring, 0, user, value.as_deref()).unwrap();
+    }
+    into.processor.finish_restore(restoring, NOW)
+}
+
+#[test]
+fn a_state_restored_from_the_changelog_continues_exactly_where_it_was() {
+    let before = harness();
+    before.consent("u", &EVERYTHING, PersonalizationLevel::Full, T0 - DAY);
+    before.browse("u", T0, None);
+    let last = update(before.browse("u", T0 + DAY, None));
+    let records = changelog_of(&before, &["u"]);
+
+    // A new instance: the consent table is read first, then the changelog.
+    let after = harness();
+    after.consent("u", &EVERYTHING, PersonalizationLevel::Full, T0 - DAY);
+    assert_eq!(restore_into(&after, &records), vec![], "nothing changed, so nothing is published again");
+    let restored = after.state("u");
+    let original = before.state("u");
+    assert_eq!((&restored.history, restored.published.as_ref()), (&original.history, original.published.as_ref()));
+    assert_eq!(after.size_of("returning_visitor"), 1);
+    // The next event continues from the restored state: a version above the
+    // last one, and no entry published twice.
+    let next = update(after.purchase("u", T0 + DAY + 1, &[("p-1", "books", 1, 60_000)]));
+    assert!(next.version > last.version);
+    assert_eq!(next.entered, vec!["high_value"]);
+}
+
+#[test]
+fn a_withdrawal_read_while_the_state_was_elsewhere_erases_the_restored_state() {
+    let before = harness();
+    before.consent("u", &EVERYTHING, PersonalizationLevel::Full, T0 - DAY);
+    update(before.browse("u", T0, None));
+    let records = changelog_of(&before, &["u"]);
+
+    let after = harness();
+    after.consent("u", &[], PersonalizationLevel::None, T0 + HOUR);
+    let outputs = restore_into(&after, &records);
+    assert_eq!(outputs, vec![(0, Output::Tombstone { user_id: "u".to_owned() })]);
+    assert!(after.state("u").history.is_empty());
+    assert_eq!(after.processor.changelog_value("u"), None, "the changelog gets a tombstone");
+    assert_eq!(after.size_of("new_visitor"), 0);
+
+    // A user the consent table does not know (forgotten by a tombstone) is removed.
+    let forgotten = harness();
+    let outputs = restore_into(&forgotten, &records);
+    assert_eq!(outputs, vec![(0, Output::Tombstone { user_id: "u".to_owned() })]);
+    assert_eq!(forgotten.processor.user_count(), 0);
+}
+
+#[test]
+fn a_narrower_consent_in_the_table_deletes_what_it_no_longer_allows_on_restore() {
+    let before = harness();
+    before.consent("u", &["personalization", "location", "precise_location", "push"], PersonalizationLevel::Full, T0);
+    update(before.location("u", T0 + MINUTE, BERLIN_STORE));
+    let records = changelog_of(&before, &["u"]);
+
+    let after = harness();
+    after.consent("u", &["personalization", "push"], PersonalizationLevel::Full, T0 + HOUR);
+    let outputs = restore_into(&after, &records);
+    let [(0, Output::Update(exit))] = outputs.as_slice() else { panic!("one update: {outputs:?}") };
+    assert_eq!(exit.exited, vec!["near_store"]);
+    assert!(after.state("u").history.locations.is_empty());
+}
+
+#[test]
+fn an_older_consent_read_after_a_newer_restored_one_changes_nothing() {
+    let before = harness();
+    before.consent("u", &EVERYTHING, PersonalizationLevel::Full, T0);
+    update(before.browse("u", T0 + MINUTE, None));
+    let records = changelog_of(&before, &["u"]);
+    let after = harness();
+    after.consent("u", &EVERYTHING, PersonalizationLevel::Full, T0);
+    restore_into(&after, &records);
+    // A withdrawal older than the choice in force is not applied.
+    applied_silently(after.consent("u", &[], PersonalizationLevel::None, T0 - DAY));
+    assert!(!after.state("u").history.is_empty());
+}
+
+#[test]
+fn a_changelog_value_keeps_a_gpc_signal_and_nothing_else_is_a_tombstone() {
+    let h = harness();
+    h.consent("u", &EVERYTHING, PersonalizationLevel::Full, T0);
+    assert_eq!(h.processor.changelog_value("u"), None, "consent alone lives in the consent topic");
+    assert_eq!(h.processor.changelog_value("nobody"), None);
+    h.browse_with_gpc("u", T0 + 1);
+    let value = h.processor.changelog_value("u").expect("state to keep");
+    let restored = crate::changelog::decode(&value, h.processor.catalogue()).unwrap();
+    assert!(restored.consent.unwrap().gpc_opt_out);
+    assert_eq!(
+        crate::changelog::decode(&[9, 1, 2], h.processor.catalogue()),
+        Err(crate::changelog::ChangelogError::Format(9))
+    );
+    assert_eq!(crate::changelog::decode(&[], h.processor.catalogue()), Err(crate::changelog::ChangelogError::Empty));
+    assert!(crate::changelog::decode(&[1, 0xff, 0xff], h.processor.catalogue()).is_err());
+}
+
+#[test]
+fn a_membership_of_a_segment_no_longer_in_the_catalogue_is_not_restored() {
+    let before = harness_with_coarse_segment();
+    before.consent("u", &["personalization", "location", "push"], PersonalizationLevel::Full, T0);
+    let entered = update(before.location("u", T0 + MINUTE, BERLIN_STORE));
+    assert!(entered.segments.iter().any(|member| member.id == "in_berlin"));
+    let records = changelog_of(&before, &["u"]);
+    let after = harness();
+    after.consent("u", &["personalization", "location", "push"], PersonalizationLevel::Full, T0);
+    restore_into(&after, &records);
+    let published = after.state("u").published.unwrap();
+    assert!(published
+        .members
+        .iter()
+        .all(|member| after.processor.catalogue().segments[member.segment].id != "in_berlin"));
+}
+
+#[test]
+fn revoking_a_partition_drops_its_users_state_but_keeps_the_consent_table() {
+    let h = harness();
+    for (user, partition) in [("a", 0), ("b", 1)] {
+        let change = ConsentChange {
+            user_id: user.to_owned(),
+            ts: T0,
+            granted: strings(&EVERYTHING),
+            level: PersonalizationLevel::Full,
+            source: "test".to_owned(),
+        };
+        let value = serde_json::to_vec(&change).unwrap();
+        let source = Source { partition, watermark: i64::MIN };
+        h.processor.process_from(source, InputKind::Consent, Some(user.as_bytes()), Some(&value), NOW);
+        let value = serde_json::to_vec(&browse_event(user, T0 + 1, None)).unwrap();
+        update(h.processor.process_from(source, InputKind::Browse, Some(user.as_bytes()), Some(&value), NOW));
+    }
+    assert_eq!(h.size_of("new_visitor"), 2);
+    h.processor.drop_partitions(&[1]);
+    assert_eq!(h.size_of("new_visitor"), 1);
+    let dropped = h.state("b");
+    assert!(dropped.history.is_empty() && dropped.published.is_none());
+    assert!(dropped.consent.is_some(), "the consent table is every instance's");
+    assert!(!h.state("a").history.is_empty());
+    // Timers of the dropped partition are gone: nothing fires for b.
+    assert!(h.processor.advance_partition(1, T0 + 400 * DAY, NOW).is_empty());
+}
+
+#[test]
+fn an_event_older_than_its_partitions_watermark_is_dropped_as_late() {
+    let h = harness();
+    h.consent("u", &EVERYTHING, PersonalizationLevel::Full, T0);
+    let value = serde_json::to_vec(&browse_event("u", T0 + 10, None)).unwrap();
+    let late = h.processor.process_from(
+        Source { partition: 0, watermark: T0 + 11 },
+        InputKind::Browse,
+        Some(b"u"),
+        Some(&value),
+        NOW,
+    );
+    assert_eq!((late.outcome, late.output, late.event_time), (Outcome::Dropped(DropReason::Late), None, Some(T0 + 10)));
+    assert!(h.state("u").history.is_empty());
+    let on_time = h.processor.process_from(
+        Source { partition: 0, watermark: T0 + 10 },
+        InputKind::Browse,
+        Some(b"u"),
+        Some(&value),
+        NOW,
+    );
+    assert_eq!(on_time.outcome, Outcome::Applied, "an event at the watermark is on time");
+}
+
+#[test]
+fn an_idle_user_is_deleted_with_a_tombstone_once_event_time_passes_the_idle_limit() {
+    let h = harness();
+    h.consent("u", &EVERYTHING, PersonalizationLevel::Full, T0);
+    update(h.purchase("u", T0, &[("p-1", "books", 1, 60_000)]));
+    let last_version = h.state("u").version;
+    // The purchase leaves high_value's 90-day window first (an update), and
+    // the idle limit of 365 days deletes the user (a tombstone).
+    let outputs = h.processor.advance_partition(0, T0 + 365 * DAY - 1, NOW);
+    assert!(outputs.iter().all(|output| matches!(output, Output::Update(_))), "{outputs:?}");
+    let outputs = h.processor.advance_partition(0, T0 + 365 * DAY, NOW);
+    assert_eq!(outputs, vec![Output::Tombstone { user_id: "u".to_owned() }]);
+    let state = h.state("u");
+    assert!(state.history.is_empty() && state.published.is_none());
+    assert!(state.version >= last_version, "versions are never reused");
+    assert!(state.consent.is_some());
+    // Back after the deletion: a new profile, with a higher version.
+    let back = update(h.browse("u", T0 + 366 * DAY, None));
+    assert!(back.version > last_version);
+}
