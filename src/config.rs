@@ -110,7 +110,7 @@ pub struct PipelineSection {
     pub extra_schema_files: Vec<PathBuf>,
     /// `exactly_once` (default) or `at_least_once`.
     pub processing_guarantee: Guarantee,
-    /// Most records processed between two commits. Default 5000.
+    /// Most records processed between two commits. Default 50000.
     pub max_batch_records: usize,
     /// Longest time a batch collects records before it is processed and
     /// committed (and the most a record waits for its batch). Default 100 ms.
@@ -142,7 +142,7 @@ impl Default for PipelineSection {
             segments_file: None,
             extra_schema_files: Vec::new(),
             processing_guarantee: Guarantee::ExactlyOnce,
-            max_batch_records: 5_000,
+            max_batch_records: 50_000,
             commit_interval_ms: 100,
             dead_letters_enabled: true,
             event_time_tolerance_ms: 400 * DAY_MS,

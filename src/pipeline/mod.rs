@@ -347,25 +347,32 @@ impl<'a> Shell<'a> {
         let started = Instant::now();
         self.catch_up_consent(consent)?;
         changelog.assign(partitions)?;
-        let mut restoring = Restoring::default();
+        // The last record of each user wins (the topic is compacted, but not
+        // necessarily yet): only that one is decoded.
+        let mut latest: HashMap<String, (i32, Option<Vec<u8>>)> = HashMap::new();
         let mut bad_records = 0_u64;
         let mut records = 0_u64;
         loop {
             let caught_up = changelog.catch_up(RESTORE_TIMEOUT, |message| {
                 records += 1;
-                let Some(user_id) = message.key().and_then(|key| std::str::from_utf8(key).ok()) else {
-                    bad_records += 1;
-                    return;
-                };
-                let restored = self.processor.restore(&mut restoring, message.partition(), user_id, message.payload());
-                if restored.is_err() {
-                    bad_records += 1;
+                match message.key().and_then(|key| std::str::from_utf8(key).ok()) {
+                    Some(user_id) => {
+                        let value = message.payload().map(<[u8]>::to_vec);
+                        latest.insert(user_id.to_owned(), (message.partition(), value));
+                    }
+                    None => bad_records += 1,
                 }
             })?;
             match caught_up {
                 CaughtUp::Complete => break,
                 CaughtUp::Behind(_) if started.elapsed() < RESTORE_TIMEOUT => continue,
                 CaughtUp::Behind(_) => return Err(PipelineError::Restore(RESTORE_TIMEOUT)),
+            }
+        }
+        let mut restoring = Restoring::default();
+        for (user_id, (partition, value)) in latest {
+            if self.processor.restore(&mut restoring, partition, &user_id, value.as_deref()).is_err() {
+                bad_records += 1;
             }
         }
         changelog.assign(&[])?;
