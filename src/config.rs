@@ -18,10 +18,10 @@ const DAY_MS: i64 = 86_400_000;
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
-    #[error("{path}: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("{path}: {message}")]
-    Invalid { path: PathBuf, message: String },
+    #[error("{path}:{line}:{column}: {message}")]
+    Parse { path: PathBuf, line: usize, column: usize, message: String },
+    #[error("{path}:{line}:{column}: {message}")]
+    Invalid { path: PathBuf, line: usize, column: usize, message: String },
     #[error(transparent)]
     Segments(#[from] DefinitionError),
     #[error("schema file {path}: {source}")]
@@ -269,47 +269,50 @@ impl Config {
     /// inside it are relative to the file's folder.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = read(path)?;
-        let file: ConfigFile = toml::from_str(&text).map_err(|error| ConfigError::Parse {
-            path: path.to_owned(),
-            message: describe_toml_error(&text, &error),
+        let file: ConfigFile = toml::from_str(&text).map_err(|error| {
+            let (line, column) = error.span().map_or((1, 1), |span| line_and_column(&text, span.start));
+            ConfigError::Parse { path: path.to_owned(), line, column, message: error.message().to_owned() }
         })?;
-        Self::validate(file, path)
+        Self::validate(file, path, &text)
     }
 
-    /// Validates a parsed file; `path` locates it and its relative paths.
-    pub fn validate(file: ConfigFile, path: &Path) -> Result<Self, ConfigError> {
-        let invalid = |message: String| ConfigError::Invalid { path: path.to_owned(), message };
+    /// Validates a parsed file; `path` locates it and its relative paths,
+    /// `text` is what was parsed (to point at an invalid value).
+    fn validate(file: ConfigFile, path: &Path, text: &str) -> Result<Self, ConfigError> {
+        // `key` is the setting at fault; the message says what is wrong with it.
+        let invalid = |key: &str, problem: &str| {
+            let (line, column) = key_position(text, key);
+            ConfigError::Invalid { path: path.to_owned(), line, column, message: format!("{key} {problem}") }
+        };
         let base = path.parent().unwrap_or(Path::new("."));
         let ConfigFile { kafka, topics, pipeline, privacy, admin } = file;
         if kafka.bootstrap_servers.trim().is_empty() {
-            return Err(invalid("kafka.bootstrap_servers is empty".to_owned()));
+            return Err(invalid("kafka.bootstrap_servers", "is empty"));
         }
         if kafka.app_id.is_empty() || !kafka.app_id.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
-            return Err(invalid(format!(
-                "kafka.app_id `{}` must be letters, digits, `.`, `_` or `-` (it names topics)",
-                kafka.app_id
-            )));
+            let problem = format!("`{}` must be letters, digits, `.`, `_` or `-` (it names topics)", kafka.app_id);
+            return Err(invalid("kafka.app_id", &problem));
         }
         if pipeline.max_batch_records == 0 {
-            return Err(invalid("pipeline.max_batch_records must be at least 1".to_owned()));
+            return Err(invalid("pipeline.max_batch_records", "must be at least 1"));
         }
         if pipeline.event_time_tolerance_ms <= 0 {
-            return Err(invalid("pipeline.event_time_tolerance_ms must be above zero".to_owned()));
+            return Err(invalid("pipeline.event_time_tolerance_ms", "must be above zero"));
         }
         if pipeline.conversion_window_ms <= 0 {
-            return Err(invalid("pipeline.conversion_window_ms must be above zero".to_owned()));
+            return Err(invalid("pipeline.conversion_window_ms", "must be above zero"));
         }
         if pipeline.allowed_lateness_ms < 0 {
-            return Err(invalid("pipeline.allowed_lateness_ms must not be negative".to_owned()));
+            return Err(invalid("pipeline.allowed_lateness_ms", "must not be negative"));
         }
         if admin.api_token.as_ref().is_some_and(|token| token.chars().count() < 16) {
-            return Err(invalid("admin.api_token must be at least 16 characters".to_owned()));
+            return Err(invalid("admin.api_token", "must be at least 16 characters"));
         }
         if privacy.max_retention_days == 0 {
-            return Err(invalid("privacy.max_retention_days must be at least 1".to_owned()));
+            return Err(invalid("privacy.max_retention_days", "must be at least 1"));
         }
         if privacy.idle_user_days == 0 {
-            return Err(invalid("privacy.idle_user_days must be at least 1".to_owned()));
+            return Err(invalid("privacy.idle_user_days", "must be at least 1"));
         }
         let max_retention_ms = i64::from(privacy.max_retention_days) * DAY_MS;
         let catalogue = match &pipeline.segments_file {
@@ -343,9 +346,9 @@ impl Config {
         let changelog = topics.changelog.unwrap_or_else(|| format!("tactful.{}.changelog", kafka.app_id));
         let instance_id = kafka.instance_id.unwrap_or_else(host_name);
         if instance_id.is_empty() || !instance_id.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
-            return Err(invalid(format!(
-                "kafka.instance_id `{instance_id}` must be letters, digits, `.`, `_` or `-` (it names the transactional id)"
-            )));
+            let problem =
+                format!("`{instance_id}` must be letters, digits, `.`, `_` or `-` (it names the transactional id)");
+            return Err(invalid("kafka.instance_id", &problem));
         }
         Ok(Self {
             group_id: kafka.group_id.unwrap_or_else(|| kafka.app_id.clone()),
@@ -397,14 +400,27 @@ fn read(path: &Path) -> Result<String, ConfigError> {
 }
 
 /// `line L, column C: message` for a TOML error.
-fn describe_toml_error(text: &str, error: &toml::de::Error) -> String {
-    match error.span() {
-        Some(span) => {
-            let (line, column) = line_and_column(text, span.start);
-            format!("line {line}, column {column}: {}", error.message())
+/// The line and column of `key` (`section.name`) in a config file's text;
+/// its section header if the key is not written there, else the file's start.
+fn key_position(text: &str, key: &str) -> (usize, usize) {
+    let (section, name) = key.split_once('.').unwrap_or(("", key));
+    let mut current = "";
+    let mut header = None;
+    for (index, line) in text.lines().enumerate() {
+        let trimmed = line.trim_start();
+        if let Some(title) = trimmed.strip_prefix('[').and_then(|rest| rest.split(']').next()) {
+            current = title.trim();
+            if current == section {
+                header = Some((index + 1, line.len() - trimmed.len() + 1));
+            }
+            continue;
         }
-        None => error.message().to_owned(),
+        let assigns = trimmed.strip_prefix(name).is_some_and(|rest| rest.trim_start().starts_with('='));
+        if current == section && assigns {
+            return (index + 1, line.len() - trimmed.len() + 1);
+        }
     }
+    header.unwrap_or((1, 1))
 }
 
 #[cfg(test)]
@@ -435,7 +451,7 @@ mod tests {
     fn unknown_keys_are_rejected_with_their_line() {
         let error =
             load_text("[kafka]\nbootstrap_servers = \"x:1\"\n\n[pipeline]\nmax_batch = 3\n").err().unwrap().to_string();
-        assert!(error.contains("line 5, column 1: unknown field `max_batch`"), "{error}");
+        assert!(error.contains(".toml:5:1: unknown field `max_batch`"), "{error}");
     }
 
     #[test]
@@ -447,11 +463,11 @@ mod tests {
     #[test]
     fn invalid_values_are_explained() {
         let error = load_text("[kafka]\nbootstrap_servers = \"x:1\"\napp_id = \"a b\"\n").err().unwrap().to_string();
-        assert!(error.contains("kafka.app_id `a b` must be letters"), "{error}");
+        assert!(error.contains(".toml:3:1: kafka.app_id `a b` must be letters"), "{error}");
         let error = load_text("[kafka]\nbootstrap_servers = \"x:1\"\n[pipeline]\nmax_batch_records = 0\n")
             .err()
             .unwrap()
             .to_string();
-        assert!(error.contains("pipeline.max_batch_records must be at least 1"), "{error}");
+        assert!(error.contains(".toml:4:1: pipeline.max_batch_records must be at least 1"), "{error}");
     }
 }

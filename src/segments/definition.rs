@@ -13,13 +13,19 @@ pub const COARSE_PRECISION_M: f64 = 5_000.0;
 
 /// A segment file that cannot be used, with where and why. The author's to fix.
 #[derive(Debug, thiserror::Error, PartialEq)]
-#[error("{file}:{line}:{column}: {message}")]
+#[error("{file}:{line}:{column}: {message}{}", hint.as_ref().map(|hint| format!("\n  hint: {hint}")).unwrap_or_default())]
 pub struct DefinitionError {
     pub file: String,
     pub line: usize,
     pub column: usize,
     pub message: String,
+    /// How to fix it, where the message does not already say.
+    pub hint: Option<String>,
 }
+
+/// The hint of an error in the file's structure (syntax, fields, types).
+const STRUCTURE_HINT: &str = "a segment is `[[segment]]` with id, description, tier (light, full or sensitive), \
+channels, reason, rule and an optional holdout; README.md, section Segments, shows each with examples";
 
 /// How much consent a segment needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -100,6 +106,9 @@ struct MeasureSpec {
     satisfying: BTreeMap<String, OneOrMany>,
     places: Option<Vec<String>>,
     radius_m: Option<f64>,
+    /// `coarse` declares that a geofence must work for users without
+    /// `precise_location`; by default the precision follows the radius.
+    precision: Option<String>,
 }
 
 /// A comparison's number, or a duration such as "30d" (for recency measures).
@@ -322,7 +331,7 @@ pub fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
 /// Builds a `DefinitionError` at a byte offset of the source text.
 fn error_at(file: &str, source: &str, offset: usize, message: String) -> DefinitionError {
     let (line, column) = line_and_column(source, offset);
-    DefinitionError { file: file.to_owned(), line, column, message }
+    DefinitionError { file: file.to_owned(), line, column, message, hint: None }
 }
 
 /// Parses a duration such as `90d`, `1h`, `15m`, `30s` or `250ms` into milliseconds.
@@ -352,7 +361,10 @@ impl Catalogue {
     ) -> Result<Self, DefinitionError> {
         let spec: FileSpec = toml::from_str(source).map_err(|error| {
             let offset = error.span().map_or(0, |span| span.start);
-            error_at(file, source, offset, error.message().to_owned())
+            DefinitionError {
+                hint: Some(STRUCTURE_HINT.to_owned()),
+                ..error_at(file, source, offset, error.message().to_owned())
+            }
         })?;
         let sensitive: HashSet<u64> = sensitive_categories.iter().map(|name| hash_value(name)).collect();
         let mut retention = Retention { max_ms: max_retention_ms, ..Retention::default() };
@@ -363,7 +375,10 @@ impl Catalogue {
             let at = |message: String| error_at(file, source, spanned.span().start, message);
             let segment_spec = spanned.get_ref();
             if !ids.insert(segment_spec.id.clone()) {
-                return Err(at(format!("segment `{}` is defined twice", segment_spec.id)));
+                return Err(DefinitionError {
+                    hint: Some("give each segment an id of its own".to_owned()),
+                    ..at(format!("segment `{}` is defined twice", segment_spec.id))
+                });
             }
             let mut segment_retention = Retention { max_ms: max_retention_ms, ..Retention::default() };
             let mut compiler = RuleCompiler {
@@ -719,8 +734,20 @@ impl RuleCompiler<'_> {
         let radius_m =
             spec.radius_m.filter(|radius| *radius > 0.0).ok_or("`near` needs `radius_m`, in metres above zero")?;
         self.needs = self.needs.with(Purpose::Location);
-        if radius_m < COARSE_PRECISION_M {
-            self.needs = self.needs.with(Purpose::PreciseLocation);
+        match spec.precision.as_deref() {
+            Some("coarse") if radius_m < COARSE_PRECISION_M => {
+                return Err(format!(
+                    "a geofence of {radius_m} m is finer than coarse location (about {COARSE_PRECISION_M} m) can tell; \
+                     use radius_m = {COARSE_PRECISION_M} or more, or drop `precision = \"coarse\"` so it needs precise_location"
+                ));
+            }
+            Some("coarse") => {}
+            None | Some("precise") if radius_m < COARSE_PRECISION_M => {
+                self.needs = self.needs.with(Purpose::PreciseLocation);
+            }
+            None => {}
+            Some("precise") => self.needs = self.needs.with(Purpose::PreciseLocation),
+            Some(other) => return Err(format!("`precision = \"{other}\"` is not `coarse` or `precise`")),
         }
         let window_ms = self.window(Source::Location, spec.within.as_deref())?;
         Ok(Measure::Near { places, radius_m, window_ms })

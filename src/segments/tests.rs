@@ -33,12 +33,14 @@ fn segment_with_rule(rule: &str) -> String {
     one_segment("full", "[\"web\"]", "r", &format!("rule = {rule}\n"))
 }
 
+/// The error of an invalid definition, without its hint (the CLI golden
+/// tests in tests/check.rs check the hints).
 fn parse_err(text: &str) -> DefinitionError {
-    parse(text).expect_err("an invalid definition")
+    DefinitionError { hint: None, ..parse(text).expect_err("an invalid definition") }
 }
 
 fn error(line: usize, column: usize, message: &str) -> DefinitionError {
-    DefinitionError { file: "test.toml".to_owned(), line, column, message: message.to_owned() }
+    DefinitionError { file: "test.toml".to_owned(), line, column, message: message.to_owned(), hint: None }
 }
 
 fn only_segment(text: &str) -> Segment {
@@ -236,12 +238,12 @@ fn an_unknown_field_is_reported_where_it_is() {
         error(
             10,
             50,
-            "unknown field `colour`, expected one of `of`, `field`, `where`, `within`, `last`, `satisfying`, `places`, `radius_m`"
+            "unknown field `colour`, expected one of `of`, `field`, `where`, `within`, `last`, `satisfying`, `places`, `radius_m`, `precision`"
         )
     );
     assert_eq!(
         parse_err(&text).to_string(),
-        "test.toml:10:50: unknown field `colour`, expected one of `of`, `field`, `where`, `within`, `last`, `satisfying`, `places`, `radius_m`"
+        "test.toml:10:50: unknown field `colour`, expected one of `of`, `field`, `where`, `within`, `last`, `satisfying`, `places`, `radius_m`, `precision`"
     );
 }
 
