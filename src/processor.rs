@@ -14,6 +14,7 @@ use crate::state::{
     hash_value, BrowseFact, ExperimentEntry, History, ItemFact, LocationFact, PublishedMember, PublishedProfile,
     PurchaseFact, Retention, UserState, MAX_CAPTURES,
 };
+use arc_swap::ArcSwap;
 use dashmap::DashMap;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -115,7 +116,8 @@ pub struct CoreSettings {
 /// The consent-gated segment engine over sharded in-memory state.
 pub struct Processor {
     codec: Codec,
-    catalogue: Catalogue,
+    /// The segments in force; replaced as a whole by a reload.
+    segments: ArcSwap<Segments>,
     /// Hashes of the sensitive categories: a handful, so a scan beats a hash set.
     sensitive_categories: Vec<u64>,
     event_time_tolerance_ms: i64,
@@ -123,14 +125,6 @@ pub struct Processor {
     /// foldhash: several times faster than SipHash on short keys, and seeded
     /// per process so ids cannot be crafted to collide.
     users: DashMap<String, UserState, foldhash::fast::RandomState>,
-    /// Current members per segment, by catalogue index; kept in step with
-    /// every published change so reading it costs nothing.
-    members: Vec<AtomicI64>,
-    /// Catalogue indices in segment id order: memberships are published sorted by id.
-    by_id: Vec<usize>,
-    /// Per segment, [treatment, holdout] entries and conversions of users
-    /// with `measurement` (aggregates only: nothing personal).
-    experiments: Vec<[ArmCounts; 2]>,
     conversion_window_ms: i64,
     /// Per input partition, (when, user): time alone may change the user's
     /// profile then. Entries whose time no longer matches the user's
@@ -143,19 +137,12 @@ pub struct Processor {
 impl Processor {
     /// A processor for `catalogue`.
     pub fn new(codec: Codec, catalogue: Catalogue, settings: &CoreSettings) -> Self {
-        let members: Vec<AtomicI64> = catalogue.segments.iter().map(|_| AtomicI64::new(0)).collect();
-        let members_len = members.len();
-        let mut by_id: Vec<usize> = (0..catalogue.segments.len()).collect();
-        by_id.sort_by(|a, b| catalogue.segments[*a].id.cmp(&catalogue.segments[*b].id));
         Self {
             codec,
-            catalogue,
+            segments: ArcSwap::from_pointee(Segments::new(catalogue)),
             sensitive_categories: settings.sensitive_categories.iter().map(|name| hash_value(name)).collect(),
             event_time_tolerance_ms: settings.event_time_tolerance_ms,
             users: DashMap::default(),
-            members,
-            by_id,
-            experiments: catalogue_len_arms(members_len),
             conversion_window_ms: settings.conversion_window_ms,
             timers: Mutex::new(BTreeMap::new()),
             idle_user_ms: settings.idle_user_ms,
@@ -167,28 +154,31 @@ impl Processor {
         &self.codec
     }
 
-    /// The segment catalogue in force.
-    pub fn catalogue(&self) -> &Catalogue {
-        &self.catalogue
+    /// The segments in force (and those retired by a reload, at their indices).
+    pub fn catalogue(&self) -> Catalogue {
+        self.segments.load().catalogue.clone()
     }
 
-    /// Current member count per segment id, in catalogue order.
-    pub fn segment_sizes(&self) -> Vec<(&str, i64)> {
-        self.catalogue
+    /// Current member count per segment, in catalogue order (a segment
+    /// retired by a reload stays, with no members).
+    pub fn segment_sizes(&self) -> Vec<(String, i64)> {
+        let segments = self.segments.load();
+        segments
+            .catalogue
             .segments
             .iter()
-            .zip(&self.members)
-            .map(|(segment, members)| (segment.id.as_str(), members.load(Ordering::Relaxed)))
+            .zip(&segments.members)
+            .map(|(segment, members)| (segment.id.clone(), members.load(Ordering::Relaxed)))
             .collect()
     }
 
-    /// Entries and conversions per segment with a holdout, in catalogue order.
+    /// Entries and conversions per segment in force with a holdout, in catalogue order.
     pub fn experiment_counts(&self) -> Vec<ExperimentCounts> {
         let read = |arm: &ArmCounts| (arm.entered.load(Ordering::Relaxed), arm.converted.load(Ordering::Relaxed));
-        self.catalogue
-            .segments
-            .iter()
-            .zip(&self.experiments)
+        let segments = self.segments.load();
+        segments
+            .in_force()
+            .map(|index| (&segments.catalogue.segments[index], &segments.experiments[index]))
             .filter(|(segment, _)| segment.holdout.is_some())
             .map(|(segment, [treatment, holdout])| ExperimentCounts {
                 segment: segment.id.clone(),
@@ -205,17 +195,19 @@ impl Processor {
 
     /// The current memberships of `user_id`, if a profile is published.
     pub fn memberships(&self, user_id: &str) -> Option<Vec<Membership>> {
+        let segments = self.segments.load();
         let state = self.users.get(user_id)?;
-        state.published.as_ref().map(|profile| self.render(user_id, profile))
+        state.published.as_ref().map(|profile| self.render(&segments, user_id, profile))
     }
 
     /// What is held about `user_id` and why, for the explain API; `None` if nothing is.
     pub fn explain(&self, user_id: &str) -> Option<Explanation> {
+        let segments = self.segments.load();
         let state = self.users.get(user_id)?;
         let precise = state.consent.as_ref().is_some_and(|consent| consent.granted.contains(Purpose::PreciseLocation));
         let retention = match &state.consent {
-            Some(consent) => self.retention_for(consent.level, consent.effective()),
-            None => self.catalogue.retention,
+            Some(consent) => self.retention_for(&segments, consent.level, consent.effective()),
+            None => segments.catalogue.retention,
         };
         Some(Explanation {
             user_id: user_id.to_owned(),
@@ -223,7 +215,7 @@ impl Processor {
             profile: state.published.as_ref().map(|profile| ProfileView {
                 level: profile.level,
                 channels: profile.channels.channel_names(),
-                segments: self.render(user_id, profile),
+                segments: self.render(&segments, user_id, profile),
             }),
             data_held: data_held(&state.history, &retention, precise),
         })
@@ -247,9 +239,11 @@ impl Processor {
         let Some(key) = key.and_then(|key| std::str::from_utf8(key).ok()).filter(|key| !key.is_empty()) else {
             return Processed::without_output(Outcome::Rejected(Rejection::BadKey));
         };
+        let segments = self.segments.load();
+        let segments = segments.as_ref();
         let Some(value) = value else {
             return match kind {
-                InputKind::Consent => self.forget(key),
+                InputKind::Consent => self.forget(segments, key),
                 _ => Processed::without_output(Outcome::Rejected(Rejection::NoValue)),
             };
         };
@@ -260,14 +254,14 @@ impl Processor {
             .and_then(|decoded| self.validate(key, decoded, now_ms));
         match result {
             Err(rejection) => Processed::without_output(Outcome::Rejected(rejection)),
-            Ok(Decoded::Consent(change)) => self.apply_consent(source.partition, change, now_ms),
+            Ok(Decoded::Consent(change)) => self.apply_consent(segments, source.partition, change, now_ms),
             Ok(Decoded::Event(event)) if event.ts() < source.watermark => Processed {
                 event_time: Some(event.ts()),
                 ..Processed::without_output(Outcome::Dropped(DropReason::Late))
             },
             Ok(Decoded::Event(event)) => {
                 let event_time = event.ts();
-                Processed { event_time: Some(event_time), ..self.apply_event(event, now_ms) }
+                Processed { event_time: Some(event_time), ..self.apply_event(segments, event, now_ms) }
             }
         }
     }
@@ -308,10 +302,10 @@ impl Processor {
     }
 
     /// A consent tombstone: forget the user entirely.
-    fn forget(&self, user_id: &str) -> Processed {
+    fn forget(&self, segments: &Segments, user_id: &str) -> Processed {
         let output = match self.users.remove(user_id) {
             Some((user_id, state)) => {
-                self.count_members(state.published.as_ref(), None);
+                segments.count_members(state.published.as_ref(), None);
                 state.holds_profile_data().then_some(Output::Tombstone { user_id })
             }
             None => None,
@@ -319,7 +313,7 @@ impl Processor {
         Processed { outcome: Outcome::Applied, output, event_time: None }
     }
 
-    fn apply_consent(&self, partition: i32, change: ConsentChange, now_ms: i64) -> Processed {
+    fn apply_consent(&self, segments: &Segments, partition: i32, change: ConsentChange, now_ms: i64) -> Processed {
         let consent = ConsentInForce::from_change(&change);
         let mut state =
             self.users.entry(change.user_id.clone()).or_insert_with(|| UserState { partition, ..UserState::default() });
@@ -328,7 +322,7 @@ impl Processor {
         if state.consent.as_ref().is_some_and(|in_force| in_force.ts > consent.ts) {
             return Processed::without_output(Outcome::Applied);
         }
-        let output = self.enforce(&change.user_id, &mut state, consent, change.ts, now_ms);
+        let output = self.enforce(segments, &change.user_id, &mut state, consent, change.ts, now_ms);
         Processed { outcome: Outcome::Applied, output, event_time: None }
     }
 
@@ -337,6 +331,7 @@ impl Processor {
     /// dropped); a narrower consent deletes exactly what it no longer allows.
     fn enforce(
         &self,
+        segments: &Segments,
         user_id: &str,
         state: &mut UserState,
         consent: ConsentInForce,
@@ -345,7 +340,7 @@ impl Processor {
     ) -> Option<Output> {
         if !consent.allows_profile() {
             let erase = state.holds_profile_data();
-            self.count_members(state.published.as_ref(), None);
+            segments.count_members(state.published.as_ref(), None);
             state.consent = Some(consent);
             state.keep_only_consent();
             return erase.then(|| Output::Tombstone { user_id: user_id.to_owned() });
@@ -366,12 +361,12 @@ impl Processor {
             }
         }
         state.consent = Some(consent);
-        let update = self.refresh(user_id, state, change_ts, now_ms);
-        self.schedule(user_id, state);
+        let update = self.refresh(segments, user_id, state, change_ts, now_ms);
+        self.schedule(segments, user_id, state);
         update.map(Output::Update)
     }
 
-    fn apply_event(&self, event: Event, now_ms: i64) -> Processed {
+    fn apply_event(&self, segments: &Segments, event: Event, now_ms: i64) -> Processed {
         let Some(mut state) = self.users.get_mut(event.user_id()) else {
             return Processed::without_output(Outcome::Dropped(DropReason::NoConsent));
         };
@@ -388,13 +383,13 @@ impl Processor {
         let ts = event.ts();
         self.keep_fact(&mut state.history, &event, granted);
         if matches!(event, Event::Purchase(_)) && granted.contains(Purpose::Measurement) {
-            self.measure_conversion(&mut state, ts);
+            segments.measure_conversion(&mut state, ts, self.conversion_window_ms);
         }
         state.clock = state.clock.max(ts);
         state.last_event = state.last_event.max(ts);
         let clock = state.clock;
-        let output = self.refresh(event.user_id(), &mut state, clock, now_ms).map(Output::Update);
-        self.schedule(event.user_id(), &mut state);
+        let output = self.refresh(segments, event.user_id(), &mut state, clock, now_ms).map(Output::Update);
+        self.schedule(segments, event.user_id(), &mut state);
         Processed { outcome: Outcome::Applied, output, event_time: None }
     }
 
@@ -456,49 +451,18 @@ impl Processor {
         }
     }
 
-    /// Counts the entries into experiment segments of this update and
-    /// returns them, to be measured for a conversion.
-    fn measure_entries(
-        &self,
-        user_id: &str,
-        profile: &PublishedProfile,
-        previous: &[PublishedMember],
-    ) -> Vec<ExperimentEntry> {
-        let mut entries = Vec::new();
-        for member in &profile.members {
-            let segment = &self.catalogue.segments[member.segment];
-            let entered = !previous.iter().any(|before| before.segment == member.segment);
-            if let (true, Some(holdout)) = (entered, in_holdout(segment, user_id)) {
-                self.experiments[member.segment][usize::from(holdout)].entered.fetch_add(1, Ordering::Relaxed);
-                entries.push(ExperimentEntry { segment: member.segment, holdout, entered_at: member.since });
-            }
-        }
-        entries
-    }
-
-    /// A purchase at `ts` converts every measured entry of the last window.
-    fn measure_conversion(&self, state: &mut UserState, ts: i64) {
-        let window_ms = self.conversion_window_ms;
-        state.experiment_entries.retain(|entry| {
-            let converts = entry.entered_at <= ts && ts <= entry.entered_at.saturating_add(window_ms);
-            if converts {
-                self.experiments[entry.segment][usize::from(entry.holdout)].converted.fetch_add(1, Ordering::Relaxed);
-            }
-            !converts && ts <= entry.entered_at.saturating_add(window_ms)
-        });
-    }
-
     /// Sets a timer for the next moment time alone can change a membership:
     /// a fact leaving a window, or a recency crossing its threshold.
-    fn schedule(&self, user_id: &str, state: &mut UserState) {
-        let recency_flip = self
-            .catalogue
-            .segments
+    fn schedule(&self, segments: &Segments, user_id: &str, state: &mut UserState) {
+        let recency_flip = segments
+            .by_id
             .iter()
-            .filter_map(|segment| next_recency_flip(&segment.rule, &state.history, state.clock))
+            .filter_map(|index| {
+                next_recency_flip(&segments.catalogue.segments[*index].rule, &state.history, state.clock)
+            })
             .min();
         let idle_expiry = state.holds_profile_data().then(|| state.last_event.saturating_add(self.idle_user_ms));
-        let next_change = next_window_exit(&state.history, state.clock, &self.catalogue.windows)
+        let next_change = next_window_exit(&state.history, state.clock, &segments.catalogue.windows)
             .into_iter()
             .chain(recency_flip)
             .chain(idle_expiry)
@@ -523,6 +487,8 @@ impl Processor {
     /// moment, and returns the updates (time-driven exits and entries, no new
     /// event needed), and the tombstones of users idle for too long.
     pub fn advance_partition(&self, partition: i32, watermark: i64, now_ms: i64) -> Vec<Output> {
+        let segments = self.segments.load();
+        let segments = segments.as_ref();
         let mut outputs = Vec::new();
         loop {
             let next = {
@@ -544,15 +510,15 @@ impl Processor {
             if state.last_event.saturating_add(self.idle_user_ms) <= due {
                 // Idle for too long: deleted (data minimisation).
                 let erase = state.published.is_some();
-                self.count_members(state.published.as_ref(), None);
+                segments.count_members(state.published.as_ref(), None);
                 state.keep_only_consent();
                 outputs.extend(erase.then(|| Output::Tombstone { user_id: user_id.clone() }));
                 continue;
             }
             state.clock = state.clock.max(due);
             let clock = state.clock;
-            outputs.extend(self.refresh(&user_id, &mut state, clock, now_ms).map(Output::Update));
-            self.schedule(&user_id, &mut state);
+            outputs.extend(self.refresh(segments, &user_id, &mut state, clock, now_ms).map(Output::Update));
+            self.schedule(segments, &user_id, &mut state);
         }
         outputs
     }
@@ -560,6 +526,7 @@ impl Processor {
     /// Forgets everything built for the users of `partitions` (they moved to
     /// another instance), keeping the consent table.
     pub fn drop_partitions(&self, partitions: &[i32]) {
+        let segments = self.segments.load();
         self.timers
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -568,7 +535,7 @@ impl Processor {
             if !partitions.contains(&state.partition) {
                 return true;
             }
-            self.count_members(state.published.as_ref(), None);
+            segments.count_members(state.published.as_ref(), None);
             state.keep_only_consent();
             state.consent.is_some()
         });
@@ -578,12 +545,11 @@ impl Processor {
     /// the consent table is held (a tombstone in the changelog).
     pub fn changelog_value(&self, user_id: &str) -> Option<Vec<u8>> {
         let state = self.users.get(user_id)?;
-        let gpc = state.consent.as_ref().is_some_and(|consent| consent.gpc_opt_out);
-        if !state.holds_profile_data() && !gpc {
+        if state.holds_only_consent() {
             return None;
         }
         let mut value = Vec::with_capacity(256);
-        changelog::encode(&state, &self.catalogue, &mut value);
+        changelog::encode(&state, &self.segments.load().catalogue, &mut value);
         Some(value)
     }
 
@@ -597,15 +563,16 @@ impl Processor {
         user_id: &str,
         value: Option<&[u8]>,
     ) -> Result<(), ChangelogError> {
+        let segments = self.segments.load();
         let restored = match value {
-            Some(value) => Some(changelog::decode(value, &self.catalogue)?),
+            Some(value) => Some(changelog::decode(value, &segments.catalogue)?),
             None => None,
         };
         let mut state = self.users.entry(user_id.to_owned()).or_default();
         if !restoring.table.contains_key(user_id) {
             restoring.table.insert(user_id.to_owned(), (partition, state.consent.clone()));
         }
-        self.count_members(state.published.as_ref(), None);
+        segments.count_members(state.published.as_ref(), None);
         match restored {
             Some(restored) => *state = UserState { partition, ..restored },
             None => {
@@ -613,7 +580,7 @@ impl Processor {
                 state.keep_only_consent();
             }
         }
-        self.count_members(None, state.published.as_ref());
+        segments.count_members(None, state.published.as_ref());
         Ok(())
     }
 
@@ -623,6 +590,8 @@ impl Processor {
     /// segments in force, sets their timers, and returns what to publish,
     /// with the user's partition.
     pub fn finish_restore(&self, restoring: Restoring, now_ms: i64) -> Vec<(i32, Output)> {
+        let segments = self.segments.load();
+        let segments = segments.as_ref();
         let mut outputs = Vec::new();
         for (user_id, (partition, table)) in restoring.table {
             let Some(mut state) = self.users.get_mut(&user_id) else { continue };
@@ -631,19 +600,19 @@ impl Processor {
                 // Nothing known in the consent table: nothing granted.
                 None => {
                     let erase = state.holds_profile_data();
-                    self.count_members(state.published.as_ref(), None);
+                    segments.count_members(state.published.as_ref(), None);
                     drop(state);
                     self.users.remove(&user_id);
                     erase.then(|| Output::Tombstone { user_id: user_id.clone() })
                 }
                 Some(table) if changelog_ts.is_none_or(|ts| ts < table.ts) => {
                     let change_ts = table.ts;
-                    self.enforce(&user_id, &mut state, table, change_ts, now_ms)
+                    self.enforce(segments, &user_id, &mut state, table, change_ts, now_ms)
                 }
                 Some(_) => {
                     let clock = state.clock;
-                    let update = self.refresh(&user_id, &mut state, clock, now_ms);
-                    self.schedule(&user_id, &mut state);
+                    let update = self.refresh(segments, &user_id, &mut state, clock, now_ms);
+                    self.schedule(segments, &user_id, &mut state);
                     update.map(Output::Update)
                 }
             };
@@ -655,18 +624,25 @@ impl Processor {
     /// Re-evaluates every segment the user's consent allows and returns the
     /// update to publish, if anything changed. Reasons and channel names are
     /// rendered only then: an unchanged profile costs no allocation.
-    fn refresh(&self, user_id: &str, state: &mut UserState, change_ts: i64, now_ms: i64) -> Option<ProfileUpdate> {
+    fn refresh(
+        &self,
+        segments: &Segments,
+        user_id: &str,
+        state: &mut UserState,
+        change_ts: i64,
+        now_ms: i64,
+    ) -> Option<ProfileUpdate> {
         let consent = state.consent.as_ref()?;
         let granted = consent.effective();
         let level = consent.level;
         let now = state.clock;
         // Data minimisation: keep facts only as long as the segments this
         // user's consent allows need them.
-        state.history.prune(now, &self.retention_for(level, granted));
+        state.history.prune(now, &self.retention_for(segments, level, granted));
         let previous = state.published.as_ref().map(|profile| profile.members.as_slice()).unwrap_or_default();
         let mut members = Vec::new();
-        for &index in &self.by_id {
-            let segment = &self.catalogue.segments[index];
+        for &index in &segments.by_id {
+            let segment = &segments.catalogue.segments[index];
             if !eligible(segment, level, granted) {
                 continue;
             }
@@ -690,24 +666,24 @@ impl Processor {
             these
                 .iter()
                 .filter(|member| !those.iter().any(|other| other.segment == member.segment))
-                .map(|member| self.catalogue.segments[member.segment].id.clone())
+                .map(|member| segments.catalogue.segments[member.segment].id.clone())
                 .collect()
         };
         let new_entries = if granted.contains(Purpose::Measurement) {
-            self.measure_entries(user_id, &profile, previous)
+            segments.measure_entries(user_id, &profile, previous)
         } else {
             Vec::new()
         };
         let entered = ids_missing_from(&profile.members, previous);
         let exited = ids_missing_from(previous, &profile.members);
-        self.count_members(state.published.as_ref(), Some(&profile));
+        segments.count_members(state.published.as_ref(), Some(&profile));
         let update = ProfileUpdate {
             user_id: user_id.to_owned(),
             version: state.next_version(now_ms),
             ts: change_ts,
             level,
             channels: profile.channels.channel_names(),
-            segments: self.render(user_id, &profile),
+            segments: self.render(segments, user_id, &profile),
             entered,
             exited,
         };
@@ -717,22 +693,23 @@ impl Processor {
     }
 
     /// How long facts are kept for a user with `level` and `granted`.
-    fn retention_for(&self, level: PersonalizationLevel, granted: Purposes) -> Retention {
-        let none = Retention { max_ms: self.catalogue.retention.max_ms, ..Retention::default() };
-        self.catalogue
-            .segments
+    fn retention_for(&self, segments: &Segments, level: PersonalizationLevel, granted: Purposes) -> Retention {
+        let none = Retention { max_ms: segments.catalogue.retention.max_ms, ..Retention::default() };
+        segments
+            .by_id
             .iter()
+            .map(|index| &segments.catalogue.segments[*index])
             .filter(|segment| eligible(segment, level, granted))
             .fold(none, |kept, segment| kept.union(&segment.retention))
     }
 
     /// The memberships of a published profile as the contract shows them.
-    fn render(&self, user_id: &str, profile: &PublishedProfile) -> Vec<Membership> {
+    fn render(&self, segments: &Segments, user_id: &str, profile: &PublishedProfile) -> Vec<Membership> {
         profile
             .members
             .iter()
             .map(|member| {
-                let segment = &self.catalogue.segments[member.segment];
+                let segment = &segments.catalogue.segments[member.segment];
                 Membership {
                     id: segment.id.clone(),
                     since: member.since,
@@ -742,6 +719,85 @@ impl Processor {
                 }
             })
             .collect()
+    }
+}
+
+/// The segments in force and what is counted per segment, replaced as a whole
+/// by a reload. A segment keeps its index for the life of the process (a
+/// removed one is retired there, never reused), so the indices in users'
+/// published memberships stay valid across a reload.
+pub struct Segments {
+    pub catalogue: Catalogue,
+    /// Indices of the segments in force (not retired), in id order:
+    /// memberships are published sorted by id.
+    by_id: Vec<usize>,
+    /// Current members per segment, by index; kept in step with every
+    /// published change so reading it costs nothing.
+    members: Vec<AtomicI64>,
+    /// Per segment, [treatment, holdout] entries and conversions of users
+    /// with `measurement` (aggregates only: nothing personal).
+    experiments: Vec<[ArmCounts; 2]>,
+}
+
+impl Segments {
+    fn new(catalogue: Catalogue) -> Self {
+        let in_force = vec![true; catalogue.segments.len()];
+        Self::with_counts(catalogue, &in_force, &[], &[])
+    }
+
+    /// `catalogue` with the segments marked in `in_force`, counters starting
+    /// from `members` and `experiments` (by index; missing ones at zero).
+    fn with_counts(catalogue: Catalogue, in_force: &[bool], members: &[i64], experiments: &[[(u64, u64); 2]]) -> Self {
+        let mut by_id: Vec<usize> = (0..catalogue.segments.len()).filter(|index| in_force[*index]).collect();
+        by_id.sort_by(|a, b| catalogue.segments[*a].id.cmp(&catalogue.segments[*b].id));
+        let count = catalogue.segments.len();
+        Self {
+            by_id,
+            members: (0..count).map(|index| AtomicI64::new(members.get(index).copied().unwrap_or(0))).collect(),
+            experiments: (0..count)
+                .map(|index| {
+                    let [treatment, holdout] = experiments.get(index).copied().unwrap_or_default();
+                    [ArmCounts::from(treatment), ArmCounts::from(holdout)]
+                })
+                .collect(),
+            catalogue,
+        }
+    }
+
+    /// Indices of the segments in force, in catalogue order.
+    fn in_force(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.catalogue.segments.len()).filter(|index| self.by_id.contains(index))
+    }
+
+    /// Counts the entries into experiment segments of this update and
+    /// returns them, to be measured for a conversion.
+    fn measure_entries(
+        &self,
+        user_id: &str,
+        profile: &PublishedProfile,
+        previous: &[PublishedMember],
+    ) -> Vec<ExperimentEntry> {
+        let mut entries = Vec::new();
+        for member in &profile.members {
+            let segment = &self.catalogue.segments[member.segment];
+            let entered = !previous.iter().any(|before| before.segment == member.segment);
+            if let (true, Some(holdout)) = (entered, in_holdout(segment, user_id)) {
+                self.experiments[member.segment][usize::from(holdout)].entered.fetch_add(1, Ordering::Relaxed);
+                entries.push(ExperimentEntry { segment: member.segment, holdout, entered_at: member.since });
+            }
+        }
+        entries
+    }
+
+    /// A purchase at `ts` converts every measured entry of the last `window_ms`.
+    fn measure_conversion(&self, state: &mut UserState, ts: i64, window_ms: i64) {
+        state.experiment_entries.retain(|entry| {
+            let converts = entry.entered_at <= ts && ts <= entry.entered_at.saturating_add(window_ms);
+            if converts {
+                self.experiments[entry.segment][usize::from(entry.holdout)].converted.fetch_add(1, Ordering::Relaxed);
+            }
+            !converts && ts <= entry.entered_at.saturating_add(window_ms)
+        });
     }
 
     fn count_members(&self, before: Option<&PublishedProfile>, after: Option<&PublishedProfile>) {
@@ -790,8 +846,10 @@ struct ArmCounts {
     converted: AtomicU64,
 }
 
-fn catalogue_len_arms(segments: usize) -> Vec<[ArmCounts; 2]> {
-    (0..segments).map(|_| Default::default()).collect()
+impl From<(u64, u64)> for ArmCounts {
+    fn from((entered, converted): (u64, u64)) -> Self {
+        Self { entered: AtomicU64::new(entered), converted: AtomicU64::new(converted) }
+    }
 }
 
 /// Measured entries and conversions of one segment with a holdout.

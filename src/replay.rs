@@ -125,7 +125,7 @@ fn replay(processor: Processor, records: &[Record]) -> ReplayOutcome {
     if newest != i64::MIN {
         daily.push((newest.div_euclid(DAY_MS), sizes_now(&processor)));
     }
-    let sizes = processor.segment_sizes().into_iter().map(|(id, size)| (id.to_owned(), size)).collect();
+    let sizes = processor.segment_sizes();
     ReplayOutcome { tally, sizes, daily }
 }
 

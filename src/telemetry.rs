@@ -108,9 +108,9 @@ impl Tally {
 }
 
 /// Sets the per-segment member gauges.
-pub fn record_segment_sizes<'a>(sizes: impl IntoIterator<Item = (&'a str, i64)>) {
+pub fn record_segment_sizes(sizes: impl IntoIterator<Item = (String, i64)>) {
     for (segment, members) in sizes {
-        metrics::gauge!("tactful_segment_members", "segment" => segment.to_owned()).set(members as f64);
+        metrics::gauge!("tactful_segment_members", "segment" => segment).set(members as f64);
     }
 }
 

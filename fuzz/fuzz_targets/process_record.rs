@@ -30,7 +30,7 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(user_id) = std::str::from_utf8(key) {
         // Whatever was built round-trips through the changelog encoding.
         if let Some(bytes) = PROCESSOR.changelog_value(user_id) {
-            tactful::changelog::decode(&bytes, PROCESSOR.catalogue()).expect("own changelog values decode");
+            tactful::changelog::decode(&bytes, &PROCESSOR.catalogue()).expect("own changelog values decode");
         }
     }
     if selector == 0xFF {

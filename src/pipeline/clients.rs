@@ -143,9 +143,10 @@ impl DeadLetter {
     }
 }
 
-/// A changelog record: the user's state, or `None` for a tombstone.
+/// A changelog record: a user's state (or `None`, a tombstone), or a
+/// partition's event time.
 pub struct ChangelogRecord {
-    pub user_id: String,
+    pub key: Vec<u8>,
     pub partition: i32,
     pub value: Option<Vec<u8>>,
 }
@@ -367,7 +368,7 @@ impl Clients {
         for change in changelog {
             // The user's state lives on the partition number of their events,
             // whatever partitioner the data platform used.
-            let record = BaseRecord::to(&self.changelog_topic).key(change.user_id.as_str()).partition(change.partition);
+            let record = BaseRecord::to(&self.changelog_topic).key(change.key.as_slice()).partition(change.partition);
             match &change.value {
                 Some(value) => self.send(record.payload(value.as_slice()))?,
                 None => self.send(record)?,

@@ -5,7 +5,21 @@
 //! time-driven exits; one that is still being read does, so reading one topic
 //! ahead of another never makes the other's events late.
 
-use std::collections::HashMap;
+//!
+//! A partition's event time is state like its users': it is written to the
+//! changelog (under a key no user id can have) whenever it moves, and
+//! restored with the partition, so a restarted or new owner goes on from the
+//! same watermark instead of from nothing.
+
+use std::collections::{BTreeSet, HashMap};
+
+/// The changelog key of a partition's event time: not UTF-8, so never a user id.
+pub const CHANGELOG_KEY: &[u8] = b"\xFFtactful.event-time";
+/// The event topics (browse, purchase, location).
+const TOPICS: usize = 3;
+/// Format byte of the changelog value: then the newest event time of each
+/// event topic and the watermark, little-endian i64 (`i64::MIN` = none).
+const FORMAT: u8 = 1;
 
 /// Newest event times and watermarks of the assigned partitions.
 #[derive(Debug)]
@@ -15,17 +29,59 @@ pub struct EventTime {
     newest: HashMap<(usize, i32), i64>,
     /// Watermark per partition number.
     watermarks: HashMap<i32, i64>,
+    /// Partitions whose event time moved since the last [`EventTime::take_changed`].
+    changed: BTreeSet<i32>,
 }
 
 impl EventTime {
     pub fn new(allowed_lateness_ms: i64) -> Self {
-        Self { allowed_lateness_ms, newest: HashMap::new(), watermarks: HashMap::new() }
+        Self { allowed_lateness_ms, newest: HashMap::new(), watermarks: HashMap::new(), changed: BTreeSet::new() }
     }
 
     /// Notes an event of `topic` (index among the event topics) on `partition`.
     pub fn observe(&mut self, topic: usize, partition: i32, ts: i64) {
-        let newest = self.newest.entry((topic, partition)).or_insert(ts);
-        *newest = (*newest).max(ts);
+        let newest = self.newest.entry((topic, partition)).or_insert(i64::MIN);
+        if ts > *newest {
+            *newest = ts;
+            self.changed.insert(partition);
+        }
+    }
+
+    /// The changelog values of the partitions whose event time moved since the last call.
+    pub fn take_changed(&mut self) -> Vec<(i32, Vec<u8>)> {
+        std::mem::take(&mut self.changed).into_iter().map(|partition| (partition, self.encode(partition))).collect()
+    }
+
+    fn encode(&self, partition: i32) -> Vec<u8> {
+        let mut value = Vec::with_capacity(1 + 8 * (TOPICS + 1));
+        value.push(FORMAT);
+        for topic in 0..TOPICS {
+            let newest = self.newest.get(&(topic, partition)).copied().unwrap_or(i64::MIN);
+            value.extend_from_slice(&newest.to_le_bytes());
+        }
+        value.extend_from_slice(&self.watermark(partition).to_le_bytes());
+        value
+    }
+
+    /// Takes on the event time of `partition` from its changelog value;
+    /// false (and nothing changed) if the value is not one this version wrote.
+    pub fn restore(&mut self, partition: i32, value: &[u8]) -> bool {
+        let Some((&FORMAT, body)) = value.split_first() else { return false };
+        if body.len() != 8 * (TOPICS + 1) {
+            return false;
+        }
+        let times: Vec<i64> =
+            body.chunks_exact(8).map(|bytes| i64::from_le_bytes(bytes.try_into().unwrap_or([0; 8]))).collect();
+        for (topic, newest) in times[..TOPICS].iter().enumerate() {
+            if *newest != i64::MIN {
+                self.observe(topic, partition, *newest);
+            }
+        }
+        if times[TOPICS] > self.watermark(partition) {
+            self.watermarks.insert(partition, times[TOPICS]);
+        }
+        self.changed.remove(&partition);
+        true
     }
 
     /// The watermark of `partition`: events older than it are late.
@@ -48,6 +104,7 @@ impl EventTime {
             let watermark = candidate.saturating_sub(self.allowed_lateness_ms);
             if watermark > self.watermark(partition) {
                 self.watermarks.insert(partition, watermark);
+                self.changed.insert(partition);
                 advanced.push((partition, watermark));
             }
         }
@@ -75,6 +132,7 @@ impl EventTime {
     pub fn forget(&mut self, partitions: &[i32]) {
         self.newest.retain(|(_, partition), _| !partitions.contains(partition));
         self.watermarks.retain(|partition, _| !partitions.contains(partition));
+        self.changed.retain(|partition| !partitions.contains(partition));
     }
 }
 
@@ -106,6 +164,25 @@ mod tests {
         assert_eq!(time.watermark(1), i64::MIN);
         // A topic read to its end without any event does not hold it.
         assert_eq!(time.advance(&[1], 2, |_, _| true), vec![(1, 1_000)]);
+    }
+
+    #[test]
+    fn a_partitions_event_time_round_trips_through_its_changelog_value() {
+        let mut time = EventTime::new(10);
+        time.observe(0, 2, 1_000);
+        time.observe(2, 2, 900);
+        // Topic 1 is read to its end; topics 0 and 2 still have records.
+        assert_eq!(time.advance(&[2], 3, |topic, _| topic == 1), vec![(2, 890)]);
+        let changed = time.take_changed();
+        assert_eq!(changed.iter().map(|(partition, _)| *partition).collect::<Vec<_>>(), vec![2]);
+        assert!(time.take_changed().is_empty(), "nothing moved since");
+        let mut restored = EventTime::new(10);
+        assert!(restored.restore(2, &changed[0].1));
+        assert_eq!(restored.watermark(2), 890);
+        // A new owner's watermark goes on from there, without the events read before.
+        assert_eq!(restored.advance(&[2], 3, |_, _| true), vec![(2, 990)]);
+        assert!(!restored.restore(2, b"\x02garbage"));
+        assert!(!restored.restore(2, &[]));
     }
 
     #[test]

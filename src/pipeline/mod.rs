@@ -355,6 +355,13 @@ impl<'a> Shell<'a> {
         loop {
             let caught_up = changelog.catch_up(RESTORE_TIMEOUT, |message| {
                 records += 1;
+                if message.key() == Some(event_time::CHANGELOG_KEY) {
+                    let value = message.payload().unwrap_or_default();
+                    if !self.event_time.restore(message.partition(), value) {
+                        bad_records += 1;
+                    }
+                    return;
+                }
                 match message.key().and_then(|key| std::str::from_utf8(key).ok()) {
                     Some(user_id) => {
                         let value = message.payload().map(<[u8]>::to_vec);
@@ -472,16 +479,19 @@ impl<'a> Shell<'a> {
         processed.event_time
     }
 
-    /// The changelog records of the users whose state changed.
+    /// The changelog records of the users whose state changed, and of the
+    /// partitions whose event time moved.
     fn changelog_records(&mut self) -> Vec<ChangelogRecord> {
-        self.work
-            .changed
-            .drain()
-            .map(|(user_id, partition)| {
-                let value = self.processor.changelog_value(&user_id);
-                ChangelogRecord { user_id, partition, value }
-            })
-            .collect()
+        let users = self.work.changed.drain().map(|(user_id, partition)| {
+            let value = self.processor.changelog_value(&user_id);
+            ChangelogRecord { key: user_id.into_bytes(), partition, value }
+        });
+        let event_times = self.event_time.take_changed().into_iter().map(|(partition, value)| ChangelogRecord {
+            key: event_time::CHANGELOG_KEY.to_vec(),
+            partition,
+            value: Some(value),
+        });
+        users.chain(event_times).collect()
     }
 
     /// Sends the batch's outputs, dead letters and changelog records (at least once).

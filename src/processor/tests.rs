@@ -186,7 +186,7 @@ impl Harness {
     }
 
     fn sizes(&self) -> Vec<(String, i64)> {
-        self.processor.segment_sizes().into_iter().map(|(id, size)| (id.to_owned(), size)).collect()
+        self.processor.segment_sizes()
     }
 
     fn size_of(&self, id: &str) -> i64 {
@@ -1580,6 +1580,25 @@ fn an_older_consent_read_after_a_newer_restored_one_changes_nothing() {
 }
 
 #[test]
+fn the_clock_of_a_user_whose_events_kept_no_fact_survives_a_restore() {
+    let before = harness();
+    before.consent("u", &["personalization", "web"], PersonalizationLevel::Light, T0);
+    // A LIGHT user's purchase keeps no fact and enters no segment, but moves
+    // their clock.
+    let purchase_ts = T0 + 40 * DAY;
+    applied_silently(before.purchase("u", purchase_ts, &[("p-1", "books", 1, 100)]));
+    let records = changelog_of(&before, &["u"]);
+    assert!(records[0].1.is_some(), "the clock is state to keep");
+    let after = harness();
+    after.consent("u", &["personalization", "web"], PersonalizationLevel::Light, T0);
+    assert_eq!(restore_into(&after, &records), vec![]);
+    assert_eq!(after.state("u").clock, purchase_ts);
+    // A visit 40 days before that clock is outside every window: as without the restart.
+    applied_silently(after.browse("u", T0, None));
+    applied_silently(before.browse("u", T0, None));
+}
+
+#[test]
 fn a_changelog_value_keeps_a_gpc_signal_and_nothing_else_is_a_tombstone() {
     let h = harness();
     h.consent("u", &EVERYTHING, PersonalizationLevel::Full, T0);
@@ -1587,14 +1606,14 @@ fn a_changelog_value_keeps_a_gpc_signal_and_nothing_else_is_a_tombstone() {
     assert_eq!(h.processor.changelog_value("nobody"), None);
     h.browse_with_gpc("u", T0 + 1);
     let value = h.processor.changelog_value("u").expect("state to keep");
-    let restored = crate::changelog::decode(&value, h.processor.catalogue()).unwrap();
+    let restored = crate::changelog::decode(&value, &h.processor.catalogue()).unwrap();
     assert!(restored.consent.unwrap().gpc_opt_out);
     assert_eq!(
-        crate::changelog::decode(&[9, 1, 2], h.processor.catalogue()),
+        crate::changelog::decode(&[9, 1, 2], &h.processor.catalogue()),
         Err(crate::changelog::ChangelogError::Format(9))
     );
-    assert_eq!(crate::changelog::decode(&[], h.processor.catalogue()), Err(crate::changelog::ChangelogError::Empty));
-    assert!(crate::changelog::decode(&[1, 0xff, 0xff], h.processor.catalogue()).is_err());
+    assert_eq!(crate::changelog::decode(&[], &h.processor.catalogue()), Err(crate::changelog::ChangelogError::Empty));
+    assert!(crate::changelog::decode(&[1, 0xff, 0xff], &h.processor.catalogue()).is_err());
 }
 
 #[test]

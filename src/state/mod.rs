@@ -210,6 +210,18 @@ impl UserState {
         self.published.is_some() || !self.history.is_empty()
     }
 
+    /// Whether nothing is held beyond the consent table's part (then the
+    /// changelog holds a tombstone for the user). The event-time clock
+    /// counts: a user whose events kept no fact (a LIGHT user's purchase)
+    /// still has their segments evaluated at that time.
+    pub fn holds_only_consent(&self) -> bool {
+        !self.holds_profile_data()
+            && self.experiment_entries.is_empty()
+            && self.clock == 0
+            && self.last_event == 0
+            && !self.consent.as_ref().is_some_and(|consent| consent.gpc_opt_out)
+    }
+
     /// Forgets everything built for the user, keeping the consent in force,
     /// where the user's records arrive and the last version (never reused).
     pub fn keep_only_consent(&mut self) {

@@ -430,7 +430,7 @@ pub struct Member {
 /// One record of `profiles.updates`: the key and the update, `None` for a tombstone.
 pub type ProfileRecord = (String, Option<Update>);
 
-fn decode_update(bytes: &[u8]) -> Update {
+pub fn decode_update(bytes: &[u8]) -> Update {
     let text = std::fs::read_to_string(format!("{}/schemas/profile_update.avsc", env!("CARGO_MANIFEST_DIR"))).unwrap();
     let schema = Schema::parse_str(&text).unwrap();
     assert_eq!(&bytes[..2], &[0xC3, 0x01], "profile updates are Avro single-object encoded");
