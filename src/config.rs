@@ -250,6 +250,11 @@ pub struct Config {
     pub client_properties: BTreeMap<String, String>,
     pub topics: Topics,
     pub catalogue: Catalogue,
+    /// The segment file, if one is configured (else the bundled catalogue):
+    /// a change to it (or SIGHUP) reloads the segments.
+    pub segments_file: Option<PathBuf>,
+    /// The longest window a segment may read.
+    pub max_retention_ms: i64,
     pub extra_writer_schemas: Vec<String>,
     pub core: CoreSettings,
     pub guarantee: Guarantee,
@@ -315,24 +320,8 @@ impl Config {
             return Err(invalid("privacy.idle_user_days", "must be at least 1"));
         }
         let max_retention_ms = i64::from(privacy.max_retention_days) * DAY_MS;
-        let catalogue = match &pipeline.segments_file {
-            Some(segments_path) => {
-                let segments_path = base.join(segments_path);
-                let source = read(&segments_path)?;
-                Catalogue::parse(
-                    &segments_path.display().to_string(),
-                    &source,
-                    &privacy.sensitive_categories,
-                    max_retention_ms,
-                )?
-            }
-            None => Catalogue::parse(
-                "deploy/segments.toml",
-                DEFAULT_SEGMENTS,
-                &privacy.sensitive_categories,
-                max_retention_ms,
-            )?,
-        };
+        let segments_file = pipeline.segments_file.as_ref().map(|segments_path| base.join(segments_path));
+        let catalogue = parse_segments(segments_file.as_deref(), &privacy.sensitive_categories, max_retention_ms)?;
         let mut extra_writer_schemas = Vec::new();
         for schema_path in &pipeline.extra_schema_files {
             let schema_path = base.join(schema_path);
@@ -366,6 +355,8 @@ impl Config {
                 changelog,
             },
             catalogue,
+            segments_file,
+            max_retention_ms,
             extra_writer_schemas,
             core: CoreSettings {
                 sensitive_categories: privacy.sensitive_categories,
@@ -384,6 +375,36 @@ impl Config {
             admin_api_token: admin.api_token,
         })
     }
+}
+
+impl Config {
+    /// The text of the configured segment file now (`None` without one).
+    pub fn read_segments_file(&self) -> Result<Option<String>, ConfigError> {
+        self.segments_file.as_deref().map(read).transpose()
+    }
+
+    /// The catalogue of a new text of the segment file (a reload); errors
+    /// carry the file, line and column like at start.
+    pub fn parse_segments_file(&self, source: &str) -> Result<Catalogue, ConfigError> {
+        let file =
+            self.segments_file.as_deref().map_or_else(|| "segments".to_owned(), |path| path.display().to_string());
+        Ok(Catalogue::parse(&file, source, &self.core.sensitive_categories, self.max_retention_ms)?)
+    }
+}
+
+/// The catalogue of the segment file at `path`, or the bundled one.
+fn parse_segments(
+    path: Option<&Path>,
+    sensitive_categories: &[String],
+    max_retention_ms: i64,
+) -> Result<Catalogue, ConfigError> {
+    Ok(match path {
+        Some(path) => {
+            let source = read(path)?;
+            Catalogue::parse(&path.display().to_string(), &source, sensitive_categories, max_retention_ms)?
+        }
+        None => Catalogue::parse("deploy/segments.toml", DEFAULT_SEGMENTS, sensitive_categories, max_retention_ms)?,
+    })
 }
 
 /// This machine's name (Linux), or `tactful` when it cannot be read.

@@ -193,6 +193,7 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
         tracing::info!("signal received, stopping");
         signal_flag.store(true, Ordering::Release);
     });
+    runtime.spawn(watch_for_reload(health.clone(), config.segments_file.clone()));
 
     tracing::info!(app = %config.app_id, segments = config.catalogue.segments.len(), "starting");
     let handle = runtime.handle().clone();
@@ -208,6 +209,42 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
     match result {
         Ok(outcome) => outcome.context("pipeline stopped"),
         Err(_) => anyhow::bail!("the pipeline thread panicked"),
+    }
+}
+
+/// Asks the pipeline to reload the segments on SIGHUP, and when the segment
+/// file's modification time changes (checked every second).
+async fn watch_for_reload(health: Arc<Health>, segments_file: Option<std::path::PathBuf>) {
+    let modified = |path: &std::path::Path| std::fs::metadata(path).and_then(|metadata| metadata.modified()).ok();
+    let mut seen = segments_file.as_deref().and_then(modified);
+    let mut every_second = tokio::time::interval(std::time::Duration::from_secs(1));
+    #[cfg(unix)]
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    loop {
+        #[cfg(unix)]
+        let hung_up = async {
+            match hangup.as_mut() {
+                Some(signal) => signal.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let hung_up = std::future::pending::<Option<()>>();
+        tokio::select! {
+            _ = hung_up => {
+                tracing::info!("SIGHUP: reloading the segments");
+                health.reload_requested.store(true, Ordering::Release);
+            }
+            _ = every_second.tick() => {
+                let Some(path) = segments_file.as_deref() else { continue };
+                let now = modified(path);
+                if now != seen {
+                    seen = now;
+                    tracing::info!("segment file changed: reloading the segments");
+                    health.reload_requested.store(true, Ordering::Release);
+                }
+            }
+        }
     }
 }
 

@@ -18,7 +18,7 @@ use arc_swap::ArcSwap;
 use dashmap::DashMap;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// Without `precise_location`, coordinates are snapped to the centre of a grid
 /// cell this many degrees wide: 0.05° is about 5.6 km of latitude.
@@ -621,6 +621,61 @@ impl Processor {
         outputs
     }
 
+    /// Puts a new segment catalogue in force without a restart: segments
+    /// keep their index by id (a changed one is replaced in place, a new one
+    /// is added, a removed one is retired), every user is re-evaluated from
+    /// the state held, and the updates (entries into new segments, exits from
+    /// removed ones, changed reasons) are returned with the user's partition.
+    pub fn reload(&self, catalogue: Catalogue, now_ms: i64) -> Reloaded {
+        let old = self.segments.load_full();
+        let held = old.catalogue.retention;
+        let mut merged = old.catalogue.segments.clone();
+        let mut in_force = vec![false; merged.len()];
+        let mut report = ReloadReport::default();
+        for segment in catalogue.segments {
+            let index = match merged.iter().position(|existing| existing.id == segment.id) {
+                Some(index) if old.by_id.contains(&index) && merged[index] == segment => index,
+                Some(index) => {
+                    report.changed_or_added(&segment, old.by_id.contains(&index), &held);
+                    merged[index] = segment;
+                    index
+                }
+                None => {
+                    report.changed_or_added(&segment, false, &held);
+                    merged.push(segment);
+                    in_force.push(false);
+                    merged.len() - 1
+                }
+            };
+            in_force[index] = true;
+        }
+        report.removed =
+            old.by_id.iter().filter(|index| !in_force[**index]).map(|index| merged[*index].id.clone()).collect();
+        let members: Vec<i64> = old.members.iter().map(|count| count.load(Ordering::Relaxed)).collect();
+        let read = |arm: &ArmCounts| (arm.entered.load(Ordering::Relaxed), arm.converted.load(Ordering::Relaxed));
+        let experiments: Vec<[(u64, u64); 2]> =
+            old.experiments.iter().map(|[treatment, holdout]| [read(treatment), read(holdout)]).collect();
+        let merged = Catalogue { segments: merged, retention: catalogue.retention, windows: catalogue.windows };
+        self.segments.store(Arc::new(Segments::with_counts(merged, &in_force, &members, &experiments)));
+
+        let segments = self.segments.load();
+        let mut outputs = Vec::new();
+        for mut entry in self.users.iter_mut() {
+            let (user_id, state) = entry.pair_mut();
+            if !state.consent.as_ref().is_some_and(ConsentInForce::allows_profile) {
+                continue;
+            }
+            let clock = state.clock;
+            if let Some(update) = self.refresh(&segments, user_id, state, clock, now_ms) {
+                outputs.push((state.partition, Output::Update(update)));
+            }
+            // Windows may have changed: the timer is set anew.
+            state.next_change = None;
+            self.schedule(&segments, user_id, state);
+        }
+        Reloaded { outputs, report }
+    }
+
     /// Re-evaluates every segment the user's consent allows and returns the
     /// update to publish, if anything changed. Reasons and channel names are
     /// rendered only then: an unchanged profile costs no allocation.
@@ -808,6 +863,60 @@ impl Segments {
         };
         adjust(before, -1);
         adjust(after, 1);
+    }
+}
+
+/// The result of a reload.
+#[derive(Debug)]
+pub struct Reloaded {
+    /// Updates to publish, with the user's partition.
+    pub outputs: Vec<(i32, Output)>,
+    pub report: ReloadReport,
+}
+
+/// What a reload changed, and where the state held could not fully serve a
+/// new or changed segment (its memberships are complete once that much event
+/// time has passed).
+#[derive(Debug, Default, PartialEq)]
+pub struct ReloadReport {
+    pub added: Vec<String>,
+    pub changed: Vec<String>,
+    pub removed: Vec<String>,
+    /// (segment id, what the state held lacks).
+    pub partial: Vec<(String, String)>,
+}
+
+impl ReloadReport {
+    fn changed_or_added(&mut self, segment: &Segment, existed: bool, held: &Retention) {
+        if existed {
+            self.changed.push(segment.id.clone());
+        } else {
+            self.added.push(segment.id.clone());
+        }
+        let days = |ms: i64| format!("{} days", (ms as f64 / 86_400_000.0 * 10.0).round() / 10.0);
+        let wants = &segment.retention;
+        let mut lacks = Vec::new();
+        for (kind, wanted, kept) in [
+            ("browses", wants.browse_ms, held.browse_ms),
+            ("purchases", wants.purchase_ms, held.purchase_ms),
+            ("locations", wants.location_ms, held.location_ms),
+        ] {
+            if wanted > kept {
+                lacks.push(format!("it reads {kind} of the last {}, the state holds {}", days(wanted), days(kept)));
+            }
+        }
+        if wants.purchase_last > held.purchase_last {
+            lacks.push(format!(
+                "it reads the last {} purchases, the state holds the last {}",
+                wants.purchase_last, held.purchase_last
+            ));
+        }
+        if wants.first_seen && !held.first_seen {
+            lacks.push("first visits were not kept: time since first seen counts from the next event".to_owned());
+        }
+        if !lacks.is_empty() {
+            self.partial.push((segment.id.clone(), lacks.join("; ")));
+        }
     }
 }
 

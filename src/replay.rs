@@ -106,6 +106,13 @@ fn replay(processor: Processor, records: &[Record]) -> ReplayOutcome {
     let mut daily: Vec<(i64, Vec<i64>)> = Vec::new();
     let mut newest = i64::MIN;
     let sizes_now = |processor: &Processor| processor.segment_sizes().iter().map(|(_, size)| *size).collect();
+    // Drawn on stderr only when it is a terminal.
+    let progress = indicatif::ProgressBar::new(records.len() as u64).with_style(
+        indicatif::ProgressStyle::with_template(
+            "tactful replay {bar:40} {human_pos}/{human_len} records, {per_sec}, eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
     for (index, record) in records.iter().enumerate() {
         if let Some(ts) = record.ts.filter(|_| record.kind != InputKind::Consent) {
             let day = ts.div_euclid(DAY_MS);
@@ -117,10 +124,11 @@ fn replay(processor: Processor, records: &[Record]) -> ReplayOutcome {
         }
         let processed = processor.process(record.kind, Some(record.key.as_bytes()), record.value.as_deref(), now_ms);
         tally.record(record.kind, &processed.outcome, processed.output.as_ref());
-        if index % 100_000 == 99_999 {
-            eprintln!("tactful replay: {} of {} records", index + 1, records.len());
+        if index % 1_024 == 1_023 {
+            progress.set_position(index as u64 + 1);
         }
     }
+    progress.finish_and_clear();
     tally.updates += processor.advance_to(newest, now_ms).len() as u64;
     if newest != i64::MIN {
         daily.push((newest.div_euclid(DAY_MS), sizes_now(&processor)));

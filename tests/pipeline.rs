@@ -736,3 +736,79 @@ fn an_idle_user_is_deleted_with_a_tombstone_when_event_time_passes_the_idle_limi
     assert_eq!(changelog.last().unwrap().payload(), None, "and its state is gone from the changelog");
     assert_eq!(of_user(&records, "active").len(), 1, "the active user stays");
 }
+
+/// Waits until `user` has more than `seen` profile records, and returns them all.
+fn wait_for_records(topics: &Topics, user: &str, seen: usize) -> Vec<Option<Update>> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let records = read_all_profiles(topics);
+        let mine: Vec<Option<Update>> = of_user(&records, user).into_iter().cloned().collect();
+        if mine.len() > seen {
+            return mine;
+        }
+        assert!(std::time::Instant::now() < deadline, "no new record for {user} in 30 s");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn changing_the_segment_file_or_sighup_reloads_the_segments_without_a_restart() {
+    let topics = Topics::create("reload");
+    let dir = std::env::temp_dir().join(format!("tactful-reload-{}", topics.prefix));
+    std::fs::create_dir_all(&dir).unwrap();
+    let segments_path = dir.join("segments.toml");
+    let default_segments =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/segments.toml")).unwrap();
+    std::fs::write(&segments_path, &default_segments).unwrap();
+    let pipeline = Pipeline::start_with(&topics, &format!("segments_file = \"{}\"", segments_path.display()));
+    let producer = Producer::new();
+    let t = base_time();
+    producer.send_keyed(&topics.consent, "reader", &to_json(&consent("reader", t - 1000, EVERYTHING, "FULL")));
+    producer.send_keyed(&topics.browse, "reader", &to_json(&browse("reader", t, "books")));
+    producer.send_keyed(&topics.browse, "reader", &to_json(&browse("reader", t + 60_000, "books")));
+    assert_eq!(of_user(&read_profiles(&topics), "reader").len(), 1, "new_visitor only");
+
+    // A new segment, applied on SIGHUP: entered from the state held, with no new event.
+    let bookworm = r#"
+[[segment]]
+id = "bookworm"
+description = "Browsed books twice in the last 30 days."
+tier = "light"
+channels = ["email"]
+reason = "Browsed books {n} times in the last 30 days."
+rule = { count = { of = "browse", where = { category = "books" }, within = "30d" }, at_least = 2, as = "n" }
+"#;
+    std::fs::write(&segments_path, format!("{default_segments}{bookworm}")).unwrap();
+    pipeline.signal("HUP");
+    let records = wait_for_records(&topics, "reader", 1);
+    let entered = records[1].as_ref().unwrap();
+    assert_eq!(entered.entered, vec!["bookworm"]);
+    let member = entered.segments.iter().find(|member| member.id == "bookworm").unwrap();
+    assert_eq!(member.reason, "Browsed books 2 times in the last 30 days.");
+    assert_eq!(member.channels, vec!["email"]);
+
+    // An invalid file changes nothing and says why.
+    std::fs::write(&segments_path, format!("{default_segments}{}", bookworm.replace("\"light\"", "\"premium\"")))
+        .unwrap();
+    pipeline.signal("HUP");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while !pipeline.log().contains("segment file rejected") {
+        assert!(std::time::Instant::now() < deadline, "the invalid file was not reported:\n{}", pipeline.log());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(pipeline.log().contains("segments.toml:"), "the error names the file and position");
+
+    // Removing it by editing the file (no signal): the member exits.
+    std::fs::write(&segments_path, &default_segments).unwrap();
+    let records = wait_for_records(&topics, "reader", 2);
+    assert_eq!(records.len(), 3, "{records:?}");
+    assert_eq!(records[2].as_ref().unwrap().exited, vec!["bookworm"]);
+    // Events go on being processed under the reloaded segments.
+    producer.send_keyed(&topics.browse, "reader", &to_json(&browse("reader", t + common::DAY_MS, "books")));
+    let records = of_user(&read_profiles(&topics), "reader").into_iter().cloned().collect::<Vec<_>>();
+    let last = records.last().unwrap().as_ref().unwrap();
+    assert_eq!(last.entered, vec!["returning_visitor"]);
+    let (_, metrics) = http_get(pipeline.admin_port, "/metrics").unwrap();
+    assert!(metrics.contains("tactful_segment_reloads_total{result=\"applied\"} 2"), "{metrics}");
+    assert!(metrics.contains("tactful_segment_reloads_total{result=\"rejected\"} 1"), "{metrics}");
+}

@@ -59,12 +59,15 @@ pub enum PipelineError {
     Restore(Duration),
 }
 
-/// Shared flags between the pipeline thread and the admin endpoint.
+/// Shared flags between the pipeline thread, the admin endpoint and the
+/// signal and file watchers.
 #[derive(Debug, Default)]
 pub struct Health {
     /// The consent table is loaded, the state of every assigned partition is
     /// restored, and the consumer is running.
     pub ready: AtomicBool,
+    /// The segment file changed (or SIGHUP): reload it before the next batch.
+    pub reload_requested: AtomicBool,
 }
 
 /// Milliseconds since the epoch, the processing time handed to the core.
@@ -107,6 +110,9 @@ pub fn run(
     // all acknowledged.
     let mut in_flight: Option<InFlight> = None;
     while !shutdown.load(Ordering::Acquire) {
+        if health.reload_requested.swap(false, Ordering::AcqRel) {
+            shell.reload(config);
+        }
         // A batch collects records for up to the commit interval or until it
         // is full: larger batches amortise the consent catch-up and the commit.
         let mut messages = Vec::new();
@@ -251,6 +257,8 @@ struct Shell<'a> {
     event_topics: [String; 3],
     /// Partition numbers this instance owns (restored).
     owned: BTreeSet<i32>,
+    /// The segment file's text last loaded (or rejected).
+    segments_source: Option<String>,
     /// The committed offsets of the assignment when it was made: where the
     /// consumer starts on each event partition.
     starts: TopicPartitionList,
@@ -276,6 +284,7 @@ impl<'a> Shell<'a> {
             kinds,
             event_topics,
             owned: BTreeSet::new(),
+            segments_source: config.read_segments_file().ok().flatten(),
             starts: TopicPartitionList::new(),
             event_time: EventTime::new(config.allowed_lateness_ms),
             work: Work::default(),
@@ -294,6 +303,53 @@ impl<'a> Shell<'a> {
             );
         }
         Ok(())
+    }
+
+    /// Reloads the segment file: its segments are in force from the next
+    /// batch on, and the updates it causes go with this one. An invalid file
+    /// changes nothing.
+    fn reload(&mut self, config: &Config) {
+        let source = match config.read_segments_file() {
+            Ok(Some(source)) => source,
+            Ok(None) => {
+                tracing::info!("no segment file configured (the bundled segments are in force): nothing to reload");
+                return;
+            }
+            Err(error) => {
+                tracing::error!(%error, "segment file unreadable; the segments in force stay");
+                return;
+            }
+        };
+        // A signal and the file watcher may both ask for the same text.
+        if self.segments_source.as_ref() == Some(&source) {
+            return;
+        }
+        let parsed = config.parse_segments_file(&source);
+        self.segments_source = Some(source);
+        let catalogue = match parsed {
+            Ok(catalogue) => catalogue,
+            Err(error) => {
+                metrics::counter!("tactful_segment_reloads_total", "result" => "rejected").increment(1);
+                tracing::error!(%error, "segment file rejected; the segments in force stay");
+                return;
+            }
+        };
+        let reloaded = self.processor.reload(catalogue, now_ms());
+        for (partition, output) in reloaded.outputs {
+            self.work.changed.insert(output.user_id().to_owned(), partition);
+            self.work.tally.record_output(&output);
+            self.work.outputs.push(output);
+        }
+        let report = reloaded.report;
+        metrics::counter!("tactful_segment_reloads_total", "result" => "applied").increment(1);
+        tracing::info!(added = ?report.added, changed = ?report.changed, removed = ?report.removed, "segments reloaded");
+        for (segment, lacks) in &report.partial {
+            tracing::info!(
+                %segment,
+                "evaluated from the state held, which is not all it reads ({lacks}); \
+                 its memberships are complete once that much event time has passed"
+            );
+        }
     }
 
     /// Acts on a partition change: a revoked partition's state and unapplied

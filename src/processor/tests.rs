@@ -1705,3 +1705,86 @@ fn an_idle_user_is_deleted_with_a_tombstone_once_event_time_passes_the_idle_limi
     let back = update(h.browse("u", T0 + 366 * DAY, None));
     assert!(back.version > last_version);
 }
+
+const BOOKWORM: &str = r#"
+[[segment]]
+id = "bookworm"
+description = "Browsed books twice in the last 30 days."
+tier = "light"
+channels = ["email"]
+reason = "Browsed books {n} times in the last 30 days."
+rule = { count = { of = "browse", where = { category = "books" }, within = "30d" }, at_least = 2, as = "n" }
+"#;
+
+const LONG_READER: &str = r#"
+[[segment]]
+id = "long_reader"
+description = "Browsed books in the last 200 days."
+tier = "light"
+channels = ["email"]
+reason = "Browsed books in the last 200 days."
+rule = { count = { of = "browse", where = { category = "books" }, within = "200d" }, at_least = 1 }
+"#;
+
+fn catalogue_with(extra: &str) -> Catalogue {
+    let source = format!("{}\n{extra}", crate::segments::definition::DEFAULT_SEGMENTS);
+    Catalogue::parse("reload.toml", &source, &[], 400 * DAY).unwrap()
+}
+
+#[test]
+fn a_segment_added_by_a_reload_is_evaluated_from_the_state_held_without_new_events() {
+    let h = harness();
+    h.consent("u", &EVERYTHING, PersonalizationLevel::Full, T0);
+    update(h.browse("u", T0, Some("books")));
+    applied_silently(h.browse("u", T0 + MINUTE, Some("books")));
+    let version_before = h.state("u").version;
+    let reloaded = h.processor.reload(catalogue_with(&format!("{BOOKWORM}{LONG_READER}")), NOW);
+    assert_eq!(reloaded.report.added, vec!["bookworm", "long_reader"]);
+    assert!(reloaded.report.changed.is_empty() && reloaded.report.removed.is_empty());
+    // bookworm reads 30 days of browses, which the state holds; long_reader
+    // reads 200 days, and says what it lacks.
+    assert_eq!(
+        reloaded.report.partial,
+        vec![("long_reader".to_owned(), "it reads browses of the last 200 days, the state holds 30 days".to_owned())]
+    );
+    let [(0, Output::Update(entered))] = reloaded.outputs.as_slice() else { panic!("{:?}", reloaded.outputs) };
+    assert_eq!(entered.entered, vec!["bookworm", "long_reader"]);
+    assert!(entered.version > version_before);
+    let bookworm = entered.segments.iter().find(|member| member.id == "bookworm").unwrap();
+    assert_eq!(bookworm.reason, "Browsed books 2 times in the last 30 days.");
+    assert_eq!(h.size_of("bookworm"), 1);
+    // A state written under the new catalogue restores under it.
+    let value = h.processor.changelog_value("u").unwrap();
+    let restored = crate::changelog::decode(&value, &h.processor.catalogue()).unwrap();
+    assert_eq!(restored.published, h.state("u").published);
+}
+
+#[test]
+fn a_segment_removed_by_a_reload_is_exited_and_a_changed_one_re_evaluated() {
+    let h = harness_with_extra(BOOKWORM);
+    h.consent("u", &EVERYTHING, PersonalizationLevel::Full, T0);
+    h.browse("u", T0, Some("books"));
+    let entered = update(h.browse("u", T0 + MINUTE, Some("books")));
+    assert!(entered.entered.contains(&"bookworm".to_owned()));
+    let stricter = BOOKWORM.replace("at_least = 2", "at_least = 3");
+    let reloaded = h.processor.reload(catalogue_with(&stricter), NOW);
+    assert_eq!(reloaded.report.changed, vec!["bookworm"]);
+    assert!(reloaded.report.partial.is_empty(), "the same windows: the state suffices");
+    let [(0, Output::Update(exit))] = reloaded.outputs.as_slice() else { panic!("{:?}", reloaded.outputs) };
+    assert_eq!(exit.exited, vec!["bookworm"]);
+    // Back to the default catalogue: bookworm is retired; a third visit enters nothing new.
+    let reloaded = h.processor.reload(catalogue_with(""), NOW);
+    assert_eq!(reloaded.report.removed, vec!["bookworm"]);
+    assert!(reloaded.outputs.is_empty());
+    let third = h.browse("u", T0 + 2 * MINUTE, Some("books"));
+    assert!(third.output.is_none() || !update(third).segments.iter().any(|member| member.id == "bookworm"));
+    assert_eq!(h.size_of("bookworm"), 0);
+    assert!(h.processor.experiment_counts().iter().all(|counts| counts.segment != "bookworm"));
+    // Adding it back gives it its old place, and the member back.
+    let reloaded = h.processor.reload(catalogue_with(BOOKWORM), NOW);
+    assert_eq!(reloaded.report.added, vec!["bookworm"]);
+    let [(0, Output::Update(back))] = reloaded.outputs.as_slice() else { panic!("{:?}", reloaded.outputs) };
+    assert_eq!(back.entered, vec!["bookworm"]);
+    let published = h.processor.explain("u").unwrap().profile.unwrap();
+    assert_eq!(published.segments.iter().filter(|member| member.id == "bookworm").count(), 1);
+}

@@ -225,6 +225,12 @@ listen = "127.0.0.1:{admin_port}"
         self.terminate()
     }
 
+    /// Sends a signal, e.g. `HUP`.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill").args([&format!("-{name}"), &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success(), "kill -{name}");
+    }
+
     /// Kills the process with SIGKILL (kill -9): no shutdown code runs.
     pub fn kill(mut self) {
         self.child.kill().unwrap();
@@ -513,6 +519,11 @@ pub fn read_all(topic: &str) -> Vec<rdkafka::message::OwnedMessage> {
 /// All profile records, in topic order.
 pub fn read_profiles(topics: &Topics) -> Vec<ProfileRecord> {
     wait_processed(topics);
+    read_all_profiles(topics)
+}
+
+/// All profile records so far, in topic order, without waiting for input to be processed.
+pub fn read_all_profiles(topics: &Topics) -> Vec<ProfileRecord> {
     read_all(&topics.profiles)
         .iter()
         .map(|message| {
