@@ -5,15 +5,12 @@
 
 mod common;
 
-use common::stream::{assert_converges, expected, produce, seeded};
+use common::stream::{assert_converges, expected, lateness_setting, produce, seeded, LATENESS_MS};
 use common::{Pipeline, Topics};
 use std::process::Command;
 use std::time::Duration;
 
 const PARTITIONS: i32 = 4;
-/// See tests/exactly_once.rs: 90 days of event time in a few seconds.
-const LATENESS: &str = "allowed_lateness_ms = 2592000000";
-const LATENESS_MS: i64 = 2_592_000_000;
 
 #[test]
 fn a_broker_restart_mid_stream_neither_loses_nor_doubles_anything() {
@@ -21,7 +18,7 @@ fn a_broker_restart_mid_stream_neither_loses_nor_doubles_anything() {
     let inputs = seeded(23, 4_000, 150_000, 90, PARTITIONS);
     let (first, second) = inputs.split_at(inputs.len() / 3);
     produce(&topics, first, 1_000_000);
-    let pipeline = Pipeline::start_instance(&topics, "a", LATENESS);
+    let pipeline = Pipeline::start_instance(&topics, "a", &lateness_setting());
     std::thread::scope(|scope| {
         let producer = scope.spawn(|| produce(&topics, second, 20_000));
         std::thread::sleep(Duration::from_millis(1_500));

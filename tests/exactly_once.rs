@@ -8,18 +8,13 @@
 
 mod common;
 
-use common::stream::{assert_converges, committed_events, expected, produce, seeded};
+use common::stream::{assert_converges, committed_events, expected, lateness_setting, produce, seeded, LATENESS_MS};
 use common::{Pipeline, Topics};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::time::{Duration, Instant};
 
 const PARTITIONS: i32 = 4;
-/// The stream packs 90 days of event time into a few seconds of producing:
-/// a lateness of 30 days keeps records that a fetch had not seen yet from
-/// counting as late, as a minute does in a stream produced in real time.
-const LATENESS: &str = "allowed_lateness_ms = 2592000000";
-const LATENESS_MS: i64 = 2_592_000_000;
 
 #[test]
 fn killed_at_random_moments_and_restarted_the_pipeline_neither_loses_nor_doubles_anything() {
@@ -32,7 +27,7 @@ fn killed_at_random_moments_and_restarted_the_pipeline_neither_loses_nor_doubles
     let producing = std::thread::scope(|scope| {
         let producer = scope.spawn(|| produce(&topics, second, 25_000));
         let mut rng = SmallRng::seed_from_u64(42);
-        let mut pipeline = Pipeline::start_instance(&topics, "a", LATENESS);
+        let mut pipeline = Pipeline::start_instance(&topics, "a", &lateness_setting());
         let mut committed_before = 0;
         for round in 0..4 {
             std::thread::sleep(Duration::from_millis(rng.random_range(500..2_500)));
@@ -48,7 +43,7 @@ fn killed_at_random_moments_and_restarted_the_pipeline_neither_loses_nor_doubles
             let committed = committed_events(&topics);
             assert!(committed >= committed_before, "committed offsets never go back");
             committed_before = committed;
-            pipeline = Pipeline::start_instance(&topics, "a", LATENESS);
+            pipeline = Pipeline::start_instance(&topics, "a", &lateness_setting());
         }
         producer.join().unwrap();
         pipeline
@@ -64,11 +59,11 @@ fn a_second_instance_joining_and_leaving_moves_partitions_and_their_state_withou
     let inputs = seeded(11, 4_000, 150_000, 90, PARTITIONS);
     let (first, second) = inputs.split_at(inputs.len() / 3);
     produce(&topics, first, 1_000_000);
-    let a = Pipeline::start_instance(&topics, "a", LATENESS);
+    let a = Pipeline::start_instance(&topics, "a", &lateness_setting());
     std::thread::scope(|scope| {
         let producer = scope.spawn(|| produce(&topics, second, 20_000));
         std::thread::sleep(Duration::from_millis(1_500));
-        let b = Pipeline::start_instance(&topics, "b", LATENESS);
+        let b = Pipeline::start_instance(&topics, "b", &lateness_setting());
         // Both share the partitions for a while...
         std::thread::sleep(Duration::from_secs(4));
         let b_log = b.log();

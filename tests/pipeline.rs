@@ -769,15 +769,7 @@ fn changing_the_segment_file_or_sighup_reloads_the_segments_without_a_restart() 
     assert_eq!(of_user(&read_profiles(&topics), "reader").len(), 1, "new_visitor only");
 
     // A new segment, applied on SIGHUP: entered from the state held, with no new event.
-    let bookworm = r#"
-[[segment]]
-id = "bookworm"
-description = "Browsed books twice in the last 30 days."
-tier = "light"
-channels = ["email"]
-reason = "Browsed books {n} times in the last 30 days."
-rule = { count = { of = "browse", where = { category = "books" }, within = "30d" }, at_least = 2, as = "n" }
-"#;
+    let bookworm = format!("\n{}", include_str!("fixtures/bookworm.toml"));
     std::fs::write(&segments_path, format!("{default_segments}{bookworm}")).unwrap();
     pipeline.signal("HUP");
     let records = wait_for_records(&topics, "reader", 1);

@@ -1666,22 +1666,14 @@ fn an_event_older_than_its_partitions_watermark_is_dropped_as_late() {
     let h = harness();
     h.consent("u", &EVERYTHING, PersonalizationLevel::Full, T0);
     let value = serde_json::to_vec(&browse_event("u", T0 + 10, None)).unwrap();
-    let late = h.processor.process_from(
-        Source { partition: 0, watermark: T0 + 11 },
-        InputKind::Browse,
-        Some(b"u"),
-        Some(&value),
-        NOW,
-    );
+    let browse_with_watermark = |watermark: i64| {
+        let source = Source { partition: 0, watermark };
+        h.processor.process_from(source, InputKind::Browse, Some(b"u"), Some(&value), NOW)
+    };
+    let late = browse_with_watermark(T0 + 11);
     assert_eq!((late.outcome, late.output, late.event_time), (Outcome::Dropped(DropReason::Late), None, Some(T0 + 10)));
     assert!(h.state("u").history.is_empty());
-    let on_time = h.processor.process_from(
-        Source { partition: 0, watermark: T0 + 10 },
-        InputKind::Browse,
-        Some(b"u"),
-        Some(&value),
-        NOW,
-    );
+    let on_time = browse_with_watermark(T0 + 10);
     assert_eq!(on_time.outcome, Outcome::Applied, "an event at the watermark is on time");
 }
 
@@ -1706,15 +1698,8 @@ fn an_idle_user_is_deleted_with_a_tombstone_once_event_time_passes_the_idle_limi
     assert!(back.version > last_version);
 }
 
-const BOOKWORM: &str = r#"
-[[segment]]
-id = "bookworm"
-description = "Browsed books twice in the last 30 days."
-tier = "light"
-channels = ["email"]
-reason = "Browsed books {n} times in the last 30 days."
-rule = { count = { of = "browse", where = { category = "books" }, within = "30d" }, at_least = 2, as = "n" }
-"#;
+/// A segment added by a reload (the reload integration test adds the same one).
+const BOOKWORM: &str = include_str!("../../tests/fixtures/bookworm.toml");
 
 const LONG_READER: &str = r#"
 [[segment]]

@@ -13,6 +13,16 @@ use tactful::model::InputKind;
 use tactful::processor::{Processor, Source};
 use tactful::synthetic::Population;
 
+/// The streams pack 90 days of event time into a few seconds of producing:
+/// a lateness of 30 days keeps records that a fetch had not seen yet from
+/// counting as late, as a minute does in a stream produced in real time.
+pub const LATENESS_MS: i64 = 30 * super::DAY_MS;
+
+/// The `[pipeline]` setting of [`LATENESS_MS`].
+pub fn lateness_setting() -> String {
+    format!("allowed_lateness_ms = {LATENESS_MS}")
+}
+
 /// One input record and the partition it is produced to.
 pub struct Input {
     pub kind: InputKind,
