@@ -125,7 +125,9 @@ pub fn run(
                 if let Some(previous) = in_flight.take() {
                     // At least once: what is acknowledged is committed; the rest repeats.
                     previous.settle(&clients, erasures)?;
-                    commit(&clients, &previous.offsets, CommitMode::Sync).ok();
+                    if let Err(error) = commit(&clients, &previous.offsets, CommitMode::Sync) {
+                        tracing::warn!(%error, "offsets of the last batch not committed before the rebalance");
+                    }
                 }
                 health.ready.store(false, Ordering::Release);
                 shell.rebalance(change, &mut messages, &clients, &mut consent, &mut changelog)?;
