@@ -80,3 +80,23 @@ fn a_second_instance_joining_and_leaving_moves_partitions_and_their_state_withou
         "a restored its partitions at the start and again when b left:\n{a_log}"
     );
 }
+
+#[test]
+fn a_second_process_with_the_same_instance_id_fences_the_first() {
+    let topics = Topics::create_with("fence", PARTITIONS, PARTITIONS);
+    let inputs = seeded(13, 2_000, 60_000, 90, PARTITIONS);
+    let (first, second) = inputs.split_at(inputs.len() / 2);
+    produce(&topics, first, 1_000_000);
+    let zombie = Pipeline::start_incarnation(&topics, "same", "zombie", &lateness_setting());
+    // A new incarnation under the same id (as after a network partition):
+    // it takes over the transactional id, and the old one can no longer commit.
+    let successor = Pipeline::start_incarnation(&topics, "same", "successor", &lateness_setting());
+    produce(&topics, second, 1_000_000);
+    let zombie_log = zombie.log_path.clone();
+    let status = zombie.wait_for_exit(Duration::from_secs(60));
+    assert!(!status.success(), "the fenced incarnation stops with an error: {status:?}");
+    let log = std::fs::read_to_string(zombie_log).unwrap();
+    assert!(log.to_lowercase().contains("fenced"), "it says it was fenced:\n{log}");
+    assert_converges(&topics, &expected(&inputs, LATENESS_MS));
+    drop(successor);
+}

@@ -132,10 +132,15 @@ impl Pipeline {
     /// Starts instance `instance` of a group (several may run at once),
     /// with a short session timeout so a killed instance's partitions move soon.
     pub fn start_instance(topics: &Topics, instance: &str, extra_pipeline: &str) -> Self {
+        Self::start_incarnation(topics, instance, instance, extra_pipeline)
+    }
+
+    /// Starts instance `instance` with its files (config, log) in a folder named after `name`.
+    pub fn start_incarnation(topics: &Topics, instance: &str, name: &str, extra_pipeline: &str) -> Self {
         let kafka = format!(
             "instance_id = \"{instance}\"\nclient_properties = {{ \"session.timeout.ms\" = \"6000\", \"heartbeat.interval.ms\" = \"1000\" }}"
         );
-        Self::launch(topics, &kafka, extra_pipeline, "", "info", instance)
+        Self::launch(topics, &kafka, extra_pipeline, "", "info", name)
     }
 
     fn launch(
@@ -223,6 +228,21 @@ listen = "127.0.0.1:{admin_port}"
     /// Sends SIGTERM and waits for the exit status.
     pub fn stop(mut self) -> std::process::ExitStatus {
         self.terminate()
+    }
+
+    /// Waits for the process to exit by itself (killing it after `timeout`).
+    pub fn wait_for_exit(mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                return self.child.wait().unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Sends a signal, e.g. `HUP`.
