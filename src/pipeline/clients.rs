@@ -197,7 +197,8 @@ pub(super) fn kafka(context: &'static str) -> impl FnOnce(KafkaError) -> Pipelin
 }
 
 impl Clients {
-    /// Creates the clients (connections are made lazily by librdkafka).
+    /// Creates the clients; exactly once, it also initialises the
+    /// transactional producer (fencing a previous incarnation of this instance).
     pub fn connect(config: &Config) -> Result<Self, PipelineError> {
         let transactional = config.guarantee == Guarantee::ExactlyOnce;
         let mut events = base_config(config);
