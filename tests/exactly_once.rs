@@ -79,6 +79,10 @@ fn a_second_instance_joining_and_leaving_moves_partitions_and_their_state_withou
         a_log.matches("state restored").count() >= 2,
         "a restored its partitions at the start and again when b left:\n{a_log}"
     );
+    assert!(
+        a_log.contains("state kept"),
+        "a kept the state of the partitions it was given back (nobody else wrote them):\n{a_log}"
+    );
 }
 
 #[test]

@@ -138,7 +138,9 @@ pub fn run(
                 None => break,
             }
         }
-        if messages.is_empty() {
+        if shell.between_revocation_and_assignment() {
+            // No partition is owned (and no event read): consent waits.
+        } else if messages.is_empty() {
             // Apply consent changes that arrive while events are quiet, so a
             // withdrawal is honoured (and its tombstone published) promptly.
             consent.drain(|message| shell.apply(InputKind::Consent, message));
@@ -259,6 +261,9 @@ struct Shell<'a> {
     event_topics: [String; 3],
     /// Partition numbers this instance owns (restored).
     owned: BTreeSet<i32>,
+    /// Partitions revoked, with their changelog's end offset then, until the
+    /// next assignment decides whether their state is kept.
+    revoked: BTreeMap<i32, Option<i64>>,
     /// The segment file's text last loaded (or rejected).
     segments_source: Option<String>,
     /// The committed offsets of the assignment when it was made: where the
@@ -286,6 +291,7 @@ impl<'a> Shell<'a> {
             kinds,
             event_topics,
             owned: BTreeSet::new(),
+            revoked: BTreeMap::new(),
             segments_source: config.read_segments_file().ok().flatten(),
             starts: TopicPartitionList::new(),
             event_time: EventTime::new(config.allowed_lateness_ms),
@@ -368,9 +374,36 @@ impl<'a> Shell<'a> {
         match change {
             Rebalanced::Revoked(partitions) => {
                 messages.retain(|message| !partitions.contains(&message.partition()));
-                self.forget(&partitions);
+                // Kept aside until the assignment that follows (an eager
+                // rebalance revokes everything first): a partition given back
+                // whose changelog nobody wrote meanwhile keeps its state.
+                let ends = changelog.end_offsets(&partitions);
+                for (index, partition) in partitions.iter().enumerate() {
+                    self.revoked.insert(*partition, ends.as_ref().map(|ends| ends[index]));
+                }
+                self.release(&partitions);
             }
             Rebalanced::Assigned(partitions) => {
+                let returned: Vec<i32> =
+                    partitions.iter().copied().filter(|partition| self.revoked.contains_key(partition)).collect();
+                let ends = changelog.end_offsets(&returned);
+                let unchanged: Vec<i32> = returned
+                    .iter()
+                    .enumerate()
+                    .filter(|(index, partition)| {
+                        let before = self.revoked.get(partition).copied().flatten();
+                        before.is_some() && before == ends.as_ref().map(|ends| ends[*index])
+                    })
+                    .map(|(_, partition)| *partition)
+                    .collect();
+                let gone: Vec<i32> =
+                    self.revoked.keys().copied().filter(|partition| !unchanged.contains(partition)).collect();
+                self.forget(&gone);
+                self.revoked.clear();
+                self.owned.extend(&unchanged);
+                if !unchanged.is_empty() {
+                    tracing::info!(partitions = ?unchanged, "state kept: nobody wrote these partitions' changelog meanwhile");
+                }
                 let fresh: Vec<i32> =
                     partitions.iter().copied().filter(|partition| !self.owned.contains(partition)).collect();
                 // Waits for offsets a previous owner's transaction may still be
@@ -384,10 +417,22 @@ impl<'a> Shell<'a> {
         Ok(())
     }
 
+    /// Whether partitions were revoked and the assignment that follows has
+    /// not come yet: consent records wait, so that nothing is published for
+    /// users this instance may no longer own.
+    fn between_revocation_and_assignment(&self) -> bool {
+        !self.revoked.is_empty()
+    }
+
     /// Drops the state of `partitions` and the pending work for their users.
     fn forget(&mut self, partitions: &[i32]) {
         self.processor.drop_partitions(partitions);
         self.event_time.forget(partitions);
+        self.release(partitions);
+    }
+
+    /// Stops owning `partitions`: their pending work is dropped (their state stays).
+    fn release(&mut self, partitions: &[i32]) {
         for partition in partitions {
             self.owned.remove(partition);
         }

@@ -79,6 +79,16 @@ impl Table {
         Ok(())
     }
 
+    /// The end offsets of `partitions` now, or `None` if they cannot be read.
+    pub fn end_offsets(&self, partitions: &[i32]) -> Option<Vec<i64>> {
+        partitions
+            .iter()
+            .map(|partition| {
+                self.watermarks.fetch_watermarks(&self.topic, *partition, WATERMARK_TIMEOUT).ok().map(|(_, high)| high)
+            })
+            .collect()
+    }
+
     /// Hands every record to `handle` until each assigned partition reached
     /// the end it had when this call started, or `timeout` passed.
     pub fn catch_up(
