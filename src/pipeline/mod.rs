@@ -38,6 +38,10 @@ pub use clients::check_topics;
 /// How long restoring a partition's state may take before the start fails
 /// (a transaction left open by a dead instance blocks it until it times out).
 const RESTORE_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long a revocation waits for this instance's last commit markers
+/// before noting where the changelog ends (past it, the partition is simply
+/// restored if it comes back).
+const SETTLE_ON_REVOKE: Duration = Duration::from_secs(2);
 
 /// A client configuration with the cluster address and the configured
 /// extra librdkafka settings.
@@ -376,7 +380,9 @@ impl<'a> Shell<'a> {
                 messages.retain(|message| !partitions.contains(&message.partition()));
                 // Kept aside until the assignment that follows (an eager
                 // rebalance revokes everything first): a partition given back
-                // whose changelog nobody wrote meanwhile keeps its state.
+                // whose changelog nobody wrote meanwhile keeps its state. Its
+                // end is read once this instance's last commit markers are in.
+                changelog.wait_until_settled(&partitions, SETTLE_ON_REVOKE);
                 let ends = changelog.end_offsets(&partitions);
                 for (index, partition) in partitions.iter().enumerate() {
                     self.revoked.insert(*partition, ends.as_ref().map(|ends| ends[index]));
@@ -450,6 +456,9 @@ impl<'a> Shell<'a> {
         let started = Instant::now();
         self.catch_up_consent(consent)?;
         changelog.assign(partitions)?;
+        if !changelog.wait_until_settled(partitions, RESTORE_TIMEOUT) {
+            return Err(PipelineError::Restore(RESTORE_TIMEOUT));
+        }
         // The last record of each user wins (the topic is compacted, but not
         // necessarily yet): only that one is decoded.
         let mut latest: HashMap<String, (i32, Option<Vec<u8>>)> = HashMap::new();

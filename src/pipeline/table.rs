@@ -28,9 +28,12 @@ pub struct Table {
     partitions: Vec<i32>,
     /// Reads the assigned partitions, outside the consumer group.
     consumer: BaseConsumer<TableContext>,
-    /// Asks for the partitions' end offsets. A client of its own: on
-    /// `consumer` the request would queue behind its long-polling fetches.
+    /// Asks for the partitions' end offsets (last stable offsets). A client
+    /// of its own: on `consumer` the request would queue behind its
+    /// long-polling fetches.
     watermarks: BaseConsumer<TableContext>,
+    /// Asks for the partitions' high watermarks, open transactions included.
+    high_watermarks: BaseConsumer<TableContext>,
 }
 
 /// How far a catch-up got.
@@ -63,7 +66,11 @@ impl Table {
             .set("isolation.level", "read_committed")
             .create_with_context(TableContext)
             .map_err(kafka("create a watermark client"))?;
-        Ok(Self { topic: topic.to_owned(), partitions: Vec::new(), consumer, watermarks })
+        let high_watermarks = base_config(config)
+            .set("isolation.level", "read_uncommitted")
+            .create_with_context(TableContext)
+            .map_err(kafka("create a watermark client"))?;
+        Ok(Self { topic: topic.to_owned(), partitions: Vec::new(), consumer, watermarks, high_watermarks })
     }
 
     /// Reads `partitions` from their beginning (replacing what was read before).
@@ -79,14 +86,41 @@ impl Table {
         Ok(())
     }
 
-    /// The end offsets of `partitions` now, or `None` if they cannot be read.
+    /// The high watermarks of `partitions` now (open transactions included),
+    /// or `None` if they cannot be read: whether anybody wrote them.
     pub fn end_offsets(&self, partitions: &[i32]) -> Option<Vec<i64>> {
         partitions
             .iter()
             .map(|partition| {
-                self.watermarks.fetch_watermarks(&self.topic, *partition, WATERMARK_TIMEOUT).ok().map(|(_, high)| high)
+                self.high_watermarks
+                    .fetch_watermarks(&self.topic, *partition, WATERMARK_TIMEOUT)
+                    .ok()
+                    .map(|(_, high)| high)
             })
             .collect()
+    }
+
+    /// Waits until no transaction is open on `partitions` (their
+    /// last stable offset is their high watermark), up to `timeout`; false if
+    /// one still is. A transaction the previous owner committed just before
+    /// it let go may still lack its commit markers: until they are written,
+    /// its records would be missing from what is read.
+    pub fn wait_until_settled(&self, partitions: &[i32], timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let settled = partitions.iter().all(|partition| {
+                let stable = self.watermarks.fetch_watermarks(&self.topic, *partition, WATERMARK_TIMEOUT);
+                let high = self.high_watermarks.fetch_watermarks(&self.topic, *partition, WATERMARK_TIMEOUT);
+                matches!((stable, high), (Ok((_, stable)), Ok((_, high))) if stable >= high)
+            });
+            if settled {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(CATCH_UP_POLL);
+        }
     }
 
     /// Hands every record to `handle` until each assigned partition reached

@@ -201,7 +201,8 @@ pub fn assert_converges(topics: &Topics, expected: &BTreeMap<String, Option<Prof
     }
 }
 
-/// The number of records committed so far by the pipeline's group on the event topics.
+/// The number of records committed so far by the pipeline's group on the
+/// event topics (retried while the broker is busy).
 pub fn committed_events(topics: &Topics) -> i64 {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::TopicPartitionList;
@@ -210,16 +211,34 @@ pub fn committed_events(topics: &Topics) -> i64 {
         .set("group.id", topics.group())
         .create()
         .unwrap();
-    let mut total = 0;
-    for topic in [&topics.browse, &topics.purchase, &topics.location] {
-        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(30)).unwrap();
-        let mut list = TopicPartitionList::new();
-        for partition in 0..metadata.topics()[0].partitions().len() as i32 {
-            list.add_partition(topic, partition);
+    let read = || -> rdkafka::error::KafkaResult<i64> {
+        let mut total = 0;
+        for topic in [&topics.browse, &topics.purchase, &topics.location] {
+            let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(30))?;
+            let mut list = TopicPartitionList::new();
+            for partition in 0..metadata.topics()[0].partitions().len() as i32 {
+                list.add_partition(topic, partition);
+            }
+            let committed = consumer.committed_offsets(list, Duration::from_secs(30))?;
+            total += committed
+                .elements()
+                .iter()
+                .filter_map(|element| element.offset().to_raw())
+                .filter(|o| *o > 0)
+                .sum::<i64>();
         }
-        let committed = consumer.committed_offsets(list, Duration::from_secs(30)).unwrap();
-        total +=
-            committed.elements().iter().filter_map(|element| element.offset().to_raw()).filter(|o| *o > 0).sum::<i64>();
+        Ok(total)
+    };
+    let mut attempts = 0;
+    loop {
+        match read() {
+            Ok(total) => return total,
+            Err(error) if attempts < 5 => {
+                attempts += 1;
+                eprintln!("reading committed offsets failed ({error}); retrying");
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            Err(error) => panic!("cannot read the committed offsets: {error}"),
+        }
     }
-    total
 }
