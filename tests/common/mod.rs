@@ -232,6 +232,11 @@ listen = "127.0.0.1:{admin_port}"
 
     /// Waits for the process to exit by itself (killing it after `timeout`).
     pub fn wait_for_exit(mut self, timeout: Duration) -> std::process::ExitStatus {
+        self.wait(timeout)
+    }
+
+    /// The exit status, once the process ends or is killed after `timeout`.
+    fn wait(&mut self, timeout: Duration) -> std::process::ExitStatus {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -259,17 +264,7 @@ listen = "127.0.0.1:{admin_port}"
 
     fn terminate(&mut self) -> std::process::ExitStatus {
         let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                return self.child.wait().unwrap();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.wait(Duration::from_secs(30))
     }
 }
 

@@ -99,9 +99,9 @@ pub fn produce(topics: &Topics, inputs: &[Input], per_second: u64) {
 
 /// The final profile of every user, computed by the pure core from `inputs`
 /// in production order, with each partition's event time then at its
-/// newest event minus `allowed_lateness_ms` (where the pipeline's
-/// watermarks end once every record is read).
-pub fn expected(inputs: &[Input], allowed_lateness_ms: i64) -> BTreeMap<String, Option<Profile>> {
+/// newest event minus [`LATENESS_MS`] (where the pipeline's watermarks end
+/// once every record is read).
+fn expected(inputs: &[Input]) -> BTreeMap<String, Option<Profile>> {
     let (catalogue, settings) = tactful::config::embedded_defaults();
     let processor = Processor::new(Codec::new(&[]).unwrap(), catalogue, &settings);
     let now = now_ms();
@@ -116,7 +116,7 @@ pub fn expected(inputs: &[Input], allowed_lateness_ms: i64) -> BTreeMap<String, 
         }
     }
     for (partition, newest) in newest {
-        processor.advance_partition(partition, newest - allowed_lateness_ms, now);
+        processor.advance_partition(partition, newest - LATENESS_MS, now);
     }
     let mut profiles = BTreeMap::new();
     for input in inputs {
@@ -170,10 +170,12 @@ pub fn published(topics: &Topics) -> Result<BTreeMap<String, Option<Profile>>, S
     Ok(last)
 }
 
-/// Waits until the published profiles equal `expected` for every user
-/// (time-driven changes come in a batch after the last record), and fails
-/// with the differences if they do not within a minute.
-pub fn assert_converges(topics: &Topics, expected: &BTreeMap<String, Option<Profile>>) {
+/// Waits until the published profiles equal what the pure core computes
+/// from `inputs` for every user (time-driven changes come in a batch after
+/// the last record), and fails with the differences if they do not within a
+/// minute.
+pub fn assert_converges(topics: &Topics, inputs: &[Input]) {
+    let expected = expected(inputs);
     super::wait_processed(topics);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
