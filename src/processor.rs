@@ -301,7 +301,7 @@ impl Processor {
         Ok(decoded)
     }
 
-    /// A consent tombstone: forget the user entirely.
+    /// A consent tombstone (or no consent at all): forget the user entirely.
     fn forget(&self, segments: &Segments, user_id: &str) -> Processed {
         let output = match self.users.remove(user_id) {
             Some((user_id, state)) => {
@@ -599,11 +599,8 @@ impl Processor {
             let output = match table {
                 // Nothing known in the consent table: nothing granted.
                 None => {
-                    let erase = state.holds_profile_data();
-                    segments.count_members(state.published.as_ref(), None);
                     drop(state);
-                    self.users.remove(&user_id);
-                    erase.then(|| Output::Tombstone { user_id: user_id.clone() })
+                    self.forget(segments, &user_id).output
                 }
                 Some(table) if changelog_ts.is_none_or(|ts| ts < table.ts) => {
                     let change_ts = table.ts;
