@@ -253,8 +253,8 @@ pub struct Config {
     /// The segment file, if one is configured (else the bundled catalogue):
     /// a change to it (or SIGHUP) reloads the segments.
     pub segments_file: Option<PathBuf>,
-    /// The longest window a segment may read.
-    pub max_retention_ms: i64,
+    /// The segment file's text `catalogue` was parsed from.
+    pub segments_text: Option<String>,
     pub extra_writer_schemas: Vec<String>,
     pub core: CoreSettings,
     pub guarantee: Guarantee,
@@ -321,7 +321,13 @@ impl Config {
         }
         let max_retention_ms = i64::from(privacy.max_retention_days) * DAY_MS;
         let segments_file = pipeline.segments_file.as_ref().map(|segments_path| base.join(segments_path));
-        let catalogue = parse_segments(segments_file.as_deref(), &privacy.sensitive_categories, max_retention_ms)?;
+        let segments_text = segments_file.as_deref().map(read).transpose()?;
+        let catalogue = match &segments_text {
+            Some(source) => {
+                parse_segments(segments_file.as_deref(), source, &privacy.sensitive_categories, max_retention_ms)?
+            }
+            None => parse_segments(None, DEFAULT_SEGMENTS, &privacy.sensitive_categories, max_retention_ms)?,
+        };
         let mut extra_writer_schemas = Vec::new();
         for schema_path in &pipeline.extra_schema_files {
             let schema_path = base.join(schema_path);
@@ -356,7 +362,7 @@ impl Config {
             },
             catalogue,
             segments_file,
-            max_retention_ms,
+            segments_text,
             extra_writer_schemas,
             core: CoreSettings {
                 sensitive_categories: privacy.sensitive_categories,
@@ -386,25 +392,21 @@ impl Config {
     /// The catalogue of a new text of the segment file (a reload); errors
     /// carry the file, line and column like at start.
     pub fn parse_segments_file(&self, source: &str) -> Result<Catalogue, ConfigError> {
-        let file =
-            self.segments_file.as_deref().map_or_else(|| "segments".to_owned(), |path| path.display().to_string());
-        Ok(Catalogue::parse(&file, source, &self.core.sensitive_categories, self.max_retention_ms)?)
+        let max_retention_ms = self.catalogue.retention.max_ms;
+        parse_segments(self.segments_file.as_deref(), source, &self.core.sensitive_categories, max_retention_ms)
     }
 }
 
-/// The catalogue of the segment file at `path`, or the bundled one.
+/// The catalogue in `source`, the text of the segment file at `path` (or of
+/// the bundled one).
 fn parse_segments(
     path: Option<&Path>,
+    source: &str,
     sensitive_categories: &[String],
     max_retention_ms: i64,
 ) -> Result<Catalogue, ConfigError> {
-    Ok(match path {
-        Some(path) => {
-            let source = read(path)?;
-            Catalogue::parse(&path.display().to_string(), &source, sensitive_categories, max_retention_ms)?
-        }
-        None => Catalogue::parse("deploy/segments.toml", DEFAULT_SEGMENTS, sensitive_categories, max_retention_ms)?,
-    })
+    let file = path.map_or_else(|| "deploy/segments.toml".to_owned(), |path| path.display().to_string());
+    Ok(Catalogue::parse(&file, source, sensitive_categories, max_retention_ms)?)
 }
 
 /// This machine's name (Linux), or `tactful` when it cannot be read.

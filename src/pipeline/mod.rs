@@ -296,7 +296,7 @@ impl<'a> Shell<'a> {
             event_topics,
             owned: BTreeSet::new(),
             revoked: BTreeMap::new(),
-            segments_source: config.read_segments_file().ok().flatten(),
+            segments_source: config.segments_text.clone(),
             starts: TopicPartitionList::new(),
             event_time: EventTime::new(config.allowed_lateness_ms),
             work: Work::default(),
