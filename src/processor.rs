@@ -340,9 +340,8 @@ impl Processor {
     ) -> Option<Output> {
         if !consent.allows_profile() {
             let erase = state.holds_profile_data();
-            segments.count_members(state.published.as_ref(), None);
             state.consent = Some(consent);
-            state.keep_only_consent();
+            segments.clear(state);
             return erase.then(|| Output::Tombstone { user_id: user_id.to_owned() });
         }
         if !consent.granted.contains(Purpose::Location) {
@@ -510,8 +509,7 @@ impl Processor {
             if state.last_event.saturating_add(self.idle_user_ms) <= due {
                 // Idle for too long: deleted (data minimisation).
                 let erase = state.published.is_some();
-                segments.count_members(state.published.as_ref(), None);
-                state.keep_only_consent();
+                segments.clear(&mut state);
                 outputs.extend(erase.then(|| Output::Tombstone { user_id: user_id.clone() }));
                 continue;
             }
@@ -535,8 +533,7 @@ impl Processor {
             if !partitions.contains(&state.partition) {
                 return true;
             }
-            segments.count_members(state.published.as_ref(), None);
-            state.keep_only_consent();
+            segments.clear(state);
             state.consent.is_some()
         });
     }
@@ -850,6 +847,13 @@ impl Segments {
             }
             !converts && ts <= entry.entered_at.saturating_add(window_ms)
         });
+    }
+
+    /// Forgets everything built for a user (their memberships leave the
+    /// counts), keeping their consent.
+    fn clear(&self, state: &mut UserState) {
+        self.count_members(state.published.as_ref(), None);
+        state.keep_only_consent();
     }
 
     fn count_members(&self, before: Option<&PublishedProfile>, after: Option<&PublishedProfile>) {
