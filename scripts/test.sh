@@ -1,14 +1,27 @@
 #!/usr/bin/env bash
-# The whole test suite: starts a real Apache Kafka broker (scripts/kafka.sh),
-# runs every test against it, and stops the broker, also on failure.
-# A broker that cannot start fails the run loudly; no test is skipped.
+# The whole test suite: starts a real Apache Kafka broker (scripts/kafka.sh)
+# and a Confluent-compatible schema registry (scripts/registry.sh), makes
+# sure the interoperability tools are there (the Python venv of
+# scripts/python-env.sh, kcat from scripts/kcat.sh), runs every test against
+# them, and stops the broker and the registry, also on failure.
+# Anything that cannot start or install fails the run loudly; no test is skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bootstrap="$(scripts/kafka.sh start)" || { echo "test.sh: the Kafka test broker did not start" >&2; exit 1; }
-trap 'scripts/kafka.sh stop >/dev/null 2>&1 || true' EXIT
+trap 'scripts/registry.sh stop >/dev/null 2>&1 || true; scripts/kafka.sh stop >/dev/null 2>&1 || true' EXIT
 export TACTFUL_TEST_BOOTSTRAP="$bootstrap"
 echo "test.sh: Kafka broker at $TACTFUL_TEST_BOOTSTRAP" >&2
+
+registry="$(scripts/registry.sh start)" || { echo "test.sh: the schema registry did not start" >&2; exit 1; }
+export TACTFUL_TEST_REGISTRY="$registry"
+echo "test.sh: schema registry at $TACTFUL_TEST_REGISTRY" >&2
+
+python="$(scripts/python-env.sh)" || { echo "test.sh: the Python venv for the interoperability tests could not be set up" >&2; exit 1; }
+export TACTFUL_TEST_PYTHON="$python"
+kcat="$(scripts/kcat.sh)" || { echo "test.sh: kcat is missing and could not be installed" >&2; exit 1; }
+export TACTFUL_TEST_KCAT="$kcat"
+echo "test.sh: interop tools: $TACTFUL_TEST_PYTHON, $TACTFUL_TEST_KCAT" >&2
 
 # Unit, property and integration tests (benchmarks are built by clippy in CI
 # and run with `cargo bench`).

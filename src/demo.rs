@@ -63,7 +63,7 @@ pub fn run(options: &DemoOptions) -> Result<(), DemoError> {
     let mut sample_users = Vec::new();
     for record in population.consent_records() {
         let processed = processor.process(record.kind, Some(record.key.as_bytes()), record.value.as_deref(), now_ms);
-        tally.record(record.kind, &processed.outcome, processed.output.as_ref());
+        tally.record(record.kind, &processed);
     }
     let started = Instant::now();
     let mut last_report = Instant::now();
@@ -72,7 +72,7 @@ pub fn run(options: &DemoOptions) -> Result<(), DemoError> {
     for _ in 0..options.events {
         let record = population.next_record();
         let processed = processor.process(record.kind, Some(record.key.as_bytes()), record.value.as_deref(), now_ms);
-        tally.record(record.kind, &processed.outcome, processed.output.as_ref());
+        tally.record(record.kind, &processed);
         newest_event_time = newest_event_time.max(processed.event_time.unwrap_or(i64::MIN));
         if let Some(crate::processor::Output::Update(update)) = &processed.output {
             if sample_users.len() < 400 && update.segments.len() >= 2 && !sample_users.contains(&update.user_id) {

@@ -143,7 +143,7 @@ pub fn write_json_lines(options: &GenOptions, path: &std::path::Path) -> std::io
         let line = match &record.value {
             None => serde_json::json!({"kind": "consent", "user_id": record.key, "tombstone": true}),
             Some(bytes) => {
-                let (user_id, mut json) = match codec.decode(record.kind, bytes) {
+                let (user_id, mut json) = match codec.decode(record.kind, bytes).map(|(decoded, _)| decoded) {
                     Ok(Decoded::Event(Event::Browse(event))) => (event.user_id.clone(), serde_json::to_value(event)?),
                     Ok(Decoded::Event(Event::Purchase(event))) => (event.user_id.clone(), serde_json::to_value(event)?),
                     Ok(Decoded::Event(Event::Location(event))) => (event.user_id.clone(), serde_json::to_value(event)?),

@@ -4,7 +4,7 @@
 //! The Kafka pipeline, `tactful demo` and the benchmark all drive this type.
 
 use crate::changelog::{self, ChangelogError};
-use crate::codec::{Codec, DecodeError, Decoded};
+use crate::codec::{Codec, DecodeError, Decoded, Encoding};
 use crate::consent::{self, ConsentInForce, DropReason, Purpose, Purposes};
 use crate::explain::{data_held, ConsentView, Explanation, ProfileView};
 use crate::model::{ConsentChange, Event, InputKind, Membership, PersonalizationLevel, ProfileUpdate};
@@ -91,11 +91,37 @@ pub struct Processed {
     /// The event time of a valid event, applied or dropped: how far event time
     /// has progressed (the shell derives its watermark from it).
     pub event_time: Option<i64>,
+    /// How the value was encoded, when it could be decoded.
+    pub encoding: Option<Encoding>,
 }
 
 impl Processed {
     fn without_output(outcome: Outcome) -> Self {
-        Self { outcome, output: None, event_time: None }
+        Self { outcome, output: None, event_time: None, encoding: None }
+    }
+}
+
+/// A decoded, validated input record, not applied yet.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Input {
+    Record {
+        record: Decoded,
+        encoding: Encoding,
+    },
+    /// A consent tombstone: forget the user.
+    Forget {
+        user_id: String,
+    },
+}
+
+impl Input {
+    /// The event time of an event (consent changes and tombstones have none
+    /// that orders them among events).
+    pub fn event_time(&self) -> Option<i64> {
+        match self {
+            Self::Record { record: Decoded::Event(event), .. } => Some(event.ts()),
+            _ => None,
+        }
     }
 }
 
@@ -236,34 +262,58 @@ impl Processor {
         value: Option<&[u8]>,
         now_ms: i64,
     ) -> Processed {
+        match self.decode(kind, key, value, now_ms) {
+            Ok(input) => self.apply(source, input, now_ms),
+            Err(rejection) => Processed::without_output(Outcome::Rejected(rejection)),
+        }
+    }
+
+    /// Decodes and validates one input record of `kind`, without looking at
+    /// or changing any state: the pipeline decodes records as they arrive and
+    /// applies them later, in event-time order across the event topics.
+    pub fn decode(
+        &self,
+        kind: InputKind,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        now_ms: i64,
+    ) -> Result<Input, Rejection> {
         let Some(key) = key.and_then(|key| std::str::from_utf8(key).ok()).filter(|key| !key.is_empty()) else {
-            return Processed::without_output(Outcome::Rejected(Rejection::BadKey));
+            return Err(Rejection::BadKey);
         };
-        let segments = self.segments.load();
-        let segments = segments.as_ref();
         let Some(value) = value else {
             return match kind {
-                InputKind::Consent => self.forget(segments, key),
-                _ => Processed::without_output(Outcome::Rejected(Rejection::NoValue)),
+                InputKind::Consent => Ok(Input::Forget { user_id: key.to_owned() }),
+                _ => Err(Rejection::NoValue),
             };
         };
-        let result = self
-            .codec
-            .decode(kind, value)
-            .map_err(Rejection::from)
-            .and_then(|decoded| self.validate(key, decoded, now_ms));
-        match result {
-            Err(rejection) => Processed::without_output(Outcome::Rejected(rejection)),
-            Ok(Decoded::Consent(change)) => self.apply_consent(segments, source.partition, change, now_ms),
-            Ok(Decoded::Event(event)) if event.ts() < source.watermark => Processed {
+        let (decoded, encoding) = self.codec.decode(kind, value)?;
+        Ok(Input::Record { record: self.validate(key, decoded, now_ms)?, encoding })
+    }
+
+    /// Applies a decoded input read from `source`, at processing time `now_ms`.
+    pub fn apply(&self, source: Source, input: Input, now_ms: i64) -> Processed {
+        let segments = self.segments.load();
+        let segments = segments.as_ref();
+        let (record, encoding) = match input {
+            Input::Forget { user_id } => return self.forget(segments, &user_id),
+            Input::Record { record, encoding } => (record, encoding),
+        };
+        let processed = match record {
+            Decoded::Consent(change) => self.apply_consent(segments, source.partition, change, now_ms),
+            Decoded::Event(event) if segments.too_late(&event, source.watermark) => Processed {
                 event_time: Some(event.ts()),
                 ..Processed::without_output(Outcome::Dropped(DropReason::Late))
             },
-            Ok(Decoded::Event(event)) => {
+            Decoded::Event(event) => {
                 let event_time = event.ts();
-                Processed { event_time: Some(event_time), ..self.apply_event(segments, event, now_ms) }
+                Processed {
+                    event_time: Some(event_time),
+                    ..self.apply_event(segments, event, source.watermark, now_ms)
+                }
             }
-        }
+        };
+        Processed { encoding: Some(encoding), ..processed }
     }
 
     fn validate(&self, key: &str, decoded: Decoded, now_ms: i64) -> Result<Decoded, Rejection> {
@@ -310,7 +360,7 @@ impl Processor {
             }
             None => None,
         };
-        Processed { outcome: Outcome::Applied, output, event_time: None }
+        Processed { output, ..Processed::without_output(Outcome::Applied) }
     }
 
     fn apply_consent(&self, segments: &Segments, partition: i32, change: ConsentChange, now_ms: i64) -> Processed {
@@ -323,7 +373,7 @@ impl Processor {
             return Processed::without_output(Outcome::Applied);
         }
         let output = self.enforce(segments, &change.user_id, &mut state, consent, change.ts, now_ms);
-        Processed { outcome: Outcome::Applied, output, event_time: None }
+        Processed { output, ..Processed::without_output(Outcome::Applied) }
     }
 
     /// Puts `consent` in force for the user: a withdrawal erases everything
@@ -365,7 +415,11 @@ impl Processor {
         update.map(Output::Update)
     }
 
-    fn apply_event(&self, segments: &Segments, event: Event, now_ms: i64) -> Processed {
+    /// Applies an admitted event. One that arrives after its partition's
+    /// event time moved past it (`watermark`) joins the facts in time order,
+    /// and the user is evaluated at the partition's current event time: what
+    /// was already published for earlier moments stays as it was.
+    fn apply_event(&self, segments: &Segments, event: Event, watermark: i64, now_ms: i64) -> Processed {
         let Some(mut state) = self.users.get_mut(event.user_id()) else {
             return Processed::without_output(Outcome::Dropped(DropReason::NoConsent));
         };
@@ -384,12 +438,12 @@ impl Processor {
         if matches!(event, Event::Purchase(_)) && granted.contains(Purpose::Measurement) {
             segments.measure_conversion(&mut state, ts, self.conversion_window_ms);
         }
-        state.clock = state.clock.max(ts);
+        state.clock = state.clock.max(ts).max(watermark);
         state.last_event = state.last_event.max(ts);
         let clock = state.clock;
         let output = self.refresh(segments, event.user_id(), &mut state, clock, now_ms).map(Output::Update);
         self.schedule(segments, event.user_id(), &mut state);
-        Processed { outcome: Outcome::Applied, output, event_time: None }
+        Processed { output, ..Processed::without_output(Outcome::Applied) }
     }
 
     /// Keeps what the rules need of an admitted event, at the precision and
@@ -814,6 +868,25 @@ impl Segments {
     }
 
     /// Indices of the segments in force, in catalogue order.
+    /// Whether `event` arrived too late to change anything: its partition's
+    /// event time (`watermark`) is past it by more than any segment reads
+    /// events of its kind, so every window that could hold it has passed.
+    /// Anything newer is applied, even out of order.
+    fn too_late(&self, event: &Event, watermark: i64) -> bool {
+        let retention = &self.catalogue.retention;
+        let reach_ms = match event {
+            // Time since first seen reads every event the user ever had.
+            _ if retention.first_seen => retention.max_ms,
+            Event::Browse(_) => retention.browse_ms,
+            // The last N purchases may be as old as the retention allows.
+            Event::Purchase(_) if retention.purchase_last > 0 => retention.max_ms,
+            Event::Purchase(_) => retention.purchase_ms,
+            Event::Location(_) => retention.location_ms,
+        };
+        let ts = event.ts();
+        ts < watermark && ts <= watermark.saturating_sub(reach_ms.min(retention.max_ms))
+    }
+
     fn in_force(&self) -> impl Iterator<Item = usize> + '_ {
         (0..self.catalogue.segments.len()).filter(|index| self.by_id.contains(index))
     }

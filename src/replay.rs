@@ -123,7 +123,7 @@ fn replay(processor: Processor, records: &[Record]) -> ReplayOutcome {
             newest = newest.max(ts);
         }
         let processed = processor.process(record.kind, Some(record.key.as_bytes()), record.value.as_deref(), now_ms);
-        tally.record(record.kind, &processed.outcome, processed.output.as_ref());
+        tally.record(record.kind, &processed);
         if index % 1_024 == 1_023 {
             progress.set_position(index as u64 + 1);
         }

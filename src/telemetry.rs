@@ -3,9 +3,10 @@
 //! user id. Per-record counts accumulate in a [`Tally`] and are flushed once
 //! per batch, so the hot path touches no shared counter.
 
+use crate::codec::Encoding;
 use crate::consent::DropReason;
 use crate::model::InputKind;
-use crate::processor::{Outcome, Output};
+use crate::processor::{Outcome, Output, Processed};
 use std::collections::BTreeMap;
 
 /// Input kinds, in a fixed order for tallies.
@@ -31,17 +32,24 @@ pub struct Tally {
     pub rejected: BTreeMap<(&'static str, &'static str), u64>,
     pub updates: u64,
     pub tombstones: u64,
+    /// Records per input kind written with the legacy (non-standard)
+    /// single-object fingerprint: accepted, and counted so producers can be
+    /// moved to the standard one.
+    pub legacy_fingerprint: [u64; 4],
 }
 
 impl Tally {
     /// Counts one processed record.
-    pub fn record(&mut self, kind: InputKind, outcome: &Outcome, output: Option<&Output>) {
-        match outcome {
+    pub fn record(&mut self, kind: InputKind, processed: &Processed) {
+        if processed.encoding == Some(Encoding::SingleObjectLegacy) {
+            self.legacy_fingerprint[kind_index(kind)] += 1;
+        }
+        match &processed.outcome {
             Outcome::Applied => self.applied[kind_index(kind)] += 1,
             Outcome::Dropped(reason) => *self.dropped.entry((kind.as_str(), reason.as_str())).or_default() += 1,
             Outcome::Rejected(rejection) => *self.rejected.entry((kind.as_str(), rejection.reason())).or_default() += 1,
         }
-        if let Some(output) = output {
+        if let Some(output) = &processed.output {
             self.record_output(output);
         }
     }
@@ -82,6 +90,9 @@ impl Tally {
         }
         self.updates += other.updates;
         self.tombstones += other.tombstones;
+        for (mine, theirs) in self.legacy_fingerprint.iter_mut().zip(other.legacy_fingerprint) {
+            *mine += theirs;
+        }
     }
 
     /// Adds the counts to the process's metrics and resets the tally.
@@ -102,6 +113,11 @@ impl Tally {
         }
         if self.tombstones > 0 {
             metrics::counter!("tactful_profile_updates_total", "type" => "tombstone").increment(self.tombstones);
+        }
+        for (kind, count) in KINDS.iter().zip(self.legacy_fingerprint) {
+            if count > 0 {
+                metrics::counter!("tactful_records_legacy_fingerprint_total", "kind" => kind.as_str()).increment(count);
+            }
         }
         *self = Self::default();
     }

@@ -1,7 +1,9 @@
-//! The schema catalogue: writer schemas by CRC-64-AVRO fingerprint, the reader
-//! schema per topic, and the `ProfileUpdate` writer.
+//! The schema catalogue: writer schemas by CRC-64-AVRO fingerprint (the
+//! standard one, and the legacy one tactful wrote before), the reader schema
+//! per topic, and the `ProfileUpdate` writer.
 
 use super::binary::{Cursor, ReadAvro};
+use super::canonical;
 use super::{DecodeError, SINGLE_OBJECT_MARKER};
 use crate::model::{InputKind, ProfileUpdate};
 use apache_avro::rabin::Rabin;
@@ -10,6 +12,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::io::Read;
+use std::sync::Arc;
 
 /// The largest string and array block `apache_avro` may allocate for while
 /// decoding. Its default (512 MiB) lets a 20-byte record claiming a huge array
@@ -32,76 +35,76 @@ pub enum SchemaError {
     Encode(String),
 }
 
-/// A schema of the contract with its single-object header, computed once.
-struct ContractSchema {
+/// A parsed writer or reader schema with its fingerprints.
+struct KnownSchema {
     schema: Schema,
+    /// The standard CRC-64-AVRO fingerprint (Java's `parsingFingerprint64`).
     fingerprint: u64,
-    header: [u8; 10],
+    /// The fingerprint apache-avro 0.21 computes, which tactful wrote before
+    /// it computed the standard one (it differs for logical types).
+    legacy_fingerprint: u64,
 }
 
-impl ContractSchema {
+impl KnownSchema {
     fn parse(text: &str) -> Result<Self, SchemaError> {
-        let schema = parse(text)?;
-        let fingerprint = fingerprint(&schema);
-        let mut header = [0u8; 10];
-        header[..2].copy_from_slice(&SINGLE_OBJECT_MARKER);
-        header[2..].copy_from_slice(&fingerprint.to_le_bytes());
-        Ok(Self { schema, fingerprint, header })
+        let schema = Schema::parse_str(text).map_err(|error| SchemaError::Invalid(error.to_string()))?;
+        let fingerprint = canonical::fingerprint(text).map_err(|error| SchemaError::Invalid(error.to_string()))?;
+        let bytes = schema.fingerprint::<Rabin>().bytes;
+        let mut legacy = [0u8; 8];
+        legacy.copy_from_slice(&bytes[..8]);
+        Ok(Self { schema, fingerprint, legacy_fingerprint: u64::from_le_bytes(legacy) })
     }
 
-    /// Appends `value` in single-object encoding to `out`.
-    fn encode<T: Serialize>(&self, value: &T, out: &mut Vec<u8>) -> Result<(), SchemaError> {
-        out.extend_from_slice(&self.header);
-        apache_avro::write_avro_datum_ref(&self.schema, value, out)
-            .map_err(|error| SchemaError::Encode(error.to_string()))?;
-        Ok(())
+    /// The single-object header of values written with this schema.
+    fn header(&self) -> [u8; 10] {
+        let mut header = [0u8; 10];
+        header[..2].copy_from_slice(&SINGLE_OBJECT_MARKER);
+        header[2..].copy_from_slice(&self.fingerprint.to_le_bytes());
+        header
     }
+}
+
+/// Which fingerprint a single-object value carried.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FingerprintKind {
+    Standard,
+    /// apache-avro 0.21's non-standard fingerprint (records tactful wrote before).
+    Legacy,
 }
 
 /// Known writer schemas and the reader schemas of the contract.
 pub struct SchemaCatalogue {
-    writers: HashMap<u64, Schema>,
-    browse: ContractSchema,
-    purchase: ContractSchema,
-    location: ContractSchema,
-    consent: ContractSchema,
-    profile: ContractSchema,
-}
-
-/// The CRC-64-AVRO fingerprint of a schema's canonical form, as the integer
-/// single-object encoding stores little-endian.
-pub fn fingerprint(schema: &Schema) -> u64 {
-    let bytes = schema.fingerprint::<Rabin>().bytes;
-    let mut fingerprint = [0u8; 8];
-    fingerprint.copy_from_slice(&bytes[..8]);
-    u64::from_le_bytes(fingerprint)
-}
-
-fn parse(text: &str) -> Result<Schema, SchemaError> {
-    Schema::parse_str(text).map_err(|error| SchemaError::Invalid(error.to_string()))
+    /// Writer schemas by fingerprint, standard and legacy.
+    writers: HashMap<u64, (Arc<Schema>, FingerprintKind)>,
+    browse: KnownSchema,
+    purchase: KnownSchema,
+    location: KnownSchema,
+    consent: KnownSchema,
+    profile: KnownSchema,
+    profile_header: [u8; 10],
 }
 
 impl SchemaCatalogue {
     /// The bundled schemas plus extra writer schemas (JSON texts).
     pub fn new(extra_writer_schemas: &[String]) -> Result<Self, SchemaError> {
         apache_avro::util::max_allocation_bytes(MAX_AVRO_ALLOCATION);
-        let browse = ContractSchema::parse(BROWSE_SCHEMA)?;
-        let purchase = ContractSchema::parse(PURCHASE_SCHEMA)?;
-        let location = ContractSchema::parse(LOCATION_SCHEMA)?;
-        let consent = ContractSchema::parse(CONSENT_SCHEMA)?;
-        let profile = ContractSchema::parse(PROFILE_SCHEMA)?;
+        let browse = KnownSchema::parse(BROWSE_SCHEMA)?;
+        let purchase = KnownSchema::parse(PURCHASE_SCHEMA)?;
+        let location = KnownSchema::parse(LOCATION_SCHEMA)?;
+        let consent = KnownSchema::parse(CONSENT_SCHEMA)?;
+        let profile = KnownSchema::parse(PROFILE_SCHEMA)?;
+        let extra = extra_writer_schemas.iter().map(|text| KnownSchema::parse(text)).collect::<Result<Vec<_>, _>>()?;
         let mut writers = HashMap::new();
-        for known in [&browse, &purchase, &location, &consent, &profile] {
-            writers.insert(known.fingerprint, known.schema.clone());
+        for known in [&browse, &purchase, &location, &consent, &profile].into_iter().chain(&extra) {
+            let writer = Arc::new(known.schema.clone());
+            writers.insert(known.legacy_fingerprint, (writer.clone(), FingerprintKind::Legacy));
+            writers.insert(known.fingerprint, (writer, FingerprintKind::Standard));
         }
-        for text in extra_writer_schemas {
-            let schema = parse(text)?;
-            writers.insert(fingerprint(&schema), schema);
-        }
-        Ok(Self { writers, browse, purchase, location, consent, profile })
+        let profile_header = profile.header();
+        Ok(Self { writers, browse, purchase, location, consent, profile, profile_header })
     }
 
-    fn reader(&self, kind: InputKind) -> &ContractSchema {
+    fn reader(&self, kind: InputKind) -> &KnownSchema {
         match kind {
             InputKind::Browse => &self.browse,
             InputKind::Purchase => &self.purchase,
@@ -110,28 +113,56 @@ impl SchemaCatalogue {
         }
     }
 
+    /// The standard fingerprint of the contract's `ProfileUpdate` schema.
+    pub fn profile_fingerprint(&self) -> u64 {
+        self.profile.fingerprint
+    }
+
     /// Decodes the part of a single-object value after the `C3 01` marker.
     pub fn decode_single_object<T: DeserializeOwned + ReadAvro>(
         &self,
         kind: InputKind,
         after_marker: &[u8],
-    ) -> Result<T, DecodeError> {
+    ) -> Result<(T, FingerprintKind), DecodeError> {
         let Some((fingerprint_bytes, datum)) = after_marker.split_first_chunk::<8>() else {
             return Err(DecodeError::Truncated("single-object fingerprint shorter than 8 bytes"));
         };
         let fingerprint = u64::from_le_bytes(*fingerprint_bytes);
-        if fingerprint == self.reader(kind).fingerprint {
-            let mut cursor = Cursor::new(datum);
-            let record = T::read_avro(&mut cursor)?;
-            return match cursor.remaining() {
-                0 => Ok(record),
-                extra => Err(DecodeError::Malformed {
-                    encoding: "avro",
-                    detail: format!("{extra} bytes after the end of the datum"),
-                }),
-            };
+        let reader = self.reader(kind);
+        if fingerprint == reader.fingerprint {
+            return Ok((decode_direct(datum)?, FingerprintKind::Standard));
         }
-        let writer = self.writers.get(&fingerprint).ok_or(DecodeError::UnknownFingerprint(fingerprint))?;
+        if fingerprint == reader.legacy_fingerprint {
+            return Ok((decode_direct(datum)?, FingerprintKind::Legacy));
+        }
+        let (writer, fingerprint_kind) =
+            self.writers.get(&fingerprint).ok_or(DecodeError::UnknownFingerprint(fingerprint))?;
+        Ok((self.decode_resolved(kind, writer, datum)?, *fingerprint_kind))
+    }
+
+    /// Decodes a datum written with `writer` (a registry's schema): directly
+    /// when it is the contract's own schema, else resolved against it.
+    pub fn decode_with_writer<T: DeserializeOwned + ReadAvro>(
+        &self,
+        kind: InputKind,
+        writer: &RegistryWriter,
+        datum: &[u8],
+    ) -> Result<T, DecodeError> {
+        if writer.fingerprint == self.reader(kind).fingerprint {
+            decode_direct(datum)
+        } else {
+            self.decode_resolved(kind, &writer.schema, datum)
+        }
+    }
+
+    /// Decodes a datum written with `writer` through apache-avro and resolves
+    /// it to the contract schema of `kind` (Avro schema evolution).
+    fn decode_resolved<T: DeserializeOwned>(
+        &self,
+        kind: InputKind,
+        writer: &Schema,
+        datum: &[u8],
+    ) -> Result<T, DecodeError> {
         // apache_avro reads a string, boolean or union cut off by the end of
         // the input as null; a read past the end is how truncation shows.
         let mut reader = EndGuard { rest: datum, read_past_end: false };
@@ -155,14 +186,45 @@ impl SchemaCatalogue {
     /// Appends `update` in single-object encoding to `out`. Cannot fail: the
     /// record type is the schema's own.
     pub fn encode_profile(&self, update: &ProfileUpdate, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.profile.header);
+        out.extend_from_slice(&self.profile_header);
         super::binary::write_profile_update(update, out);
     }
 
     /// Appends an input record of `kind` in single-object encoding to `out`
     /// (for synthetic load: `tactful demo`, `tactful gen`, benchmarks).
     pub fn encode_input<T: Serialize>(&self, kind: InputKind, value: &T, out: &mut Vec<u8>) -> Result<(), SchemaError> {
-        self.reader(kind).encode(value, out)
+        let reader = self.reader(kind);
+        out.extend_from_slice(&reader.header());
+        apache_avro::write_avro_datum_ref(&reader.schema, value, out)
+            .map_err(|error| SchemaError::Encode(error.to_string()))?;
+        Ok(())
+    }
+}
+
+/// A writer schema fetched from a schema registry, with its standard fingerprint.
+pub struct RegistryWriter {
+    schema: Schema,
+    fingerprint: u64,
+}
+
+impl RegistryWriter {
+    /// Parses a registry's schema text.
+    pub fn parse(text: &str) -> Result<Self, SchemaError> {
+        let known = KnownSchema::parse(text)?;
+        Ok(Self { schema: known.schema, fingerprint: known.fingerprint })
+    }
+}
+
+/// Decodes a datum written with the contract's own schema of `T`.
+fn decode_direct<T: ReadAvro>(datum: &[u8]) -> Result<T, DecodeError> {
+    let mut cursor = Cursor::new(datum);
+    let record = T::read_avro(&mut cursor)?;
+    match cursor.remaining() {
+        0 => Ok(record),
+        extra => Err(DecodeError::Malformed {
+            encoding: "avro",
+            detail: format!("{extra} bytes after the end of the datum"),
+        }),
     }
 }
 

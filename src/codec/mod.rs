@@ -6,13 +6,17 @@
 
 mod avro;
 mod binary;
+pub mod canonical;
 
 pub use avro::{
-    SchemaCatalogue, SchemaError, BROWSE_SCHEMA, CONSENT_SCHEMA, LOCATION_SCHEMA, PROFILE_SCHEMA, PURCHASE_SCHEMA,
+    FingerprintKind, RegistryWriter, SchemaCatalogue, SchemaError, BROWSE_SCHEMA, CONSENT_SCHEMA, LOCATION_SCHEMA,
+    PROFILE_SCHEMA, PURCHASE_SCHEMA,
 };
 
 use crate::model::{ConsentChange, Event, InputKind, ProfileUpdate};
 use serde::de::DeserializeOwned;
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock};
 
 /// The two marker bytes of Avro single-object encoding.
 pub const SINGLE_OBJECT_MARKER: [u8; 2] = [0xC3, 0x01];
@@ -30,6 +34,8 @@ pub enum DecodeError {
     UnknownFingerprint(u64),
     #[error("confluent wire format (schema id {0}) needs a schema registry, and none is configured")]
     NoRegistry(u32),
+    #[error("the schema registry has no usable schema with id {id}: {detail}")]
+    UnknownSchemaId { id: u32, detail: String },
     #[error("the writer schema cannot be read as this topic's record type: {0}")]
     SchemaMismatch(String),
     #[error("a required field is missing: {0}")]
@@ -43,7 +49,7 @@ impl DecodeError {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::Empty | Self::Truncated(_) | Self::Malformed { .. } => "undecodable",
-            Self::UnknownFingerprint(_) | Self::NoRegistry(_) => "unknown_schema",
+            Self::UnknownFingerprint(_) | Self::NoRegistry(_) | Self::UnknownSchemaId { .. } => "unknown_schema",
             Self::SchemaMismatch(_) => "schema_mismatch",
             Self::MissingField(_) => "missing_field",
         }
@@ -57,24 +63,82 @@ pub enum Decoded {
     Consent(ConsentChange),
 }
 
+/// How an input value was encoded (a bounded metric label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Encoding {
+    /// Avro single-object encoding with the standard fingerprint.
+    SingleObject,
+    /// Avro single-object encoding with apache-avro 0.21's non-standard
+    /// fingerprint, which tactful wrote before: still accepted, counted apart.
+    SingleObjectLegacy,
+    /// The Confluent wire format, with a writer schema from the registry.
+    Confluent,
+    Json,
+}
+
+impl Encoding {
+    /// Bounded label for metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::SingleObject => "single_object",
+            Self::SingleObjectLegacy => "single_object_legacy",
+            Self::Confluent => "confluent",
+            Self::Json => "json",
+        }
+    }
+}
+
+/// What the schema registry said about a schema id, as the codec keeps it.
+type RegistryEntry = Result<Arc<RegistryWriter>, String>;
+
 /// Decodes the three input encodings and encodes `ProfileUpdate`s.
 pub struct Codec {
     schemas: SchemaCatalogue,
+    /// Writer schemas of the Confluent wire format by registry id, filled by
+    /// the pipeline (which fetches them) before the records that need them
+    /// are decoded: decoding itself does no I/O. `None` without a registry.
+    registry: Option<RwLock<HashMap<u32, RegistryEntry>>>,
 }
 
 impl Codec {
-    /// A codec knowing the bundled schemas plus `extra_writer_schemas` (JSON texts).
+    /// A codec knowing the bundled schemas plus `extra_writer_schemas` (JSON
+    /// texts); Confluent-framed values are refused as needing a registry.
     pub fn new(extra_writer_schemas: &[String]) -> Result<Self, SchemaError> {
-        Ok(Self { schemas: SchemaCatalogue::new(extra_writer_schemas)? })
+        Ok(Self { schemas: SchemaCatalogue::new(extra_writer_schemas)?, registry: None })
+    }
+
+    /// A codec that also decodes the Confluent wire format, with writer
+    /// schemas added through [`Codec::add_registry_schema`].
+    pub fn with_registry(extra_writer_schemas: &[String]) -> Result<Self, SchemaError> {
+        Ok(Self { registry: Some(RwLock::new(HashMap::new())), ..Self::new(extra_writer_schemas)? })
+    }
+
+    /// The registry id of a Confluent-framed value whose writer schema this
+    /// codec does not know yet (the pipeline fetches it before decoding).
+    pub fn missing_schema_id(&self, value: &[u8]) -> Option<u32> {
+        let registry = self.registry.as_ref()?;
+        let id = confluent_schema_id(value)?;
+        let known = registry.read().unwrap_or_else(PoisonError::into_inner).contains_key(&id);
+        (!known).then_some(id)
+    }
+
+    /// Notes what the registry answered for schema `id`: its schema text, or
+    /// why there is none (unknown id, not Avro). A text that is not a valid
+    /// Avro schema makes every record written with it unusable, not the codec.
+    pub fn add_registry_schema(&self, id: u32, answer: Result<&str, String>) {
+        let Some(registry) = &self.registry else { return };
+        let entry =
+            answer.and_then(|text| RegistryWriter::parse(text).map(Arc::new).map_err(|error| error.to_string()));
+        registry.write().unwrap_or_else(PoisonError::into_inner).insert(id, entry);
     }
 
     /// Decodes one value read from the topic of `kind`.
-    pub fn decode(&self, kind: InputKind, value: &[u8]) -> Result<Decoded, DecodeError> {
+    pub fn decode(&self, kind: InputKind, value: &[u8]) -> Result<(Decoded, Encoding), DecodeError> {
         Ok(match kind {
-            InputKind::Browse => Decoded::Event(Event::Browse(self.decode_as(kind, value)?)),
-            InputKind::Purchase => Decoded::Event(Event::Purchase(self.decode_as(kind, value)?)),
-            InputKind::Location => Decoded::Event(Event::Location(self.decode_as(kind, value)?)),
-            InputKind::Consent => Decoded::Consent(self.decode_as(kind, value)?),
+            InputKind::Browse => self.decode_as(kind, value, |event| Decoded::Event(Event::Browse(event)))?,
+            InputKind::Purchase => self.decode_as(kind, value, |event| Decoded::Event(Event::Purchase(event)))?,
+            InputKind::Location => self.decode_as(kind, value, |event| Decoded::Event(Event::Location(event)))?,
+            InputKind::Consent => self.decode_as(kind, value, Decoded::Consent)?,
         })
     }
 
@@ -82,22 +146,54 @@ impl Codec {
         &self,
         kind: InputKind,
         value: &[u8],
-    ) -> Result<T, DecodeError> {
-        match value {
-            [] => Err(DecodeError::Empty),
-            [0xC3] => Err(DecodeError::Truncated("single-object marker without fingerprint")),
-            [0xC3, 0x01, rest @ ..] => self.schemas.decode_single_object(kind, rest),
-            [CONFLUENT_MAGIC, rest @ ..] => match rest.get(..4) {
-                Some(id) => Err(DecodeError::NoRegistry(u32::from_be_bytes([id[0], id[1], id[2], id[3]]))),
-                None => Err(DecodeError::Truncated("confluent header shorter than 5 bytes")),
+        wrap: impl FnOnce(T) -> Decoded,
+    ) -> Result<(Decoded, Encoding), DecodeError> {
+        let (record, encoding) = match value {
+            [] => return Err(DecodeError::Empty),
+            [0xC3] => return Err(DecodeError::Truncated("single-object marker without fingerprint")),
+            [0xC3, 0x01, rest @ ..] => match self.schemas.decode_single_object(kind, rest)? {
+                (record, FingerprintKind::Standard) => (record, Encoding::SingleObject),
+                (record, FingerprintKind::Legacy) => (record, Encoding::SingleObjectLegacy),
             },
-            _ => decode_json(value),
-        }
+            [CONFLUENT_MAGIC, rest @ ..] => {
+                let Some((id, datum)) = rest.split_first_chunk::<4>() else {
+                    return Err(DecodeError::Truncated("confluent header shorter than 5 bytes"));
+                };
+                let id = u32::from_be_bytes(*id);
+                let Some(registry) = &self.registry else { return Err(DecodeError::NoRegistry(id)) };
+                let writer = registry.read().unwrap_or_else(PoisonError::into_inner).get(&id).cloned();
+                let writer = match writer {
+                    Some(Ok(writer)) => writer,
+                    Some(Err(detail)) => return Err(DecodeError::UnknownSchemaId { id, detail }),
+                    None => {
+                        return Err(DecodeError::UnknownSchemaId {
+                            id,
+                            detail: "not fetched from the registry".to_owned(),
+                        })
+                    }
+                };
+                (self.schemas.decode_with_writer(kind, &writer, datum)?, Encoding::Confluent)
+            }
+            _ => (decode_json(value)?, Encoding::Json),
+        };
+        Ok((wrap(record), encoding))
     }
 
     /// Appends `update` in Avro single-object encoding to `out`.
     pub fn encode_profile(&self, update: &ProfileUpdate, out: &mut Vec<u8>) {
         self.schemas.encode_profile(update, out)
+    }
+
+    /// Appends `update` in the Confluent wire format with registry id `schema_id` to `out`.
+    pub fn encode_profile_confluent(&self, schema_id: u32, update: &ProfileUpdate, out: &mut Vec<u8>) {
+        out.push(CONFLUENT_MAGIC);
+        out.extend_from_slice(&schema_id.to_be_bytes());
+        binary::write_profile_update(update, out);
+    }
+
+    /// The standard fingerprint of the `ProfileUpdate` schema (in every single-object header written).
+    pub fn profile_fingerprint(&self) -> u64 {
+        self.schemas.profile_fingerprint()
     }
 
     /// Appends an input record of `kind` in Avro single-object encoding to `out`.
@@ -108,6 +204,14 @@ impl Codec {
         out: &mut Vec<u8>,
     ) -> Result<(), SchemaError> {
         self.schemas.encode_input(kind, value, out)
+    }
+}
+
+/// The schema id of a value in the Confluent wire format.
+pub fn confluent_schema_id(value: &[u8]) -> Option<u32> {
+    match value {
+        [CONFLUENT_MAGIC, a, b, c, d, ..] => Some(u32::from_be_bytes([*a, *b, *c, *d])),
+        _ => None,
     }
 }
 

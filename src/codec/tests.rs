@@ -34,12 +34,19 @@ fn rabin_fingerprint(canonical_form: &str) -> u64 {
         .fold(EMPTY, |fingerprint, byte| (fingerprint >> 8) ^ table[((fingerprint ^ u64::from(byte)) & 0xff) as usize])
 }
 
+/// What `codec` decodes `value` to, without how it was encoded.
+fn decoded(codec: &Codec, kind: InputKind, value: &[u8]) -> Result<Decoded, DecodeError> {
+    codec.decode(kind, value).map(|(decoded, _)| decoded)
+}
+
 fn schema(text: &str) -> Schema {
     Schema::parse_str(text).expect("a valid test schema")
 }
 
+/// The standard fingerprint of `text` (its canonical form is checked
+/// against Java Avro's in `canonical::tests`).
 fn fingerprint_of(text: &str) -> u64 {
-    rabin_fingerprint(&schema(text).canonical_form())
+    rabin_fingerprint(&canonical::parsing_canonical_form(text).expect("a valid test schema"))
 }
 
 /// `C3 01` + little-endian fingerprint + the binary datum of `value` under `schema_text`.
@@ -48,7 +55,7 @@ fn single_object(schema_text: &str, value: Value) -> Vec<u8> {
     let resolved = value.resolve(&writer).expect("the test value fits the writer schema");
     let datum = apache_avro::to_avro_datum(&writer, resolved).expect("encodable");
     let mut bytes = vec![0xC3, 0x01];
-    bytes.extend_from_slice(&rabin_fingerprint(&writer.canonical_form()).to_le_bytes());
+    bytes.extend_from_slice(&fingerprint_of(schema_text).to_le_bytes());
     bytes.extend_from_slice(&datum);
     bytes
 }
@@ -191,23 +198,26 @@ fn json_round_trips_every_input_record_type() {
     let codec = codec();
     for browse in [full_browse(), bare_browse()] {
         let bytes = serde_json::to_vec(&browse).unwrap();
-        assert_eq!(codec.decode(InputKind::Browse, &bytes), Ok(Decoded::Event(Event::Browse(browse))));
+        assert_eq!(decoded(&codec, InputKind::Browse, &bytes), Ok(Decoded::Event(Event::Browse(browse))));
     }
     let bytes = serde_json::to_vec(&purchase()).unwrap();
-    assert_eq!(codec.decode(InputKind::Purchase, &bytes), Ok(Decoded::Event(Event::Purchase(purchase()))));
+    assert_eq!(decoded(&codec, InputKind::Purchase, &bytes), Ok(Decoded::Event(Event::Purchase(purchase()))));
     for accuracy in [None, Some(12.5)] {
         let bytes = serde_json::to_vec(&location(accuracy)).unwrap();
-        assert_eq!(codec.decode(InputKind::Location, &bytes), Ok(Decoded::Event(Event::Location(location(accuracy)))));
+        assert_eq!(
+            decoded(&codec, InputKind::Location, &bytes),
+            Ok(Decoded::Event(Event::Location(location(accuracy))))
+        );
     }
     let bytes = serde_json::to_vec(&consent_change()).unwrap();
-    assert_eq!(codec.decode(InputKind::Consent, &bytes), Ok(Decoded::Consent(consent_change())));
+    assert_eq!(decoded(&codec, InputKind::Consent, &bytes), Ok(Decoded::Consent(consent_change())));
 }
 
 #[test]
 fn json_with_leading_whitespace_is_json() {
     let mut bytes = b" \n\t".to_vec();
     bytes.extend(serde_json::to_vec(&bare_browse()).unwrap());
-    assert_eq!(codec().decode(InputKind::Browse, &bytes), Ok(Decoded::Event(Event::Browse(bare_browse()))));
+    assert_eq!(decoded(&codec(), InputKind::Browse, &bytes), Ok(Decoded::Event(Event::Browse(bare_browse()))));
 }
 
 #[test]
@@ -215,18 +225,21 @@ fn avro_single_object_round_trips_every_input_record_type() {
     let codec = codec();
     for browse in [full_browse(), bare_browse()] {
         let bytes = avro_of(BROWSE_AVSC, &browse);
-        assert_eq!(codec.decode(InputKind::Browse, &bytes), Ok(Decoded::Event(Event::Browse(browse))));
+        assert_eq!(decoded(&codec, InputKind::Browse, &bytes), Ok(Decoded::Event(Event::Browse(browse))));
     }
     let bytes = avro_of(PURCHASE_AVSC, &purchase());
-    assert_eq!(codec.decode(InputKind::Purchase, &bytes), Ok(Decoded::Event(Event::Purchase(purchase()))));
+    assert_eq!(decoded(&codec, InputKind::Purchase, &bytes), Ok(Decoded::Event(Event::Purchase(purchase()))));
     for accuracy in [None, Some(12.5)] {
         let bytes = avro_of(LOCATION_AVSC, &location(accuracy));
-        assert_eq!(codec.decode(InputKind::Location, &bytes), Ok(Decoded::Event(Event::Location(location(accuracy)))));
+        assert_eq!(
+            decoded(&codec, InputKind::Location, &bytes),
+            Ok(Decoded::Event(Event::Location(location(accuracy))))
+        );
     }
     for level in [PersonalizationLevel::None, PersonalizationLevel::Light, PersonalizationLevel::Full] {
         let change = ConsentChange { level, ..consent_change() };
         let bytes = avro_of(CONSENT_AVSC, &change);
-        assert_eq!(codec.decode(InputKind::Consent, &bytes), Ok(Decoded::Consent(change)));
+        assert_eq!(decoded(&codec, InputKind::Consent, &bytes), Ok(Decoded::Consent(change)));
     }
 }
 
@@ -235,9 +248,9 @@ fn avro_header_is_marker_then_little_endian_fingerprint() {
     let bytes = avro_of(BROWSE_AVSC, &bare_browse());
     assert_eq!(&bytes[..2], &SINGLE_OBJECT_MARKER);
     assert_eq!(u64::from_le_bytes(bytes[2..10].try_into().unwrap()), fingerprint_of(BROWSE_AVSC));
-    // The codec's own fingerprint function agrees with the specification's algorithm.
+    // The codec's own CRC-64-AVRO agrees with the specification's table-driven algorithm.
     for text in [BROWSE_AVSC, PURCHASE_AVSC, LOCATION_AVSC, CONSENT_AVSC, PROFILE_AVSC] {
-        assert_eq!(avro::fingerprint(&schema(text)), fingerprint_of(text));
+        assert_eq!(canonical::fingerprint(text), Ok(fingerprint_of(text)));
     }
 }
 
@@ -252,11 +265,11 @@ fn a_writer_with_an_added_field_with_default_still_decodes() {
 
     // Unknown until configured as an extra writer schema.
     assert_eq!(
-        codec().decode(InputKind::Browse, &bytes),
+        decoded(&codec(), InputKind::Browse, &bytes),
         Err(DecodeError::UnknownFingerprint(fingerprint_of(&writer)))
     );
     let codec = Codec::new(&[writer]).unwrap();
-    assert_eq!(codec.decode(InputKind::Browse, &bytes), Ok(Decoded::Event(Event::Browse(full_browse()))));
+    assert_eq!(decoded(&codec, InputKind::Browse, &bytes), Ok(Decoded::Event(Event::Browse(full_browse()))));
 }
 
 #[test]
@@ -271,7 +284,7 @@ fn a_writer_lacking_optional_fields_still_decodes_them_as_not_given() {
     let bytes = single_object(&writer, Value::Record(fields));
     let codec = Codec::new(&[writer]).unwrap();
     let expected = BrowseEvent { url: None, consent: None, session_id: None, ..full_browse() };
-    assert_eq!(codec.decode(InputKind::Browse, &bytes), Ok(Decoded::Event(Event::Browse(expected))));
+    assert_eq!(decoded(&codec, InputKind::Browse, &bytes), Ok(Decoded::Event(Event::Browse(expected))));
 }
 
 #[test]
@@ -291,13 +304,13 @@ fn a_writer_lacking_a_nested_optional_field_still_decodes() {
     fields.iter_mut().find(|(name, _)| name == "consent").unwrap().1 = consent;
     let bytes = single_object(&writer, Value::Record(fields));
     let codec = Codec::new(&[writer]).unwrap();
-    assert_eq!(codec.decode(InputKind::Purchase, &bytes), Ok(Decoded::Event(Event::Purchase(event))));
+    assert_eq!(decoded(&codec, InputKind::Purchase, &bytes), Ok(Decoded::Event(Event::Purchase(event))));
 }
 
 #[test]
 fn a_writer_of_another_record_type_is_a_schema_mismatch() {
     let bytes = avro_of(PROFILE_AVSC, &profile(None));
-    let error = codec().decode(InputKind::Browse, &bytes).unwrap_err();
+    let error = decoded(&codec(), InputKind::Browse, &bytes).unwrap_err();
     assert!(matches!(error, DecodeError::SchemaMismatch(_)), "{error:?}");
     assert_eq!(error.reason(), "schema_mismatch");
 }
@@ -314,9 +327,9 @@ fn every_prefix_of_a_valid_avro_value_is_an_error() {
         (InputKind::Consent, avro_of(CONSENT_AVSC, &consent_change())),
     ];
     for (kind, bytes) in cases {
-        assert!(codec.decode(kind, &bytes).is_ok());
+        assert!(decoded(&codec, kind, &bytes).is_ok());
         for length in 0..bytes.len() {
-            let error = codec.decode(kind, &bytes[..length]).unwrap_err();
+            let error = decoded(&codec, kind, &bytes[..length]).unwrap_err();
             let expected_kind = match length {
                 0 => matches!(error, DecodeError::Empty),
                 _ => matches!(error, DecodeError::Truncated(_)),
@@ -337,7 +350,7 @@ fn a_value_cut_off_before_its_trailing_consent_is_truncated_not_consent_free() {
     // consent union branch 1 (02), tcf null (00), gpc true (01).
     assert_eq!(&bytes[bytes.len() - 3..], &[0x02, 0x00, 0x01]);
     let cut = &bytes[..bytes.len() - 3];
-    assert_eq!(codec().decode(InputKind::Purchase, cut), Err(DecodeError::Truncated("the avro datum ends early")));
+    assert_eq!(decoded(&codec(), InputKind::Purchase, cut), Err(DecodeError::Truncated("the avro datum ends early")));
 }
 
 #[test]
@@ -345,7 +358,7 @@ fn a_value_cut_off_inside_a_string_is_truncated() {
     let bytes = avro_of(BROWSE_AVSC, &full_browse());
     // Header (10), event_id "e-1" (1 + 3), then user_id's length and 2 of its 6 bytes.
     let cut = &bytes[..10 + 4 + 1 + 2];
-    assert_eq!(codec().decode(InputKind::Browse, cut), Err(DecodeError::Truncated("the avro datum ends early")));
+    assert_eq!(decoded(&codec(), InputKind::Browse, cut), Err(DecodeError::Truncated("the avro datum ends early")));
 }
 
 #[test]
@@ -353,7 +366,7 @@ fn bytes_after_the_datum_are_malformed() {
     let mut bytes = avro_of(BROWSE_AVSC, &bare_browse());
     bytes.push(0);
     assert_eq!(
-        codec().decode(InputKind::Browse, &bytes),
+        decoded(&codec(), InputKind::Browse, &bytes),
         Err(DecodeError::Malformed { encoding: "avro", detail: "1 bytes after the end of the datum".to_owned() })
     );
 }
@@ -363,7 +376,7 @@ fn an_unknown_fingerprint_is_named_in_the_error() {
     let mut bytes = vec![0xC3, 0x01];
     bytes.extend_from_slice(&0x0123_4567_89ab_cdef_u64.to_le_bytes());
     bytes.extend_from_slice(&[0, 0, 0]);
-    let error = codec().decode(InputKind::Purchase, &bytes).unwrap_err();
+    let error = decoded(&codec(), InputKind::Purchase, &bytes).unwrap_err();
     assert_eq!(error, DecodeError::UnknownFingerprint(0x0123_4567_89ab_cdef));
     assert_eq!(error.reason(), "unknown_schema");
     assert_eq!(error.to_string(), "no known writer schema has fingerprint 0x0123456789abcdef");
@@ -372,20 +385,111 @@ fn an_unknown_fingerprint_is_named_in_the_error() {
 #[test]
 fn confluent_framing_without_a_registry_names_the_schema_id() {
     let codec = codec();
-    let error = codec.decode(InputKind::Browse, &[0x00, 0x00, 0x01, 0x00, 0x07, 0x02, 0x61]).unwrap_err();
+    let error = decoded(&codec, InputKind::Browse, &[0x00, 0x00, 0x01, 0x00, 0x07, 0x02, 0x61]).unwrap_err();
     assert_eq!(error, DecodeError::NoRegistry(65_543));
     assert_eq!(error.reason(), "unknown_schema");
-    assert_eq!(codec.decode(InputKind::Consent, &[0x00, 0, 0, 0, 5]), Err(DecodeError::NoRegistry(5)));
-    let short = codec.decode(InputKind::Consent, &[0x00, 0, 0, 5]).unwrap_err();
+    assert_eq!(decoded(&codec, InputKind::Consent, &[0x00, 0, 0, 0, 5]), Err(DecodeError::NoRegistry(5)));
+    let short = decoded(&codec, InputKind::Consent, &[0x00, 0, 0, 5]).unwrap_err();
     assert!(matches!(short, DecodeError::Truncated(_)), "{short:?}");
+}
+
+#[test]
+fn records_with_the_legacy_fingerprint_are_accepted_and_told_apart() {
+    // tactful before issue 9 wrote apache-avro 0.21's fingerprint, whose
+    // canonical form keeps `{"type":"long"}` for timestamp-millis.
+    let codec = codec();
+    for (text, kind, record) in [
+        (BROWSE_AVSC, InputKind::Browse, apache_avro::to_value(full_browse()).unwrap()),
+        (CONSENT_AVSC, InputKind::Consent, apache_avro::to_value(consent_change()).unwrap()),
+    ] {
+        let writer = schema(text);
+        let legacy = rabin_fingerprint(&writer.canonical_form());
+        assert_ne!(legacy, fingerprint_of(text), "the crate's form differs for logical types");
+        let standard = single_object(text, record);
+        assert_eq!(codec.decode(kind, &standard).map(|(_, encoding)| encoding), Ok(Encoding::SingleObject));
+        let mut legacy_bytes = standard.clone();
+        legacy_bytes[2..10].copy_from_slice(&legacy.to_le_bytes());
+        let (legacy_record, encoding) = codec.decode(kind, &legacy_bytes).unwrap();
+        assert_eq!(encoding, Encoding::SingleObjectLegacy);
+        assert_eq!(Ok(legacy_record), decoded(&codec, kind, &standard));
+    }
+    // An extra writer schema is known by its legacy fingerprint too.
+    let writer_text = edited_schema(BROWSE_AVSC, |fields| {
+        fields.push(serde_json::json!({"name": "seen_at", "type": {"type": "long", "logicalType": "timestamp-millis"}, "default": 0}));
+    });
+    let mut fields = record_fields(apache_avro::to_value(bare_browse()).unwrap());
+    fields.push(("seen_at".to_owned(), Value::Long(5)));
+    let mut bytes = single_object(&writer_text, Value::Record(fields));
+    bytes[2..10].copy_from_slice(&rabin_fingerprint(&schema(&writer_text).canonical_form()).to_le_bytes());
+    let codec = Codec::new(&[writer_text]).unwrap();
+    assert_eq!(
+        codec.decode(InputKind::Browse, &bytes),
+        Ok((Decoded::Event(Event::Browse(bare_browse())), Encoding::SingleObjectLegacy))
+    );
+}
+
+/// `00`, the big-endian schema id, then the datum of `value` under `schema_text`.
+fn confluent(id: u32, schema_text: &str, value: Value) -> Vec<u8> {
+    let writer = schema(schema_text);
+    let datum = apache_avro::to_avro_datum(&writer, value.resolve(&writer).unwrap()).unwrap();
+    let mut bytes = vec![0x00];
+    bytes.extend_from_slice(&id.to_be_bytes());
+    bytes.extend_from_slice(&datum);
+    bytes
+}
+
+#[test]
+fn confluent_framing_decodes_with_the_registrys_writer_schema_once_fetched() {
+    let codec = Codec::with_registry(&[]).unwrap();
+    let bytes = confluent(70_000, BROWSE_AVSC, apache_avro::to_value(full_browse()).unwrap());
+    // The pipeline fetches what the codec does not know before decoding.
+    assert_eq!(codec.missing_schema_id(&bytes), Some(70_000));
+    assert!(matches!(codec.decode(InputKind::Browse, &bytes), Err(DecodeError::UnknownSchemaId { id: 70_000, .. })));
+    codec.add_registry_schema(70_000, Ok(BROWSE_AVSC));
+    assert_eq!(codec.missing_schema_id(&bytes), None);
+    assert_eq!(
+        codec.decode(InputKind::Browse, &bytes),
+        Ok((Decoded::Event(Event::Browse(full_browse())), Encoding::Confluent))
+    );
+    // Schema evolution: a writer with an added field (and no url) resolves.
+    let evolved = edited_schema(BROWSE_AVSC, |fields| {
+        fields.retain(|field| field["name"] != "url");
+        fields.push(serde_json::json!({"name": "app_version", "type": "string", "default": "unknown"}));
+    });
+    let mut fields = record_fields(apache_avro::to_value(full_browse()).unwrap());
+    fields.retain(|(name, _)| name != "url");
+    fields.push(("app_version".to_owned(), Value::String("5.1".to_owned())));
+    let bytes = confluent(2, &evolved, Value::Record(fields));
+    codec.add_registry_schema(2, Ok(&evolved));
+    let expected = BrowseEvent { url: None, ..full_browse() };
+    assert_eq!(decoded(&codec, InputKind::Browse, &bytes), Ok(Decoded::Event(Event::Browse(expected))));
+}
+
+#[test]
+fn confluent_records_with_an_unknown_unusable_or_incompatible_schema_are_bad_input() {
+    let codec = Codec::with_registry(&[]).unwrap();
+    let browse = confluent(3, BROWSE_AVSC, apache_avro::to_value(bare_browse()).unwrap());
+    codec.add_registry_schema(3, Err("the registry has no schema 3".to_owned()));
+    let unknown = decoded(&codec, InputKind::Browse, &browse).unwrap_err();
+    assert_eq!(
+        (unknown.reason(), unknown.to_string().as_str()),
+        ("unknown_schema", "the schema registry has no usable schema with id 3: the registry has no schema 3")
+    );
+    codec.add_registry_schema(4, Ok("{\"type\": \"recor"));
+    let unusable = decoded(&codec, InputKind::Browse, &[0, 0, 0, 0, 4, 0]).unwrap_err();
+    assert_eq!(unusable.reason(), "unknown_schema");
+    // A consent change's schema on the browse topic cannot be read as a browse event.
+    let consent = confluent(5, CONSENT_AVSC, apache_avro::to_value(consent_change()).unwrap());
+    codec.add_registry_schema(5, Ok(CONSENT_AVSC));
+    assert_eq!(decoded(&codec, InputKind::Browse, &consent).unwrap_err().reason(), "schema_mismatch");
 }
 
 #[test]
 fn empty_and_lone_marker_values_are_undecodable() {
     let codec = codec();
-    assert_eq!(codec.decode(InputKind::Browse, &[]), Err(DecodeError::Empty));
+    assert_eq!(decoded(&codec, InputKind::Browse, &[]), Err(DecodeError::Empty));
     assert_eq!(
-        codec.decode(InputKind::Browse, &[0xC3]),
+        decoded(&codec, InputKind::Browse, &[0xC3]),
         Err(DecodeError::Truncated("single-object marker without fingerprint"))
     );
 }
@@ -394,7 +498,7 @@ fn empty_and_lone_marker_values_are_undecodable() {
 fn json_missing_a_required_field_is_missing_field() {
     let mut json = serde_json::to_value(bare_browse()).unwrap();
     json.as_object_mut().unwrap().remove("page_type");
-    let error = codec().decode(InputKind::Browse, &serde_json::to_vec(&json).unwrap()).unwrap_err();
+    let error = decoded(&codec(), InputKind::Browse, &serde_json::to_vec(&json).unwrap()).unwrap_err();
     match &error {
         DecodeError::MissingField(detail) => {
             assert!(detail.starts_with("missing field `page_type`"), "{detail}")
@@ -404,7 +508,7 @@ fn json_missing_a_required_field_is_missing_field() {
     assert_eq!(error.reason(), "missing_field");
 
     let error =
-        codec().decode(InputKind::Consent, br#"{"user_id":"u","ts":1,"granted":[],"source":"cmp"}"#).unwrap_err();
+        decoded(&codec(), InputKind::Consent, br#"{"user_id":"u","ts":1,"granted":[],"source":"cmp"}"#).unwrap_err();
     assert!(matches!(&error, DecodeError::MissingField(detail) if detail.contains("`level`")), "{error:?}");
 }
 
@@ -415,8 +519,8 @@ fn json_nulls_and_absent_optionals_both_mean_not_given() {
         "session_id":null,"product_id":null,"category":null,"url":null,"consent":null}"#;
     let absent = br#"{"event_id":"e-2","user_id":"user-2","ts":1700000000000,"page_type":"home"}"#;
     let expected = Ok(Decoded::Event(Event::Browse(bare_browse())));
-    assert_eq!(codec.decode(InputKind::Browse, with_nulls), expected);
-    assert_eq!(codec.decode(InputKind::Browse, absent), expected);
+    assert_eq!(decoded(&codec, InputKind::Browse, with_nulls), expected);
+    assert_eq!(decoded(&codec, InputKind::Browse, absent), expected);
 
     let null_tcf = br#"{"event_id":"e","user_id":"u","ts":5,"lat":1.5,"lon":2.5,"accuracy_m":null,
         "consent":{"tcf":null}}"#;
@@ -429,13 +533,13 @@ fn json_nulls_and_absent_optionals_both_mean_not_given() {
         accuracy_m: None,
         consent: Some(EventConsent { tcf: None, gpc: false }),
     };
-    assert_eq!(codec.decode(InputKind::Location, null_tcf), Ok(Decoded::Event(Event::Location(expected))));
+    assert_eq!(decoded(&codec, InputKind::Location, null_tcf), Ok(Decoded::Event(Event::Location(expected))));
 }
 
 #[test]
 fn json_fields_unknown_to_the_reader_are_ignored() {
     let json = br#"{"event_id":"e-2","user_id":"user-2","ts":1700000000000,"page_type":"home","new_field":[1,2]}"#;
-    assert_eq!(codec().decode(InputKind::Browse, json), Ok(Decoded::Event(Event::Browse(bare_browse()))));
+    assert_eq!(decoded(&codec(), InputKind::Browse, json), Ok(Decoded::Event(Event::Browse(bare_browse()))));
 }
 
 #[test]
@@ -443,13 +547,13 @@ fn values_that_are_no_known_encoding_or_invalid_json_are_malformed() {
     let codec = codec();
     for value in [&b"hello"[..], b"[1,2]", b"{\"event_id\":", b"{\"event_id\":\"e\",\"user_id\":\"u\",\"ts\":\"soon\"}"]
     {
-        let error = codec.decode(InputKind::Browse, value).unwrap_err();
+        let error = decoded(&codec, InputKind::Browse, value).unwrap_err();
         assert!(matches!(error, DecodeError::Malformed { encoding: "json", .. }), "{value:?}: {error:?}");
         assert_eq!(error.reason(), "undecodable");
     }
     let bad_level = br#"{"user_id":"u","ts":1,"granted":[],"level":"MAXIMUM","source":"cmp"}"#;
     assert!(matches!(
-        codec.decode(InputKind::Consent, bad_level),
+        decoded(&codec, InputKind::Consent, bad_level),
         Err(DecodeError::Malformed { encoding: "json", .. })
     ));
 }
@@ -484,16 +588,16 @@ fn encoded_inputs_decode_back_to_the_same_records() {
     let mut bytes = Vec::new();
     codec.encode_input(InputKind::Browse, &full_browse(), &mut bytes).unwrap();
     assert_eq!(u64::from_le_bytes(bytes[2..10].try_into().unwrap()), fingerprint_of(BROWSE_AVSC));
-    assert_eq!(codec.decode(InputKind::Browse, &bytes), Ok(Decoded::Event(Event::Browse(full_browse()))));
+    assert_eq!(decoded(&codec, InputKind::Browse, &bytes), Ok(Decoded::Event(Event::Browse(full_browse()))));
     bytes.clear();
     codec.encode_input(InputKind::Purchase, &purchase(), &mut bytes).unwrap();
-    assert_eq!(codec.decode(InputKind::Purchase, &bytes), Ok(Decoded::Event(Event::Purchase(purchase()))));
+    assert_eq!(decoded(&codec, InputKind::Purchase, &bytes), Ok(Decoded::Event(Event::Purchase(purchase()))));
     bytes.clear();
     codec.encode_input(InputKind::Location, &location(Some(4.0)), &mut bytes).unwrap();
-    assert_eq!(codec.decode(InputKind::Location, &bytes), Ok(Decoded::Event(Event::Location(location(Some(4.0))))));
+    assert_eq!(decoded(&codec, InputKind::Location, &bytes), Ok(Decoded::Event(Event::Location(location(Some(4.0))))));
     bytes.clear();
     codec.encode_input(InputKind::Consent, &consent_change(), &mut bytes).unwrap();
-    assert_eq!(codec.decode(InputKind::Consent, &bytes), Ok(Decoded::Consent(consent_change())));
+    assert_eq!(decoded(&codec, InputKind::Consent, &bytes), Ok(Decoded::Consent(consent_change())));
 }
 
 #[test]
@@ -542,7 +646,7 @@ fn a_huge_array_block_count_is_an_error_not_an_abort() {
     let codec = codec();
     // Creating a codec bounds apache_avro's allocations (set once per process).
     assert_eq!(apache_avro::util::max_allocation_bytes(usize::MAX), avro::MAX_AVRO_ALLOCATION);
-    let error = codec.decode(InputKind::Purchase, &bytes).unwrap_err();
+    let error = decoded(&codec, InputKind::Purchase, &bytes).unwrap_err();
     assert_eq!(error, DecodeError::Truncated("the avro datum ends early"));
     assert_eq!(error.reason(), "undecodable");
 }
@@ -554,7 +658,7 @@ fn all_kinds() -> impl Strategy<Value = InputKind> {
 proptest! {
     #[test]
     fn arbitrary_bytes_never_panic(kind in all_kinds(), bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
-        let _ = codec().decode(kind, &bytes);
+        let _ = decoded(&codec(), kind, &bytes);
     }
 
     #[test]
@@ -567,12 +671,12 @@ proptest! {
         let mut bytes = vec![0xC3, 0x01];
         bytes.extend_from_slice(&fingerprint_of(text).to_le_bytes());
         bytes.extend_from_slice(&datum);
-        let _ = codec().decode(kind, &bytes);
+        let _ = decoded(&codec(), kind, &bytes);
     }
 
     #[test]
     fn arbitrary_json_objects_never_panic(text in "\\{[ -~]{0,64}\\}?") {
-        let _ = codec().decode(InputKind::Purchase, text.as_bytes());
+        let _ = decoded(&codec(), InputKind::Purchase, text.as_bytes());
     }
 
     #[test]
@@ -591,7 +695,7 @@ proptest! {
         };
         let codec = codec();
         let expected = Decoded::Event(Event::Browse(event.clone()));
-        prop_assert_eq!(codec.decode(InputKind::Browse, &avro_of(BROWSE_AVSC, &event)), Ok(expected.clone()));
-        prop_assert_eq!(codec.decode(InputKind::Browse, &serde_json::to_vec(&event).unwrap()), Ok(expected));
+        prop_assert_eq!(decoded(&codec, InputKind::Browse, &avro_of(BROWSE_AVSC, &event)), Ok(expected.clone()));
+        prop_assert_eq!(decoded(&codec, InputKind::Browse, &serde_json::to_vec(&event).unwrap()), Ok(expected));
     }
 }

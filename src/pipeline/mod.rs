@@ -563,7 +563,7 @@ impl<'a> Shell<'a> {
     fn process(&mut self, kind: InputKind, source: Source, message: &BorrowedMessage<'_>) -> Option<i64> {
         let processed = self.processor.process_from(source, kind, message.key(), message.payload(), now_ms());
         let work = &mut self.work;
-        work.tally.record(kind, &processed.outcome, processed.output.as_ref());
+        work.tally.record(kind, &processed);
         if let Outcome::Rejected(rejection) = &processed.outcome {
             tracing::debug!(
                 topic = message.topic(),

@@ -133,7 +133,7 @@ fn avro<T: Serialize>(schema_text: &str, record: &T) -> Vec<u8> {
     let schema = apache_avro::Schema::parse_str(schema_text).unwrap();
     let value = apache_avro::to_value(record).unwrap().resolve(&schema).unwrap();
     let mut bytes = vec![0xC3, 0x01];
-    bytes.extend_from_slice(&schema.fingerprint::<apache_avro::rabin::Rabin>().bytes);
+    bytes.extend_from_slice(&crate::codec::canonical::fingerprint(schema_text).unwrap().to_le_bytes());
     bytes.extend(apache_avro::to_avro_datum(&schema, value).unwrap());
     bytes
 }
@@ -1662,7 +1662,9 @@ fn revoking_a_partition_drops_its_users_state_but_keeps_the_consent_table() {
 }
 
 #[test]
-fn an_event_older_than_its_partitions_watermark_is_dropped_as_late() {
+fn an_event_behind_its_partitions_watermark_is_applied_at_the_watermark_unless_no_window_reaches_it() {
+    // Issue 9: a topic read behind the others must not lose its events. The
+    // default catalogue reads browses for 30 days (new and returning visitor).
     let h = harness();
     h.consent("u", &EVERYTHING, PersonalizationLevel::Full, T0);
     let value = serde_json::to_vec(&browse_event("u", T0 + 10, None)).unwrap();
@@ -1670,11 +1672,22 @@ fn an_event_older_than_its_partitions_watermark_is_dropped_as_late() {
         let source = Source { partition: 0, watermark };
         h.processor.process_from(source, InputKind::Browse, Some(b"u"), Some(&value), NOW)
     };
-    let late = browse_with_watermark(T0 + 11);
-    assert_eq!((late.outcome, late.output, late.event_time), (Outcome::Dropped(DropReason::Late), None, Some(T0 + 10)));
+    let too_late = browse_with_watermark(T0 + 10 + 30 * DAY);
+    assert_eq!(
+        (too_late.outcome, too_late.output, too_late.event_time),
+        (Outcome::Dropped(DropReason::Late), None, Some(T0 + 10))
+    );
     assert!(h.state("u").history.is_empty());
-    let on_time = browse_with_watermark(T0 + 10);
-    assert_eq!(on_time.outcome, Outcome::Applied, "an event at the watermark is on time");
+    // Inside the window at the partition's event time: applied, and the user
+    // is evaluated then, not back at the event's own time.
+    let watermark = T0 + 10 + 30 * DAY - 1;
+    let applied = update(browse_with_watermark(watermark));
+    assert_eq!((applied.ts, applied.entered.clone()), (watermark, vec!["new_visitor".to_owned()]));
+    assert_eq!(applied.segments[0].reason, "Visited on 1 day in the last 30 days.");
+    assert_eq!(h.state("u").history.browses.len(), 1);
+    // The browse leaves the window one millisecond later: a timer says so.
+    let exits = h.processor.advance_partition(0, watermark + 1, NOW);
+    assert_eq!(exits.len(), 1, "{exits:?}");
 }
 
 #[test]

@@ -34,13 +34,19 @@ impl Fact<'_> {
             (Self::Browse(fact), Field::Category) => fact.category,
             (Self::Browse(fact), Field::ProductId) => fact.product,
             (Self::Purchase(fact), Field::Currency) => Some(fact.currency),
-            // A purchase's product is its first line's; `most_common` of
-            // purchases compares what each order was mostly about.
-            (Self::Purchase(fact), Field::ProductId) => fact.items.first().map(|item| item.product),
-            (Self::Purchase(fact), Field::Category) => fact.items.first().map(|item| item.category),
             (Self::Item(_, item), Field::Category) => Some(item.category),
             (Self::Item(_, item), Field::ProductId) => Some(item.product),
             _ => None,
+        }
+    }
+
+    /// Calls `each` with every value of `field` the fact has: a purchase has
+    /// the product and category of each of its lines.
+    fn each_value(self, field: Field, mut each: impl FnMut(u64)) {
+        match (self, field) {
+            (Self::Purchase(fact), Field::ProductId) => fact.items.iter().for_each(|item| each(item.product)),
+            (Self::Purchase(fact), Field::Category) => fact.items.iter().for_each(|item| each(item.category)),
+            _ => self.field(field).into_iter().for_each(each),
         }
     }
 
@@ -149,27 +155,36 @@ pub fn measure(measure: &Measure, history: &History, now: i64) -> f64 {
         }
         Measure::Distinct { source, filters, field, window_ms } => {
             let mut values = Vec::new();
-            within_window(history, *source, filters, now, *window_ms, |fact| values.extend(fact.field(*field)));
+            within_window(history, *source, filters, now, *window_ms, |fact| {
+                fact.each_value(*field, |value| values.push(value))
+            });
             count_distinct(values)
         }
         Measure::MostCommon { source, filters, field, last } => {
-            let mut values = Vec::with_capacity(*last);
+            // Each of the last N events counts once for every distinct value
+            // it has: a purchase for every product (or category) on any line.
+            let (mut events, mut values) = (0usize, Vec::with_capacity(*last));
             newest_first(history, *source, filters, |fact| {
                 if fact.ts() <= now {
-                    values.push(fact.field(*field));
+                    events += 1;
+                    let first = values.len();
+                    fact.each_value(*field, |value| {
+                        if !values[first..].contains(&value) {
+                            values.push(value);
+                        }
+                    });
                 }
-                if values.len() == *last {
+                if events == *last {
                     ControlFlow::Break(())
                 } else {
                     ControlFlow::Continue(())
                 }
             });
-            if values.len() < *last {
+            if events < *last {
                 return 0.0;
             }
-            let mut present: Vec<u64> = values.into_iter().flatten().collect();
-            present.sort_unstable();
-            present.chunk_by(|a, b| a == b).map(|run| run.len()).max().unwrap_or(0) as f64
+            values.sort_unstable();
+            values.chunk_by(|a, b| a == b).map(|run| run.len()).max().unwrap_or(0) as f64
         }
         Measure::Share { source, filters, satisfying, last } => {
             let (mut seen, mut satisfied) = (0usize, 0usize);

@@ -579,6 +579,30 @@ fn most_common_counts_orders_without_lines_but_never_as_a_value() {
 }
 
 #[test]
+fn most_common_over_purchases_counts_a_product_on_any_line_once_per_purchase() {
+    // Issue 9: the same coffee in 9 of the last 10 baskets, mostly not as the
+    // first line, is a habit; a basket with the coffee twice counts once.
+    let mut facts: Vec<PurchaseFact> = (0..9)
+        .map(|i| {
+            let first = item(&format!("bread-{i}"), "food", 1, 200);
+            let coffee = item("coffee", "food", 1, 300);
+            let lines = if i == 4 { vec![first, coffee.clone(), coffee] } else { vec![first, coffee] };
+            purchase(i, 500, lines)
+        })
+        .collect();
+    facts.push(purchase(9, 200, vec![item("tea", "food", 1, 200)]));
+    let history = purchases(facts);
+    assert_eq!(measure(&most_common_product(10), &history, 100), 9.0);
+    let categories =
+        Measure::MostCommon { source: Source::Purchase, filters: vec![], field: Field::Category, last: 10 };
+    assert_eq!(measure(&categories, &history, 100), 10.0);
+    // A distinct count over purchases also reads every line.
+    let products =
+        Measure::Distinct { source: Source::Purchase, filters: vec![], field: Field::ProductId, window_ms: DAY };
+    assert_eq!(measure(&products, &history, 100), 11.0);
+}
+
+#[test]
 fn near_counts_fixes_within_the_radius_and_the_window() {
     let store = (52.5246, 13.4020);
     let near = Measure::Near { places: vec![(48.0, 11.0), store], radius_m: 500.0, window_ms: HOUR };
