@@ -41,6 +41,53 @@ pub struct ConfigFile {
     pub privacy: PrivacySection,
     #[serde(default)]
     pub admin: AdminSection,
+    /// Without it, Confluent-framed input is bad input (`unknown_schema`).
+    #[serde(default)]
+    pub schema_registry: Option<RegistrySection>,
+}
+
+/// `[schema_registry]`: a Confluent-compatible schema registry, for input in
+/// the Confluent wire format and (by default) Confluent-framed output.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrySection {
+    /// The registry's base URL, e.g. `http://registry:8081` (Confluent) or
+    /// `http://apicurio:8080/apis/ccompat/v7` (Apicurio). Required.
+    pub url: String,
+    /// `user:password` for HTTP basic auth, as Confluent's clients take it. Default: none.
+    #[serde(default)]
+    pub basic_auth_user_info: Option<String>,
+    /// A PEM file of the CA that signed an `https` registry's certificate.
+    /// Default: the bundled public roots.
+    #[serde(default)]
+    pub ssl_ca_location: Option<PathBuf>,
+    /// Longest time one request may take. Default 5000 ms.
+    #[serde(default = "default_registry_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// How long an unreachable registry is retried (with backoff) before the
+    /// pipeline stops with an error, committing nothing: records are never
+    /// dead-lettered for the registry's outage. Default 60000 ms.
+    #[serde(default = "default_registry_unavailable_timeout_ms")]
+    pub unavailable_timeout_ms: u64,
+}
+
+fn default_registry_request_timeout_ms() -> u64 {
+    5_000
+}
+
+fn default_registry_unavailable_timeout_ms() -> u64 {
+    60_000
+}
+
+/// How `ProfileUpdate`s are written.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputFormat {
+    /// Avro single-object encoding: `C3 01`, the schema's fingerprint, the datum.
+    SingleObject,
+    /// The Confluent wire format: `00`, the registry id of the schema
+    /// (registered under `<profiles topic>-value`), the datum.
+    Confluent,
 }
 
 /// `[kafka]`: how to reach the cluster.
@@ -134,6 +181,9 @@ pub struct PipelineSection {
     /// counts as that entry's conversion (for users with `measurement`).
     /// Default 7 days.
     pub conversion_window_ms: i64,
+    /// `single_object` or `confluent`. Default: `confluent` when a
+    /// `[schema_registry]` is configured (CONTRACT §2), else `single_object`.
+    pub output_format: Option<OutputFormat>,
 }
 
 impl Default for PipelineSection {
@@ -150,6 +200,7 @@ impl Default for PipelineSection {
             create_output_topics: true,
             allowed_lateness_ms: 60_000,
             conversion_window_ms: 7 * DAY_MS,
+            output_format: None,
         }
     }
 }
@@ -267,6 +318,22 @@ pub struct Config {
     pub admin_listen: SocketAddr,
     /// The explain API's bearer token; `None` = the API is off.
     pub admin_api_token: Option<String>,
+    /// The schema registry, if one is configured.
+    pub schema_registry: Option<Registry>,
+    pub output_format: OutputFormat,
+}
+
+/// The validated `[schema_registry]`.
+#[derive(Clone, Debug)]
+pub struct Registry {
+    /// The base URL, without a trailing `/`.
+    pub url: String,
+    /// (user, password) for basic auth.
+    pub basic_auth: Option<(String, String)>,
+    /// The CA certificate (PEM) of an `https` registry.
+    pub ca_pem: Option<Vec<u8>>,
+    pub request_timeout_ms: u64,
+    pub unavailable_timeout_ms: u64,
 }
 
 impl Config {
@@ -290,7 +357,7 @@ impl Config {
             ConfigError::Invalid { path: path.to_owned(), line, column, message: format!("{key} {problem}") }
         };
         let base = path.parent().unwrap_or(Path::new("."));
-        let ConfigFile { kafka, topics, pipeline, privacy, admin } = file;
+        let ConfigFile { kafka, topics, pipeline, privacy, admin, schema_registry } = file;
         if kafka.bootstrap_servers.trim().is_empty() {
             return Err(invalid("kafka.bootstrap_servers", "is empty"));
         }
@@ -337,6 +404,47 @@ impl Config {
                 .map_err(|source| ConfigError::Schema { path: schema_path, source })?;
             extra_writer_schemas.push(text);
         }
+        let schema_registry = match schema_registry {
+            None => None,
+            Some(registry) => {
+                let url = registry.url.trim_end_matches('/').to_owned();
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return Err(invalid("schema_registry.url", "must start with http:// or https://"));
+                }
+                let basic_auth = match registry.basic_auth_user_info {
+                    None => None,
+                    Some(user_info) => match user_info.split_once(':') {
+                        Some((user, password)) => Some((user.to_owned(), password.to_owned())),
+                        None => return Err(invalid("schema_registry.basic_auth_user_info", "must be `user:password`")),
+                    },
+                };
+                let ca_pem = match registry.ssl_ca_location {
+                    None => None,
+                    Some(ca_path) => {
+                        let ca_path = base.join(ca_path);
+                        Some(std::fs::read(&ca_path).map_err(|source| ConfigError::Read { path: ca_path, source })?)
+                    }
+                };
+                if registry.request_timeout_ms == 0 {
+                    return Err(invalid("schema_registry.request_timeout_ms", "must be above zero"));
+                }
+                Some(Registry {
+                    url,
+                    basic_auth,
+                    ca_pem,
+                    request_timeout_ms: registry.request_timeout_ms,
+                    unavailable_timeout_ms: registry.unavailable_timeout_ms,
+                })
+            }
+        };
+        let output_format = match (pipeline.output_format, &schema_registry) {
+            (Some(OutputFormat::Confluent), None) => {
+                return Err(invalid("pipeline.output_format", "`confluent` needs a [schema_registry]"))
+            }
+            (Some(format), _) => format,
+            (None, Some(_)) => OutputFormat::Confluent,
+            (None, None) => OutputFormat::SingleObject,
+        };
         let dead_letters = topics.dead_letters.unwrap_or_else(|| format!("tactful.{}.dead-letters", kafka.app_id));
         let changelog = topics.changelog.unwrap_or_else(|| format!("tactful.{}.changelog", kafka.app_id));
         let instance_id = kafka.instance_id.unwrap_or_else(host_name);
@@ -379,6 +487,8 @@ impl Config {
             allowed_lateness_ms: pipeline.allowed_lateness_ms,
             admin_listen: admin.listen,
             admin_api_token: admin.api_token,
+            schema_registry,
+            output_format,
         })
     }
 }
@@ -468,6 +578,27 @@ mod tests {
         assert_eq!(config.admin_listen.to_string(), "127.0.0.1:9464");
         assert_eq!(config.catalogue.segments.len(), 7);
         assert_eq!(config.core.sensitive_categories, vec!["prenatal", "pharmacy"]);
+        assert!(config.schema_registry.is_none());
+        assert_eq!(config.output_format, OutputFormat::SingleObject);
+    }
+
+    #[test]
+    fn a_registry_makes_confluent_the_default_output_unless_single_object_is_chosen() {
+        let registry = "[kafka]\nbootstrap_servers = \"x:1\"\n[schema_registry]\nurl = \"http://r:8081/apis/ccompat/v7/\"\nbasic_auth_user_info = \"ann:s3:cret\"\n";
+        let config = load_text(registry).unwrap();
+        let configured = config.schema_registry.unwrap();
+        assert_eq!(configured.url, "http://r:8081/apis/ccompat/v7");
+        assert_eq!(configured.basic_auth, Some(("ann".to_owned(), "s3:cret".to_owned())));
+        assert_eq!((configured.request_timeout_ms, configured.unavailable_timeout_ms), (5_000, 60_000));
+        assert_eq!(config.output_format, OutputFormat::Confluent);
+        let chosen = format!("{registry}[pipeline]\noutput_format = \"single_object\"\n");
+        assert_eq!(load_text(&chosen).unwrap().output_format, OutputFormat::SingleObject);
+        let without = "[kafka]\nbootstrap_servers = \"x:1\"\n[pipeline]\noutput_format = \"confluent\"\n";
+        let error = load_text(without).err().unwrap().to_string();
+        assert!(error.contains(".toml:4:1: pipeline.output_format `confluent` needs a [schema_registry]"), "{error}");
+        let bad_url = "[kafka]\nbootstrap_servers = \"x:1\"\n[schema_registry]\nurl = \"registry:8081\"\n";
+        let error = load_text(bad_url).err().unwrap().to_string();
+        assert!(error.contains(".toml:4:1: schema_registry.url must start with http:// or https://"), "{error}");
     }
 
     #[test]

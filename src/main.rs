@@ -150,7 +150,10 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .context("install the metrics recorder")?;
-    let codec = Codec::new(&config.extra_writer_schemas)?;
+    let codec = match config.schema_registry {
+        Some(_) => Codec::with_registry(&config.extra_writer_schemas)?,
+        None => Codec::new(&config.extra_writer_schemas)?,
+    };
     let processor = Arc::new(Processor::new(codec, config.catalogue.clone(), &config.core));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)

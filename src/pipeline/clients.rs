@@ -151,8 +151,18 @@ pub struct ChangelogRecord {
     pub value: Option<Vec<u8>>,
 }
 
+/// How profile updates are written.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ProfileFormat {
+    /// Avro single-object encoding.
+    SingleObject,
+    /// The Confluent wire format, with this registry id of `ProfileUpdate`'s schema.
+    Confluent(u32),
+}
+
 /// The event consumer group and the producer of a running pipeline.
 pub struct Clients {
+    profile_format: ProfileFormat,
     /// The consumer group of the event topics.
     pub events: BaseConsumer<GroupContext>,
     producer: ThreadedProducer<DeliveryTracker>,
@@ -199,7 +209,7 @@ pub(super) fn kafka(context: &'static str) -> impl FnOnce(KafkaError) -> Pipelin
 impl Clients {
     /// Creates the clients; exactly once, it also initialises the
     /// transactional producer (fencing a previous incarnation of this instance).
-    pub fn connect(config: &Config) -> Result<Self, PipelineError> {
+    pub fn connect(config: &Config, profile_format: ProfileFormat) -> Result<Self, PipelineError> {
         let transactional = config.guarantee == Guarantee::ExactlyOnce;
         let mut events = base_config(config);
         // A dead instance's partitions move after this long without heartbeats.
@@ -237,6 +247,7 @@ impl Clients {
             .create_with_context(DeliveryTracker::default())
             .map_err(kafka("create the producer"))?;
         let clients = Self {
+            profile_format,
             events,
             producer,
             sent: std::cell::Cell::new(0),
@@ -343,7 +354,10 @@ impl Clients {
             match output {
                 Output::Update(update) => {
                     value.clear();
-                    codec.encode_profile(update, &mut value);
+                    match self.profile_format {
+                        ProfileFormat::SingleObject => codec.encode_profile(update, &mut value),
+                        ProfileFormat::Confluent(id) => codec.encode_profile_confluent(id, update, &mut value),
+                    }
                     self.send(record.payload(&value))?;
                 }
                 Output::Tombstone { .. } => self.send(record)?,

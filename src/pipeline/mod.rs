@@ -16,18 +16,20 @@
 
 mod clients;
 mod event_time;
+mod registry;
 mod table;
 
-use crate::config::{Config, Guarantee};
+use crate::config::{Config, Guarantee, OutputFormat};
 use crate::erasure::Erasures;
 use crate::model::InputKind;
 use crate::processor::{Outcome, Output, Processor, Restoring, Source};
 use crate::telemetry::{record_segment_sizes, Tally};
-use clients::{requires_abort, ChangelogRecord, Clients, DeadLetter, Rebalanced};
+use clients::{requires_abort, ChangelogRecord, Clients, DeadLetter, ProfileFormat, Rebalanced};
 use event_time::EventTime;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
+use registry::RegistryClient;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -61,6 +63,8 @@ pub enum PipelineError {
     Delivery(u64),
     #[error("the changelog could not be read to its end within {0:?}")]
     Restore(Duration),
+    #[error("schema registry: {0}")]
+    Registry(String),
 }
 
 /// Shared flags between the pipeline thread, the admin endpoint and the
@@ -91,13 +95,25 @@ pub fn run(
     runtime: &tokio::runtime::Handle,
 ) -> Result<(), PipelineError> {
     let partitions = check_topics(config, runtime)?;
-    let clients = Clients::connect(config)?;
+    let registry = config.schema_registry.as_ref().map(RegistryClient::new).transpose()?;
+    let profile_format = match (config.output_format, &registry) {
+        (OutputFormat::Confluent, Some(registry)) => {
+            // The subject Confluent's serializers use for the topic's values (TopicNameStrategy).
+            let subject = format!("{}-value", config.topics.profiles);
+            let id = registry.register(&subject, crate::codec::PROFILE_SCHEMA)?;
+            tracing::info!(%subject, id, "profile updates are written in the confluent wire format");
+            ProfileFormat::Confluent(id)
+        }
+        _ => ProfileFormat::SingleObject,
+    };
+    let clients = Clients::connect(config, profile_format)?;
     let mut consent = Table::open(config, &config.topics.consent, "consent-table")?;
     consent.assign(&(0..partitions).collect::<Vec<_>>())?;
     let mut changelog = Table::open(config, &config.topics.changelog, "restore")?;
-    let mut shell = Shell::new(config, processor, erasures);
+    let mut shell = Shell::new(config, processor, erasures, registry);
     // Nothing is restored yet, so the consent table alone produces no output.
     shell.catch_up_consent(&mut consent)?;
+    shell.check_failure()?;
     tracing::info!(consent_records = shell.work.tally.applied_of(InputKind::Consent), "consent table loaded");
     shell.work.tally.flush_to_metrics();
 
@@ -154,6 +170,7 @@ pub fn run(
         for message in &messages {
             shell.apply_event(message);
         }
+        shell.check_failure()?;
         shell.advance_event_time(&clients)?;
         let offsets = next_offsets(&messages)?;
         drop(messages);
@@ -275,10 +292,20 @@ struct Shell<'a> {
     starts: TopicPartitionList,
     event_time: EventTime,
     work: Work,
+    /// Where writer schemas of Confluent-framed records come from.
+    registry: Option<RegistryClient>,
+    /// Why processing stopped within a batch (the registry stayed
+    /// unreachable): the batch is not committed and the pipeline stops.
+    failure: Option<PipelineError>,
 }
 
 impl<'a> Shell<'a> {
-    fn new(config: &Config, processor: &'a Processor, erasures: &'a Erasures) -> Self {
+    fn new(
+        config: &Config,
+        processor: &'a Processor,
+        erasures: &'a Erasures,
+        registry: Option<RegistryClient>,
+    ) -> Self {
         let topics = &config.topics;
         let event_topics = [topics.browse.clone(), topics.purchase.clone(), topics.location.clone()];
         let kinds = event_topics
@@ -300,6 +327,41 @@ impl<'a> Shell<'a> {
             starts: TopicPartitionList::new(),
             event_time: EventTime::new(config.allowed_lateness_ms),
             work: Work::default(),
+            registry,
+            failure: None,
+        }
+    }
+
+    /// Fails if a record of this batch could not be processed (the schema
+    /// registry stayed unreachable): nothing of the batch is committed.
+    fn check_failure(&mut self) -> Result<(), PipelineError> {
+        self.failure.take().map_or(Ok(()), Err)
+    }
+
+    /// Makes sure the codec knows the writer schema of a Confluent-framed
+    /// `value`, fetching it from the registry; false if the registry stayed
+    /// unreachable (the failure is noted and nothing more is processed).
+    fn fetch_writer_schema(&mut self, value: Option<&[u8]>) -> bool {
+        if self.failure.is_some() {
+            return false;
+        }
+        let codec = self.processor.codec();
+        let (Some(registry), Some(id)) = (&self.registry, value.and_then(|value| codec.missing_schema_id(value)))
+        else {
+            return true;
+        };
+        match registry.schema_by_id(id) {
+            Ok(answer) => {
+                if let Err(why) = &answer {
+                    tracing::warn!(id, %why, "no usable writer schema in the registry: its records are dead-lettered");
+                }
+                codec.add_registry_schema(id, answer.as_deref().map_err(Clone::clone));
+                true
+            }
+            Err(error) => {
+                self.failure = Some(error);
+                false
+            }
         }
     }
 
@@ -561,6 +623,9 @@ impl<'a> Shell<'a> {
 
     /// Processes one record of `kind` from `source`; returns its event time.
     fn process(&mut self, kind: InputKind, source: Source, message: &BorrowedMessage<'_>) -> Option<i64> {
+        if !self.fetch_writer_schema(message.payload()) {
+            return None;
+        }
         let processed = self.processor.process_from(source, kind, message.key(), message.payload(), now_ms());
         let work = &mut self.work;
         work.tally.record(kind, &processed);

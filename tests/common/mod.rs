@@ -150,6 +150,26 @@ impl Pipeline {
         log_level: &str,
         name: &str,
     ) -> Self {
+        let pipeline = Self::spawn(topics, extra_kafka, extra_pipeline, extra_admin, log_level, name);
+        pipeline.wait_ready();
+        pipeline
+    }
+
+    /// Like [`Pipeline::start_full`], without waiting for readiness: for a
+    /// pipeline that may stop before it is ready.
+    pub fn spawn_full(topics: &Topics, extra_pipeline: &str, extra_admin: &str, log_level: &str) -> Self {
+        Self::spawn(topics, "", extra_pipeline, extra_admin, log_level, "run")
+    }
+
+    /// Writes the config and starts the binary.
+    fn spawn(
+        topics: &Topics,
+        extra_kafka: &str,
+        extra_pipeline: &str,
+        extra_admin: &str,
+        log_level: &str,
+        name: &str,
+    ) -> Self {
         let admin_port = free_port();
         let dir = std::env::temp_dir().join(format!("tactful-test-{}-{name}", topics.prefix));
         std::fs::create_dir_all(&dir).unwrap();
@@ -200,9 +220,7 @@ listen = "127.0.0.1:{admin_port}"
             .stderr(log)
             .spawn()
             .unwrap();
-        let pipeline = Self { child, admin_port, config_path, log_path };
-        pipeline.wait_ready();
-        pipeline
+        Self { child, admin_port, config_path, log_path }
     }
 
     pub fn start(topics: &Topics) -> Self {
@@ -581,4 +599,130 @@ pub fn headers(message: &rdkafka::message::OwnedMessage) -> HashMap<String, Stri
                 .collect()
         })
         .unwrap_or_default()
+}
+
+// Interoperability: other implementations of Avro and Kafka (fastavro,
+// confluent-kafka, kcat) and a real schema registry, all set up by
+// scripts/test.sh.
+
+/// The Confluent-compatible schema registry's base URL started by
+/// scripts/test.sh (e.g. `http://127.0.0.1:18081/apis/ccompat/v7`).
+pub fn registry() -> String {
+    std::env::var("TACTFUL_TEST_REGISTRY").unwrap_or_else(|_| {
+        panic!("TACTFUL_TEST_REGISTRY is not set: run the suite with scripts/test.sh, which starts a schema registry")
+    })
+}
+
+/// The venv python with fastavro and confluent-kafka (scripts/python-env.sh).
+pub fn interop_python() -> String {
+    std::env::var("TACTFUL_TEST_PYTHON").unwrap_or_else(|_| {
+        panic!("TACTFUL_TEST_PYTHON is not set: run the suite with scripts/test.sh, which sets up the Python venv")
+    })
+}
+
+/// The kcat binary (scripts/kcat.sh).
+pub fn kcat() -> String {
+    std::env::var("TACTFUL_TEST_KCAT").unwrap_or_else(|_| {
+        panic!("TACTFUL_TEST_KCAT is not set: run the suite with scripts/test.sh, which installs kcat")
+    })
+}
+
+/// A path inside the repository.
+pub fn repo_path(relative: &str) -> String {
+    format!("{}/{relative}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Produces `(topic, key, value)` records with tests/interop/produce.py:
+/// `format` is `single-object` (written by fastavro) or `confluent` (written
+/// by confluent-kafka's AvroSerializer, registering `<topic>-value` in
+/// `registry`); `schema` is the writer schema, relative to the repository.
+pub fn produce_with_python(
+    format: &str,
+    schema: &str,
+    registry: Option<&str>,
+    records: &[(&str, &str, serde_json::Value)],
+) {
+    static FILES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = FILES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = std::env::temp_dir().join(format!("tactful-interop-{}-{}-{n}.jsonl", std::process::id(), now_ms()));
+    let lines: String = records
+        .iter()
+        .map(|(topic, key, value)| format!("{}\n", json!({"topic": topic, "key": key, "value": value})))
+        .collect();
+    std::fs::write(&path, lines).unwrap();
+    let mut command = Command::new(interop_python());
+    command
+        .arg(repo_path("tests/interop/produce.py"))
+        .args(["--bootstrap", &bootstrap(), "--format", format, "--schema", &repo_path(schema), "--records"])
+        .arg(&path);
+    if let Some(registry) = registry {
+        command.args(["--registry", registry]);
+    }
+    let output = command.output().unwrap();
+    let _ = std::fs::remove_file(&path);
+    assert!(
+        output.status.success(),
+        "produce.py --format {format} --schema {schema} failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), format!("produced {}", records.len()));
+}
+
+/// Every record of `topic` as tests/interop/read_profiles.py prints it (kcat
+/// with isolation.level=read_committed, values decoded by fastavro, writer
+/// schemas of Confluent-framed values fetched from `registry`): JSON objects
+/// `{partition, offset, key, encoding, value}`.
+pub fn read_with_kcat(topic: &str, registry: Option<&str>) -> Vec<serde_json::Value> {
+    let mut command = Command::new(interop_python());
+    command.arg(repo_path("tests/interop/read_profiles.py")).args([
+        "--bootstrap",
+        &bootstrap(),
+        "--topic",
+        topic,
+        "--kcat",
+        &kcat(),
+    ]);
+    if let Some(registry) = registry {
+        command.args(["--registry", registry]);
+    }
+    let output = command.output().unwrap();
+    assert!(
+        output.status.success(),
+        "read_profiles.py --topic {topic} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            serde_json::from_str(line).unwrap_or_else(|error| panic!("read_profiles.py printed {line:?}: {error}"))
+        })
+        .collect()
+}
+
+/// A GET of `url` with curl: (status, body).
+pub fn curl_get(url: &str) -> (u16, String) {
+    let output = Command::new("curl")
+        .args(["-s", "--max-time", "15", "-w", "\n%{http_code}", url])
+        .output()
+        .unwrap_or_else(|error| panic!("cannot run curl: {error}"));
+    assert!(output.status.success(), "curl {url} failed: {}", String::from_utf8_lossy(&output.stderr));
+    let text = String::from_utf8(output.stdout).unwrap();
+    let (body, status) = text.rsplit_once('\n').unwrap();
+    (status.parse().unwrap(), body.to_owned())
+}
+
+/// The offset `group` committed for `topic`/`partition` (the next record it
+/// will read), `None` if it committed none.
+pub fn committed_offset(group: &str, topic: &str, partition: i32) -> Option<i64> {
+    let consumer: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", bootstrap()).set("group.id", group).create().unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, partition);
+    let committed = consumer.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+    match committed.find_partition(topic, partition).map(|element| element.offset()) {
+        Some(Offset::Offset(offset)) => Some(offset),
+        _ => None,
+    }
 }

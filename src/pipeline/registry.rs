@@ -1,0 +1,163 @@
+//! A client of a Confluent-compatible schema registry's REST API: writer
+//! schemas by id for input in the Confluent wire format, and the
+//! registration of `ProfileUpdate`'s schema for Confluent-framed output.
+//!
+//! Blocking (ureq), like everything on the pipeline thread. A registry that
+//! cannot be reached is retried with backoff for `unavailable_timeout_ms`;
+//! past that the pipeline stops with an error and commits nothing, so a
+//! registry outage never dead-letters good records (they would silently
+//! change who is in which segment until replayed) and a restart goes on
+//! where the last commit left off.
+
+use super::PipelineError;
+use crate::config::Registry;
+use base64::Engine;
+use serde::Deserialize;
+use std::time::{Duration, Instant};
+
+/// The first wait before retrying an unreachable registry; doubled up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// The longest wait between two tries: a registry back up is noticed within this.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// The content type of Confluent's REST API.
+const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
+
+/// A Confluent-compatible schema registry.
+pub struct RegistryClient {
+    agent: ureq::Agent,
+    url: String,
+    authorization: Option<String>,
+    unavailable_timeout: Duration,
+}
+
+/// `GET /schemas/ids/{id}` and `POST /subjects/{subject}/versions` answer with these fields.
+#[derive(Deserialize)]
+struct SchemaAnswer {
+    schema: Option<String>,
+    #[serde(rename = "schemaType")]
+    schema_type: Option<String>,
+    #[serde(default)]
+    references: Vec<serde_json::Value>,
+    id: Option<u32>,
+}
+
+/// One try's result: an answer, or a reason to try again.
+enum Attempt<T> {
+    Done(T),
+    Retry(String),
+}
+
+impl RegistryClient {
+    pub fn new(registry: &Registry) -> Result<Self, PipelineError> {
+        let mut config = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_millis(registry.request_timeout_ms)))
+            // Error statuses are answers to read (a 404 names an unknown id).
+            .http_status_as_error(false);
+        if let Some(pem) = &registry.ca_pem {
+            let certificate = ureq::tls::Certificate::from_pem(pem).map_err(|error| {
+                PipelineError::Registry(format!("ssl_ca_location is not a PEM certificate: {error}"))
+            })?;
+            let roots = ureq::tls::RootCerts::new_with_certs(&[certificate]);
+            config = config.tls_config(ureq::tls::TlsConfig::builder().root_certs(roots).build());
+        }
+        let authorization = registry.basic_auth.as_ref().map(|(user, password)| {
+            format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")))
+        });
+        Ok(Self {
+            agent: config.build().into(),
+            url: registry.url.clone(),
+            authorization,
+            unavailable_timeout: Duration::from_millis(registry.unavailable_timeout_ms),
+        })
+    }
+
+    /// The Avro schema text of registry id `id`; `Ok(Err(why))` when the
+    /// registry answers that there is no usable one (unknown id, not Avro).
+    pub fn schema_by_id(&self, id: u32) -> Result<Result<String, String>, PipelineError> {
+        let url = format!("{}/schemas/ids/{id}", self.url);
+        self.retrying(&format!("fetch schema {id}"), || {
+            let mut request = self.agent.get(&url).header("Accept", CONTENT_TYPE);
+            if let Some(authorization) = &self.authorization {
+                request = request.header("Authorization", authorization);
+            }
+            let mut response = match request.call() {
+                Ok(response) => response,
+                Err(error) => return Attempt::Retry(error.to_string()),
+            };
+            match response.status().as_u16() {
+                200 => match response.body_mut().read_json::<SchemaAnswer>() {
+                    Ok(answer) => Attempt::Done(usable_avro(answer)),
+                    Err(error) => Attempt::Retry(format!("unreadable answer: {error}")),
+                },
+                404 => Attempt::Done(Err("the registry does not know this id".to_owned())),
+                status => Attempt::Retry(format!("HTTP {status}")),
+            }
+        })
+    }
+
+    /// Registers `schema` under `subject` (as Confluent's serializers do; an
+    /// identical schema keeps its id) and returns its id.
+    pub fn register(&self, subject: &str, schema: &str) -> Result<u32, PipelineError> {
+        let url = format!("{}/subjects/{subject}/versions", self.url);
+        let body = serde_json::json!({ "schema": schema, "schemaType": "AVRO" });
+        let answer = self.retrying(&format!("register the schema of {subject}"), || {
+            let mut request = self.agent.post(&url).header("Content-Type", CONTENT_TYPE);
+            if let Some(authorization) = &self.authorization {
+                request = request.header("Authorization", authorization);
+            }
+            let mut response = match request.send_json(&body) {
+                Ok(response) => response,
+                Err(error) => return Attempt::Retry(error.to_string()),
+            };
+            match response.status().as_u16() {
+                200 => match response.body_mut().read_json::<SchemaAnswer>() {
+                    Ok(SchemaAnswer { id: Some(id), .. }) => Attempt::Done(Ok(id)),
+                    Ok(_) => Attempt::Done(Err("the answer has no id".to_owned())),
+                    Err(error) => Attempt::Retry(format!("unreadable answer: {error}")),
+                },
+                // Incompatible with the subject's compatibility rules, or refused: the operator's to fix.
+                status @ 400..=499 => {
+                    let detail = response.body_mut().read_to_string().unwrap_or_default();
+                    Attempt::Done(Err(format!("HTTP {status}: {detail}")))
+                }
+                status => Attempt::Retry(format!("HTTP {status}")),
+            }
+        })?;
+        answer.map_err(|why| PipelineError::Registry(format!("cannot register the schema of {subject}: {why}")))
+    }
+
+    /// Tries `attempt` until it is done, waiting longer after each failure,
+    /// for at most the unavailability timeout.
+    fn retrying<T>(&self, what: &str, mut attempt: impl FnMut() -> Attempt<T>) -> Result<T, PipelineError> {
+        let started = Instant::now();
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            match attempt() {
+                Attempt::Done(answer) => return Ok(answer),
+                Attempt::Retry(why) if started.elapsed() + backoff < self.unavailable_timeout => {
+                    tracing::warn!(url = %self.url, error = %why, retry_in_ms = backoff.as_millis() as u64, "schema registry unreachable: {what}");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+                Attempt::Retry(why) => {
+                    return Err(PipelineError::Registry(format!(
+                        "the schema registry at {} is unreachable ({what}: {why}) after {:?}; nothing was committed",
+                        self.url,
+                        started.elapsed()
+                    )))
+                }
+            }
+        }
+    }
+}
+
+/// The schema text of an answer, if it is an Avro schema tactful can read.
+fn usable_avro(answer: SchemaAnswer) -> Result<String, String> {
+    if let Some(kind) = answer.schema_type.filter(|kind| kind != "AVRO") {
+        return Err(format!("a {kind} schema, not Avro"));
+    }
+    if !answer.references.is_empty() {
+        return Err("schema references are not supported".to_owned());
+    }
+    answer.schema.ok_or_else(|| "the answer has no schema".to_owned())
+}
