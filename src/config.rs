@@ -177,6 +177,11 @@ pub struct PipelineSection {
     /// How far behind the newest event time the watermark trails: events may
     /// arrive this much out of order before time-driven exits fire. Default 60000 ms.
     pub allowed_lateness_ms: i64,
+    /// Within a partition the event topics are applied in event-time order;
+    /// an event topic with nothing buffered is waited for this long before
+    /// the others go on without it (Kafka Streams' `max.task.idle.ms`).
+    /// Default 500 ms.
+    pub max_idle_wait_ms: u64,
     /// A purchase within this time after entering a segment with a holdout
     /// counts as that entry's conversion (for users with `measurement`).
     /// Default 7 days.
@@ -199,6 +204,7 @@ impl Default for PipelineSection {
             consent_catch_up_timeout_ms: 10_000,
             create_output_topics: true,
             allowed_lateness_ms: 60_000,
+            max_idle_wait_ms: 500,
             conversion_window_ms: 7 * DAY_MS,
             output_format: None,
         }
@@ -315,6 +321,7 @@ pub struct Config {
     pub consent_catch_up_timeout_ms: u64,
     pub create_output_topics: bool,
     pub allowed_lateness_ms: i64,
+    pub max_idle_wait_ms: u64,
     pub admin_listen: SocketAddr,
     /// The explain API's bearer token; `None` = the API is off.
     pub admin_api_token: Option<String>,
@@ -485,6 +492,7 @@ impl Config {
             consent_catch_up_timeout_ms: pipeline.consent_catch_up_timeout_ms,
             create_output_topics: pipeline.create_output_topics,
             allowed_lateness_ms: pipeline.allowed_lateness_ms,
+            max_idle_wait_ms: pipeline.max_idle_wait_ms,
             admin_listen: admin.listen,
             admin_api_token: admin.api_token,
             schema_registry,

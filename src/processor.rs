@@ -99,6 +99,11 @@ impl Processed {
     fn without_output(outcome: Outcome) -> Self {
         Self { outcome, output: None, event_time: None, encoding: None }
     }
+
+    /// A bad record's result (see [`Processor::decode`]).
+    pub fn rejected(rejection: Rejection) -> Self {
+        Self::without_output(Outcome::Rejected(rejection))
+    }
 }
 
 /// A decoded, validated input record, not applied yet.
@@ -264,7 +269,7 @@ impl Processor {
     ) -> Processed {
         match self.decode(kind, key, value, now_ms) {
             Ok(input) => self.apply(source, input, now_ms),
-            Err(rejection) => Processed::without_output(Outcome::Rejected(rejection)),
+            Err(rejection) => Processed::rejected(rejection),
         }
     }
 

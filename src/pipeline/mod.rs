@@ -16,16 +16,18 @@
 
 mod clients;
 mod event_time;
+mod merge;
 mod registry;
 mod table;
 
 use crate::config::{Config, Guarantee, OutputFormat};
 use crate::erasure::Erasures;
 use crate::model::InputKind;
-use crate::processor::{Outcome, Output, Processor, Restoring, Source};
+use crate::processor::{Input, Outcome, Output, Processed, Processor, Rejection, Restoring, Source};
 use crate::telemetry::{record_segment_sizes, Tally};
 use clients::{requires_abort, ChangelogRecord, Clients, DeadLetter, ProfileFormat, Rebalanced};
 use event_time::EventTime;
+use merge::Merger;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
@@ -125,6 +127,8 @@ pub fn run(
     tracing::info!(group = %config.group_id, partitions, guarantee = ?config.guarantee, "consuming events");
 
     let commit_interval = Duration::from_millis(config.commit_interval_ms);
+    // Records read and decoded, waiting for their turn in event-time order.
+    let mut merger = Merger::new(Duration::from_millis(config.max_idle_wait_ms));
     // At least once: the batch before this one, whose records are in flight
     // while this one is processed; its offsets are committed once they are
     // all acknowledged.
@@ -135,9 +139,9 @@ pub fn run(
         }
         // A batch collects records for up to the commit interval or until it
         // is full: larger batches amortise the consent catch-up and the commit.
-        let mut messages = Vec::new();
+        let mut polled = 0;
         let batch_deadline = Instant::now() + commit_interval;
-        while messages.len() < config.max_batch_records {
+        while polled < config.max_batch_records {
             let message = poll(&clients, batch_deadline.saturating_duration_since(Instant::now()));
             // Partition changes happen inside a poll: act on them before
             // keeping what it returned.
@@ -150,32 +154,39 @@ pub fn run(
                     }
                 }
                 health.ready.store(false, Ordering::Release);
-                shell.rebalance(change, &mut messages, &clients, &mut consent, &mut changelog)?;
+                shell.rebalance(change, &mut merger, &clients, &mut consent, &mut changelog)?;
                 health.ready.store(true, Ordering::Release);
             }
             match message {
-                Some(message) => messages.push(message),
+                Some(message) => {
+                    polled += 1;
+                    shell.ingest(message, &mut merger);
+                }
                 None => break,
             }
         }
         if shell.between_revocation_and_assignment() {
             // No partition is owned (and no event read): consent waits.
-        } else if messages.is_empty() {
+        } else if polled == 0 {
             // Apply consent changes that arrive while events are quiet, so a
             // withdrawal is honoured (and its tombstone published) promptly.
             consent.drain(|message| shell.apply(InputKind::Consent, message));
         } else {
             shell.catch_up_consent(&mut consent)?;
         }
-        for message in &messages {
-            shell.apply_event(message);
+        let mut applied = Vec::new();
+        while let Some((partition, topic, pending)) = merger.next(Instant::now()) {
+            shell.apply_event(partition, topic, pending.kind, &pending.message, pending.input);
+            applied.push(pending.message);
         }
         shell.check_failure()?;
-        shell.advance_event_time(&clients)?;
-        let offsets = next_offsets(&messages)?;
-        drop(messages);
+        shell.advance_event_time(&clients, &merger)?;
+        let offsets = next_offsets(&applied)?;
+        drop(applied);
         match config.guarantee {
-            Guarantee::ExactlyOnce => shell.commit_exactly_once(&clients, &offsets, &mut consent, &mut changelog)?,
+            Guarantee::ExactlyOnce => {
+                shell.commit_exactly_once(&clients, &offsets, &mut merger, &mut consent, &mut changelog)?
+            }
             Guarantee::AtLeastOnce => {
                 let sent = shell.send(&clients, offsets)?;
                 if let Some(previous) = in_flight.replace(sent) {
@@ -232,6 +243,13 @@ impl InFlight {
         }
         Ok(())
     }
+}
+
+/// An event record read and decoded, waiting for its turn.
+struct Pending<'c> {
+    message: BorrowedMessage<'c>,
+    kind: InputKind,
+    input: Result<Input, Rejection>,
 }
 
 /// The offsets after the last record of each partition in `messages`.
@@ -432,14 +450,14 @@ impl<'a> Shell<'a> {
     fn rebalance(
         &mut self,
         change: Rebalanced,
-        messages: &mut Vec<BorrowedMessage<'_>>,
+        merger: &mut Merger<Pending<'_>>,
         clients: &Clients,
         consent: &mut Table,
         changelog: &mut Table,
     ) -> Result<(), PipelineError> {
         match change {
             Rebalanced::Revoked(partitions) => {
-                messages.retain(|message| !partitions.contains(&message.partition()));
+                merger.drop_partitions(&partitions);
                 // Kept aside until the assignment that follows (an eager
                 // rebalance revokes everything first): a partition given back
                 // whose changelog nobody wrote meanwhile keeps its state. Its
@@ -582,13 +600,15 @@ impl<'a> Shell<'a> {
     }
 
     /// Fires time-driven changes on every owned partition whose watermark advanced.
-    fn advance_event_time(&mut self, clients: &Clients) -> Result<(), PipelineError> {
+    fn advance_event_time(&mut self, clients: &Clients, merger: &Merger<Pending<'_>>) -> Result<(), PipelineError> {
         let positions = clients.events.position().map_err(clients::kafka("read consumer positions"))?;
         let owned: Vec<i32> = self.owned.iter().copied().collect();
         let topics = &self.event_topics;
         let starts = &self.starts;
+        // A topic-partition is read to its end when nothing is left to fetch
+        // and nothing fetched waits in the merger.
         let advanced = self.event_time.advance(&owned, topics.len(), |topic, partition| {
-            clients.read_to_end(&positions, starts, &topics[topic], partition)
+            !merger.holds(partition, topic) && clients.read_to_end(&positions, starts, &topics[topic], partition)
         });
         let now = now_ms();
         for (partition, watermark) in advanced {
@@ -601,32 +621,63 @@ impl<'a> Shell<'a> {
         Ok(())
     }
 
-    /// Processes one record read from an event topic.
-    fn apply_event(&mut self, message: &BorrowedMessage<'_>) {
-        match self.kinds.get(message.topic()).copied() {
-            Some((kind, topic)) => {
-                let partition = message.partition();
-                let source = Source { partition, watermark: self.event_time.watermark(partition) };
-                if let Some(event_time) = self.process(kind, source, message) {
-                    self.event_time.observe(topic, partition, event_time);
-                }
-            }
-            None => tracing::error!(topic = message.topic(), "record from a topic that is not an input; skipped"),
+    /// Decodes a record read from an event topic and buffers it for its
+    /// turn in event-time order.
+    fn ingest<'c>(&mut self, message: BorrowedMessage<'c>, merger: &mut Merger<Pending<'c>>) {
+        let Some((kind, topic)) = self.kinds.get(message.topic()).copied() else {
+            tracing::error!(topic = message.topic(), "record from a topic that is not an input; skipped");
+            return;
+        };
+        let Some(input) = self.decode(kind, &message) else { return };
+        let event_time = input.as_ref().ok().and_then(Input::event_time);
+        merger.push(message.partition(), topic, event_time, Pending { message, kind, input });
+    }
+
+    /// Applies an event record whose turn has come.
+    fn apply_event(
+        &mut self,
+        partition: i32,
+        topic: usize,
+        kind: InputKind,
+        message: &BorrowedMessage<'_>,
+        input: Result<Input, Rejection>,
+    ) {
+        let source = Source { partition, watermark: self.event_time.watermark(partition) };
+        if let Some(event_time) = self.settle(kind, source, message, input) {
+            self.event_time.observe(topic, partition, event_time);
         }
     }
 
     /// Processes one consent record (every instance reads all of them).
     fn apply(&mut self, kind: InputKind, message: &BorrowedMessage<'_>) {
         let source = Source { partition: message.partition(), watermark: i64::MIN };
-        self.process(kind, source, message);
+        if let Some(input) = self.decode(kind, message) {
+            self.settle(kind, source, message, input);
+        }
     }
 
-    /// Processes one record of `kind` from `source`; returns its event time.
-    fn process(&mut self, kind: InputKind, source: Source, message: &BorrowedMessage<'_>) -> Option<i64> {
+    /// Decodes and validates a record; `None` if it cannot be decoded now
+    /// (the schema registry stayed unreachable: the pipeline stops).
+    fn decode(&mut self, kind: InputKind, message: &BorrowedMessage<'_>) -> Option<Result<Input, Rejection>> {
         if !self.fetch_writer_schema(message.payload()) {
             return None;
         }
-        let processed = self.processor.process_from(source, kind, message.key(), message.payload(), now_ms());
+        Some(self.processor.decode(kind, message.key(), message.payload(), now_ms()))
+    }
+
+    /// Applies a decoded record of `kind` from `source` (or counts and
+    /// dead-letters a bad one); returns its event time.
+    fn settle(
+        &mut self,
+        kind: InputKind,
+        source: Source,
+        message: &BorrowedMessage<'_>,
+        input: Result<Input, Rejection>,
+    ) -> Option<i64> {
+        let processed = match input {
+            Ok(input) => self.processor.apply(source, input, now_ms()),
+            Err(rejection) => Processed::rejected(rejection),
+        };
         let work = &mut self.work;
         work.tally.record(kind, &processed);
         if let Outcome::Rejected(rejection) = &processed.outcome {
@@ -688,6 +739,7 @@ impl<'a> Shell<'a> {
         &mut self,
         clients: &Clients,
         offsets: &TopicPartitionList,
+        merger: &mut Merger<Pending<'_>>,
         consent: &mut Table,
         changelog: &mut Table,
     ) -> Result<(), PipelineError> {
@@ -714,6 +766,8 @@ impl<'a> Shell<'a> {
                 let owned: Vec<i32> = self.owned.iter().copied().collect();
                 self.forget(&owned);
                 self.work = Work { tally: std::mem::take(&mut self.work.tally), ..Work::default() };
+                // Everything after the last commit is read again.
+                merger.clear();
                 clients.rewind()?;
                 self.restore(&owned, consent, changelog)
             }

@@ -128,6 +128,11 @@ impl Pipeline {
         Self::launch(topics, "", extra_pipeline, extra_admin, log_level, "run")
     }
 
+    /// Starts the pipeline with extra `[kafka]` settings (e.g. `client_properties`).
+    pub fn start_with_kafka(topics: &Topics, extra_kafka: &str, extra_pipeline: &str) -> Self {
+        Self::launch(topics, extra_kafka, extra_pipeline, "", "info", "run")
+    }
+
     /// Starts instance `instance` of a group (several may run at once),
     /// with a short session timeout so a killed instance's partitions move soon.
     pub fn start_instance(topics: &Topics, instance: &str, extra_pipeline: &str) -> Self {
@@ -326,6 +331,9 @@ impl Producer {
         let inner = ClientConfig::new()
             .set("bootstrap.servers", bootstrap())
             .set("partitioner", "murmur2_random")
+            // A broker restart mid-stream must not write a record twice
+            // (librdkafka retries what the broker wrote but never acknowledged).
+            .set("enable.idempotence", "true")
             .create()
             .unwrap();
         Self { inner }

@@ -99,9 +99,9 @@ pub fn produce(topics: &Topics, inputs: &[Input], per_second: u64) {
 
 /// The final profile of every user, computed by the pure core from `inputs`
 /// in production order, with each partition's event time then at its
-/// newest event minus [`LATENESS_MS`] (where the pipeline's watermarks end
+/// newest event minus `lateness_ms` (where the pipeline's watermarks end
 /// once every record is read).
-fn expected(inputs: &[Input]) -> BTreeMap<String, Option<Profile>> {
+fn expected(inputs: &[Input], lateness_ms: i64) -> BTreeMap<String, Option<Profile>> {
     let (catalogue, settings) = tactful::config::embedded_defaults();
     let processor = Processor::new(Codec::new(&[]).unwrap(), catalogue, &settings);
     let now = now_ms();
@@ -116,7 +116,7 @@ fn expected(inputs: &[Input]) -> BTreeMap<String, Option<Profile>> {
         }
     }
     for (partition, newest) in newest {
-        processor.advance_partition(partition, newest - LATENESS_MS, now);
+        processor.advance_partition(partition, newest - lateness_ms, now);
     }
     let mut profiles = BTreeMap::new();
     for input in inputs {
@@ -173,9 +173,14 @@ pub fn published(topics: &Topics) -> Result<BTreeMap<String, Option<Profile>>, S
 /// Waits until the published profiles equal what the pure core computes
 /// from `inputs` for every user (time-driven changes come in a batch after
 /// the last record), and fails with the differences if they do not within a
-/// minute.
+/// minute; the pipeline runs with [`LATENESS_MS`].
 pub fn assert_converges(topics: &Topics, inputs: &[Input]) {
-    let expected = expected(inputs);
+    assert_converges_with(topics, inputs, LATENESS_MS)
+}
+
+/// [`assert_converges`] for a pipeline whose allowed lateness is `lateness_ms`.
+pub fn assert_converges_with(topics: &Topics, inputs: &[Input], lateness_ms: i64) {
+    let expected = expected(inputs, lateness_ms);
     super::wait_processed(topics);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
