@@ -385,13 +385,21 @@ fn near_store_is_exited_when_event_time_passes_without_new_events_of_the_user() 
     assert!(shopper[1].segments.is_empty());
     assert!(shopper[1].version > shopper[0].version);
 
-    // An event older than the watermark (an hour behind the newest) is late:
-    // dropped, counted, and without effect.
-    producer.send_keyed(&topics.location, "shopper", &to_json(&location("shopper", t + 10, 52.5250, 13.4025)));
+    // The watermark is now t + 1 h. A fix more than the hour near_store reads
+    // behind it can change nothing: it is late, dropped and counted.
+    producer.send_keyed(&topics.location, "shopper", &to_json(&location("shopper", t - 10, 52.5250, 13.4025)));
     let records = read_profiles(&topics);
     assert_eq!(of_user(&records, "shopper").len(), 2, "the late fix changed nothing");
     let (_, metrics) = http_get(pipeline.admin_port, "/metrics").unwrap();
     assert!(metrics.contains("tactful_events_dropped_total{kind=\"location\",reason=\"late\"} 1"), "{metrics}");
+    // A fix behind the watermark but inside that hour arrived out of order: it
+    // is applied, and the shopper evaluated at the partition's event time.
+    producer.send_keyed(&topics.location, "shopper", &to_json(&location("shopper", t + 10, 52.5250, 13.4025)));
+    let records = read_profiles(&topics);
+    let shopper: Vec<&Update> =
+        of_user(&records, "shopper").into_iter().map(|update| update.as_ref().unwrap()).collect();
+    assert_eq!(shopper.len(), 3, "{shopper:#?}");
+    assert_eq!((shopper[2].entered.clone(), shopper[2].ts), (vec!["near_store".to_owned()], t + HOUR_MS));
 }
 
 #[test]
