@@ -35,24 +35,19 @@ pub enum SchemaError {
     Encode(String),
 }
 
-/// A parsed writer or reader schema with its fingerprints.
+/// A parsed writer or reader schema with its standard fingerprint.
 struct KnownSchema {
     schema: Schema,
     /// The standard CRC-64-AVRO fingerprint (Java's `parsingFingerprint64`).
     fingerprint: u64,
-    /// The fingerprint apache-avro 0.21 computes, which tactful wrote before
-    /// it computed the standard one (it differs for logical types).
-    legacy_fingerprint: u64,
 }
 
 impl KnownSchema {
     fn parse(text: &str) -> Result<Self, SchemaError> {
-        let schema = Schema::parse_str(text).map_err(|error| SchemaError::Invalid(error.to_string()))?;
+        let schema = contain_panics(|| Schema::parse_str(text).map_err(|error| error.to_string()))
+            .map_err(SchemaError::Invalid)?;
         let fingerprint = canonical::fingerprint(text).map_err(|error| SchemaError::Invalid(error.to_string()))?;
-        let bytes = schema.fingerprint::<Rabin>().bytes;
-        let mut legacy = [0u8; 8];
-        legacy.copy_from_slice(&bytes[..8]);
-        Ok(Self { schema, fingerprint, legacy_fingerprint: u64::from_le_bytes(legacy) })
+        Ok(Self { schema, fingerprint })
     }
 
     /// The single-object header of values written with this schema.
@@ -61,6 +56,26 @@ impl KnownSchema {
         header[..2].copy_from_slice(&SINGLE_OBJECT_MARKER);
         header[2..].copy_from_slice(&self.fingerprint.to_le_bytes());
         header
+    }
+}
+
+/// A schema of the contract: the reader schema of its topic.
+struct ContractSchema {
+    known: KnownSchema,
+    /// The fingerprint apache-avro 0.21 computes, which tactful wrote before
+    /// it computed the standard one (it differs for logical types). Only the
+    /// bundled schemas have one: tactful never wrote with any other, and the
+    /// crate's canonical form panics on some schemas a registry may hold.
+    legacy_fingerprint: u64,
+}
+
+impl ContractSchema {
+    fn parse(text: &str) -> Result<Self, SchemaError> {
+        let known = KnownSchema::parse(text)?;
+        let bytes = known.schema.fingerprint::<Rabin>().bytes;
+        let mut legacy = [0u8; 8];
+        legacy.copy_from_slice(&bytes[..8]);
+        Ok(Self { known, legacy_fingerprint: u64::from_le_bytes(legacy) })
     }
 }
 
@@ -76,11 +91,11 @@ pub enum FingerprintKind {
 pub struct SchemaCatalogue {
     /// Writer schemas by fingerprint, standard and legacy.
     writers: HashMap<u64, (Arc<Schema>, FingerprintKind)>,
-    browse: KnownSchema,
-    purchase: KnownSchema,
-    location: KnownSchema,
-    consent: KnownSchema,
-    profile: KnownSchema,
+    browse: ContractSchema,
+    purchase: ContractSchema,
+    location: ContractSchema,
+    consent: ContractSchema,
+    profile: ContractSchema,
     profile_header: [u8; 10],
 }
 
@@ -88,23 +103,26 @@ impl SchemaCatalogue {
     /// The bundled schemas plus extra writer schemas (JSON texts).
     pub fn new(extra_writer_schemas: &[String]) -> Result<Self, SchemaError> {
         apache_avro::util::max_allocation_bytes(MAX_AVRO_ALLOCATION);
-        let browse = KnownSchema::parse(BROWSE_SCHEMA)?;
-        let purchase = KnownSchema::parse(PURCHASE_SCHEMA)?;
-        let location = KnownSchema::parse(LOCATION_SCHEMA)?;
-        let consent = KnownSchema::parse(CONSENT_SCHEMA)?;
-        let profile = KnownSchema::parse(PROFILE_SCHEMA)?;
-        let extra = extra_writer_schemas.iter().map(|text| KnownSchema::parse(text)).collect::<Result<Vec<_>, _>>()?;
+        let browse = ContractSchema::parse(BROWSE_SCHEMA)?;
+        let purchase = ContractSchema::parse(PURCHASE_SCHEMA)?;
+        let location = ContractSchema::parse(LOCATION_SCHEMA)?;
+        let consent = ContractSchema::parse(CONSENT_SCHEMA)?;
+        let profile = ContractSchema::parse(PROFILE_SCHEMA)?;
         let mut writers = HashMap::new();
-        for known in [&browse, &purchase, &location, &consent, &profile].into_iter().chain(&extra) {
-            let writer = Arc::new(known.schema.clone());
-            writers.insert(known.legacy_fingerprint, (writer.clone(), FingerprintKind::Legacy));
-            writers.insert(known.fingerprint, (writer, FingerprintKind::Standard));
+        for contract in [&browse, &purchase, &location, &consent, &profile] {
+            let writer = Arc::new(contract.known.schema.clone());
+            writers.insert(contract.legacy_fingerprint, (writer.clone(), FingerprintKind::Legacy));
+            writers.insert(contract.known.fingerprint, (writer, FingerprintKind::Standard));
         }
-        let profile_header = profile.header();
+        for text in extra_writer_schemas {
+            let extra = KnownSchema::parse(text)?;
+            writers.insert(extra.fingerprint, (Arc::new(extra.schema), FingerprintKind::Standard));
+        }
+        let profile_header = profile.known.header();
         Ok(Self { writers, browse, purchase, location, consent, profile, profile_header })
     }
 
-    fn reader(&self, kind: InputKind) -> &KnownSchema {
+    fn reader(&self, kind: InputKind) -> &ContractSchema {
         match kind {
             InputKind::Browse => &self.browse,
             InputKind::Purchase => &self.purchase,
@@ -115,7 +133,7 @@ impl SchemaCatalogue {
 
     /// The standard fingerprint of the contract's `ProfileUpdate` schema.
     pub fn profile_fingerprint(&self) -> u64 {
-        self.profile.fingerprint
+        self.profile.known.fingerprint
     }
 
     /// Decodes the part of a single-object value after the `C3 01` marker.
@@ -129,7 +147,7 @@ impl SchemaCatalogue {
         };
         let fingerprint = u64::from_le_bytes(*fingerprint_bytes);
         let reader = self.reader(kind);
-        if fingerprint == reader.fingerprint {
+        if fingerprint == reader.known.fingerprint {
             return Ok((decode_direct(datum)?, FingerprintKind::Standard));
         }
         if fingerprint == reader.legacy_fingerprint {
@@ -148,7 +166,7 @@ impl SchemaCatalogue {
         writer: &RegistryWriter,
         datum: &[u8],
     ) -> Result<T, DecodeError> {
-        if writer.fingerprint == self.reader(kind).fingerprint {
+        if writer.fingerprint == self.reader(kind).known.fingerprint {
             decode_direct(datum)
         } else {
             self.decode_resolved(kind, &writer.schema, datum)
@@ -177,8 +195,9 @@ impl SchemaCatalogue {
                 detail: format!("{} bytes after the end of the datum", reader.rest.len()),
             });
         }
-        let resolved =
-            value.resolve(&self.reader(kind).schema).map_err(|error| DecodeError::SchemaMismatch(error.to_string()))?;
+        let resolved = value
+            .resolve(&self.reader(kind).known.schema)
+            .map_err(|error| DecodeError::SchemaMismatch(error.to_string()))?;
         apache_avro::from_value(&resolved)
             .map_err(|error| DecodeError::Malformed { encoding: "avro", detail: error.to_string() })
     }
@@ -193,7 +212,7 @@ impl SchemaCatalogue {
     /// Appends an input record of `kind` in single-object encoding to `out`
     /// (for synthetic load: `tactful demo`, `tactful gen`, benchmarks).
     pub fn encode_input<T: Serialize>(&self, kind: InputKind, value: &T, out: &mut Vec<u8>) -> Result<(), SchemaError> {
-        let reader = self.reader(kind);
+        let reader = &self.reader(kind).known;
         out.extend_from_slice(&reader.header());
         apache_avro::write_avro_datum_ref(&reader.schema, value, out)
             .map_err(|error| SchemaError::Encode(error.to_string()))?;
@@ -213,6 +232,17 @@ impl RegistryWriter {
         let known = KnownSchema::parse(text)?;
         Ok(Self { schema: known.schema, fingerprint: known.fingerprint })
     }
+}
+
+/// Runs `apache_avro` on a schema from outside the process (a registry's,
+/// a configured file): apache-avro 0.21 unwraps on some invalid schemas (a
+/// name that is not a valid Avro name, a non-numeric `precision`) instead of
+/// returning an error, as the `registry_schema` fuzz target found. Such a
+/// panic becomes an error for that schema, so its records are bad input and
+/// the pipeline keeps running.
+fn contain_panics<T>(run: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(run))
+        .unwrap_or_else(|_| Err("the avro library cannot handle this schema".to_owned()))
 }
 
 /// Decodes a datum written with the contract's own schema of `T`.
