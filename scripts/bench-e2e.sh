@@ -7,7 +7,7 @@
 # Then it starts the pipeline again and reports how fast the state is
 # restored from the changelog (users restored per second).
 #
-# Usage: [GUARANTEE=exactly_once|at_least_once] [MAX_BATCH=50000] [COMMIT_INTERVAL_MS=100] \
+# Usage: [GUARANTEE=exactly_once|at_least_once] [MAX_BATCH=50000] [COMMIT_INTERVAL_MS=100] [MAX_IDLE_WAIT_MS=500] \
 #        scripts/bench-e2e.sh [users] [events] [partitions]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,6 +40,7 @@ profiles = "$prefix.profiles.updates"
 max_batch_records = ${MAX_BATCH:-50000}
 commit_interval_ms = ${COMMIT_INTERVAL_MS:-100}
 processing_guarantee = "$guarantee"
+max_idle_wait_ms = ${MAX_IDLE_WAIT_MS:-500}
 
 [admin]
 listen = "127.0.0.1:$port"
