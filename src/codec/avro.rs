@@ -95,7 +95,7 @@ pub struct SchemaCatalogue {
     purchase: ContractSchema,
     location: ContractSchema,
     consent: ContractSchema,
-    profile: ContractSchema,
+    /// The single-object header of every `ProfileUpdate` written.
     profile_header: [u8; 10],
 }
 
@@ -119,7 +119,7 @@ impl SchemaCatalogue {
             writers.insert(extra.fingerprint, (Arc::new(extra.schema), FingerprintKind::Standard));
         }
         let profile_header = profile.known.header();
-        Ok(Self { writers, browse, purchase, location, consent, profile, profile_header })
+        Ok(Self { writers, browse, purchase, location, consent, profile_header })
     }
 
     fn reader(&self, kind: InputKind) -> &ContractSchema {
@@ -129,11 +129,6 @@ impl SchemaCatalogue {
             InputKind::Location => &self.location,
             InputKind::Consent => &self.consent,
         }
-    }
-
-    /// The standard fingerprint of the contract's `ProfileUpdate` schema.
-    pub fn profile_fingerprint(&self) -> u64 {
-        self.profile.known.fingerprint
     }
 
     /// Decodes the part of a single-object value after the `C3 01` marker.

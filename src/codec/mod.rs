@@ -63,7 +63,7 @@ pub enum Decoded {
     Consent(ConsentChange),
 }
 
-/// How an input value was encoded (a bounded metric label).
+/// How an input value was encoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Encoding {
     /// Avro single-object encoding with the standard fingerprint.
@@ -74,18 +74,6 @@ pub enum Encoding {
     /// The Confluent wire format, with a writer schema from the registry.
     Confluent,
     Json,
-}
-
-impl Encoding {
-    /// Bounded label for metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::SingleObject => "single_object",
-            Self::SingleObjectLegacy => "single_object_legacy",
-            Self::Confluent => "confluent",
-            Self::Json => "json",
-        }
-    }
 }
 
 /// What the schema registry said about a schema id, as the codec keeps it.
@@ -189,11 +177,6 @@ impl Codec {
         out.push(CONFLUENT_MAGIC);
         out.extend_from_slice(&schema_id.to_be_bytes());
         binary::write_profile_update(update, out);
-    }
-
-    /// The standard fingerprint of the `ProfileUpdate` schema (in every single-object header written).
-    pub fn profile_fingerprint(&self) -> u64 {
-        self.schemas.profile_fingerprint()
     }
 
     /// Appends an input record of `kind` in Avro single-object encoding to `out`.
