@@ -44,42 +44,13 @@ STDOUT_LOG="$RUN_DIR/registry.log"   # Quarkus logs to the console by default
 log() { echo "registry.sh: $*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-port_open() {
-    timeout 2 bash -c "exec 3<>/dev/tcp/$HOST/$1" 2>/dev/null
-}
+PROCESS_PATTERN='quarkus-run\.jar'
+# shellcheck source=scripts/lib/services.sh
+. "$REPO_DIR/scripts/lib/services.sh"
 
 # HTTP status of GET <base>/subjects ("000" when nothing answers).
 subjects_status() {
     curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$BASE_URL/subjects" 2>/dev/null || true
-}
-
-# Prints the pid from the pid file if that process is alive and is our
-# registry (checking the command line guards against a recycled pid).
-running_pid() {
-    [ -f "$PID_FILE" ] || return 1
-    local pid
-    pid="$(cat "$PID_FILE" 2>/dev/null || true)"
-    [ -n "$pid" ] || return 1
-    kill -0 "$pid" 2>/dev/null || return 1
-    ps -p "$pid" -o args= 2>/dev/null | grep -q 'quarkus-run\.jar' || return 1
-    echo "$pid"
-}
-
-# SIGTERM (Quarkus shuts down cleanly on it), wait, then SIGKILL.
-kill_registry() {
-    local pid="$1" i
-    kill -TERM "$pid" 2>/dev/null || return 0
-    for ((i = 0; i < STOP_TIMEOUT * 10; i++)); do
-        kill -0 "$pid" 2>/dev/null || return 0
-        sleep 0.1
-    done
-    log "registry (pid $pid) did not stop within ${STOP_TIMEOUT}s; sending SIGKILL"
-    kill -KILL "$pid" 2>/dev/null || true
-    for ((i = 0; i < 50; i++)); do
-        kill -0 "$pid" 2>/dev/null || return 0
-        sleep 0.1
-    done
-    die "could not kill registry (pid $pid)"
 }
 
 # Major version of a java binary (8 for "1.8.0_x", 25 for "25.0.3"), or
@@ -176,7 +147,7 @@ fail_start() {
         log "---- last 50 lines of $STDOUT_LOG ----"
         tail -n 50 "$STDOUT_LOG" >&2 || true
     fi
-    [ -n "$pid" ] && kill_registry "$pid"
+    [ -n "$pid" ] && stop_process "$pid" registry
     rm -f "$PID_FILE"
     exit 1
 }
@@ -196,12 +167,7 @@ cmd_start() {
     local dir
     dir="$(app_dir)" || die "quarkus-run.jar not found under $DIST_DIR (delete $CACHE_DIR to download again)"
 
-    # Fresh run dir every start. Guard the wipe against a mistyped REGISTRY_RUN_DIR.
-    case "$(realpath -m "$RUN_DIR")" in
-        / | "$HOME" | "$REPO_DIR") die "refusing to wipe REGISTRY_RUN_DIR=$RUN_DIR" ;;
-    esac
-    rm -rf "$RUN_DIR"
-    mkdir -p "$RUN_DIR"
+    fresh_run_dir REGISTRY_RUN_DIR
 
     # Quarkus resolves lib/ relative to quarkus-run.jar, but the working dir
     # is the run dir so that anything it writes lands there. stdin/stdout/
@@ -232,7 +198,7 @@ cmd_stop() {
     local pid
     if pid="$(running_pid)"; then
         log "stopping registry (pid $pid)"
-        kill_registry "$pid"
+        stop_process "$pid" registry
     fi
     rm -f "$PID_FILE"
 }
