@@ -293,11 +293,11 @@ fn confluent_records_from_a_registry_producer_are_decoded_with_schema_evolution_
     // The registry's own REST API: ProfileUpdate is registered under
     // `<profiles topic>-value`, and every update carries that subject's id.
     let subject = format!("{}-value", topics.profiles);
-    let (status, body) = curl_get(&format!("{registry}/subjects"));
+    let (status, body) = registry_get("/subjects");
     assert_eq!(status, 200, "{body}");
     let subjects: Vec<String> = serde_json::from_str(&body).unwrap();
     assert!(subjects.contains(&subject), "{subject} not among {subjects:?}");
-    let (status, body) = curl_get(&format!("{registry}/subjects/{subject}/versions/latest"));
+    let (status, body) = registry_get(&format!("/subjects/{subject}/versions/latest"));
     assert_eq!(status, 200, "{body}");
     let latest: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(latest["version"], 1, "{latest}");

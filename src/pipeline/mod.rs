@@ -176,7 +176,7 @@ pub fn run(
         }
         let mut applied = Vec::new();
         while let Some((partition, topic, pending)) = merger.next(Instant::now()) {
-            shell.apply_event(partition, topic, pending.kind, &pending.message, pending.input);
+            shell.apply_event(partition, topic, &pending.message, pending.input);
             applied.push(pending.message);
         }
         shell.check_failure()?;
@@ -245,12 +245,16 @@ impl InFlight {
     }
 }
 
-/// An event record read and decoded, waiting for its turn.
+/// An event record read and decoded, waiting for its turn (its kind is
+/// its topic's: [`EVENT_KINDS`] by the merger's topic index).
 struct Pending<'c> {
     message: BorrowedMessage<'c>,
-    kind: InputKind,
     input: Result<Input, Rejection>,
 }
+
+/// The kinds of the event topics, in the order of their indices (browse,
+/// purchase, location), as the merger and the watermarks number them.
+const EVENT_KINDS: [InputKind; 3] = [InputKind::Browse, InputKind::Purchase, InputKind::Location];
 
 /// The offsets after the last record of each partition in `messages`.
 fn next_offsets(messages: &[BorrowedMessage<'_>]) -> Result<TopicPartitionList, PipelineError> {
@@ -295,8 +299,8 @@ struct Shell<'a> {
     erasures: &'a Erasures,
     dead_letters_enabled: bool,
     consent_catch_up_timeout: Duration,
-    /// Each event topic's kind and index.
-    kinds: BTreeMap<String, (InputKind, usize)>,
+    /// Each event topic's index (its kind is `EVENT_KINDS[index]`).
+    topic_indices: BTreeMap<String, usize>,
     event_topics: [String; 3],
     /// Partition numbers this instance owns (restored).
     owned: BTreeSet<i32>,
@@ -326,18 +330,13 @@ impl<'a> Shell<'a> {
     ) -> Self {
         let topics = &config.topics;
         let event_topics = [topics.browse.clone(), topics.purchase.clone(), topics.location.clone()];
-        let kinds = event_topics
-            .iter()
-            .zip([InputKind::Browse, InputKind::Purchase, InputKind::Location])
-            .enumerate()
-            .map(|(index, (topic, kind))| (topic.clone(), (kind, index)))
-            .collect();
+        let topic_indices = event_topics.iter().enumerate().map(|(index, topic)| (topic.clone(), index)).collect();
         Self {
             processor,
             erasures,
             dead_letters_enabled: config.dead_letters_enabled,
             consent_catch_up_timeout: Duration::from_millis(config.consent_catch_up_timeout_ms),
-            kinds,
+            topic_indices,
             event_topics,
             owned: BTreeSet::new(),
             revoked: BTreeMap::new(),
@@ -624,13 +623,13 @@ impl<'a> Shell<'a> {
     /// Decodes a record read from an event topic and buffers it for its
     /// turn in event-time order.
     fn ingest<'c>(&mut self, message: BorrowedMessage<'c>, merger: &mut Merger<Pending<'c>>) {
-        let Some((kind, topic)) = self.kinds.get(message.topic()).copied() else {
+        let Some(&topic) = self.topic_indices.get(message.topic()) else {
             tracing::error!(topic = message.topic(), "record from a topic that is not an input; skipped");
             return;
         };
-        let Some(input) = self.decode(kind, &message) else { return };
+        let Some(input) = self.decode(EVENT_KINDS[topic], &message) else { return };
         let event_time = input.as_ref().ok().and_then(Input::event_time);
-        merger.push(message.partition(), topic, event_time, Pending { message, kind, input });
+        merger.push(message.partition(), topic, event_time, Pending { message, input });
     }
 
     /// Applies an event record whose turn has come.
@@ -638,12 +637,11 @@ impl<'a> Shell<'a> {
         &mut self,
         partition: i32,
         topic: usize,
-        kind: InputKind,
         message: &BorrowedMessage<'_>,
         input: Result<Input, Rejection>,
     ) {
         let source = Source { partition, watermark: self.event_time.watermark(partition) };
-        if let Some(event_time) = self.settle(kind, source, message, input) {
+        if let Some(event_time) = self.settle(EVENT_KINDS[topic], source, message, input) {
             self.event_time.observe(topic, partition, event_time);
         }
     }

@@ -76,10 +76,7 @@ impl RegistryClient {
     pub fn schema_by_id(&self, id: u32) -> Result<Result<String, String>, PipelineError> {
         let url = format!("{}/schemas/ids/{id}", self.url);
         self.retrying(&format!("fetch schema {id}"), || {
-            let mut request = self.agent.get(&url).header("Accept", CONTENT_TYPE);
-            if let Some(authorization) = &self.authorization {
-                request = request.header("Authorization", authorization);
-            }
+            let request = self.authorized(self.agent.get(&url)).header("Accept", CONTENT_TYPE);
             let mut response = match request.call() {
                 Ok(response) => response,
                 Err(error) => return Attempt::Retry(error.to_string()),
@@ -101,10 +98,7 @@ impl RegistryClient {
         let url = format!("{}/subjects/{subject}/versions", self.url);
         let body = serde_json::json!({ "schema": schema, "schemaType": "AVRO" });
         let answer = self.retrying(&format!("register the schema of {subject}"), || {
-            let mut request = self.agent.post(&url).header("Content-Type", CONTENT_TYPE);
-            if let Some(authorization) = &self.authorization {
-                request = request.header("Authorization", authorization);
-            }
+            let request = self.authorized(self.agent.post(&url)).header("Content-Type", CONTENT_TYPE);
             let mut response = match request.send_json(&body) {
                 Ok(response) => response,
                 Err(error) => return Attempt::Retry(error.to_string()),
@@ -124,6 +118,14 @@ impl RegistryClient {
             }
         })?;
         answer.map_err(|why| PipelineError::Registry(format!("cannot register the schema of {subject}: {why}")))
+    }
+
+    /// `request` with the basic-auth header, if one is configured.
+    fn authorized<B>(&self, request: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+        match &self.authorization {
+            Some(authorization) => request.header("Authorization", authorization),
+            None => request,
+        }
     }
 
     /// Tries `attempt` until it is done, waiting longer after each failure,

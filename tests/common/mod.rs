@@ -125,12 +125,12 @@ impl Pipeline {
 
     /// Starts the pipeline with extra `[pipeline]` and `[admin]` settings.
     pub fn start_full(topics: &Topics, extra_pipeline: &str, extra_admin: &str, log_level: &str) -> Self {
-        Self::launch(topics, "", extra_pipeline, extra_admin, log_level, "run")
+        Self::spawn_full(topics, extra_pipeline, extra_admin, log_level).ready()
     }
 
     /// Starts the pipeline with extra `[kafka]` settings (e.g. `client_properties`).
     pub fn start_with_kafka(topics: &Topics, extra_kafka: &str, extra_pipeline: &str) -> Self {
-        Self::launch(topics, extra_kafka, extra_pipeline, "", "info", "run")
+        Self::spawn(topics, extra_kafka, extra_pipeline, "", "info", "run").ready()
     }
 
     /// Starts instance `instance` of a group (several may run at once),
@@ -144,20 +144,7 @@ impl Pipeline {
         let kafka = format!(
             "instance_id = \"{instance}\"\nclient_properties = {{ \"session.timeout.ms\" = \"6000\", \"heartbeat.interval.ms\" = \"1000\" }}"
         );
-        Self::launch(topics, &kafka, extra_pipeline, "", "info", name)
-    }
-
-    fn launch(
-        topics: &Topics,
-        extra_kafka: &str,
-        extra_pipeline: &str,
-        extra_admin: &str,
-        log_level: &str,
-        name: &str,
-    ) -> Self {
-        let pipeline = Self::spawn(topics, extra_kafka, extra_pipeline, extra_admin, log_level, name);
-        pipeline.wait_ready();
-        pipeline
+        Self::spawn(topics, &kafka, extra_pipeline, "", "info", name).ready()
     }
 
     /// Like [`Pipeline::start_full`], without waiting for readiness: for a
@@ -234,6 +221,12 @@ listen = "127.0.0.1:{admin_port}"
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Waits until the pipeline answers `/readyz` with 200.
+    fn ready(self) -> Self {
+        self.wait_ready();
+        self
     }
 
     fn wait_ready(&self) {
@@ -709,16 +702,15 @@ pub fn read_with_kcat(topic: &str, registry: Option<&str>) -> Vec<serde_json::Va
         .collect()
 }
 
-/// A GET of `url` with curl: (status, body).
-pub fn curl_get(url: &str) -> (u16, String) {
-    let output = Command::new("curl")
-        .args(["-s", "--max-time", "15", "-w", "\n%{http_code}", url])
-        .output()
-        .unwrap_or_else(|error| panic!("cannot run curl: {error}"));
-    assert!(output.status.success(), "curl {url} failed: {}", String::from_utf8_lossy(&output.stderr));
-    let text = String::from_utf8(output.stdout).unwrap();
-    let (body, status) = text.rsplit_once('\n').unwrap();
-    (status.parse().unwrap(), body.to_owned())
+/// A GET of `path` under the schema registry's base URL: (status, body).
+pub fn registry_get(path: &str) -> (u16, String) {
+    let base = registry();
+    let (port, base_path) = base
+        .strip_prefix("http://127.0.0.1:")
+        .and_then(|rest| rest.split_once('/'))
+        .unwrap_or_else(|| panic!("the test registry is on loopback: {base}"));
+    http_get(port.parse().unwrap(), &format!("/{base_path}{path}"))
+        .unwrap_or_else(|| panic!("the registry at {base} did not answer"))
 }
 
 /// The offset `group` committed for `topic`/`partition` (the next record it
