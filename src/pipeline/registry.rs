@@ -163,3 +163,110 @@ fn usable_avro(answer: SchemaAnswer) -> Result<String, String> {
     }
     answer.schema.ok_or_else(|| "the answer has no schema".to_owned())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    /// A loopback HTTP server that answers each of `answers` to one request
+    /// and returns the requests it read.
+    fn serve(answers: Vec<(u16, &'static str)>) -> (String, std::thread::JoinHandle<Vec<String>>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/base", listener.local_addr().unwrap());
+        let server = std::thread::spawn(move || {
+            let mut requests = Vec::new();
+            for (status, body) in answers {
+                let (mut stream, _) = listener.accept().unwrap();
+                let mut request = Vec::new();
+                let mut buffer = [0u8; 4096];
+                // Headers, then a body as long as Content-Length says.
+                while !request.windows(4).any(|window| window == b"\r\n\r\n") {
+                    let read = stream.read(&mut buffer).unwrap();
+                    request.extend_from_slice(&buffer[..read]);
+                }
+                let text = String::from_utf8_lossy(&request).into_owned();
+                let length = text
+                    .lines()
+                    .find_map(|line| line.to_ascii_lowercase().strip_prefix("content-length: ").map(str::to_owned))
+                    .map_or(0, |length| length.trim().parse::<usize>().unwrap());
+                let head = text.find("\r\n\r\n").unwrap() + 4;
+                while request.len() < head + length {
+                    let read = stream.read(&mut buffer).unwrap();
+                    request.extend_from_slice(&buffer[..read]);
+                }
+                requests.push(String::from_utf8_lossy(&request).into_owned());
+                let response = format!(
+                    "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                stream.write_all(response.as_bytes()).unwrap();
+            }
+            requests
+        });
+        (url, server)
+    }
+
+    fn settings(url: &str) -> Registry {
+        Registry {
+            url: url.to_owned(),
+            basic_auth: None,
+            ca_pem: None,
+            request_timeout_ms: 5_000,
+            unavailable_timeout_ms: 5_000,
+        }
+    }
+
+    #[test]
+    fn requests_carry_basic_auth_and_the_answers_are_read_as_confluents_api_gives_them() {
+        let (url, server) = serve(vec![
+            (200, r#"{"schema":"\"string\""}"#),
+            (404, r#"{"error_code":40403,"message":"Schema 9 not found"}"#),
+            (200, r#"{"schema":"syntax = \"proto3\";","schemaType":"PROTOBUF"}"#),
+            (503, "{}"),
+            (200, r#"{"id":42}"#),
+        ]);
+        let basic_auth = Some(("ann".to_owned(), "s3:cret".to_owned()));
+        let registry = RegistryClient::new(&Registry { basic_auth, ..settings(&url) }).unwrap();
+        assert_eq!(registry.schema_by_id(7).unwrap(), Ok("\"string\"".to_owned()));
+        assert_eq!(registry.schema_by_id(9).unwrap(), Err("the registry does not know this id".to_owned()));
+        assert_eq!(registry.schema_by_id(8).unwrap(), Err("a PROTOBUF schema, not Avro".to_owned()));
+        // A 5xx is retried; the registration's answer is its id.
+        assert_eq!(registry.register("profiles.updates-value", "\"string\"").unwrap(), 42);
+        let requests = server.join().unwrap();
+        assert!(requests[0].starts_with("GET /base/schemas/ids/7 "), "{}", requests[0]);
+        assert!(requests[4].starts_with("POST /base/subjects/profiles.updates-value/versions "), "{}", requests[4]);
+        let (_, body) = requests[4].split_once("\r\n\r\n").unwrap();
+        let body: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(body, serde_json::json!({"schema": "\"string\"", "schemaType": "AVRO"}));
+        for request in &requests {
+            // base64("ann:s3:cret"): the password may contain a colon.
+            let authorization = request.lines().find_map(|line| {
+                line.split_once(':')
+                    .filter(|(name, _)| name.eq_ignore_ascii_case("authorization"))
+                    .map(|(_, value)| value.trim())
+            });
+            assert_eq!(authorization, Some("Basic YW5uOnMzOmNyZXQ="), "{request}");
+        }
+    }
+
+    #[test]
+    fn an_unreachable_registry_is_an_error_after_the_timeout_not_an_answer() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let registry =
+            RegistryClient::new(&Registry { unavailable_timeout_ms: 300, ..settings(&format!("http://{closed}")) })
+                .unwrap();
+        let error = registry.schema_by_id(1).unwrap_err().to_string();
+        assert!(
+            error.contains("is unreachable (fetch schema 1:") && error.contains("nothing was committed"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_ca_file_that_is_not_a_pem_certificate_is_refused_at_start() {
+        let ca_pem = Some(b"not a certificate".to_vec());
+        let error = RegistryClient::new(&Registry { ca_pem, ..settings("https://127.0.0.1:1") }).err().unwrap();
+        assert!(error.to_string().starts_with("schema registry: ssl_ca_location is not a PEM certificate"), "{error}");
+    }
+}
