@@ -4,9 +4,13 @@
 #
 # Usage:
 #   scripts/kafka.sh start    # prints exactly one line on stdout: 127.0.0.1:<port>
+#   scripts/kafka.sh ensure   # the same, reusing the broker if one runs (its topics kept)
 #   scripts/kafka.sh stop     # exit 0 also when nothing was running
 #   scripts/kafka.sh restart  # stop and start again on the same data (prints the address)
 #   scripts/kafka.sh status   # exit 0 if running and the port answers, else 1
+#
+# start, ensure, restart and stop wait for each other (a lock beside the run
+# dir): several callers of ensure at once start one broker.
 #
 # Environment:
 #   KAFKA_PORT             PLAINTEXT port            (default 19092)
@@ -206,8 +210,9 @@ launch_broker() {
     # stdin/stdout/stderr detached so that `$(scripts/kafka.sh start)` returns
     # once we print the address, instead of waiting for the broker's fds.
     # nohup: the broker must outlive the terminal/session that started it.
+    # 9>&-: the broker must not inherit the run dir's lock (see hold_lock).
     nohup java "${BROKER_OPTS[@]}" kafka.Kafka "$RUN_DIR/server.properties" \
-        </dev/null >>"$STDOUT_LOG" 2>&1 &
+        </dev/null >>"$STDOUT_LOG" 2>&1 9>&- &
     pid=$!
     echo "$pid" >"$PID_FILE"
     log "starting broker (pid $pid), logs in $SERVER_LOG"
@@ -244,6 +249,22 @@ cmd_restart() {
     launch_broker
 }
 
+# Prints the address of the broker the pid file names, starting one first if
+# none runs: for callers that share one broker, such as the test binaries of a
+# plain `cargo test` (tests/common). Unlike start, it keeps a running
+# broker's topics and offsets.
+cmd_ensure() {
+    local pid
+    if pid="$(running_pid)"; then
+        # Under the lock no start is half done: a broker that does not answer is stuck.
+        port_open "$PORT" || die "a broker is running (pid $pid, run dir $RUN_DIR) but $HOST:$PORT does not answer (see $SERVER_LOG); run '$0 stop' first"
+        log "reusing the running broker (pid $pid)"
+        echo "$HOST:$PORT"
+        return 0
+    fi
+    cmd_start
+}
+
 cmd_stop() {
     local pid
     if pid="$(running_pid)"; then
@@ -260,12 +281,13 @@ cmd_status() {
 }
 
 case "${1:-}" in
-    start) cmd_start ;;
-    stop) cmd_stop ;;
-    restart) cmd_restart ;;
+    start) hold_lock; cmd_start ;;
+    ensure) hold_lock; cmd_ensure ;;
+    stop) hold_lock; cmd_stop ;;
+    restart) hold_lock; cmd_restart ;;
     status) cmd_status ;;
     *)
-        echo "usage: $0 {start|stop|restart|status}" >&2
+        echo "usage: $0 {start|ensure|stop|restart|status}" >&2
         exit 2
         ;;
 esac

@@ -7,8 +7,12 @@
 # Usage:
 #   scripts/registry.sh start    # prints exactly one line on stdout:
 #                                #   http://127.0.0.1:<port>/apis/ccompat/v7
+#   scripts/registry.sh ensure   # the same, reusing the registry if one runs (its schemas kept)
 #   scripts/registry.sh stop     # exit 0 also when nothing was running
 #   scripts/registry.sh status   # exit 0 if running and <base>/subjects answers 200, else 1
+#
+# start, ensure and stop wait for each other (a lock beside the run dir):
+# several callers of ensure at once start one registry.
 #
 # Environment:
 #   REGISTRY_PORT           HTTP port; management uses port+1 (default 18081)
@@ -174,11 +178,12 @@ cmd_start() {
     # stderr are detached so that `$(scripts/registry.sh start)` returns once
     # we print the URL; nohup: it must outlive the session that started it.
     # C1-only JIT and serial GC: a test registry starts faster with them.
+    # 9>&-: the registry must not inherit the run dir's lock (see hold_lock).
     (cd "$RUN_DIR" && exec nohup "$JAVA" -Xmx384m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 \
         -XX:+ExitOnOutOfMemoryError \
         -Dquarkus.http.host="$HOST" -Dquarkus.http.port="$PORT" \
         -Dquarkus.management.host="$HOST" -Dquarkus.management.port="$MPORT" \
-        -jar "$dir/quarkus-run.jar" </dev/null >>"$STDOUT_LOG" 2>&1) &
+        -jar "$dir/quarkus-run.jar" </dev/null >>"$STDOUT_LOG" 2>&1 9>&-) &
     pid=$!
     echo "$pid" >"$PID_FILE"
     log "starting Apicurio Registry $APICURIO_VERSION with $JAVA (pid $pid), logs in $STDOUT_LOG"
@@ -192,6 +197,22 @@ cmd_start() {
     done
     log "registry ready"
     echo "$BASE_URL"
+}
+
+# Prints the base URL of the registry the pid file names, starting one first
+# if none runs: for callers that share one registry, such as the test
+# binaries of a plain `cargo test` (tests/common). Unlike start, it keeps a
+# running registry's schemas.
+cmd_ensure() {
+    local pid
+    if pid="$(running_pid)"; then
+        # Under the lock no start is half done: a registry that does not answer is stuck.
+        [ "$(subjects_status)" = 200 ] || die "a registry is running (pid $pid, run dir $RUN_DIR) but GET $BASE_URL/subjects does not answer 200 (see $STDOUT_LOG); run '$0 stop' first"
+        log "reusing the running registry (pid $pid)"
+        echo "$BASE_URL"
+        return 0
+    fi
+    cmd_start
 }
 
 cmd_stop() {
@@ -209,11 +230,12 @@ cmd_status() {
 }
 
 case "${1:-}" in
-    start) cmd_start ;;
-    stop) cmd_stop ;;
+    start) hold_lock; cmd_start ;;
+    ensure) hold_lock; cmd_ensure ;;
+    stop) hold_lock; cmd_stop ;;
     status) cmd_status ;;
     *)
-        echo "usage: $0 {start|stop|status}" >&2
+        echo "usage: $0 {start|ensure|stop|status}" >&2
         exit 2
         ;;
 esac

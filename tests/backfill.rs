@@ -8,7 +8,7 @@
 mod common;
 
 use common::stream::{self, Input};
-use common::{http_get, Pipeline, Topics};
+use common::{http_get, Pipeline, PipelineOptions, Topics};
 use tactful::codec::{Codec, Decoded};
 use tactful::model::{Event, InputKind};
 
@@ -43,7 +43,7 @@ fn a_backfill_whose_topics_are_read_at_different_speeds_loses_no_consented_event
     let browses = inputs.iter().filter(|input| input.kind == InputKind::Browse).count();
     assert!(browses > 30_000, "most of the stream is browses: {browses}");
     let pipeline =
-        Pipeline::start_with_kafka(&topics, r#"client_properties = { "max.partition.fetch.bytes" = "16384" }"#, "");
+        Pipeline::start(&topics, PipelineOptions::default().client_property("max.partition.fetch.bytes", "16384"));
     // Produced while the pipeline reads, as fast as the broker takes it.
     stream::produce(&topics, &inputs, u64::MAX);
     stream::assert_converges_with(&topics, &inputs, DEFAULT_LATENESS_MS);

@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::stream::{assert_converges, committed_events, lateness_setting, produce, seeded};
+use common::stream::{assert_converges, committed_events, instance, produce, seeded};
 use common::{Pipeline, Topics};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -27,7 +27,7 @@ fn killed_at_random_moments_and_restarted_the_pipeline_neither_loses_nor_doubles
     let producing = std::thread::scope(|scope| {
         let producer = scope.spawn(|| produce(&topics, second, 25_000));
         let mut rng = SmallRng::seed_from_u64(42);
-        let mut pipeline = Pipeline::start_instance(&topics, "a", &lateness_setting());
+        let mut pipeline = Pipeline::start(&topics, instance("a"));
         let mut committed_before = 0;
         for round in 0..4 {
             std::thread::sleep(Duration::from_millis(rng.random_range(500..2_500)));
@@ -43,7 +43,7 @@ fn killed_at_random_moments_and_restarted_the_pipeline_neither_loses_nor_doubles
             let committed = committed_events(&topics);
             assert!(committed >= committed_before, "committed offsets never go back");
             committed_before = committed;
-            pipeline = Pipeline::start_instance(&topics, "a", &lateness_setting());
+            pipeline = Pipeline::start(&topics, instance("a"));
         }
         producer.join().unwrap();
         pipeline
@@ -59,11 +59,11 @@ fn a_second_instance_joining_and_leaving_moves_partitions_and_their_state_withou
     let inputs = seeded(11, 4_000, 150_000, 90, PARTITIONS);
     let (first, second) = inputs.split_at(inputs.len() / 3);
     produce(&topics, first, 1_000_000);
-    let a = Pipeline::start_instance(&topics, "a", &lateness_setting());
+    let a = Pipeline::start(&topics, instance("a"));
     std::thread::scope(|scope| {
         let producer = scope.spawn(|| produce(&topics, second, 20_000));
         std::thread::sleep(Duration::from_millis(1_500));
-        let b = Pipeline::start_instance(&topics, "b", &lateness_setting());
+        let b = Pipeline::start(&topics, instance("b"));
         // Both share the partitions for a while...
         std::thread::sleep(Duration::from_secs(4));
         let b_log = b.log();
@@ -91,10 +91,10 @@ fn a_second_process_with_the_same_instance_id_fences_the_first() {
     let inputs = seeded(13, 2_000, 60_000, 90, PARTITIONS);
     let (first, second) = inputs.split_at(inputs.len() / 2);
     produce(&topics, first, 1_000_000);
-    let zombie = Pipeline::start_incarnation(&topics, "same", "zombie", &lateness_setting());
+    let zombie = Pipeline::start(&topics, instance("same").incarnation("zombie"));
     // A new incarnation under the same id (as after a network partition):
     // it takes over the transactional id, and the old one can no longer commit.
-    let successor = Pipeline::start_incarnation(&topics, "same", "successor", &lateness_setting());
+    let successor = Pipeline::start(&topics, instance("same").incarnation("successor"));
     produce(&topics, second, 1_000_000);
     let zombie_log = zombie.log_path.clone();
     let status = zombie.wait_for_exit(Duration::from_secs(60));

@@ -110,7 +110,7 @@ fn browse_v2(user: &str, ts: i64, category: &str) -> Value {
 #[test]
 fn records_written_by_fastavro_are_personalized_and_the_updates_decode_with_fastavro_read_by_kcat() {
     let topics = Topics::create("interop-fastavro");
-    let pipeline = Pipeline::start(&topics);
+    let pipeline = Pipeline::start(&topics, PipelineOptions::default());
     let t = base_time();
     produce_with_python(
         "single-object",
@@ -198,7 +198,7 @@ fn confluent_records_from_a_registry_producer_are_decoded_with_schema_evolution_
     let topics = Topics::create("interop-confluent");
     let registry = registry();
     // No output_format: with a registry, updates are in the Confluent format by default.
-    let _pipeline = Pipeline::start_full(&topics, "", &registry_table(&registry), "info");
+    let _pipeline = Pipeline::start(&topics, PipelineOptions::default().extra_tables(&registry_table(&registry)));
     let t = base_time();
     produce_with_python(
         "confluent",
@@ -320,7 +320,7 @@ fn confluent_records_from_a_registry_producer_are_decoded_with_schema_evolution_
 fn confluent_records_with_an_unknown_id_or_an_incompatible_schema_are_dead_lettered_with_their_reason() {
     let topics = Topics::create("interop-bad-confluent");
     let registry = registry();
-    let pipeline = Pipeline::start_full(&topics, "", &registry_table(&registry), "info");
+    let pipeline = Pipeline::start(&topics, PipelineOptions::default().extra_tables(&registry_table(&registry)));
     let t = base_time();
     produce_with_python(
         "confluent",
@@ -428,7 +428,10 @@ fn an_unreachable_registry_stops_the_pipeline_without_losing_records() {
     let unreachable = format!(
         "[schema_registry]\nurl = \"http://127.0.0.1:{closed}/apis/ccompat/v7\"\nunavailable_timeout_ms = 3000\n"
     );
-    let down = Pipeline::spawn_full(&topics, single_object, &unreachable, "info");
+    let down = Pipeline::spawn(
+        &topics,
+        PipelineOptions::default().pipeline_settings(single_object).extra_tables(&unreachable),
+    );
     let log_path = down.log_path.clone();
     let started = Instant::now();
     let status = down.wait_for_exit(Duration::from_secs(30));
@@ -444,7 +447,10 @@ fn an_unreachable_registry_stops_the_pipeline_without_losing_records() {
     assert_eq!(read_all(&topics.dead_letters).len(), 0, "the record was not dead-lettered");
 
     // With the registry back, a new pipeline goes on from the last commit.
-    let _pipeline = Pipeline::start_full(&topics, single_object, &registry_table(&registry), "info");
+    let _pipeline = Pipeline::start(
+        &topics,
+        PipelineOptions::default().pipeline_settings(single_object).extra_tables(&registry_table(&registry)),
+    );
     let records = read_profiles(&topics);
     assert_eq!(records.len(), 1, "{records:#?}");
     let (key, update) = &records[0];

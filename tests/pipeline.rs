@@ -9,7 +9,7 @@ use rdkafka::message::Message;
 #[test]
 fn users_without_consent_never_influence_a_profile() {
     let topics = Topics::create("no-consent");
-    let _pipeline = Pipeline::start(&topics);
+    let _pipeline = Pipeline::start(&topics, PipelineOptions::default());
     let producer = Producer::new();
     let t = base_time();
     let store = (52.5246, 13.4020);
@@ -81,7 +81,8 @@ fn each_default_segment_is_entered_and_exited_with_exact_updates() {
     // The records below are produced in a different order than their event
     // times (a day apart within a second): a lateness of two days keeps any
     // of them from counting as late.
-    let _pipeline = Pipeline::start_with(&topics, "allowed_lateness_ms = 172800000");
+    let _pipeline =
+        Pipeline::start(&topics, PipelineOptions::default().pipeline_settings("allowed_lateness_ms = 172800000"));
     let producer = Producer::new();
     let t = base_time();
     for user in ["runner", "spender", "habit", "visitor", "shopper"] {
@@ -195,7 +196,10 @@ fn each_default_segment_is_entered_and_exited_with_exact_updates() {
 fn withdrawal_publishes_a_tombstone_and_later_events_are_dropped() {
     let topics = Topics::create("withdrawal");
     // The at-least-once mode (exactly once is the default and every other test's).
-    let _pipeline = Pipeline::start_with(&topics, "processing_guarantee = \"at_least_once\"");
+    let _pipeline = Pipeline::start(
+        &topics,
+        PipelineOptions::default().pipeline_settings("processing_guarantee = \"at_least_once\""),
+    );
     let producer = Producer::new();
     let t = base_time();
     for user in ["withdraws", "forgotten", "lightened"] {
@@ -237,7 +241,7 @@ fn withdrawal_publishes_a_tombstone_and_later_events_are_dropped() {
 #[test]
 fn bad_records_are_dead_lettered_and_processing_continues() {
     let topics = Topics::create("bad-input");
-    let _pipeline = Pipeline::start(&topics);
+    let _pipeline = Pipeline::start(&topics, PipelineOptions::default());
     let producer = Producer::new();
     let t = base_time();
     producer.send_keyed(&topics.consent, "good", &to_json(&consent("good", t - 1000, EVERYTHING, "FULL")));
@@ -318,7 +322,7 @@ fn mismatched_partition_counts_are_a_clear_start_error() {
 #[test]
 fn health_readiness_and_metrics_are_served_on_loopback() {
     let topics = Topics::create("admin");
-    let pipeline = Pipeline::start(&topics);
+    let pipeline = Pipeline::start(&topics, PipelineOptions::default());
     let producer = Producer::new();
     let t = base_time();
     producer.send_keyed(&topics.consent, "m", &to_json(&consent("m", t, EVERYTHING, "FULL")));
@@ -339,7 +343,7 @@ fn health_readiness_and_metrics_are_served_on_loopback() {
 #[test]
 fn gpc_removes_ads_until_a_newer_consent_change_grants_it_again() {
     let topics = Topics::create("gpc");
-    let _pipeline = Pipeline::start(&topics);
+    let _pipeline = Pipeline::start(&topics, PipelineOptions::default());
     let producer = Producer::new();
     let t = base_time();
     producer.send_keyed(&topics.consent, "g", &to_json(&consent("g", t - 1000, EVERYTHING, "FULL")));
@@ -364,7 +368,7 @@ fn gpc_removes_ads_until_a_newer_consent_change_grants_it_again() {
 #[test]
 fn near_store_is_exited_when_event_time_passes_without_new_events_of_the_user() {
     let topics = Topics::create("time-exit");
-    let pipeline = Pipeline::start_with(&topics, "allowed_lateness_ms = 1000");
+    let pipeline = Pipeline::start(&topics, PipelineOptions::default().pipeline_settings("allowed_lateness_ms = 1000"));
     let producer = Producer::new();
     let t = base_time();
     producer.send_keyed(&topics.consent, "shopper", &to_json(&consent("shopper", t - 1000, EVERYTHING, "FULL")));
@@ -405,7 +409,7 @@ fn near_store_is_exited_when_event_time_passes_without_new_events_of_the_user() 
 #[test]
 fn debug_logs_carry_no_personal_data() {
     let topics = Topics::create("log-privacy");
-    let pipeline = Pipeline::start_logging(&topics, "", "trace");
+    let pipeline = Pipeline::start(&topics, PipelineOptions::default().log_level("trace"));
     let producer = Producer::new();
     let t = base_time();
     let user = "alice.private-id-4711";
@@ -441,14 +445,14 @@ fn consent_recorded_before_a_restart_is_in_force_after_it_and_versions_keep_incr
     let t = base_time();
     producer.send_keyed(&topics.consent, "loyal", &to_json(&consent("loyal", t - 1000, EVERYTHING, "FULL")));
     producer.send_keyed(&topics.consent, "refuser", &to_json(&consent("refuser", t - 1000, &["web"], "FULL")));
-    let first = Pipeline::start(&topics);
+    let first = Pipeline::start(&topics, PipelineOptions::default());
     producer.send_keyed(&topics.browse, "loyal", &to_json(&browse("loyal", t, "books")));
     let before = read_profiles(&topics);
     assert_eq!(of_user(&before, "loyal").len(), 1);
     assert!(first.stop().success());
 
     // The consent table is read again from the compacted topic at start-up.
-    let _second = Pipeline::start(&topics);
+    let _second = Pipeline::start(&topics, PipelineOptions::default());
     producer.send_keyed(&topics.browse, "loyal", &to_json(&browse("loyal", t + common::DAY_MS, "books")));
     producer.send_keyed(&topics.browse, "refuser", &to_json(&browse("refuser", t + common::DAY_MS, "books")));
     let after = read_profiles(&topics);
@@ -462,7 +466,8 @@ fn consent_recorded_before_a_restart_is_in_force_after_it_and_versions_keep_incr
 fn the_explain_api_needs_the_token_and_shows_reasons_consent_and_data_held() {
     let topics = Topics::create("explain");
     let token = "a-test-token-of-some-length";
-    let pipeline = Pipeline::start_full(&topics, "", &format!("api_token = \"{token}\""), "info");
+    let pipeline =
+        Pipeline::start(&topics, PipelineOptions::default().admin_settings(&format!("api_token = \"{token}\"")));
     let producer = Producer::new();
     let t = base_time();
     producer.send_keyed(
@@ -511,7 +516,7 @@ fn the_explain_api_needs_the_token_and_shows_reasons_consent_and_data_held() {
 #[test]
 fn without_a_token_the_explain_api_is_off() {
     let topics = Topics::create("explain-off");
-    let pipeline = Pipeline::start(&topics);
+    let pipeline = Pipeline::start(&topics, PipelineOptions::default());
     let response =
         http_get_with(pipeline.admin_port, "/v1/profiles/anyone", &["Authorization: Bearer anything-at-all-here"]);
     assert_eq!(response.map(|(status, _)| status), Some(404));
@@ -521,7 +526,8 @@ fn without_a_token_the_explain_api_is_off() {
 fn expecting_parent_needs_explicit_sensitive_consent_and_withdrawing_it_removes_the_data() {
     let topics = Topics::create("sensitive");
     let token = "another-test-token-0123";
-    let pipeline = Pipeline::start_full(&topics, "", &format!("api_token = \"{token}\""), "info");
+    let pipeline =
+        Pipeline::start(&topics, PipelineOptions::default().admin_settings(&format!("api_token = \"{token}\"")));
     let producer = Producer::new();
     let t = base_time();
     let with_sensitive = ["personalization", "sensitive", "email"];
@@ -574,7 +580,8 @@ fn expecting_parent_needs_explicit_sensitive_consent_and_withdrawing_it_removes_
 fn erasure_through_the_api_publishes_a_tombstone_and_completes_its_receipt() {
     let topics = Topics::create("erase");
     let token = "erasure-test-token-4242";
-    let pipeline = Pipeline::start_full(&topics, "", &format!("api_token = \"{token}\""), "info");
+    let pipeline =
+        Pipeline::start(&topics, PipelineOptions::default().admin_settings(&format!("api_token = \"{token}\"")));
     let producer = Producer::new();
     let t = base_time();
     producer.send_keyed(&topics.consent, "leaver", &to_json(&consent("leaver", t - 1000, EVERYTHING, "FULL")));
@@ -642,7 +649,10 @@ fn experiment_counts_are_exported_and_tactful_report_reads_them() {
          reason = \"Browsed in the last 30 days.\"\nrule = { count = { of = \"browse\", within = \"30d\" }, at_least = 1 }\n",
     )
     .unwrap();
-    let pipeline = Pipeline::start_with(&topics, &format!("segments_file = \"{}\"", segments.display()));
+    let pipeline = Pipeline::start(
+        &topics,
+        PipelineOptions::default().pipeline_settings(&format!("segments_file = \"{}\"", segments.display())),
+    );
     let producer = Producer::new();
     let t = base_time();
     let users: Vec<String> = (0..8).map(|index| format!("m{index}")).collect();
@@ -689,7 +699,8 @@ fn experiment_counts_are_exported_and_tactful_report_reads_them() {
 fn near_store_needs_precise_location_and_withdrawing_it_exits_and_removes_the_fixes() {
     let topics = Topics::create("precise");
     let token = "precise-test-token-0042";
-    let pipeline = Pipeline::start_full(&topics, "", &format!("api_token = \"{token}\""), "info");
+    let pipeline =
+        Pipeline::start(&topics, PipelineOptions::default().admin_settings(&format!("api_token = \"{token}\"")));
     let producer = Producer::new();
     let t = base_time();
     let coarse = ["personalization", "location", "push"];
@@ -725,7 +736,12 @@ fn near_store_needs_precise_location_and_withdrawing_it_exits_and_removes_the_fi
 #[test]
 fn an_idle_user_is_deleted_with_a_tombstone_when_event_time_passes_the_idle_limit() {
     let topics = Topics::create("idle");
-    let _pipeline = Pipeline::start_with(&topics, "allowed_lateness_ms = 1000\n\n[privacy]\nidle_user_days = 1");
+    let _pipeline = Pipeline::start(
+        &topics,
+        PipelineOptions::default()
+            .pipeline_settings("allowed_lateness_ms = 1000")
+            .extra_tables("[privacy]\nidle_user_days = 1"),
+    );
     let producer = Producer::new();
     let t = base_time();
     for user in ["idle", "active"] {
@@ -768,7 +784,10 @@ fn changing_the_segment_file_or_sighup_reloads_the_segments_without_a_restart() 
     let default_segments =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/segments.toml")).unwrap();
     std::fs::write(&segments_path, &default_segments).unwrap();
-    let pipeline = Pipeline::start_with(&topics, &format!("segments_file = \"{}\"", segments_path.display()));
+    let pipeline = Pipeline::start(
+        &topics,
+        PipelineOptions::default().pipeline_settings(&format!("segments_file = \"{}\"", segments_path.display())),
+    );
     let producer = Producer::new();
     let t = base_time();
     producer.send_keyed(&topics.consent, "reader", &to_json(&consent("reader", t - 1000, EVERYTHING, "FULL")));

@@ -3,6 +3,10 @@
 # registry.sh, avro-fingerprints.sh). Sourced, not run. The sourcing script
 # defines log() and die() first, and sets what each function below names.
 
+# Seconds a command waits for another one on the same run dir: long enough
+# for a start that first downloads its jars and then waits for readiness.
+LOCK_TIMEOUT=600
+
 # True if something accepts TCP connections on $HOST:$1. `timeout` guards
 # against a connect that hangs; the subshell closes the fd again.
 port_open() {
@@ -19,6 +23,18 @@ running_pid() {
     kill -0 "$pid" 2>/dev/null || return 1
     ps -p "$pid" -o args= 2>/dev/null | grep -q "$PROCESS_PATTERN" || return 1
     echo "$pid"
+}
+
+# Takes the run dir's lock, held until the script exits: the commands that
+# start or stop a service (stop, start, restart, ensure) run one at a time, so
+# test binaries that each `ensure` the service at once start it only once. The
+# lock file lies beside $RUN_DIR, not in it, because a start wipes the run dir.
+# It is fd 9: a service launched while it is held must close it (`9>&-`), or
+# the service would hold the lock for its whole life.
+hold_lock() {
+    mkdir -p "$(dirname "$RUN_DIR")"
+    exec 9>"$RUN_DIR.lock"
+    flock -w "$LOCK_TIMEOUT" 9 || die "another command on $RUN_DIR held $RUN_DIR.lock for ${LOCK_TIMEOUT}s"
 }
 
 # SIGTERM (the JVM services shut down cleanly on it), wait $STOP_TIMEOUT

@@ -1,7 +1,24 @@
-//! Test harness: a real Kafka broker (started by scripts/test.sh), fresh
-//! topics per test, the `tactful` binary as a child process, and an
-//! independent client path (raw Avro single-object bytes built with
-//! apache_avro directly, and JSON) to produce input and read profile updates.
+//! Test harness: a real Kafka broker, fresh topics per test, the `tactful`
+//! binary as a child process, and an independent client path (raw Avro
+//! single-object bytes built with apache_avro directly, and JSON) to produce
+//! input and read profile updates.
+//!
+//! The services come from the environment when scripts/test.sh set it
+//! (`TACTFUL_TEST_BOOTSTRAP`, `TACTFUL_TEST_REGISTRY`, `TACTFUL_TEST_PYTHON`,
+//! `TACTFUL_TEST_KCAT`); otherwise the harness gets each one itself, the first
+//! time a test of the process asks for it, from the script test.sh uses:
+//! `scripts/kafka.sh ensure` and `scripts/registry.sh ensure` (which reuse a
+//! broker or registry that runs from this checkout, and start one if none
+//! does), `scripts/python-env.sh` and `scripts/kcat.sh`. So a plain
+//! `cargo test` works anywhere the scripts do. A service that cannot be had
+//! fails every test that needs it, with the script's stderr: nothing is skipped.
+//!
+//! A broker or registry the harness started keeps running after the tests,
+//! for the next test binary and the next run; its pid file and logs are in
+//! target/kafka (`kafka.pid`, `server.log`, `kafka.out`) and target/registry
+//! (`registry.pid`, `registry.log`). `scripts/kafka.sh stop` and
+//! `scripts/registry.sh stop` stop them (scripts/test.sh starts its own
+//! broker and refuses to run while one is left running).
 #![allow(dead_code)]
 
 pub mod stream;
@@ -18,18 +35,59 @@ use serde::Deserialize;
 use serde_json::json;
 use std::collections::HashMap;
 use std::io::{Read, Write};
+use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub const DAY_MS: i64 = 86_400_000;
 pub const HOUR_MS: i64 = 3_600_000;
 
-/// The broker started by scripts/test.sh. Without one the test fails loudly.
+/// The test broker's bootstrap address: `TACTFUL_TEST_BOOTSTRAP`, else the
+/// broker of `scripts/kafka.sh ensure`. Without one the test fails loudly.
 pub fn bootstrap() -> String {
-    std::env::var("TACTFUL_TEST_BOOTSTRAP").unwrap_or_else(|_| {
-        panic!("TACTFUL_TEST_BOOTSTRAP is not set: run the suite with scripts/test.sh, which starts a Kafka broker")
-    })
+    static BOOTSTRAP: OnceLock<Result<String, String>> = OnceLock::new();
+    service(&BOOTSTRAP, "TACTFUL_TEST_BOOTSTRAP", &["scripts/kafka.sh", "ensure"])
+}
+
+/// The value of `variable` if set, else the one line `script` (a command
+/// line under the repository) prints, run once per test process: parallel
+/// tests wait for the first one's run, and a failure fails each of them with
+/// the same message instead of running the script again.
+fn service(cell: &OnceLock<Result<String, String>>, variable: &str, script: &[&str]) -> String {
+    let found = cell.get_or_init(|| std::env::var(variable).or_else(|_| run_service_script(variable, script)));
+    match found {
+        Ok(value) => value.clone(),
+        Err(message) => panic!("{message}"),
+    }
+}
+
+/// Runs `script` and returns the one line it prints on stdout.
+fn run_service_script(variable: &str, script: &[&str]) -> Result<String, String> {
+    let command_line = script.join(" ");
+    let output = Command::new("bash")
+        .arg(repo_path(script[0]))
+        .args(&script[1..])
+        // A group of its own: a Ctrl-C on `cargo test` must not reach a
+        // broker or registry it starts, which outlives the test process.
+        .process_group(0)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|error| format!("{variable} is not set and `bash {command_line}` could not run: {error}"))?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let value = stdout.trim();
+    if !output.status.success() || value.is_empty() || value.contains('\n') {
+        return Err(format!(
+            "{variable} is not set and `{command_line}` failed ({status}; stdout {stdout:?}); \
+             set {variable}, or run the suite with scripts/test.sh. Its stderr:\n{stderr}",
+            status = output.status,
+        ));
+    }
+    // Shown with the output of the test that asked first, if that test fails.
+    eprint!("{stderr}");
+    Ok(value.to_owned())
 }
 
 pub fn now_ms() -> i64 {
@@ -104,6 +162,116 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// How a test's pipeline differs from the plain one: TOML lines added to the
+/// generated config, client properties, the log level, and which instance of
+/// the group it is. `PipelineOptions::default()` is the plain pipeline: one
+/// instance, `RUST_LOG=info`, files in a folder named `run`.
+#[derive(Clone, Debug)]
+pub struct PipelineOptions {
+    /// `instance_id` of the `[kafka]` table, if the test runs named instances.
+    instance: Option<String>,
+    /// librdkafka properties for `client_properties` of the `[kafka]` table, in order.
+    client_properties: Vec<(String, String)>,
+    /// Lines appended to the `[pipeline]` table.
+    pipeline_settings: String,
+    /// Lines appended to the `[admin]` table.
+    admin_settings: String,
+    /// Whole tables appended at the end of the config (e.g. `[schema_registry]`).
+    extra_tables: String,
+    /// `RUST_LOG` of the process.
+    log_level: String,
+    /// The folder (under the temp dir, with the topics' prefix) of its config
+    /// and log; `None` names it after the instance, or `run` without one.
+    incarnation: Option<String>,
+}
+
+impl Default for PipelineOptions {
+    fn default() -> Self {
+        Self {
+            instance: None,
+            client_properties: Vec::new(),
+            pipeline_settings: String::new(),
+            admin_settings: String::new(),
+            extra_tables: String::new(),
+            log_level: "info".to_owned(),
+            incarnation: None,
+        }
+    }
+}
+
+impl PipelineOptions {
+    /// Instance `instance` of a group (several may run at once), with a
+    /// short session timeout so a killed instance's partitions move soon.
+    pub fn instance(mut self, instance: &str) -> Self {
+        self.instance = Some(instance.to_owned());
+        self.client_property("session.timeout.ms", "6000").client_property("heartbeat.interval.ms", "1000")
+    }
+
+    /// Keeps this process's config and log apart from an earlier or
+    /// concurrent process of the same instance (the log is appended to, so a
+    /// restart under the same name keeps its predecessors' log).
+    pub fn incarnation(mut self, name: &str) -> Self {
+        self.incarnation = Some(name.to_owned());
+        self
+    }
+
+    /// Adds a librdkafka property to `client_properties`.
+    pub fn client_property(mut self, name: &str, value: &str) -> Self {
+        self.client_properties.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Appends lines to the `[pipeline]` table (e.g. `allowed_lateness_ms = 1000`).
+    pub fn pipeline_settings(mut self, lines: &str) -> Self {
+        add_lines(&mut self.pipeline_settings, lines);
+        self
+    }
+
+    /// Appends lines to the `[admin]` table (e.g. `api_token = "..."`).
+    pub fn admin_settings(mut self, lines: &str) -> Self {
+        add_lines(&mut self.admin_settings, lines);
+        self
+    }
+
+    /// Appends whole tables at the end of the config (e.g. `[schema_registry]`).
+    pub fn extra_tables(mut self, toml: &str) -> Self {
+        add_lines(&mut self.extra_tables, toml);
+        self
+    }
+
+    /// Sets `RUST_LOG` (`info` unless set).
+    pub fn log_level(mut self, level: &str) -> Self {
+        self.log_level = level.to_owned();
+        self
+    }
+
+    /// The `[kafka]` lines beyond the connection and ids every pipeline has.
+    fn kafka_settings(&self) -> String {
+        let mut lines = Vec::new();
+        if let Some(instance) = &self.instance {
+            lines.push(format!("instance_id = \"{instance}\""));
+        }
+        if !self.client_properties.is_empty() {
+            let properties: Vec<String> =
+                self.client_properties.iter().map(|(name, value)| format!("\"{name}\" = \"{value}\"")).collect();
+            lines.push(format!("client_properties = {{ {} }}", properties.join(", ")));
+        }
+        lines.join("\n")
+    }
+
+    fn folder_name(&self) -> &str {
+        self.incarnation.as_deref().or(self.instance.as_deref()).unwrap_or("run")
+    }
+}
+
+/// Adds `lines` to the TOML text `text`, on a line of their own.
+fn add_lines(text: &mut String, lines: &str) {
+    if !text.is_empty() {
+        text.push('\n');
+    }
+    text.push_str(lines);
+}
+
 /// A running `tactful run` process; stopped with SIGTERM when dropped.
 pub struct Pipeline {
     child: Child,
@@ -113,57 +281,16 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// Writes a config for `topics` (plus `extra` TOML appended) and starts the binary.
-    pub fn start_with(topics: &Topics, extra_pipeline: &str) -> Self {
-        Self::start_logging(topics, extra_pipeline, "info")
+    /// Starts a pipeline on `topics` and waits until it is ready.
+    pub fn start(topics: &Topics, options: PipelineOptions) -> Self {
+        Self::spawn(topics, options).ready()
     }
 
-    /// Starts the pipeline with `RUST_LOG` set to `log_level`.
-    pub fn start_logging(topics: &Topics, extra_pipeline: &str, log_level: &str) -> Self {
-        Self::start_full(topics, extra_pipeline, "", log_level)
-    }
-
-    /// Starts the pipeline with extra `[pipeline]` and `[admin]` settings.
-    pub fn start_full(topics: &Topics, extra_pipeline: &str, extra_admin: &str, log_level: &str) -> Self {
-        Self::spawn_full(topics, extra_pipeline, extra_admin, log_level).ready()
-    }
-
-    /// Starts the pipeline with extra `[kafka]` settings (e.g. `client_properties`).
-    pub fn start_with_kafka(topics: &Topics, extra_kafka: &str, extra_pipeline: &str) -> Self {
-        Self::spawn(topics, extra_kafka, extra_pipeline, "", "info", "run").ready()
-    }
-
-    /// Starts instance `instance` of a group (several may run at once),
-    /// with a short session timeout so a killed instance's partitions move soon.
-    pub fn start_instance(topics: &Topics, instance: &str, extra_pipeline: &str) -> Self {
-        Self::start_incarnation(topics, instance, instance, extra_pipeline)
-    }
-
-    /// Starts instance `instance` with its files (config, log) in a folder named after `name`.
-    pub fn start_incarnation(topics: &Topics, instance: &str, name: &str, extra_pipeline: &str) -> Self {
-        let kafka = format!(
-            "instance_id = \"{instance}\"\nclient_properties = {{ \"session.timeout.ms\" = \"6000\", \"heartbeat.interval.ms\" = \"1000\" }}"
-        );
-        Self::spawn(topics, &kafka, extra_pipeline, "", "info", name).ready()
-    }
-
-    /// Like [`Pipeline::start_full`], without waiting for readiness: for a
-    /// pipeline that may stop before it is ready.
-    pub fn spawn_full(topics: &Topics, extra_pipeline: &str, extra_admin: &str, log_level: &str) -> Self {
-        Self::spawn(topics, "", extra_pipeline, extra_admin, log_level, "run")
-    }
-
-    /// Writes the config and starts the binary.
-    fn spawn(
-        topics: &Topics,
-        extra_kafka: &str,
-        extra_pipeline: &str,
-        extra_admin: &str,
-        log_level: &str,
-        name: &str,
-    ) -> Self {
+    /// Writes the config for `topics` and starts the binary, without waiting
+    /// for readiness: for a pipeline that may stop before it is ready.
+    pub fn spawn(topics: &Topics, options: PipelineOptions) -> Self {
         let admin_port = free_port();
-        let dir = std::env::temp_dir().join(format!("tactful-test-{}-{name}", topics.prefix));
+        let dir = std::env::temp_dir().join(format!("tactful-test-{}-{}", topics.prefix, options.folder_name()));
         std::fs::create_dir_all(&dir).unwrap();
         let config_path = dir.join("tactful.toml");
         let config = format!(
@@ -172,7 +299,7 @@ impl Pipeline {
 bootstrap_servers = "{bootstrap}"
 app_id = "{prefix}"
 group_id = "{group}"
-{extra_kafka}
+{kafka_settings}
 
 [topics]
 browse = "{browse}"
@@ -184,21 +311,26 @@ dead_letters = "{dead_letters}"
 
 [pipeline]
 commit_interval_ms = 50
-{extra_pipeline}
+{pipeline_settings}
 
 [admin]
 listen = "127.0.0.1:{admin_port}"
-{extra_admin}
+{admin_settings}
+{extra_tables}
 "#,
             bootstrap = bootstrap(),
             prefix = topics.prefix,
             group = topics.group(),
+            kafka_settings = options.kafka_settings(),
             browse = topics.browse,
             purchase = topics.purchase,
             location = topics.location,
             consent = topics.consent,
             profiles = topics.profiles,
             dead_letters = topics.dead_letters,
+            pipeline_settings = options.pipeline_settings,
+            admin_settings = options.admin_settings,
+            extra_tables = options.extra_tables,
         );
         std::fs::write(&config_path, config).unwrap();
         let log_path = dir.join("tactful.log");
@@ -207,7 +339,7 @@ listen = "127.0.0.1:{admin_port}"
         let child = Command::new(env!("CARGO_BIN_EXE_tactful"))
             .args(["run", "--config"])
             .arg(&config_path)
-            .env("RUST_LOG", log_level)
+            .env("RUST_LOG", &options.log_level)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -215,18 +347,14 @@ listen = "127.0.0.1:{admin_port}"
         Self { child, admin_port, config_path, log_path }
     }
 
-    pub fn start(topics: &Topics) -> Self {
-        Self::start_with(topics, "")
+    /// Waits until the pipeline answers `/readyz` with 200.
+    pub fn ready(self) -> Self {
+        self.wait_ready();
+        self
     }
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
-    }
-
-    /// Waits until the pipeline answers `/readyz` with 200.
-    fn ready(self) -> Self {
-        self.wait_ready();
-        self
     }
 
     fn wait_ready(&self) {
@@ -604,28 +732,28 @@ pub fn headers(message: &rdkafka::message::OwnedMessage) -> HashMap<String, Stri
 
 // Interoperability: other implementations of Avro and Kafka (fastavro,
 // confluent-kafka, kcat) and a real schema registry, all set up by
-// scripts/test.sh.
+// scripts/test.sh or, without it, by the harness (see the module comment).
 
-/// The Confluent-compatible schema registry's base URL started by
-/// scripts/test.sh (e.g. `http://127.0.0.1:18081/apis/ccompat/v7`).
+/// The Confluent-compatible schema registry's base URL (e.g.
+/// `http://127.0.0.1:18081/apis/ccompat/v7`): `TACTFUL_TEST_REGISTRY`, else
+/// the registry of `scripts/registry.sh ensure`.
 pub fn registry() -> String {
-    std::env::var("TACTFUL_TEST_REGISTRY").unwrap_or_else(|_| {
-        panic!("TACTFUL_TEST_REGISTRY is not set: run the suite with scripts/test.sh, which starts a schema registry")
-    })
+    static REGISTRY: OnceLock<Result<String, String>> = OnceLock::new();
+    service(&REGISTRY, "TACTFUL_TEST_REGISTRY", &["scripts/registry.sh", "ensure"])
 }
 
-/// The venv python with fastavro and confluent-kafka (scripts/python-env.sh).
+/// The venv python with fastavro and confluent-kafka: `TACTFUL_TEST_PYTHON`,
+/// else the one scripts/python-env.sh sets up.
 pub fn interop_python() -> String {
-    std::env::var("TACTFUL_TEST_PYTHON").unwrap_or_else(|_| {
-        panic!("TACTFUL_TEST_PYTHON is not set: run the suite with scripts/test.sh, which sets up the Python venv")
-    })
+    static PYTHON: OnceLock<Result<String, String>> = OnceLock::new();
+    service(&PYTHON, "TACTFUL_TEST_PYTHON", &["scripts/python-env.sh"])
 }
 
-/// The kcat binary (scripts/kcat.sh).
+/// The kcat binary: `TACTFUL_TEST_KCAT`, else the one scripts/kcat.sh finds
+/// or installs.
 pub fn kcat() -> String {
-    std::env::var("TACTFUL_TEST_KCAT").unwrap_or_else(|_| {
-        panic!("TACTFUL_TEST_KCAT is not set: run the suite with scripts/test.sh, which installs kcat")
-    })
+    static KCAT: OnceLock<Result<String, String>> = OnceLock::new();
+    service(&KCAT, "TACTFUL_TEST_KCAT", &["scripts/kcat.sh"])
 }
 
 /// A path inside the repository.

@@ -4,7 +4,7 @@
 //! Streams' EosTestDriver verifies), with no (user, version) twice and
 //! versions strictly increasing per user.
 
-use super::{bootstrap, now_ms, read_all, Producer, Topics};
+use super::{bootstrap, now_ms, read_all, PipelineOptions, Producer, Topics};
 use rdkafka::message::Message;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -18,9 +18,10 @@ use tactful::synthetic::Population;
 /// counting as late, as a minute does in a stream produced in real time.
 pub const LATENESS_MS: i64 = 30 * super::DAY_MS;
 
-/// The `[pipeline]` setting of [`LATENESS_MS`].
-pub fn lateness_setting() -> String {
-    format!("allowed_lateness_ms = {LATENESS_MS}")
+/// Instance `instance` of the group (see [`PipelineOptions::instance`]),
+/// run with [`LATENESS_MS`].
+pub fn instance(instance: &str) -> PipelineOptions {
+    PipelineOptions::default().instance(instance).pipeline_settings(&format!("allowed_lateness_ms = {LATENESS_MS}"))
 }
 
 /// One input record and the partition it is produced to.
