@@ -8,6 +8,7 @@ use tactful::codec::Codec;
 use tactful::model::InputKind;
 use tactful::processor::{Output, Processor};
 use tactful::synthetic::{Population, SyntheticRecord};
+use tactful::time::EventTime;
 
 const USERS: usize = 1_000_000;
 const RECORDS: u64 = 2_000_000;
@@ -50,13 +51,15 @@ fn process_chunk(processor: &Processor, records: &[SyntheticRecord], now_ms: i64
             processor.codec().encode_profile(&update, buffer);
         }
     };
-    let mut newest_event_time = i64::MIN;
+    let mut newest_event_time = None;
     for record in records {
         let processed = processor.process(record.kind, Some(record.key.as_bytes()), record.value.as_deref(), now_ms);
-        newest_event_time = newest_event_time.max(processed.event_time.unwrap_or(i64::MIN));
+        newest_event_time = newest_event_time.max(processed.event_time.map(EventTime));
         processed.output.map(&mut encode);
     }
-    processor.advance_to(newest_event_time, now_ms).into_iter().for_each(encode);
+    if let Some(watermark) = newest_event_time {
+        processor.advance_to(watermark, now_ms).into_iter().for_each(encode);
+    }
 }
 
 fn full_path(criterion: &mut Criterion) {

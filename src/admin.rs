@@ -4,8 +4,8 @@
 //! its `/export` download, `POST /v1/profiles/{user_id}/erase` and
 //! `GET /v1/erasures/{receipt}`.
 
+use crate::control::{now_ms, Control};
 use crate::erasure::Erasures;
-use crate::pipeline::{now_ms, Health};
 use crate::processor::Processor;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -15,13 +15,12 @@ use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Clone)]
 struct AdminState {
-    health: Arc<Health>,
+    control: Arc<Control>,
     metrics: PrometheusHandle,
 }
 
@@ -40,12 +39,12 @@ pub struct ExplainApi {
 const ERASURE_SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The admin routes; the explain API only when `explain` is given.
-pub fn router(health: Arc<Health>, metrics: PrometheusHandle, explain: Option<ExplainApi>) -> Router {
+pub fn router(control: Arc<Control>, metrics: PrometheusHandle, explain: Option<ExplainApi>) -> Router {
     let router = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(render_metrics))
-        .with_state(AdminState { health, metrics });
+        .with_state(AdminState { control, metrics });
     match explain {
         Some(explain) => router.merge(
             Router::new()
@@ -142,7 +141,7 @@ async fn erasure_status(
 }
 
 async fn readyz(State(state): State<AdminState>) -> (StatusCode, &'static str) {
-    if state.health.ready.load(Ordering::Acquire) {
+    if state.control.is_ready() {
         (StatusCode::OK, "ready\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")

@@ -6,6 +6,7 @@ use crate::consent::DropReason;
 use crate::processor::Processor;
 use crate::synthetic::Population;
 use crate::telemetry::Tally;
+use crate::time::EventTime;
 use std::time::{Duration, Instant};
 
 /// Options of `tactful demo`.
@@ -51,7 +52,7 @@ pub fn run(options: &DemoOptions) -> Result<(), DemoError> {
     }
     let codec = Codec::new(&[]).map_err(|error| DemoError(error.to_string()))?;
     let processor = Processor::new(codec, catalogue, &settings);
-    let now_ms = crate::pipeline::now_ms();
+    let now_ms = crate::control::now_ms();
     let mut population = Population::new(options.seed, options.users.max(1), options.events, options.days, now_ms);
 
     println!(
@@ -68,21 +69,21 @@ pub fn run(options: &DemoOptions) -> Result<(), DemoError> {
     let started = Instant::now();
     let mut last_report = Instant::now();
     let mut since_report = 0u64;
-    let mut newest_event_time = i64::MIN;
+    let mut newest_event_time: Option<EventTime> = None;
     for _ in 0..options.events {
         let record = population.next_record();
         let processed = processor.process(record.kind, Some(record.key.as_bytes()), record.value.as_deref(), now_ms);
         tally.record(record.kind, &processed);
-        newest_event_time = newest_event_time.max(processed.event_time.unwrap_or(i64::MIN));
+        newest_event_time = newest_event_time.max(processed.event_time.map(EventTime));
         if let Some(crate::processor::Output::Update(update)) = &processed.output {
             if sample_users.len() < 400 && update.segments.len() >= 2 && !sample_users.contains(&update.user_id) {
                 sample_users.push(update.user_id.clone());
             }
         }
         since_report += 1;
-        if since_report.is_multiple_of(1_024) {
+        if let Some(watermark) = newest_event_time.filter(|_| since_report.is_multiple_of(1_024)) {
             // The synthetic stream is in time order: the watermark is its newest time.
-            tally.updates += processor.advance_to(newest_event_time, now_ms).len() as u64;
+            tally.updates += processor.advance_to(watermark, now_ms).len() as u64;
         }
         if since_report.is_multiple_of(4_096) && last_report.elapsed() >= Duration::from_secs(1) {
             let rate = since_report as f64 / last_report.elapsed().as_secs_f64();

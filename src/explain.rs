@@ -8,8 +8,7 @@ use crate::model::{Membership, PersonalizationLevel};
 use crate::state::{History, Retention};
 use serde::Serialize;
 
-const DAY_MS: i64 = 86_400_000;
-const HOUR_MS: i64 = 3_600_000;
+use crate::time::{DAY_MS, HOUR_MS};
 
 /// The answer of `GET /v1/profiles/{user_id}`.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -111,13 +110,13 @@ pub fn data_held(history: &History, retention: &Retention, precise_location: boo
 
 impl ConsentView {
     /// The view of `consent`.
-    pub fn of(consent: &ConsentInForce) -> Self {
+    pub fn of(consent: &ConsentInForce, gpc_opt_out: bool) -> Self {
         Self {
             granted: consent.granted.iter().map(|purpose| purpose.as_str()).collect(),
             level: consent.level,
             source: consent.source.clone(),
             ts: consent.ts,
-            gpc_opt_out: consent.gpc_opt_out,
+            gpc_opt_out,
         }
     }
 }

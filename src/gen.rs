@@ -3,6 +3,7 @@
 
 use crate::config::Config;
 use crate::model::InputKind;
+use crate::pipeline::settings;
 use crate::synthetic::{Population, SyntheticRecord};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -55,20 +56,8 @@ fn kafka(context: &'static str) -> impl FnOnce(KafkaError) -> GenError {
 
 /// Produces the population's records and reports progress on stderr.
 pub fn run(config: &Config, options: &GenOptions, runtime: &tokio::runtime::Handle) -> Result<u64, GenError> {
-    let mut client = ClientConfig::new();
-    client.set("bootstrap.servers", &config.bootstrap_servers);
-    for (key, value) in &config.client_properties {
-        client.set(key, value);
-    }
-    create_inputs(config, &client, options.partitions, runtime)?;
-    let producer: BaseProducer = client
-        .clone()
-        // The Java clients' partitioner, as a data platform's producer would use.
-        .set("partitioner", "murmur2_random")
-        .set("linger.ms", "20")
-        .set("compression.type", "lz4")
-        .create()
-        .map_err(kafka("create the producer"))?;
+    create_inputs(config, &settings::base(config), options.partitions, runtime)?;
+    let producer: BaseProducer = settings::load_producer(config).create().map_err(kafka("create the producer"))?;
     let topics = &config.topics;
     let topic_of = |kind: InputKind| match kind {
         InputKind::Browse => &topics.browse,
@@ -122,7 +111,7 @@ pub fn run(config: &Config, options: &GenOptions, runtime: &tokio::runtime::Hand
 }
 
 fn population(options: &GenOptions) -> Population {
-    let end_ms = options.end_ms.unwrap_or_else(crate::pipeline::now_ms);
+    let end_ms = options.end_ms.unwrap_or_else(crate::control::now_ms);
     Population::new(options.seed, options.users.max(1), options.events, options.days, end_ms)
 }
 

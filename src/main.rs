@@ -6,11 +6,11 @@ use clap::{Parser, Subcommand};
 use rdkafka::producer::FutureProducer;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tactful::config::Config;
+use tactful::control::Control;
 use tactful::erasure::Erasures;
-use tactful::pipeline::{self, Health};
+use tactful::pipeline;
 use tactful::processor::Processor;
 use tactful::{admin, codec::Codec, demo, gen, replay, telemetry};
 
@@ -78,7 +78,7 @@ fn check(config: Option<&std::path::Path>, segments: Option<&std::path::Path>) -
         (None, Some(path)) => {
             let privacy = tactful::config::PrivacySection::default();
             let source = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-            let max_retention_ms = i64::from(privacy.max_retention_days) * 86_400_000;
+            let max_retention_ms = i64::from(privacy.max_retention_days) * tactful::time::DAY_MS;
             let catalogue = tactful::segments::Catalogue::parse(
                 &path.display().to_string(),
                 &source,
@@ -160,8 +160,7 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("start the async runtime")?;
-    let health = Arc::new(Health::default());
-    let shutdown = Arc::new(AtomicBool::new(false));
+    let control = Arc::new(Control::default());
 
     let listener = runtime
         .block_on(admin::bind(config.admin_listen))
@@ -169,12 +168,8 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
     let erasures = Arc::new(Erasures::default());
     let explain = match config.admin_api_token.as_deref() {
         Some(token) => {
-            let consent_producer: FutureProducer = pipeline::client_config(&config)
-                // Where the data platform's Java clients put the user's consent records.
-                .set("partitioner", "murmur2_random")
-                .set("enable.idempotence", "true")
-                .create()
-                .context("create the erasure producer")?;
+            let consent_producer: FutureProducer =
+                pipeline::settings::consent_producer(&config).create().context("create the erasure producer")?;
             Some(admin::ExplainApi {
                 token: Arc::from(token),
                 processor: processor.clone(),
@@ -187,21 +182,21 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
     };
     let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
     let admin_task =
-        runtime.spawn(admin::serve(listener, admin::router(health.clone(), metrics, explain), async move {
+        runtime.spawn(admin::serve(listener, admin::router(control.clone(), metrics, explain), async move {
             let _ = admin_stopped.await;
         }));
-    let signal_flag = shutdown.clone();
+    let signal_control = control.clone();
     runtime.spawn(async move {
         wait_for_signal().await;
         tracing::info!("signal received, stopping");
-        signal_flag.store(true, Ordering::Release);
+        signal_control.request_shutdown();
     });
-    runtime.spawn(watch_for_reload(health.clone(), config.segments_file.clone()));
+    runtime.spawn(watch_for_reload(control.clone(), config.segments_file.clone()));
 
     tracing::info!(app = %config.app_id, segments = config.catalogue.segments.len(), "starting");
     let handle = runtime.handle().clone();
     let result = std::thread::scope(|scope| {
-        scope.spawn(|| pipeline::run(&config, &processor, &erasures, &health, &shutdown, &handle)).join()
+        scope.spawn(|| pipeline::run(&config, &processor, &erasures, &control, &handle)).join()
     });
     let _ = stop_admin.send(());
     if let Ok(Ok(Err(error))) =
@@ -217,7 +212,7 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
 
 /// Asks the pipeline to reload the segments on SIGHUP, and when the segment
 /// file's modification time changes (checked every second).
-async fn watch_for_reload(health: Arc<Health>, segments_file: Option<std::path::PathBuf>) {
+async fn watch_for_reload(control: Arc<Control>, segments_file: Option<std::path::PathBuf>) {
     let modified = |path: &std::path::Path| std::fs::metadata(path).and_then(|metadata| metadata.modified()).ok();
     let mut seen = segments_file.as_deref().and_then(modified);
     let mut every_second = tokio::time::interval(std::time::Duration::from_secs(1));
@@ -236,7 +231,7 @@ async fn watch_for_reload(health: Arc<Health>, segments_file: Option<std::path::
         tokio::select! {
             _ = hung_up => {
                 tracing::info!("SIGHUP: reloading the segments");
-                health.reload_requested.store(true, Ordering::Release);
+                control.request_reload();
             }
             _ = every_second.tick() => {
                 let Some(path) = segments_file.as_deref() else { continue };
@@ -244,7 +239,7 @@ async fn watch_for_reload(health: Arc<Health>, segments_file: Option<std::path::
                 if now != seen {
                     seen = now;
                     tracing::info!("segment file changed: reloading the segments");
-                    health.reload_requested.store(true, Ordering::Release);
+                    control.request_reload();
                 }
             }
         }

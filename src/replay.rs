@@ -15,7 +15,7 @@ use crate::telemetry::Tally;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 
-const DAY_MS: i64 = 86_400_000;
+use crate::time::{EventTime, DAY_MS};
 /// The magic bytes of an Avro object container file.
 const AVRO_FILE_MAGIC: &[u8; 4] = b"Obj\x01";
 
@@ -104,7 +104,7 @@ fn replay(processor: Processor, records: &[Record]) -> ReplayOutcome {
     let now_ms = records.iter().filter_map(|record| record.ts).max().unwrap_or(0);
     let mut tally = Tally::default();
     let mut daily: Vec<(i64, Vec<i64>)> = Vec::new();
-    let mut newest = i64::MIN;
+    let mut newest: Option<i64> = None;
     let sizes_now = |processor: &Processor| processor.segment_sizes().iter().map(|(_, size)| *size).collect();
     // Drawn on stderr only when it is a terminal.
     let progress = indicatif::ProgressBar::new(records.len() as u64).with_style(
@@ -116,11 +116,11 @@ fn replay(processor: Processor, records: &[Record]) -> ReplayOutcome {
     for (index, record) in records.iter().enumerate() {
         if let Some(ts) = record.ts.filter(|_| record.kind != InputKind::Consent) {
             let day = ts.div_euclid(DAY_MS);
-            if newest != i64::MIN && day > newest.div_euclid(DAY_MS) {
-                tally.updates += processor.advance_to(day * DAY_MS - 1, now_ms).len() as u64;
-                daily.push((newest.div_euclid(DAY_MS), sizes_now(&processor)));
+            if let Some(newest_day) = newest.map(|newest| newest.div_euclid(DAY_MS)).filter(|newest| day > *newest) {
+                tally.updates += processor.advance_to(EventTime(day * DAY_MS - 1), now_ms).len() as u64;
+                daily.push((newest_day, sizes_now(&processor)));
             }
-            newest = newest.max(ts);
+            newest = newest.max(Some(ts));
         }
         let processed = processor.process(record.kind, Some(record.key.as_bytes()), record.value.as_deref(), now_ms);
         tally.record(record.kind, &processed);
@@ -129,8 +129,8 @@ fn replay(processor: Processor, records: &[Record]) -> ReplayOutcome {
         }
     }
     progress.finish_and_clear();
-    tally.updates += processor.advance_to(newest, now_ms).len() as u64;
-    if newest != i64::MIN {
+    if let Some(newest) = newest {
+        tally.updates += processor.advance_to(EventTime(newest), now_ms).len() as u64;
         daily.push((newest.div_euclid(DAY_MS), sizes_now(&processor)));
     }
     let sizes = processor.segment_sizes();

@@ -6,7 +6,8 @@
 //! the log of the risk ratio, with standard error
 //! `sqrt(1/x_t − 1/n_t + 1/x_h − 1/n_h)`.
 
-use crate::processor::ExperimentCounts;
+use crate::experiments::ExperimentCounts;
+use crate::telemetry::{CONVERTED_METRIC, ENTERED_METRIC};
 use std::collections::BTreeMap;
 
 /// z for a two-sided 95% interval.
@@ -42,21 +43,6 @@ pub fn lift(treatment: (u64, u64), holdout: (u64, u64)) -> Option<Lift> {
         low: (ratio.ln() - Z_95 * standard_error).exp() - 1.0,
         high: (ratio.ln() + Z_95 * standard_error).exp() - 1.0,
     })
-}
-
-/// The metric names the pipeline exports the counts under.
-pub const ENTERED_METRIC: &str = "tactful_experiment_entered_total";
-pub const CONVERTED_METRIC: &str = "tactful_experiment_converted_total";
-
-/// Exports the counts as Prometheus counters.
-pub fn record_metrics(counts: &[ExperimentCounts]) {
-    for experiment in counts {
-        for (arm, (entered, converted)) in [("treatment", experiment.treatment), ("holdout", experiment.holdout)] {
-            let labels = [("segment", experiment.segment.clone()), ("arm", arm.to_owned())];
-            metrics::counter!(ENTERED_METRIC, &labels).absolute(entered);
-            metrics::counter!(CONVERTED_METRIC, &labels).absolute(converted);
-        }
-    }
 }
 
 /// Reads the counts back from Prometheus text (a `/metrics` scrape).

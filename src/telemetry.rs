@@ -5,6 +5,7 @@
 
 use crate::codec::Encoding;
 use crate::consent::DropReason;
+use crate::experiments::ExperimentCounts;
 use crate::model::InputKind;
 use crate::processor::{Outcome, Output, Processed};
 use std::collections::BTreeMap;
@@ -121,6 +122,34 @@ impl Tally {
         }
         *self = Self::default();
     }
+}
+
+/// The metric names the pipeline exports experiment counts under.
+pub const ENTERED_METRIC: &str = "tactful_experiment_entered_total";
+/// See [`ENTERED_METRIC`].
+pub const CONVERTED_METRIC: &str = "tactful_experiment_converted_total";
+
+/// Exports experiment counts as Prometheus counters.
+pub fn record_experiments(counts: &[ExperimentCounts]) {
+    for experiment in counts {
+        for (arm, (entered, converted)) in [("treatment", experiment.treatment), ("holdout", experiment.holdout)] {
+            let labels = [("segment", experiment.segment.clone()), ("arm", arm.to_owned())];
+            metrics::counter!(ENTERED_METRIC, &labels).absolute(entered);
+            metrics::counter!(CONVERTED_METRIC, &labels).absolute(converted);
+        }
+    }
+}
+
+/// Counts a reload of the segment file: applied, or rejected as invalid.
+pub fn record_segment_reload(applied: bool) {
+    let result = if applied { "applied" } else { "rejected" };
+    metrics::counter!("tactful_segment_reloads_total", "result" => result).increment(1);
+}
+
+/// Counts the users of a restore and how long it took.
+pub fn record_restore(users: u64, elapsed: std::time::Duration) {
+    metrics::counter!("tactful_restored_users_total").increment(users);
+    metrics::histogram!("tactful_restore_duration_seconds").record(elapsed.as_secs_f64());
 }
 
 /// Sets the per-segment member gauges.

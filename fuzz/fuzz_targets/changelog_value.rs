@@ -9,5 +9,5 @@ use tactful::segments::Catalogue;
 static CATALOGUE: LazyLock<Catalogue> = LazyLock::new(|| tactful::config::embedded_defaults().0);
 
 fuzz_target!(|data: &[u8]| {
-    let _ = tactful::changelog::decode(data, &CATALOGUE);
+    let _ = tactful::state::changelog::decode(data, &CATALOGUE);
 });

@@ -8,6 +8,8 @@ use std::sync::LazyLock;
 use tactful::codec::Codec;
 use tactful::model::InputKind;
 use tactful::processor::{Processor, Source};
+use tactful::state::Partition;
+use tactful::time::EventTime;
 
 static PROCESSOR: LazyLock<Processor> = LazyLock::new(|| {
     let (catalogue, settings) = tactful::config::embedded_defaults();
@@ -25,15 +27,15 @@ fuzz_target!(|data: &[u8]| {
     let (key, value) = rest.split_at(usize::from(key_length).min(rest.len()));
     let value = (value != [0xFF]).then_some(value);
     let kind = KINDS[usize::from(selector) % KINDS.len()];
-    let source = Source { partition: i32::from(selector >> 4), watermark: i64::MIN };
+    let source = Source { partition: Partition(i32::from(selector >> 4)), watermark: None };
     let processed = PROCESSOR.process_from(source, kind, Some(key), value, NOW_MS);
     if let Ok(user_id) = std::str::from_utf8(key) {
         // Whatever was built round-trips through the changelog encoding.
-        if let Some(bytes) = PROCESSOR.changelog_value(user_id) {
-            tactful::changelog::decode(&bytes, &PROCESSOR.catalogue()).expect("own changelog values decode");
+        if let Some(bytes) = PROCESSOR.changelog_value(source.partition, user_id) {
+            tactful::state::changelog::decode(&bytes, &PROCESSOR.catalogue()).expect("own changelog values decode");
         }
     }
     if selector == 0xFF {
-        let _ = PROCESSOR.advance_to(processed.event_time.unwrap_or(NOW_MS), NOW_MS);
+        let _ = PROCESSOR.advance_to(EventTime(processed.event_time.unwrap_or(NOW_MS)), NOW_MS);
     }
 });

@@ -3,6 +3,8 @@
 
 use crate::model::{ConsentChange, Event, PersonalizationLevel};
 
+pub mod minimise;
+pub mod table;
 pub mod tcf;
 
 /// A purpose a user can grant. Channel purposes say where personalization may be used.
@@ -126,8 +128,10 @@ impl FromIterator<Purpose> for Purposes {
     }
 }
 
-/// The consent in force for one user: the newest `ConsentChange` ingested,
-/// plus what later events' GPC signals took away.
+/// The consent in force for one user: the newest `ConsentChange` ingested.
+/// (What later events' GPC signals take away is the user's partition state,
+/// [`crate::state::UserState::gpc_opt_out`]: it comes from events, not from
+/// the consent topic.)
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ConsentInForce {
     pub granted: Purposes,
@@ -135,8 +139,6 @@ pub struct ConsentInForce {
     pub source: String,
     /// When the user chose (event time of the `ConsentChange`).
     pub ts: i64,
-    /// A GPC signal removed `ads` until a newer `ConsentChange` grants it again.
-    pub gpc_opt_out: bool,
 }
 
 impl ConsentInForce {
@@ -147,7 +149,6 @@ impl ConsentInForce {
             level: change.level,
             source: change.source.clone(),
             ts: change.ts,
-            gpc_opt_out: false,
         }
     }
 
@@ -156,9 +157,9 @@ impl ConsentInForce {
         self.granted.contains(Purpose::Personalization) && self.level != PersonalizationLevel::None
     }
 
-    /// The purposes in force, after GPC.
-    pub fn effective(&self) -> Purposes {
-        if self.gpc_opt_out {
+    /// The purposes in force, after a GPC opt-out (`gpc_opt_out`) if one was signalled.
+    pub fn effective(&self, gpc_opt_out: bool) -> Purposes {
+        if gpc_opt_out {
             self.granted.without(Purpose::Ads)
         } else {
             self.granted

@@ -116,18 +116,16 @@ fn consent_in_force_records_the_change() {
             level: PersonalizationLevel::Light,
             source: "cmp".to_owned(),
             ts: 42,
-            gpc_opt_out: false,
         }
     );
 }
 
 #[test]
 fn gpc_removes_ads_and_nothing_else() {
-    let mut consent = in_force(&["personalization", "web", "email", "push", "ads"], PersonalizationLevel::Full);
-    assert_eq!(consent.effective(), consent.granted);
-    consent.gpc_opt_out = true;
-    assert_eq!(consent.effective(), set(&[Purpose::Personalization, Purpose::Web, Purpose::Email, Purpose::Push]));
-    assert_eq!(consent.effective().channel_names(), vec!["web", "email", "push"]);
+    let consent = in_force(&["personalization", "web", "email", "push", "ads"], PersonalizationLevel::Full);
+    assert_eq!(consent.effective(false), consent.granted);
+    assert_eq!(consent.effective(true), set(&[Purpose::Personalization, Purpose::Web, Purpose::Email, Purpose::Push]));
+    assert_eq!(consent.effective(true).channel_names(), vec!["web", "email", "push"]);
     // What was granted is still on record; only its effect is narrowed.
     assert!(consent.granted.contains(Purpose::Ads));
 }
@@ -179,9 +177,10 @@ fn location_events_need_location() {
 
 #[test]
 fn gpc_does_not_drop_events() {
-    let mut consent = in_force(&["personalization", "ads"], PersonalizationLevel::Full);
-    consent.gpc_opt_out = true;
-    assert_eq!(admit(&browse(), Some(&consent)), Ok(()));
+    let consent = in_force(&["personalization", "ads"], PersonalizationLevel::Full);
+    let Event::Browse(mut signalled) = browse() else { unreachable!("a browse") };
+    signalled.consent = Some(crate::model::EventConsent { tcf: None, gpc: true });
+    assert_eq!(admit(&Event::Browse(signalled), Some(&consent)), Ok(()));
 }
 
 #[test]
@@ -268,16 +267,13 @@ proptest! {
         granted in proptest::sample::subsequence(Purpose::ALL.to_vec(), 0..=9),
         level in any_level(),
         known in any::<bool>(),
-        gpc in any::<bool>(),
     ) {
-        let mut consent = ConsentInForce {
+        let consent = ConsentInForce {
             granted: granted.iter().copied().collect(),
             level,
             source: "cmp".to_owned(),
             ts: 0,
-            gpc_opt_out: false,
         };
-        consent.gpc_opt_out = gpc;
         let allowed = known
             && granted.contains(&Purpose::Personalization)
             && level != PersonalizationLevel::None

@@ -11,6 +11,8 @@
 //! restored with the partition, so a restarted or new owner goes on from the
 //! same watermark instead of from nothing.
 
+use crate::state::Partition;
+use crate::time::EventTime;
 use std::collections::{BTreeSet, HashMap};
 
 /// The changelog key of a partition's event time: not UTF-8, so never a user id.
@@ -18,75 +20,87 @@ pub const CHANGELOG_KEY: &[u8] = b"\xFFtactful.event-time";
 /// The event topics (browse, purchase, location).
 const TOPICS: usize = 3;
 /// Format byte of the changelog value: then the newest event time of each
-/// event topic and the watermark, little-endian i64 (`i64::MIN` = none).
+/// event topic and the watermark, little-endian i64 (`i64::MIN` for none).
 const FORMAT: u8 = 1;
+/// How the changelog value writes "no event time yet".
+const NONE_ON_THE_WIRE: i64 = i64::MIN;
 
 /// Newest event times and watermarks of the assigned partitions.
 #[derive(Debug)]
-pub struct EventTime {
+pub struct EventTimes {
     allowed_lateness_ms: i64,
     /// Newest event time seen per (event topic index, partition).
-    newest: HashMap<(usize, i32), i64>,
-    /// Watermark per partition number.
-    watermarks: HashMap<i32, i64>,
-    /// Partitions whose event time moved since the last [`EventTime::take_changed`].
-    changed: BTreeSet<i32>,
+    newest: HashMap<(usize, Partition), EventTime>,
+    /// Watermark per partition.
+    watermarks: HashMap<Partition, EventTime>,
+    /// Partitions whose event time moved since the last [`EventTimes::take_changed`].
+    changed: BTreeSet<Partition>,
 }
 
-impl EventTime {
+impl EventTimes {
+    /// No partition's event time known yet.
     pub fn new(allowed_lateness_ms: i64) -> Self {
         Self { allowed_lateness_ms, newest: HashMap::new(), watermarks: HashMap::new(), changed: BTreeSet::new() }
     }
 
     /// Notes an event of `topic` (index among the event topics) on `partition`.
-    pub fn observe(&mut self, topic: usize, partition: i32, ts: i64) {
-        let newest = self.newest.entry((topic, partition)).or_insert(i64::MIN);
-        if ts > *newest {
-            *newest = ts;
-            self.changed.insert(partition);
+    pub fn observe(&mut self, topic: usize, partition: Partition, ts: EventTime) {
+        match self.newest.get_mut(&(topic, partition)) {
+            Some(newest) if ts <= *newest => {}
+            Some(newest) => {
+                *newest = ts;
+                self.changed.insert(partition);
+            }
+            None => {
+                self.newest.insert((topic, partition), ts);
+                self.changed.insert(partition);
+            }
         }
     }
 
     /// The changelog values of the partitions whose event time moved since the last call.
-    pub fn take_changed(&mut self) -> Vec<(i32, Vec<u8>)> {
+    pub fn take_changed(&mut self) -> Vec<(Partition, Vec<u8>)> {
         std::mem::take(&mut self.changed).into_iter().map(|partition| (partition, self.encode(partition))).collect()
     }
 
-    fn encode(&self, partition: i32) -> Vec<u8> {
+    fn encode(&self, partition: Partition) -> Vec<u8> {
+        let wire = |time: Option<EventTime>| time.map_or(NONE_ON_THE_WIRE, EventTime::millis).to_le_bytes();
         let mut value = Vec::with_capacity(1 + 8 * (TOPICS + 1));
         value.push(FORMAT);
         for topic in 0..TOPICS {
-            let newest = self.newest.get(&(topic, partition)).copied().unwrap_or(i64::MIN);
-            value.extend_from_slice(&newest.to_le_bytes());
+            value.extend_from_slice(&wire(self.newest.get(&(topic, partition)).copied()));
         }
-        value.extend_from_slice(&self.watermark(partition).to_le_bytes());
+        value.extend_from_slice(&wire(self.watermark(partition)));
         value
     }
 
     /// Takes on the event time of `partition` from its changelog value;
     /// false (and nothing changed) if the value is not one this version wrote.
-    pub fn restore(&mut self, partition: i32, value: &[u8]) -> bool {
+    pub fn restore(&mut self, partition: Partition, value: &[u8]) -> bool {
         let Some((&FORMAT, body)) = value.split_first() else { return false };
         if body.len() != 8 * (TOPICS + 1) {
             return false;
         }
-        let times: Vec<i64> =
-            body.chunks_exact(8).map(|bytes| i64::from_le_bytes(bytes.try_into().unwrap_or([0; 8]))).collect();
+        let times: Vec<Option<EventTime>> = body
+            .chunks_exact(8)
+            .map(|bytes| i64::from_le_bytes(bytes.try_into().unwrap_or([0; 8])))
+            .map(|millis| (millis != NONE_ON_THE_WIRE).then_some(EventTime(millis)))
+            .collect();
         for (topic, newest) in times[..TOPICS].iter().enumerate() {
-            if *newest != i64::MIN {
+            if let Some(newest) = newest {
                 self.observe(topic, partition, *newest);
             }
         }
-        if times[TOPICS] > self.watermark(partition) {
-            self.watermarks.insert(partition, times[TOPICS]);
+        if let Some(watermark) = times[TOPICS].filter(|watermark| Some(*watermark) > self.watermark(partition)) {
+            self.watermarks.insert(partition, watermark);
         }
         self.changed.remove(&partition);
         true
     }
 
-    /// The watermark of `partition`: events older than it are late.
-    pub fn watermark(&self, partition: i32) -> i64 {
-        self.watermarks.get(&partition).copied().unwrap_or(i64::MIN)
+    /// The watermark of `partition`: events older than it may be late.
+    pub fn watermark(&self, partition: Partition) -> Option<EventTime> {
+        self.watermarks.get(&partition).copied()
     }
 
     /// Recomputes the watermarks of `partitions` over `topics` event topics;
@@ -94,15 +108,15 @@ impl EventTime {
     /// unread records. Returns the partitions whose watermark advanced, with it.
     pub fn advance(
         &mut self,
-        partitions: &[i32],
+        partitions: &[Partition],
         topics: usize,
-        read_to_end: impl Fn(usize, i32) -> bool,
-    ) -> Vec<(i32, i64)> {
+        read_to_end: impl Fn(usize, Partition) -> bool,
+    ) -> Vec<(Partition, EventTime)> {
         let mut advanced = Vec::new();
         for &partition in partitions {
             let Some(candidate) = self.candidate(partition, topics, &read_to_end) else { continue };
-            let watermark = candidate.saturating_sub(self.allowed_lateness_ms);
-            if watermark > self.watermark(partition) {
+            let watermark = candidate.minus(self.allowed_lateness_ms);
+            if Some(watermark) > self.watermark(partition) {
                 self.watermarks.insert(partition, watermark);
                 self.changed.insert(partition);
                 advanced.push((partition, watermark));
@@ -112,8 +126,13 @@ impl EventTime {
     }
 
     /// The event time partition `partition` has reached, if known.
-    fn candidate(&self, partition: i32, topics: usize, read_to_end: &impl Fn(usize, i32) -> bool) -> Option<i64> {
-        let mut slowest_unread: Option<i64> = None;
+    fn candidate(
+        &self,
+        partition: Partition,
+        topics: usize,
+        read_to_end: &impl Fn(usize, Partition) -> bool,
+    ) -> Option<EventTime> {
+        let mut slowest_unread: Option<EventTime> = None;
         let mut newest_read = None;
         for topic in 0..topics {
             let newest = self.newest.get(&(topic, partition)).copied();
@@ -129,7 +148,7 @@ impl EventTime {
     }
 
     /// Forgets `partitions` (they moved to another instance).
-    pub fn forget(&mut self, partitions: &[i32]) {
+    pub fn forget(&mut self, partitions: &[Partition]) {
         self.newest.retain(|(_, partition), _| !partitions.contains(partition));
         self.watermarks.retain(|partition, _| !partitions.contains(partition));
         self.changed.retain(|partition| !partitions.contains(partition));
@@ -142,56 +161,59 @@ mod tests {
 
     #[test]
     fn the_slowest_topic_with_unread_records_holds_the_watermark() {
-        let mut time = EventTime::new(10);
-        time.observe(0, 3, 1_000);
-        time.observe(1, 3, 400);
+        let mut time = EventTimes::new(10);
+        time.observe(0, Partition(3), EventTime(1_000));
+        time.observe(1, Partition(3), EventTime(400));
         // Topic 1 still has records to read: it decides.
-        assert_eq!(time.advance(&[3], 2, |_, _| false), vec![(3, 390)]);
-        assert_eq!(time.watermark(3), 390);
+        assert_eq!(time.advance(&[Partition(3)], 2, |_, _| false), vec![(Partition(3), EventTime(390))]);
+        assert_eq!(time.watermark(Partition(3)), Some(EventTime(390)));
         // Once it is read to its end, the newest event time of the partition counts.
-        assert_eq!(time.advance(&[3], 2, |_, _| true), vec![(3, 990)]);
+        assert_eq!(time.advance(&[Partition(3)], 2, |_, _| true), vec![(Partition(3), EventTime(990))]);
         // The watermark never goes back.
-        time.observe(1, 3, 500);
-        assert_eq!(time.advance(&[3], 2, |_, _| false), vec![]);
-        assert_eq!(time.watermark(3), 990);
+        time.observe(1, Partition(3), EventTime(500));
+        assert_eq!(time.advance(&[Partition(3)], 2, |_, _| false), vec![]);
+        assert_eq!(time.watermark(Partition(3)), Some(EventTime(990)));
     }
 
     #[test]
     fn a_topic_with_unread_records_but_no_event_seen_yet_holds_the_watermark() {
-        let mut time = EventTime::new(0);
-        time.observe(0, 1, 1_000);
-        assert_eq!(time.advance(&[1], 2, |topic, _| topic == 0), vec![]);
-        assert_eq!(time.watermark(1), i64::MIN);
+        let mut time = EventTimes::new(0);
+        time.observe(0, Partition(1), EventTime(1_000));
+        assert_eq!(time.advance(&[Partition(1)], 2, |topic, _| topic == 0), vec![]);
+        assert_eq!(time.watermark(Partition(1)), None);
         // A topic read to its end without any event does not hold it.
-        assert_eq!(time.advance(&[1], 2, |_, _| true), vec![(1, 1_000)]);
+        assert_eq!(time.advance(&[Partition(1)], 2, |_, _| true), vec![(Partition(1), EventTime(1_000))]);
     }
 
     #[test]
     fn a_partitions_event_time_round_trips_through_its_changelog_value() {
-        let mut time = EventTime::new(10);
-        time.observe(0, 2, 1_000);
-        time.observe(2, 2, 900);
+        let mut time = EventTimes::new(10);
+        time.observe(0, Partition(2), EventTime(1_000));
+        time.observe(2, Partition(2), EventTime(900));
         // Topic 1 is read to its end; topics 0 and 2 still have records.
-        assert_eq!(time.advance(&[2], 3, |topic, _| topic == 1), vec![(2, 890)]);
+        assert_eq!(time.advance(&[Partition(2)], 3, |topic, _| topic == 1), vec![(Partition(2), EventTime(890))]);
         let changed = time.take_changed();
-        assert_eq!(changed.iter().map(|(partition, _)| *partition).collect::<Vec<_>>(), vec![2]);
+        assert_eq!(changed.iter().map(|(partition, _)| *partition).collect::<Vec<_>>(), vec![Partition(2)]);
         assert!(time.take_changed().is_empty(), "nothing moved since");
-        let mut restored = EventTime::new(10);
-        assert!(restored.restore(2, &changed[0].1));
-        assert_eq!(restored.watermark(2), 890);
+        let mut restored = EventTimes::new(10);
+        assert!(restored.restore(Partition(2), &changed[0].1));
+        assert_eq!(restored.watermark(Partition(2)), Some(EventTime(890)));
         // A new owner's watermark goes on from there, without the events read before.
-        assert_eq!(restored.advance(&[2], 3, |_, _| true), vec![(2, 990)]);
-        assert!(!restored.restore(2, b"\x02garbage"));
-        assert!(!restored.restore(2, &[]));
+        assert_eq!(restored.advance(&[Partition(2)], 3, |_, _| true), vec![(Partition(2), EventTime(990))]);
+        assert!(!restored.restore(Partition(2), b"\x02garbage"));
+        assert!(!restored.restore(Partition(2), &[]));
     }
 
     #[test]
     fn partitions_are_independent_and_forgotten_on_revocation() {
-        let mut time = EventTime::new(0);
-        time.observe(0, 0, 100);
-        time.observe(0, 1, 200);
-        assert_eq!(time.advance(&[0, 1], 1, |_, _| true), vec![(0, 100), (1, 200)]);
-        time.forget(&[1]);
-        assert_eq!((time.watermark(0), time.watermark(1)), (100, i64::MIN));
+        let mut time = EventTimes::new(0);
+        time.observe(0, Partition(0), EventTime(100));
+        time.observe(0, Partition(1), EventTime(200));
+        assert_eq!(
+            time.advance(&[Partition(0), Partition(1)], 1, |_, _| true),
+            vec![(Partition(0), EventTime(100)), (Partition(1), EventTime(200))]
+        );
+        time.forget(&[Partition(1)]);
+        assert_eq!((time.watermark(Partition(0)), time.watermark(Partition(1))), (Some(EventTime(100)), None));
     }
 }

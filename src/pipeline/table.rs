@@ -4,10 +4,11 @@
 //! right after a restart), and the changelog partitions an instance restores
 //! when it is assigned their event partitions.
 
-use super::clients::{base_config, kafka, TableContext};
-use super::PipelineError;
+use super::{kafka, log_client_error, settings, PipelineError};
 use crate::config::Config;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use crate::state::Partition;
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::BorrowedMessage;
 use rdkafka::{Offset, TopicPartitionList};
@@ -21,11 +22,23 @@ const POSITION_CHECK_EVERY: usize = 4_096;
 /// Poll interval while catching up.
 const CATCH_UP_POLL: Duration = Duration::from_millis(50);
 
+/// The context of a table's clients: errors are logged as degraded, the
+/// expected end of a partition not at all.
+pub struct TableContext;
+
+impl ClientContext for TableContext {
+    fn error(&self, error: KafkaError, _reason: &str) {
+        log_client_error(error);
+    }
+}
+
+impl ConsumerContext for TableContext {}
+
 /// A reader of some partitions of one topic.
 pub struct Table {
     topic: String,
     /// The partitions read.
-    partitions: Vec<i32>,
+    partitions: Vec<Partition>,
     /// Reads the assigned partitions, outside the consumer group.
     consumer: BaseConsumer<TableContext>,
     /// Asks for the partitions' end offsets (last stable offsets). A client
@@ -48,37 +61,24 @@ pub enum CaughtUp {
 impl Table {
     /// A reader of `topic` with nothing assigned yet.
     pub fn open(config: &Config, topic: &str, role: &str) -> Result<Self, PipelineError> {
-        let consumer: BaseConsumer<TableContext> = base_config(config)
-            // librdkafka wants a group id even for assign(); this consumer
-            // never subscribes or commits, so the group stays empty.
-            .set("group.id", format!("{}.{role}", config.group_id))
-            .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest")
-            // End-of-partition events tell when the table has caught up.
-            .set("enable.partition.eof", "true")
-            // Records of aborted transactions never count.
-            .set("isolation.level", "read_committed")
+        let consumer: BaseConsumer<TableContext> = settings::table_consumer(config, role)
             .create_with_context(TableContext)
             .map_err(kafka("create a table consumer"))?;
-        let watermarks = base_config(config)
-            // The end of a partition is its last stable offset: the records of
-            // a transaction still open are not part of the table yet.
-            .set("isolation.level", "read_committed")
+        let watermarks = settings::watermark_client(config, true)
             .create_with_context(TableContext)
             .map_err(kafka("create a watermark client"))?;
-        let high_watermarks = base_config(config)
-            .set("isolation.level", "read_uncommitted")
+        let high_watermarks = settings::watermark_client(config, false)
             .create_with_context(TableContext)
             .map_err(kafka("create a watermark client"))?;
         Ok(Self { topic: topic.to_owned(), partitions: Vec::new(), consumer, watermarks, high_watermarks })
     }
 
     /// Reads `partitions` from their beginning (replacing what was read before).
-    pub fn assign(&mut self, partitions: &[i32]) -> Result<(), PipelineError> {
+    pub fn assign(&mut self, partitions: &[Partition]) -> Result<(), PipelineError> {
         let mut assignment = TopicPartitionList::new();
         for partition in partitions {
             assignment
-                .add_partition_offset(&self.topic, *partition, Offset::Beginning)
+                .add_partition_offset(&self.topic, partition.0, Offset::Beginning)
                 .map_err(kafka("build a table assignment"))?;
         }
         self.consumer.assign(&assignment).map_err(kafka("assign table partitions"))?;
@@ -88,12 +88,12 @@ impl Table {
 
     /// The high watermarks of `partitions` now (open transactions included),
     /// or `None` if they cannot be read: whether anybody wrote them.
-    pub fn end_offsets(&self, partitions: &[i32]) -> Option<Vec<i64>> {
+    pub fn end_offsets(&self, partitions: &[Partition]) -> Option<Vec<i64>> {
         partitions
             .iter()
             .map(|partition| {
                 self.high_watermarks
-                    .fetch_watermarks(&self.topic, *partition, WATERMARK_TIMEOUT)
+                    .fetch_watermarks(&self.topic, partition.0, WATERMARK_TIMEOUT)
                     .ok()
                     .map(|(_, high)| high)
             })
@@ -105,12 +105,12 @@ impl Table {
     /// one still is. A transaction the previous owner committed just before
     /// it let go may still lack its commit markers: until they are written,
     /// its records would be missing from what is read.
-    pub fn wait_until_settled(&self, partitions: &[i32], timeout: Duration) -> bool {
+    pub fn wait_until_settled(&self, partitions: &[Partition], timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         loop {
             let settled = partitions.iter().all(|partition| {
-                let stable = self.watermarks.fetch_watermarks(&self.topic, *partition, WATERMARK_TIMEOUT);
-                let high = self.high_watermarks.fetch_watermarks(&self.topic, *partition, WATERMARK_TIMEOUT);
+                let stable = self.watermarks.fetch_watermarks(&self.topic, partition.0, WATERMARK_TIMEOUT);
+                let high = self.high_watermarks.fetch_watermarks(&self.topic, partition.0, WATERMARK_TIMEOUT);
                 matches!((stable, high), (Ok((_, stable)), Ok((_, high))) if stable >= high)
             });
             if settled {
@@ -132,10 +132,10 @@ impl Table {
     ) -> Result<CaughtUp, PipelineError> {
         let mut targets = Vec::with_capacity(self.partitions.len());
         for &partition in &self.partitions {
-            match self.watermarks.fetch_watermarks(&self.topic, partition, WATERMARK_TIMEOUT) {
+            match self.watermarks.fetch_watermarks(&self.topic, partition.0, WATERMARK_TIMEOUT) {
                 // An empty partition has nothing to read.
                 Ok((low, high)) if high <= low => {}
-                Ok((_, high)) => targets.push((partition, high)),
+                Ok((_, high)) => targets.push((partition.0, high)),
                 // The cluster is unreachable: go on with what is read (the caller decides).
                 Err(error) => {
                     tracing::warn!(topic = %self.topic, %error, "cannot read the end of a table topic");

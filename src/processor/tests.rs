@@ -2,14 +2,20 @@
 //! over the bundled segment catalogue.
 
 use super::*;
-use crate::model::{BrowseEvent, EventConsent, LocationEvent, PurchaseEvent, PurchaseItem};
-use crate::state::History;
+use crate::codec::DecodeError;
+use crate::consent::minimise::{coarsen, eligible};
+use crate::consent::Purposes;
+use crate::model::{
+    BrowseEvent, EventConsent, LocationEvent, PersonalizationLevel, ProfileUpdate, PurchaseEvent, PurchaseItem,
+};
+use crate::segments::engine::{evaluate, render_reason};
+use crate::state::{
+    hash_value, insert_by_time, BrowseFact, History, ItemFact, LocationFact, PurchaseFact, MAX_CAPTURES,
+};
+use crate::time::{DAY_MS as DAY, HOUR_MS as HOUR, MINUTE_MS as MINUTE};
 use proptest::prelude::*;
 use serde::Serialize;
 
-const DAY: i64 = 86_400_000;
-const HOUR: i64 = 3_600_000;
-const MINUTE: i64 = 60_000;
 const TOLERANCE: i64 = 400 * DAY;
 /// 2023-11-15T10:00:00Z.
 const T0: i64 = 1_700_006_400_000 + 10 * HOUR;
@@ -182,7 +188,7 @@ impl Harness {
     }
 
     fn state(&self, user: &str) -> UserState {
-        self.processor.users.get(user).expect("the user has state").clone()
+        self.processor.user_state(user).expect("the user has state")
     }
 
     fn sizes(&self) -> Vec<(String, i64)> {
@@ -558,7 +564,7 @@ fn level_none_drops_events_and_keeps_only_the_refusal() {
     let state = h.state("u1");
     assert!(state.history.is_empty());
     assert_eq!(state.published, None);
-    assert_eq!(state.consent.unwrap().level, PersonalizationLevel::None);
+    assert_eq!(h.processor.consent_in_force("u1").unwrap().level, PersonalizationLevel::None);
 }
 
 #[test]
@@ -696,7 +702,8 @@ fn gpc_removes_ads_until_a_newer_consent_change_grants_ads_again() {
     );
     // A later event without GPC does not bring ads back.
     applied_silently(h.browse("u1", T0 + 2 * MINUTE, None));
-    assert!(!h.state("u1").consent.unwrap().effective().contains(Purpose::Ads));
+    let gpc_opt_out = h.state("u1").gpc_opt_out;
+    assert!(!h.processor.consent_in_force("u1").unwrap().effective(gpc_opt_out).contains(Purpose::Ads));
     // A newer consent change granting ads does.
     assert_eq!(
         update(h.consent("u1", &EVERYTHING, PersonalizationLevel::Full, T0 + 3 * MINUTE)),
@@ -1216,9 +1223,9 @@ fn near_store_is_exited_when_event_time_passes_one_hour_after_the_last_nearby_fi
     let entered = update(harness.location("shopper", T0, BERLIN_STORE));
     assert_eq!(entered.entered, strings(&["near_store"]));
     // Just before the hour is up nothing changes.
-    assert!(harness.processor.advance_to(T0 + HOUR - 1, NOW).is_empty());
+    assert!(harness.processor.advance_to(EventTime(T0 + HOUR - 1), NOW).is_empty());
     assert_eq!(harness.size_of("near_store"), 1);
-    let outputs = harness.processor.advance_to(T0 + HOUR, NOW);
+    let outputs = harness.processor.advance_to(EventTime(T0 + HOUR), NOW);
     let [Output::Update(exit)] = outputs.as_slice() else { panic!("one update expected, got {outputs:?}") };
     assert_eq!(exit.user_id, "shopper");
     assert_eq!(exit.exited, strings(&["near_store"]));
@@ -1228,7 +1235,7 @@ fn near_store_is_exited_when_event_time_passes_one_hour_after_the_last_nearby_fi
     assert!(exit.version > entered.version);
     assert_eq!(harness.size_of("near_store"), 0);
     // The timer fired once: advancing again publishes nothing.
-    assert!(harness.processor.advance_to(T0 + 2 * HOUR, NOW).is_empty());
+    assert!(harness.processor.advance_to(EventTime(T0 + 2 * HOUR), NOW).is_empty());
 }
 
 #[test]
@@ -1237,8 +1244,11 @@ fn a_later_nearby_fix_moves_the_exit_and_the_earlier_timer_is_stale() {
     harness.consent("shopper", &LOCATION_GRANTS, PersonalizationLevel::Full, T0 - MINUTE);
     update(harness.location("shopper", T0, BERLIN_STORE));
     applied_silently(harness.location("shopper", T0 + 30 * MINUTE, BERLIN_STORE));
-    assert!(harness.processor.advance_to(T0 + HOUR, NOW).is_empty(), "the second fix is still inside the hour");
-    let outputs = harness.processor.advance_to(T0 + 90 * MINUTE, NOW);
+    assert!(
+        harness.processor.advance_to(EventTime(T0 + HOUR), NOW).is_empty(),
+        "the second fix is still inside the hour"
+    );
+    let outputs = harness.processor.advance_to(EventTime(T0 + 90 * MINUTE), NOW);
     assert_eq!(outputs.len(), 1);
     let Output::Update(exit) = &outputs[0] else { panic!("an update") };
     assert_eq!((exit.exited.clone(), exit.ts), (strings(&["near_store"]), T0 + 90 * MINUTE));
@@ -1253,7 +1263,7 @@ fn time_passing_can_also_enter_a_segment() {
     update(harness.browse("visitor", T0, None));
     let returning = update(harness.browse("visitor", T0 + DAY, None));
     assert_eq!(returning.entered, strings(&["returning_visitor"]));
-    let outputs = harness.processor.advance_to(T0 + 30 * DAY, NOW);
+    let outputs = harness.processor.advance_to(EventTime(T0 + 30 * DAY), NOW);
     let [Output::Update(update)] = outputs.as_slice() else { panic!("one update expected, got {outputs:?}") };
     assert_eq!(update.entered, strings(&["new_visitor"]));
     assert_eq!(update.exited, strings(&["returning_visitor"]));
@@ -1267,7 +1277,7 @@ fn a_withdrawn_user_gets_no_time_driven_update() {
     harness.consent("shopper", &LOCATION_GRANTS, PersonalizationLevel::Full, T0 - MINUTE);
     update(harness.location("shopper", T0, BERLIN_STORE));
     tombstone(harness.consent("shopper", &[], PersonalizationLevel::None, T0 + MINUTE), "shopper");
-    assert!(harness.processor.advance_to(T0 + 2 * HOUR, NOW).is_empty());
+    assert!(harness.processor.advance_to(EventTime(T0 + 2 * HOUR), NOW).is_empty());
 }
 
 #[test]
@@ -1288,8 +1298,8 @@ rule.all = [
     );
     applied_silently(h.consent("u1", &EVERYTHING, PersonalizationLevel::Full, T0));
     applied_silently(h.purchase("u1", T0, &[("mug", "home", 1, 1_500)]));
-    assert!(h.processor.advance_to(T0 + 30 * DAY - 1, NOW).is_empty());
-    let outputs = h.processor.advance_to(T0 + 30 * DAY, NOW);
+    assert!(h.processor.advance_to(EventTime(T0 + 30 * DAY - 1), NOW).is_empty());
+    let outputs = h.processor.advance_to(EventTime(T0 + 30 * DAY), NOW);
     let [Output::Update(lapsed)] = outputs.as_slice() else { panic!("one update expected, got {outputs:?}") };
     assert_eq!(lapsed.entered, strings(&["lapsed_buyer"]));
     assert_eq!(lapsed.ts, T0 + 30 * DAY);
@@ -1300,9 +1310,9 @@ rule.all = [
     // A new purchase ends it; 90 days after the last purchase it cannot apply either.
     let back = update(h.purchase("u1", T0 + 40 * DAY, &[("mug", "home", 1, 1_500)]));
     assert_eq!(back.exited, strings(&["lapsed_buyer"]));
-    let outputs = h.processor.advance_to(T0 + 70 * DAY, NOW);
+    let outputs = h.processor.advance_to(EventTime(T0 + 70 * DAY), NOW);
     assert_eq!(outputs.len(), 1, "lapsed again 30 days after the second purchase: {outputs:?}");
-    let outputs = h.processor.advance_to(T0 + 130 * DAY, NOW);
+    let outputs = h.processor.advance_to(EventTime(T0 + 130 * DAY), NOW);
     let [Output::Update(gone)] = outputs.as_slice() else { panic!("one update expected, got {outputs:?}") };
     assert_eq!(gone.exited, strings(&["lapsed_buyer"]));
     assert_eq!(gone.ts, T0 + 130 * DAY);
@@ -1417,7 +1427,7 @@ proptest! {
                 }
                 Step::Advance { gap_ms } => {
                     watermark = watermark.max(newest + gap_ms);
-                    h.processor.advance_to(watermark, NOW);
+                    h.processor.advance_to(EventTime(watermark), NOW);
                 }
             }
             if !matches!(step, Step::Advance { .. }) {
@@ -1493,14 +1503,14 @@ fn without_measurement_nothing_is_counted() {
 
 /// Copies every user's changelog value out of `from` (as the changelog topic would hold them).
 fn changelog_of(from: &Harness, users: &[&str]) -> Vec<(String, Option<Vec<u8>>)> {
-    users.iter().map(|user| ((*user).to_owned(), from.processor.changelog_value(user))).collect()
+    users.iter().map(|user| ((*user).to_owned(), from.processor.changelog_value(Partition(0), user))).collect()
 }
 
 /// Restores `records` into `into` on partition 0 and reconciles.
-fn restore_into(into: &Harness, records: &[(String, Option<Vec<u8>>)]) -> Vec<(i32, Output)> {
+fn restore_into(into: &Harness, records: &[(String, Option<Vec<u8>>)]) -> Vec<(Partition, Output)> {
     let mut restoring = Restoring::default();
     for (user, value) in records {
-        into.processor.restore(&mut restoring, 0, user, value.as_deref()).unwrap();
+        into.processor.restore(&mut restoring, Partition(0), user, value.as_deref()).unwrap();
     }
     into.processor.finish_restore(restoring, NOW)
 }
@@ -1538,15 +1548,15 @@ fn a_withdrawal_read_while_the_state_was_elsewhere_erases_the_restored_state() {
     let after = harness();
     after.consent("u", &[], PersonalizationLevel::None, T0 + HOUR);
     let outputs = restore_into(&after, &records);
-    assert_eq!(outputs, vec![(0, Output::Tombstone { user_id: "u".to_owned() })]);
+    assert_eq!(outputs, vec![(Partition(0), Output::Tombstone { user_id: "u".to_owned() })]);
     assert!(after.state("u").history.is_empty());
-    assert_eq!(after.processor.changelog_value("u"), None, "the changelog gets a tombstone");
+    assert_eq!(after.processor.changelog_value(Partition(0), "u"), None, "the changelog gets a tombstone");
     assert_eq!(after.size_of("new_visitor"), 0);
 
     // A user the consent table does not know (forgotten by a tombstone) is removed.
     let forgotten = harness();
     let outputs = restore_into(&forgotten, &records);
-    assert_eq!(outputs, vec![(0, Output::Tombstone { user_id: "u".to_owned() })]);
+    assert_eq!(outputs, vec![(Partition(0), Output::Tombstone { user_id: "u".to_owned() })]);
     assert_eq!(forgotten.processor.user_count(), 0);
 }
 
@@ -1560,7 +1570,7 @@ fn a_narrower_consent_in_the_table_deletes_what_it_no_longer_allows_on_restore()
     let after = harness();
     after.consent("u", &["personalization", "push"], PersonalizationLevel::Full, T0 + HOUR);
     let outputs = restore_into(&after, &records);
-    let [(0, Output::Update(exit))] = outputs.as_slice() else { panic!("one update: {outputs:?}") };
+    let [(Partition(0), Output::Update(exit))] = outputs.as_slice() else { panic!("one update: {outputs:?}") };
     assert_eq!(exit.exited, vec!["near_store"]);
     assert!(after.state("u").history.locations.is_empty());
 }
@@ -1602,18 +1612,22 @@ fn the_clock_of_a_user_whose_events_kept_no_fact_survives_a_restore() {
 fn a_changelog_value_keeps_a_gpc_signal_and_nothing_else_is_a_tombstone() {
     let h = harness();
     h.consent("u", &EVERYTHING, PersonalizationLevel::Full, T0);
-    assert_eq!(h.processor.changelog_value("u"), None, "consent alone lives in the consent topic");
-    assert_eq!(h.processor.changelog_value("nobody"), None);
+    assert_eq!(h.processor.changelog_value(Partition(0), "u"), None, "consent alone lives in the consent topic");
+    assert_eq!(h.processor.changelog_value(Partition(0), "nobody"), None);
     h.browse_with_gpc("u", T0 + 1);
-    let value = h.processor.changelog_value("u").expect("state to keep");
-    let restored = crate::changelog::decode(&value, &h.processor.catalogue()).unwrap();
-    assert!(restored.consent.unwrap().gpc_opt_out);
+    let value = h.processor.changelog_value(Partition(0), "u").expect("state to keep");
+    let restored = crate::state::changelog::decode(&value, &h.processor.catalogue()).unwrap();
+    assert!(restored.state.gpc_opt_out);
+    assert_eq!(restored.consent.unwrap().ts, T0);
     assert_eq!(
-        crate::changelog::decode(&[9, 1, 2], &h.processor.catalogue()),
-        Err(crate::changelog::ChangelogError::Format(9))
+        crate::state::changelog::decode(&[9, 1, 2], &h.processor.catalogue()),
+        Err(crate::state::changelog::ChangelogError::Format(9))
     );
-    assert_eq!(crate::changelog::decode(&[], &h.processor.catalogue()), Err(crate::changelog::ChangelogError::Empty));
-    assert!(crate::changelog::decode(&[1, 0xff, 0xff], &h.processor.catalogue()).is_err());
+    assert_eq!(
+        crate::state::changelog::decode(&[], &h.processor.catalogue()),
+        Err(crate::state::changelog::ChangelogError::Empty)
+    );
+    assert!(crate::state::changelog::decode(&[1, 0xff, 0xff], &h.processor.catalogue()).is_err());
 }
 
 #[test]
@@ -1630,7 +1644,7 @@ fn a_membership_of_a_segment_no_longer_in_the_catalogue_is_not_restored() {
     assert!(published
         .members
         .iter()
-        .all(|member| after.processor.catalogue().segments[member.segment].id != "in_berlin"));
+        .all(|member| after.processor.catalogue().segment(member.segment).id != "in_berlin"));
 }
 
 #[test]
@@ -1645,20 +1659,19 @@ fn revoking_a_partition_drops_its_users_state_but_keeps_the_consent_table() {
             source: "test".to_owned(),
         };
         let value = serde_json::to_vec(&change).unwrap();
-        let source = Source { partition, watermark: i64::MIN };
+        let source = Source { partition: Partition(partition), watermark: None };
         h.processor.process_from(source, InputKind::Consent, Some(user.as_bytes()), Some(&value), NOW);
         let value = serde_json::to_vec(&browse_event(user, T0 + 1, None)).unwrap();
         update(h.processor.process_from(source, InputKind::Browse, Some(user.as_bytes()), Some(&value), NOW));
     }
     assert_eq!(h.size_of("new_visitor"), 2);
-    h.processor.drop_partitions(&[1]);
+    h.processor.drop_partitions(&[Partition(1)]);
     assert_eq!(h.size_of("new_visitor"), 1);
-    let dropped = h.state("b");
-    assert!(dropped.history.is_empty() && dropped.published.is_none());
-    assert!(dropped.consent.is_some(), "the consent table is every instance's");
+    assert_eq!(h.processor.user_state("b"), None, "the partition's state is dropped whole");
+    assert!(h.processor.consent_in_force("b").is_some(), "the consent table is every instance's");
     assert!(!h.state("a").history.is_empty());
     // Timers of the dropped partition are gone: nothing fires for b.
-    assert!(h.processor.advance_partition(1, T0 + 400 * DAY, NOW).is_empty());
+    assert!(h.processor.advance_partition(Partition(1), EventTime(T0 + 400 * DAY), NOW).is_empty());
 }
 
 #[test]
@@ -1669,7 +1682,7 @@ fn an_event_behind_its_partitions_watermark_is_applied_at_the_watermark_unless_n
     h.consent("u", &EVERYTHING, PersonalizationLevel::Full, T0);
     let value = serde_json::to_vec(&browse_event("u", T0 + 10, None)).unwrap();
     let browse_with_watermark = |watermark: i64| {
-        let source = Source { partition: 0, watermark };
+        let source = Source { partition: Partition(0), watermark: Some(EventTime(watermark)) };
         h.processor.process_from(source, InputKind::Browse, Some(b"u"), Some(&value), NOW)
     };
     let too_late = browse_with_watermark(T0 + 10 + 30 * DAY);
@@ -1686,7 +1699,7 @@ fn an_event_behind_its_partitions_watermark_is_applied_at_the_watermark_unless_n
     assert_eq!(applied.segments[0].reason, "Visited on 1 day in the last 30 days.");
     assert_eq!(h.state("u").history.browses.len(), 1);
     // The browse leaves the window one millisecond later: a timer says so.
-    let exits = h.processor.advance_partition(0, watermark + 1, NOW);
+    let exits = h.processor.advance_partition(Partition(0), EventTime(watermark + 1), NOW);
     assert_eq!(exits.len(), 1, "{exits:?}");
 }
 
@@ -1698,14 +1711,14 @@ fn an_idle_user_is_deleted_with_a_tombstone_once_event_time_passes_the_idle_limi
     let last_version = h.state("u").version;
     // The purchase leaves high_value's 90-day window first (an update), and
     // the idle limit of 365 days deletes the user (a tombstone).
-    let outputs = h.processor.advance_partition(0, T0 + 365 * DAY - 1, NOW);
+    let outputs = h.processor.advance_partition(Partition(0), EventTime(T0 + 365 * DAY - 1), NOW);
     assert!(outputs.iter().all(|output| matches!(output, Output::Update(_))), "{outputs:?}");
-    let outputs = h.processor.advance_partition(0, T0 + 365 * DAY, NOW);
+    let outputs = h.processor.advance_partition(Partition(0), EventTime(T0 + 365 * DAY), NOW);
     assert_eq!(outputs, vec![Output::Tombstone { user_id: "u".to_owned() }]);
     let state = h.state("u");
     assert!(state.history.is_empty() && state.published.is_none());
     assert!(state.version >= last_version, "versions are never reused");
-    assert!(state.consent.is_some());
+    assert!(h.processor.consent_in_force("u").is_some());
     // Back after the deletion: a new profile, with a higher version.
     let back = update(h.browse("u", T0 + 366 * DAY, None));
     assert!(back.version > last_version);
@@ -1745,16 +1758,18 @@ fn a_segment_added_by_a_reload_is_evaluated_from_the_state_held_without_new_even
         reloaded.report.partial,
         vec![("long_reader".to_owned(), "it reads browses of the last 200 days, the state holds 30 days".to_owned())]
     );
-    let [(0, Output::Update(entered))] = reloaded.outputs.as_slice() else { panic!("{:?}", reloaded.outputs) };
+    let [(Partition(0), Output::Update(entered))] = reloaded.outputs.as_slice() else {
+        panic!("{:?}", reloaded.outputs)
+    };
     assert_eq!(entered.entered, vec!["bookworm", "long_reader"]);
     assert!(entered.version > version_before);
     let bookworm = entered.segments.iter().find(|member| member.id == "bookworm").unwrap();
     assert_eq!(bookworm.reason, "Browsed books 2 times in the last 30 days.");
     assert_eq!(h.size_of("bookworm"), 1);
     // A state written under the new catalogue restores under it.
-    let value = h.processor.changelog_value("u").unwrap();
-    let restored = crate::changelog::decode(&value, &h.processor.catalogue()).unwrap();
-    assert_eq!(restored.published, h.state("u").published);
+    let value = h.processor.changelog_value(Partition(0), "u").unwrap();
+    let restored = crate::state::changelog::decode(&value, &h.processor.catalogue()).unwrap();
+    assert_eq!(restored.state.published, h.state("u").published);
 }
 
 #[test]
@@ -1768,7 +1783,7 @@ fn a_segment_removed_by_a_reload_is_exited_and_a_changed_one_re_evaluated() {
     let reloaded = h.processor.reload(catalogue_with(&stricter), NOW);
     assert_eq!(reloaded.report.changed, vec!["bookworm"]);
     assert!(reloaded.report.partial.is_empty(), "the same windows: the state suffices");
-    let [(0, Output::Update(exit))] = reloaded.outputs.as_slice() else { panic!("{:?}", reloaded.outputs) };
+    let [(Partition(0), Output::Update(exit))] = reloaded.outputs.as_slice() else { panic!("{:?}", reloaded.outputs) };
     assert_eq!(exit.exited, vec!["bookworm"]);
     // Back to the default catalogue: bookworm is retired; a third visit enters nothing new.
     let reloaded = h.processor.reload(catalogue_with(""), NOW);
@@ -1781,7 +1796,7 @@ fn a_segment_removed_by_a_reload_is_exited_and_a_changed_one_re_evaluated() {
     // Adding it back gives it its old place, and the member back.
     let reloaded = h.processor.reload(catalogue_with(BOOKWORM), NOW);
     assert_eq!(reloaded.report.added, vec!["bookworm"]);
-    let [(0, Output::Update(back))] = reloaded.outputs.as_slice() else { panic!("{:?}", reloaded.outputs) };
+    let [(Partition(0), Output::Update(back))] = reloaded.outputs.as_slice() else { panic!("{:?}", reloaded.outputs) };
     assert_eq!(back.entered, vec!["bookworm"]);
     let published = h.processor.explain("u").unwrap().profile.unwrap();
     assert_eq!(published.segments.iter().filter(|member| member.id == "bookworm").count(), 1);

@@ -1,15 +1,31 @@
-//! Per-user state: the consent in force, the facts retained from applied
-//! events, and the profile last published. Pure data and transitions.
+//! Partition-owned state: per user, the facts retained from applied events
+//! and the profile last published, held per input partition ([`shards`]) so
+//! that a partition moves between instances as a whole. The consent in force
+//! is not here: it is the consent table's ([`crate::consent::table`]), which
+//! every instance holds for every partition. Pure data and transitions, the
+//! changelog encoding ([`changelog`]) and the restore that reads it
+//! ([`restore`]).
 //!
 //! Facts keep no raw strings: categories, product ids and page types are kept
 //! as 64-bit FNV-1a hashes. Rules compare them with hashed literals, so state
 //! never holds a product id or URL in the clear, and each fact is a few bytes.
 
-use crate::consent::{ConsentInForce, Purposes};
+pub mod changelog;
+pub mod restore;
+pub mod shards;
+
+use crate::consent::Purposes;
 use crate::model::PersonalizationLevel;
+use crate::segments::SegmentIndex;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::hash::Hasher;
+
+/// An input partition number. The input topics are co-partitioned by user
+/// id, so partition `p` of every input topic holds the same users, and their
+/// state moves between instances with it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Partition(pub i32);
 
 /// A stable 64-bit hash of a field value (FNV-1a: stable across builds and
 /// versions, which a changelog needs; `std`'s hasher is not).
@@ -95,6 +111,14 @@ impl Retention {
     }
 }
 
+/// Inserts `fact` keeping the list sorted by time; events mostly arrive in
+/// order, so this is a push in the common case.
+pub fn insert_by_time<T>(facts: &mut VecDeque<T>, fact: T, ts: impl Fn(&T) -> i64) {
+    let fact_ts = ts(&fact);
+    let position = facts.iter().rposition(|existing| ts(existing) <= fact_ts).map_or(0, |index| index + 1);
+    facts.insert(position, fact);
+}
+
 impl History {
     /// Whether nothing is retained.
     pub fn is_empty(&self) -> bool {
@@ -147,14 +171,13 @@ impl History {
     }
 }
 
-/// Everything tactful holds about one user.
+/// Everything the owner of a user's partition holds about them beside the
+/// consent table.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct UserState {
-    /// The consent in force; `None` = nothing granted.
-    pub consent: Option<ConsentInForce>,
-    /// The input partition number the user's records arrive on (the input
-    /// topics are co-partitioned): the user's state moves with it.
-    pub partition: i32,
+    /// A GPC signal on one of the user's events removed `ads` until a newer
+    /// `ConsentChange` grants it again.
+    pub gpc_opt_out: bool,
     /// The time of the newest applied event (idle users are deleted after a while).
     pub last_event: i64,
     pub history: History,
@@ -174,8 +197,7 @@ pub struct UserState {
 /// An entry into a segment with a holdout, measured for its conversion.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ExperimentEntry {
-    /// Catalogue index of the segment.
-    pub segment: usize,
+    pub segment: SegmentIndex,
     pub holdout: bool,
     pub entered_at: i64,
 }
@@ -187,8 +209,7 @@ pub const MAX_CAPTURES: usize = 8;
 /// names are rendered from it only when an update is due.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PublishedMember {
-    /// Index of the segment in the catalogue (catalogue order = id order is not assumed).
-    pub segment: usize,
+    pub segment: SegmentIndex,
     pub since: i64,
     /// The figures of the reason.
     pub figures: [f64; MAX_CAPTURES],
@@ -219,18 +240,14 @@ impl UserState {
             && self.experiment_entries.is_empty()
             && self.clock == 0
             && self.last_event == 0
-            && !self.consent.as_ref().is_some_and(|consent| consent.gpc_opt_out)
+            && !self.gpc_opt_out
     }
 
-    /// Forgets everything built for the user, keeping the consent in force,
-    /// where the user's records arrive and the last version (never reused).
-    pub fn keep_only_consent(&mut self) {
-        *self = UserState {
-            consent: self.consent.take(),
-            partition: self.partition,
-            version: self.version,
-            ..UserState::default()
-        };
+    /// Forgets everything built for the user, keeping the last version
+    /// (never reused) and a GPC opt-out (a signal about the person, not
+    /// something built from their events).
+    pub fn clear(&mut self) {
+        *self = UserState { version: self.version, gpc_opt_out: self.gpc_opt_out, ..UserState::default() };
     }
 
     /// The next version to publish: strictly above every earlier one and at

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use tactful::codec::Codec;
 use tactful::model::InputKind;
 use tactful::processor::{Processor, Source};
+use tactful::state::Partition;
 use tactful::synthetic::Population;
+use tactful::time::EventTime;
 
 /// The streams pack 90 days of event time into a few seconds of producing:
 /// a lateness of 30 days keeps records that a fetch had not seen yet from
@@ -108,7 +110,7 @@ fn expected(inputs: &[Input], lateness_ms: i64) -> BTreeMap<String, Option<Profi
     let now = now_ms();
     let mut newest: BTreeMap<i32, i64> = BTreeMap::new();
     for input in inputs {
-        let source = Source { partition: input.partition, watermark: i64::MIN };
+        let source = Source { partition: Partition(input.partition), watermark: None };
         let processed =
             processor.process_from(source, input.kind, Some(input.key.as_bytes()), input.value.as_deref(), now);
         if let Some(ts) = processed.event_time {
@@ -117,7 +119,7 @@ fn expected(inputs: &[Input], lateness_ms: i64) -> BTreeMap<String, Option<Profi
         }
     }
     for (partition, newest) in newest {
-        processor.advance_partition(partition, newest - lateness_ms, now);
+        processor.advance_partition(Partition(partition), EventTime(newest - lateness_ms), now);
     }
     let mut profiles = BTreeMap::new();
     for input in inputs {

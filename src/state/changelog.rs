@@ -9,7 +9,7 @@
 
 use crate::consent::{ConsentInForce, Purposes};
 use crate::model::PersonalizationLevel;
-use crate::segments::Catalogue;
+use crate::segments::{Catalogue, SegmentIndex};
 use crate::state::{ExperimentEntry, History, PublishedMember, PublishedProfile, UserState, MAX_CAPTURES};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
@@ -30,13 +30,24 @@ pub enum ChangelogError {
 
 #[derive(Serialize, Deserialize)]
 struct Stored<'a> {
-    consent: Option<Cow<'a, ConsentInForce>>,
+    consent: Option<StoredConsent<'a>>,
     history: Cow<'a, History>,
     clock: i64,
     last_event: i64,
     version: i64,
     published: Option<StoredProfile<'a>>,
     experiment_entries: Vec<StoredEntry<'a>>,
+}
+
+/// The consent the state was built under, with the user's GPC opt-out (the
+/// layout of format 1, when both were one record).
+#[derive(Serialize, Deserialize)]
+struct StoredConsent<'a> {
+    granted: Purposes,
+    level: PersonalizationLevel,
+    source: Cow<'a, str>,
+    ts: i64,
+    gpc_opt_out: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -61,11 +72,26 @@ struct StoredEntry<'a> {
     entered_at: i64,
 }
 
-/// Appends the changelog value of `state` to `out`.
-pub fn encode(state: &UserState, catalogue: &Catalogue, out: &mut Vec<u8>) {
-    let id = |index: usize| Cow::Borrowed(catalogue.segments[index].id.as_str());
+/// A user's state read from the changelog, with the consent it was built under.
+#[derive(Debug, PartialEq)]
+pub struct Restored {
+    pub state: UserState,
+    /// The consent in force when the record was written (the consent
+    /// table's, which may have moved on since).
+    pub consent: Option<ConsentInForce>,
+}
+
+/// Appends the changelog value of `state`, built under `consent`, to `out`.
+pub fn encode(state: &UserState, consent: Option<&ConsentInForce>, catalogue: &Catalogue, out: &mut Vec<u8>) {
+    let id = |index: SegmentIndex| Cow::Borrowed(catalogue.segment(index).id.as_str());
     let stored = Stored {
-        consent: state.consent.as_ref().map(Cow::Borrowed),
+        consent: consent.map(|consent| StoredConsent {
+            granted: consent.granted,
+            level: consent.level,
+            source: Cow::Borrowed(&consent.source),
+            ts: consent.ts,
+            gpc_opt_out: state.gpc_opt_out,
+        }),
         history: Cow::Borrowed(&state.history),
         clock: state.clock,
         last_event: state.last_event,
@@ -101,18 +127,23 @@ pub fn encode(state: &UserState, catalogue: &Catalogue, out: &mut Vec<u8>) {
     }
 }
 
-/// The state stored in a changelog value, read under `catalogue`; its
-/// partition is the caller's to set.
-pub fn decode(bytes: &[u8], catalogue: &Catalogue) -> Result<UserState, ChangelogError> {
+/// The state stored in a changelog value, read under `catalogue`.
+pub fn decode(bytes: &[u8], catalogue: &Catalogue) -> Result<Restored, ChangelogError> {
     let (&format, body) = bytes.split_first().ok_or(ChangelogError::Empty)?;
     if format != FORMAT {
         return Err(ChangelogError::Format(format));
     }
     let stored: Stored<'_> = postcard::from_bytes(body).map_err(|error| ChangelogError::Decode(error.to_string()))?;
-    let index = |id: &str| catalogue.segments.iter().position(|segment| segment.id == id);
-    Ok(UserState {
-        consent: stored.consent.map(Cow::into_owned),
-        partition: 0,
+    let index = |id: &str| catalogue.index_of(id);
+    let gpc_opt_out = stored.consent.as_ref().is_some_and(|consent| consent.gpc_opt_out);
+    let consent = stored.consent.map(|consent| ConsentInForce {
+        granted: consent.granted,
+        level: consent.level,
+        source: consent.source.into_owned(),
+        ts: consent.ts,
+    });
+    let state = UserState {
+        gpc_opt_out,
         last_event: stored.last_event,
         history: stored.history.into_owned(),
         clock: stored.clock,
@@ -145,5 +176,6 @@ pub fn decode(bytes: &[u8], catalogue: &Catalogue) -> Result<UserState, Changelo
                 })
             })
             .collect(),
-    })
+    };
+    Ok(Restored { state, consent })
 }

@@ -1,0 +1,59 @@
+//! The consent table: the consent in force for every user of every
+//! partition, as the compacted consent topic says. Every instance holds all
+//! of it (read ahead of the events, kept across rebalances), so the consent
+//! of a user whose partition moves here is known before their first event.
+
+use super::ConsentInForce;
+use dashmap::mapref::one::Ref;
+use dashmap::DashMap;
+
+/// User id → the consent in force. Written by the pipeline thread only;
+/// read by it and by the admin endpoint.
+#[derive(Debug, Default)]
+pub struct ConsentTable {
+    /// foldhash: several times faster than SipHash on short keys, and seeded
+    /// per process so ids cannot be crafted to collide.
+    entries: DashMap<String, ConsentInForce, foldhash::fast::RandomState>,
+}
+
+/// A read of one user's entry; holds a read lock on its part of the table.
+pub type ConsentRef<'a> = Ref<'a, String, ConsentInForce>;
+
+impl ConsentTable {
+    /// The consent in force for `user_id`, if any was recorded.
+    pub fn get(&self, user_id: &str) -> Option<ConsentRef<'_>> {
+        self.entries.get(user_id)
+    }
+
+    /// A copy of the consent in force for `user_id`, holding no lock.
+    pub fn cloned(&self, user_id: &str) -> Option<ConsentInForce> {
+        self.get(user_id).map(|entry| entry.value().clone())
+    }
+
+    /// Whether a choice newer than one made at `ts` is in force for
+    /// `user_id` (then an older record, read again while catching up,
+    /// changes nothing).
+    pub fn has_newer(&self, user_id: &str, ts: i64) -> bool {
+        self.get(user_id).is_some_and(|in_force| in_force.ts > ts)
+    }
+
+    /// Puts `consent` in force for `user_id`.
+    pub fn put(&self, user_id: String, consent: ConsentInForce) {
+        self.entries.insert(user_id, consent);
+    }
+
+    /// Forgets `user_id` (a consent tombstone); returns whether they were known.
+    pub fn remove(&self, user_id: &str) -> bool {
+        self.entries.remove(user_id).is_some()
+    }
+
+    /// Users with a recorded consent.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether no consent is recorded.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}

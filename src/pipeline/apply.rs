@@ -1,0 +1,362 @@
+//! Apply: the pipeline's state between batches, and how each record read
+//! reaches the core. Event records are decoded as they arrive and buffered
+//! for their turn in event-time order; consent records are applied as the
+//! consent table is read. Every effect (outputs, dead letters, changed
+//! users, erasures, counts) accumulates in the batch's [`Work`].
+
+use super::event_time::{self, EventTimes};
+use super::ingest::Ingest;
+use super::merge::Merger;
+use super::publish::{ChangelogRecord, DeadLetter};
+use super::registry::RegistryClient;
+use super::table::{CaughtUp, Table};
+use super::PipelineError;
+use crate::config::Config;
+use crate::control::now_ms;
+use crate::erasure::Erasures;
+use crate::model::InputKind;
+use crate::processor::{Outcome, Output, Processed, Processor, Source};
+use crate::state::Partition;
+use crate::telemetry::{record_segment_reload, Tally};
+use crate::time::EventTime;
+use crate::validate::{Input, Rejection};
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::TopicPartitionList;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+/// The kinds of the event topics, in the order of their indices (browse,
+/// purchase, location), as the merger and the watermarks number them.
+const EVENT_KINDS: [InputKind; 3] = [InputKind::Browse, InputKind::Purchase, InputKind::Location];
+
+/// An event record read and decoded, waiting for its turn (its kind is
+/// its topic's: [`EVENT_KINDS`] by the merger's topic index).
+pub struct Pending<'c> {
+    /// The record as read.
+    pub message: BorrowedMessage<'c>,
+    /// The record decoded, or why it is bad.
+    pub input: Result<Input, Rejection>,
+}
+
+/// The effects of the records processed since the last delivery.
+#[derive(Default)]
+pub struct Work {
+    /// Profile updates and tombstones to publish.
+    pub outputs: Vec<Output>,
+    /// Bad records to dead-letter.
+    pub dead_letters: Vec<DeadLetter>,
+    /// Users whose state changed, with their partition: their changelog
+    /// records go with the batch.
+    pub changed: HashMap<String, Partition>,
+    /// Users erased by a consent tombstone in this batch.
+    pub erased: Vec<String>,
+    /// Outcome counts, flushed to the metrics after each batch.
+    pub tally: Tally,
+}
+
+impl Work {
+    /// Notes an output that no input record produced (time-driven, restored, reloaded).
+    pub fn push_output(&mut self, partition: Partition, output: Output) {
+        self.changed.insert(output.user_id().to_owned(), partition);
+        self.tally.record_output(&output);
+        self.outputs.push(output);
+    }
+
+    /// Forgets what was delivered (the tally is flushed separately).
+    pub fn clear_delivered(&mut self) {
+        self.outputs.clear();
+        self.dead_letters.clear();
+    }
+
+    /// Forgets everything but the counts (the batch is read again).
+    pub fn clear_all(&mut self) {
+        *self = Work { tally: std::mem::take(&mut self.tally), ..Work::default() };
+    }
+}
+
+/// The pipeline's state between batches.
+pub struct Shell<'a> {
+    pub(super) processor: &'a Processor,
+    erasures: &'a Erasures,
+    dead_letters_enabled: bool,
+    consent_catch_up_timeout: Duration,
+    /// Each event topic's index (its kind is `EVENT_KINDS[index]`).
+    topic_indices: BTreeMap<String, usize>,
+    pub(super) event_topics: [String; 3],
+    /// Partitions this instance owns (restored).
+    pub(super) owned: BTreeSet<Partition>,
+    /// Partitions revoked, with their changelog's end offset then, until the
+    /// next assignment decides whether their state is kept.
+    pub(super) revoked: BTreeMap<Partition, Option<i64>>,
+    /// The segment file's text last loaded (or rejected).
+    segments_source: Option<String>,
+    /// The committed offsets of the assignment when it was made: where the
+    /// consumer starts on each event partition.
+    pub(super) starts: TopicPartitionList,
+    pub(super) event_times: EventTimes,
+    /// The batch's effects.
+    pub work: Work,
+    /// Where writer schemas of Confluent-framed records come from.
+    registry: Option<RegistryClient>,
+    /// Why processing stopped within a batch (the registry stayed
+    /// unreachable): the batch is not committed and the pipeline stops.
+    failure: Option<PipelineError>,
+}
+
+impl<'a> Shell<'a> {
+    /// The state of a pipeline that owns no partition yet.
+    pub fn new(
+        config: &Config,
+        processor: &'a Processor,
+        erasures: &'a Erasures,
+        registry: Option<RegistryClient>,
+    ) -> Self {
+        let topics = &config.topics;
+        let event_topics = [topics.browse.clone(), topics.purchase.clone(), topics.location.clone()];
+        let topic_indices = event_topics.iter().enumerate().map(|(index, topic)| (topic.clone(), index)).collect();
+        Self {
+            processor,
+            erasures,
+            dead_letters_enabled: config.dead_letters_enabled,
+            consent_catch_up_timeout: Duration::from_millis(config.consent_catch_up_timeout_ms),
+            topic_indices,
+            event_topics,
+            owned: BTreeSet::new(),
+            revoked: BTreeMap::new(),
+            segments_source: config.segments_text.clone(),
+            starts: TopicPartitionList::new(),
+            event_times: EventTimes::new(config.allowed_lateness_ms),
+            work: Work::default(),
+            registry,
+            failure: None,
+        }
+    }
+
+    /// Fails if a record of this batch could not be processed (the schema
+    /// registry stayed unreachable): nothing of the batch is committed.
+    pub fn check_failure(&mut self) -> Result<(), PipelineError> {
+        self.failure.take().map_or(Ok(()), Err)
+    }
+
+    /// Makes sure the codec knows the writer schema of a Confluent-framed
+    /// `value`, fetching it from the registry; false if the registry stayed
+    /// unreachable (the failure is noted and nothing more is processed).
+    fn fetch_writer_schema(&mut self, value: Option<&[u8]>) -> bool {
+        if self.failure.is_some() {
+            return false;
+        }
+        let codec = self.processor.codec();
+        let (Some(registry), Some(id)) = (&self.registry, value.and_then(|value| codec.missing_schema_id(value)))
+        else {
+            return true;
+        };
+        match registry.schema_by_id(id) {
+            Ok(answer) => {
+                if let Err(why) = &answer {
+                    tracing::warn!(id, %why, "no usable writer schema in the registry: its records are dead-lettered");
+                }
+                codec.add_registry_schema(id, answer.as_deref().map_err(Clone::clone));
+                true
+            }
+            Err(error) => {
+                self.failure = Some(error);
+                false
+            }
+        }
+    }
+
+    /// Applies consent records up to the consent topic's end.
+    pub fn catch_up_consent(&mut self, consent: &mut Table) -> Result<(), PipelineError> {
+        let timeout = self.consent_catch_up_timeout;
+        if let CaughtUp::Behind(partitions) = consent.catch_up(timeout, |message| self.apply_consent(message))? {
+            tracing::warn!(
+                pending_partitions = partitions,
+                "consent topic did not catch up in time; applying events with the consent read so far"
+            );
+        }
+        Ok(())
+    }
+
+    /// Applies the consent records a batch of `polled` event records needs:
+    /// all of them up to the topic's end before events are applied; while
+    /// events are quiet, those already fetched, so a withdrawal is honoured
+    /// (and its tombstone published) promptly. Between a revocation and the
+    /// assignment that follows, none: nothing may be published for users
+    /// this instance may no longer own.
+    pub fn catch_up_consent_for_batch(&mut self, consent: &mut Table, polled: usize) -> Result<(), PipelineError> {
+        if self.between_revocation_and_assignment() {
+            Ok(())
+        } else if polled == 0 {
+            consent.drain(|message| self.apply_consent(message));
+            Ok(())
+        } else {
+            self.catch_up_consent(consent)
+        }
+    }
+
+    /// Reloads the segment file: its segments are in force from the next
+    /// batch on, and the updates it causes go with this one. An invalid file
+    /// changes nothing.
+    pub fn reload(&mut self, config: &Config) {
+        let source = match config.read_segments_file() {
+            Ok(Some(source)) => source,
+            Ok(None) => {
+                tracing::info!("no segment file configured (the bundled segments are in force): nothing to reload");
+                return;
+            }
+            Err(error) => {
+                tracing::error!(%error, "segment file unreadable; the segments in force stay");
+                return;
+            }
+        };
+        // A signal and the file watcher may both ask for the same text.
+        if self.segments_source.as_ref() == Some(&source) {
+            return;
+        }
+        let parsed = config.parse_segments_file(&source);
+        self.segments_source = Some(source);
+        let catalogue = match parsed {
+            Ok(catalogue) => catalogue,
+            Err(error) => {
+                record_segment_reload(false);
+                tracing::error!(%error, "segment file rejected; the segments in force stay");
+                return;
+            }
+        };
+        let reloaded = self.processor.reload(catalogue, now_ms());
+        for (partition, output) in reloaded.outputs {
+            self.work.push_output(partition, output);
+        }
+        let report = reloaded.report;
+        record_segment_reload(true);
+        tracing::info!(added = ?report.added, changed = ?report.changed, removed = ?report.removed, "segments reloaded");
+        for (segment, lacks) in &report.partial {
+            tracing::info!(
+                %segment,
+                "evaluated from the state held, which is not all it reads ({lacks}); \
+                 its memberships are complete once that much event time has passed"
+            );
+        }
+    }
+
+    /// Fires time-driven changes on every owned partition whose watermark advanced.
+    pub fn advance_event_time(&mut self, ingest: &Ingest, merger: &Merger<Pending<'_>>) -> Result<(), PipelineError> {
+        let positions = ingest.positions()?;
+        let owned: Vec<Partition> = self.owned.iter().copied().collect();
+        let topics = &self.event_topics;
+        let starts = &self.starts;
+        // A topic-partition is read to its end when nothing is left to fetch
+        // and nothing fetched waits in the merger.
+        let advanced = self.event_times.advance(&owned, topics.len(), |topic, partition| {
+            !merger.holds(partition, topic) && ingest.read_to_end(&positions, starts, &topics[topic], partition)
+        });
+        let now = now_ms();
+        for (partition, watermark) in advanced {
+            for output in self.processor.advance_partition(partition, watermark, now) {
+                self.work.push_output(partition, output);
+            }
+        }
+        Ok(())
+    }
+
+    /// Decodes a record read from an event topic and buffers it for its
+    /// turn in event-time order.
+    pub fn ingest<'c>(&mut self, message: BorrowedMessage<'c>, merger: &mut Merger<Pending<'c>>) {
+        let Some(&topic) = self.topic_indices.get(message.topic()) else {
+            tracing::error!(topic = message.topic(), "record from a topic that is not an input; skipped");
+            return;
+        };
+        let Some(input) = self.decode(EVENT_KINDS[topic], &message) else { return };
+        let event_time = input.as_ref().ok().and_then(Input::event_time);
+        merger.push(Partition(message.partition()), topic, event_time, Pending { message, input });
+    }
+
+    /// Applies an event record whose turn has come.
+    pub fn apply_event(
+        &mut self,
+        partition: Partition,
+        topic: usize,
+        message: &BorrowedMessage<'_>,
+        input: Result<Input, Rejection>,
+    ) {
+        let source = Source { partition, watermark: self.event_times.watermark(partition) };
+        if let Some(event_time) = self.settle(EVENT_KINDS[topic], source, message, input) {
+            self.event_times.observe(topic, partition, EventTime(event_time));
+        }
+    }
+
+    /// Applies one consent record (every instance reads all of them).
+    fn apply_consent(&mut self, message: &BorrowedMessage<'_>) {
+        let source = Source { partition: Partition(message.partition()), watermark: None };
+        if let Some(input) = self.decode(InputKind::Consent, message) {
+            self.settle(InputKind::Consent, source, message, input);
+        }
+    }
+
+    /// Decodes and validates a record; `None` if it cannot be decoded now
+    /// (the schema registry stayed unreachable: the pipeline stops).
+    fn decode(&mut self, kind: InputKind, message: &BorrowedMessage<'_>) -> Option<Result<Input, Rejection>> {
+        if !self.fetch_writer_schema(message.payload()) {
+            return None;
+        }
+        Some(self.processor.decode(kind, message.key(), message.payload(), now_ms()))
+    }
+
+    /// Applies a decoded record of `kind` from `source` (or counts and
+    /// dead-letters a bad one); returns its event time.
+    fn settle(
+        &mut self,
+        kind: InputKind,
+        source: Source,
+        message: &BorrowedMessage<'_>,
+        input: Result<Input, Rejection>,
+    ) -> Option<i64> {
+        let processed = match input {
+            Ok(input) => self.processor.apply(source, input, now_ms()),
+            Err(rejection) => Processed::rejected(rejection),
+        };
+        let work = &mut self.work;
+        work.tally.record(kind, &processed);
+        if let Outcome::Rejected(rejection) = &processed.outcome {
+            tracing::debug!(
+                topic = message.topic(),
+                partition = message.partition(),
+                offset = message.offset(),
+                reason = rejection.reason(),
+                "bad record"
+            );
+            if self.dead_letters_enabled {
+                work.dead_letters.push(DeadLetter::of(message, rejection.reason()));
+            }
+        }
+        // Consent records of other instances' users change only the consent table.
+        let owned = self.owned.contains(&source.partition);
+        if processed.outcome == Outcome::Applied && owned {
+            if let Some(user_id) = message.key().and_then(|key| std::str::from_utf8(key).ok()) {
+                work.changed.insert(user_id.to_owned(), source.partition);
+                if kind == InputKind::Consent && message.payload().is_none() {
+                    self.erasures.state_cleared(user_id, now_ms());
+                    work.erased.push(user_id.to_owned());
+                }
+            }
+        }
+        work.outputs.extend(processed.output);
+        processed.event_time
+    }
+
+    /// The changelog records of the users whose state changed, and of the
+    /// partitions whose event time moved.
+    pub fn changelog_records(&mut self) -> Vec<ChangelogRecord> {
+        let processor = self.processor;
+        let users = self.work.changed.drain().map(|(user_id, partition)| {
+            let value = processor.changelog_value(partition, &user_id);
+            ChangelogRecord { key: user_id.into_bytes(), partition, value }
+        });
+        let event_times = self.event_times.take_changed().into_iter().map(|(partition, value)| ChangelogRecord {
+            key: event_time::CHANGELOG_KEY.to_vec(),
+            partition,
+            value: Some(value),
+        });
+        users.chain(event_times).collect()
+    }
+}

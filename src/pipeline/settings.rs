@@ -1,0 +1,113 @@
+//! Every librdkafka setting tactful makes, with its reason, in one place.
+//! The user's `[kafka.client_properties]` go into every client; a setting
+//! marked "default" below yields to them, the others are what the pipeline's
+//! guarantees rest on and always win.
+
+use crate::config::{Config, Guarantee};
+use rdkafka::config::ClientConfig;
+
+/// A client with the cluster address and the configured client properties.
+pub fn base(config: &Config) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    client.set("bootstrap.servers", &config.bootstrap_servers);
+    for (key, value) in &config.client_properties {
+        client.set(key, value);
+    }
+    client
+}
+
+/// Sets `key` unless the configured client properties set it.
+fn set_default(client: &mut ClientConfig, config: &Config, key: &str, value: &str) {
+    if !config.client_properties.contains_key(key) {
+        client.set(key, value);
+    }
+}
+
+/// The consumer group of the event topics.
+pub fn event_consumer(config: &Config) -> ClientConfig {
+    let mut client = base(config);
+    // Default: a dead instance's partitions move after this long without heartbeats.
+    set_default(&mut client, config, "session.timeout.ms", "10000");
+    set_default(&mut client, config, "heartbeat.interval.ms", "2000");
+    client
+        .set("group.id", &config.group_id)
+        // Offsets are committed by hand, only after the batch's outputs are acknowledged.
+        .set("enable.auto.commit", "false")
+        // A new group reads what the topics retain instead of skipping it.
+        .set("auto.offset.reset", "earliest")
+        // Range gives one member the same partition numbers of every
+        // co-partitioned topic.
+        .set("partition.assignment.strategy", "range")
+        // Never act on records of aborted transactions.
+        .set("isolation.level", "read_committed");
+    client
+}
+
+/// The producer of profile updates, dead letters and changelog records.
+pub fn producer(config: &Config) -> ClientConfig {
+    let mut client = base(config);
+    if config.guarantee == Guarantee::ExactlyOnce {
+        // One id per instance: a restarted instance fences its previous
+        // incarnation and aborts the transaction it left open.
+        client.set("transactional.id", format!("tactful.{}.{}", config.app_id, config.instance_id));
+        // Default: a transaction left open by an instance that never comes
+        // back blocks read_committed readers until it times out.
+        set_default(&mut client, config, "transaction.timeout.ms", "30000");
+    }
+    client
+        // No duplicates or reordering from librdkafka's own retries.
+        .set("enable.idempotence", "true")
+        // Java clients' partitioner: a key lands where a Java producer would put it.
+        .set("partitioner", "murmur2_random")
+        // Small batches amortise requests without adding visible latency.
+        .set("linger.ms", "5");
+    client
+}
+
+/// A reader of a topic as a table (`role` names its never-used group).
+pub fn table_consumer(config: &Config, role: &str) -> ClientConfig {
+    let mut client = base(config);
+    client
+        // librdkafka wants a group id even for assign(); this consumer
+        // never subscribes or commits, so the group stays empty.
+        .set("group.id", format!("{}.{role}", config.group_id))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        // End-of-partition events tell when the table has caught up.
+        .set("enable.partition.eof", "true")
+        // Records of aborted transactions never count.
+        .set("isolation.level", "read_committed");
+    client
+}
+
+/// A client that asks for partitions' ends: with `committed_only`, the last
+/// stable offset (the records of a transaction still open are not part of a
+/// table yet); without, the high watermark (whether anybody wrote).
+pub fn watermark_client(config: &Config, committed_only: bool) -> ClientConfig {
+    let mut client = base(config);
+    client.set("isolation.level", if committed_only { "read_committed" } else { "read_uncommitted" });
+    client
+}
+
+/// The admin endpoint's producer of erasure records on the consent topic.
+pub fn consent_producer(config: &Config) -> ClientConfig {
+    let mut client = base(config);
+    client
+        // Where the data platform's Java clients put the user's consent records.
+        .set("partitioner", "murmur2_random")
+        // An erasure is recorded once, whatever librdkafka retries.
+        .set("enable.idempotence", "true");
+    client
+}
+
+/// `tactful gen`'s producer of a synthetic load into the input topics.
+pub fn load_producer(config: &Config) -> ClientConfig {
+    let mut client = base(config);
+    client
+        // The Java clients' partitioner, as a data platform's producer would use.
+        .set("partitioner", "murmur2_random")
+        // A load generator wants throughput: larger, compressed batches.
+        .set("linger.ms", "20")
+        .set("compression.type", "lz4");
+    client
+}

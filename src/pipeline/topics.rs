@@ -1,0 +1,88 @@
+//! The topic layout: the four input topics must exist and be co-partitioned;
+//! missing output topics are created when configured to.
+
+use super::{kafka, settings, PipelineError};
+use crate::config::Config;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::RDKafkaErrorCode;
+use std::time::Duration;
+
+/// How long a metadata request may take before the start fails.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Checks that the four input topics exist and are co-partitioned, creates
+/// missing output topics when configured to, and returns the partition count.
+pub fn check_topics(config: &Config, runtime: &tokio::runtime::Handle) -> Result<i32, PipelineError> {
+    let probe: BaseConsumer = settings::base(config).create().map_err(kafka("create a metadata client"))?;
+    let metadata = probe.fetch_metadata(None, METADATA_TIMEOUT).map_err(kafka("read cluster metadata"))?;
+    let partitions_of = |name: &str| {
+        metadata
+            .topics()
+            .iter()
+            .find(|topic| topic.name() == name && topic.error().is_none())
+            .map(|topic| topic.partitions().len() as i32)
+    };
+    let topics = &config.topics;
+    let inputs = [&topics.browse, &topics.purchase, &topics.location, &topics.consent];
+    let mut counts = Vec::new();
+    for name in inputs {
+        match partitions_of(name) {
+            Some(count) => counts.push((name.as_str(), count)),
+            None => return Err(PipelineError::Topics(format!("input topic `{name}` does not exist"))),
+        }
+    }
+    let partitions = counts[0].1;
+    if counts.iter().any(|(_, count)| *count != partitions) {
+        let listing: Vec<String> = counts.iter().map(|(name, count)| format!("`{name}` has {count}")).collect();
+        return Err(PipelineError::Topics(format!(
+            "the input topics must have the same partition count (co-partitioned by user id): {}",
+            listing.join(", ")
+        )));
+    }
+    if let Some(count) = partitions_of(&topics.changelog).filter(|count| *count != partitions) {
+        return Err(PipelineError::Topics(format!(
+            "the changelog topic `{}` has {count} partitions; it needs the input topics' {partitions}",
+            topics.changelog
+        )));
+    }
+    let outputs = [(&topics.profiles, "compact"), (&topics.dead_letters, "delete"), (&topics.changelog, "compact")];
+    let missing: Vec<(&str, &str)> = outputs
+        .into_iter()
+        .filter(|(name, _)| partitions_of(name).is_none())
+        .map(|(name, cleanup)| (name.as_str(), cleanup))
+        .collect();
+    if missing.is_empty() {
+        return Ok(partitions);
+    }
+    if !config.create_output_topics {
+        let names: Vec<&str> = missing.iter().map(|(name, _)| *name).collect();
+        return Err(PipelineError::Topics(format!(
+            "output topics missing and pipeline.create_output_topics is false: {}",
+            names.join(", ")
+        )));
+    }
+    let admin: AdminClient<DefaultClientContext> =
+        settings::base(config).create().map_err(kafka("create an admin client"))?;
+    // -1: the cluster's default replication factor.
+    let new_topics: Vec<NewTopic<'_>> = missing
+        .iter()
+        .map(|(name, cleanup)| {
+            NewTopic::new(name, partitions, TopicReplication::Fixed(-1)).set("cleanup.policy", cleanup)
+        })
+        .collect();
+    let results = runtime
+        .block_on(admin.create_topics(&new_topics, &AdminOptions::new().operation_timeout(Some(METADATA_TIMEOUT))))
+        .map_err(kafka("create output topics"))?;
+    for result in results {
+        match result {
+            Ok(name) => tracing::info!(topic = %name, partitions, "created output topic"),
+            Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => tracing::debug!(topic = %name, "output topic exists"),
+            Err((name, code)) => {
+                return Err(PipelineError::Topics(format!("cannot create output topic `{name}`: {code}")));
+            }
+        }
+    }
+    Ok(partitions)
+}

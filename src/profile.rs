@@ -1,0 +1,75 @@
+//! Evaluate and diff: the segments a user's consent allows are evaluated
+//! over their facts, and the result is compared with the profile last
+//! published. Only a changed profile becomes an update (with its reasons
+//! rendered then), so an event that changes nothing costs no allocation.
+
+use crate::consent::minimise::eligible;
+use crate::consent::{ConsentInForce, Purpose, Purposes};
+use crate::model::ProfileUpdate;
+use crate::segments::engine::evaluate;
+use crate::segments::Segments;
+use crate::state::{PublishedMember, PublishedProfile, UserState, MAX_CAPTURES};
+
+/// Re-evaluates every segment the user's consent allows and returns the
+/// update to publish, if anything changed. Reasons and channel names are
+/// rendered only then: an unchanged profile costs no allocation.
+pub fn refresh(
+    segments: &Segments,
+    user_id: &str,
+    state: &mut UserState,
+    consent: &ConsentInForce,
+    change_ts: i64,
+    now_ms: i64,
+) -> Option<ProfileUpdate> {
+    let granted = consent.effective(state.gpc_opt_out);
+    let level = consent.level;
+    let now = state.clock;
+    // Data minimisation: keep facts only as long as the segments this
+    // user's consent allows need them.
+    state.history.prune(now, &segments.retention_for(level, granted));
+    let previous = state.published.as_ref().map(|profile| profile.members.as_slice()).unwrap_or_default();
+    let mut members = Vec::new();
+    for (index, segment) in segments.by_id() {
+        if !eligible(segment, level, granted) {
+            continue;
+        }
+        let mut figures = [0.0; MAX_CAPTURES];
+        if !evaluate(&segment.rule, &state.history, now, &mut figures) {
+            continue;
+        }
+        let since = previous.iter().find(|member| member.segment == index).map_or(now, |member| member.since);
+        members.push(PublishedMember { segment: index, since, figures, channels: segment.channels.intersect(granted) });
+    }
+    let profile = PublishedProfile { level, channels: Purposes::channels_of(granted), members };
+    if state.published.as_ref() == Some(&profile) || (state.published.is_none() && profile.members.is_empty()) {
+        return None;
+    }
+    let ids_missing_from = |these: &[PublishedMember], those: &[PublishedMember]| -> Vec<String> {
+        these
+            .iter()
+            .filter(|member| !those.iter().any(|other| other.segment == member.segment))
+            .map(|member| segments.catalogue.segment(member.segment).id.clone())
+            .collect()
+    };
+    let new_entries = if granted.contains(Purpose::Measurement) {
+        segments.experiments.measure_entries(&segments.catalogue, user_id, &profile.members, previous)
+    } else {
+        Vec::new()
+    };
+    let entered = ids_missing_from(&profile.members, previous);
+    let exited = ids_missing_from(previous, &profile.members);
+    segments.count_members(state.published.as_ref(), Some(&profile));
+    let update = ProfileUpdate {
+        user_id: user_id.to_owned(),
+        version: state.next_version(now_ms),
+        ts: change_ts,
+        level,
+        channels: profile.channels.channel_names(),
+        segments: segments.render(user_id, &profile),
+        entered,
+        exited,
+    };
+    state.experiment_entries.extend(new_entries);
+    state.published = Some(profile);
+    Some(update)
+}

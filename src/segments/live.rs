@@ -1,0 +1,215 @@
+//! The segments in force: the catalogue, which of its segments are in force
+//! (in id order, the order memberships are published in), the member count
+//! of each and its experiment counts. Replaced as a whole by a hot reload,
+//! which keeps every segment's index (see [`SegmentIndex`]).
+
+use super::engine::{arm, render_reason};
+use super::{Catalogue, Segment, SegmentIndex};
+use crate::consent::minimise::eligible;
+use crate::consent::Purposes;
+use crate::experiments::{ExperimentCounts, Experiments};
+use crate::model::{Event, Membership, PersonalizationLevel};
+use crate::state::{PublishedProfile, Retention};
+use crate::time::{EventTime, DAY_MS};
+use std::sync::atomic::{AtomicI64, Ordering};
+
+/// The segments in force and what is counted per segment.
+pub struct Segments {
+    /// Every segment of the process's life, retired ones at their index.
+    pub catalogue: Catalogue,
+    /// The segments in force (not retired), in id order: memberships are
+    /// published sorted by id.
+    by_id: Vec<SegmentIndex>,
+    /// Current members per segment, by index; kept in step with every
+    /// published change so reading it costs nothing.
+    members: Vec<AtomicI64>,
+    /// Entries and conversions per segment with a holdout.
+    pub experiments: Experiments,
+}
+
+impl Segments {
+    /// Every segment of `catalogue` in force, nothing counted yet.
+    pub fn new(catalogue: Catalogue) -> Self {
+        let count = catalogue.segments.len();
+        let in_force = vec![true; count];
+        Self::assemble(catalogue, &in_force, (0..count).map(|_| AtomicI64::new(0)).collect(), Experiments::new(count))
+    }
+
+    fn assemble(catalogue: Catalogue, in_force: &[bool], members: Vec<AtomicI64>, experiments: Experiments) -> Self {
+        let mut by_id: Vec<SegmentIndex> =
+            (0..catalogue.segments.len()).filter(|index| in_force[*index]).map(SegmentIndex).collect();
+        by_id.sort_by(|a, b| catalogue.segment(*a).id.cmp(&catalogue.segment(*b).id));
+        Self { catalogue, by_id, members, experiments }
+    }
+
+    /// The segments in force after putting `catalogue` in force: segments
+    /// keep their index by id (a changed one is replaced in place, a new one
+    /// is added, a removed one is retired), and the counts go on.
+    pub fn reloaded(&self, catalogue: Catalogue) -> (Segments, ReloadReport) {
+        let held = self.catalogue.retention;
+        let mut merged = self.catalogue.segments.clone();
+        let mut in_force = vec![false; merged.len()];
+        let mut report = ReloadReport::default();
+        let was_in_force = |index: usize| self.by_id.contains(&SegmentIndex(index));
+        for segment in catalogue.segments {
+            let index = match merged.iter().position(|existing| existing.id == segment.id) {
+                Some(index) if was_in_force(index) && merged[index] == segment => index,
+                Some(index) => {
+                    report.changed_or_added(&segment, was_in_force(index), &held);
+                    merged[index] = segment;
+                    index
+                }
+                None => {
+                    report.changed_or_added(&segment, false, &held);
+                    merged.push(segment);
+                    in_force.push(false);
+                    merged.len() - 1
+                }
+            };
+            in_force[index] = true;
+        }
+        report.removed =
+            self.by_id.iter().filter(|index| !in_force[index.0]).map(|index| merged[index.0].id.clone()).collect();
+        let count = merged.len();
+        let members = (0..count)
+            .map(|index| AtomicI64::new(self.members.get(index).map_or(0, |members| members.load(Ordering::Relaxed))))
+            .collect();
+        let experiments = Experiments::carried_over(count, &self.experiments);
+        let merged = Catalogue { segments: merged, retention: catalogue.retention, windows: catalogue.windows };
+        (Self::assemble(merged, &in_force, members, experiments), report)
+    }
+
+    /// The segments in force, in id order.
+    pub fn by_id(&self) -> impl Iterator<Item = (SegmentIndex, &Segment)> + '_ {
+        self.by_id.iter().map(|index| (*index, self.catalogue.segment(*index)))
+    }
+
+    /// The segments in force, in catalogue order.
+    fn in_force(&self) -> impl Iterator<Item = SegmentIndex> + '_ {
+        (0..self.catalogue.segments.len()).map(SegmentIndex).filter(|index| self.by_id.contains(index))
+    }
+
+    /// Current member count per segment, in catalogue order (a segment
+    /// retired by a reload stays, with no members).
+    pub fn sizes(&self) -> Vec<(String, i64)> {
+        self.catalogue
+            .segments
+            .iter()
+            .zip(&self.members)
+            .map(|(segment, members)| (segment.id.clone(), members.load(Ordering::Relaxed)))
+            .collect()
+    }
+
+    /// Entries and conversions per segment in force with a holdout, in catalogue order.
+    pub fn experiment_counts(&self) -> Vec<ExperimentCounts> {
+        self.experiments.counts(&self.catalogue, self.in_force())
+    }
+
+    /// Whether `event` arrived too late to change anything: its partition's
+    /// event time (`watermark`) is past it by more than any segment reads
+    /// events of its kind, so every window that could hold it has passed.
+    /// Anything newer is applied, even out of order.
+    pub fn too_late(&self, event: &Event, watermark: Option<EventTime>) -> bool {
+        let Some(watermark) = watermark else { return false };
+        let retention = &self.catalogue.retention;
+        let reach_ms = match event {
+            // Time since first seen reads every event the user ever had.
+            _ if retention.first_seen => retention.max_ms,
+            Event::Browse(_) => retention.browse_ms,
+            // The last N purchases may be as old as the retention allows.
+            Event::Purchase(_) if retention.purchase_last > 0 => retention.max_ms,
+            Event::Purchase(_) => retention.purchase_ms,
+            Event::Location(_) => retention.location_ms,
+        };
+        let ts = EventTime(event.ts());
+        ts < watermark && ts <= watermark.minus(reach_ms.min(retention.max_ms))
+    }
+
+    /// Moves the member counts from the memberships of `before` to those of `after`.
+    pub fn count_members(&self, before: Option<&PublishedProfile>, after: Option<&PublishedProfile>) {
+        let adjust = |profile: Option<&PublishedProfile>, delta: i64| {
+            for member in profile.map(|profile| profile.members.as_slice()).unwrap_or_default() {
+                self.members[member.segment.0].fetch_add(delta, Ordering::Relaxed);
+            }
+        };
+        adjust(before, -1);
+        adjust(after, 1);
+    }
+
+    /// How long facts are kept for a user with `level` and `granted`: as long
+    /// as the segments their consent allows read them (data minimisation).
+    pub fn retention_for(&self, level: PersonalizationLevel, granted: Purposes) -> Retention {
+        let none = Retention { max_ms: self.catalogue.retention.max_ms, ..Retention::default() };
+        self.by_id()
+            .filter(|(_, segment)| eligible(segment, level, granted))
+            .fold(none, |kept, (_, segment)| kept.union(&segment.retention))
+    }
+
+    /// The memberships of a published profile as the contract shows them,
+    /// with their reasons rendered.
+    pub fn render(&self, user_id: &str, profile: &PublishedProfile) -> Vec<Membership> {
+        profile
+            .members
+            .iter()
+            .map(|member| {
+                let segment = self.catalogue.segment(member.segment);
+                Membership {
+                    id: segment.id.clone(),
+                    since: member.since,
+                    reason: render_reason(&segment.reason, &member.figures),
+                    channels: member.channels.channel_names(),
+                    arm: arm(segment, user_id),
+                }
+            })
+            .collect()
+    }
+}
+
+/// What a reload changed, and where the state held could not fully serve a
+/// new or changed segment (its memberships are complete once that much event
+/// time has passed).
+#[derive(Debug, Default, PartialEq)]
+pub struct ReloadReport {
+    /// Ids of the segments added.
+    pub added: Vec<String>,
+    /// Ids of the segments whose definition changed.
+    pub changed: Vec<String>,
+    /// Ids of the segments retired.
+    pub removed: Vec<String>,
+    /// (segment id, what the state held lacks).
+    pub partial: Vec<(String, String)>,
+}
+
+impl ReloadReport {
+    fn changed_or_added(&mut self, segment: &Segment, existed: bool, held: &Retention) {
+        if existed {
+            self.changed.push(segment.id.clone());
+        } else {
+            self.added.push(segment.id.clone());
+        }
+        let days = |ms: i64| format!("{} days", (ms as f64 / DAY_MS as f64 * 10.0).round() / 10.0);
+        let wants = &segment.retention;
+        let mut lacks = Vec::new();
+        for (kind, wanted, kept) in [
+            ("browses", wants.browse_ms, held.browse_ms),
+            ("purchases", wants.purchase_ms, held.purchase_ms),
+            ("locations", wants.location_ms, held.location_ms),
+        ] {
+            if wanted > kept {
+                lacks.push(format!("it reads {kind} of the last {}, the state holds {}", days(wanted), days(kept)));
+            }
+        }
+        if wants.purchase_last > held.purchase_last {
+            lacks.push(format!(
+                "it reads the last {} purchases, the state holds the last {}",
+                wants.purchase_last, held.purchase_last
+            ));
+        }
+        if wants.first_seen && !held.first_seen {
+            lacks.push("first visits were not kept: time since first seen counts from the next event".to_owned());
+        }
+        if !lacks.is_empty() {
+            self.partial.push((segment.id.clone(), lacks.join("; ")));
+        }
+    }
+}
