@@ -4,14 +4,15 @@
 
 use crate::codec::{Codec, SchemaError};
 use crate::processor::CoreSettings;
-use crate::segments::definition::{line_and_column, DEFAULT_SEGMENTS};
+use crate::segments::compile::line_and_column;
+use crate::segments::definition::DEFAULT_SEGMENTS;
 use crate::segments::{Catalogue, DefinitionError};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-const DAY_MS: i64 = 86_400_000;
+use crate::time::DAY_MS;
 
 /// A configuration that cannot be used. The operator's to fix.
 #[derive(Debug, thiserror::Error)]
@@ -203,7 +204,7 @@ impl Default for PipelineSection {
             event_time_tolerance_ms: 400 * DAY_MS,
             consent_catch_up_timeout_ms: 10_000,
             create_output_topics: true,
-            allowed_lateness_ms: 60_000,
+            allowed_lateness_ms: crate::time::MINUTE_MS,
             max_idle_wait_ms: 500,
             conversion_window_ms: 7 * DAY_MS,
             output_format: None,
@@ -565,71 +566,4 @@ fn key_position(text: &str, key: &str) -> (usize, usize) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn load_text(text: &str) -> Result<Config, ConfigError> {
-        let dir = std::env::temp_dir().join(format!("tactful-config-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(format!("{:x}.toml", crate::state::hash_value(text)));
-        std::fs::write(&path, text).unwrap();
-        Config::load(&path)
-    }
-
-    #[test]
-    fn a_minimal_file_gets_the_documented_defaults() {
-        let config = load_text("[kafka]\nbootstrap_servers = \"127.0.0.1:9092\"\n").unwrap();
-        assert_eq!(config.group_id, "tactful");
-        assert_eq!(config.topics.consent, "consent.changes");
-        assert_eq!(config.topics.profiles, "profiles.updates");
-        assert_eq!(config.topics.dead_letters, "tactful.tactful.dead-letters");
-        assert_eq!(config.admin_listen.to_string(), "127.0.0.1:9464");
-        assert_eq!(config.catalogue.segments.len(), 7);
-        assert_eq!(config.core.sensitive_categories, vec!["prenatal", "pharmacy"]);
-        assert!(config.schema_registry.is_none());
-        assert_eq!(config.output_format, OutputFormat::SingleObject);
-    }
-
-    #[test]
-    fn a_registry_makes_confluent_the_default_output_unless_single_object_is_chosen() {
-        let registry = "[kafka]\nbootstrap_servers = \"x:1\"\n[schema_registry]\nurl = \"http://r:8081/apis/ccompat/v7/\"\nbasic_auth_user_info = \"ann:s3:cret\"\n";
-        let config = load_text(registry).unwrap();
-        let configured = config.schema_registry.unwrap();
-        assert_eq!(configured.url, "http://r:8081/apis/ccompat/v7");
-        assert_eq!(configured.basic_auth, Some(("ann".to_owned(), "s3:cret".to_owned())));
-        assert_eq!((configured.request_timeout_ms, configured.unavailable_timeout_ms), (5_000, 60_000));
-        assert_eq!(config.output_format, OutputFormat::Confluent);
-        let chosen = format!("{registry}[pipeline]\noutput_format = \"single_object\"\n");
-        assert_eq!(load_text(&chosen).unwrap().output_format, OutputFormat::SingleObject);
-        let without = "[kafka]\nbootstrap_servers = \"x:1\"\n[pipeline]\noutput_format = \"confluent\"\n";
-        let error = load_text(without).err().unwrap().to_string();
-        assert!(error.contains(".toml:4:1: pipeline.output_format `confluent` needs a [schema_registry]"), "{error}");
-        let bad_url = "[kafka]\nbootstrap_servers = \"x:1\"\n[schema_registry]\nurl = \"registry:8081\"\n";
-        let error = load_text(bad_url).err().unwrap().to_string();
-        assert!(error.contains(".toml:4:1: schema_registry.url must start with http:// or https://"), "{error}");
-    }
-
-    #[test]
-    fn unknown_keys_are_rejected_with_their_line() {
-        let error =
-            load_text("[kafka]\nbootstrap_servers = \"x:1\"\n\n[pipeline]\nmax_batch = 3\n").err().unwrap().to_string();
-        assert!(error.contains(".toml:5:1: unknown field `max_batch`"), "{error}");
-    }
-
-    #[test]
-    fn a_missing_required_key_is_named() {
-        let error = load_text("[kafka]\napp_id = \"a\"\n").err().unwrap().to_string();
-        assert!(error.contains("missing field `bootstrap_servers`"), "{error}");
-    }
-
-    #[test]
-    fn invalid_values_are_explained() {
-        let error = load_text("[kafka]\nbootstrap_servers = \"x:1\"\napp_id = \"a b\"\n").err().unwrap().to_string();
-        assert!(error.contains(".toml:3:1: kafka.app_id `a b` must be letters"), "{error}");
-        let error = load_text("[kafka]\nbootstrap_servers = \"x:1\"\n[pipeline]\nmax_batch_records = 0\n")
-            .err()
-            .unwrap()
-            .to_string();
-        assert!(error.contains(".toml:4:1: pipeline.max_batch_records must be at least 1"), "{error}");
-    }
-}
+mod tests;

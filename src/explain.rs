@@ -127,8 +127,8 @@ mod tests {
 
     #[test]
     fn windows_read_as_plain_words() {
-        assert_eq!(last(3_600_000), "last hour");
-        assert_eq!(last(2 * 3_600_000), "last 2 hours");
+        assert_eq!(last(HOUR_MS), "last hour");
+        assert_eq!(last(2 * HOUR_MS), "last 2 hours");
         assert_eq!(last(DAY_MS), "last day");
         assert_eq!(last(90 * DAY_MS), "last 90 days");
     }

@@ -5,7 +5,7 @@ use super::definition::{Field, Filter, Measure, Rule, Segment, Source, TemplateP
 use crate::state::{hash_value, BrowseFact, History, ItemFact, LocationFact, PurchaseFact};
 use std::ops::ControlFlow;
 
-const DAY_MS: i64 = 86_400_000;
+use crate::time::DAY_MS;
 /// Mean Earth radius used by the haversine distance.
 const EARTH_RADIUS_M: f64 = 6_371_008.8;
 

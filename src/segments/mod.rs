@@ -2,6 +2,7 @@
 //! the segments in force with what is counted per segment ([`live`], replaced
 //! as a whole by a hot reload). Pure.
 
+pub mod compile;
 pub mod definition;
 pub mod engine;
 pub mod live;

@@ -1,9 +1,8 @@
 //! Tests of segment definitions (parse, validate), the rule engine, reasons,
 //! experiment arms, and the bundled catalogue `deploy/segments.toml`.
 
-use super::definition::{
-    parse_duration_ms, Comparison, Field, Filter, Measure, Rule, Source, TemplatePart, DEFAULT_SEGMENTS,
-};
+use super::compile::parse_duration_ms;
+use super::definition::{Comparison, Field, Filter, Measure, Rule, Source, TemplatePart, DEFAULT_SEGMENTS};
 use super::engine::{arm, distance_m, evaluate, measure, render_reason};
 use super::*;
 use crate::consent::{Purpose, Purposes};
