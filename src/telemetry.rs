@@ -3,6 +3,8 @@
 //! user id. Per-record counts accumulate in a [`Tally`] and are flushed once
 //! per batch, so the hot path touches no shared counter.
 
+#![allow(clippy::disallowed_macros)] // the one place metrics are recorded
+
 use crate::codec::Encoding;
 use crate::consent::DropReason;
 use crate::experiments::ExperimentCounts;

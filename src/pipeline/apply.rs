@@ -62,6 +62,11 @@ impl Work {
         self.outputs.push(output);
     }
 
+    /// Whether nothing was produced or changed since the last delivery.
+    pub fn is_idle(&self) -> bool {
+        self.outputs.is_empty() && self.dead_letters.is_empty() && self.changed.is_empty()
+    }
+
     /// Forgets what was delivered (the tally is flushed separately).
     pub fn clear_delivered(&mut self) {
         self.outputs.clear();

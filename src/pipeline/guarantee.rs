@@ -23,6 +23,8 @@ pub struct Batch<'a> {
     pub offsets: TopicPartitionList,
     /// Users whose erasure completes with its tombstones.
     pub erased: Vec<String>,
+    /// No record was read and nothing changed: there is nothing to write.
+    pub idle: bool,
 }
 
 /// What became of a delivered batch.
@@ -64,11 +66,8 @@ struct ExactlyOnce<'a> {
 impl Delivery for ExactlyOnce<'_> {
     fn deliver(&mut self, ingest: &Ingest, batch: Batch<'_>) -> Result<Delivered, PipelineError> {
         let records = &batch.records;
-        if batch.offsets.count() == 0
-            && records.outputs.is_empty()
-            && records.dead_letters.is_empty()
-            && records.changelog.is_empty()
-        {
+        if batch.idle {
+            // No transaction for a batch without records.
             return Ok(Delivered::Done);
         }
         let publisher = &self.publisher;

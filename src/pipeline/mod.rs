@@ -160,11 +160,14 @@ pub fn run(
         // Deliver.
         let offsets = next_offsets(&applied)?;
         drop(applied);
-        let changelog_records = shell.changelog_records();
+        // An idle batch (no record read, nothing changed) writes nothing: a
+        // moved event time waits for the next batch that does.
+        let idle = offsets.count() == 0 && shell.work.is_idle();
+        let changelog_records = if idle { Vec::new() } else { shell.changelog_records() };
         let work = &mut shell.work;
         let records =
             Records { outputs: &work.outputs, dead_letters: &work.dead_letters, changelog: &changelog_records };
-        let batch = Batch { records, offsets, erased: std::mem::take(&mut work.erased) };
+        let batch = Batch { records, offsets, erased: std::mem::take(&mut work.erased), idle };
         match delivery.deliver(&ingest, batch)? {
             Delivered::Done => work.clear_delivered(),
             Delivered::Aborted => shell.rewind(&mut merger, &ingest, &mut consent, &mut changelog)?,
