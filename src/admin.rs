@@ -28,10 +28,16 @@ struct AdminState {
 /// and a producer to record erasures on the consent topic.
 #[derive(Clone)]
 pub struct ExplainApi {
+    /// The bearer token every explain request must carry (`admin.api_token`).
     pub token: Arc<str>,
+    /// The running core, whose state the explain answers are read from.
     pub processor: Arc<Processor>,
+    /// The erasure receipts, opened here and advanced by the pipeline.
     pub erasures: Arc<Erasures>,
+    /// Sends an erasure's tombstone to the consent topic, so the erasure is
+    /// durable before a receipt is returned.
     pub consent_producer: FutureProducer,
+    /// The consent topic erasure tombstones are written to.
     pub consent_topic: Arc<str>,
 }
 

@@ -17,29 +17,69 @@ use crate::time::DAY_MS;
 /// A configuration that cannot be used. The operator's to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    /// A file the configuration needs (itself, the segment file, a schema
+    /// file, a CA certificate) is missing or unreadable.
+    #[error("cannot read {path}")]
+    Read {
+        /// The file that could not be read, as resolved against the config's folder.
+        path: PathBuf,
+        /// Why the operating system refused it.
+        source: std::io::Error,
+    },
+    /// The file is not TOML, or has an unknown key or a value of the wrong type.
     #[error("{path}:{line}:{column}: {message}")]
-    Parse { path: PathBuf, line: usize, column: usize, message: String },
+    Parse {
+        /// The configuration file.
+        path: PathBuf,
+        /// 1-based line of the fault.
+        line: usize,
+        /// 1-based column of the fault.
+        column: usize,
+        /// The TOML parser's explanation.
+        message: String,
+    },
+    /// A setting parses but its value cannot be used (empty, out of range,
+    /// inconsistent with another setting).
     #[error("{path}:{line}:{column}: {message}")]
-    Invalid { path: PathBuf, line: usize, column: usize, message: String },
+    Invalid {
+        /// The configuration file.
+        path: PathBuf,
+        /// 1-based line of the setting at fault (or of its section when it is not written).
+        line: usize,
+        /// 1-based column of the setting at fault.
+        column: usize,
+        /// The setting's `section.name` and what is wrong with its value.
+        message: String,
+    },
+    /// The segment definitions are invalid; the error names their file and line.
     #[error(transparent)]
     Segments(#[from] DefinitionError),
-    #[error("schema file {path}: {source}")]
-    Schema { path: PathBuf, source: SchemaError },
+    /// An extra writer schema file is not a usable Avro schema.
+    #[error("schema file {path}")]
+    Schema {
+        /// The schema file, as resolved against the config's folder.
+        path: PathBuf,
+        /// Why the schema was rejected.
+        source: SchemaError,
+    },
 }
 
 /// The configuration file as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigFile {
+    /// `[kafka]`: the cluster to use; required, as there is no sensible default broker.
     pub kafka: KafkaSection,
+    /// `[topics]`: set to use topic names other than the contract's defaults.
     #[serde(default)]
     pub topics: TopicsSection,
+    /// `[pipeline]`: segments, schemas, processing guarantee and batching. Default: every field's default.
     #[serde(default)]
     pub pipeline: PipelineSection,
+    /// `[privacy]`: sensitive categories and retention limits. Default: every field's default.
     #[serde(default)]
     pub privacy: PrivacySection,
+    /// `[admin]`: where health, readiness and metrics are served. Default: loopback, no explain API.
     #[serde(default)]
     pub admin: AdminSection,
     /// Without it, Confluent-framed input is bad input (`unknown_schema`).
@@ -122,14 +162,22 @@ fn default_app_id() -> String {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TopicsSection {
+    /// Input topic of `BrowseEvent`s. Default `events.browse`.
     pub browse: String,
+    /// Input topic of `PurchaseEvent`s. Default `events.purchase`.
     pub purchase: String,
+    /// Input topic of `LocationEvent`s. Default `events.location`.
     pub location: String,
+    /// Input topic of `ConsentChange`s (compacted; a tombstone forgets the user).
+    /// Default `consent.changes`.
     pub consent: String,
+    /// Output topic of `ProfileUpdate`s (compacted). Default `profiles.updates`.
     pub profiles: String,
+    /// Where bad records are copied, with headers saying why.
     /// Default `tactful.<app_id>.dead-letters`.
     pub dead_letters: Option<String>,
-    /// Default `tactful.<app_id>.changelog`.
+    /// The compacted topic per-user state is restored from after a restart or
+    /// rebalance. Default `tactful.<app_id>.changelog`.
     pub changelog: Option<String>,
 }
 
@@ -283,12 +331,19 @@ pub fn embedded_defaults() -> (Catalogue, CoreSettings) {
 /// Topic names, resolved.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Topics {
+    /// Input topic of `BrowseEvent`s.
     pub browse: String,
+    /// Input topic of `PurchaseEvent`s.
     pub purchase: String,
+    /// Input topic of `LocationEvent`s.
     pub location: String,
+    /// Input topic of `ConsentChange`s, read ahead of the event topics.
     pub consent: String,
+    /// Output topic of `ProfileUpdate`s and erasure tombstones.
     pub profiles: String,
+    /// Output topic of bad records, with the app id filled in.
     pub dead_letters: String,
+    /// Internal topic of per-user state, with the app id filled in.
     pub changelog: String,
 }
 
@@ -301,33 +356,54 @@ impl Topics {
 
 /// The validated configuration.
 pub struct Config {
+    /// Bootstrap servers every Kafka client is given, `host:port[,host:port]`.
     pub bootstrap_servers: String,
+    /// Names this deployment; checked to be safe in topic names.
     pub app_id: String,
+    /// Consumer group of the event topics: the configured one or the app id.
     pub group_id: String,
+    /// Names this instance in its transactional id, so a restart fences the
+    /// previous incarnation: the configured one or the host name.
     pub instance_id: String,
+    /// Extra librdkafka settings, passed to every client as given.
     pub client_properties: BTreeMap<String, String>,
+    /// Every topic name, defaults filled in.
     pub topics: Topics,
+    /// The segments in force at start, parsed and checked.
     pub catalogue: Catalogue,
     /// The segment file, if one is configured (else the bundled catalogue):
     /// a change to it (or SIGHUP) reloads the segments.
     pub segments_file: Option<PathBuf>,
     /// The segment file's text `catalogue` was parsed from.
     pub segments_text: Option<String>,
+    /// The text of each extra Avro writer schema, already checked to parse,
+    /// so the codec recognises their fingerprints.
     pub extra_writer_schemas: Vec<String>,
+    /// What the pure core needs: sensitive categories, time tolerances, idle-user limit.
     pub core: CoreSettings,
+    /// Whether batches commit in one Kafka transaction or after acknowledgement.
     pub guarantee: Guarantee,
+    /// Most records processed between two commits (at least 1).
     pub max_batch_records: usize,
+    /// Longest time a batch collects records before it is committed, in milliseconds.
     pub commit_interval_ms: u64,
+    /// Whether bad records are copied to the dead-letter topic.
     pub dead_letters_enabled: bool,
+    /// Longest wait for the consent topic to catch up before a batch, in milliseconds.
     pub consent_catch_up_timeout_ms: u64,
+    /// Whether missing output topics are created at start.
     pub create_output_topics: bool,
+    /// How far the watermark trails the newest event time, in milliseconds.
     pub allowed_lateness_ms: i64,
+    /// How long an empty event topic is waited for before the others go on, in milliseconds.
     pub max_idle_wait_ms: u64,
+    /// Where the admin HTTP endpoint listens.
     pub admin_listen: SocketAddr,
     /// The explain API's bearer token; `None` = the API is off.
     pub admin_api_token: Option<String>,
     /// The schema registry, if one is configured.
     pub schema_registry: Option<Registry>,
+    /// How `ProfileUpdate`s are framed, resolved against whether a registry is configured.
     pub output_format: OutputFormat,
 }
 
@@ -340,7 +416,9 @@ pub struct Registry {
     pub basic_auth: Option<(String, String)>,
     /// The CA certificate (PEM) of an `https` registry.
     pub ca_pem: Option<Vec<u8>>,
+    /// Longest time one request may take, in milliseconds (above zero).
     pub request_timeout_ms: u64,
+    /// How long an unreachable registry is retried before the pipeline stops, in milliseconds.
     pub unavailable_timeout_ms: u64,
 }
 

@@ -39,8 +39,8 @@ fn parse_share(text: &str) -> Result<f64, String> {
 
 /// The demo failed to start. A build defect: the embedded defaults are tested.
 #[derive(Debug, thiserror::Error)]
-#[error("the embedded default is invalid: {0}")]
-pub struct DemoError(String);
+#[error("the embedded default is invalid")]
+pub struct DemoError(#[source] crate::codec::SchemaError);
 
 /// Runs the demo and prints a live summary to stdout.
 pub fn run(options: &DemoOptions) -> Result<(), DemoError> {
@@ -50,7 +50,7 @@ pub fn run(options: &DemoOptions) -> Result<(), DemoError> {
             segment.holdout = Some(share);
         }
     }
-    let codec = Codec::new(&[]).map_err(|error| DemoError(error.to_string()))?;
+    let codec = Codec::new(&[]).map_err(DemoError)?;
     let processor = Processor::new(codec, catalogue, &settings);
     let now_ms = crate::control::now_ms();
     let mut population = Population::new(options.seed, options.users.max(1), options.events, options.days, now_ms);

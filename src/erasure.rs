@@ -10,6 +10,8 @@ use std::sync::{Mutex, PoisonError};
 /// What a receipt reports. Times are epoch milliseconds.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ErasureStatus {
+    /// The random id the erase request returned; it names no user, so it can
+    /// be handed to the requester.
     pub receipt: String,
     /// When the request was received.
     pub requested_at: i64,

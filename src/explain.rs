@@ -13,6 +13,7 @@ use crate::time::{DAY_MS, HOUR_MS};
 /// The answer of `GET /v1/profiles/{user_id}`.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Explanation {
+    /// The user asked about, echoed from the request path.
     pub user_id: String,
     /// The consent in force; `None` = nothing granted.
     pub consent: Option<ConsentView>,
@@ -25,8 +26,11 @@ pub struct Explanation {
 /// The consent in force, as recorded.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ConsentView {
+    /// The purposes granted, by their contract names; any other is refused.
     pub granted: Vec<&'static str>,
+    /// How much personalization the user chose.
     pub level: PersonalizationLevel,
+    /// Which consent tool or channel recorded the choice.
     pub source: String,
     /// When the user chose (epoch milliseconds).
     pub ts: i64,
@@ -37,8 +41,11 @@ pub struct ConsentView {
 /// The published profile.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ProfileView {
+    /// The personalization level the profile was published at.
     pub level: PersonalizationLevel,
+    /// The channels personalization may be used on, as published.
     pub channels: Vec<String>,
+    /// The memberships with the reasons a user is shown, sorted by segment id.
     pub segments: Vec<Membership>,
 }
 
@@ -49,6 +56,7 @@ pub struct DataHeld {
     pub category: String,
     /// The oldest record of this category still held (epoch milliseconds).
     pub since: i64,
+    /// How many records of this category are held.
     pub records: usize,
 }
 

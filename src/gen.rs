@@ -44,7 +44,7 @@ pub struct GenOptions {
 
 /// Producing failed. The cluster's or the configuration's to fix.
 #[derive(Debug, thiserror::Error)]
-#[error("kafka: {context}: {source}")]
+#[error("kafka: {context}")]
 pub struct GenError {
     context: &'static str,
     source: KafkaError,

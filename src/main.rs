@@ -147,9 +147,7 @@ fn generate(options: &gen::GenOptions) -> anyhow::Result<()> {
 fn run(path: &std::path::Path) -> anyhow::Result<()> {
     telemetry::init_logging();
     let config = Config::load(path)?;
-    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .install_recorder()
-        .context("install the metrics recorder")?;
+    let metrics = telemetry::install_metrics().context("install the metrics recorder")?;
     let codec = match config.schema_registry {
         Some(_) => Codec::with_registry(&config.extra_writer_schemas)?,
         None => Codec::new(&config.extra_writer_schemas)?,

@@ -43,19 +43,28 @@ pub struct EventConsent {
 /// A page view.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BrowseEvent {
+    /// The producer's id for the event, for tracing on its side; tactful does not keep it.
     pub event_id: String,
+    /// The user the page view belongs to; must equal the record key.
     pub user_id: String,
     /// Event time, epoch milliseconds UTC.
     pub ts: i64,
+    /// The producer's browsing session, when it has one; not kept in state.
     #[serde(default)]
     pub session_id: Option<String>,
+    /// Kind of page viewed: home, category, product, cart, checkout, search or other.
     pub page_type: String,
+    /// The product shown, on product pages; rules can filter on it.
     #[serde(default)]
     pub product_id: Option<String>,
+    /// The product category shown; not kept without the `sensitive` purpose
+    /// when it is one of the configured sensitive categories.
     #[serde(default)]
     pub category: Option<String>,
+    /// The page address; never kept, as it can carry personal data.
     #[serde(default)]
     pub url: Option<String>,
+    /// The consent signals the device sent with the event; absent means none were sent.
     #[serde(default)]
     pub consent: Option<EventConsent>,
 }
@@ -63,22 +72,35 @@ pub struct BrowseEvent {
 /// One line of an order.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PurchaseItem {
+    /// The product bought; rules can filter on it.
     pub product_id: String,
+    /// The product's category; a sensitive category drops the whole item
+    /// without the `sensitive` purpose.
     pub category: String,
+    /// Units of the product in the order.
     pub quantity: i32,
+    /// Price of one unit, in cents of the order's currency.
     pub price_cents: i64,
 }
 
 /// A completed order.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PurchaseEvent {
+    /// The producer's id for the event, for tracing on its side; tactful does not keep it.
     pub event_id: String,
+    /// The buyer; must equal the record key.
     pub user_id: String,
+    /// Event time of the order, epoch milliseconds UTC.
     pub ts: i64,
+    /// The shop's order reference; not kept in state.
     pub order_id: String,
+    /// ISO 4217 code of the currency all the order's amounts are in.
     pub currency: String,
+    /// What the order cost in total, in cents of `currency`.
     pub total_cents: i64,
+    /// The order's lines; may be empty.
     pub items: Vec<PurchaseItem>,
+    /// The consent signals the device sent with the event; absent means none were sent.
     #[serde(default)]
     pub consent: Option<EventConsent>,
 }
@@ -86,13 +108,20 @@ pub struct PurchaseEvent {
 /// A device location fix.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LocationEvent {
+    /// The producer's id for the event, for tracing on its side; tactful does not keep it.
     pub event_id: String,
+    /// The device's user; must equal the record key.
     pub user_id: String,
+    /// Event time of the fix, epoch milliseconds UTC.
     pub ts: i64,
+    /// Latitude in degrees (WGS 84); coarsened to about 5 km without `precise_location`.
     pub lat: f64,
+    /// Longitude in degrees (WGS 84); coarsened to about 5 km without `precise_location`.
     pub lon: f64,
+    /// The device's estimate of the fix's error radius, in metres; not kept in state.
     #[serde(default)]
     pub accuracy_m: Option<f32>,
+    /// The consent signals the device sent with the event; absent means none were sent.
     #[serde(default)]
     pub consent: Option<EventConsent>,
 }
@@ -100,11 +129,13 @@ pub struct LocationEvent {
 /// A full snapshot of a user's consent choices, not a delta.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ConsentChange {
+    /// The user who chose; must equal the record key.
     pub user_id: String,
-    /// When the user chose.
+    /// When the user chose, epoch milliseconds UTC.
     pub ts: i64,
     /// The purposes granted; any purpose not listed is refused.
     pub granted: Vec<String>,
+    /// How much personalization the user wants; NONE erases the profile.
     pub level: PersonalizationLevel,
     /// Which consent tool or channel recorded it.
     pub source: String,
@@ -113,9 +144,12 @@ pub struct ConsentChange {
 /// One segment membership, with the reason a user could be shown.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Membership {
+    /// The segment's id, as in the segment definitions file.
     pub id: String,
-    /// Event time the user entered the segment.
+    /// Event time the user entered the segment, epoch milliseconds UTC.
     pub since: i64,
+    /// One plain sentence a user could be shown saying why they are in the
+    /// segment, with the real figures.
     pub reason: String,
     /// The segment's allowed channels ∩ the user's channels.
     pub channels: Vec<String>,
@@ -126,24 +160,33 @@ pub struct Membership {
 /// The value published on `profiles.updates` (key = user id).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ProfileUpdate {
+    /// The user the profile describes; also the record key.
     pub user_id: String,
-    /// Strictly increasing per user, never reused.
+    /// Strictly increasing per user, across restarts and rebalances, never
+    /// reused: consumers drop an update whose version is not above the last seen.
     pub version: i64,
-    /// Event time of the change.
+    /// Event time of the change, epoch milliseconds UTC.
     pub ts: i64,
+    /// The personalization level in force for the user.
     pub level: PersonalizationLevel,
+    /// Channels the user allows personalization on: a subset of web, email, push, ads.
     pub channels: Vec<String>,
     /// All current memberships, sorted by id.
     pub segments: Vec<Membership>,
+    /// Ids of the segments this update entered the user into.
     pub entered: Vec<String>,
+    /// Ids of the segments this update took the user out of.
     pub exited: Vec<String>,
 }
 
 /// One decoded input event of any of the three event topics.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
+    /// A page view, from the browse topic.
     Browse(BrowseEvent),
+    /// An order, from the purchase topic.
     Purchase(PurchaseEvent),
+    /// A location fix, from the location topic.
     Location(LocationEvent),
 }
 
@@ -179,9 +222,13 @@ impl Event {
 /// Which input topic a record came from; decides the record type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum InputKind {
+    /// The browse topic: values are [`BrowseEvent`]s.
     Browse,
+    /// The purchase topic: values are [`PurchaseEvent`]s.
     Purchase,
+    /// The location topic: values are [`LocationEvent`]s.
     Location,
+    /// The consent topic: values are [`ConsentChange`]s or tombstones.
     Consent,
 }
 

@@ -38,10 +38,23 @@ pub struct ReplayOptions {
 /// A replay that could not run. The input's or the configuration's to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
+    /// The input could not be read, or a CSV or SVG output could not be written.
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        /// The file read or written.
+        path: PathBuf,
+        /// Why the operating system refused it.
+        source: std::io::Error,
+    },
+    /// The input file is not JSON lines or an Avro container of a contract record type.
     #[error("{path}: {message}")]
-    Input { path: PathBuf, message: String },
+    Input {
+        /// The input file.
+        path: PathBuf,
+        /// What is wrong, with the line number for JSON lines.
+        message: String,
+    },
+    /// The `--config` file, or its segment or schema files, cannot be used.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
 }
@@ -57,6 +70,8 @@ struct Record {
 /// What a replay found.
 #[derive(Debug, PartialEq)]
 pub struct ReplayOutcome {
+    /// What happened to the records: applied, dropped by consent or lateness,
+    /// rejected as bad input, and the updates and tombstones they caused.
     pub tally: Tally,
     /// Final members per segment, in catalogue order.
     pub sizes: Vec<(String, i64)>,

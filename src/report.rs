@@ -16,12 +16,16 @@ const Z_95: f64 = 1.959_963_984_540_054;
 /// The lift of treatment over holdout.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Lift {
+    /// Share (0 to 1) of the treatment arm's entries that converted.
     pub treatment_rate: f64,
+    /// Share (0 to 1) of the holdout arm's entries that converted.
     pub holdout_rate: f64,
     /// `treatment_rate / holdout_rate − 1`.
     pub lift: f64,
     /// 95% interval of the lift.
     pub low: f64,
+    /// Upper end of the lift's 95% interval; an interval containing 0 means no
+    /// measurable effect.
     pub high: f64,
 }
 

@@ -102,7 +102,9 @@ struct SyntheticUser {
 /// One record for an input topic.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SyntheticRecord {
+    /// Which input topic the record goes to.
     pub kind: InputKind,
+    /// The record key: the synthetic user's id (`user-0000042`), never a real person's.
     pub key: String,
     /// `None` is a tombstone.
     pub value: Option<Vec<u8>>,

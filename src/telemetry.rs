@@ -10,7 +10,75 @@ use crate::consent::DropReason;
 use crate::experiments::ExperimentCounts;
 use crate::model::InputKind;
 use crate::processor::{Outcome, Output, Processed};
+use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 use std::collections::BTreeMap;
+use std::time::Duration;
+
+// Every metric, declared once: its name here, its description in
+// `install_metrics`.
+const RECORDS_APPLIED: &str = "tactful_records_applied_total";
+const EVENTS_DROPPED: &str = "tactful_events_dropped_total";
+const RECORDS_REJECTED: &str = "tactful_records_rejected_total";
+const PROFILE_UPDATES: &str = "tactful_profile_updates_total";
+const LEGACY_FINGERPRINT: &str = "tactful_records_legacy_fingerprint_total";
+/// Entries into experiment segments, per segment and arm (`tactful report` reads it).
+pub const ENTERED_METRIC: &str = "tactful_experiment_entered_total";
+/// Purchases within the conversion window after an entry, per segment and arm.
+pub const CONVERTED_METRIC: &str = "tactful_experiment_converted_total";
+const SEGMENT_MEMBERS: &str = "tactful_segment_members";
+const SEGMENT_RELOADS: &str = "tactful_segment_reloads_total";
+const RESTORED_USERS: &str = "tactful_restored_users_total";
+const RESTORE_DURATION: &str = "tactful_restore_duration_seconds";
+const BATCH_DURATION: &str = "tactful_batch_duration_seconds";
+const COMMIT_DURATION: &str = "tactful_commit_duration_seconds";
+const CONSUMER_LAG: &str = "tactful_consumer_lag_records";
+
+/// Histogram buckets for durations, in seconds: from a fast commit (1 ms)
+/// to a long restore (5 min).
+const DURATION_BUCKETS: [f64; 14] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0, 300.0];
+
+/// Installs the Prometheus recorder (histograms with [`DURATION_BUCKETS`],
+/// so dashboards can compute quantiles across instances) and describes
+/// every metric; the handle renders `/metrics`.
+pub fn install_metrics() -> Result<PrometheusHandle, BuildError> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), &DURATION_BUCKETS)?
+        .install_recorder()?;
+    describe_counter!(RECORDS_APPLIED, "Input records applied, by input kind.");
+    describe_counter!(EVENTS_DROPPED, "Events dropped by the consent gate (or late), by kind and reason.");
+    describe_counter!(RECORDS_REJECTED, "Bad input records, counted and dead-lettered, by kind and reason.");
+    describe_counter!(PROFILE_UPDATES, "Records published on the profile topic: updates and tombstones.");
+    describe_counter!(LEGACY_FINGERPRINT, "Records written with the legacy single-object fingerprint, by kind.");
+    describe_counter!(
+        ENTERED_METRIC,
+        "Entries into experiment segments of users with measurement, by segment and arm."
+    );
+    describe_counter!(CONVERTED_METRIC, "Purchases within the conversion window after an entry, by segment and arm.");
+    describe_gauge!(SEGMENT_MEMBERS, "Current members of each segment on this instance's partitions.");
+    describe_counter!(SEGMENT_RELOADS, "Reloads of the segment file, applied or rejected.");
+    describe_counter!(RESTORED_USERS, "Users whose state was restored from the changelog.");
+    describe_histogram!(RESTORE_DURATION, Unit::Seconds, "Time to restore assigned partitions from the changelog.");
+    describe_histogram!(BATCH_DURATION, Unit::Seconds, "Time of one batch, from its first poll to its delivery.");
+    describe_histogram!(COMMIT_DURATION, Unit::Seconds, "Time to deliver a batch: its transaction or its send.");
+    describe_gauge!(CONSUMER_LAG, Unit::Count, "Records not yet read on this instance's partitions, by event kind.");
+    Ok(handle)
+}
+
+/// Records how long a batch took, and how long its delivery.
+pub fn record_batch(batch: Duration, delivery: Duration) {
+    metrics::histogram!(BATCH_DURATION).record(batch.as_secs_f64());
+    metrics::histogram!(COMMIT_DURATION).record(delivery.as_secs_f64());
+}
+
+/// Sets the consumer lag of each event kind: records not yet read on the
+/// partitions this instance owns. A gauge, not a histogram: lag is a level
+/// an operator watches grow, per topic.
+pub fn record_consumer_lag(lag: &[(InputKind, i64)]) {
+    for (kind, records) in lag {
+        metrics::gauge!(CONSUMER_LAG, "kind" => kind.as_str()).set(*records as f64);
+    }
+}
 
 /// Input kinds, in a fixed order for tallies.
 const KINDS: [InputKind; 4] = [InputKind::Browse, InputKind::Purchase, InputKind::Location, InputKind::Consent];
@@ -102,34 +170,29 @@ impl Tally {
     pub fn flush_to_metrics(&mut self) {
         for (kind, count) in KINDS.iter().zip(self.applied) {
             if count > 0 {
-                metrics::counter!("tactful_records_applied_total", "kind" => kind.as_str()).increment(count);
+                metrics::counter!(RECORDS_APPLIED, "kind" => kind.as_str()).increment(count);
             }
         }
         for ((kind, reason), count) in &self.dropped {
-            metrics::counter!("tactful_events_dropped_total", "kind" => *kind, "reason" => *reason).increment(*count);
+            metrics::counter!(EVENTS_DROPPED, "kind" => *kind, "reason" => *reason).increment(*count);
         }
         for ((kind, reason), count) in &self.rejected {
-            metrics::counter!("tactful_records_rejected_total", "kind" => *kind, "reason" => *reason).increment(*count);
+            metrics::counter!(RECORDS_REJECTED, "kind" => *kind, "reason" => *reason).increment(*count);
         }
         if self.updates > 0 {
-            metrics::counter!("tactful_profile_updates_total", "type" => "update").increment(self.updates);
+            metrics::counter!(PROFILE_UPDATES, "type" => "update").increment(self.updates);
         }
         if self.tombstones > 0 {
-            metrics::counter!("tactful_profile_updates_total", "type" => "tombstone").increment(self.tombstones);
+            metrics::counter!(PROFILE_UPDATES, "type" => "tombstone").increment(self.tombstones);
         }
         for (kind, count) in KINDS.iter().zip(self.legacy_fingerprint) {
             if count > 0 {
-                metrics::counter!("tactful_records_legacy_fingerprint_total", "kind" => kind.as_str()).increment(count);
+                metrics::counter!(LEGACY_FINGERPRINT, "kind" => kind.as_str()).increment(count);
             }
         }
         *self = Self::default();
     }
 }
-
-/// The metric names the pipeline exports experiment counts under.
-pub const ENTERED_METRIC: &str = "tactful_experiment_entered_total";
-/// See [`ENTERED_METRIC`].
-pub const CONVERTED_METRIC: &str = "tactful_experiment_converted_total";
 
 /// Exports experiment counts as Prometheus counters.
 pub fn record_experiments(counts: &[ExperimentCounts]) {
@@ -145,19 +208,19 @@ pub fn record_experiments(counts: &[ExperimentCounts]) {
 /// Counts a reload of the segment file: applied, or rejected as invalid.
 pub fn record_segment_reload(applied: bool) {
     let result = if applied { "applied" } else { "rejected" };
-    metrics::counter!("tactful_segment_reloads_total", "result" => result).increment(1);
+    metrics::counter!(SEGMENT_RELOADS, "result" => result).increment(1);
 }
 
 /// Counts the users of a restore and how long it took.
-pub fn record_restore(users: u64, elapsed: std::time::Duration) {
-    metrics::counter!("tactful_restored_users_total").increment(users);
-    metrics::histogram!("tactful_restore_duration_seconds").record(elapsed.as_secs_f64());
+pub fn record_restore(users: u64, elapsed: Duration) {
+    metrics::counter!(RESTORED_USERS).increment(users);
+    metrics::histogram!(RESTORE_DURATION).record(elapsed.as_secs_f64());
 }
 
 /// Sets the per-segment member gauges.
 pub fn record_segment_sizes(sizes: impl IntoIterator<Item = (String, i64)>) {
     for (segment, members) in sizes {
-        metrics::gauge!("tactful_segment_members", "segment" => segment).set(members as f64);
+        metrics::gauge!(SEGMENT_MEMBERS, "segment" => segment).set(members as f64);
     }
 }
 

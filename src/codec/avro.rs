@@ -21,16 +21,25 @@ pub const MAX_AVRO_ALLOCATION: usize = 8 * 1024 * 1024;
 
 /// The bundled schemas, compiled in so the binary needs no files to run.
 pub const BROWSE_SCHEMA: &str = include_str!("../../schemas/browse_event.avsc");
+/// The reader schema of the purchase topic, `tactful.v1.PurchaseEvent`.
 pub const PURCHASE_SCHEMA: &str = include_str!("../../schemas/purchase_event.avsc");
+/// The reader schema of the location topic, `tactful.v1.LocationEvent`.
 pub const LOCATION_SCHEMA: &str = include_str!("../../schemas/location_event.avsc");
+/// The reader schema of the consent topic, `tactful.v1.ConsentChange`.
 pub const CONSENT_SCHEMA: &str = include_str!("../../schemas/consent_change.avsc");
+/// The writer schema of `profiles.updates`, `tactful.v1.ProfileUpdate`; also
+/// what is registered when output uses Confluent framing.
 pub const PROFILE_SCHEMA: &str = include_str!("../../schemas/profile_update.avsc");
 
 /// A schema file that cannot be used. The operator's configuration to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum SchemaError {
+    /// The text is not an Avro schema apache-avro can parse and fingerprint
+    /// (an extra schema file, or a registry's answer).
     #[error("invalid avro schema: {0}")]
     Invalid(String),
+    /// A record handed to the encoder does not fit its topic's schema; a bug
+    /// in the caller (synthetic load), not in the configuration.
     #[error("cannot encode a profile update: {0}")]
     Encode(String),
 }
@@ -82,6 +91,8 @@ impl ContractSchema {
 /// Which fingerprint a single-object value carried.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FingerprintKind {
+    /// The CRC-64-AVRO fingerprint of the Avro spec, as Java's
+    /// `parsingFingerprint64` and other producers compute it.
     Standard,
     /// apache-avro 0.21's non-standard fingerprint (records tactful wrote before).
     Legacy,

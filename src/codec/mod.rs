@@ -26,22 +26,43 @@ pub const CONFLUENT_MAGIC: u8 = 0x00;
 /// Why an input value could not be decoded. Always the producer's input to fix.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum DecodeError {
+    /// The value has zero bytes, which no encoding allows.
     #[error("the value is empty")]
     Empty,
+    /// The value ends before its header or datum does; says which part was cut.
     #[error("the value is truncated: {0}")]
     Truncated(&'static str),
+    /// A single-object value's writer schema is neither bundled nor among the
+    /// configured extra schemas: add its file to `extra_schema_files`.
     #[error("no known writer schema has fingerprint {0:#018x}")]
     UnknownFingerprint(u64),
+    /// A Confluent-framed value (with this schema id) arrived but no
+    /// `[schema_registry]` is configured.
     #[error("confluent wire format (schema id {0}) needs a schema registry, and none is configured")]
     NoRegistry(u32),
+    /// The registry does not know the value's schema id, or its schema is not usable Avro.
     #[error("the schema registry has no usable schema with id {id}: {detail}")]
-    UnknownSchemaId { id: u32, detail: String },
+    UnknownSchemaId {
+        /// The schema id from the value's Confluent header.
+        id: u32,
+        /// What the registry answered, or why its schema was refused.
+        detail: String,
+    },
+    /// The writer schema does not resolve to the topic's reader schema by
+    /// Avro's rules (e.g. a field removed that has no default).
     #[error("the writer schema cannot be read as this topic's record type: {0}")]
     SchemaMismatch(String),
+    /// A JSON value lacks a field the contract requires.
     #[error("a required field is missing: {0}")]
     MissingField(String),
+    /// The bytes are not valid in the encoding their first bytes announce.
     #[error("the value is not valid {encoding}: {detail}")]
-    Malformed { encoding: &'static str, detail: String },
+    Malformed {
+        /// `avro` or `json`: the encoding the value was read as.
+        encoding: &'static str,
+        /// The decoder's explanation.
+        detail: String,
+    },
 }
 
 impl DecodeError {
@@ -59,7 +80,9 @@ impl DecodeError {
 /// A decoded input value.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Decoded {
+    /// A value from one of the three event topics.
     Event(Event),
+    /// A value from the consent topic.
     Consent(ConsentChange),
 }
 
@@ -73,6 +96,7 @@ pub enum Encoding {
     SingleObjectLegacy,
     /// The Confluent wire format, with a writer schema from the registry.
     Confluent,
+    /// A UTF-8 JSON object with the contract's field names.
     Json,
 }
 

@@ -10,14 +10,25 @@ pub mod tcf;
 /// A purpose a user can grant. Channel purposes say where personalization may be used.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Purpose {
+    /// `personalization`: build and use a profile at all (TCF purposes 5 and 6);
+    /// every event needs it, and withdrawing it erases the user.
     Personalization,
+    /// `location`: use location events, at coarse precision (about 5 km).
     Location,
+    /// `precise_location`: keep coordinates as sent (TCF special feature 1).
     PreciseLocation,
+    /// `sensitive`: explicit consent to sensitive product categories and
+    /// `sensitive`-tier segments.
     Sensitive,
+    /// `measurement`: count the user in experiment entries and conversions.
     Measurement,
+    /// `web`: personalization may be used on the website.
     Web,
+    /// `email`: personalization may be used in email.
     Email,
+    /// `push`: personalization may be used in push notifications.
     Push,
+    /// `ads`: personalization may be used in advertising; a GPC signal takes it away.
     Ads,
 }
 
@@ -134,8 +145,11 @@ impl FromIterator<Purpose> for Purposes {
 /// the consent topic.)
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ConsentInForce {
+    /// The purposes granted; every other purpose is refused.
     pub granted: Purposes,
+    /// How much personalization the user wants.
     pub level: PersonalizationLevel,
+    /// Which consent tool or channel recorded the choice, shown by the explain API.
     pub source: String,
     /// When the user chose (event time of the `ConsentChange`).
     pub ts: i64,

@@ -27,7 +27,7 @@ use std::time::Duration;
 
 /// The kinds of the event topics, in the order of their indices (browse,
 /// purchase, location), as the merger and the watermarks number them.
-const EVENT_KINDS: [InputKind; 3] = [InputKind::Browse, InputKind::Purchase, InputKind::Location];
+pub(super) const EVENT_KINDS: [InputKind; 3] = [InputKind::Browse, InputKind::Purchase, InputKind::Location];
 
 /// An event record read and decoded, waiting for its turn (its kind is
 /// its topic's: [`EVENT_KINDS`] by the merger's topic index).
@@ -86,7 +86,7 @@ pub struct Shell<'a> {
     dead_letters_enabled: bool,
     consent_catch_up_timeout: Duration,
     /// Each event topic's index (its kind is `EVENT_KINDS[index]`).
-    topic_indices: BTreeMap<String, usize>,
+    pub(super) topic_indices: BTreeMap<String, usize>,
     pub(super) event_topics: [String; 3],
     /// Partitions this instance owns (restored).
     pub(super) owned: BTreeSet<Partition>,
@@ -102,10 +102,10 @@ pub struct Shell<'a> {
     /// The batch's effects.
     pub work: Work,
     /// Where writer schemas of Confluent-framed records come from.
-    registry: Option<RegistryClient>,
+    pub(super) registry: Option<RegistryClient>,
     /// Why processing stopped within a batch (the registry stayed
     /// unreachable): the batch is not committed and the pipeline stops.
-    failure: Option<PipelineError>,
+    pub(super) failure: Option<PipelineError>,
 }
 
 impl<'a> Shell<'a> {
@@ -141,33 +141,6 @@ impl<'a> Shell<'a> {
     /// registry stayed unreachable): nothing of the batch is committed.
     pub fn check_failure(&mut self) -> Result<(), PipelineError> {
         self.failure.take().map_or(Ok(()), Err)
-    }
-
-    /// Makes sure the codec knows the writer schema of a Confluent-framed
-    /// `value`, fetching it from the registry; false if the registry stayed
-    /// unreachable (the failure is noted and nothing more is processed).
-    fn fetch_writer_schema(&mut self, value: Option<&[u8]>) -> bool {
-        if self.failure.is_some() {
-            return false;
-        }
-        let codec = self.processor.codec();
-        let (Some(registry), Some(id)) = (&self.registry, value.and_then(|value| codec.missing_schema_id(value)))
-        else {
-            return true;
-        };
-        match registry.schema_by_id(id) {
-            Ok(answer) => {
-                if let Err(why) = &answer {
-                    tracing::warn!(id, %why, "no usable writer schema in the registry: its records are dead-lettered");
-                }
-                codec.add_registry_schema(id, answer.as_deref().map_err(Clone::clone));
-                true
-            }
-            Err(error) => {
-                self.failure = Some(error);
-                false
-            }
-        }
     }
 
     /// Applies consent records up to the consent topic's end.
@@ -264,18 +237,6 @@ impl<'a> Shell<'a> {
         Ok(())
     }
 
-    /// Decodes a record read from an event topic and buffers it for its
-    /// turn in event-time order.
-    pub fn ingest<'c>(&mut self, message: BorrowedMessage<'c>, merger: &mut Merger<Pending<'c>>) {
-        let Some(&topic) = self.topic_indices.get(message.topic()) else {
-            tracing::error!(topic = message.topic(), "record from a topic that is not an input; skipped");
-            return;
-        };
-        let Some(input) = self.decode(EVENT_KINDS[topic], &message) else { return };
-        let event_time = input.as_ref().ok().and_then(Input::event_time);
-        merger.push(Partition(message.partition()), topic, event_time, Pending { message, input });
-    }
-
     /// Applies an event record whose turn has come.
     pub fn apply_event(
         &mut self,
@@ -296,15 +257,6 @@ impl<'a> Shell<'a> {
         if let Some(input) = self.decode(InputKind::Consent, message) {
             self.settle(InputKind::Consent, source, message, input);
         }
-    }
-
-    /// Decodes and validates a record; `None` if it cannot be decoded now
-    /// (the schema registry stayed unreachable: the pipeline stops).
-    fn decode(&mut self, kind: InputKind, message: &BorrowedMessage<'_>) -> Option<Result<Input, Rejection>> {
-        if !self.fetch_writer_schema(message.payload()) {
-            return None;
-        }
-        Some(self.processor.decode(kind, message.key(), message.payload(), now_ms()))
     }
 
     /// Applies a decoded record of `kind` from `source` (or counts and

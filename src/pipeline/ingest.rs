@@ -1,11 +1,18 @@
 //! Ingest: the consumer group of the event topics. It polls records, notes
 //! the partition changes librdkafka makes inside a poll for the pipeline to
 //! act on between two polls, tells whether a topic-partition is read to its
-//! end (for event time), and commits or rewinds offsets.
+//! end (for event time), and commits or rewinds offsets. Each record is
+//! decoded as it arrives (its writer schema fetched from the registry when
+//! needed) and buffered for its turn in event-time order.
 
+use super::apply::{Pending, Shell, EVENT_KINDS};
+use super::merge::Merger;
 use super::{kafka, log_client_error, settings, PipelineError};
 use crate::config::Config;
+use crate::control::now_ms;
+use crate::model::InputKind;
 use crate::state::Partition;
+use crate::validate::{Input, Rejection};
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, ConsumerGroupMetadata, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult};
@@ -148,10 +155,26 @@ impl Ingest {
         self.consumer.position().map_err(kafka("read consumer positions"))
     }
 
-    /// Whether `topic`'s `partition` is read to its end (as of the last
-    /// fetch; no request is made). `positions` are the consumer's; `starts`
-    /// where it started on partitions it has not returned a record of yet
-    /// (their committed offsets).
+    /// How many records of `topic`'s `partition` are not read yet, as of
+    /// the last fetch (no request is made); `None` before anything was
+    /// fetched. `positions` are the consumer's; `starts` where it started on
+    /// partitions it has not returned a record of yet (their committed offsets).
+    pub fn unread(
+        &self,
+        positions: &TopicPartitionList,
+        starts: &TopicPartitionList,
+        topic: &str,
+        partition: Partition,
+    ) -> Option<i64> {
+        let offset_in = |list: &TopicPartitionList| {
+            list.find_partition(topic, partition.0).and_then(|element| element.offset().to_raw()).filter(|o| *o >= 0)
+        };
+        let (low, high) = cached_watermarks(&self.consumer, topic, partition.0)?;
+        Some((high - offset_in(positions).or_else(|| offset_in(starts)).unwrap_or(low)).max(0))
+    }
+
+    /// Whether `topic`'s `partition` is read to its end (see [`Ingest::unread`]);
+    /// not before anything was fetched: records may be waiting.
     pub fn read_to_end(
         &self,
         positions: &TopicPartitionList,
@@ -159,19 +182,76 @@ impl Ingest {
         topic: &str,
         partition: Partition,
     ) -> bool {
-        let offset_in = |list: &TopicPartitionList| {
-            list.find_partition(topic, partition.0).and_then(|element| element.offset().to_raw()).filter(|o| *o >= 0)
-        };
-        let Some((low, high)) = cached_watermarks(&self.consumer, topic, partition.0) else {
-            // Nothing fetched yet: records may be waiting.
-            return false;
-        };
-        offset_in(positions).or_else(|| offset_in(starts)).unwrap_or(low) >= high
+        self.unread(positions, starts, topic, partition) == Some(0)
     }
 
     /// Leaves the consumer group.
     pub fn leave(&self) {
         self.consumer.unsubscribe();
+    }
+}
+
+impl Shell<'_> {
+    /// Records not yet read on the owned partitions, per event kind.
+    pub fn consumer_lag(&self, ingest: &Ingest) -> Result<Vec<(InputKind, i64)>, PipelineError> {
+        let positions = ingest.positions()?;
+        let lag_of = |topic: &str| -> i64 {
+            let unread = |partition: &Partition| ingest.unread(&positions, &self.starts, topic, *partition);
+            self.owned.iter().filter_map(unread).sum()
+        };
+        Ok(EVENT_KINDS.iter().zip(&self.event_topics).map(|(kind, topic)| (*kind, lag_of(topic))).collect())
+    }
+
+    /// Decodes a record read from an event topic and buffers it for its
+    /// turn in event-time order.
+    pub fn ingest<'c>(&mut self, message: BorrowedMessage<'c>, merger: &mut Merger<Pending<'c>>) {
+        let Some(&topic) = self.topic_indices.get(message.topic()) else {
+            tracing::error!(topic = message.topic(), "record from a topic that is not an input; skipped");
+            return;
+        };
+        let Some(input) = self.decode(EVENT_KINDS[topic], &message) else { return };
+        let event_time = input.as_ref().ok().and_then(Input::event_time);
+        merger.push(Partition(message.partition()), topic, event_time, Pending { message, input });
+    }
+
+    /// Decodes and validates a record; `None` if it cannot be decoded now
+    /// (the schema registry stayed unreachable: the pipeline stops).
+    pub(super) fn decode(
+        &mut self,
+        kind: InputKind,
+        message: &BorrowedMessage<'_>,
+    ) -> Option<Result<Input, Rejection>> {
+        if !self.fetch_writer_schema(message.payload()) {
+            return None;
+        }
+        Some(self.processor.decode(kind, message.key(), message.payload(), now_ms()))
+    }
+
+    /// Makes sure the codec knows the writer schema of a Confluent-framed
+    /// `value`, fetching it from the registry; false if the registry stayed
+    /// unreachable (the failure is noted and nothing more is processed).
+    fn fetch_writer_schema(&mut self, value: Option<&[u8]>) -> bool {
+        if self.failure.is_some() {
+            return false;
+        }
+        let codec = self.processor.codec();
+        let (Some(registry), Some(id)) = (&self.registry, value.and_then(|value| codec.missing_schema_id(value)))
+        else {
+            return true;
+        };
+        match registry.schema_by_id(id) {
+            Ok(answer) => {
+                if let Err(why) = &answer {
+                    tracing::warn!(id, %why, "no usable writer schema in the registry: its records are dead-lettered");
+                }
+                codec.add_registry_schema(id, answer.as_deref().map_err(Clone::clone));
+                true
+            }
+            Err(error) => {
+                self.failure = Some(error);
+                false
+            }
+        }
     }
 }
 

@@ -11,16 +11,18 @@
 //!
 //! Everything here is blocking librdkafka calls, so it runs on its own thread.
 
-mod apply;
-mod event_time;
-mod guarantee;
-mod ingest;
-mod merge;
-mod publish;
-mod rebalance;
-mod registry;
+// The stages are public so that tests (and other drivers) can run them one
+// at a time against a real broker; `run` is the driver.
+pub mod apply;
+pub mod event_time;
+pub mod guarantee;
+pub mod ingest;
+pub mod merge;
+pub mod publish;
+pub mod rebalance;
+pub mod registry;
 pub mod settings;
-mod table;
+pub mod table;
 pub mod topics;
 
 use crate::codec::SchemaError;
@@ -29,18 +31,18 @@ use crate::control::Control;
 use crate::erasure::Erasures;
 use crate::model::InputKind;
 use crate::processor::Processor;
-use crate::telemetry::{record_experiments, record_segment_sizes};
+use crate::telemetry::{record_batch, record_consumer_lag, record_experiments, record_segment_sizes};
 use apply::Shell;
 use guarantee::{Batch, Delivered};
 use ingest::{next_offsets, Ingest};
 use merge::Merger;
 use publish::{ProfileFormat, Publisher, Records};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use registry::RegistryClient;
+use registry::{RegistryClient, RegistryError};
 use std::time::{Duration, Instant};
 use table::Table;
 
-pub use topics::check_topics;
+pub use topics::{check_topics, TopicsError};
 
 /// A failure that stops the pipeline. Kafka errors are the outside system's;
 /// the process exits non-zero and uncommitted records are read again on restart.
@@ -55,8 +57,8 @@ pub enum PipelineError {
         source: KafkaError,
     },
     /// The topics do not have the layout the contract needs.
-    #[error("topic layout: {0}")]
-    Topics(String),
+    #[error("topic layout")]
+    Topics(#[from] TopicsError),
     /// Records were not acknowledged by the brokers.
     #[error("{0} records could not be delivered; their input offsets were not committed")]
     Delivery(u64),
@@ -64,8 +66,8 @@ pub enum PipelineError {
     #[error("the changelog could not be read to its end within {0:?}")]
     Restore(Duration),
     /// The schema registry is unreachable or answered unusably.
-    #[error("schema registry: {0}")]
-    Registry(String),
+    #[error("schema registry")]
+    Registry(#[from] RegistryError),
     /// A bundled schema is invalid (a build defect).
     #[error("the bundled schemas")]
     Schema(#[source] SchemaError),
@@ -132,7 +134,8 @@ pub fn run(
         // until it is full (larger batches amortise the consent catch-up and
         // the commit).
         let mut polled = 0;
-        let batch_deadline = Instant::now() + commit_interval;
+        let batch_started = Instant::now();
+        let batch_deadline = batch_started + commit_interval;
         while polled < config.max_batch_records {
             let message = ingest.poll(batch_deadline.saturating_duration_since(Instant::now()));
             // Rebalance: partition changes happen inside a poll; act on them
@@ -168,10 +171,13 @@ pub fn run(
         let records =
             Records { outputs: &work.outputs, dead_letters: &work.dead_letters, changelog: &changelog_records };
         let batch = Batch { records, offsets, erased: std::mem::take(&mut work.erased), idle };
+        let delivery_started = Instant::now();
         match delivery.deliver(&ingest, batch)? {
             Delivered::Done => work.clear_delivered(),
             Delivered::Aborted => shell.rewind(&mut merger, &ingest, &mut consent, &mut changelog)?,
         }
+        record_batch(batch_started.elapsed(), delivery_started.elapsed());
+        record_consumer_lag(&shell.consumer_lag(&ingest)?);
         shell.work.tally.flush_to_metrics();
         record_segment_sizes(processor.segment_sizes());
         record_experiments(&processor.experiment_counts());

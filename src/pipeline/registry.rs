@@ -41,6 +41,35 @@ struct SchemaAnswer {
     id: Option<u32>,
 }
 
+/// Why the registry could not be used. The outside system's (or, for a
+/// refused registration or a bad CA file, the operator's) to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// `schema_registry.ssl_ca_location` holds no PEM certificate.
+    #[error("ssl_ca_location is not a PEM certificate")]
+    CaCertificate(#[source] ureq::Error),
+    /// The registry refused to register the profile schema.
+    #[error("cannot register the schema of {subject}: {why}")]
+    Refused {
+        /// The subject registered under.
+        subject: String,
+        /// The registry's answer.
+        why: String,
+    },
+    /// No answer for longer than the configured unavailability timeout.
+    #[error("the schema registry at {url} is unreachable ({what}: {why}) after {elapsed:?}; nothing was committed")]
+    Unreachable {
+        /// The registry's base URL.
+        url: String,
+        /// What was being asked.
+        what: String,
+        /// The last failure.
+        why: String,
+        /// How long it was tried.
+        elapsed: Duration,
+    },
+}
+
 /// One try's result: an answer, or a reason to try again.
 enum Attempt<T> {
     Done(T),
@@ -54,9 +83,7 @@ impl RegistryClient {
             // Error statuses are answers to read (a 404 names an unknown id).
             .http_status_as_error(false);
         if let Some(pem) = &registry.ca_pem {
-            let certificate = ureq::tls::Certificate::from_pem(pem).map_err(|error| {
-                PipelineError::Registry(format!("ssl_ca_location is not a PEM certificate: {error}"))
-            })?;
+            let certificate = ureq::tls::Certificate::from_pem(pem).map_err(RegistryError::CaCertificate)?;
             let roots = ureq::tls::RootCerts::new_with_certs(&[certificate]);
             config = config.tls_config(ureq::tls::TlsConfig::builder().root_certs(roots).build());
         }
@@ -117,7 +144,7 @@ impl RegistryClient {
                 status => Attempt::Retry(format!("HTTP {status}")),
             }
         })?;
-        answer.map_err(|why| PipelineError::Registry(format!("cannot register the schema of {subject}: {why}")))
+        answer.map_err(|why| PipelineError::Registry(RegistryError::Refused { subject: subject.to_owned(), why }))
     }
 
     /// `request` with the basic-auth header, if one is configured.
@@ -142,11 +169,12 @@ impl RegistryClient {
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
                 Attempt::Retry(why) => {
-                    return Err(PipelineError::Registry(format!(
-                        "the schema registry at {} is unreachable ({what}: {why}) after {:?}; nothing was committed",
-                        self.url,
-                        started.elapsed()
-                    )))
+                    return Err(PipelineError::Registry(RegistryError::Unreachable {
+                        url: self.url.clone(),
+                        what: what.to_owned(),
+                        why,
+                        elapsed: started.elapsed(),
+                    }))
                 }
             }
         }
@@ -256,7 +284,11 @@ mod tests {
         let registry =
             RegistryClient::new(&Registry { unavailable_timeout_ms: 300, ..settings(&format!("http://{closed}")) })
                 .unwrap();
-        let error = registry.schema_by_id(1).unwrap_err().to_string();
+        let error = format!("{:#}", anyhow::Error::from(registry.schema_by_id(1).unwrap_err()));
+        assert!(
+            error.starts_with(&format!("schema registry: the schema registry at http://{closed} is unreachable")),
+            "{error}"
+        );
         assert!(
             error.contains("is unreachable (fetch schema 1:") && error.contains("nothing was committed"),
             "{error}"
@@ -267,6 +299,9 @@ mod tests {
     fn a_ca_file_that_is_not_a_pem_certificate_is_refused_at_start() {
         let ca_pem = Some(b"not a certificate".to_vec());
         let error = RegistryClient::new(&Registry { ca_pem, ..settings("https://127.0.0.1:1") }).err().unwrap();
-        assert!(error.to_string().starts_with("schema registry: ssl_ca_location is not a PEM certificate"), "{error}");
+        // The error prints itself; its cause follows in the chain (as `main` prints it).
+        assert_eq!(error.to_string(), "schema registry");
+        let chain = format!("{:#}", anyhow::Error::from(error));
+        assert!(chain.starts_with("schema registry: ssl_ca_location is not a PEM certificate: "), "{chain}");
     }
 }

@@ -20,10 +20,15 @@ const FORMAT: u8 = 1;
 /// Why a changelog value could not be restored.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ChangelogError {
+    /// The value's first byte names a layout this build does not know,
+    /// e.g. one written by a newer version of tactful.
     #[error("unknown changelog format {0}")]
     Format(u8),
+    /// The value has no bytes at all (a tombstone is a null value, not an empty one).
     #[error("empty changelog value")]
     Empty,
+    /// The format byte is known but the body does not decode under it: the
+    /// record is truncated or corrupt.
     #[error("undecodable changelog value: {0}")]
     Decode(String),
 }
@@ -75,6 +80,8 @@ struct StoredEntry<'a> {
 /// A user's state read from the changelog, with the consent it was built under.
 #[derive(Debug, PartialEq)]
 pub struct Restored {
+    /// The user's state, with memberships and experiment entries of segments
+    /// no longer in the catalogue dropped.
     pub state: UserState,
     /// The consent in force when the record was written (the consent
     /// table's, which may have moved on since).

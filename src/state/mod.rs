@@ -38,18 +38,28 @@ pub fn hash_value(value: &str) -> u64 {
 /// What is kept of a browse event.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BrowseFact {
+    /// Event time of the page view, epoch milliseconds UTC; windows are measured on it.
     pub ts: i64,
+    /// Hash of the page type, for `page_type` filters.
     pub page_type: u64,
+    /// Hash of the category shown; `None` when the event had none or it is
+    /// sensitive without the `sensitive` purpose.
     pub category: Option<u64>,
+    /// Hash of the product shown; `None` when the event had none or its
+    /// category is sensitive without the `sensitive` purpose.
     pub product: Option<u64>,
 }
 
 /// What is kept of one purchase line.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ItemFact {
+    /// Hash of the line's product category.
     pub category: u64,
+    /// Hash of the line's product id.
     pub product: u64,
+    /// Units bought; sums multiply the price by it.
     pub quantity: i32,
+    /// Price of one unit, in cents.
     pub price_cents: i64,
     /// In a configured sensitive category (kept only with the `sensitive` purpose).
     pub sensitive: bool,
@@ -58,25 +68,36 @@ pub struct ItemFact {
 /// What is kept of a purchase.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PurchaseFact {
+    /// Event time of the order, epoch milliseconds UTC.
     pub ts: i64,
+    /// Hash of the ISO 4217 currency code, for `currency` filters.
     pub currency: u64,
+    /// The order's total in cents, less the lines that could not be kept
+    /// (sensitive without consent).
     pub total_cents: i64,
+    /// The lines that could be kept.
     pub items: Vec<ItemFact>,
 }
 
 /// What is kept of a location fix, at the precision the user consented to.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LocationFact {
+    /// Event time of the fix, epoch milliseconds UTC.
     pub ts: i64,
+    /// Latitude in degrees, coarsened without `precise_location`.
     pub lat: f64,
+    /// Longitude in degrees, coarsened without `precise_location`.
     pub lon: f64,
 }
 
 /// A user's retained facts, each list in arrival order.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct History {
+    /// Page views kept, oldest first, for as long as some segment reads them.
     pub browses: VecDeque<BrowseFact>,
+    /// Purchases kept, oldest first, for the longest window or last-N rule.
     pub purchases: VecDeque<PurchaseFact>,
+    /// Location fixes kept, oldest first; empty without the `location` purpose.
     pub locations: VecDeque<LocationFact>,
     /// The time of the user's first applied event, kept only while a segment
     /// measures time since first seen.
@@ -87,9 +108,14 @@ pub struct History {
 /// and the last N purchases a "share of the last N" rule reads.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Retention {
+    /// How long page views are kept, in milliseconds: the longest browse window.
     pub browse_ms: i64,
+    /// How long purchases are kept, in milliseconds: the longest purchase window.
     pub purchase_ms: i64,
+    /// How many of the newest purchases are kept regardless of age (up to
+    /// `max_ms`), for "of the last N" rules.
     pub purchase_last: usize,
+    /// How long location fixes are kept, in milliseconds: the longest location window.
     pub location_ms: i64,
     /// Whether a segment measures time since the user was first seen.
     pub first_seen: bool,
@@ -180,6 +206,7 @@ pub struct UserState {
     pub gpc_opt_out: bool,
     /// The time of the newest applied event (idle users are deleted after a while).
     pub last_event: i64,
+    /// The facts kept from the user's applied events, as consent allows.
     pub history: History,
     /// The user's evaluation time: the newest event time applied.
     pub clock: i64,
@@ -197,8 +224,11 @@ pub struct UserState {
 /// An entry into a segment with a holdout, measured for its conversion.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ExperimentEntry {
+    /// The experiment's segment.
     pub segment: SegmentIndex,
+    /// Whether the user is in the holdout arm (else treatment): the arm a conversion counts for.
     pub holdout: bool,
+    /// Event time of the entry, epoch milliseconds; the conversion window starts here.
     pub entered_at: i64,
 }
 
@@ -209,17 +239,22 @@ pub const MAX_CAPTURES: usize = 8;
 /// names are rendered from it only when an update is due.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PublishedMember {
+    /// The segment the user is a member of.
     pub segment: SegmentIndex,
+    /// Event time the user entered it, epoch milliseconds; published as `Membership.since`.
     pub since: i64,
     /// The figures of the reason.
     pub figures: [f64; MAX_CAPTURES],
+    /// Where the membership may be used: the segment's channels ∩ the user's.
     pub channels: Purposes,
 }
 
 /// The parts of the last published `ProfileUpdate` that decide whether a new one is due.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PublishedProfile {
+    /// The personalization level published.
     pub level: PersonalizationLevel,
+    /// The user's channels published.
     pub channels: Purposes,
     /// Sorted by segment id, as published.
     pub members: Vec<PublishedMember>,
