@@ -2,6 +2,9 @@
 //! → encode the profile update, over 1M distinct synthetic users. Kafka I/O is
 //! excluded (see BENCHMARKS.md for the end-to-end figures).
 
+// criterion_main! generates an undocumented `main`.
+#![allow(missing_docs)]
+
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::time::{Duration, Instant};
 use tactful::codec::Codec;

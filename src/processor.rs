@@ -153,7 +153,8 @@ impl Processor {
         }
     }
 
-    /// The codec, for encoding outputs.
+    /// The codec: the demo and the benchmark encode outputs with it, and the
+    /// Kafka driver adds writer schemas fetched from the registry to it.
     pub fn codec(&self) -> &Codec {
         &self.codec
     }

@@ -101,7 +101,9 @@ pub struct Tally {
     pub dropped: BTreeMap<(&'static str, &'static str), u64>,
     /// Bad records per (kind, reason).
     pub rejected: BTreeMap<(&'static str, &'static str), u64>,
+    /// Profile updates published.
     pub updates: u64,
+    /// Tombstones published (erasures and idle deletions).
     pub tombstones: u64,
     /// Records per input kind written with the legacy (non-standard)
     /// single-object fingerprint: accepted, and counted so producers can be

@@ -40,7 +40,7 @@ pub enum SchemaError {
     Invalid(String),
     /// A record handed to the encoder does not fit its topic's schema; a bug
     /// in the caller (synthetic load), not in the configuration.
-    #[error("cannot encode a profile update: {0}")]
+    #[error("cannot encode an input record: {0}")]
     Encode(String),
 }
 

@@ -11,10 +11,10 @@
 //! wrote before (see `SchemaCatalogue`).
 //!
 //! The transformation works on the schema's JSON text, so it sees exactly what
-//! the writer declared: [PRIMITIVES] a primitive in an object becomes its bare
-//! name, [FULLNAMES] names are qualified with the enclosing namespace,
-//! [STRIP] only `name`, `type`, `fields`, `symbols`, `items`, `values`, `size`
-//! stay, [ORDER] in that order, a named type defined once is afterwards written
+//! the writer declared: \[PRIMITIVES\] a primitive in an object becomes its bare
+//! name, \[FULLNAMES\] names are qualified with the enclosing namespace,
+//! \[STRIP\] only `name`, `type`, `fields`, `symbols`, `items`, `values`, `size`
+//! stay, \[ORDER\] in that order, a named type defined once is afterwards written
 //! as its full name, and no whitespace is written outside strings.
 
 use serde_json::Value;

@@ -37,6 +37,7 @@ pub struct Merger<T> {
 }
 
 impl<T> Merger<T> {
+    /// An empty merger that waits at most `max_idle_wait` for a quiet topic.
     pub fn new(max_idle_wait: Duration) -> Self {
         Self { max_idle_wait, partitions: BTreeMap::new() }
     }

@@ -77,6 +77,7 @@ enum Attempt<T> {
 }
 
 impl RegistryClient {
+    /// A client of the configured registry (no request is made yet).
     pub fn new(registry: &Registry) -> Result<Self, PipelineError> {
         let mut config = ureq::Agent::config_builder()
             .timeout_global(Some(Duration::from_millis(registry.request_timeout_ms)))

@@ -90,7 +90,8 @@ pub struct LocationFact {
     pub lon: f64,
 }
 
-/// A user's retained facts, each list in arrival order.
+/// A user's retained facts, each list sorted by event time (an event that
+/// arrives late joins its place).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct History {
     /// Page views kept, oldest first, for as long as some segment reads them.
