@@ -4,7 +4,8 @@
 #
 # Usage:
 #   scripts/kafka.sh start    # prints exactly one line on stdout: 127.0.0.1:<port>
-#   scripts/kafka.sh ensure   # the same, reusing the broker if one runs (its topics kept)
+#   scripts/kafka.sh ensure   # the same, reusing the broker if one runs (its topics kept);
+#                             # one it starts is on free ports (unless KAFKA_PORT is set)
 #   scripts/kafka.sh stop     # exit 0 also when nothing was running
 #   scripts/kafka.sh restart  # stop and start again on the same data (prints the address)
 #   scripts/kafka.sh status   # exit 0 if running and the port answers, else 1
@@ -13,8 +14,10 @@
 # dir): several callers of ensure at once start one broker.
 #
 # Environment:
-#   KAFKA_PORT             PLAINTEXT port            (default 19092)
-#   KAFKA_CONTROLLER_PORT  KRaft controller port     (default 19093)
+#   KAFKA_PORT             PLAINTEXT port            (default 19092; ensure: a free one)
+#   KAFKA_CONTROLLER_PORT  KRaft controller port     (default 19093; ensure: the next one)
+#   restart, status and ensure act on the ports of the running broker (saved
+#   in the run dir), whatever these say.
 #   KAFKA_RUN_DIR          run dir, wiped on start   (default <repo>/target/kafka)
 #   TACTFUL_CACHE_DIR      jar cache                 (default $HOME/.cache/tactful)
 #   KAFKA_VERSION          Kafka version             (default 4.1.2)
@@ -41,6 +44,7 @@ CACHE_DIR="${TACTFUL_CACHE_DIR:-$HOME/.cache/tactful}/kafka-$KAFKA_VERSION"
 LIBS_DIR="$CACHE_DIR/libs"
 MARKER="$CACHE_DIR/.complete"
 PID_FILE="$RUN_DIR/kafka.pid"
+PORTS_FILE="$RUN_DIR/ports"         # "<port> <controller port>" of the broker
 SERVER_LOG="$RUN_DIR/server.log"   # log4j2 output of the broker
 STDOUT_LOG="$RUN_DIR/kafka.out"    # JVM stdout/stderr (crashes, early errors)
 
@@ -188,6 +192,7 @@ cmd_start() {
     # offsets, and re-formatting it fails anyway.
     fresh_run_dir KAFKA_RUN_DIR
     mkdir -p "$RUN_DIR/data"
+    echo "$PORT $CPORT" >"$PORTS_FILE"
     write_configs
 
     jvm_opts
@@ -230,11 +235,20 @@ launch_broker() {
     echo "$HOST:$PORT"
 }
 
+# Sets PORT and CPORT to those of the broker in the run dir, which may not be
+# the defaults (see cmd_ensure).
+load_ports() {
+    if [ -f "$PORTS_FILE" ]; then
+        read -r PORT CPORT <"$PORTS_FILE"
+    fi
+}
+
 # Stops the running broker and starts it again on the same data: topics,
 # records, offsets and transactions survive (the broker-restart test).
 cmd_restart() {
     local pid
     pid="$(running_pid)" || die "no broker is running (run dir $RUN_DIR)"
+    load_ports
     log "restarting broker (pid $pid)"
     stop_process "$pid" broker
     local p
@@ -252,15 +266,22 @@ cmd_restart() {
 # Prints the address of the broker the pid file names, starting one first if
 # none runs: for callers that share one broker, such as the test binaries of a
 # plain `cargo test` (tests/common). Unlike start, it keeps a running
-# broker's topics and offsets.
+# broker's topics and offsets, and it starts one on free ports (unless
+# KAFKA_PORT is set): such a broker is left running, and must not hold the
+# ports scripts/test.sh starts its broker on.
 cmd_ensure() {
     local pid
     if pid="$(running_pid)"; then
+        load_ports
         # Under the lock no start is half done: a broker that does not answer is stuck.
         port_open "$PORT" || die "a broker is running (pid $pid, run dir $RUN_DIR) but $HOST:$PORT does not answer (see $SERVER_LOG); run '$0 stop' first"
         log "reusing the running broker (pid $pid)"
         echo "$HOST:$PORT"
         return 0
+    fi
+    if [ -z "${KAFKA_PORT:-}" ]; then
+        PORT="$(free_port_pair)"
+        CPORT=$((PORT + 1))
     fi
     cmd_start
 }
@@ -277,6 +298,7 @@ cmd_stop() {
 cmd_status() {
     local pid
     pid="$(running_pid)" || return 1
+    load_ports
     port_open "$PORT"
 }
 

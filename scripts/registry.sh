@@ -7,7 +7,8 @@
 # Usage:
 #   scripts/registry.sh start    # prints exactly one line on stdout:
 #                                #   http://127.0.0.1:<port>/apis/ccompat/v7
-#   scripts/registry.sh ensure   # the same, reusing the registry if one runs (its schemas kept)
+#   scripts/registry.sh ensure   # the same, reusing the registry if one runs (its schemas kept);
+#                                # one it starts is on free ports (unless REGISTRY_PORT is set)
 #   scripts/registry.sh stop     # exit 0 also when nothing was running
 #   scripts/registry.sh status   # exit 0 if running and <base>/subjects answers 200, else 1
 #
@@ -15,7 +16,9 @@
 # several callers of ensure at once start one registry.
 #
 # Environment:
-#   REGISTRY_PORT           HTTP port; management uses port+1 (default 18081)
+#   REGISTRY_PORT           HTTP port; management uses port+1 (default 18081; ensure: a
+#                           free one). status and ensure act on the port of the running
+#                           registry (saved in the run dir), whatever this says.
 #   REGISTRY_RUN_DIR        run dir, wiped on start         (default <repo>/target/registry)
 #   REGISTRY_READY_TIMEOUT  seconds to wait for ready       (default 120)
 #   REGISTRY_JAVA           java binary to use (21+)        (default: the newest JDK >= 21
@@ -28,12 +31,9 @@
 set -euo pipefail
 
 APICURIO_VERSION="${APICURIO_VERSION:-3.3.3}"
-PORT="${REGISTRY_PORT:-18081}"
-MPORT=$((PORT + 1))
 HOST=127.0.0.1
 READY_TIMEOUT="${REGISTRY_READY_TIMEOUT:-120}"
 STOP_TIMEOUT=30
-BASE_URL="http://$HOST:$PORT/apis/ccompat/v7"
 PREFERRED_JAVA=/usr/lib/jvm/temurin-25-jdk-amd64/bin/java
 MIN_JAVA=21
 
@@ -43,10 +43,27 @@ CACHE_DIR="${TACTFUL_CACHE_DIR:-$HOME/.cache/tactful}/apicurio-registry-$APICURI
 DIST_DIR="$CACHE_DIR/dist"
 MARKER="$CACHE_DIR/.complete"
 PID_FILE="$RUN_DIR/registry.pid"
+PORT_FILE="$RUN_DIR/port"            # the HTTP port of the registry
 STDOUT_LOG="$RUN_DIR/registry.log"   # Quarkus logs to the console by default
 
 log() { echo "registry.sh: $*" >&2; }
 die() { log "error: $*"; exit 1; }
+
+# Sets the HTTP port $1, the management port after it and the base URL.
+set_port() {
+    PORT="$1"
+    MPORT=$((PORT + 1))
+    BASE_URL="http://$HOST:$PORT/apis/ccompat/v7"
+}
+set_port "${REGISTRY_PORT:-18081}"
+
+# Sets the ports to those of the registry in the run dir, which may not be
+# the defaults (see cmd_ensure).
+load_port() {
+    if [ -f "$PORT_FILE" ]; then
+        set_port "$(cat "$PORT_FILE")"
+    fi
+}
 
 PROCESS_PATTERN='quarkus-run\.jar'
 # shellcheck source=scripts/lib/services.sh
@@ -172,6 +189,7 @@ cmd_start() {
     dir="$(app_dir)" || die "quarkus-run.jar not found under $DIST_DIR (delete $CACHE_DIR to download again)"
 
     fresh_run_dir REGISTRY_RUN_DIR
+    echo "$PORT" >"$PORT_FILE"
 
     # Quarkus resolves lib/ relative to quarkus-run.jar, but the working dir
     # is the run dir so that anything it writes lands there. stdin/stdout/
@@ -202,15 +220,23 @@ cmd_start() {
 # Prints the base URL of the registry the pid file names, starting one first
 # if none runs: for callers that share one registry, such as the test
 # binaries of a plain `cargo test` (tests/common). Unlike start, it keeps a
-# running registry's schemas.
+# running registry's schemas, and it starts one on free ports (unless
+# REGISTRY_PORT is set): such a registry is left running, and must not hold
+# the ports scripts/test.sh starts its registry on.
 cmd_ensure() {
     local pid
     if pid="$(running_pid)"; then
+        load_port
         # Under the lock no start is half done: a registry that does not answer is stuck.
         [ "$(subjects_status)" = 200 ] || die "a registry is running (pid $pid, run dir $RUN_DIR) but GET $BASE_URL/subjects does not answer 200 (see $STDOUT_LOG); run '$0 stop' first"
         log "reusing the running registry (pid $pid)"
         echo "$BASE_URL"
         return 0
+    fi
+    if [ -z "${REGISTRY_PORT:-}" ]; then
+        local port
+        port="$(free_port_pair)"
+        set_port "$port"
     fi
     cmd_start
 }
@@ -226,6 +252,7 @@ cmd_stop() {
 
 cmd_status() {
     running_pid >/dev/null || return 1
+    load_port
     [ "$(subjects_status)" = 200 ]
 }
 

@@ -8,17 +8,19 @@
 //! `TACTFUL_TEST_KCAT`); otherwise the harness gets each one itself, the first
 //! time a test of the process asks for it, from the script test.sh uses:
 //! `scripts/kafka.sh ensure` and `scripts/registry.sh ensure` (which reuse a
-//! broker or registry that runs from this checkout, and start one if none
-//! does), `scripts/python-env.sh` and `scripts/kcat.sh`. So a plain
-//! `cargo test` works anywhere the scripts do. A service that cannot be had
-//! fails every test that needs it, with the script's stderr: nothing is skipped.
+//! broker or registry that runs from this checkout, and start one on free
+//! ports if none does), `scripts/python-env.sh` and `scripts/kcat.sh`. So a
+//! plain `cargo test` works anywhere the scripts do. A service that cannot be
+//! had fails every test that needs it, with the script's stderr: nothing is
+//! skipped.
 //!
 //! A broker or registry the harness started keeps running after the tests,
-//! for the next test binary and the next run; its pid file and logs are in
-//! target/kafka (`kafka.pid`, `server.log`, `kafka.out`) and target/registry
-//! (`registry.pid`, `registry.log`). `scripts/kafka.sh stop` and
-//! `scripts/registry.sh stop` stop them (scripts/test.sh starts its own
-//! broker and refuses to run while one is left running).
+//! for the next test binary and the next run. Its pid file, ports and logs are
+//! in target/kafka (`kafka.pid`, `ports`, `server.log`, `kafka.out`) and
+//! target/registry (`registry.pid`, `port`, `registry.log`);
+//! `scripts/kafka.sh stop` and `scripts/registry.sh stop` stop them. Being on
+//! ports of their own, they never block scripts/test.sh of another checkout;
+//! test.sh of this one refuses to start while they run (stop them first).
 #![allow(dead_code)]
 
 pub mod stream;
@@ -272,29 +274,21 @@ fn add_lines(text: &mut String, lines: &str) {
     text.push_str(lines);
 }
 
-/// A running `tactful run` process; stopped with SIGTERM when dropped.
-pub struct Pipeline {
-    child: Child,
-    pub admin_port: u16,
-    pub config_path: PathBuf,
-    pub log_path: PathBuf,
+/// Writes the config of a pipeline on `topics` (what `tactful run` reads,
+/// and what a test driving the pipeline's stages in-process loads), its
+/// admin endpoint on a free port; returns its path.
+pub fn write_config(topics: &Topics, options: &PipelineOptions) -> PathBuf {
+    write_config_listening(topics, options, free_port())
 }
 
-impl Pipeline {
-    /// Starts a pipeline on `topics` and waits until it is ready.
-    pub fn start(topics: &Topics, options: PipelineOptions) -> Self {
-        Self::spawn(topics, options).ready()
-    }
-
-    /// Writes the config for `topics` and starts the binary, without waiting
-    /// for readiness: for a pipeline that may stop before it is ready.
-    pub fn spawn(topics: &Topics, options: PipelineOptions) -> Self {
-        let admin_port = free_port();
-        let dir = std::env::temp_dir().join(format!("tactful-test-{}-{}", topics.prefix, options.folder_name()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let config_path = dir.join("tactful.toml");
-        let config = format!(
-            r#"
+/// Writes the config of a pipeline on `topics` with its admin endpoint on
+/// `admin_port`, in a folder of its own (see [`PipelineOptions::incarnation`]).
+fn write_config_listening(topics: &Topics, options: &PipelineOptions, admin_port: u16) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tactful-test-{}-{}", topics.prefix, options.folder_name()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config_path = dir.join("tactful.toml");
+    let config = format!(
+        r#"
 [kafka]
 bootstrap_servers = "{bootstrap}"
 app_id = "{prefix}"
@@ -318,21 +312,44 @@ listen = "127.0.0.1:{admin_port}"
 {admin_settings}
 {extra_tables}
 "#,
-            bootstrap = bootstrap(),
-            prefix = topics.prefix,
-            group = topics.group(),
-            kafka_settings = options.kafka_settings(),
-            browse = topics.browse,
-            purchase = topics.purchase,
-            location = topics.location,
-            consent = topics.consent,
-            profiles = topics.profiles,
-            dead_letters = topics.dead_letters,
-            pipeline_settings = options.pipeline_settings,
-            admin_settings = options.admin_settings,
-            extra_tables = options.extra_tables,
-        );
-        std::fs::write(&config_path, config).unwrap();
+        bootstrap = bootstrap(),
+        prefix = topics.prefix,
+        group = topics.group(),
+        kafka_settings = options.kafka_settings(),
+        browse = topics.browse,
+        purchase = topics.purchase,
+        location = topics.location,
+        consent = topics.consent,
+        profiles = topics.profiles,
+        dead_letters = topics.dead_letters,
+        pipeline_settings = options.pipeline_settings,
+        admin_settings = options.admin_settings,
+        extra_tables = options.extra_tables,
+    );
+    std::fs::write(&config_path, config).unwrap();
+    config_path
+}
+
+/// A running `tactful run` process; stopped with SIGTERM when dropped.
+pub struct Pipeline {
+    child: Child,
+    pub admin_port: u16,
+    pub config_path: PathBuf,
+    pub log_path: PathBuf,
+}
+
+impl Pipeline {
+    /// Starts a pipeline on `topics` and waits until it is ready.
+    pub fn start(topics: &Topics, options: PipelineOptions) -> Self {
+        Self::spawn(topics, options).ready()
+    }
+
+    /// Writes the config for `topics` and starts the binary, without waiting
+    /// for readiness: for a pipeline that may stop before it is ready.
+    pub fn spawn(topics: &Topics, options: PipelineOptions) -> Self {
+        let admin_port = free_port();
+        let config_path = write_config_listening(topics, &options, admin_port);
+        let dir = config_path.parent().unwrap();
         let log_path = dir.join("tactful.log");
         // Appended: a restarted instance keeps its earlier incarnations' log.
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).unwrap();
