@@ -3,12 +3,12 @@
 //! memberships with their reasons, and each category of data held with since
 //! when. Pure: built from a user's state.
 
-use crate::consent::ConsentInForce;
+use crate::consent::{ConsentInForce, Purpose};
 use crate::model::{Membership, PersonalizationLevel};
-use crate::state::{History, Retention};
-use serde::Serialize;
-
+use crate::segments::Segments;
+use crate::state::{History, Retention, UserState};
 use crate::time::{DAY_MS, HOUR_MS};
+use serde::Serialize;
 
 /// The answer of `GET /v1/profiles/{user_id}`.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -68,6 +68,27 @@ fn last(window_ms: i64) -> String {
         format!("last {unit}")
     } else {
         format!("last {count} {unit}s")
+    }
+}
+
+/// What is held about `user_id`: the consent in force (the consent
+/// table's), and their partition state (`state`; empty when this instance
+/// holds none), under the segments in force.
+pub fn explain(segments: &Segments, user_id: &str, consent: Option<&ConsentInForce>, state: &UserState) -> Explanation {
+    let precise = consent.is_some_and(|consent| consent.granted.contains(Purpose::PreciseLocation));
+    let retention = match consent {
+        Some(consent) => segments.retention_for(consent.level, consent.effective(state.gpc_opt_out)),
+        None => segments.catalogue.retention,
+    };
+    Explanation {
+        user_id: user_id.to_owned(),
+        consent: consent.map(|consent| ConsentView::of(consent, state.gpc_opt_out)),
+        profile: state.published.as_ref().map(|profile| ProfileView {
+            level: profile.level,
+            channels: profile.channels.channel_names(),
+            segments: segments.render(user_id, profile),
+        }),
+        data_held: data_held(&state.history, &retention, precise),
     }
 }
 

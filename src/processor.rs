@@ -15,7 +15,7 @@ use crate::consent::minimise::Minimiser;
 use crate::consent::table::ConsentTable;
 use crate::consent::{self, ConsentInForce, DropReason, Purpose};
 use crate::experiments::ExperimentCounts;
-use crate::explain::{data_held, ConsentView, Explanation, ProfileView};
+use crate::explain::{self, Explanation};
 use crate::model::{ConsentChange, Event, InputKind, Membership, ProfileUpdate};
 use crate::profile;
 use crate::segments::engine::{next_recency_flip, next_window_exit};
@@ -192,23 +192,7 @@ impl Processor {
     pub fn explain(&self, user_id: &str) -> Option<Explanation> {
         let segments = self.segments.load();
         let consent = self.consent.cloned(user_id);
-        let explain = |state: &UserState| {
-            let precise = consent.as_ref().is_some_and(|consent| consent.granted.contains(Purpose::PreciseLocation));
-            let retention = match &consent {
-                Some(consent) => segments.retention_for(consent.level, consent.effective(state.gpc_opt_out)),
-                None => segments.catalogue.retention,
-            };
-            Explanation {
-                user_id: user_id.to_owned(),
-                consent: consent.as_ref().map(|consent| ConsentView::of(consent, state.gpc_opt_out)),
-                profile: state.published.as_ref().map(|profile| ProfileView {
-                    level: profile.level,
-                    channels: profile.channels.channel_names(),
-                    segments: segments.render(user_id, profile),
-                }),
-                data_held: data_held(&state.history, &retention, precise),
-            }
-        };
+        let explain = |state: &UserState| explain::explain(&segments, user_id, consent.as_ref(), state);
         match self.shards.read(user_id, |_, state| explain(state)) {
             Some(explanation) => Some(explanation),
             None => consent.is_some().then(|| explain(&UserState::default())),

@@ -84,13 +84,21 @@ pub struct Ingest {
 }
 
 impl Ingest {
-    /// Joins the consumer group of the event topics.
-    pub fn subscribe(config: &Config) -> Result<Self, PipelineError> {
+    /// The consumer of the event topics, not subscribed yet.
+    ///
+    /// It must outlive everything read from it: librdkafka's destroy waits
+    /// for every message and partition list that still refers to it (the
+    /// driver declares it before the state that holds its offsets).
+    pub fn new(config: &Config) -> Result<Self, PipelineError> {
         let consumer: BaseConsumer<GroupContext> = settings::event_consumer(config)
             .create_with_context(GroupContext::default())
             .map_err(kafka("create the event consumer"))?;
-        consumer.subscribe(&config.topics.events()).map_err(kafka("subscribe to the event topics"))?;
         Ok(Self { consumer })
+    }
+
+    /// Joins the consumer group of the event topics.
+    pub fn subscribe(&self, config: &Config) -> Result<(), PipelineError> {
+        self.consumer.subscribe(&config.topics.events()).map_err(kafka("subscribe to the event topics"))
     }
 
     /// The next record, waiting up to `timeout`.

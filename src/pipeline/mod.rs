@@ -109,6 +109,9 @@ pub fn run(
         _ => ProfileFormat::SingleObject,
     };
     let mut delivery = guarantee::delivery(config.guarantee, Publisher::connect(config, profile_format)?, erasures);
+    // Declared before everything that holds what it returns (the shell keeps
+    // its committed offsets): dropped last, as librdkafka's destroy needs.
+    let ingest = Ingest::new(config)?;
     let mut consent = Table::open(config, &config.topics.consent, "consent-table")?;
     consent.assign(&(0..partitions).map(crate::state::Partition).collect::<Vec<_>>())?;
     let mut changelog = Table::open(config, &config.topics.changelog, "restore")?;
@@ -119,7 +122,7 @@ pub fn run(
     tracing::info!(consent_records = shell.work.tally.applied_of(InputKind::Consent), "consent table loaded");
     shell.work.tally.flush_to_metrics();
 
-    let ingest = Ingest::subscribe(config)?;
+    ingest.subscribe(config)?;
     // Ready once the first assignment's state is restored (below).
     tracing::info!(group = %config.group_id, partitions, guarantee = ?config.guarantee, "consuming events");
 
