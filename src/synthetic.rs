@@ -7,10 +7,10 @@ use crate::model::{
     BrowseEvent, ConsentChange, EventConsent, InputKind, LocationEvent, PersonalizationLevel, PurchaseEvent,
     PurchaseItem,
 };
+use crate::time::DAY_MS;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use crate::time::DAY_MS;
 /// The bundled catalogue's stores, so store visitors can be near one.
 const STORES: [(f64, f64); 3] = [(52.5246, 13.4020), (53.5503, 9.9937), (48.1372, 11.5755)];
 /// One in this many records is deliberately bad (garbage or a wrong key).

@@ -3,9 +3,9 @@
 
 use super::definition::{Field, Filter, Measure, Rule, Segment, Source, TemplatePart};
 use crate::state::{hash_value, BrowseFact, History, ItemFact, LocationFact, PurchaseFact};
+use crate::time::DAY_MS;
 use std::ops::ControlFlow;
 
-use crate::time::DAY_MS;
 /// Mean Earth radius used by the haversine distance.
 const EARTH_RADIUS_M: f64 = 6_371_008.8;
 
