@@ -147,6 +147,7 @@ impl Topics {
         for result in results {
             result.unwrap_or_else(|(name, code)| panic!("cannot create topic {name}: {code}"));
         }
+        wait_until_listed(&new_topics.iter().map(|topic| topic.name).collect::<Vec<_>>());
         topics
     }
 
@@ -156,6 +157,24 @@ impl Topics {
 
     pub fn group(&self) -> String {
         format!("{}-group", self.prefix)
+    }
+}
+
+/// Waits until the broker's metadata lists `names`: topic creation returns
+/// once the controller made them, and a metadata request (a pipeline's
+/// topic check) may not list them for a moment yet.
+fn wait_until_listed(names: &[&str]) {
+    let client: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap()).create().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let metadata = client.fetch_metadata(None, Duration::from_secs(10)).unwrap();
+        let listed =
+            |name: &&str| metadata.topics().iter().any(|topic| topic.name() == *name && topic.error().is_none());
+        if names.iter().all(listed) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the broker does not list the topics {names:?} 30 s after creating them");
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

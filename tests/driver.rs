@@ -1,0 +1,483 @@
+//! The Kafka driver's stages, run one at a time in-process against the real
+//! broker (no `tactful run`): restore on assignment, revocation, the rewind
+//! after an aborted transaction, and at-least-once settling. The end-to-end
+//! runs of the binary show these only as a whole; here each is driven by the
+//! stage that does it, and the state it leaves is read from the processor.
+//!
+//! [`Driver`] composes the stages in the order of `pipeline::run` (poll →
+//! rebalance → apply → advance event time → deliver), so a test can stop
+//! between two of them or call one (a rebalance, a rewind) directly.
+
+mod common;
+
+use common::*;
+use rdkafka::message::{BorrowedMessage, Message};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+use tactful::codec::Codec;
+use tactful::config::Config;
+use tactful::erasure::Erasures;
+use tactful::explain::Explanation;
+use tactful::model::{Membership, PersonalizationLevel};
+use tactful::pipeline::apply::{Pending, Shell};
+use tactful::pipeline::guarantee::{delivery, Batch, Delivered, Delivery};
+use tactful::pipeline::ingest::{next_offsets, Ingest, Rebalanced};
+use tactful::pipeline::merge::Merger;
+use tactful::pipeline::publish::{ProfileFormat, Publisher, Records};
+use tactful::pipeline::table::Table;
+use tactful::processor::{Output, Processor};
+use tactful::state::Partition;
+
+const P0: Partition = Partition(0);
+const P1: Partition = Partition(1);
+
+/// How long a test waits for the broker to hand over records or offsets.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// The config of a pipeline on `topics`, loaded as `tactful run` loads it,
+/// with the output topics (the changelog among them) created as at start.
+fn load_config(topics: &Topics, options: PipelineOptions) -> Config {
+    let config = Config::load(&write_config(topics, &options)).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    tactful::pipeline::check_topics(&config, runtime.handle()).unwrap();
+    config
+}
+
+/// A processor of `config`'s segments, holding nothing yet.
+fn processor(config: &Config) -> Processor {
+    Processor::new(Codec::new(&[]).unwrap(), config.catalogue.clone(), &config.core)
+}
+
+/// The driver's logs, shown with a failing test's output (`RUST_LOG`, else info).
+fn show_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+}
+
+/// One instance's stages as `pipeline::run` holds them: the state between
+/// batches, the consent and changelog tables, and the delivery. The consumer
+/// group member (`Ingest`) and the merger holding the records it lent stay
+/// locals of the test, as they are locals of `run`, and like there the
+/// group member is made before the driver, to be dropped after it (see
+/// `Ingest::new`: the shell holds its committed offsets).
+struct Driver<'a> {
+    config: &'a Config,
+    shell: Shell<'a>,
+    consent: Table,
+    changelog: Table,
+    delivery: Box<dyn Delivery + 'a>,
+}
+
+impl<'a> Driver<'a> {
+    /// Starts like `run`: the producer (fencing an earlier incarnation of
+    /// the instance), the tables, and the consent table read to its end.
+    fn start(config: &'a Config, processor: &'a Processor, erasures: &'a Erasures) -> Self {
+        let publisher = Publisher::connect(config, ProfileFormat::SingleObject).unwrap();
+        let delivery = delivery(config.guarantee, publisher, erasures);
+        let mut consent = Table::open(config, &config.topics.consent, "consent-table").unwrap();
+        consent.assign(&[P0, P1]).unwrap();
+        let changelog = Table::open(config, &config.topics.changelog, "restore").unwrap();
+        let mut shell = Shell::new(config, processor, erasures, None);
+        shell.catch_up_consent(&mut consent).unwrap();
+        shell.check_failure().unwrap();
+        Self { config, shell, consent, changelog, delivery }
+    }
+
+    /// Acts on a partition change as `run` does once a poll noted it.
+    fn rebalance<'c>(&mut self, change: Rebalanced, ingest: &'c Ingest, merger: &mut Merger<Pending<'c>>) {
+        self.delivery.settle(ingest).unwrap();
+        self.shell.rebalance(change, merger, ingest, &mut self.consent, &mut self.changelog).unwrap();
+    }
+
+    /// Runs `run`'s batches up to, not including, the delivery (poll,
+    /// rebalance, apply, advance event time) until `count` event records are
+    /// applied; returns them. Batches that applied nothing are not delivered:
+    /// the test decides which batch is.
+    fn apply<'c>(
+        &mut self,
+        count: usize,
+        ingest: &'c Ingest,
+        merger: &mut Merger<Pending<'c>>,
+    ) -> Vec<BorrowedMessage<'c>> {
+        let deadline = Instant::now() + PATIENCE;
+        let mut applied = Vec::new();
+        while applied.len() < count {
+            assert!(Instant::now() < deadline, "{} of {count} records applied in {PATIENCE:?}", applied.len());
+            let mut polled = 0;
+            let batch_deadline = Instant::now() + Duration::from_millis(self.config.commit_interval_ms);
+            while polled < self.config.max_batch_records {
+                let message = ingest.poll(batch_deadline.saturating_duration_since(Instant::now()));
+                for change in ingest.take_rebalances() {
+                    self.rebalance(change, ingest, merger);
+                }
+                let Some(message) = message else { break };
+                polled += 1;
+                self.shell.ingest(message, merger);
+            }
+            self.shell.catch_up_consent_for_batch(&mut self.consent, polled).unwrap();
+            while let Some((partition, topic, pending)) = merger.next(Instant::now()) {
+                self.shell.apply_event(partition, topic, &pending.message, pending.input);
+                applied.push(pending.message);
+            }
+            self.shell.check_failure().unwrap();
+            self.shell.advance_event_time(ingest, merger).unwrap();
+        }
+        applied
+    }
+
+    /// Delivers what was applied since the last delivery, with the offsets
+    /// after `applied`, as `run` does (rewinding after an aborted transaction).
+    fn deliver<'c>(
+        &mut self,
+        applied: Vec<BorrowedMessage<'c>>,
+        ingest: &'c Ingest,
+        merger: &mut Merger<Pending<'c>>,
+    ) -> Delivered {
+        let offsets = next_offsets(&applied).unwrap();
+        drop(applied);
+        let idle = offsets.count() == 0 && self.shell.work.is_idle();
+        let changelog_records = if idle { Vec::new() } else { self.shell.changelog_records() };
+        let work = &mut self.shell.work;
+        let records =
+            Records { outputs: &work.outputs, dead_letters: &work.dead_letters, changelog: &changelog_records };
+        let batch = Batch { records, offsets, erased: std::mem::take(&mut work.erased), idle };
+        let delivered = self.delivery.deliver(ingest, batch).unwrap();
+        match delivered {
+            Delivered::Done => work.clear_delivered(),
+            Delivered::Aborted => self.rewind(ingest, merger),
+        }
+        delivered
+    }
+
+    /// What `run` does after an aborted transaction.
+    fn rewind<'c>(&mut self, ingest: &'c Ingest, merger: &mut Merger<Pending<'c>>) {
+        self.shell.rewind(merger, ingest, &mut self.consent, &mut self.changelog).unwrap();
+    }
+}
+
+/// (topic, partition, offset) of each record.
+fn positions(messages: &[BorrowedMessage<'_>]) -> Vec<(String, i32, i64)> {
+    messages.iter().map(|message| (message.topic().to_owned(), message.partition(), message.offset())).collect()
+}
+
+/// Writes `value` under `user`'s key to `partition` of `topic` (`None`: a tombstone).
+fn send(topic: &str, partition: Partition, user: &str, value: Option<&[u8]>) {
+    let producer = Producer::new();
+    producer.send_to(topic, partition.0, user, value);
+    producer.flush();
+}
+
+/// A consent with every purpose at level FULL, at `ts`.
+fn full_consent(user: &str, ts: i64) -> Vec<u8> {
+    to_json(&consent(user, ts, EVERYTHING, "FULL"))
+}
+
+/// The memberships of a user who browsed on one day, at `since`.
+fn new_visitor(since: i64) -> Vec<Membership> {
+    vec![Membership {
+        id: "new_visitor".to_owned(),
+        since,
+        reason: "Visited on 1 day in the last 30 days.".to_owned(),
+        channels: vec!["web".to_owned(), "email".to_owned(), "push".to_owned()],
+        arm: None,
+    }]
+}
+
+/// The member count of `segment`.
+fn members(processor: &Processor, segment: &str) -> i64 {
+    processor.segment_sizes().into_iter().find(|(id, _)| id == segment).map_or(0, |(_, count)| count)
+}
+
+/// How many users `action` restored from the changelog, as the
+/// `tactful_restored_users_total` metric counts them: whether an assignment
+/// read the changelog or kept the state it held. The recorder is this
+/// thread's only, so tests running beside it do not count.
+fn restored_users(action: impl FnOnce()) -> u64 {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let metrics = recorder.handle();
+    metrics::with_local_recorder(&recorder, action);
+    let rendered = metrics.render();
+    rendered
+        .lines()
+        .find_map(|line| line.strip_prefix("tactful_restored_users_total "))
+        .map_or(0, |count| count.parse().unwrap_or_else(|_| panic!("tactful_restored_users_total {count:?}")))
+}
+
+/// Outputs sorted by user, with versions zeroed: a version is at least the
+/// time it was made, so the same update made twice differs only there.
+fn comparable(outputs: &[Output]) -> Vec<Output> {
+    let mut outputs: Vec<Output> = outputs
+        .iter()
+        .cloned()
+        .map(|output| match output {
+            Output::Update(update) => Output::Update(tactful::model::ProfileUpdate { version: 0, ..update }),
+            tombstone => tombstone,
+        })
+        .collect();
+    outputs.sort_by(|a, b| a.user_id().cmp(b.user_id()));
+    outputs
+}
+
+/// A first instance reads each of `users`' FULL consent (at `t - 1000`) and
+/// one browse (at `t`) from their partition, commits the batch exactly once
+/// (offsets, profile updates, changelog records), and stops. Returns what it
+/// held about each user.
+fn processed_and_committed(topics: &Topics, config: &Config, users: &[(&str, Partition)], t: i64) -> Vec<Explanation> {
+    for (user, partition) in users {
+        send(&topics.consent, *partition, user, Some(&full_consent(user, t - 1000)));
+        send(&topics.browse, *partition, user, Some(&to_json(&browse(user, t, "books"))));
+    }
+    let processor = processor(config);
+    let erasures = Erasures::default();
+    let ingest = Ingest::new(config).unwrap();
+    let mut driver = Driver::start(config, &processor, &erasures);
+    ingest.subscribe(config).unwrap();
+    let mut merger = Merger::new(Duration::from_millis(config.max_idle_wait_ms));
+    let applied = driver.apply(users.len(), &ingest, &mut merger);
+    assert_eq!(applied.len(), users.len());
+    assert_eq!(driver.deliver(applied, &ingest, &mut merger), Delivered::Done);
+    ingest.leave();
+    users
+        .iter()
+        .map(|(user, _)| {
+            assert_eq!(processor.memberships(user), Some(new_visitor(t)), "{user}");
+            processor.explain(user).unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn an_assigned_partition_is_restored_from_the_changelog_with_the_consent_read_since_enforced() {
+    show_logs();
+    let topics = Topics::create_with("driver-restore", 2, 2);
+    let config = load_config(&topics, PipelineOptions::default());
+    let t = base_time();
+    let users = [("u0", P0), ("u1", P1), ("withdrawn", P0), ("erased", P1)];
+    let before = processed_and_committed(&topics, &config, &users, t);
+
+    let processor = processor(&config);
+    let erasures = Erasures::default();
+    let ingest = Ingest::new(&config).unwrap();
+    let mut driver = Driver::start(&config, &processor, &erasures);
+    ingest.subscribe(&config).unwrap();
+    assert_eq!(processor.memberships("u0"), None, "nothing is owned before the assignment");
+    // Once the consent table is loaded, and before the assignment: one user
+    // withdraws (level NONE), one is erased (a consent tombstone).
+    send(&topics.consent, P0, "withdrawn", Some(&to_json(&consent("withdrawn", t + 1000, EVERYTHING, "NONE"))));
+    send(&topics.consent, P1, "erased", None);
+    // The group member never polls: the assignment alone restores.
+    let mut merger = Merger::new(Duration::from_millis(config.max_idle_wait_ms));
+    let restored = restored_users(|| driver.rebalance(Rebalanced::Assigned(vec![P0, P1]), &ingest, &mut merger));
+    assert_eq!(restored, 4);
+
+    assert_eq!(processor.memberships("u0"), Some(new_visitor(t)));
+    assert_eq!(processor.memberships("u1"), Some(new_visitor(t)));
+    // Consent, profile and the facts held are those the first instance had.
+    assert_eq!(processor.explain("u0").as_ref(), Some(&before[0]));
+    assert_eq!(processor.explain("u1").as_ref(), Some(&before[1]));
+    assert_eq!(members(&processor, "new_visitor"), 2);
+    // The withdrawal, read by the restore's consent catch-up, is enforced:
+    // nothing but the refusal is held.
+    assert_eq!(processor.memberships("withdrawn"), None);
+    let withdrawn = processor.explain("withdrawn").unwrap();
+    let refusal = withdrawn.consent.as_ref().map(|consent| (consent.level, consent.ts));
+    assert_eq!(refusal, Some((PersonalizationLevel::None, t + 1000)));
+    assert_eq!((withdrawn.profile, withdrawn.data_held), (None, vec![]));
+    // The erased user is forgotten entirely, consent included.
+    assert_eq!(processor.explain("erased"), None);
+    assert_eq!(processor.user_count(), 3, "u0, u1 and the refusal of `withdrawn`");
+    // Their profiles are tombstoned, and so is their state in the changelog.
+    assert_eq!(
+        comparable(&driver.shell.work.outputs),
+        vec![Output::Tombstone { user_id: "erased".to_owned() }, Output::Tombstone { user_id: "withdrawn".to_owned() }]
+    );
+    let mut changelog: Vec<(String, Partition, Option<Vec<u8>>)> = driver
+        .shell
+        .changelog_records()
+        .into_iter()
+        .map(|record| (String::from_utf8(record.key).unwrap(), record.partition, record.value))
+        .collect();
+    changelog.sort();
+    assert_eq!(changelog, vec![("erased".to_owned(), P1, None), ("withdrawn".to_owned(), P0, None)]);
+}
+
+#[test]
+fn a_revoked_partition_is_dropped_and_one_given_straight_back_is_kept_unless_its_changelog_moved() {
+    show_logs();
+    let topics = Topics::create_with("driver-revoke", 2, 2);
+    let config = load_config(&topics, PipelineOptions::default());
+    let t = base_time();
+    let before = processed_and_committed(&topics, &config, &[("u0", P0), ("u1", P1)], t);
+    let processor = processor(&config);
+    let erasures = Erasures::default();
+    let ingest = Ingest::new(&config).unwrap();
+    let mut driver = Driver::start(&config, &processor, &erasures);
+    ingest.subscribe(&config).unwrap();
+    let mut merger = Merger::new(Duration::from_millis(config.max_idle_wait_ms));
+    driver.rebalance(Rebalanced::Assigned(vec![P0, P1]), &ingest, &mut merger);
+    assert_eq!(processor.explain("u0").as_ref(), Some(&before[0]));
+    assert_eq!(processor.explain("u1").as_ref(), Some(&before[1]));
+    assert!(driver.shell.work.is_idle(), "restoring what was committed publishes nothing");
+
+    // Partition 1 goes to another instance (an eager rebalance revokes
+    // everything assigned before; this one takes back partition 0 only).
+    driver.rebalance(Rebalanced::Revoked(vec![P1]), &ingest, &mut merger);
+    driver.rebalance(Rebalanced::Assigned(vec![P0]), &ingest, &mut merger);
+    assert_eq!(processor.memberships("u1"), None);
+    // The consent table (every user of every partition) still knows u1.
+    let consent_only = Explanation { profile: None, data_held: vec![], ..before[1].clone() };
+    assert_eq!(processor.explain("u1"), Some(consent_only));
+    assert_eq!(processor.explain("u0").as_ref(), Some(&before[0]));
+    assert_eq!(members(&processor, "new_visitor"), 1);
+    assert!(driver.shell.work.is_idle());
+
+    // Partition 0 is revoked and given straight back, its changelog untouched:
+    // its state is kept as it was, and nothing is published.
+    let restored = restored_users(|| {
+        driver.rebalance(Rebalanced::Revoked(vec![P0]), &ingest, &mut merger);
+        driver.rebalance(Rebalanced::Assigned(vec![P0]), &ingest, &mut merger);
+    });
+    assert_eq!(restored, 0, "the changelog is not read again");
+    assert_eq!(processor.explain("u0").as_ref(), Some(&before[0]));
+    assert_eq!(members(&processor, "new_visitor"), 1);
+    assert!(driver.shell.work.is_idle());
+    // It is owned again: a consent change of u0 changes their state, which
+    // goes to the changelog with the batch.
+    let without_email = ["personalization", "location", "precise_location", "measurement", "web", "push", "ads"];
+    send(&topics.consent, P0, "u0", Some(&to_json(&consent("u0", t + 1000, &without_email, "FULL"))));
+    driver.shell.catch_up_consent(&mut driver.consent).unwrap();
+    let channels: Vec<Vec<String>> =
+        processor.memberships("u0").unwrap().into_iter().map(|membership| membership.channels).collect();
+    assert_eq!(channels, vec![vec!["web".to_owned(), "push".to_owned()]]);
+    assert_eq!(driver.shell.work.changed, HashMap::from([("u0".to_owned(), P0)]));
+    assert_eq!(driver.deliver(Vec::new(), &ingest, &mut merger), Delivered::Done);
+    let narrowed = processor.explain("u0").unwrap();
+
+    // Given back after another owner wrote partition 0's changelog (it
+    // cleared u0's state): restored from the changelog, not kept. Partition
+    // 1 comes back too, and is restored as it was committed.
+    driver.rebalance(Rebalanced::Revoked(vec![P0]), &ingest, &mut merger);
+    send(&config.topics.changelog, P0, "u0", None);
+    let restored = restored_users(|| driver.rebalance(Rebalanced::Assigned(vec![P0, P1]), &ingest, &mut merger));
+    assert_eq!(restored, 2, "u0 and u1");
+    assert_eq!(processor.memberships("u0"), None);
+    assert_eq!(processor.explain("u0"), Some(Explanation { profile: None, data_held: vec![], ..narrowed }));
+    assert_eq!(processor.explain("u1").as_ref(), Some(&before[1]));
+    assert_eq!(members(&processor, "new_visitor"), 1, "u1's");
+    assert_eq!(driver.shell.work.outputs, vec![], "the other owner published what it changed");
+}
+
+#[test]
+fn an_aborted_batch_rewinds_state_and_offsets_to_the_last_commit() {
+    show_logs();
+    let topics = Topics::create_with("driver-rewind", 2, 2);
+    let config = load_config(&topics, PipelineOptions::default());
+    let t = base_time();
+    for (user, partition) in [("u0", P0), ("u1", P1)] {
+        send(&topics.consent, partition, user, Some(&full_consent(user, t - 1000)));
+        send(&topics.browse, partition, user, Some(&to_json(&browse(user, t, "books"))));
+    }
+    let processor = processor(&config);
+    let erasures = Erasures::default();
+    let ingest = Ingest::new(&config).unwrap();
+    let mut driver = Driver::start(&config, &processor, &erasures);
+    ingest.subscribe(&config).unwrap();
+    let mut merger = Merger::new(Duration::from_millis(config.max_idle_wait_ms));
+    let applied = driver.apply(2, &ingest, &mut merger);
+    assert_eq!(driver.deliver(applied, &ingest, &mut merger), Delivered::Done);
+    assert_eq!(processor.memberships("u0"), Some(new_visitor(t)));
+    let committed = [processor.explain("u0"), processor.explain("u1")];
+
+    // A bad record, then u0 comes back the next day; the batch is applied
+    // but not committed.
+    send(&topics.browse, P0, "u0", Some(b"not a browse event"));
+    send(&topics.browse, P0, "u0", Some(&to_json(&browse("u0", t + DAY_MS, "books"))));
+    let applied = driver.apply(2, &ingest, &mut merger);
+    let uncommitted = positions(&applied);
+    assert_eq!(uncommitted, vec![(topics.browse.clone(), 0, 1), (topics.browse.clone(), 0, 2)]);
+    drop(applied);
+    assert_eq!(driver.shell.work.dead_letters.len(), 1);
+    let returning = vec![Membership {
+        id: "returning_visitor".to_owned(),
+        since: t + DAY_MS,
+        reason: "Visited on 2 different days in the last 30 days.".to_owned(),
+        channels: vec!["web".to_owned(), "email".to_owned(), "push".to_owned()],
+        arm: None,
+    }];
+    assert_eq!(processor.memberships("u0"), Some(returning.clone()));
+    let applied_once = processor.explain("u0");
+    let outputs_once = comparable(&driver.shell.work.outputs);
+    assert_eq!(outputs_once.len(), 1, "{outputs_once:?}");
+
+    // The transaction is aborted: state is as the last commit left it, on
+    // every owned partition, and nothing of the batch (update, changelog
+    // record, dead letter) is pending.
+    driver.rewind(&ingest, &mut merger);
+    assert_eq!([processor.explain("u0"), processor.explain("u1")], committed);
+    assert_eq!(processor.memberships("u0"), Some(new_visitor(t)));
+    assert_eq!(members(&processor, "new_visitor"), 2);
+    assert!(driver.shell.work.is_idle() && driver.shell.work.erased.is_empty());
+
+    // The uncommitted records are read again, and applying them again has
+    // the effect of applying them once: one update, one dead letter.
+    let applied = driver.apply(2, &ingest, &mut merger);
+    assert_eq!(positions(&applied), uncommitted);
+    assert_eq!(processor.explain("u0"), applied_once);
+    assert_eq!(processor.memberships("u0"), Some(returning));
+    assert_eq!(comparable(&driver.shell.work.outputs), outputs_once);
+    assert_eq!(driver.shell.work.dead_letters.len(), 1);
+    assert_eq!(driver.deliver(applied, &ingest, &mut merger), Delivered::Done);
+    assert_eq!(committed_offset(&topics.group(), &topics.browse, 0), Some(3));
+}
+
+/// Waits until `group`'s committed offset of `topic`/`partition` is
+/// `expected` (an asynchronous commit lands a little later).
+fn wait_for_commit(group: &str, topic: &str, partition: i32, expected: i64) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let committed = committed_offset(group, topic, partition);
+        if committed == Some(expected) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{group} committed {committed:?} on {topic}/{partition} after {PATIENCE:?}, not {expected}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn at_least_once_commits_a_batch_when_the_next_is_delivered_or_on_settling() {
+    show_logs();
+    let topics = Topics::create_with("driver-at-least-once", 2, 2);
+    let config =
+        load_config(&topics, PipelineOptions::default().pipeline_settings("processing_guarantee = \"at_least_once\""));
+    let group = topics.group();
+    let t = base_time();
+    send(&topics.consent, P0, "u0", Some(&full_consent("u0", t - 1000)));
+    send(&topics.browse, P0, "u0", Some(&to_json(&browse("u0", t, "books"))));
+    let processor = processor(&config);
+    let erasures = Erasures::default();
+    let ingest = Ingest::new(&config).unwrap();
+    let mut driver = Driver::start(&config, &processor, &erasures);
+    ingest.subscribe(&config).unwrap();
+    let mut merger = Merger::new(Duration::from_millis(config.max_idle_wait_ms));
+
+    let first = driver.apply(1, &ingest, &mut merger);
+    assert_eq!(positions(&first), vec![(topics.browse.clone(), 0, 0)]);
+    assert_eq!(driver.deliver(first, &ingest, &mut merger), Delivered::Done);
+    assert_eq!(committed_offset(&group, &topics.browse, 0), None, "the first batch is in flight");
+
+    send(&topics.browse, P0, "u0", Some(&to_json(&browse("u0", t + 60_000, "books"))));
+    let second = driver.apply(1, &ingest, &mut merger);
+    assert_eq!(positions(&second), vec![(topics.browse.clone(), 0, 1)]);
+    assert_eq!(driver.deliver(second, &ingest, &mut merger), Delivered::Done);
+    // Delivering the second batch committed the first's offsets, not its own.
+    wait_for_commit(&group, &topics.browse, 0, 1);
+
+    // Settling (before a rebalance) commits what is in flight, synchronously.
+    driver.delivery.settle(&ingest).unwrap();
+    assert_eq!(committed_offset(&group, &topics.browse, 0), Some(2));
+}
