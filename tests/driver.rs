@@ -4,9 +4,10 @@
 //! runs of the binary show these only as a whole; here each is driven by the
 //! stage that does it, and the state it leaves is read from the processor.
 //!
-//! [`Driver`] composes the stages in the order of `pipeline::run` (poll →
-//! rebalance → apply → advance event time → deliver), so a test can stop
-//! between two of them or call one (a rebalance, a rewind) directly.
+//! The library's `Driver` runs the stages in the order of `pipeline::run`
+//! (poll → rebalance → apply → advance event time → deliver), one batch at
+//! a time, so a test can stop between two of them or call one (a
+//! rebalance, a rewind) directly.
 
 mod common;
 
@@ -16,15 +17,16 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use tactful::codec::Codec;
 use tactful::config::Config;
+use tactful::control::Control;
 use tactful::erasure::Erasures;
 use tactful::explain::Explanation;
 use tactful::model::{Membership, PersonalizationLevel};
-use tactful::pipeline::apply::{Pending, Shell};
-use tactful::pipeline::guarantee::{delivery, Batch, Delivered, Delivery};
-use tactful::pipeline::ingest::{next_offsets, Ingest, Rebalanced};
+use tactful::pipeline::apply::Pending;
+use tactful::pipeline::driver::Driver;
+use tactful::pipeline::guarantee::Delivered;
+use tactful::pipeline::ingest::{Ingest, Rebalanced};
 use tactful::pipeline::merge::Merger;
-use tactful::pipeline::publish::{ProfileFormat, Publisher, Records};
-use tactful::pipeline::table::Table;
+use tactful::pipeline::publish::ProfileFormat;
 use tactful::processor::{Output, Processor};
 use tactful::state::Partition;
 
@@ -55,105 +57,34 @@ fn show_logs() {
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
 }
 
-/// One instance's stages as `pipeline::run` holds them: the state between
-/// batches, the consent and changelog tables, and the delivery. The consumer
-/// group member (`Ingest`) and the merger holding the records it lent stay
-/// locals of the test, as they are locals of `run`, and like there the
-/// group member is made before the driver, to be dropped after it (see
-/// `Ingest::new`: the shell holds its committed offsets).
-struct Driver<'a> {
-    config: &'a Config,
-    shell: Shell<'a>,
-    consent: Table,
-    changelog: Table,
-    delivery: Box<dyn Delivery + 'a>,
+/// One instance's driver as `pipeline::run` starts it (single-object
+/// output, no registry), on the topics' two partitions. The consumer group
+/// member (`Ingest`) and the merger holding the records it lent stay locals
+/// of the test, as they are locals of `run`, and like there the group member
+/// is made before the driver, to be dropped after it (see `Ingest::new`).
+fn start<'a>(config: &'a Config, processor: &'a Processor, erasures: &'a Erasures) -> Driver<'a> {
+    // Readiness is not under test; the driver only needs somewhere to set it.
+    let control: &'static Control = Box::leak(Box::default());
+    Driver::start(config, processor, erasures, control, None, ProfileFormat::SingleObject, 2).unwrap()
 }
 
-impl<'a> Driver<'a> {
-    /// Starts like `run`: the producer (fencing an earlier incarnation of
-    /// the instance), the tables, and the consent table read to its end.
-    fn start(config: &'a Config, processor: &'a Processor, erasures: &'a Erasures) -> Self {
-        let publisher = Publisher::connect(config, ProfileFormat::SingleObject).unwrap();
-        let delivery = delivery(config.guarantee, publisher, erasures);
-        let mut consent = Table::open(config, &config.topics.consent, "consent-table").unwrap();
-        consent.assign(&[P0, P1]).unwrap();
-        let changelog = Table::open(config, &config.topics.changelog, "restore").unwrap();
-        let mut shell = Shell::new(config, processor, erasures, None);
-        shell.catch_up_consent(&mut consent).unwrap();
-        shell.check_failure().unwrap();
-        Self { config, shell, consent, changelog, delivery }
+/// Runs the driver's batches up to, not including, their delivery (poll,
+/// rebalance, apply, advance event time) until `count` event records are
+/// applied; returns them. Batches that applied nothing are not delivered:
+/// the test decides which batch is.
+fn apply<'c>(
+    driver: &mut Driver<'_>,
+    count: usize,
+    ingest: &'c Ingest,
+    merger: &mut Merger<Pending<'c>>,
+) -> Vec<BorrowedMessage<'c>> {
+    let deadline = Instant::now() + PATIENCE;
+    let mut applied = Vec::new();
+    while applied.len() < count {
+        assert!(Instant::now() < deadline, "{} of {count} records applied in {PATIENCE:?}", applied.len());
+        applied.extend(driver.batch(ingest, merger).unwrap());
     }
-
-    /// Acts on a partition change as `run` does once a poll noted it.
-    fn rebalance<'c>(&mut self, change: Rebalanced, ingest: &'c Ingest, merger: &mut Merger<Pending<'c>>) {
-        self.delivery.settle(ingest).unwrap();
-        self.shell.rebalance(change, merger, ingest, &mut self.consent, &mut self.changelog).unwrap();
-    }
-
-    /// Runs `run`'s batches up to, not including, the delivery (poll,
-    /// rebalance, apply, advance event time) until `count` event records are
-    /// applied; returns them. Batches that applied nothing are not delivered:
-    /// the test decides which batch is.
-    fn apply<'c>(
-        &mut self,
-        count: usize,
-        ingest: &'c Ingest,
-        merger: &mut Merger<Pending<'c>>,
-    ) -> Vec<BorrowedMessage<'c>> {
-        let deadline = Instant::now() + PATIENCE;
-        let mut applied = Vec::new();
-        while applied.len() < count {
-            assert!(Instant::now() < deadline, "{} of {count} records applied in {PATIENCE:?}", applied.len());
-            let mut polled = 0;
-            let batch_deadline = Instant::now() + Duration::from_millis(self.config.commit_interval_ms);
-            while polled < self.config.max_batch_records {
-                let message = ingest.poll(batch_deadline.saturating_duration_since(Instant::now()));
-                for change in ingest.take_rebalances() {
-                    self.rebalance(change, ingest, merger);
-                }
-                let Some(message) = message else { break };
-                polled += 1;
-                self.shell.ingest(message, merger);
-            }
-            self.shell.catch_up_consent_for_batch(&mut self.consent, polled).unwrap();
-            while let Some((partition, topic, pending)) = merger.next(Instant::now()) {
-                self.shell.apply_event(partition, topic, &pending.message, pending.input);
-                applied.push(pending.message);
-            }
-            self.shell.check_failure().unwrap();
-            self.shell.advance_event_time(ingest, merger).unwrap();
-        }
-        applied
-    }
-
-    /// Delivers what was applied since the last delivery, with the offsets
-    /// after `applied`, as `run` does (rewinding after an aborted transaction).
-    fn deliver<'c>(
-        &mut self,
-        applied: Vec<BorrowedMessage<'c>>,
-        ingest: &'c Ingest,
-        merger: &mut Merger<Pending<'c>>,
-    ) -> Delivered {
-        let offsets = next_offsets(&applied).unwrap();
-        drop(applied);
-        let idle = offsets.count() == 0 && self.shell.work.is_idle();
-        let changelog_records = if idle { Vec::new() } else { self.shell.changelog_records() };
-        let work = &mut self.shell.work;
-        let records =
-            Records { outputs: &work.outputs, dead_letters: &work.dead_letters, changelog: &changelog_records };
-        let batch = Batch { records, offsets, erased: std::mem::take(&mut work.erased), idle };
-        let delivered = self.delivery.deliver(ingest, batch).unwrap();
-        match delivered {
-            Delivered::Done => work.clear_delivered(),
-            Delivered::Aborted => self.rewind(ingest, merger),
-        }
-        delivered
-    }
-
-    /// What `run` does after an aborted transaction.
-    fn rewind<'c>(&mut self, ingest: &'c Ingest, merger: &mut Merger<Pending<'c>>) {
-        self.shell.rewind(merger, ingest, &mut self.consent, &mut self.changelog).unwrap();
-    }
+    applied
 }
 
 /// (topic, partition, offset) of each record.
@@ -231,12 +162,12 @@ fn processed_and_committed(topics: &Topics, config: &Config, users: &[(&str, Par
     let processor = processor(config);
     let erasures = Erasures::default();
     let ingest = Ingest::new(config).unwrap();
-    let mut driver = Driver::start(config, &processor, &erasures);
+    let mut driver = start(config, &processor, &erasures);
     ingest.subscribe(config).unwrap();
     let mut merger = Merger::new(Duration::from_millis(config.max_idle_wait_ms));
-    let applied = driver.apply(users.len(), &ingest, &mut merger);
+    let applied = apply(&mut driver, users.len(), &ingest, &mut merger);
     assert_eq!(applied.len(), users.len());
-    assert_eq!(driver.deliver(applied, &ingest, &mut merger), Delivered::Done);
+    assert_eq!(driver.deliver(applied, &ingest, &mut merger).unwrap(), Delivered::Done);
     ingest.leave();
     users
         .iter()
@@ -259,7 +190,7 @@ fn an_assigned_partition_is_restored_from_the_changelog_with_the_consent_read_si
     let processor = processor(&config);
     let erasures = Erasures::default();
     let ingest = Ingest::new(&config).unwrap();
-    let mut driver = Driver::start(&config, &processor, &erasures);
+    let mut driver = start(&config, &processor, &erasures);
     ingest.subscribe(&config).unwrap();
     assert_eq!(processor.memberships("u0"), None, "nothing is owned before the assignment");
     // Once the consent table is loaded, and before the assignment: one user
@@ -268,7 +199,8 @@ fn an_assigned_partition_is_restored_from_the_changelog_with_the_consent_read_si
     send(&topics.consent, P1, "erased", None);
     // The group member never polls: the assignment alone restores.
     let mut merger = Merger::new(Duration::from_millis(config.max_idle_wait_ms));
-    let restored = restored_users(|| driver.rebalance(Rebalanced::Assigned(vec![P0, P1]), &ingest, &mut merger));
+    let restored =
+        restored_users(|| driver.rebalance(Rebalanced::Assigned(vec![P0, P1]), &ingest, &mut merger).unwrap());
     assert_eq!(restored, 4);
 
     assert_eq!(processor.memberships("u0"), Some(new_visitor(t)));
@@ -312,18 +244,18 @@ fn a_revoked_partition_is_dropped_and_one_given_straight_back_is_kept_unless_its
     let processor = processor(&config);
     let erasures = Erasures::default();
     let ingest = Ingest::new(&config).unwrap();
-    let mut driver = Driver::start(&config, &processor, &erasures);
+    let mut driver = start(&config, &processor, &erasures);
     ingest.subscribe(&config).unwrap();
     let mut merger = Merger::new(Duration::from_millis(config.max_idle_wait_ms));
-    driver.rebalance(Rebalanced::Assigned(vec![P0, P1]), &ingest, &mut merger);
+    driver.rebalance(Rebalanced::Assigned(vec![P0, P1]), &ingest, &mut merger).unwrap();
     assert_eq!(processor.explain("u0").as_ref(), Some(&before[0]));
     assert_eq!(processor.explain("u1").as_ref(), Some(&before[1]));
     assert!(driver.shell.work.is_idle(), "restoring what was committed publishes nothing");
 
     // Partition 1 goes to another instance (an eager rebalance revokes
     // everything assigned before; this one takes back partition 0 only).
-    driver.rebalance(Rebalanced::Revoked(vec![P1]), &ingest, &mut merger);
-    driver.rebalance(Rebalanced::Assigned(vec![P0]), &ingest, &mut merger);
+    driver.rebalance(Rebalanced::Revoked(vec![P1]), &ingest, &mut merger).unwrap();
+    driver.rebalance(Rebalanced::Assigned(vec![P0]), &ingest, &mut merger).unwrap();
     assert_eq!(processor.memberships("u1"), None);
     // The consent table (every user of every partition) still knows u1.
     let consent_only = Explanation { profile: None, data_held: vec![], ..before[1].clone() };
@@ -335,8 +267,8 @@ fn a_revoked_partition_is_dropped_and_one_given_straight_back_is_kept_unless_its
     // Partition 0 is revoked and given straight back, its changelog untouched:
     // its state is kept as it was, and nothing is published.
     let restored = restored_users(|| {
-        driver.rebalance(Rebalanced::Revoked(vec![P0]), &ingest, &mut merger);
-        driver.rebalance(Rebalanced::Assigned(vec![P0]), &ingest, &mut merger);
+        driver.rebalance(Rebalanced::Revoked(vec![P0]), &ingest, &mut merger).unwrap();
+        driver.rebalance(Rebalanced::Assigned(vec![P0]), &ingest, &mut merger).unwrap();
     });
     assert_eq!(restored, 0, "the changelog is not read again");
     assert_eq!(processor.explain("u0").as_ref(), Some(&before[0]));
@@ -346,20 +278,21 @@ fn a_revoked_partition_is_dropped_and_one_given_straight_back_is_kept_unless_its
     // goes to the changelog with the batch.
     let without_email = ["personalization", "location", "precise_location", "measurement", "web", "push", "ads"];
     send(&topics.consent, P0, "u0", Some(&to_json(&consent("u0", t + 1000, &without_email, "FULL"))));
-    driver.shell.catch_up_consent(&mut driver.consent).unwrap();
+    driver.catch_up_consent().unwrap();
     let channels: Vec<Vec<String>> =
         processor.memberships("u0").unwrap().into_iter().map(|membership| membership.channels).collect();
     assert_eq!(channels, vec![vec!["web".to_owned(), "push".to_owned()]]);
     assert_eq!(driver.shell.work.changed, HashMap::from([("u0".to_owned(), P0)]));
-    assert_eq!(driver.deliver(Vec::new(), &ingest, &mut merger), Delivered::Done);
+    assert_eq!(driver.deliver(Vec::new(), &ingest, &mut merger).unwrap(), Delivered::Done);
     let narrowed = processor.explain("u0").unwrap();
 
     // Given back after another owner wrote partition 0's changelog (it
     // cleared u0's state): restored from the changelog, not kept. Partition
     // 1 comes back too, and is restored as it was committed.
-    driver.rebalance(Rebalanced::Revoked(vec![P0]), &ingest, &mut merger);
+    driver.rebalance(Rebalanced::Revoked(vec![P0]), &ingest, &mut merger).unwrap();
     send(&config.topics.changelog, P0, "u0", None);
-    let restored = restored_users(|| driver.rebalance(Rebalanced::Assigned(vec![P0, P1]), &ingest, &mut merger));
+    let restored =
+        restored_users(|| driver.rebalance(Rebalanced::Assigned(vec![P0, P1]), &ingest, &mut merger).unwrap());
     assert_eq!(restored, 2, "u0 and u1");
     assert_eq!(processor.memberships("u0"), None);
     assert_eq!(processor.explain("u0"), Some(Explanation { profile: None, data_held: vec![], ..narrowed }));
@@ -381,11 +314,11 @@ fn an_aborted_batch_rewinds_state_and_offsets_to_the_last_commit() {
     let processor = processor(&config);
     let erasures = Erasures::default();
     let ingest = Ingest::new(&config).unwrap();
-    let mut driver = Driver::start(&config, &processor, &erasures);
+    let mut driver = start(&config, &processor, &erasures);
     ingest.subscribe(&config).unwrap();
     let mut merger = Merger::new(Duration::from_millis(config.max_idle_wait_ms));
-    let applied = driver.apply(2, &ingest, &mut merger);
-    assert_eq!(driver.deliver(applied, &ingest, &mut merger), Delivered::Done);
+    let applied = apply(&mut driver, 2, &ingest, &mut merger);
+    assert_eq!(driver.deliver(applied, &ingest, &mut merger).unwrap(), Delivered::Done);
     assert_eq!(processor.memberships("u0"), Some(new_visitor(t)));
     let committed = [processor.explain("u0"), processor.explain("u1")];
 
@@ -393,7 +326,7 @@ fn an_aborted_batch_rewinds_state_and_offsets_to_the_last_commit() {
     // but not committed.
     send(&topics.browse, P0, "u0", Some(b"not a browse event"));
     send(&topics.browse, P0, "u0", Some(&to_json(&browse("u0", t + DAY_MS, "books"))));
-    let applied = driver.apply(2, &ingest, &mut merger);
+    let applied = apply(&mut driver, 2, &ingest, &mut merger);
     let uncommitted = positions(&applied);
     assert_eq!(uncommitted, vec![(topics.browse.clone(), 0, 1), (topics.browse.clone(), 0, 2)]);
     drop(applied);
@@ -413,7 +346,7 @@ fn an_aborted_batch_rewinds_state_and_offsets_to_the_last_commit() {
     // The transaction is aborted: state is as the last commit left it, on
     // every owned partition, and nothing of the batch (update, changelog
     // record, dead letter) is pending.
-    driver.rewind(&ingest, &mut merger);
+    driver.rewind(&ingest, &mut merger).unwrap();
     assert_eq!([processor.explain("u0"), processor.explain("u1")], committed);
     assert_eq!(processor.memberships("u0"), Some(new_visitor(t)));
     assert_eq!(members(&processor, "new_visitor"), 2);
@@ -421,13 +354,13 @@ fn an_aborted_batch_rewinds_state_and_offsets_to_the_last_commit() {
 
     // The uncommitted records are read again, and applying them again has
     // the effect of applying them once: one update, one dead letter.
-    let applied = driver.apply(2, &ingest, &mut merger);
+    let applied = apply(&mut driver, 2, &ingest, &mut merger);
     assert_eq!(positions(&applied), uncommitted);
     assert_eq!(processor.explain("u0"), applied_once);
     assert_eq!(processor.memberships("u0"), Some(returning));
     assert_eq!(comparable(&driver.shell.work.outputs), outputs_once);
     assert_eq!(driver.shell.work.dead_letters.len(), 1);
-    assert_eq!(driver.deliver(applied, &ingest, &mut merger), Delivered::Done);
+    assert_eq!(driver.deliver(applied, &ingest, &mut merger).unwrap(), Delivered::Done);
     assert_eq!(committed_offset(&topics.group(), &topics.browse, 0), Some(3));
 }
 
@@ -461,19 +394,19 @@ fn at_least_once_commits_a_batch_when_the_next_is_delivered_or_on_settling() {
     let processor = processor(&config);
     let erasures = Erasures::default();
     let ingest = Ingest::new(&config).unwrap();
-    let mut driver = Driver::start(&config, &processor, &erasures);
+    let mut driver = start(&config, &processor, &erasures);
     ingest.subscribe(&config).unwrap();
     let mut merger = Merger::new(Duration::from_millis(config.max_idle_wait_ms));
 
-    let first = driver.apply(1, &ingest, &mut merger);
+    let first = apply(&mut driver, 1, &ingest, &mut merger);
     assert_eq!(positions(&first), vec![(topics.browse.clone(), 0, 0)]);
-    assert_eq!(driver.deliver(first, &ingest, &mut merger), Delivered::Done);
+    assert_eq!(driver.deliver(first, &ingest, &mut merger).unwrap(), Delivered::Done);
     assert_eq!(committed_offset(&group, &topics.browse, 0), None, "the first batch is in flight");
 
     send(&topics.browse, P0, "u0", Some(&to_json(&browse("u0", t + 60_000, "books"))));
-    let second = driver.apply(1, &ingest, &mut merger);
+    let second = apply(&mut driver, 1, &ingest, &mut merger);
     assert_eq!(positions(&second), vec![(topics.browse.clone(), 0, 1)]);
-    assert_eq!(driver.deliver(second, &ingest, &mut merger), Delivered::Done);
+    assert_eq!(driver.deliver(second, &ingest, &mut merger).unwrap(), Delivered::Done);
     // Delivering the second batch committed the first's offsets, not its own.
     wait_for_commit(&group, &topics.browse, 0, 1);
 

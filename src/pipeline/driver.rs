@@ -1,0 +1,169 @@
+//! The batch loop's steps, as one type that `run` and the driver tests
+//! share: poll → rebalance → apply → advance event time ([`Driver::batch`]),
+//! then deliver ([`Driver::deliver`]).
+//!
+//! The event consumer ([`Ingest`]) and the merger holding the records it
+//! lent stay with the caller: the merger borrows from the consumer, and the
+//! consumer must be made before the driver so that it is dropped after it
+//! (see [`Ingest::new`]).
+
+use super::apply::{Pending, Shell};
+use super::guarantee::{self, Batch, Delivered, Delivery};
+use super::ingest::{next_offsets, Ingest, Rebalanced};
+use super::merge::Merger;
+use super::publish::{ProfileFormat, Publisher, Records};
+use super::registry::RegistryClient;
+use super::table::Table;
+use super::PipelineError;
+use crate::config::Config;
+use crate::control::Control;
+use crate::erasure::Erasures;
+use crate::model::InputKind;
+use crate::processor::Processor;
+use crate::state::Partition;
+use crate::telemetry::{record_batch, record_consumer_lag, record_experiments, record_segment_sizes};
+use rdkafka::message::BorrowedMessage;
+use std::time::{Duration, Instant};
+
+/// The driver's state across batches.
+pub struct Driver<'a> {
+    config: &'a Config,
+    processor: &'a Processor,
+    control: &'a Control,
+    /// The pipeline's state between batches, and the batch's effects.
+    pub shell: Shell<'a>,
+    /// The consent topic, read as a table.
+    consent: Table,
+    /// The changelog, read when partitions are restored.
+    changelog: Table,
+    /// How batches reach Kafka.
+    pub delivery: Box<dyn Delivery + 'a>,
+    /// When the batch being processed started.
+    batch_started: Instant,
+}
+
+impl<'a> Driver<'a> {
+    /// Connects the producer (exactly once, fencing an earlier incarnation
+    /// of this instance), opens the tables, and reads the consent table of
+    /// all `partitions` to its end. Nothing is owned yet, so no output.
+    pub fn start(
+        config: &'a Config,
+        processor: &'a Processor,
+        erasures: &'a Erasures,
+        control: &'a Control,
+        registry: Option<RegistryClient>,
+        profile_format: ProfileFormat,
+        partitions: i32,
+    ) -> Result<Self, PipelineError> {
+        let delivery = guarantee::delivery(config.guarantee, Publisher::connect(config, profile_format)?, erasures);
+        let mut consent = Table::open(config, &config.topics.consent, "consent-table")?;
+        consent.assign(&(0..partitions).map(Partition).collect::<Vec<_>>())?;
+        let changelog = Table::open(config, &config.topics.changelog, "restore")?;
+        let mut shell = Shell::new(config, processor, erasures, registry);
+        shell.catch_up_consent(&mut consent)?;
+        shell.check_failure()?;
+        tracing::info!(consent_records = shell.work.tally.applied_of(InputKind::Consent), "consent table loaded");
+        shell.work.tally.flush_to_metrics();
+        Ok(Self { config, processor, control, shell, consent, changelog, delivery, batch_started: Instant::now() })
+    }
+
+    /// One batch up to its delivery: polls records for up to the commit
+    /// interval or until the batch is full (larger batches amortise the
+    /// consent catch-up and the commit), acting on partition changes as
+    /// polls note them; applies the consent table, then the events in
+    /// event-time order; advances event time. Returns the records applied.
+    pub fn batch<'c>(
+        &mut self,
+        ingest: &'c Ingest,
+        merger: &mut Merger<Pending<'c>>,
+    ) -> Result<Vec<BorrowedMessage<'c>>, PipelineError> {
+        self.batch_started = Instant::now();
+        let batch_deadline = self.batch_started + Duration::from_millis(self.config.commit_interval_ms);
+        let mut polled = 0;
+        while polled < self.config.max_batch_records {
+            let message = ingest.poll(batch_deadline.saturating_duration_since(Instant::now()));
+            // Partition changes happen inside a poll: act on them before
+            // keeping what it returned.
+            for change in ingest.take_rebalances() {
+                self.rebalance(change, ingest, merger)?;
+            }
+            let Some(message) = message else { break };
+            polled += 1;
+            self.shell.ingest(message, merger);
+        }
+        self.shell.catch_up_consent_for_batch(&mut self.consent, polled)?;
+        let mut applied = Vec::new();
+        while let Some((partition, topic, pending)) = merger.next(Instant::now()) {
+            self.shell.apply_event(partition, topic, &pending.message, pending.input);
+            applied.push(pending.message);
+        }
+        self.shell.check_failure()?;
+        // Time-driven changes of every owned partition.
+        self.shell.advance_event_time(ingest, merger)?;
+        Ok(applied)
+    }
+
+    /// Acts on a partition change: what is delivered is committed first,
+    /// and the instance is not ready while it restores.
+    pub fn rebalance<'c>(
+        &mut self,
+        change: Rebalanced,
+        ingest: &'c Ingest,
+        merger: &mut Merger<Pending<'c>>,
+    ) -> Result<(), PipelineError> {
+        self.delivery.settle(ingest)?;
+        self.control.set_ready(false);
+        self.shell.rebalance(change, merger, ingest, &mut self.consent, &mut self.changelog)?;
+        self.control.set_ready(true);
+        Ok(())
+    }
+
+    /// Delivers the batch (its outputs, dead letters, changelog records and
+    /// the offsets after `applied`); rewinds to the last commit if its
+    /// transaction was aborted. Then the batch's metrics.
+    pub fn deliver<'c>(
+        &mut self,
+        applied: Vec<BorrowedMessage<'c>>,
+        ingest: &'c Ingest,
+        merger: &mut Merger<Pending<'c>>,
+    ) -> Result<Delivered, PipelineError> {
+        let offsets = next_offsets(&applied)?;
+        drop(applied);
+        // An idle batch (no record read, nothing changed) writes nothing: a
+        // moved event time waits for the next batch that does.
+        let idle = offsets.count() == 0 && self.shell.work.is_idle();
+        let changelog_records = if idle { Vec::new() } else { self.shell.changelog_records() };
+        let work = &mut self.shell.work;
+        let records =
+            Records { outputs: &work.outputs, dead_letters: &work.dead_letters, changelog: &changelog_records };
+        let batch = Batch { records, offsets, erased: std::mem::take(&mut work.erased), idle };
+        let delivery_started = Instant::now();
+        let delivered = self.delivery.deliver(ingest, batch)?;
+        match delivered {
+            Delivered::Done => work.clear_delivered(),
+            Delivered::Aborted => self.rewind(ingest, merger)?,
+        }
+        record_batch(self.batch_started.elapsed(), delivery_started.elapsed());
+        record_consumer_lag(&self.shell.consumer_lag(ingest)?);
+        self.shell.work.tally.flush_to_metrics();
+        record_segment_sizes(self.processor.segment_sizes());
+        record_experiments(&self.processor.experiment_counts());
+        Ok(delivered)
+    }
+
+    /// Rewinds to the last commit (after an aborted transaction): the owned
+    /// partitions' state is restored and their records are read again.
+    pub fn rewind<'c>(&mut self, ingest: &'c Ingest, merger: &mut Merger<Pending<'c>>) -> Result<(), PipelineError> {
+        self.shell.rewind(merger, ingest, &mut self.consent, &mut self.changelog)
+    }
+
+    /// Applies consent records up to the consent topic's end.
+    pub fn catch_up_consent(&mut self) -> Result<(), PipelineError> {
+        self.shell.catch_up_consent(&mut self.consent)
+    }
+
+    /// At shutdown: everything delivered is committed.
+    pub fn finish(&mut self, ingest: &Ingest) -> Result<(), PipelineError> {
+        self.delivery.finish(ingest)
+    }
+}
