@@ -291,7 +291,7 @@ impl Processor {
         // Other instances' users change only the consent table.
         let output = self.shards.get_mut(partition).and_then(|mut shard| {
             let Shard { users, timers } = &mut *shard;
-            let state = users.entry(change.user_id.clone()).or_default();
+            let state = users.entry_ref(change.user_id.as_str()).or_default();
             self.enforce(segments, &change.user_id, state, timers, &consent, change.ts, now_ms)
         });
         self.consent.put(change.user_id, consent);
@@ -339,10 +339,7 @@ impl Processor {
         let Some(consent) = consent else { return Processed::without_output(Outcome::Dropped(DropReason::NoConsent)) };
         let mut shard = self.shards.open(source.partition);
         let Shard { users, timers } = &mut *shard;
-        if !users.contains_key(user_id) {
-            users.insert(user_id.to_owned(), UserState::default());
-        }
-        let Some(state) = users.get_mut(user_id) else { return Processed::applied(None) };
+        let state = users.entry_ref(user_id).or_default();
         if event.consent().is_some_and(|signals| signals.gpc) {
             state.gpc_opt_out = true;
         }
@@ -451,7 +448,7 @@ impl Processor {
         let segments = self.segments.load();
         let restored = value.map(|value| changelog::decode(value, &segments.catalogue)).transpose()?;
         let mut shard = self.shards.open(partition);
-        let state = shard.users.entry(user_id.to_owned()).or_default();
+        let state = shard.users.entry_ref(user_id).or_default();
         segments.count_members(state.published.as_ref(), None);
         let built_under = match restored {
             Some(restored) => {

@@ -12,14 +12,17 @@
 use super::{Partition, UserState};
 use dashmap::mapref::one::{Ref, RefMut};
 use dashmap::DashMap;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 /// The state of one partition's users.
 #[derive(Debug, Default)]
 pub struct Shard {
     /// User id → state. foldhash: several times faster than SipHash on
-    /// short keys, and seeded per process so ids cannot be crafted to collide.
-    pub users: HashMap<String, UserState, foldhash::fast::RandomState>,
+    /// short keys, and seeded per process so ids cannot be crafted to
+    /// collide. hashbrown's map (std's own underneath) for `entry_ref`: a
+    /// user's state is found or made in one lookup, the id copied only when
+    /// it is new.
+    pub users: hashbrown::HashMap<String, UserState, foldhash::fast::RandomState>,
     /// When time alone may change a user's profile.
     pub timers: Timers,
 }
