@@ -348,7 +348,10 @@ impl Processor {
         if matches!(event, Event::Purchase(_)) && consent.granted.contains(Purpose::Measurement) {
             segments.experiments.measure_conversion(state, ts, self.conversion_window_ms);
         }
-        state.clock = state.clock.max(ts).max(source.watermark.map_or(i64::MIN, EventTime::millis));
+        state.clock = state.clock.max(ts);
+        if let Some(watermark) = source.watermark {
+            state.clock = state.clock.max(watermark.millis());
+        }
         state.last_event = state.last_event.max(ts);
         let clock = state.clock;
         let output = profile::refresh(segments, user_id, state, &consent, clock, now_ms).map(Output::Update);
