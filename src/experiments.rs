@@ -60,11 +60,6 @@ impl Experiments {
         Self { arms }
     }
 
-    /// Counters for `segments` segments, at zero.
-    pub fn new(segments: usize) -> Self {
-        Self { arms: (0..segments).map(|_| Default::default()).collect() }
-    }
-
     /// The counts of `segments_in_force` that have a holdout, in that order.
     pub fn counts(
         &self,

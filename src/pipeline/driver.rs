@@ -28,7 +28,6 @@ use std::time::{Duration, Instant};
 /// The driver's state across batches.
 pub struct Driver<'a> {
     config: &'a Config,
-    processor: &'a Processor,
     control: &'a Control,
     /// The pipeline's state between batches, and the batch's effects.
     pub shell: Shell<'a>,
@@ -64,7 +63,7 @@ impl<'a> Driver<'a> {
         shell.check_failure()?;
         tracing::info!(consent_records = shell.work.tally.applied_of(InputKind::Consent), "consent table loaded");
         shell.work.tally.flush_to_metrics();
-        Ok(Self { config, processor, control, shell, consent, changelog, delivery, batch_started: Instant::now() })
+        Ok(Self { config, control, shell, consent, changelog, delivery, batch_started: Instant::now() })
     }
 
     /// One batch up to its delivery: polls records for up to the commit
@@ -146,8 +145,8 @@ impl<'a> Driver<'a> {
         record_batch(self.batch_started.elapsed(), delivery_started.elapsed());
         record_consumer_lag(&self.shell.consumer_lag(ingest)?);
         self.shell.work.tally.flush_to_metrics();
-        record_segment_sizes(self.processor.segment_sizes());
-        record_experiments(&self.processor.experiment_counts());
+        record_segment_sizes(self.shell.processor.segment_sizes());
+        record_experiments(&self.shell.processor.experiment_counts());
         Ok(delivered)
     }
 

@@ -32,7 +32,12 @@ impl Segments {
     pub fn new(catalogue: Catalogue) -> Self {
         let count = catalogue.segments.len();
         let in_force = vec![true; count];
-        Self::assemble(catalogue, &in_force, (0..count).map(|_| AtomicI64::new(0)).collect(), Experiments::new(count))
+        Self::assemble(
+            catalogue,
+            &in_force,
+            (0..count).map(|_| AtomicI64::new(0)).collect(),
+            Experiments::carried_over(count, &Experiments::default()),
+        )
     }
 
     fn assemble(catalogue: Catalogue, in_force: &[bool], members: Vec<AtomicI64>, experiments: Experiments) -> Self {
