@@ -22,7 +22,7 @@ use crate::segments::engine::{next_recency_flip, next_window_exit};
 use crate::segments::{Catalogue, ReloadReport, Segments};
 use crate::state::changelog::{self, ChangelogError};
 use crate::state::restore::{reconcile, Reconciliation, Restoring};
-use crate::state::shards::{Shard, Shards, Timers};
+use crate::state::shards::{Handle, Shard, Shards, Timers, User};
 use crate::state::{Partition, UserState};
 use crate::time::EventTime;
 use crate::validate::{self, Input, Rejection};
@@ -269,7 +269,7 @@ impl Processor {
     /// A consent tombstone (or no consent at all): forget the user entirely.
     fn forget(&self, segments: &Segments, partition: Partition, user_id: &str) -> Processed {
         self.consent.remove(user_id);
-        let removed = self.shards.get_mut(partition).and_then(|mut shard| shard.users.remove(user_id));
+        let removed = self.shards.with(partition, |shard| shard.remove(user_id)).flatten();
         let output = removed.and_then(|state| {
             segments.count_members(state.published.as_ref(), None);
             state.holds_profile_data().then(|| Output::Tombstone { user_id: user_id.to_owned() })
@@ -288,41 +288,39 @@ impl Processor {
         if self.consent.has_newer(&change.user_id, consent.ts) {
             return Processed::applied(None);
         }
-        // Other instances' users change only the consent table.
-        let output = self.shards.get_mut(partition).and_then(|mut shard| {
-            let Shard { users, timers } = &mut *shard;
-            let state = users.entry_ref(change.user_id.as_str()).or_default();
-            self.enforce(segments, &change.user_id, state, timers, &consent, change.ts, now_ms)
-        });
-        self.consent.put(change.user_id, consent);
+        // Other instances' users change only the consent table, and so do
+        // users of whom nothing is held yet.
+        let output = self
+            .shards
+            .with(partition, |shard| {
+                let user = shard.user(&change.user_id)?;
+                self.enforce(segments, user, &consent, change.ts, now_ms)
+            })
+            .flatten();
+        self.consent.put(&change.user_id, consent);
         Processed::applied(output)
     }
 
     /// Puts `consent` in force for the user: a withdrawal erases everything
     /// built for them (the consent table keeps the refusal, so later events
     /// are dropped); a narrower consent deletes exactly what it no longer allows.
-    #[allow(clippy::too_many_arguments)]
     fn enforce(
         &self,
         segments: &Segments,
-        user_id: &str,
-        state: &mut UserState,
-        timers: &mut Timers,
+        user: User<'_>,
         consent: &ConsentInForce,
         change_ts: i64,
         now_ms: i64,
     ) -> Option<Output> {
         // A newer choice grants again what a GPC signal took away.
-        state.gpc_opt_out = false;
+        user.state.gpc_opt_out = false;
         if !consent.allows_profile() {
-            let erase = state.holds_profile_data();
-            erase_user(segments, state);
-            return erase.then(|| Output::Tombstone { user_id: user_id.to_owned() });
+            let erase = user.state.holds_profile_data();
+            erase_user(segments, user.state);
+            return erase.then(|| Output::Tombstone { user_id: user.user_id.to_owned() });
         }
-        self.minimiser.narrow(&mut state.history, consent.granted);
-        let update = profile::refresh(segments, user_id, state, consent, change_ts, now_ms);
-        self.schedule(segments, user_id, state, timers);
-        update.map(Output::Update)
+        self.minimiser.narrow(&mut user.state.history, consent.granted);
+        self.refresh(segments, user, consent, change_ts, now_ms)
     }
 
     /// Applies an event the consent gate admits. One that arrives after its
@@ -337,14 +335,27 @@ impl Processor {
             return Processed::without_output(Outcome::Dropped(reason));
         }
         let Some(consent) = consent else { return Processed::without_output(Outcome::Dropped(DropReason::NoConsent)) };
-        let mut shard = self.shards.open(source.partition);
-        let Shard { users, timers } = &mut *shard;
-        let state = users.entry_ref(user_id).or_default();
+        self.shards.with_open(source.partition, |shard| {
+            self.apply_admitted(segments, shard.user_or_new(user_id), source, &event, &consent, now_ms)
+        })
+    }
+
+    /// Applies an admitted event to its user's state.
+    fn apply_admitted(
+        &self,
+        segments: &Segments,
+        user: User<'_>,
+        source: Source,
+        event: &Event,
+        consent: &ConsentInForce,
+        now_ms: i64,
+    ) -> Processed {
+        let state = &mut *user.state;
         if event.consent().is_some_and(|signals| signals.gpc) {
             state.gpc_opt_out = true;
         }
         let ts = event.ts();
-        self.minimiser.keep(&mut state.history, &event, consent.granted);
+        self.minimiser.keep(&mut state.history, event, consent.granted);
         if matches!(event, Event::Purchase(_)) && consent.granted.contains(Purpose::Measurement) {
             segments.experiments.measure_conversion(state, ts, self.conversion_window_ms);
         }
@@ -354,15 +365,29 @@ impl Processor {
         }
         state.last_event = state.last_event.max(ts);
         let clock = state.clock;
-        let output = profile::refresh(segments, user_id, state, &consent, clock, now_ms).map(Output::Update);
-        self.schedule(segments, user_id, state, timers);
-        Processed::applied(output)
+        Processed::applied(self.refresh(segments, user, consent, clock, now_ms))
+    }
+
+    /// Re-evaluates the user at `change_ts` (see [`profile::refresh`]) and
+    /// sets their next timer.
+    fn refresh(
+        &self,
+        segments: &Segments,
+        user: User<'_>,
+        consent: &ConsentInForce,
+        change_ts: i64,
+        now_ms: i64,
+    ) -> Option<Output> {
+        let User { user_id, state, timers, handle } = user;
+        let update = profile::refresh(segments, user_id, state, consent, change_ts, now_ms);
+        self.schedule(segments, state, timers, handle);
+        update.map(Output::Update)
     }
 
     /// Sets a timer for the next moment time alone can change a membership:
     /// a fact leaving a window, a recency crossing its threshold, or the
     /// user becoming idle for too long.
-    fn schedule(&self, segments: &Segments, user_id: &str, state: &mut UserState, timers: &mut Timers) {
+    fn schedule(&self, segments: &Segments, state: &mut UserState, timers: &mut Timers, handle: Handle) {
         let recency_flip = segments
             .by_id()
             .filter_map(|(_, segment)| next_recency_flip(&segment.rule, &state.history, state.clock))
@@ -373,7 +398,7 @@ impl Processor {
             .chain(recency_flip)
             .chain(idle_expiry)
             .min();
-        timers.set(user_id, next_change, state);
+        timers.set(handle, next_change, state);
     }
 
     /// Event time has progressed to `watermark` on every partition (offline use).
@@ -388,32 +413,32 @@ impl Processor {
     /// event needed), and the tombstones of users idle for too long.
     pub fn advance_partition(&self, partition: Partition, watermark: EventTime, now_ms: i64) -> Vec<Output> {
         let segments = self.segments.load();
-        let Some(mut shard) = self.shards.get_mut(partition) else { return Vec::new() };
-        let Shard { users, timers } = &mut *shard;
-        let mut outputs = Vec::new();
-        while let Some((due, user_id)) = timers.pop_due(watermark.millis()) {
-            let Some(state) = users.get_mut(&user_id) else { continue };
-            let consent = match self.consent.get(&user_id) {
-                Some(consent) if consent.allows_profile() => consent,
-                _ => continue,
-            };
-            // A timer replaced by a later one is stale.
-            if state.next_change != Some(due) {
-                continue;
+        let advance = |shard: &mut Shard| {
+            let mut outputs = Vec::new();
+            while let Some((due, handle)) = shard.pop_due(watermark.millis()) {
+                let Some(user) = shard.by_handle(handle) else { continue };
+                // A timer replaced by a later one is stale.
+                if user.state.next_change != Some(due) {
+                    continue;
+                }
+                let consent = match self.consent.get(user.user_id) {
+                    Some(consent) if consent.allows_profile() => consent,
+                    _ => continue,
+                };
+                if user.state.last_event.saturating_add(self.idle_user_ms) <= due {
+                    // Idle for too long: deleted (data minimisation).
+                    let erase = user.state.published.is_some();
+                    erase_user(&segments, user.state);
+                    outputs.extend(erase.then(|| Output::Tombstone { user_id: user.user_id.to_owned() }));
+                    continue;
+                }
+                user.state.clock = user.state.clock.max(due);
+                let clock = user.state.clock;
+                outputs.extend(self.refresh(&segments, user, &consent, clock, now_ms));
             }
-            if state.last_event.saturating_add(self.idle_user_ms) <= due {
-                // Idle for too long: deleted (data minimisation).
-                let erase = state.published.is_some();
-                erase_user(&segments, state);
-                outputs.extend(erase.then(|| Output::Tombstone { user_id: user_id.clone() }));
-                continue;
-            }
-            state.clock = state.clock.max(due);
-            let clock = state.clock;
-            outputs.extend(profile::refresh(&segments, &user_id, state, &consent, clock, now_ms).map(Output::Update));
-            self.schedule(&segments, &user_id, state, timers);
-        }
-        outputs
+            outputs
+        };
+        self.shards.with(partition, advance).unwrap_or_default()
     }
 
     /// Forgets everything built for the users of `partitions` (they moved to
@@ -421,7 +446,7 @@ impl Processor {
     pub fn drop_partitions(&self, partitions: &[Partition]) {
         let segments = self.segments.load();
         for shard in partitions.iter().filter_map(|partition| self.shards.remove(*partition)) {
-            for state in shard.users.values() {
+            for state in shard.states() {
                 segments.count_members(state.published.as_ref(), None);
             }
         }
@@ -430,12 +455,16 @@ impl Processor {
     /// The changelog value of `user_id`'s state on `partition`; `None` when
     /// nothing beyond the consent table is held (a tombstone in the changelog).
     pub fn changelog_value(&self, partition: Partition, user_id: &str) -> Option<Vec<u8>> {
-        let shard = self.shards.get_mut(partition)?;
-        let state = shard.users.get(user_id).filter(|state| !state.holds_only_consent())?;
         let consent = self.consent.get(user_id);
-        let mut value = Vec::with_capacity(256);
-        changelog::encode(state, consent.as_deref(), &self.segments.load().catalogue, &mut value);
-        Some(value)
+        let catalogue = &self.segments.load().catalogue;
+        self.shards
+            .with(partition, |shard| {
+                let state = shard.get(user_id).filter(|state| !state.holds_only_consent())?;
+                let mut value = Vec::with_capacity(256);
+                changelog::encode(state, consent.as_deref(), catalogue, &mut value);
+                Some(value)
+            })
+            .flatten()
     }
 
     /// Installs a changelog record of a user of `partition` read while
@@ -450,20 +479,22 @@ impl Processor {
     ) -> Result<(), ChangelogError> {
         let segments = self.segments.load();
         let restored = value.map(|value| changelog::decode(value, &segments.catalogue)).transpose()?;
-        let mut shard = self.shards.open(partition);
-        let state = shard.users.entry_ref(user_id).or_default();
-        segments.count_members(state.published.as_ref(), None);
-        let built_under = match restored {
-            Some(restored) => {
-                *state = restored.state;
-                restored.consent
-            }
-            None => {
-                state.clear();
-                self.consent.cloned(user_id)
-            }
-        };
-        segments.count_members(None, state.published.as_ref());
+        let built_under = self.shards.with_open(partition, |shard| {
+            let state = shard.user_or_new(user_id).state;
+            segments.count_members(state.published.as_ref(), None);
+            let built_under = match restored {
+                Some(restored) => {
+                    *state = restored.state;
+                    restored.consent
+                }
+                None => {
+                    state.clear();
+                    self.consent.cloned(user_id)
+                }
+            };
+            segments.count_members(None, state.published.as_ref());
+            built_under
+        });
         restoring.users.insert(user_id.to_owned(), (partition, built_under));
         Ok(())
     }
@@ -478,17 +509,15 @@ impl Processor {
             let reconciliation = reconcile(self.consent.cloned(&user_id), built_under);
             let output = match reconciliation {
                 Reconciliation::Forget => self.forget(&segments, partition, &user_id).output,
-                Reconciliation::Enforce(consent) => self.update_user(partition, &user_id, |state, timers| {
-                    self.enforce(&segments, &user_id, state, timers, &consent, consent.ts, now_ms)
+                Reconciliation::Enforce(consent) => self.update_user(partition, &user_id, |user| {
+                    self.enforce(&segments, user, &consent, consent.ts, now_ms)
                 }),
                 Reconciliation::Refresh(consent) | Reconciliation::Adopt(consent) => {
-                    let output = self.update_user(partition, &user_id, |state, timers| {
-                        let clock = state.clock;
-                        let update = profile::refresh(&segments, &user_id, state, &consent, clock, now_ms);
-                        self.schedule(&segments, &user_id, state, timers);
-                        update.map(Output::Update)
+                    let output = self.update_user(partition, &user_id, |user| {
+                        let clock = user.state.clock;
+                        self.refresh(&segments, user, &consent, clock, now_ms)
                     });
-                    self.consent.put(user_id.clone(), consent);
+                    self.consent.put(&user_id, consent);
                     output
                 }
             };
@@ -502,11 +531,9 @@ impl Processor {
         &self,
         partition: Partition,
         user_id: &str,
-        update: impl FnOnce(&mut UserState, &mut Timers) -> Option<Output>,
+        update: impl FnOnce(User<'_>) -> Option<Output>,
     ) -> Option<Output> {
-        let mut shard = self.shards.get_mut(partition)?;
-        let Shard { users, timers } = &mut *shard;
-        update(users.get_mut(user_id)?, timers)
+        self.shards.with(partition, |shard| shard.user(user_id).and_then(update)).flatten()
     }
 
     /// Puts a new segment catalogue in force without a restart (see
@@ -519,21 +546,20 @@ impl Processor {
         let segments = self.segments.load();
         let mut outputs = Vec::new();
         for partition in self.shards.partitions() {
-            let Some(mut shard) = self.shards.get_mut(partition) else { continue };
-            let Shard { users, timers } = &mut *shard;
-            for (user_id, state) in users.iter_mut() {
-                let consent = match self.consent.get(user_id) {
-                    Some(consent) if consent.allows_profile() => consent,
-                    _ => continue,
-                };
-                let clock = state.clock;
-                if let Some(update) = profile::refresh(&segments, user_id, state, &consent, clock, now_ms) {
-                    outputs.push((partition, Output::Update(update)));
+            self.shards.with(partition, |shard| {
+                for handle in shard.handles() {
+                    let Some(user) = shard.by_handle(handle) else { continue };
+                    let consent = match self.consent.get(user.user_id) {
+                        Some(consent) if consent.allows_profile() => consent,
+                        _ => continue,
+                    };
+                    // Windows may have changed: the timer is set anew.
+                    user.state.next_change = None;
+                    let clock = user.state.clock;
+                    let update = self.refresh(&segments, user, &consent, clock, now_ms);
+                    outputs.extend(update.map(|update| (partition, update)));
                 }
-                // Windows may have changed: the timer is set anew.
-                state.next_change = None;
-                self.schedule(&segments, user_id, state, timers);
-            }
+            });
         }
         Reloaded { outputs, report }
     }

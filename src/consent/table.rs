@@ -4,6 +4,7 @@
 //! of a user whose partition moves here is known before their first event.
 
 use super::ConsentInForce;
+use crate::state::UserKey;
 use dashmap::mapref::one::Ref;
 use dashmap::DashMap;
 
@@ -13,11 +14,11 @@ use dashmap::DashMap;
 pub struct ConsentTable {
     /// foldhash: several times faster than SipHash on short keys, and seeded
     /// per process so ids cannot be crafted to collide.
-    entries: DashMap<String, ConsentInForce, foldhash::fast::RandomState>,
+    entries: DashMap<UserKey, ConsentInForce, foldhash::fast::RandomState>,
 }
 
 /// A read of one user's entry; holds a read lock on its part of the table.
-pub type ConsentRef<'a> = Ref<'a, String, ConsentInForce>;
+pub type ConsentRef<'a> = Ref<'a, UserKey, ConsentInForce>;
 
 impl ConsentTable {
     /// The consent in force for `user_id`, if any was recorded.
@@ -38,8 +39,8 @@ impl ConsentTable {
     }
 
     /// Puts `consent` in force for `user_id`.
-    pub fn put(&self, user_id: String, consent: ConsentInForce) {
-        self.entries.insert(user_id, consent);
+    pub fn put(&self, user_id: &str, consent: ConsentInForce) {
+        self.entries.insert(UserKey::from(user_id), consent);
     }
 
     /// Forgets `user_id` (a consent tombstone); returns whether they were known.

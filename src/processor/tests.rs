@@ -187,8 +187,9 @@ impl Harness {
         self.send(InputKind::Location, user, &location_event(user, ts, at))
     }
 
+    /// What is held about `user` (nothing held reads as the empty state).
     fn state(&self, user: &str) -> UserState {
-        self.processor.user_state(user).expect("the user has state")
+        self.processor.user_state(user).unwrap_or_default()
     }
 
     fn sizes(&self) -> Vec<(String, i64)> {

@@ -21,6 +21,10 @@ use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::hash::Hasher;
 
+/// A user id as the state holds it: inline, with no allocation, up to 24
+/// bytes (a 36-character UUID goes to the heap).
+pub type UserKey = compact_str::CompactString;
+
 /// An input partition number. The input topics are co-partitioned by user
 /// id, so partition `p` of every input topic holds the same users, and their
 /// state moves between instances with it.

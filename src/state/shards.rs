@@ -2,82 +2,240 @@
 //! this instance owns. A shard holds its users' state and their timers;
 //! revoking a partition drops its shard whole, without scanning other users.
 //!
-//! The state is shared, not owned by the pipeline thread: the pipeline
-//! thread is its only writer, and the admin endpoint reads one user at a
-//! time, locking only the shard it reads for that moment. Answering admin
-//! reads between batches instead would delay them by up to a batch and tie
-//! the admin endpoint to the poll loop; with shards on worker threads (one
-//! per partition group) a shared map per partition keeps both simple.
+//! A user's id is looked up once per record: it gives a [`Handle`], the
+//! user's slot in their shard, and timers name users by handle. The index is
+//! a table of 4-byte handles whose key is read from the slot it points to
+//! (the id stored once, inline when short), so a lookup touches the slot
+//! the record needs anyway.
+//!
+//! The state is shared, not owned by one thread: each shard is behind its
+//! own lock, so worker threads applying different partitions never wait for
+//! each other, and the admin endpoint reads one user at a time, locking only
+//! the shard it reads for that moment. The map of shards changes only when
+//! partitions are assigned or revoked, and is read without a lock.
 
-use super::{Partition, UserState};
-use dashmap::mapref::one::{Ref, RefMut};
-use dashmap::DashMap;
-use std::collections::BTreeSet;
+use super::{Partition, UserKey, UserState};
+use arc_swap::ArcSwap;
+use hashbrown::HashTable;
+use std::collections::{BinaryHeap, HashMap};
+use std::hash::BuildHasher;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+/// A user's slot in their shard, stable while the shard holds them (a
+/// forgotten user's slot is reused).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Handle(u32);
+
+impl Handle {
+    fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+/// A held user: their id and state.
+#[derive(Debug)]
+struct Slot {
+    user_id: UserKey,
+    state: UserState,
+}
+
+/// The id in slot `handle` (every indexed slot is occupied).
+fn key(slots: &[Option<Slot>], handle: Handle) -> &str {
+    slots[handle.index()].as_ref().map_or("", |slot| &slot.user_id)
+}
+
+/// One user of a shard, found by id or handle, with the shard's timers.
+pub struct User<'a> {
+    /// The user's id.
+    pub user_id: &'a str,
+    /// What is held about them.
+    pub state: &'a mut UserState,
+    /// The shard's timers.
+    pub timers: &'a mut Timers,
+    /// Their slot.
+    pub handle: Handle,
+}
 
 /// The state of one partition's users.
 #[derive(Debug, Default)]
 pub struct Shard {
-    /// User id → state. foldhash: several times faster than SipHash on
-    /// short keys, and seeded per process so ids cannot be crafted to
-    /// collide. hashbrown's map (std's own underneath) for `entry_ref`: a
-    /// user's state is found or made in one lookup, the id copied only when
-    /// it is new.
-    pub users: hashbrown::HashMap<String, UserState, foldhash::fast::RandomState>,
+    /// Id → handle; the id is read from the slot. foldhash: several times
+    /// faster than SipHash on short keys, and seeded per process so ids
+    /// cannot be crafted to collide.
+    index: HashTable<Handle>,
+    hasher: foldhash::fast::RandomState,
+    slots: Vec<Option<Slot>>,
+    /// Slots of forgotten users, reused first.
+    vacant: Vec<Handle>,
     /// When time alone may change a user's profile.
-    pub timers: Timers,
+    timers: Timers,
 }
 
-/// (when, user): time alone may change the user's profile then. Entries
-/// whose time no longer matches the user's `next_change` are stale and
-/// skipped.
+impl Shard {
+    fn find(&self, user_id: &str) -> Option<Handle> {
+        let hash = self.hasher.hash_one(user_id);
+        self.index.find(hash, |handle| key(&self.slots, *handle) == user_id).copied()
+    }
+
+    /// The state of `user_id`, if held.
+    pub fn get(&self, user_id: &str) -> Option<&UserState> {
+        let handle = self.find(user_id)?;
+        self.slots[handle.index()].as_ref().map(|slot| &slot.state)
+    }
+
+    /// `user_id` with their state, if held.
+    pub fn user(&mut self, user_id: &str) -> Option<User<'_>> {
+        let handle = self.find(user_id)?;
+        self.by_handle(handle)
+    }
+
+    /// `user_id` with their state, made empty if they are new.
+    pub fn user_or_new(&mut self, user_id: &str) -> User<'_> {
+        let hash = self.hasher.hash_one(user_id);
+        let Self { index, hasher, slots, vacant, timers } = self;
+        let handle = match index.find(hash, |handle| key(slots, *handle) == user_id) {
+            Some(handle) => *handle,
+            None => {
+                let slot = Some(Slot { user_id: UserKey::from(user_id), state: UserState::default() });
+                let handle = match vacant.pop() {
+                    Some(handle) => {
+                        slots[handle.index()] = slot;
+                        handle
+                    }
+                    None => {
+                        slots.push(slot);
+                        Handle(u32::try_from(slots.len() - 1).expect("fewer than 2^32 users per partition"))
+                    }
+                };
+                index.insert_unique(hash, handle, |handle| hasher.hash_one(key(slots, *handle)));
+                handle
+            }
+        };
+        let slot = slots[handle.index()].as_mut().expect("an indexed slot is occupied");
+        User { user_id: &slot.user_id, state: &mut slot.state, timers, handle }
+    }
+
+    /// The user in slot `handle`, if it is occupied.
+    pub fn by_handle(&mut self, handle: Handle) -> Option<User<'_>> {
+        let slot = self.slots.get_mut(handle.index())?.as_mut()?;
+        Some(User { user_id: &slot.user_id, state: &mut slot.state, timers: &mut self.timers, handle })
+    }
+
+    /// Forgets `user_id`; returns their state if they were held.
+    pub fn remove(&mut self, user_id: &str) -> Option<UserState> {
+        let hash = self.hasher.hash_one(user_id);
+        let Self { index, slots, vacant, .. } = self;
+        let (handle, _) = index.find_entry(hash, |handle| key(slots, *handle) == user_id).ok()?.remove();
+        vacant.push(handle);
+        slots[handle.index()].take().map(|slot| slot.state)
+    }
+
+    /// The handles of every user held.
+    pub fn handles(&self) -> Vec<Handle> {
+        self.index.iter().copied().collect()
+    }
+
+    /// Every user's state.
+    pub fn states(&self) -> impl Iterator<Item = &UserState> {
+        self.slots.iter().flatten().map(|slot| &slot.state)
+    }
+
+    /// The earliest timer due at `watermark`, removed.
+    pub fn pop_due(&mut self, watermark: i64) -> Option<(i64, Handle)> {
+        self.timers.pop_due(watermark)
+    }
+
+    /// Number of users held.
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Whether no user is held.
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+}
+
+/// (when, user): time alone may change the user's profile then, earliest
+/// first. Entries whose time no longer matches the user's `next_change` are
+/// stale and skipped; so is one whose slot was reused, unless its time is
+/// the new user's own (then it fires when theirs would).
 #[derive(Debug, Default)]
-pub struct Timers(BTreeSet<(i64, String)>);
+pub struct Timers(BinaryHeap<std::cmp::Reverse<(i64, Handle)>>);
 
 impl Timers {
-    /// Sets the user's timer to `next_change`, unless it is set there already.
-    pub fn set(&mut self, user_id: &str, next_change: Option<i64>, state: &mut UserState) {
+    /// Sets the timer of the user in `handle` to `next_change`, unless it is set there already.
+    pub fn set(&mut self, handle: Handle, next_change: Option<i64>, state: &mut UserState) {
         if next_change != state.next_change {
             state.next_change = next_change;
             if let Some(due) = next_change {
-                self.0.insert((due, user_id.to_owned()));
+                self.0.push(std::cmp::Reverse((due, handle)));
             }
         }
     }
 
-    /// The earliest timer due at `watermark`, removed.
-    pub fn pop_due(&mut self, watermark: i64) -> Option<(i64, String)> {
-        match self.0.first() {
-            Some((due, _)) if *due <= watermark => self.0.pop_first(),
+    fn pop_due(&mut self, watermark: i64) -> Option<(i64, Handle)> {
+        match self.0.peek() {
+            Some(std::cmp::Reverse((due, _))) if *due <= watermark => self.0.pop().map(|entry| entry.0),
             _ => None,
         }
     }
 }
 
+type ShardMap = HashMap<Partition, Arc<Mutex<Shard>>>;
+
 /// Every shard this instance holds, by partition.
 #[derive(Debug, Default)]
 pub struct Shards {
-    shards: DashMap<Partition, Shard>,
+    shards: ArcSwap<ShardMap>,
+}
+
+/// Locks a shard. A worker that panicked holding the lock left it poisoned;
+/// the pipeline stops on that panic, so the state is still readable.
+fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
+    shard.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Shards {
-    /// The shard of `partition`, created empty if there is none.
-    pub fn open(&self, partition: Partition) -> RefMut<'_, Partition, Shard> {
-        self.shards.entry(partition).or_default()
+    /// Holds a shard for `partition` (empty) if there is none.
+    pub fn open(&self, partition: Partition) {
+        if !self.shards.load().contains_key(&partition) {
+            self.shards.rcu(|shards| {
+                let mut shards = ShardMap::clone(shards);
+                shards.entry(partition).or_default();
+                shards
+            });
+        }
     }
 
-    /// The shard of `partition`, if one is held.
-    pub fn get_mut(&self, partition: Partition) -> Option<RefMut<'_, Partition, Shard>> {
-        self.shards.get_mut(&partition)
+    /// Runs `update` on the shard of `partition`, made empty if there is none.
+    pub fn with_open<T>(&self, partition: Partition, update: impl FnOnce(&mut Shard) -> T) -> T {
+        self.open(partition);
+        self.with(partition, update).expect("the shard was just opened")
+    }
+
+    /// Runs `update` on the shard of `partition`, if one is held.
+    pub fn with<T>(&self, partition: Partition, update: impl FnOnce(&mut Shard) -> T) -> Option<T> {
+        let shard = self.shards.load().get(&partition).cloned()?;
+        let mut shard = lock(&shard);
+        Some(update(&mut shard))
     }
 
     /// Removes the shard of `partition`.
     pub fn remove(&self, partition: Partition) -> Option<Shard> {
-        self.shards.remove(&partition).map(|(_, shard)| shard)
+        let mut removed = None;
+        self.shards.rcu(|shards| {
+            let mut shards = ShardMap::clone(shards);
+            removed = shards.remove(&partition);
+            shards
+        });
+        // An admin read may still hold the shard for a moment.
+        removed.map(|shard| std::mem::take(&mut *lock(&shard)))
     }
 
     /// The partitions held.
     pub fn partitions(&self) -> Vec<Partition> {
-        let mut partitions: Vec<Partition> = self.shards.iter().map(|shard| *shard.key()).collect();
+        let mut partitions: Vec<Partition> = self.shards.load().keys().copied().collect();
         partitions.sort_unstable();
         partitions
     }
@@ -85,9 +243,48 @@ impl Shards {
     /// Reads `user_id`'s state in whichever shard holds it (a user's records
     /// all arrive on one partition, so at most one does).
     pub fn read<T>(&self, user_id: &str, read: impl FnOnce(Partition, &UserState) -> T) -> Option<T> {
-        let partition = self.shards.iter().find(|shard| shard.users.contains_key(user_id)).map(|shard| *shard.key())?;
-        let shard: Ref<'_, Partition, Shard> = self.shards.get(&partition)?;
-        let state = shard.users.get(user_id)?;
-        Some(read(partition, state))
+        for (partition, shard) in self.shards.load().iter() {
+            if let Some(state) = lock(shard).get(user_id) {
+                return Some(read(*partition, state));
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_forgotten_users_slot_is_reused_and_every_user_stays_found() {
+        let mut shard = Shard::default();
+        for user in ["a", "b", "c"] {
+            shard.user_or_new(user).state.clock = i64::from(user.as_bytes()[0]);
+        }
+        let b = shard.user("b").map(|user| user.handle);
+        assert_eq!(shard.remove("b").map(|state| state.clock), Some(i64::from(b'b')));
+        assert!(shard.get("b").is_none());
+        let d = shard.user_or_new("d").handle;
+        assert_eq!(Some(d), b);
+        for user in ["a", "c", "d"] {
+            assert!(shard.get(user).is_some(), "{user}");
+        }
+        assert_eq!(shard.len(), 3);
+        assert_eq!(shard.user_or_new("a").state.clock, i64::from(b'a'));
+    }
+
+    #[test]
+    fn timers_come_due_earliest_first_and_only_once_due() {
+        let mut shard = Shard::default();
+        for (user, due) in [("late", 30), ("early", 10), ("middle", 20)] {
+            let user = shard.user_or_new(user);
+            user.timers.set(user.handle, Some(due), user.state);
+        }
+        assert_eq!(shard.pop_due(5), None);
+        let due: Vec<i64> = std::iter::from_fn(|| shard.pop_due(25)).map(|(due, _)| due).collect();
+        assert_eq!(due, vec![10, 20]);
+        let (due, handle) = shard.pop_due(30).expect("due");
+        assert_eq!((due, shard.by_handle(handle).map(|user| user.user_id.to_owned())), (30, Some("late".to_owned())));
     }
 }
