@@ -143,7 +143,7 @@ impl ConsentView {
         Self {
             granted: consent.granted.iter().map(|purpose| purpose.as_str()).collect(),
             level: consent.level,
-            source: consent.source.clone(),
+            source: consent.source.to_string(),
             ts: consent.ts,
             gpc_opt_out,
         }

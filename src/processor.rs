@@ -180,6 +180,15 @@ impl Processor {
         self.consent.len()
     }
 
+    /// Number of users with partition state held here.
+    pub fn held_user_count(&self) -> usize {
+        self.shards
+            .partitions()
+            .into_iter()
+            .filter_map(|partition| self.shards.with(partition, |shard| shard.len()))
+            .sum()
+    }
+
     /// The current memberships of `user_id`, if a profile is published.
     pub fn memberships(&self, user_id: &str) -> Option<Vec<Membership>> {
         let segments = self.segments.load();

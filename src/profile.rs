@@ -70,6 +70,9 @@ pub fn refresh(
         exited,
     };
     state.experiment_entries.extend(new_entries);
+    // Stored for as long as the user is held: no spare capacity.
+    let mut profile = profile;
+    profile.members.shrink_to_fit();
     state.published = Some(profile);
     Some(update)
 }

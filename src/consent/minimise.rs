@@ -6,7 +6,9 @@
 use super::{Purpose, Purposes};
 use crate::model::{Event, PersonalizationLevel};
 use crate::segments::{Segment, Tier};
-use crate::state::{hash_value, insert_by_time, BrowseFact, History, ItemFact, LocationFact, PurchaseFact};
+use crate::state::{
+    hash_present, hash_value, insert_by_time, BrowseFact, History, ItemFact, LocationFact, PurchaseFact,
+};
 
 /// Without `precise_location`, coordinates are snapped to the centre of a grid
 /// cell this many degrees wide: 0.05° is about 5.6 km of latitude.
@@ -55,14 +57,14 @@ impl Minimiser {
         let sensitive_allowed = granted.contains(Purpose::Sensitive);
         match event {
             Event::Browse(browse) => {
-                let category = browse.category.as_deref().map(hash_value);
+                let category = hash_present(browse.category.as_deref());
                 // Nothing about a product in a sensitive category is kept without consent.
-                let hidden = category.is_some_and(|category| self.is_sensitive(category)) && !sensitive_allowed;
+                let hidden = category.is_some_and(|category| self.is_sensitive(category.get())) && !sensitive_allowed;
                 let fact = BrowseFact {
                     ts,
                     page_type: hash_value(&browse.page_type),
                     category: if hidden { None } else { category },
-                    product: if hidden { None } else { browse.product_id.as_deref().map(hash_value) },
+                    product: if hidden { None } else { hash_present(browse.product_id.as_deref()) },
                 };
                 insert_by_time(&mut history.browses, fact, |fact| fact.ts);
             }
@@ -116,7 +118,7 @@ impl Minimiser {
         if !granted.contains(Purpose::Sensitive) {
             history.forget_sensitive();
             for browse in &mut history.browses {
-                if browse.category.is_some_and(|category| self.is_sensitive(category)) {
+                if browse.category.is_some_and(|category| self.is_sensitive(category.get())) {
                     (browse.category, browse.product) = (None, None);
                 }
             }

@@ -149,8 +149,9 @@ pub struct ConsentInForce {
     pub granted: Purposes,
     /// How much personalization the user wants.
     pub level: PersonalizationLevel,
-    /// Which consent tool or channel recorded the choice, shown by the explain API.
-    pub source: String,
+    /// Which consent tool or channel recorded the choice, shown by the explain
+    /// API (inline up to 24 bytes: held for every user).
+    pub source: compact_str::CompactString,
     /// When the user chose (event time of the `ConsentChange`).
     pub ts: i64,
 }
@@ -161,7 +162,7 @@ impl ConsentInForce {
         Self {
             granted: Purposes::from_names(&change.granted),
             level: change.level,
-            source: change.source.clone(),
+            source: change.source.as_str().into(),
             ts: change.ts,
         }
     }

@@ -49,7 +49,7 @@ fn change(granted: &[&str], level: PersonalizationLevel) -> ConsentChange {
         ts: 42,
         granted: granted.iter().map(|name| (*name).to_owned()).collect(),
         level,
-        source: "cmp".to_owned(),
+        source: "cmp".into(),
     }
 }
 
@@ -114,7 +114,7 @@ fn consent_in_force_records_the_change() {
         ConsentInForce {
             granted: set(&[Purpose::Personalization, Purpose::Web]),
             level: PersonalizationLevel::Light,
-            source: "cmp".to_owned(),
+            source: "cmp".into(),
             ts: 42,
         }
     );
@@ -271,7 +271,7 @@ proptest! {
         let consent = ConsentInForce {
             granted: granted.iter().copied().collect(),
             level,
-            source: "cmp".to_owned(),
+            source: "cmp".into(),
             ts: 0,
         };
         let allowed = known

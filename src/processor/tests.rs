@@ -10,7 +10,7 @@ use crate::model::{
 };
 use crate::segments::engine::{evaluate, render_reason};
 use crate::state::{
-    hash_value, insert_by_time, BrowseFact, History, ItemFact, LocationFact, PurchaseFact, MAX_CAPTURES,
+    hash_present, hash_value, insert_by_time, BrowseFact, History, ItemFact, LocationFact, PurchaseFact, MAX_CAPTURES,
 };
 use crate::time::{DAY_MS as DAY, HOUR_MS as HOUR, MINUTE_MS as MINUTE};
 use proptest::prelude::*;
@@ -854,12 +854,12 @@ fn withdrawing_sensitive_forgets_sensitive_browses_too() {
     update(h.browse("u1", T0, Some("prenatal")));
     h.browse("u1", T0 + 1, Some("running"));
     let fact = h.state("u1").history.browses[0].clone();
-    assert_eq!(fact.category, Some(hash_value("prenatal")));
+    assert_eq!(fact.category, hash_present(Some("prenatal")));
     h.consent("u1", &["personalization", "web"], PersonalizationLevel::Full, T0 + 2);
     let browses = h.state("u1").history.browses;
     assert_eq!((browses[0].category, browses[0].product), (None, None));
-    assert_eq!(browses[1].category, Some(hash_value("running")));
-    assert_eq!(browses[1].product, Some(hash_value("running-item")));
+    assert_eq!(browses[1].category, hash_present(Some("running")));
+    assert_eq!(browses[1].product, hash_present(Some("running-item")));
 }
 
 // --- bad records -----------------------------------------------------------
@@ -1414,7 +1414,7 @@ proptest! {
             match step {
                 Step::Browse { category, .. } => {
                     h.browse("u", ts, Some(category));
-                    insert_by_time(&mut all.browses, BrowseFact { ts, page_type: hash_value("product"), category: Some(hash_value(category)), product: Some(hash_value(&format!("{category}-item"))) }, |fact| fact.ts);
+                    insert_by_time(&mut all.browses, BrowseFact { ts, page_type: hash_value("product"), category: hash_present(Some(category)), product: hash_present(Some(&format!("{category}-item"))) }, |fact| fact.ts);
                 }
                 Step::Purchase { product, category, cents, .. } => {
                     h.purchase("u", ts, &[(product, category, 1, cents)]);

@@ -4,6 +4,7 @@
 use super::definition::{Field, Filter, Measure, Rule, Segment, Source, TemplatePart};
 use crate::state::{hash_value, BrowseFact, History, ItemFact, LocationFact, PurchaseFact};
 use crate::time::DAY_MS;
+use std::num::NonZeroU64;
 use std::ops::ControlFlow;
 
 /// Mean Earth radius used by the haversine distance.
@@ -31,8 +32,8 @@ impl Fact<'_> {
     fn field(self, field: Field) -> Option<u64> {
         match (self, field) {
             (Self::Browse(fact), Field::PageType) => Some(fact.page_type),
-            (Self::Browse(fact), Field::Category) => fact.category,
-            (Self::Browse(fact), Field::ProductId) => fact.product,
+            (Self::Browse(fact), Field::Category) => fact.category.map(NonZeroU64::get),
+            (Self::Browse(fact), Field::ProductId) => fact.product.map(NonZeroU64::get),
             (Self::Purchase(fact), Field::Currency) => Some(fact.currency),
             (Self::Item(_, item), Field::Category) => Some(item.category),
             (Self::Item(_, item), Field::ProductId) => Some(item.product),

@@ -53,7 +53,7 @@ fn purposes(list: &[Purpose]) -> Purposes {
 }
 
 fn browse(ts: i64, category: Option<&str>) -> BrowseFact {
-    BrowseFact { ts, page_type: hash_value("product"), category: category.map(hash_value), product: None }
+    BrowseFact { ts, page_type: hash_value("product"), category: crate::state::hash_present(category), product: None }
 }
 
 fn item(product: &str, category: &str, quantity: i32, price_cents: i64) -> ItemFact {

@@ -20,6 +20,7 @@ use crate::segments::SegmentIndex;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::hash::Hasher;
+use std::num::NonZeroU64;
 
 /// A user id as the state holds it: inline, with no allocation, up to 24
 /// bytes (a 36-character UUID goes to the heap).
@@ -39,6 +40,12 @@ pub fn hash_value(value: &str) -> u64 {
     hasher.finish()
 }
 
+/// The hash of a field that may be absent, for facts that store "absent"
+/// in the hash's room: a value that hashes to 0 (one in 2^64) counts as absent.
+pub fn hash_present(value: Option<&str>) -> Option<NonZeroU64> {
+    value.and_then(|value| NonZeroU64::new(hash_value(value)))
+}
+
 /// What is kept of a browse event.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BrowseFact {
@@ -47,11 +54,12 @@ pub struct BrowseFact {
     /// Hash of the page type, for `page_type` filters.
     pub page_type: u64,
     /// Hash of the category shown; `None` when the event had none or it is
-    /// sensitive without the `sensitive` purpose.
-    pub category: Option<u64>,
+    /// sensitive without the `sensitive` purpose. Non-zero, so that the
+    /// option takes no room of its own (see [`hash_present`]).
+    pub category: Option<NonZeroU64>,
     /// Hash of the product shown; `None` when the event had none or its
     /// category is sensitive without the `sensitive` purpose.
-    pub product: Option<u64>,
+    pub product: Option<NonZeroU64>,
 }
 
 /// What is kept of one purchase line.
