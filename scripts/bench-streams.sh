@@ -146,7 +146,8 @@ finished=$(date +%s.%N)
 tactful_cpu=$(cpu_seconds "$tactful_pid")
 tactful_rss=$(peak_rss_mb "$tactful_pid")
 tactful_seconds=$(echo "$finished - $started" | bc -l)
-tactful_updates=$(curl -s "127.0.0.1:$tactful_port/metrics" | awk '/^tactful_profile_updates_total/ {sum += $NF} END {printf "%d", sum}')
+tactful_metrics=$(curl -s "127.0.0.1:$tactful_port/metrics")
+tactful_updates=$(echo "$tactful_metrics" | awk '/^tactful_profile_updates_total/ {sum += $NF} END {printf "%d", sum}')
 kill -TERM "$tactful_pid"
 wait "$tactful_pid" || true
 tactful_pid=
@@ -193,10 +194,18 @@ printf 'ratio tactful / peer: %.2fx records/s, %.2fx records per CPU-second (thr
     "$(echo "$peer_seconds / $tactful_seconds" | bc -l)" "$(echo "$peer_cpu / $tactful_cpu" | bc -l)" \
     "$(echo "$tactful_rss / $peer_rss" | bc -l)"
 
+# The same input must meet the same fate: events applied, dropped by reason, rejected.
+fates() { # metrics text, metric prefix → "applied N, dropped:no_consent N, ..."
+    echo "$1" | awk -v prefix="$2" '
+        $0 ~ "^" prefix "(records|events)_applied_total" && $0 !~ /kind="consent"/ { fate["applied"] += $NF }
+        $0 ~ "^" prefix "events_dropped_total" { match($0, /reason="[a-z_]*"/); fate[substr($0, RSTART + 8, RLENGTH - 9)] += $NF }
+        $0 ~ "^" prefix "records_rejected_total" { fate["rejected"] += $NF }
+        END { for (name in fate) print name " " fate[name] }' | sort | paste -sd, | sed 's/,/, /g'
+}
+echo "events by fate, tactful: $(fates "$tactful_metrics" tactful_)"
+echo "events by fate, peer:    $(fates "$(cat "$run_dir/kstreams.metrics")" kstreams_peer_)"
+
 if $smoke; then
-    echo
-    echo "peer counters:"
-    sed 's/^/  /' "$run_dir/kstreams.metrics"
     [ "$peer_updates" -gt 0 ] || die "the peer published no profile update"
     java -jar "$peer_jar" profiles --bootstrap "$bootstrap" --topic "$prefix.tactful.profiles.updates" \
         2>/dev/null > "$run_dir/tactful.profiles"
