@@ -8,7 +8,12 @@
 # For each: records/s from process start to the last input record processed
 # (tactful's /metrics, the peer's own /metrics), CPU seconds (user + sys of
 # the process, all its threads, from /proc/<pid>/stat at that moment) per
-# million records, and peak resident memory (VmHWM); then the ratios.
+# million records, and peak resident memory (VmHWM); then the ratios, and
+# each input's fate in both (applied, dropped by reason, rejected).
+#
+# The broker is the project's (scripts/kafka.sh ensure: one already running
+# from this checkout is reused), stopped at the end. Logs and profile dumps
+# are in target/bench-streams/.
 #
 # --smoke: a small load (2,000 users, 20,000 events) and a check that the
 # peer really computes memberships: both outputs are read to the end
@@ -16,7 +21,7 @@
 # compared. Exits non-zero if the peer published nothing or the two disagree
 # on more than 2% of the users.
 #
-# Usage: [COMMIT_INTERVAL_MS=1000] [PEER_HEAP=1g] \
+# Usage: [COMMIT_INTERVAL_MS=1000] [PEER_HEAP=1g] [PEER_LOG_LEVEL=info] \
 #        scripts/bench-streams.sh [--smoke] [users] [events] [partitions]
 # Defaults: 100000 users, 1000000 events, 4 partitions.
 set -euo pipefail
