@@ -2,8 +2,10 @@
 //! Pure: time comes in as an argument.
 
 use super::definition::{Field, Filter, Measure, Rule, Segment, Source, TemplatePart};
-use crate::state::{hash_value, BrowseFact, History, ItemFact, LocationFact, PurchaseFact};
+use crate::state::{BrowseFact, History, ItemFact, LocationFact, PurchaseFact};
 use crate::time::DAY_MS;
+use std::fmt::Write as _;
+use std::hash::Hasher as _;
 use std::num::NonZeroU64;
 use std::ops::ControlFlow;
 
@@ -328,27 +330,28 @@ pub fn next_recency_flip(rule: &Rule, history: &History, now: i64) -> Option<i64
 
 /// The reason sentence with the captured figures filled in.
 pub fn render_reason(parts: &[TemplatePart], captures: &[f64]) -> String {
-    let mut reason = String::new();
+    let mut reason = String::with_capacity(96);
     for part in parts {
-        match part {
-            TemplatePart::Text(text) => reason.push_str(text),
-            TemplatePart::Number(index) => reason.push_str(&format!("{}", captures[*index] as i64)),
+        // Writing to a `String` cannot fail.
+        let _ = match part {
+            TemplatePart::Text(text) => reason.write_str(text),
+            TemplatePart::Number(index) => write!(reason, "{}", captures[*index] as i64),
             TemplatePart::Counted { index, singular, plural } => {
                 let count = captures[*index] as i64;
-                reason.push_str(&format!("{count} {}", if count == 1 { singular } else { plural }));
+                write!(reason, "{count} {}", if count == 1 { singular } else { plural })
             }
             TemplatePart::Days(index) => match captures[*index] {
-                value if value.is_finite() => reason.push_str(&format!("{}", (value / DAY_MS as f64).floor() as i64)),
-                _ => reason.push_str("many"),
+                value if value.is_finite() => write!(reason, "{}", (value / DAY_MS as f64).floor() as i64),
+                _ => reason.write_str("many"),
             },
-            TemplatePart::Percent(index) => reason.push_str(&format!("{}%", (captures[*index] * 100.0).round() as i64)),
+            TemplatePart::Percent(index) => write!(reason, "{}%", (captures[*index] * 100.0).round() as i64),
             TemplatePart::Cents(index) => {
                 let cents = captures[*index] as i64;
                 let sign = if cents < 0 { "-" } else { "" };
                 let (units, hundredths) = (cents.unsigned_abs() / 100, cents.unsigned_abs() % 100);
-                reason.push_str(&format!("{sign}{units}.{hundredths:02}"));
+                write!(reason, "{sign}{units}.{hundredths:02}")
             }
-        }
+        };
     }
     reason
 }
@@ -363,7 +366,12 @@ pub fn arm(segment: &Segment, user_id: &str) -> Option<String> {
 pub fn in_holdout(segment: &Segment, user_id: &str) -> Option<bool> {
     let share = segment.holdout?;
     // FNV-1a alone spreads similar ids (user-1, user-2, ...) unevenly; mix its bits.
-    let draw = mix(hash_value(&format!("{}\u{0}{user_id}", segment.id))) as f64 / u64::MAX as f64;
+    // The FNV-1a hash of "<segment id>\0<user id>", written piece by piece.
+    let mut hasher = fnv::FnvHasher::default();
+    for piece in [segment.id.as_bytes(), &[0], user_id.as_bytes()] {
+        hasher.write(piece);
+    }
+    let draw = mix(hasher.finish()) as f64 / u64::MAX as f64;
     Some(draw < share)
 }
 

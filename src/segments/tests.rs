@@ -895,3 +895,17 @@ fn days_print_whole_days_and_never_as_many() {
     assert_eq!(render_reason(&[TemplatePart::Days(0)], &[(3 * DAY + 5 * HOUR) as f64]), "3");
     assert_eq!(render_reason(&[TemplatePart::Days(0)], &[f64::INFINITY]), "many");
 }
+
+#[test]
+fn arms_stay_what_earlier_versions_assigned() {
+    // A user must not change arms when tactful is upgraded: these are the
+    // arms the previous build gave u0..u15 in a 50% holdout of `promo`.
+    let segment = with_holdout("promo", Some(0.5));
+    let holdout: String = (0..16)
+        .map(|index| match arm(&segment, &format!("u{index}")).as_deref() {
+            Some("holdout") => 'h',
+            _ => 't',
+        })
+        .collect();
+    assert_eq!(holdout, "ttthhhttthhhhtth");
+}
