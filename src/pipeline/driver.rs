@@ -91,11 +91,9 @@ impl<'a> Driver<'a> {
             self.shell.ingest(message, merger);
         }
         self.shell.catch_up_consent_for_batch(&mut self.consent, polled)?;
-        let mut applied = Vec::new();
-        while let Some((partition, topic, pending)) = merger.next(Instant::now()) {
-            self.shell.apply_event(partition, topic, &pending.message, pending.input);
-            applied.push(pending.message);
-        }
+        let now = Instant::now();
+        let ready = std::iter::from_fn(|| merger.next(now)).collect();
+        let applied = self.shell.apply_events(ready);
         self.shell.check_failure()?;
         // Time-driven changes of every owned partition.
         self.shell.advance_event_time(ingest, merger)?;
