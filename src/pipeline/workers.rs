@@ -94,7 +94,7 @@ fn on_workers<T: Send, R: Send>(workers: usize, items: Vec<T>, work: impl Fn(T) 
     };
     let mut done: Vec<(usize, R)> = std::thread::scope(|scope| {
         let spawn =
-            || std::thread::Builder::new().name("tactful-worker".to_owned()).spawn_scoped(scope, &work_off_queue);
+            || std::thread::Builder::new().name("tactful-worker".to_owned()).spawn_scoped(scope, work_off_queue);
         let helpers: Vec<_> = (1..threads)
             .filter_map(|_| match spawn() {
                 Ok(helper) => Some(helper),
