@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use tactful::codec::Codec;
 use tactful::model::InputKind;
-use tactful::pipeline::workers::{advance_in_order, apply_in_order, apply_record, Record};
+use tactful::pipeline::workers::{advance_in_order, apply_in_order, apply_record, Record, Workers};
 use tactful::processor::{Output, Processor, Source};
 use tactful::state::Partition;
 use tactful::synthetic::{Population, SyntheticRecord};
@@ -132,7 +132,7 @@ fn loaded_sharded_processor(workload: &Workload) -> Processor {
 fn process_chunk_on_workers(
     processor: &Processor,
     records: &[SyntheticRecord],
-    workers: usize,
+    workers: &Workers,
     now_ms: i64,
     watermarks: &mut BTreeMap<Partition, EventTime>,
     buffer: &mut Vec<u8>,
@@ -175,9 +175,10 @@ fn on_workers(criterion: &mut Criterion) {
     let mut group = criterion.benchmark_group("workers");
     group.throughput(Throughput::Elements(CHUNK as u64));
     group.sample_size(20).measurement_time(Duration::from_secs(20));
-    for workers in [1, 2] {
+    for threads in [1, 2] {
+        let workers = Workers::new(threads);
         let id =
-            BenchmarkId::new("decode_consent_segments_encode", format!("1M users, 4 partitions, {workers} threads"));
+            BenchmarkId::new("decode_consent_segments_encode", format!("1M users, 4 partitions, {threads} threads"));
         group.bench_function(id, |bencher| {
             let mut processor = loaded_sharded_processor(&workload);
             let mut watermarks = BTreeMap::new();
@@ -194,7 +195,14 @@ fn on_workers(criterion: &mut Criterion) {
                     }
                     let chunk = &workload.events[position..position + CHUNK];
                     let started = Instant::now();
-                    process_chunk_on_workers(&processor, chunk, workers, workload.now_ms, &mut watermarks, &mut buffer);
+                    process_chunk_on_workers(
+                        &processor,
+                        chunk,
+                        &workers,
+                        workload.now_ms,
+                        &mut watermarks,
+                        &mut buffer,
+                    );
                     elapsed += started.elapsed();
                     position += CHUNK;
                 }

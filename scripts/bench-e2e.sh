@@ -63,7 +63,7 @@ total=$(grep -o 'done, [0-9]* records' "$run_dir/gen.log" | grep -o '[0-9]*')
 # CPU seconds (user + system) in a /proc stat file: the fields after the
 # command name, of which utime and stime are the 12th and 13th.
 cpu_seconds() { sed 's/.*) //' "$1" | awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($12 + $13) / hz}'; }
-broker_pid=$(cat target/kafka/kafka.pid)
+broker_pid=$(cat "${KAFKA_RUN_DIR:-target/kafka}/kafka.pid")
 broker_cpu_before=$(cpu_seconds "/proc/$broker_pid/stat")
 
 started=$(date +%s.%N)
@@ -79,9 +79,9 @@ finished=$(date +%s.%N)
 metrics=$(curl -s "127.0.0.1:$port/metrics")
 peak_rss=$(awk '/VmHWM/ {print $2 " " $3}' "/proc/$pipeline_pid/status")
 # Per thread, by name: librdkafka's (rdk:*), the admin endpoint's runtime
-# (tokio-*), worker threads alive now, and the pipeline thread with the idle
-# main thread (named after the process). Worker threads last one batch:
-# theirs is the process's total less the threads alive.
+# (tokio-*), the worker threads, and the pipeline thread with the idle main
+# thread (named after the process); threads that ended (clients dropped
+# after the start) are the process's total less the threads alive.
 threads=$(for task in /proc/"$pipeline_pid"/task/*; do
     case "$(cat "$task/comm")" in
         rdk:*) group=librdkafka ;;
@@ -112,7 +112,7 @@ echo "$threads" | awk -v total="$process_cpu" -v broker="$broker_cpu" -v wall="$
     END {
         printf "cpu seconds over %.1f s: tactful %.1f (", wall, total
         for (group in cpu) printf "%s %.1f, ", group, cpu[group]
-        printf "worker threads that ended %.1f), broker %.1f\n", total - alive, broker
+        printf "threads that ended %.1f), broker %.1f\n", total - alive, broker
     }'
 
 # Restore: a new process reads the changelog before it is ready.

@@ -88,8 +88,8 @@ pub struct Shell<'a> {
     erasures: &'a Erasures,
     dead_letters_enabled: bool,
     consent_catch_up_timeout: Duration,
-    /// Threads that apply event records and advance event time, partition by partition.
-    workers: usize,
+    /// The threads that apply event records and advance event time, partition by partition.
+    workers: workers::Workers,
     /// Each event topic's index (its kind is `EVENT_KINDS[index]`).
     pub(super) topic_indices: BTreeMap<String, usize>,
     pub(super) event_topics: [String; 3],
@@ -129,7 +129,7 @@ impl<'a> Shell<'a> {
             erasures,
             dead_letters_enabled: config.dead_letters_enabled,
             consent_catch_up_timeout: Duration::from_millis(config.consent_catch_up_timeout_ms),
-            workers: config.workers,
+            workers: workers::Workers::new(config.workers),
             topic_indices,
             event_topics,
             owned: BTreeSet::new(),
@@ -234,7 +234,7 @@ impl<'a> Shell<'a> {
         let advanced = self.event_times.advance(&owned, topics.len(), |topic, partition| {
             !merger.holds(partition, topic) && ingest.read_to_end(&positions, starts, &topics[topic], partition)
         });
-        let outputs = workers::advance_in_order(self.processor, &advanced, self.workers, now_ms());
+        let outputs = workers::advance_in_order(self.processor, &advanced, &self.workers, now_ms());
         for ((partition, _), outputs) in advanced.into_iter().zip(outputs) {
             for output in outputs {
                 self.work.push_output(partition, output);
@@ -256,7 +256,7 @@ impl<'a> Shell<'a> {
             records.push((Source { partition, watermark: self.event_times.watermark(partition) }, input));
             messages.push((partition, topic, message));
         }
-        let results = workers::apply_in_order(self.processor, records, self.workers, now_ms());
+        let results = workers::apply_in_order(self.processor, records, &self.workers, now_ms());
         let mut applied = Vec::with_capacity(messages.len());
         for ((partition, topic, message), processed) in messages.into_iter().zip(results) {
             if let Some(event_time) = self.settle(EVENT_KINDS[topic], partition, &message, processed) {

@@ -1,29 +1,69 @@
 //! Workers: a batch's apply step and its time-driven step spread over
-//! `pipeline.workers` threads, each partition's work on one thread. A
-//! user's records are all on one partition (the input topics are
+//! `pipeline.workers` threads, each partition's work on one thread at a
+//! time. A user's records are all on one partition (the input topics are
 //! co-partitioned by user id), so applying partitions side by side keeps
 //! every user's records in their order. The core's state is sharded by
 //! partition: threads on different partitions share only the consent table,
 //! which the pipeline thread alone writes, and never during these steps
-//! (consent records are applied before and after them, not within).
+//! (consent records are applied before them, not beside them).
 //!
 //! This is the one place where the work is split and merged. Results come
 //! back in the order of what was given, whichever thread computed them, so
 //! a batch's outputs are the same and in the same order with one worker or
-//! several. With one worker, or one partition with work, nothing is spawned.
+//! several. One worker is the pipeline thread itself: no pool, no handover.
 //! No Kafka and no clock (`now_ms` is an argument): the benchmark runs this
 //! same code.
+//!
+//! The threads are a pool kept for the life of the pipeline (rayon's, with
+//! work stealing), not threads started per batch: a thread started per batch
+//! begins each batch with its allocator cache empty, and in the benchmark
+//! that cost more than the second thread gained (BENCHMARKS.md).
 
 use crate::processor::{Output, Processed, Processor, Source};
 use crate::state::Partition;
 use crate::time::EventTime;
 use crate::validate::{Input, Rejection};
+use rayon::prelude::*;
 use std::collections::BTreeMap;
-use std::sync::{Mutex, PoisonError};
 
 /// A record whose turn has come: where it was read (its partition and that
 /// partition's watermark) and what it decoded to, or why it is bad.
 pub type Record = (Source, Result<Input, Rejection>);
+
+/// The threads that apply records: none of their own for one worker (the
+/// caller's thread does the work), else a pool of `workers` threads.
+pub struct Workers {
+    pool: Option<rayon::ThreadPool>,
+}
+
+impl Workers {
+    /// `workers` threads (at least 1). A pool that cannot be started leaves
+    /// the work to the caller's thread: slower, not wrong.
+    pub fn new(workers: usize) -> Self {
+        if workers <= 1 {
+            return Self { pool: None };
+        }
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(workers)
+            .thread_name(|_| "tactful-worker".to_owned())
+            .build()
+            .inspect_err(
+                |error| tracing::warn!(%error, workers, "worker threads not started: one thread applies records"),
+            )
+            .ok();
+        Self { pool }
+    }
+
+    /// `work` done on each of `items`, on the pool's threads when there is
+    /// a pool and more than one item (each item one task, so an uneven
+    /// split evens out by stealing); the results in the order of `items`.
+    fn run<T: Send, R: Send>(&self, items: Vec<T>, work: impl Fn(T) -> R + Sync + Send) -> Vec<R> {
+        match &self.pool {
+            Some(pool) if items.len() > 1 => pool.install(|| items.into_par_iter().with_max_len(1).map(work).collect()),
+            _ => items.into_iter().map(work).collect(),
+        }
+    }
+}
 
 /// Applies one record at processing time `now_ms` (a bad one only gets its rejection).
 pub fn apply_record(processor: &Processor, (source, input): Record, now_ms: i64) -> Processed {
@@ -33,11 +73,11 @@ pub fn apply_record(processor: &Processor, (source, input): Record, now_ms: i64)
     }
 }
 
-/// Applies `records` on up to `workers` threads, all of a partition's
-/// records on one thread in their order; returns each record's result, in
-/// the order of `records`.
-pub fn apply_in_order(processor: &Processor, records: Vec<Record>, workers: usize, now_ms: i64) -> Vec<Processed> {
-    if workers <= 1 {
+/// Applies `records` on the `workers`, all of a partition's records on one
+/// thread in their order; returns each record's result, in the order of
+/// `records`.
+pub fn apply_in_order(processor: &Processor, records: Vec<Record>, workers: &Workers, now_ms: i64) -> Vec<Processed> {
+    if workers.pool.is_none() {
         return records.into_iter().map(|record| apply_record(processor, record, now_ms)).collect();
     }
     let count = records.len();
@@ -46,10 +86,7 @@ pub fn apply_in_order(processor: &Processor, records: Vec<Record>, workers: usiz
     for (position, record) in records.into_iter().enumerate() {
         by_partition.entry(record.0.partition).or_default().push((position, record));
     }
-    // The largest first: one taken last would leave the other workers idle.
-    let mut groups: Vec<Vec<(usize, Record)>> = by_partition.into_values().collect();
-    groups.sort_by_key(|group| std::cmp::Reverse(group.len()));
-    let applied: Vec<Vec<(usize, Processed)>> = on_workers(workers, groups, |group| {
+    let applied: Vec<Vec<(usize, Processed)>> = workers.run(by_partition.into_values().collect(), |group| {
         group.into_iter().map(|(position, record)| (position, apply_record(processor, record, now_ms))).collect()
     });
     // Merge: back in the order of the records.
@@ -61,59 +98,15 @@ pub fn apply_in_order(processor: &Processor, records: Vec<Record>, workers: usiz
 }
 
 /// Fires the time-driven changes of each partition up to its new watermark
-/// on up to `workers` threads; returns each partition's outputs, in the
-/// order of `advanced`.
+/// on the `workers`; returns each partition's outputs, in the order of
+/// `advanced`.
 pub fn advance_in_order(
     processor: &Processor,
     advanced: &[(Partition, EventTime)],
-    workers: usize,
+    workers: &Workers,
     now_ms: i64,
 ) -> Vec<Vec<Output>> {
-    on_workers(workers, advanced.to_vec(), |(partition, watermark)| {
-        processor.advance_partition(partition, watermark, now_ms)
-    })
-}
-
-/// `work` done on each of `items` by up to `workers` threads, the calling
-/// thread one of them; each takes the next item when done with one, so an
-/// uneven split evens out. The results are in the order of `items`.
-fn on_workers<T: Send, R: Send>(workers: usize, items: Vec<T>, work: impl Fn(T) -> R + Sync) -> Vec<R> {
-    let threads = workers.min(items.len());
-    if threads <= 1 {
-        return items.into_iter().map(work).collect();
-    }
-    let queue = Mutex::new(items.into_iter().enumerate());
-    let work_off_queue = || {
-        let mut done = Vec::new();
-        loop {
-            // A statement of its own: the lock is held to take an item, not while working on it.
-            let next = queue.lock().unwrap_or_else(PoisonError::into_inner).next();
-            let Some((index, item)) = next else { return done };
-            done.push((index, work(item)));
-        }
-    };
-    let mut done: Vec<(usize, R)> = std::thread::scope(|scope| {
-        let spawn =
-            || std::thread::Builder::new().name("tactful-worker".to_owned()).spawn_scoped(scope, work_off_queue);
-        let helpers: Vec<_> = (1..threads)
-            .filter_map(|_| match spawn() {
-                Ok(helper) => Some(helper),
-                // The others take its share.
-                Err(error) => {
-                    tracing::warn!(%error, "a worker thread could not be started");
-                    None
-                }
-            })
-            .collect();
-        let mut done = work_off_queue();
-        for helper in helpers {
-            // A worker's panic is the pipeline's: it goes on unwinding here.
-            done.extend(helper.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)));
-        }
-        done
-    });
-    done.sort_unstable_by_key(|(index, _)| *index);
-    done.into_iter().map(|(_, result)| result).collect()
+    workers.run(advanced.to_vec(), |(partition, watermark)| processor.advance_partition(partition, watermark, now_ms))
 }
 
 #[cfg(test)]
@@ -136,6 +129,7 @@ mod tests {
     /// records on the calling thread first, then its events, then event
     /// time advanced to each partition's newest event minus a minute.
     fn run(workers: usize) -> Produced {
+        let workers = Workers::new(workers);
         let (catalogue, settings) = crate::config::embedded_defaults();
         let processor = Processor::new(Codec::new(&[]).unwrap(), catalogue, &settings);
         let mut population = Population::new(5, 2_000, 20_000, 30, NOW_MS);
@@ -168,7 +162,7 @@ mod tests {
                 })
                 .collect();
             let sources: Vec<Source> = records.iter().map(|(source, _)| *source).collect();
-            let applied = apply_in_order(&processor, records, workers, NOW_MS);
+            let applied = apply_in_order(&processor, records, &workers, NOW_MS);
             for (source, processed) in sources.iter().zip(&applied) {
                 if let Some(event_time) = processed.event_time {
                     let newest = EventTime(event_time - MINUTE_MS);
@@ -178,7 +172,7 @@ mod tests {
             }
             results.extend(applied);
             let advanced: Vec<(Partition, EventTime)> = watermarks.iter().map(|(p, w)| (*p, *w)).collect();
-            produced.push((results, advance_in_order(&processor, &advanced, workers, NOW_MS)));
+            produced.push((results, advance_in_order(&processor, &advanced, &workers, NOW_MS)));
         }
         produced
     }
@@ -209,15 +203,13 @@ mod tests {
 
     #[test]
     fn work_comes_back_in_the_order_it_was_given_whatever_thread_did_it() {
-        let squares = on_workers(3, (0..50_u64).collect(), |n| (n * n, std::thread::current().id()));
-        assert_eq!(
-            squares.iter().map(|(square, _)| *square).collect::<Vec<_>>(),
-            (0..50).map(|n| n * n).collect::<Vec<_>>()
-        );
-        // One worker, or one item: the calling thread does it all.
         let here = std::thread::current().id();
-        assert!(on_workers(1, vec![1, 2, 3], |_| std::thread::current().id()).iter().all(|id| *id == here));
-        assert_eq!(on_workers(4, vec![7], |_| std::thread::current().id()), vec![here]);
-        assert_eq!(on_workers(4, Vec::<u8>::new(), |n| n), Vec::<u8>::new());
+        let squares = Workers::new(3).run((0..50_u64).collect(), |n| (n * n, std::thread::current().id()));
+        let expected: Vec<u64> = (0..50).map(|n| n * n).collect();
+        assert_eq!(squares.iter().map(|(square, _)| *square).collect::<Vec<_>>(), expected);
+        assert!(squares.iter().all(|(_, thread)| *thread != here), "the pool's threads did the work");
+        // One worker: the calling thread does it all.
+        assert!(Workers::new(1).run(vec![1, 2, 3], |_| std::thread::current().id()).iter().all(|id| *id == here));
+        assert_eq!(Workers::new(2).run(Vec::<u8>::new(), |n| n), Vec::<u8>::new());
     }
 }
