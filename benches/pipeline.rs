@@ -1,15 +1,20 @@
 //! The in-process path of one record: decode → consent gate → segment update
 //! → encode the profile update, over 1M distinct synthetic users. Kafka I/O is
-//! excluded (see BENCHMARKS.md for the end-to-end figures).
+//! excluded (see BENCHMARKS.md for the end-to-end figures). `workers/` runs
+//! the same path over 4 partitions as the Kafka driver does, with its
+//! apply and time-driven steps on 1 and 2 worker threads.
 
 // criterion_main! generates an undocumented `main`.
 #![allow(missing_docs)]
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use tactful::codec::Codec;
 use tactful::model::InputKind;
-use tactful::processor::{Output, Processor};
+use tactful::pipeline::workers::{advance_in_order, apply_in_order, apply_record, Record, Workers};
+use tactful::processor::{Output, Processor, Source};
+use tactful::state::Partition;
 use tactful::synthetic::{Population, SyntheticRecord};
 use tactful::time::EventTime;
 
@@ -93,6 +98,121 @@ fn full_path(criterion: &mut Criterion) {
     group.finish();
 }
 
+/// Input partitions of the `workers/` workload.
+const PARTITIONS: u64 = 4;
+
+/// The partition of a user's records, as a producer keyed by user id would spread them.
+fn partition_of(key: &str) -> Partition {
+    Partition((tactful::state::hash_value(key) % PARTITIONS) as i32)
+}
+
+/// A processor owning the 4 partitions that knows every user's consent, untimed.
+fn loaded_sharded_processor(workload: &Workload) -> Processor {
+    let processor = processor();
+    processor.own(&(0..PARTITIONS as i32).map(Partition).collect::<Vec<_>>());
+    for record in &workload.consents {
+        let source = Source { partition: partition_of(&record.key), watermark: None };
+        processor.process_from(
+            source,
+            record.kind,
+            Some(record.key.as_bytes()),
+            record.value.as_deref(),
+            workload.now_ms,
+        );
+    }
+    processor
+}
+
+/// Processes a chunk as the Kafka driver processes a batch, with the same
+/// code for its parallel steps: the records decoded on the calling thread
+/// (as they arrive), consent records applied there; the events applied
+/// partition by partition on `workers` threads; each partition's event time
+/// advanced to its newest event on them; the updates encoded on the calling
+/// thread (as the publisher does).
+fn process_chunk_on_workers(
+    processor: &Processor,
+    records: &[SyntheticRecord],
+    workers: &Workers,
+    now_ms: i64,
+    watermarks: &mut BTreeMap<Partition, EventTime>,
+    buffer: &mut Vec<u8>,
+) {
+    let mut encode = |output: Output| {
+        if let Output::Update(update) = output {
+            buffer.clear();
+            processor.codec().encode_profile(&update, buffer);
+        }
+    };
+    let mut events: Vec<Record> = Vec::with_capacity(records.len());
+    for record in records {
+        let partition = partition_of(&record.key);
+        let input = processor.decode(record.kind, Some(record.key.as_bytes()), record.value.as_deref(), now_ms);
+        if record.kind == InputKind::Consent {
+            let source = Source { partition, watermark: None };
+            apply_record(processor, (source, input), now_ms).output.map(&mut encode);
+        } else {
+            events.push((Source { partition, watermark: watermarks.get(&partition).copied() }, input));
+        }
+    }
+    let partitions: Vec<Partition> = events.iter().map(|(source, _)| source.partition).collect();
+    let mut newest: BTreeMap<Partition, EventTime> = BTreeMap::new();
+    for (partition, processed) in partitions.into_iter().zip(apply_in_order(processor, events, workers, now_ms)) {
+        if let Some(event_time) = processed.event_time {
+            let newest = newest.entry(partition).or_insert(EventTime(event_time));
+            *newest = (*newest).max(EventTime(event_time));
+        }
+        processed.output.map(&mut encode);
+    }
+    let advanced: Vec<(Partition, EventTime)> = newest.into_iter().collect();
+    for outputs in advance_in_order(processor, &advanced, workers, now_ms) {
+        outputs.into_iter().for_each(&mut encode);
+    }
+    watermarks.extend(advanced);
+}
+
+fn on_workers(criterion: &mut Criterion) {
+    let workload = workload();
+    let mut group = criterion.benchmark_group("workers");
+    group.throughput(Throughput::Elements(CHUNK as u64));
+    group.sample_size(20).measurement_time(Duration::from_secs(20));
+    for threads in [1, 2] {
+        let workers = Workers::new(threads);
+        let id =
+            BenchmarkId::new("decode_consent_segments_encode", format!("1M users, 4 partitions, {threads} threads"));
+        group.bench_function(id, |bencher| {
+            let mut processor = loaded_sharded_processor(&workload);
+            let mut watermarks = BTreeMap::new();
+            let mut position = 0;
+            let mut buffer = Vec::with_capacity(1024);
+            bencher.iter_custom(|iterations| {
+                let mut elapsed = Duration::ZERO;
+                for _ in 0..iterations {
+                    if position + CHUNK > workload.events.len() {
+                        // The stream is used up: start again on fresh state, untimed.
+                        processor = loaded_sharded_processor(&workload);
+                        watermarks.clear();
+                        position = 0;
+                    }
+                    let chunk = &workload.events[position..position + CHUNK];
+                    let started = Instant::now();
+                    process_chunk_on_workers(
+                        &processor,
+                        chunk,
+                        &workers,
+                        workload.now_ms,
+                        &mut watermarks,
+                        &mut buffer,
+                    );
+                    elapsed += started.elapsed();
+                    position += CHUNK;
+                }
+                elapsed
+            });
+        });
+    }
+    group.finish();
+}
+
 fn stages(criterion: &mut Criterion) {
     let workload = workload();
     let codec = Codec::new(&[]).unwrap();
@@ -146,5 +266,5 @@ fn stages(criterion: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, full_path, stages);
+criterion_group!(benches, full_path, on_workers, stages);
 criterion_main!(benches);

@@ -4,18 +4,27 @@
 # script reports records/s from start-up to the last record processed (read
 # from /metrics) and the process's peak memory. Figures go to BENCHMARKS.md.
 #
+# Where the time and the cores go: the batches' time split into applying
+# events and event time (the part on the worker threads), delivering
+# (transaction commits) and the rest (polling, decoding, the consent
+# catch-up); and the CPU time of the pipeline's threads and of the broker,
+# which shares the machine.
+#
 # Then it starts the pipeline again and reports how fast the state is
 # restored from the changelog (users restored per second).
 #
 # Usage: [GUARANTEE=exactly_once|at_least_once] [MAX_BATCH=50000] [COMMIT_INTERVAL_MS=100] [MAX_IDLE_WAIT_MS=500] \
+#        [WORKERS=<threads; default the number of cores>] [ADMIN_PORT=19464] \
 #        scripts/bench-e2e.sh [users] [events] [partitions]
+# (KAFKA_PORT and KAFKA_CONTROLLER_PORT move the broker, see scripts/kafka.sh.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 users="${1:-100000}"
 events="${2:-1000000}"
 partitions="${3:-4}"
 guarantee="${GUARANTEE:-exactly_once}"
-port=19464
+workers_line="${WORKERS:+workers = $WORKERS}"
+port="${ADMIN_PORT:-19464}"
 
 cargo build --release --quiet
 bootstrap="$(scripts/kafka.sh start)"
@@ -41,6 +50,7 @@ max_batch_records = ${MAX_BATCH:-50000}
 commit_interval_ms = ${COMMIT_INTERVAL_MS:-100}
 processing_guarantee = "$guarantee"
 max_idle_wait_ms = ${MAX_IDLE_WAIT_MS:-500}
+$workers_line
 
 [admin]
 listen = "127.0.0.1:$port"
@@ -49,6 +59,12 @@ TOML
 target/release/tactful gen --config "$run_dir/tactful.toml" --users "$users" --events "$events" --partitions "$partitions" 2> "$run_dir/gen.log"
 tail -1 "$run_dir/gen.log"
 total=$(grep -o 'done, [0-9]* records' "$run_dir/gen.log" | grep -o '[0-9]*')
+
+# CPU seconds (user + system) in a /proc stat file: the fields after the
+# command name, of which utime and stime are the 12th and 13th.
+cpu_seconds() { sed 's/.*) //' "$1" | awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($12 + $13) / hz}'; }
+broker_pid=$(cat "${KAFKA_RUN_DIR:-target/kafka}/kafka.pid")
+broker_cpu_before=$(cpu_seconds "/proc/$broker_pid/stat")
 
 started=$(date +%s.%N)
 target/release/tactful run --config "$run_dir/tactful.toml" 2> "$run_dir/run.log" &
@@ -62,6 +78,21 @@ done
 finished=$(date +%s.%N)
 metrics=$(curl -s "127.0.0.1:$port/metrics")
 peak_rss=$(awk '/VmHWM/ {print $2 " " $3}' "/proc/$pipeline_pid/status")
+# Per thread, by name: librdkafka's (rdk:*), the admin endpoint's runtime
+# (tokio-*), the worker threads, and the pipeline thread with the idle main
+# thread (named after the process); threads that ended (clients dropped
+# after the start) are the process's total less the threads alive.
+threads=$(for task in /proc/"$pipeline_pid"/task/*; do
+    case "$(cat "$task/comm")" in
+        rdk:*) group=librdkafka ;;
+        tokio-*) group=admin-runtime ;;
+        tactful-worker) group=worker-threads ;;
+        *) group=pipeline-thread ;;
+    esac
+    echo "$group $(cpu_seconds "$task/stat")"
+done)
+process_cpu=$(cpu_seconds "/proc/$pipeline_pid/stat")
+broker_cpu=$(echo "$(cpu_seconds "/proc/$broker_pid/stat") - $broker_cpu_before" | bc -l)
 kill -TERM "$pipeline_pid"
 wait "$pipeline_pid" || true
 seconds=$(echo "$finished - $started" | bc -l)
@@ -70,6 +101,19 @@ printf 'end-to-end: %.1f s, %.0f records/s (from process start, including consen
 echo "$metrics" | grep -E '^tactful_profile_updates_total|^tactful_segment_members'
 echo "peak resident memory: $peak_rss"
 echo "$metrics" | grep -E '^tactful_events_dropped_total.*late' || echo "late events: 0"
+histogram_sum() { echo "$metrics" | awk -v name="$1_sum" '$1 == name {printf "%.2f", $2}'; }
+batches=$(histogram_sum tactful_batch_duration_seconds)
+applying=$(histogram_sum tactful_apply_duration_seconds)
+delivering=$(histogram_sum tactful_commit_duration_seconds)
+printf 'time in batches: %.1f s = applying events and event time %.1f s + delivering %.1f s + polling, decoding and the rest %.1f s\n' \
+    "$batches" "$applying" "$delivering" "$(echo "$batches - $applying - $delivering" | bc -l)"
+echo "$threads" | awk -v total="$process_cpu" -v broker="$broker_cpu" -v wall="$seconds" '
+    { cpu[$1] += $2; alive += $2 }
+    END {
+        printf "cpu seconds over %.1f s: tactful %.1f (", wall, total
+        for (group in cpu) printf "%s %.1f, ", group, cpu[group]
+        printf "threads that ended %.1f), broker %.1f\n", total - alive, broker
+    }'
 
 # Restore: a new process reads the changelog before it is ready.
 target/release/tactful run --config "$run_dir/tactful.toml" 2> "$run_dir/restore.log" &

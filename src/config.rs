@@ -159,6 +159,8 @@ pub struct Config {
     pub schema_registry: Option<Registry>,
     /// How `ProfileUpdate`s are framed, resolved against whether a registry is configured.
     pub output_format: OutputFormat,
+    /// Threads that apply a batch's records, partition by partition (at least 1).
+    pub workers: usize,
 }
 
 /// The validated `[schema_registry]`.
@@ -216,6 +218,9 @@ impl Config {
         }
         if pipeline.allowed_lateness_ms < 0 {
             return Err(invalid("pipeline.allowed_lateness_ms", "must not be negative"));
+        }
+        if pipeline.workers == Some(0) {
+            return Err(invalid("pipeline.workers", "must be at least 1"));
         }
         if admin.api_token.as_ref().is_some_and(|token| token.chars().count() < 16) {
             return Err(invalid("admin.api_token", "must be at least 16 characters"));
@@ -330,6 +335,7 @@ impl Config {
             admin_api_token: admin.api_token,
             schema_registry,
             output_format,
+            workers: pipeline.workers.unwrap_or_else(cores),
         })
     }
 }
@@ -358,6 +364,11 @@ fn parse_segments(
 ) -> Result<Catalogue, ConfigError> {
     let file = path.map_or_else(|| "deploy/segments.toml".to_owned(), |path| path.display().to_string());
     Ok(Catalogue::parse(&file, source, sensitive_categories, max_retention_ms)?)
+}
+
+/// The cores this process may run on (1 when that cannot be known).
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
 }
 
 /// This machine's name (Linux), or `tactful` when it cannot be read.

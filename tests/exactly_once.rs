@@ -4,7 +4,9 @@
 //! stopped with SIGTERM), or while a second instance joins and leaves the
 //! group. At the end, the profiles read with read_committed equal what the
 //! pure core computes from the same input, no (user, version) appears twice,
-//! and each user's versions strictly increase.
+//! and each user's versions strictly increase. Each pipeline applies its
+//! partitions on two worker threads (tests/broker_restart.rs and
+//! tests/backfill.rs make the same check with one).
 
 mod common;
 
@@ -15,6 +17,8 @@ use rand::{Rng, SeedableRng};
 use std::time::{Duration, Instant};
 
 const PARTITIONS: i32 = 4;
+/// More than one, so that partitions are applied side by side.
+const WORKERS: usize = 2;
 
 #[test]
 fn killed_at_random_moments_and_restarted_the_pipeline_neither_loses_nor_doubles_anything() {
@@ -27,7 +31,7 @@ fn killed_at_random_moments_and_restarted_the_pipeline_neither_loses_nor_doubles
     let producing = std::thread::scope(|scope| {
         let producer = scope.spawn(|| produce(&topics, second, 25_000));
         let mut rng = SmallRng::seed_from_u64(42);
-        let mut pipeline = Pipeline::start(&topics, instance("a"));
+        let mut pipeline = Pipeline::start(&topics, instance("a").workers(WORKERS));
         let mut committed_before = 0;
         for round in 0..4 {
             std::thread::sleep(Duration::from_millis(rng.random_range(500..2_500)));
@@ -43,7 +47,7 @@ fn killed_at_random_moments_and_restarted_the_pipeline_neither_loses_nor_doubles
             let committed = committed_events(&topics);
             assert!(committed >= committed_before, "committed offsets never go back");
             committed_before = committed;
-            pipeline = Pipeline::start(&topics, instance("a"));
+            pipeline = Pipeline::start(&topics, instance("a").workers(WORKERS));
         }
         producer.join().unwrap();
         pipeline
@@ -59,11 +63,11 @@ fn a_second_instance_joining_and_leaving_moves_partitions_and_their_state_withou
     let inputs = seeded(11, 4_000, 150_000, 90, PARTITIONS);
     let (first, second) = inputs.split_at(inputs.len() / 3);
     produce(&topics, first, 1_000_000);
-    let a = Pipeline::start(&topics, instance("a"));
+    let a = Pipeline::start(&topics, instance("a").workers(WORKERS));
     std::thread::scope(|scope| {
         let producer = scope.spawn(|| produce(&topics, second, 20_000));
         std::thread::sleep(Duration::from_millis(1_500));
-        let b = Pipeline::start(&topics, instance("b"));
+        let b = Pipeline::start(&topics, instance("b").workers(WORKERS));
         // Both share the partitions for a while...
         std::thread::sleep(Duration::from_secs(4));
         let b_log = b.log();
@@ -91,10 +95,10 @@ fn a_second_process_with_the_same_instance_id_fences_the_first() {
     let inputs = seeded(13, 2_000, 60_000, 90, PARTITIONS);
     let (first, second) = inputs.split_at(inputs.len() / 2);
     produce(&topics, first, 1_000_000);
-    let zombie = Pipeline::start(&topics, instance("same").incarnation("zombie"));
+    let zombie = Pipeline::start(&topics, instance("same").workers(WORKERS).incarnation("zombie"));
     // A new incarnation under the same id (as after a network partition):
     // it takes over the transactional id, and the old one can no longer commit.
-    let successor = Pipeline::start(&topics, instance("same").incarnation("successor"));
+    let successor = Pipeline::start(&topics, instance("same").workers(WORKERS).incarnation("successor"));
     produce(&topics, second, 1_000_000);
     let zombie_log = zombie.log_path.clone();
     let status = zombie.wait_for_exit(Duration::from_secs(60));

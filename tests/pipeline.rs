@@ -77,12 +77,16 @@ fn users_without_consent_never_influence_a_profile() {
 
 #[test]
 fn each_default_segment_is_entered_and_exited_with_exact_updates() {
-    let topics = Topics::create("segments");
+    // The users spread over 4 partitions, applied by two worker threads:
+    // each user's updates still come in the order of their events.
+    let topics = Topics::create_with("segments", 4, 4);
     // The records below are produced in a different order than their event
     // times (a day apart within a second): a lateness of two days keeps any
     // of them from counting as late.
-    let _pipeline =
-        Pipeline::start(&topics, PipelineOptions::default().pipeline_settings("allowed_lateness_ms = 172800000"));
+    let _pipeline = Pipeline::start(
+        &topics,
+        PipelineOptions::default().workers(2).pipeline_settings("allowed_lateness_ms = 172800000"),
+    );
     let producer = Producer::new();
     let t = base_time();
     for user in ["runner", "spender", "habit", "visitor", "shopper"] {
@@ -127,6 +131,7 @@ fn each_default_segment_is_entered_and_exited_with_exact_updates() {
         &avro("location_event.avsc", &location("shopper", t + 2 * HOUR_MS, 52.4, 13.1)),
     );
     let records = read_profiles(&topics);
+    assert_on_several_partitions(&topics);
 
     let runner: Vec<&Update> = of_user(&records, "runner").into_iter().map(|update| update.as_ref().unwrap()).collect();
     assert_eq!(runner.len(), 2, "{runner:#?}");
@@ -194,11 +199,12 @@ fn each_default_segment_is_entered_and_exited_with_exact_updates() {
 
 #[test]
 fn withdrawal_publishes_a_tombstone_and_later_events_are_dropped() {
-    let topics = Topics::create("withdrawal");
+    // The users spread over 4 partitions, applied by two worker threads.
+    let topics = Topics::create_with("withdrawal", 4, 4);
     // The at-least-once mode (exactly once is the default and every other test's).
     let _pipeline = Pipeline::start(
         &topics,
-        PipelineOptions::default().pipeline_settings("processing_guarantee = \"at_least_once\""),
+        PipelineOptions::default().workers(2).pipeline_settings("processing_guarantee = \"at_least_once\""),
     );
     let producer = Producer::new();
     let t = base_time();
@@ -221,6 +227,7 @@ fn withdrawal_publishes_a_tombstone_and_later_events_are_dropped() {
         producer.send_keyed(&topics.browse, user, &to_json(&browse(user, t + common::DAY_MS, "running")));
     }
     let after = read_profiles(&topics);
+    assert_on_several_partitions(&topics);
     for user in ["withdraws", "forgotten"] {
         let records = of_user(&after, user);
         assert_eq!(records.len(), 3, "{user}: two updates, then one tombstone and nothing after it");
@@ -236,6 +243,15 @@ fn withdrawal_publishes_a_tombstone_and_later_events_are_dropped() {
     assert_eq!(lightened[3].exited, vec!["new_visitor"]);
     let versions: Vec<i64> = lightened.iter().map(|update| update.version).collect();
     assert!(versions.windows(2).all(|pair| pair[0] < pair[1]), "versions strictly increase: {versions:?}");
+}
+
+/// Checks that the profile records are on more than one partition (keyed by
+/// user id like the input, with its partition count): the test's users were
+/// applied on several partitions, side by side by the worker threads.
+fn assert_on_several_partitions(topics: &Topics) {
+    let partitions: std::collections::BTreeSet<i32> =
+        read_all(&topics.profiles).iter().map(|message| message.partition()).collect();
+    assert!(partitions.len() > 1, "every profile record is on partition {partitions:?}");
 }
 
 #[test]

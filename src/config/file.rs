@@ -182,6 +182,11 @@ pub struct PipelineSection {
     /// `single_object` or `confluent`. Default: `confluent` when a
     /// `[schema_registry]` is configured (CONTRACT §2), else `single_object`.
     pub output_format: Option<OutputFormat>,
+    /// Threads that apply a batch's records, each taking whole partitions
+    /// (a user's records are all on one partition, so their order holds):
+    /// more use more cores when the instance owns several partitions.
+    /// At least 1. Default: the number of cores.
+    pub workers: Option<usize>,
 }
 
 impl Default for PipelineSection {
@@ -200,6 +205,7 @@ impl Default for PipelineSection {
             max_idle_wait_ms: 500,
             conversion_window_ms: 7 * DAY_MS,
             output_format: None,
+            workers: None,
         }
     }
 }

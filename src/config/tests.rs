@@ -64,3 +64,14 @@ fn invalid_values_are_explained() {
         .to_string();
     assert!(error.contains(".toml:4:1: pipeline.max_batch_records must be at least 1"), "{error}");
 }
+
+#[test]
+fn workers_default_to_the_number_of_cores_and_must_be_at_least_one() {
+    let minimal = "[kafka]\nbootstrap_servers = \"x:1\"\n";
+    assert_eq!(load_text(minimal).unwrap().workers, std::thread::available_parallelism().unwrap().get());
+    assert_eq!(load_text(&format!("{minimal}[pipeline]\nworkers = 3\n")).unwrap().workers, 3);
+    let error = load_text(&format!("{minimal}[pipeline]\nworkers = 0\n")).err().unwrap().to_string();
+    assert!(error.contains(".toml:4:1: pipeline.workers must be at least 1"), "{error}");
+    let error = load_text(&format!("{minimal}[pipeline]\nworkers = -1\n")).err().unwrap().to_string();
+    assert!(error.contains(".toml:4:11: "), "{error}");
+}

@@ -1,8 +1,10 @@
 //! Apply: the pipeline's state between batches, and how each record read
 //! reaches the core. Event records are decoded as they arrive and buffered
-//! for their turn in event-time order; consent records are applied as the
-//! consent table is read. Every effect (outputs, dead letters, changed
-//! users, erasures, counts) accumulates in the batch's [`Work`].
+//! for their turn in event-time order, then applied partition by partition
+//! on the worker threads ([`workers`]); consent records are applied as the
+//! consent table is read, on the pipeline thread. Every effect (outputs,
+//! dead letters, changed users, erasures, counts) is noted on the pipeline
+//! thread, record by record in their order, in the batch's [`Work`].
 
 use super::event_time::{self, EventTimes};
 use super::ingest::Ingest;
@@ -10,6 +12,7 @@ use super::merge::Merger;
 use super::publish::{ChangelogRecord, DeadLetter};
 use super::registry::RegistryClient;
 use super::table::{CaughtUp, Table};
+use super::workers;
 use super::PipelineError;
 use crate::config::Config;
 use crate::control::now_ms;
@@ -85,6 +88,8 @@ pub struct Shell<'a> {
     erasures: &'a Erasures,
     dead_letters_enabled: bool,
     consent_catch_up_timeout: Duration,
+    /// The threads that apply event records and advance event time, partition by partition.
+    workers: workers::Workers,
     /// Each event topic's index (its kind is `EVENT_KINDS[index]`).
     pub(super) topic_indices: BTreeMap<String, usize>,
     pub(super) event_topics: [String; 3],
@@ -124,6 +129,7 @@ impl<'a> Shell<'a> {
             erasures,
             dead_letters_enabled: config.dead_letters_enabled,
             consent_catch_up_timeout: Duration::from_millis(config.consent_catch_up_timeout_ms),
+            workers: workers::Workers::new(config.workers),
             topic_indices,
             event_topics,
             owned: BTreeSet::new(),
@@ -228,50 +234,59 @@ impl<'a> Shell<'a> {
         let advanced = self.event_times.advance(&owned, topics.len(), |topic, partition| {
             !merger.holds(partition, topic) && ingest.read_to_end(&positions, starts, &topics[topic], partition)
         });
-        let now = now_ms();
-        for (partition, watermark) in advanced {
-            for output in self.processor.advance_partition(partition, watermark, now) {
+        let outputs = workers::advance_in_order(self.processor, &advanced, &self.workers, now_ms());
+        for ((partition, _), outputs) in advanced.into_iter().zip(outputs) {
+            for output in outputs {
                 self.work.push_output(partition, output);
             }
         }
         Ok(())
     }
 
-    /// Applies an event record whose turn has come.
-    pub fn apply_event(
-        &mut self,
-        partition: Partition,
-        topic: usize,
-        message: &BorrowedMessage<'_>,
-        input: Result<Input, Rejection>,
-    ) {
-        let source = Source { partition, watermark: self.event_times.watermark(partition) };
-        if let Some(event_time) = self.settle(EVENT_KINDS[topic], source, message, input) {
-            self.event_times.observe(topic, partition, EventTime(event_time));
+    /// Applies the event records whose turn has come, `(partition, topic
+    /// index, record)` in the merger's order: partition by partition on the
+    /// worker threads, then each record's effects are noted in that order.
+    /// Returns the records (their offsets go with the batch).
+    pub fn apply_events<'c>(&mut self, ready: Vec<(Partition, usize, Pending<'c>)>) -> Vec<BorrowedMessage<'c>> {
+        let mut records = Vec::with_capacity(ready.len());
+        let mut messages = Vec::with_capacity(ready.len());
+        for (partition, topic, Pending { message, input }) in ready {
+            // A watermark moves only when event time advances, after this
+            // step: each record sees its partition's as it was before it.
+            records.push((Source { partition, watermark: self.event_times.watermark(partition) }, input));
+            messages.push((partition, topic, message));
         }
+        let results = workers::apply_in_order(self.processor, records, &self.workers, now_ms());
+        let mut applied = Vec::with_capacity(messages.len());
+        for ((partition, topic, message), processed) in messages.into_iter().zip(results) {
+            if let Some(event_time) = self.settle(EVENT_KINDS[topic], partition, &message, processed) {
+                self.event_times.observe(topic, partition, EventTime(event_time));
+            }
+            applied.push(message);
+        }
+        applied
     }
 
     /// Applies one consent record (every instance reads all of them).
     fn apply_consent(&mut self, message: &BorrowedMessage<'_>) {
-        let source = Source { partition: Partition(message.partition()), watermark: None };
+        let partition = Partition(message.partition());
         if let Some(input) = self.decode(InputKind::Consent, message) {
-            self.settle(InputKind::Consent, source, message, input);
+            let record = (Source { partition, watermark: None }, input);
+            let processed = workers::apply_record(self.processor, record, now_ms());
+            self.settle(InputKind::Consent, partition, message, processed);
         }
     }
 
-    /// Applies a decoded record of `kind` from `source` (or counts and
-    /// dead-letters a bad one); returns its event time.
+    /// Notes the effects of a record of `kind` read from `partition` that
+    /// the core processed: counts, a bad one's dead letter, the user whose
+    /// state changed, an erasure, the output. Returns its event time.
     fn settle(
         &mut self,
         kind: InputKind,
-        source: Source,
+        partition: Partition,
         message: &BorrowedMessage<'_>,
-        input: Result<Input, Rejection>,
+        processed: Processed,
     ) -> Option<i64> {
-        let processed = match input {
-            Ok(input) => self.processor.apply(source, input, now_ms()),
-            Err(rejection) => Processed::rejected(rejection),
-        };
         let work = &mut self.work;
         work.tally.record(kind, &processed);
         if let Outcome::Rejected(rejection) = &processed.outcome {
@@ -287,10 +302,10 @@ impl<'a> Shell<'a> {
             }
         }
         // Consent records of other instances' users change only the consent table.
-        let owned = self.owned.contains(&source.partition);
+        let owned = self.owned.contains(&partition);
         if processed.outcome == Outcome::Applied && owned {
             if let Some(user_id) = message.key().and_then(|key| std::str::from_utf8(key).ok()) {
-                work.changed.insert(user_id.to_owned(), source.partition);
+                work.changed.insert(user_id.to_owned(), partition);
                 if kind == InputKind::Consent && message.payload().is_none() {
                     self.erasures.state_cleared(user_id, now_ms());
                     work.erased.push(user_id.to_owned());

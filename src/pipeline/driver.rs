@@ -21,7 +21,7 @@ use crate::erasure::Erasures;
 use crate::model::InputKind;
 use crate::processor::Processor;
 use crate::state::Partition;
-use crate::telemetry::{record_batch, record_consumer_lag, record_experiments, record_segment_sizes};
+use crate::telemetry::{record_apply, record_batch, record_consumer_lag, record_experiments, record_segment_sizes};
 use rdkafka::message::BorrowedMessage;
 use std::time::{Duration, Instant};
 
@@ -70,7 +70,8 @@ impl<'a> Driver<'a> {
     /// interval or until the batch is full (larger batches amortise the
     /// consent catch-up and the commit), acting on partition changes as
     /// polls note them; applies the consent table, then the events in
-    /// event-time order; advances event time. Returns the records applied.
+    /// event-time order; advances event time (events and event time on the
+    /// worker threads, partition by partition). Returns the records applied.
     pub fn batch<'c>(
         &mut self,
         ingest: &'c Ingest,
@@ -91,14 +92,13 @@ impl<'a> Driver<'a> {
             self.shell.ingest(message, merger);
         }
         self.shell.catch_up_consent_for_batch(&mut self.consent, polled)?;
-        let mut applied = Vec::new();
-        while let Some((partition, topic, pending)) = merger.next(Instant::now()) {
-            self.shell.apply_event(partition, topic, &pending.message, pending.input);
-            applied.push(pending.message);
-        }
+        let applying = Instant::now();
+        let ready = std::iter::from_fn(|| merger.next(applying)).collect();
+        let applied = self.shell.apply_events(ready);
         self.shell.check_failure()?;
         // Time-driven changes of every owned partition.
         self.shell.advance_event_time(ingest, merger)?;
+        record_apply(applying.elapsed());
         Ok(applied)
     }
 

@@ -3,13 +3,15 @@
 //! records in event-time order ([`apply`], [`merge`]) with the consent table
 //! read ahead ([`table`]) → advance event time ([`event_time`]) → deliver the
 //! batch's outputs, dead letters, changelog records and offsets
-//! ([`publish`], [`guarantee`]).
+//! ([`publish`], [`guarantee`]). Applying events and advancing event time
+//! run partition by partition on `pipeline.workers` threads ([`workers`]).
 //!
 //! The state of a partition's users lives in memory while this instance owns
 //! the partition: restored from the changelog when it is assigned (before any
 //! of its events is applied), dropped when it is revoked.
 //!
-//! Everything here is blocking librdkafka calls, so it runs on its own thread.
+//! Everything here is blocking librdkafka calls, so it runs on its own
+//! thread (with the worker threads it starts for a batch's apply step).
 
 // The stages are public so that tests (and other drivers) can run them one
 // at a time against a real broker; `run` is the driver.
@@ -25,6 +27,7 @@ pub mod registry;
 pub mod settings;
 pub mod table;
 pub mod topics;
+pub mod workers;
 
 use crate::codec::SchemaError;
 use crate::config::{Config, OutputFormat};

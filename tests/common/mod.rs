@@ -184,9 +184,10 @@ pub fn free_port() -> u16 {
 }
 
 /// How a test's pipeline differs from the plain one: TOML lines added to the
-/// generated config, client properties, the log level, and which instance of
-/// the group it is. `PipelineOptions::default()` is the plain pipeline: one
-/// instance, `RUST_LOG=info`, files in a folder named `run`.
+/// generated config, client properties, the log level, the worker threads,
+/// and which instance of the group it is. `PipelineOptions::default()` is
+/// the plain pipeline: one instance, one worker thread (whatever the
+/// machine's cores), `RUST_LOG=info`, files in a folder named `run`.
 #[derive(Clone, Debug)]
 pub struct PipelineOptions {
     /// `instance_id` of the `[kafka]` table, if the test runs named instances.
@@ -201,6 +202,8 @@ pub struct PipelineOptions {
     extra_tables: String,
     /// `RUST_LOG` of the process.
     log_level: String,
+    /// `workers` of the `[pipeline]` table.
+    workers: usize,
     /// The folder (under the temp dir, with the topics' prefix) of its config
     /// and log; `None` names it after the instance, or `run` without one.
     incarnation: Option<String>,
@@ -215,6 +218,7 @@ impl Default for PipelineOptions {
             admin_settings: String::new(),
             extra_tables: String::new(),
             log_level: "info".to_owned(),
+            workers: 1,
             incarnation: None,
         }
     }
@@ -257,6 +261,12 @@ impl PipelineOptions {
     /// Appends whole tables at the end of the config (e.g. `[schema_registry]`).
     pub fn extra_tables(mut self, toml: &str) -> Self {
         add_lines(&mut self.extra_tables, toml);
+        self
+    }
+
+    /// Applies records with `workers` threads (1 unless set).
+    pub fn workers(mut self, workers: usize) -> Self {
+        self.workers = workers;
         self
     }
 
@@ -324,6 +334,7 @@ dead_letters = "{dead_letters}"
 
 [pipeline]
 commit_interval_ms = 50
+workers = {workers}
 {pipeline_settings}
 
 [admin]
@@ -341,6 +352,7 @@ listen = "127.0.0.1:{admin_port}"
         consent = topics.consent,
         profiles = topics.profiles,
         dead_letters = topics.dead_letters,
+        workers = options.workers,
         pipeline_settings = options.pipeline_settings,
         admin_settings = options.admin_settings,
         extra_tables = options.extra_tables,

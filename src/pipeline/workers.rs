@@ -1,0 +1,215 @@
+//! Workers: a batch's apply step and its time-driven step spread over
+//! `pipeline.workers` threads, each partition's work on one thread at a
+//! time. A user's records are all on one partition (the input topics are
+//! co-partitioned by user id), so applying partitions side by side keeps
+//! every user's records in their order. The core's state is sharded by
+//! partition: threads on different partitions share only the consent table,
+//! which the pipeline thread alone writes, and never during these steps
+//! (consent records are applied before them, not beside them).
+//!
+//! This is the one place where the work is split and merged. Results come
+//! back in the order of what was given, whichever thread computed them, so
+//! a batch's outputs are the same and in the same order with one worker or
+//! several. One worker is the pipeline thread itself: no pool, no handover.
+//! No Kafka and no clock (`now_ms` is an argument): the benchmark runs this
+//! same code.
+//!
+//! The threads are a pool kept for the life of the pipeline (rayon's, with
+//! work stealing), not threads started per batch: a thread started per batch
+//! begins each batch with its allocator cache empty, and in the benchmark
+//! that cost more than the second thread gained (BENCHMARKS.md).
+
+use crate::processor::{Output, Processed, Processor, Source};
+use crate::state::Partition;
+use crate::time::EventTime;
+use crate::validate::{Input, Rejection};
+use rayon::prelude::*;
+use std::collections::BTreeMap;
+
+/// A record whose turn has come: where it was read (its partition and that
+/// partition's watermark) and what it decoded to, or why it is bad.
+pub type Record = (Source, Result<Input, Rejection>);
+
+/// The threads that apply records: none of their own for one worker (the
+/// caller's thread does the work), else a pool of `workers` threads.
+pub struct Workers {
+    pool: Option<rayon::ThreadPool>,
+}
+
+impl Workers {
+    /// `workers` threads (at least 1). A pool that cannot be started leaves
+    /// the work to the caller's thread: slower, not wrong.
+    pub fn new(workers: usize) -> Self {
+        if workers <= 1 {
+            return Self { pool: None };
+        }
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(workers)
+            .thread_name(|_| "tactful-worker".to_owned())
+            .build()
+            .inspect_err(
+                |error| tracing::warn!(%error, workers, "worker threads not started: one thread applies records"),
+            )
+            .ok();
+        Self { pool }
+    }
+
+    /// `work` done on each of `items`, on the pool's threads when there is
+    /// a pool and more than one item (each item one task, so an uneven
+    /// split evens out by stealing); the results in the order of `items`.
+    fn run<T: Send, R: Send>(&self, items: Vec<T>, work: impl Fn(T) -> R + Sync + Send) -> Vec<R> {
+        match &self.pool {
+            Some(pool) if items.len() > 1 => pool.install(|| items.into_par_iter().with_max_len(1).map(work).collect()),
+            _ => items.into_iter().map(work).collect(),
+        }
+    }
+}
+
+/// Applies one record at processing time `now_ms` (a bad one only gets its rejection).
+pub fn apply_record(processor: &Processor, (source, input): Record, now_ms: i64) -> Processed {
+    match input {
+        Ok(input) => processor.apply(source, input, now_ms),
+        Err(rejection) => Processed::rejected(rejection),
+    }
+}
+
+/// Applies `records` on the `workers`, all of a partition's records on one
+/// thread in their order; returns each record's result, in the order of
+/// `records`.
+pub fn apply_in_order(processor: &Processor, records: Vec<Record>, workers: &Workers, now_ms: i64) -> Vec<Processed> {
+    if workers.pool.is_none() {
+        return records.into_iter().map(|record| apply_record(processor, record, now_ms)).collect();
+    }
+    let count = records.len();
+    // Split: each partition's records, with their positions.
+    let mut by_partition: BTreeMap<Partition, Vec<(usize, Record)>> = BTreeMap::new();
+    for (position, record) in records.into_iter().enumerate() {
+        by_partition.entry(record.0.partition).or_default().push((position, record));
+    }
+    let applied: Vec<Vec<(usize, Processed)>> = workers.run(by_partition.into_values().collect(), |group| {
+        group.into_iter().map(|(position, record)| (position, apply_record(processor, record, now_ms))).collect()
+    });
+    // Merge: back in the order of the records.
+    let mut results: Vec<Option<Processed>> = std::iter::repeat_with(|| None).take(count).collect();
+    for (position, processed) in applied.into_iter().flatten() {
+        results[position] = Some(processed);
+    }
+    results.into_iter().flatten().collect()
+}
+
+/// Fires the time-driven changes of each partition up to its new watermark
+/// on the `workers`; returns each partition's outputs, in the order of
+/// `advanced`.
+pub fn advance_in_order(
+    processor: &Processor,
+    advanced: &[(Partition, EventTime)],
+    workers: &Workers,
+    now_ms: i64,
+) -> Vec<Vec<Output>> {
+    workers.run(advanced.to_vec(), |(partition, watermark)| processor.advance_partition(partition, watermark, now_ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::Codec;
+    use crate::model::InputKind;
+    use crate::synthetic::Population;
+    use crate::time::MINUTE_MS;
+
+    const PARTITIONS: u64 = 4;
+    const NOW_MS: i64 = 1_800_000_000_000;
+
+    /// What a run of batches produced: per batch, each record's result in
+    /// the order of the records, then each advanced partition's outputs.
+    type Produced = Vec<(Vec<Processed>, Vec<Vec<Output>>)>;
+
+    /// A seeded stream over 4 partitions, in batches of 2,000 records, run
+    /// as the driver runs it with `workers` threads: a batch's consent
+    /// records on the calling thread first, then its events, then event
+    /// time advanced to each partition's newest event minus a minute.
+    fn run(workers: usize) -> Produced {
+        let workers = Workers::new(workers);
+        let (catalogue, settings) = crate::config::embedded_defaults();
+        let processor = Processor::new(Codec::new(&[]).unwrap(), catalogue, &settings);
+        let mut population = Population::new(5, 2_000, 20_000, 30, NOW_MS);
+        let partition_of = |key: &str| Partition((crate::state::hash_value(key) % PARTITIONS) as i32);
+        let partitions: Vec<Partition> = (0..PARTITIONS as i32).map(Partition).collect();
+        processor.own(&partitions);
+        for record in population.consent_records() {
+            let source = Source { partition: partition_of(&record.key), watermark: None };
+            processor.process_from(source, record.kind, Some(record.key.as_bytes()), record.value.as_deref(), NOW_MS);
+        }
+        let mut watermarks: BTreeMap<Partition, EventTime> = BTreeMap::new();
+        let mut produced = Vec::new();
+        for _ in 0..10 {
+            let batch: Vec<_> = (0..2_000).map(|_| population.next_record()).collect();
+            let (consents, events): (Vec<_>, Vec<_>) =
+                batch.into_iter().partition(|record| record.kind == InputKind::Consent);
+            let mut results = Vec::new();
+            for record in consents {
+                let source = Source { partition: partition_of(&record.key), watermark: None };
+                let input = processor.decode(record.kind, Some(record.key.as_bytes()), record.value.as_deref(), NOW_MS);
+                results.push(apply_record(&processor, (source, input), NOW_MS));
+            }
+            let records: Vec<Record> = events
+                .iter()
+                .map(|record| {
+                    let partition = partition_of(&record.key);
+                    let source = Source { partition, watermark: watermarks.get(&partition).copied() };
+                    let key = Some(record.key.as_bytes());
+                    (source, processor.decode(record.kind, key, record.value.as_deref(), NOW_MS))
+                })
+                .collect();
+            let sources: Vec<Source> = records.iter().map(|(source, _)| *source).collect();
+            let applied = apply_in_order(&processor, records, &workers, NOW_MS);
+            for (source, processed) in sources.iter().zip(&applied) {
+                if let Some(event_time) = processed.event_time {
+                    let newest = EventTime(event_time - MINUTE_MS);
+                    let watermark = watermarks.entry(source.partition).or_insert(newest);
+                    *watermark = (*watermark).max(newest);
+                }
+            }
+            results.extend(applied);
+            let advanced: Vec<(Partition, EventTime)> = watermarks.iter().map(|(p, w)| (*p, *w)).collect();
+            produced.push((results, advance_in_order(&processor, &advanced, &workers, NOW_MS)));
+        }
+        produced
+    }
+
+    #[test]
+    fn records_of_several_partitions_applied_by_two_workers_give_what_one_gives_in_the_same_order() {
+        let one = run(1);
+        let two = run(2);
+        // Every result and every output, versions included, record by record.
+        assert_eq!(one.len(), two.len());
+        for (batch, ((one_applied, one_advanced), (two_applied, two_advanced))) in one.iter().zip(&two).enumerate() {
+            assert_eq!(one_applied.len(), two_applied.len(), "batch {batch}");
+            for (position, (with_one, with_two)) in one_applied.iter().zip(two_applied).enumerate() {
+                assert_eq!(with_one, with_two, "batch {batch}, record {position}");
+            }
+            assert_eq!(one_advanced, two_advanced, "batch {batch}, time-driven");
+        }
+        // The stream exercised what ordering is about: updates of the same
+        // user within a batch, on every partition, and time-driven ones.
+        let (results, advanced) = &one[5];
+        let updated: Vec<&str> =
+            results.iter().filter_map(|processed| processed.output.as_ref()).map(Output::user_id).collect();
+        let distinct: std::collections::BTreeSet<&str> = updated.iter().copied().collect();
+        assert!(updated.len() > distinct.len() + 100, "{} updates of {} users", updated.len(), distinct.len());
+        assert_eq!(advanced.len(), PARTITIONS as usize);
+        assert!(advanced.iter().all(|outputs| !outputs.is_empty()), "time-driven updates on every partition");
+    }
+
+    #[test]
+    fn work_comes_back_in_the_order_it_was_given_whatever_thread_did_it() {
+        let here = std::thread::current().id();
+        let squares = Workers::new(3).run((0..50_u64).collect(), |n| (n * n, std::thread::current().id()));
+        let expected: Vec<u64> = (0..50).map(|n| n * n).collect();
+        assert_eq!(squares.iter().map(|(square, _)| *square).collect::<Vec<_>>(), expected);
+        assert!(squares.iter().all(|(_, thread)| *thread != here), "the pool's threads did the work");
+        // One worker: the calling thread does it all.
+        assert!(Workers::new(1).run(vec![1, 2, 3], |_| std::thread::current().id()).iter().all(|id| *id == here));
+        assert_eq!(Workers::new(2).run(Vec::<u8>::new(), |n| n), Vec::<u8>::new());
+    }
+}
