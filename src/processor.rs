@@ -339,8 +339,9 @@ impl Processor {
     /// stays as it was.
     fn apply_event(&self, segments: &Segments, source: Source, event: Event, now_ms: i64) -> Processed {
         let user_id = event.user_id();
-        let consent = self.consent.get(user_id);
-        if let Err(reason) = consent::admit(&event, consent.as_deref()) {
+        // A copy: no lock on the consent table is held while the shard's is taken.
+        let consent = self.consent.cloned(user_id);
+        if let Err(reason) = consent::admit(&event, consent.as_ref()) {
             return Processed::without_output(Outcome::Dropped(reason));
         }
         let Some(consent) = consent else { return Processed::without_output(Outcome::Dropped(DropReason::NoConsent)) };
@@ -430,7 +431,7 @@ impl Processor {
                 if user.state.next_change != Some(due) {
                     continue;
                 }
-                let consent = match self.consent.get(user.user_id) {
+                let consent = match self.consent.cloned(user.user_id) {
                     Some(consent) if consent.allows_profile() => consent,
                     _ => continue,
                 };
@@ -464,13 +465,13 @@ impl Processor {
     /// The changelog value of `user_id`'s state on `partition`; `None` when
     /// nothing beyond the consent table is held (a tombstone in the changelog).
     pub fn changelog_value(&self, partition: Partition, user_id: &str) -> Option<Vec<u8>> {
-        let consent = self.consent.get(user_id);
+        let consent = self.consent.cloned(user_id);
         let catalogue = &self.segments.load().catalogue;
         self.shards
             .with(partition, |shard| {
                 let state = shard.get(user_id).filter(|state| !state.holds_only_consent())?;
                 let mut value = Vec::with_capacity(256);
-                changelog::encode(state, consent.as_deref(), catalogue, &mut value);
+                changelog::encode(state, consent.as_ref(), catalogue, &mut value);
                 Some(value)
             })
             .flatten()
@@ -558,7 +559,7 @@ impl Processor {
             self.shards.with(partition, |shard| {
                 for handle in shard.handles() {
                     let Some(user) = shard.by_handle(handle) else { continue };
-                    let consent = match self.consent.get(user.user_id) {
+                    let consent = match self.consent.cloned(user.user_id) {
                         Some(consent) if consent.allows_profile() => consent,
                         _ => continue,
                     };

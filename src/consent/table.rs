@@ -17,16 +17,14 @@ pub struct ConsentTable {
     entries: DashMap<UserKey, ConsentInForce, foldhash::fast::RandomState>,
 }
 
-/// A read of one user's entry; holds a read lock on its part of the table.
-pub type ConsentRef<'a> = Ref<'a, UserKey, ConsentInForce>;
-
 impl ConsentTable {
-    /// The consent in force for `user_id`, if any was recorded.
-    pub fn get(&self, user_id: &str) -> Option<ConsentRef<'_>> {
+    /// The entry of `user_id`, holding a read lock on its part of the table.
+    fn get(&self, user_id: &str) -> Option<Ref<'_, UserKey, ConsentInForce>> {
         self.entries.get(user_id)
     }
 
-    /// A copy of the consent in force for `user_id`, holding no lock.
+    /// A copy of the consent in force for `user_id`, if any was recorded
+    /// (no lock is held once it returns).
     pub fn cloned(&self, user_id: &str) -> Option<ConsentInForce> {
         self.get(user_id).map(|entry| entry.value().clone())
     }

@@ -9,10 +9,13 @@
 //! the record needs anyway.
 //!
 //! The state is shared, not owned by one thread: each shard is behind its
-//! own lock, so worker threads applying different partitions never wait for
-//! each other, and the admin endpoint reads one user at a time, locking only
-//! the shard it reads for that moment. The map of shards changes only when
-//! partitions are assigned or revoked, and is read without a lock.
+//! own lock and has one writer at a time (its partition's worker during a
+//! batch's apply step, the pipeline thread between steps), so workers
+//! applying different partitions never wait for each other, and the admin
+//! endpoint reads one user at a time, locking only the shard it reads for
+//! that moment. The map of shards changes only when partitions are assigned
+//! or revoked, and is read without a lock. No lock of the consent table is
+//! held while a shard's is taken (the processor copies a user's consent out).
 
 use super::{Partition, UserKey, UserState};
 use arc_swap::ArcSwap;
