@@ -34,6 +34,7 @@ const BATCH_DURATION: &str = "tactful_batch_duration_seconds";
 const COMMIT_DURATION: &str = "tactful_commit_duration_seconds";
 const APPLY_DURATION: &str = "tactful_apply_duration_seconds";
 const CONSUMER_LAG: &str = "tactful_consumer_lag_records";
+const UPDATE_LATENCY: &str = "tactful_update_latency_seconds";
 
 /// Histogram buckets for durations, in seconds: from a fast commit (1 ms)
 /// to a long restore (5 min).
@@ -67,6 +68,12 @@ pub fn install_metrics() -> Result<PrometheusHandle, BuildError> {
         Unit::Seconds,
         "Time to apply a batch's event records and advance event time: the part on the worker threads."
     );
+    describe_histogram!(
+        UPDATE_LATENCY,
+        Unit::Seconds,
+        "From an input record's Kafka timestamp to the delivery of the profile update it caused \
+         (exactly once: its transaction's commit, when read_committed consumers see it)."
+    );
     describe_gauge!(CONSUMER_LAG, Unit::Count, "Records not yet read on this instance's partitions, by event kind.");
     Ok(handle)
 }
@@ -75,6 +82,16 @@ pub fn install_metrics() -> Result<PrometheusHandle, BuildError> {
 pub fn record_batch(batch: Duration, delivery: Duration) {
     metrics::histogram!(BATCH_DURATION).record(batch.as_secs_f64());
     metrics::histogram!(COMMIT_DURATION).record(delivery.as_secs_f64());
+}
+
+/// Records, for each update an input record caused, the time from the
+/// record's Kafka timestamp (`produced_at`, epoch milliseconds) to its
+/// delivery at `delivered_ms`. A clock behind the producer's reads as 0.
+pub fn record_update_latency(produced_at: &[i64], delivered_ms: i64) {
+    let histogram = metrics::histogram!(UPDATE_LATENCY);
+    for produced in produced_at {
+        histogram.record(delivered_ms.saturating_sub(*produced).max(0) as f64 / 1000.0);
+    }
 }
 
 /// Records how long applying a batch's event records and advancing event

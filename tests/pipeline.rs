@@ -352,6 +352,10 @@ fn health_readiness_and_metrics_are_served_on_loopback() {
     assert!(metrics.contains("tactful_records_applied_total{kind=\"browse\"} 1"), "{metrics}");
     assert!(metrics.contains("tactful_events_dropped_total{kind=\"browse\",reason=\"no_consent\"} 1"), "{metrics}");
     assert!(metrics.contains("tactful_segment_members{segment=\"new_visitor\"} 1"), "{metrics}");
+    // One update was caused by an input record (m's browse), delivered
+    // within seconds of being produced.
+    assert!(metrics.contains("tactful_update_latency_seconds_count 1\n"), "{metrics}");
+    assert!(metrics.contains("tactful_update_latency_seconds_bucket{le=\"10\"} 1\n"), "{metrics}");
     let status = pipeline.stop();
     assert!(status.success(), "SIGTERM ends the pipeline cleanly: {status:?}");
 }

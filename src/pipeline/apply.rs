@@ -53,6 +53,9 @@ pub struct Work {
     pub changed: HashMap<String, Partition>,
     /// Users erased by a consent tombstone in this batch.
     pub erased: Vec<String>,
+    /// The Kafka timestamp (epoch milliseconds) of each input record that
+    /// caused an output, for the update latency once they are delivered.
+    pub produced_at: Vec<i64>,
     /// Outcome counts, flushed to the metrics after each batch.
     pub tally: Tally,
 }
@@ -74,6 +77,7 @@ impl Work {
     pub fn clear_delivered(&mut self) {
         self.outputs.clear();
         self.dead_letters.clear();
+        self.produced_at.clear();
     }
 
     /// Forgets everything but the counts (the batch is read again).
@@ -311,6 +315,9 @@ impl<'a> Shell<'a> {
                     work.erased.push(user_id.to_owned());
                 }
             }
+        }
+        if processed.output.is_some() {
+            work.produced_at.extend(message.timestamp().to_millis());
         }
         work.outputs.extend(processed.output);
         processed.event_time

@@ -16,12 +16,14 @@ use super::registry::RegistryClient;
 use super::table::Table;
 use super::PipelineError;
 use crate::config::Config;
-use crate::control::Control;
+use crate::control::{now_ms, Control};
 use crate::erasure::Erasures;
 use crate::model::InputKind;
 use crate::processor::Processor;
 use crate::state::Partition;
-use crate::telemetry::{record_apply, record_batch, record_consumer_lag, record_experiments, record_segment_sizes};
+use crate::telemetry::{
+    record_apply, record_batch, record_consumer_lag, record_experiments, record_segment_sizes, record_update_latency,
+};
 use rdkafka::message::BorrowedMessage;
 use std::time::{Duration, Instant};
 
@@ -139,7 +141,10 @@ impl<'a> Driver<'a> {
         let delivery_started = Instant::now();
         let delivered = self.delivery.deliver(ingest, batch)?;
         match delivered {
-            Delivered::Done => work.clear_delivered(),
+            Delivered::Done => {
+                record_update_latency(&work.produced_at, now_ms());
+                work.clear_delivered();
+            }
             Delivered::Aborted => self.rewind(ingest, merger)?,
         }
         record_batch(self.batch_started.elapsed(), delivery_started.elapsed());
