@@ -546,9 +546,10 @@ impl Producer {
         }
     }
 
-    /// Waits until everything sent is acknowledged.
+    /// Waits until everything sent is acknowledged (long enough for a broker
+    /// restarted under load to come back: a CI run once needed over 60 s).
     pub fn flush(&self) {
-        self.inner.flush(Duration::from_secs(60)).unwrap();
+        self.inner.flush(Duration::from_secs(180)).unwrap();
     }
 }
 
