@@ -1,0 +1,169 @@
+#!/usr/bin/env bash
+# End-to-end latency through a real Kafka broker (issue 11, item 4): an event
+# produced → the profile update it causes visible to a read_committed
+# consumer, under a steady load at half of the measured capacity, for each
+# processing guarantee. Figures go to BENCHMARKS.md ("Latency").
+#
+# For each guarantee, on one broker: fresh topics (PARTITIONS partitions),
+# consent for USERS users (personalization + web, level FULL), `tactful run`
+# until /readyz, then scripts/latency.py produces browse events at RATE/s for
+# DURATION s (each event's ts = the wall clock when produced) while a
+# read_committed consumer decodes every ProfileUpdate (fastavro) and takes
+# receive wall clock − ts for the updates caused by the run's events after
+# WARMUP s. Producer and consumer run on this machine: one clock, no skew.
+# A first round of BROKER_WARMUP s (exactly once, its own topics) warms the
+# broker's JIT and is not reported.
+#
+# Usage: [GUARANTEE=exactly_once|at_least_once|both] [CAPACITY=40000] [RATE=CAPACITY/2] \
+#        [DURATION=30] [WARMUP=5] [USERS=10000] [PARTITIONS=4] \
+#        [COMMIT_INTERVAL_MS=100] [MAX_BATCH=50000] [MAX_IDLE_WAIT_MS=500] \
+#        [BROKER_WARMUP=20] [CONSUMER_FETCH_WAIT_MS=10] [CLIENT_PROPERTIES=key=value,...] \
+#        [TACTFUL_BIN=path] \
+#        scripts/bench-latency.sh
+# CAPACITY is records/s as scripts/bench-e2e.sh measures it (exactly once,
+# default batches) on this machine; the load is RATE = CAPACITY / 2.
+# The broker is scripts/kafka.sh's, on a free port pair unless KAFKA_PORT is set.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+guarantee="${GUARANTEE:-both}"
+capacity="${CAPACITY:-40000}"
+rate="${RATE:-$((capacity / 2))}"
+duration="${DURATION:-30}"
+warmup="${WARMUP:-5}"
+users="${USERS:-10000}"
+partitions="${PARTITIONS:-4}"
+commit_interval_ms="${COMMIT_INTERVAL_MS:-100}"
+max_batch="${MAX_BATCH:-50000}"
+max_idle_wait_ms="${MAX_IDLE_WAIT_MS:-500}"
+consumer_fetch_wait_ms="${CONSUMER_FETCH_WAIT_MS:-10}"
+broker_warmup="${BROKER_WARMUP:-20}"
+case "$guarantee" in
+    both) guarantees=(exactly_once at_least_once) ;;
+    exactly_once | at_least_once) guarantees=("$guarantee") ;;
+    *) echo "GUARANTEE must be exactly_once, at_least_once or both" >&2; exit 2 ;;
+esac
+
+# CPU seconds (user + system, all threads) a process has used so far.
+cpu_seconds() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.1f", ($14 + $15) / hz}' "/proc/$1/stat"; }
+port_open() { timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null; }
+free_port() {
+    local p
+    for _ in $(seq 100); do
+        p=$((20000 + RANDOM % 10000))
+        if ! port_open "$p" && ! port_open "$((p + 1))"; then echo "$p"; return; fi
+    done
+    echo "no free port found" >&2; exit 1
+}
+
+# TACTFUL_BIN: another build to measure (e.g. a candidate change), instead of this tree's.
+if [ -n "${TACTFUL_BIN:-}" ]; then tactful="$TACTFUL_BIN"; else cargo build --release --quiet; tactful=target/release/tactful; fi
+python="$(scripts/python-env.sh)"
+if [ -z "${KAFKA_PORT:-}" ]; then
+    KAFKA_PORT="$(free_port)"
+    export KAFKA_PORT KAFKA_CONTROLLER_PORT=$((KAFKA_PORT + 1))
+fi
+admin_port="$(free_port)"
+
+pipeline_pid=""
+broker_started=""
+cleanup() {
+    if [ -n "$pipeline_pid" ]; then kill -TERM "$pipeline_pid" 2>/dev/null || true; wait "$pipeline_pid" 2>/dev/null || true; fi
+    if [ -n "$broker_started" ]; then scripts/kafka.sh stop >/dev/null 2>&1 || true; fi
+}
+trap cleanup EXIT
+bootstrap="$(scripts/kafka.sh start)"
+broker_started=1
+
+run_dir="target/bench-latency"
+rm -rf "$run_dir" && mkdir -p "$run_dir"
+echo "load: $rate browse events/s (capacity $capacity / 2) for ${duration}s, ${warmup}s warm-up not measured;" \
+    "$users users, $partitions partitions; commit_interval_ms $commit_interval_ms, max_batch_records $max_batch," \
+    "max_idle_wait_ms $max_idle_wait_ms; $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
+
+# A fresh broker's JVM compiles its hot paths during the first minute of
+# load (it then used about twice the CPU): a first round, exactly once at
+# RATE for BROKER_WARMUP seconds on topics of its own, is not reported.
+rounds=("${guarantees[@]}")
+[ "$broker_warmup" -gt 0 ] && rounds=(warm-up "${rounds[@]}")
+for round in "${rounds[@]}"; do
+    if [ "$round" = warm-up ]; then g=exactly_once; seconds=$broker_warmup; else g=$round; seconds=$duration; fi
+    prefix="lat-$round-$(date +%s)"
+    cat > "$run_dir/$round.toml" <<TOML
+[kafka]
+bootstrap_servers = "$bootstrap"
+app_id = "$prefix"
+
+[topics]
+browse = "$prefix.events.browse"
+purchase = "$prefix.events.purchase"
+location = "$prefix.events.location"
+consent = "$prefix.consent.changes"
+profiles = "$prefix.profiles.updates"
+
+[pipeline]
+processing_guarantee = "$g"
+commit_interval_ms = $commit_interval_ms
+max_batch_records = $max_batch
+max_idle_wait_ms = $max_idle_wait_ms
+
+[admin]
+listen = "127.0.0.1:$admin_port"
+TOML
+    if [ -n "${CLIENT_PROPERTIES:-}" ]; then
+        # key=value,key=value: librdkafka settings for tactful's clients.
+        printf '\n[kafka.client_properties]\n' >> "$run_dir/$round.toml"
+        tr ',' '\n' <<< "$CLIENT_PROPERTIES" | while IFS='=' read -r key value; do
+            printf '"%s" = "%s"\n' "$key" "$value" >> "$run_dir/$round.toml"
+        done
+    fi
+    "$python" scripts/latency.py --bootstrap "$bootstrap" topics --prefix "$prefix" --partitions "$partitions"
+    "$python" scripts/latency.py --bootstrap "$bootstrap" consent --topic "$prefix.consent.changes" --users "$users"
+
+    "$tactful" run --config "$run_dir/$round.toml" 2> "$run_dir/$round.run.log" &
+    pipeline_pid=$!
+    until curl -sf "127.0.0.1:$admin_port/readyz" >/dev/null; do
+        sleep 0.2
+        kill -0 "$pipeline_pid" 2>/dev/null || { echo "the pipeline died:"; tail -20 "$run_dir/$round.run.log"; exit 1; }
+    done
+
+    broker_pid="$(cat "${KAFKA_RUN_DIR:-target/kafka}/kafka.pid")"
+    cpu_before="$(cpu_seconds "$pipeline_pid") $(cpu_seconds "$broker_pid")"
+    "$python" scripts/latency.py --bootstrap "$bootstrap" run \
+        --browse-topic "$prefix.events.browse" --profiles-topic "$prefix.profiles.updates" \
+        --users "$users" --rate "$rate" --duration "$seconds" --warmup "$warmup" \
+        --metrics-url "http://127.0.0.1:$admin_port/metrics" --fetch-wait-ms "$consumer_fetch_wait_ms" > "$run_dir/$round.json"
+    peak_rss=$(awk '/VmHWM/ {print $2 " " $3}' "/proc/$pipeline_pid/status")
+    cpu_after="$(cpu_seconds "$pipeline_pid") $(cpu_seconds "$broker_pid")"
+    kill -TERM "$pipeline_pid"
+    wait "$pipeline_pid" || true
+    pipeline_pid=""
+    if [ "$round" = warm-up ]; then
+        echo "== broker warm-up round ($g, ${seconds}s, not reported): broker CPU $(echo "$cpu_after" | awk -v b="$cpu_before" '{split(b, x, " "); printf "%.1f", $2 - x[2]}') s"
+        continue
+    fi
+
+    "$python" - "$run_dir/$round.json" "$g" "$peak_rss" "$cpu_before" "$cpu_after" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1])); g = sys.argv[2]; lat = r["latency_ms"]; p = r["pipeline"]
+(t0, b0), (t1, b1) = (map(float, x.split()) for x in sys.argv[4:6])
+print(f"== {g}")
+print(f"produced {r['produced']} events in {r['produce_seconds']} s: {r['rate_achieved']} events/s "
+      f"(target {r['rate_target']}; producer >10 ms behind schedule {r['producer_late_ticks']} times)")
+print(f"tactful: applied {p.get('applied')}, published {p.get('updates_published')} updates, "
+      f"dropped {p.get('dropped')}, rejected {p.get('rejected')}; while producing {p.get('batches')} batches, "
+      f"mean batch {p.get('batch_mean_ms')} ms of which delivery {p.get('delivery_mean_ms')} ms; peak memory {sys.argv[3]}")
+print(f"CPU seconds during the run (production and drain): tactful {t1 - t0:.1f}, broker {b1 - b0:.1f}, "
+      f"producer {r['producer_cpu_seconds']}, consumer {r['consumer_cpu_seconds']}")
+print(f"consumer: {r['updates_received']} updates read, {r['updates_of_the_run']} caused by the run's events, "
+      f"{r['measured']} measured (after the warm-up)")
+if lat:
+    print(f"latency ms: p50 {lat['p50']}  p90 {lat['p90']}  p99 {lat['p99']}  p99.9 {lat['p999']}  max {lat['max']}  "
+          f"(min {lat['min']}, mean {lat['mean']})")
+    for key, what in (("event_to_sent_ms", "event -> sent by tactful"), ("sent_to_visible_ms", "sent -> visible")):
+        part = r[key]
+        print(f"  {what}: p50 {part['p50']}  p99 {part['p99']}  max {part['max']}")
+else:
+    print("latency: no update measured"); sys.exit(1)
+PY
+done
