@@ -479,15 +479,26 @@ pub fn http_get_with(port: u16, path: &str, headers: &[&str]) -> Option<(u16, St
 
 /// A plain HTTP/1.0 request on loopback: (status, head, body).
 pub fn http(port: u16, method: &str, path: &str, headers: &[&str]) -> Option<(u16, String, String)> {
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(15))).ok()?;
+    try_http(port, method, path, headers).ok()
+}
+
+/// [`http`], saying why it got no answer: the step that failed and the error.
+pub fn try_http(port: u16, method: &str, path: &str, headers: &[&str]) -> Result<(u16, String, String), String> {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|error| format!("connect: {error}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(15))).map_err(|error| format!("set timeout: {error}"))?;
     let extra: String = headers.iter().map(|header| format!("{header}\r\n")).collect();
-    write!(stream, "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n{extra}\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    write!(stream, "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n{extra}\r\n")
+        .map_err(|error| format!("send: {error}"))?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).map_err(|error| format!("read: {error}"))?;
+    let response = String::from_utf8(response).map_err(|error| format!("not UTF-8: {error}"))?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|status| status.parse().ok())
+        .ok_or_else(|| format!("no status line in {response:?}"))?;
     let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    Some((status, head.to_owned(), body.to_owned()))
+    Ok((status, head.to_owned(), body.to_owned()))
 }
 
 /// Produces raw records the way another team's client would.
@@ -886,8 +897,17 @@ pub fn registry_get(path: &str) -> (u16, String) {
         .strip_prefix("http://127.0.0.1:")
         .and_then(|rest| rest.split_once('/'))
         .unwrap_or_else(|| panic!("the test registry is on loopback: {base}"));
-    http_get(port.parse().unwrap(), &format!("/{base_path}{path}"))
-        .unwrap_or_else(|| panic!("the registry at {base} did not answer"))
+    // The registry is another team's service: like any client of it, retry a
+    // read that got no answer at all (seen once under load in CI), and say why.
+    let mut failures = Vec::new();
+    while failures.len() < 3 {
+        match try_http(port.parse().unwrap(), "GET", &format!("/{base_path}{path}"), &[]) {
+            Ok((status, _, body)) => return (status, body),
+            Err(error) => failures.push(error),
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    panic!("the registry at {base} did not answer GET {path}: {failures:?}")
 }
 
 /// The offset `group` committed for `topic`/`partition` (the next record it
