@@ -70,29 +70,42 @@ fn process_chunk(processor: &Processor, records: &[SyntheticRecord], now_ms: i64
     }
 }
 
+/// Times `run` over the workload's events, CHUNK records at a time, on state
+/// from `fresh`; when the stream is used up, it starts again on fresh state,
+/// untimed.
+fn replay<S>(
+    bencher: &mut criterion::Bencher<'_>,
+    workload: &Workload,
+    fresh: impl Fn(&Workload) -> S,
+    mut run: impl FnMut(&mut S, &[SyntheticRecord]),
+) {
+    let mut state = fresh(workload);
+    let mut position = 0;
+    bencher.iter_custom(|iterations| {
+        let mut elapsed = Duration::ZERO;
+        for _ in 0..iterations {
+            if position + CHUNK > workload.events.len() {
+                state = fresh(workload);
+                position = 0;
+            }
+            let started = Instant::now();
+            run(&mut state, &workload.events[position..position + CHUNK]);
+            elapsed += started.elapsed();
+            position += CHUNK;
+        }
+        elapsed
+    });
+}
+
 fn full_path(criterion: &mut Criterion) {
     let workload = workload();
     let mut group = criterion.benchmark_group("pipeline");
     group.throughput(Throughput::Elements(CHUNK as u64));
     group.sample_size(30).measurement_time(Duration::from_secs(20));
     group.bench_function(BenchmarkId::new("decode_consent_segments_encode", "1M users"), |bencher| {
-        let mut processor = loaded_processor(&workload);
-        let mut position = 0;
         let mut buffer = Vec::with_capacity(1024);
-        bencher.iter_custom(|iterations| {
-            let mut elapsed = Duration::ZERO;
-            for _ in 0..iterations {
-                if position + CHUNK > workload.events.len() {
-                    // The stream is used up: start again on fresh state, untimed.
-                    processor = loaded_processor(&workload);
-                    position = 0;
-                }
-                let started = Instant::now();
-                process_chunk(&processor, &workload.events[position..position + CHUNK], workload.now_ms, &mut buffer);
-                elapsed += started.elapsed();
-                position += CHUNK;
-            }
-            elapsed
+        replay(bencher, &workload, loaded_processor, |processor, chunk| {
+            process_chunk(processor, chunk, workload.now_ms, &mut buffer);
         });
     });
     group.finish();
@@ -180,33 +193,10 @@ fn on_workers(criterion: &mut Criterion) {
         let id =
             BenchmarkId::new("decode_consent_segments_encode", format!("1M users, 4 partitions, {threads} threads"));
         group.bench_function(id, |bencher| {
-            let mut processor = loaded_sharded_processor(&workload);
-            let mut watermarks = BTreeMap::new();
-            let mut position = 0;
             let mut buffer = Vec::with_capacity(1024);
-            bencher.iter_custom(|iterations| {
-                let mut elapsed = Duration::ZERO;
-                for _ in 0..iterations {
-                    if position + CHUNK > workload.events.len() {
-                        // The stream is used up: start again on fresh state, untimed.
-                        processor = loaded_sharded_processor(&workload);
-                        watermarks.clear();
-                        position = 0;
-                    }
-                    let chunk = &workload.events[position..position + CHUNK];
-                    let started = Instant::now();
-                    process_chunk_on_workers(
-                        &processor,
-                        chunk,
-                        &workers,
-                        workload.now_ms,
-                        &mut watermarks,
-                        &mut buffer,
-                    );
-                    elapsed += started.elapsed();
-                    position += CHUNK;
-                }
-                elapsed
+            let fresh = |workload: &Workload| (loaded_sharded_processor(workload), BTreeMap::new());
+            replay(bencher, &workload, fresh, |(processor, watermarks), chunk| {
+                process_chunk_on_workers(processor, chunk, &workers, workload.now_ms, watermarks, &mut buffer);
             });
         });
     }

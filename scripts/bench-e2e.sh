@@ -19,11 +19,11 @@
 # (KAFKA_PORT and KAFKA_CONTROLLER_PORT move the broker, see scripts/kafka.sh.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/bench.sh
 users="${1:-100000}"
 events="${2:-1000000}"
 partitions="${3:-4}"
 guarantee="${GUARANTEE:-exactly_once}"
-workers_line="${WORKERS:+workers = $WORKERS}"
 port="${ADMIN_PORT:-19464}"
 
 cargo build --release --quiet
@@ -33,38 +33,17 @@ trap 'kill "${pipeline_pid:-0}" 2>/dev/null || true; scripts/kafka.sh stop >/dev
 run_dir="target/bench-e2e"
 rm -rf "$run_dir" && mkdir -p "$run_dir"
 prefix="bench-$(date +%s)"
-cat > "$run_dir/tactful.toml" <<TOML
-[kafka]
-bootstrap_servers = "$bootstrap"
-app_id = "$prefix"
-
-[topics]
-browse = "$prefix.events.browse"
-purchase = "$prefix.events.purchase"
-location = "$prefix.events.location"
-consent = "$prefix.consent.changes"
-profiles = "$prefix.profiles.updates"
-
-[pipeline]
-max_batch_records = ${MAX_BATCH:-50000}
-commit_interval_ms = ${COMMIT_INTERVAL_MS:-100}
-processing_guarantee = "$guarantee"
-max_idle_wait_ms = ${MAX_IDLE_WAIT_MS:-500}
-$workers_line
-
-[admin]
-listen = "127.0.0.1:$port"
-TOML
+settings=("max_batch_records = ${MAX_BATCH:-50000}" "commit_interval_ms = ${COMMIT_INTERVAL_MS:-100}"
+    "processing_guarantee = \"$guarantee\"" "max_idle_wait_ms = ${MAX_IDLE_WAIT_MS:-500}")
+[ -n "${WORKERS:-}" ] && settings+=("workers = $WORKERS")
+write_config "$run_dir/tactful.toml" "$prefix" "$prefix" "$bootstrap" "$port" "${settings[@]}"
 
 target/release/tactful gen --config "$run_dir/tactful.toml" --users "$users" --events "$events" --partitions "$partitions" 2> "$run_dir/gen.log"
 tail -1 "$run_dir/gen.log"
 total=$(grep -o 'done, [0-9]* records' "$run_dir/gen.log" | grep -o '[0-9]*')
 
-# CPU seconds (user + system) in a /proc stat file: the fields after the
-# command name, of which utime and stime are the 12th and 13th.
-cpu_seconds() { sed 's/.*) //' "$1" | awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($12 + $13) / hz}'; }
 broker_pid=$(cat "${KAFKA_RUN_DIR:-target/kafka}/kafka.pid")
-broker_cpu_before=$(cpu_seconds "/proc/$broker_pid/stat")
+broker_cpu_before=$(cpu_seconds "$broker_pid")
 
 started=$(date +%s.%N)
 target/release/tactful run --config "$run_dir/tactful.toml" 2> "$run_dir/run.log" &
@@ -89,10 +68,10 @@ threads=$(for task in /proc/"$pipeline_pid"/task/*; do
         tactful-worker) group=worker-threads ;;
         *) group=pipeline-thread ;;
     esac
-    echo "$group $(cpu_seconds "$task/stat")"
+    echo "$group $(cpu_seconds "$task")"
 done)
-process_cpu=$(cpu_seconds "/proc/$pipeline_pid/stat")
-broker_cpu=$(echo "$(cpu_seconds "/proc/$broker_pid/stat") - $broker_cpu_before" | bc -l)
+process_cpu=$(cpu_seconds "$pipeline_pid")
+broker_cpu=$(echo "$(cpu_seconds "$broker_pid") - $broker_cpu_before" | bc -l)
 kill -TERM "$pipeline_pid"
 wait "$pipeline_pid" || true
 seconds=$(echo "$finished - $started" | bc -l)

@@ -25,6 +25,7 @@
 # The broker is scripts/kafka.sh's, on a free port pair unless KAFKA_PORT is set.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/bench.sh
 
 guarantee="${GUARANTEE:-both}"
 capacity="${CAPACITY:-40000}"
@@ -43,18 +44,6 @@ case "$guarantee" in
     exactly_once | at_least_once) guarantees=("$guarantee") ;;
     *) echo "GUARANTEE must be exactly_once, at_least_once or both" >&2; exit 2 ;;
 esac
-
-# CPU seconds (user + system, all threads) a process has used so far.
-cpu_seconds() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.1f", ($14 + $15) / hz}' "/proc/$1/stat"; }
-port_open() { timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null; }
-free_port() {
-    local p
-    for _ in $(seq 100); do
-        p=$((20000 + RANDOM % 10000))
-        if ! port_open "$p" && ! port_open "$((p + 1))"; then echo "$p"; return; fi
-    done
-    echo "no free port found" >&2; exit 1
-}
 
 # TACTFUL_BIN: another build to measure (e.g. a candidate change), instead of this tree's.
 if [ -n "${TACTFUL_BIN:-}" ]; then tactful="$TACTFUL_BIN"; else cargo build --release --quiet; tactful=target/release/tactful; fi
@@ -89,27 +78,9 @@ rounds=("${guarantees[@]}")
 for round in "${rounds[@]}"; do
     if [ "$round" = warm-up ]; then g=exactly_once; seconds=$broker_warmup; else g=$round; seconds=$duration; fi
     prefix="lat-$round-$(date +%s)"
-    cat > "$run_dir/$round.toml" <<TOML
-[kafka]
-bootstrap_servers = "$bootstrap"
-app_id = "$prefix"
-
-[topics]
-browse = "$prefix.events.browse"
-purchase = "$prefix.events.purchase"
-location = "$prefix.events.location"
-consent = "$prefix.consent.changes"
-profiles = "$prefix.profiles.updates"
-
-[pipeline]
-processing_guarantee = "$g"
-commit_interval_ms = $commit_interval_ms
-max_batch_records = $max_batch
-max_idle_wait_ms = $max_idle_wait_ms
-
-[admin]
-listen = "127.0.0.1:$admin_port"
-TOML
+    write_config "$run_dir/$round.toml" "$prefix" "$prefix" "$bootstrap" "$admin_port" \
+        "processing_guarantee = \"$g\"" "commit_interval_ms = $commit_interval_ms" \
+        "max_batch_records = $max_batch" "max_idle_wait_ms = $max_idle_wait_ms"
     if [ -n "${CLIENT_PROPERTIES:-}" ]; then
         # key=value,key=value: librdkafka settings for tactful's clients.
         printf '\n[kafka.client_properties]\n' >> "$run_dir/$round.toml"

@@ -26,6 +26,7 @@
 # Defaults: 100000 users, 1000000 events, 4 partitions.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/bench.sh
 
 smoke=false
 if [ "${1:-}" = "--smoke" ]; then
@@ -44,29 +45,9 @@ commit_interval_ms="${COMMIT_INTERVAL_MS:-1000}"
 cache_dir="${TACTFUL_CACHE_DIR:-$HOME/.cache/tactful}"
 run_dir="target/bench-streams"
 peer_jar="benches/kstreams/target/tactful-kstreams.jar"
-clock_ticks=$(getconf CLK_TCK)
 
 log() { echo "bench-streams: $*" >&2; }
 die() { log "error: $*"; exit 1; }
-
-# A port nothing listens on (20000-29999, like scripts/lib/services.sh).
-free_port() {
-    local port
-    for _ in $(seq 100); do
-        port=$((20000 + RANDOM % 10000))
-        if ! timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$port" 2>/dev/null; then
-            echo "$port"
-            return 0
-        fi
-    done
-    die "no free port found"
-}
-
-# user + sys CPU seconds of a live process, all threads (fields 14 and 15 of /proc/<pid>/stat).
-cpu_seconds() {
-    # The command name (field 2) may hold spaces: read the fields after its closing parenthesis.
-    sed -E 's/^.*\) //' "/proc/$1/stat" | awk -v ticks="$clock_ticks" '{printf "%.2f", ($12 + $13) / ticks}'
-}
 
 peak_rss_mb() {
     awk '/VmHWM/ {printf "%.0f", $2 / 1024}' "/proc/$1/status"
@@ -111,24 +92,9 @@ rm -rf "$run_dir" && mkdir -p "$run_dir"
 prefix="streams-$(date +%s)"
 tactful_port=$(free_port)
 peer_port=$(free_port)
-cat > "$run_dir/tactful.toml" <<TOML
-[kafka]
-bootstrap_servers = "$bootstrap"
-app_id = "$prefix-tactful"
-
-[topics]
-browse = "$prefix.events.browse"
-purchase = "$prefix.events.purchase"
-location = "$prefix.events.location"
-consent = "$prefix.consent.changes"
-profiles = "$prefix.tactful.profiles.updates"
-
-[pipeline]
-processing_guarantee = "exactly_once"
-
-[admin]
-listen = "127.0.0.1:$tactful_port"
-TOML
+# tactful publishes to $prefix.tactful.profiles.updates, the peer to $prefix.kstreams.*.
+PROFILES_TOPIC="$prefix.tactful.profiles.updates" write_config "$run_dir/tactful.toml" "$prefix-tactful" "$prefix" \
+    "$bootstrap" "$tactful_port" 'processing_guarantee = "exactly_once"'
 
 log "loading $users users, $events events, $partitions partitions (once)"
 target/release/tactful gen --config "$run_dir/tactful.toml" --users "$users" --events "$events" \

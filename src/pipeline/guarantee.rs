@@ -72,9 +72,10 @@ impl Delivery for ExactlyOnce<'_> {
         }
         let publisher = &self.publisher;
         publisher.begin_transaction()?;
-        let committed = publisher
-            .send(records)
-            .and_then(|_| publisher.commit_transaction(&batch.offsets, || ingest.group_metadata()));
+        let committed = publisher.send(records).and_then(|mark| {
+            publisher.wait_until_reported(mark);
+            publisher.commit_transaction(&batch.offsets, || ingest.group_metadata())
+        });
         match committed {
             Ok(()) => {
                 let now = now_ms();

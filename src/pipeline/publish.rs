@@ -224,21 +224,38 @@ impl Publisher {
     /// and fails if any record was not delivered. (rdkafka's `flush` sleeps
     /// in 100 ms steps when a background thread serves delivery reports.)
     pub fn wait_until_acknowledged(&self, mark: u64) -> Result<(), PipelineError> {
+        let all_reported = self.wait_for_reports(mark, |tracker| tracker.failed.load(Ordering::Relaxed) > 0);
+        match self.producer.context().failed.load(Ordering::Relaxed) {
+            0 if all_reported => Ok(()),
+            0 => Err(PipelineError::Kafka {
+                context: "wait for acknowledgements",
+                source: KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut),
+            }),
+            failed => Err(PipelineError::Delivery(failed)),
+        }
+    }
+
+    /// Waits until every record sent up to `mark` got its delivery report,
+    /// whatever it said, before a transaction is committed: the commit
+    /// first flushes, in rdkafka's 100 ms steps, which made each
+    /// transaction ~100 ms long. The commit still gives the verdict (a
+    /// failed record aborts the transaction), and waits itself for whatever
+    /// is not reported by the time this gives up.
+    pub fn wait_until_reported(&self, mark: u64) {
+        self.wait_for_reports(mark, |_| false);
+    }
+
+    /// Polls the delivery reports until every record sent up to `mark` has
+    /// one (`true`), `give_up` says so, or the flush timeout passes.
+    fn wait_for_reports(&self, mark: u64, give_up: impl Fn(&DeliveryTracker) -> bool) -> bool {
         let deadline = Instant::now() + FLUSH_TIMEOUT;
         let tracker = self.producer.context();
         loop {
-            let failed = tracker.failed.load(Ordering::Relaxed);
-            if failed > 0 {
-                return Err(PipelineError::Delivery(failed));
-            }
             if tracker.reported.load(Ordering::Acquire) >= mark {
-                return Ok(());
+                return true;
             }
-            if Instant::now() > deadline {
-                return Err(PipelineError::Kafka {
-                    context: "wait for acknowledgements",
-                    source: KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut),
-                });
+            if give_up(tracker) || Instant::now() > deadline {
+                return false;
             }
             std::thread::sleep(ACKNOWLEDGEMENT_POLL);
         }

@@ -213,14 +213,17 @@ impl Shards {
 
     /// Runs `update` on the shard of `partition`, made empty if there is none.
     pub fn with_open<T>(&self, partition: Partition, update: impl FnOnce(&mut Shard) -> T) -> T {
+        if let Some(shard) = self.shards.load().get(&partition) {
+            return update(&mut lock(shard));
+        }
         self.open(partition);
         self.with(partition, update).expect("the shard was just opened")
     }
 
     /// Runs `update` on the shard of `partition`, if one is held.
     pub fn with<T>(&self, partition: Partition, update: impl FnOnce(&mut Shard) -> T) -> Option<T> {
-        let shard = self.shards.load().get(&partition).cloned()?;
-        let mut shard = lock(&shard);
+        let shards = self.shards.load();
+        let mut shard = lock(shards.get(&partition)?);
         Some(update(&mut shard))
     }
 
