@@ -24,6 +24,10 @@ Subcommands:
   figures as one JSON line on stdout (percentiles, counts, the achieved
   rate, CPU seconds of producer and consumer, and tactful's batches and
   deliveries in the window, from its /metrics) and a summary on stderr.
+- ``commits``: the helper of ``scripts/bench-recovery.sh``. Every 50 ms for
+  ``--duration`` seconds it asks the broker for the offsets consumer group
+  ``--group`` committed on each partition of ``--topic``, and prints a line
+  ``<wall clock ms> <partition> <offset>`` whenever one moved.
 
 Why the ``ts`` identifies the event: tactful's ProfileUpdate ``ts`` is the
 user's event-time clock when the profile changed, which for an update
@@ -531,6 +535,27 @@ def cmd_run(args):
         )
 
 
+def cmd_commits(args):
+    # A client of the group that never subscribes: it does not join the group.
+    reader = Consumer({"bootstrap.servers": args.bootstrap, "group.id": args.group, "enable.auto.commit": False})
+    partitions = [TopicPartition(args.topic, p) for p in range(args.partitions)]
+    last = {}
+    end = time.time() + args.duration
+    while time.time() < end:
+        try:
+            committed = reader.committed(partitions, timeout=5)
+        except KafkaException as e:
+            log(f"committed offsets not read: {e.args[0].str()}")
+            committed = []
+        now_ms = int(time.time() * 1000)
+        for tp in committed:
+            if tp.offset >= 0 and last.get(tp.partition) != tp.offset:
+                last[tp.partition] = tp.offset
+                print(now_ms, tp.partition, tp.offset, flush=True)
+        time.sleep(0.05)
+    reader.close()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bootstrap", required=True)
@@ -551,8 +576,13 @@ def main():
     r.add_argument("--metrics-url", help="tactful's /metrics, scraped before and after")
     r.add_argument("--seed", type=int, default=11)
     r.add_argument("--fetch-wait-ms", type=int, default=10, help="the consumer's fetch.wait.max.ms")
+    m = sub.add_parser("commits", help="print the committed offsets of --group on --topic as they move")
+    m.add_argument("--group", required=True)
+    m.add_argument("--topic", required=True)
+    m.add_argument("--partitions", type=int, default=4)
+    m.add_argument("--duration", type=float, required=True)
     args = ap.parse_args()
-    {"topics": cmd_topics, "consent": cmd_consent, "run": cmd_run}[args.command](args)
+    {"topics": cmd_topics, "consent": cmd_consent, "run": cmd_run, "commits": cmd_commits}[args.command](args)
 
 
 if __name__ == "__main__":

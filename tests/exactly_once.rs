@@ -2,7 +2,8 @@
 //! broker: a seeded stream of a few hundred thousand records is processed
 //! while the pipeline is killed with SIGKILL at random moments (and once
 //! stopped with SIGTERM), or while a second instance joins and leaves the
-//! group. At the end, the profiles read with read_committed equal what the
+//! group, or while one of two instances is killed and started again (static
+//! membership: the other is not interrupted). At the end, the profiles read with read_committed equal what the
 //! pure core computes from the same input, no (user, version) appears twice,
 //! and each user's versions strictly increase. Each pipeline applies its
 //! partitions on two worker threads (tests/broker_restart.rs and
@@ -87,6 +88,36 @@ fn a_second_instance_joining_and_leaving_moves_partitions_and_their_state_withou
         a_log.contains("state kept"),
         "a kept the state of the partitions it was given back (nobody else wrote them):\n{a_log}"
     );
+}
+
+#[test]
+fn an_instance_killed_and_restarted_takes_its_partitions_back_without_interrupting_the_other() {
+    let topics = Topics::create_with("static", PARTITIONS, PARTITIONS);
+    let inputs = seeded(17, 2_000, 60_000, 90, PARTITIONS);
+    let (first, second) = inputs.split_at(inputs.len() / 2);
+    produce(&topics, first, 1_000_000);
+    let a = Pipeline::start(&topics, instance("a").workers(WORKERS));
+    let b = Pipeline::start(&topics, instance("b").workers(WORKERS));
+    // The group is settled once each instance's last assignment is half the partitions.
+    let owns_half = |pipeline: &Pipeline| {
+        let log = pipeline.log();
+        let assigned = log.lines().filter(|line| line.contains("change=Assigned")).last().unwrap_or_default();
+        assigned.matches("Partition(").count() == PARTITIONS as usize / 2
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !(owns_half(&a) && owns_half(&b)) {
+        assert!(Instant::now() < deadline, "the group did not settle:\n{}\n{}", a.log(), b.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let rebalances = |pipeline: &Pipeline| pipeline.log().matches("rebalance change=").count();
+    let before = rebalances(&a);
+    b.kill();
+    // Back under the same instance id (a pod restarted under its name).
+    let b = Pipeline::start(&topics, instance("b").workers(WORKERS));
+    produce(&topics, second, 1_000_000);
+    assert_converges(&topics, &inputs);
+    assert_eq!(rebalances(&a), before, "a kept its partitions throughout, with no rebalance:\n{}", a.log());
+    assert!(owns_half(&b), "b took its own partitions back:\n{}", b.log());
 }
 
 #[test]

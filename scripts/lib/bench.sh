@@ -27,15 +27,18 @@ cpu_seconds() {
     sed -E 's/^.*\) //' "$stat" | awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($12 + $13) / hz}'
 }
 
-# Writes a benchmark's tactful configuration to $1: app id $2, the topics
-# named after $3 (profiles: $PROFILES_TOPIC, by default $3.profiles.updates),
-# bootstrap servers $4, the admin endpoint on 127.0.0.1:$5, and each further
-# argument as a line of [pipeline] (e.g. "commit_interval_ms = 100").
+# Writes a benchmark's tactful configuration to $1: app id $2 (instance id
+# $INSTANCE_ID if set), the topics named after $3 (profiles: $PROFILES_TOPIC,
+# by default $3.profiles.updates), bootstrap servers $4, the admin endpoint on
+# 127.0.0.1:$5, and each further argument as a line of [pipeline] (e.g.
+# "commit_interval_ms = 100").
 write_config() {
     local file="$1" app_id="$2" prefix="$3" bootstrap="$4" admin_port="$5"
     shift 5
     {
-        printf '[kafka]\nbootstrap_servers = "%s"\napp_id = "%s"\n\n' "$bootstrap" "$app_id"
+        printf '[kafka]\nbootstrap_servers = "%s"\napp_id = "%s"\n' "$bootstrap" "$app_id"
+        [ -n "${INSTANCE_ID:-}" ] && printf 'instance_id = "%s"\n' "$INSTANCE_ID"
+        printf '\n'
         printf '[topics]\n'
         for topic in browse purchase location; do printf '%s = "%s.events.%s"\n' "$topic" "$prefix" "$topic"; done
         printf 'consent = "%s.consent.changes"\nprofiles = "%s"\n\n' "$prefix" "${PROFILES_TOPIC:-$prefix.profiles.updates}"

@@ -126,7 +126,9 @@ pub fn run(
     }
     driver.finish(&ingest)?;
     control.set_ready(false);
-    tracing::info!("shutting down: last batch committed, leaving the group");
+    // A static member does not leave the group: a restart within the
+    // session timeout takes its partitions back without a rebalance.
+    tracing::info!("shutting down: last batch committed");
     ingest.leave();
     Ok(())
 }

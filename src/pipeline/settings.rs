@@ -29,6 +29,12 @@ pub fn event_consumer(config: &Config) -> ClientConfig {
     // Default: a dead instance's partitions move after this long without heartbeats.
     set_default(&mut client, config, "session.timeout.ms", "10000");
     set_default(&mut client, config, "heartbeat.interval.ms", "2000");
+    // Default: static membership (KIP-345). An instance restarted within the
+    // session timeout takes its own partitions back without a rebalance, so
+    // the others never stop; its transactional id, from the same instance
+    // id, fences its previous incarnation. A static member does not leave
+    // the group when it stops: its partitions move after the session timeout.
+    set_default(&mut client, config, "group.instance.id", &config.instance_id);
     client
         .set("group.id", &config.group_id)
         // Offsets are committed by hand, only after the batch's outputs are acknowledged.
