@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Create (once) the Python venv for the interoperability tests and print its
-# python. The venv lives in the cache dir, keyed by a hash of
+# Create (once) the Python venv for the interoperability tests and the
+# deployment's checks (kubernetes-validate, hadolint) and print its python.
+# The venv lives in the cache dir, keyed by a hash of
 # tests/interop/requirements.txt and of the Python version, so a changed
 # requirements file gets a new venv and an unchanged one is reused.
 #
@@ -55,8 +56,9 @@ if [ ! -f "$MARKER" ] || [ ! -x "$VENV_PY" ]; then
             cat "$VENV/pip.log" >&2
             die "pip install -r $REQUIREMENTS failed (see above)"
         fi
-        "$VENV_PY" -c 'import fastavro, confluent_kafka.schema_registry.avro' \
+        "$VENV_PY" -c 'import fastavro, confluent_kafka.schema_registry.avro, kubernetes_validate, yaml' \
             || die "the venv's packages do not import"
+        "$VENV/bin/hadolint" --version >/dev/null || die "the venv's hadolint does not run"
         touch "$MARKER"
     fi
 fi

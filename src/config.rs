@@ -222,7 +222,20 @@ impl Config {
         if pipeline.workers == Some(0) {
             return Err(invalid("pipeline.workers", "must be at least 1"));
         }
-        if admin.api_token.as_ref().is_some_and(|token| token.chars().count() < 16) {
+        // Secrets may come from the environment (`${NAME}`): e.g. a
+        // Kubernetes Secret handed to the container as a variable.
+        let from_environment = |value: &str| expand_environment(value, |name| std::env::var(name).ok());
+        let api_token = match admin.api_token {
+            Some(token) => Some(from_environment(&token).map_err(|problem| invalid("admin.api_token", &problem))?),
+            None => None,
+        };
+        let mut client_properties = BTreeMap::new();
+        for (name, value) in kafka.client_properties {
+            let value = from_environment(&value)
+                .map_err(|problem| invalid("kafka.client_properties", &format!("`{name}` {problem}")))?;
+            client_properties.insert(name, value);
+        }
+        if api_token.as_ref().is_some_and(|token| token.chars().count() < 16) {
             return Err(invalid("admin.api_token", "must be at least 16 characters"));
         }
         if privacy.max_retention_days == 0 {
@@ -258,7 +271,10 @@ impl Config {
                 }
                 let basic_auth = match registry.basic_auth_user_info {
                     None => None,
-                    Some(user_info) => match user_info.split_once(':') {
+                    Some(user_info) => match from_environment(&user_info)
+                        .map_err(|problem| invalid("schema_registry.basic_auth_user_info", &problem))?
+                        .split_once(':')
+                    {
                         Some((user, password)) => Some((user.to_owned(), password.to_owned())),
                         None => return Err(invalid("schema_registry.basic_auth_user_info", "must be `user:password`")),
                     },
@@ -303,7 +319,7 @@ impl Config {
             instance_id,
             bootstrap_servers: kafka.bootstrap_servers,
             app_id: kafka.app_id,
-            client_properties: kafka.client_properties,
+            client_properties,
             topics: Topics {
                 browse: topics.browse,
                 purchase: topics.purchase,
@@ -332,7 +348,7 @@ impl Config {
             allowed_lateness_ms: pipeline.allowed_lateness_ms,
             max_idle_wait_ms: pipeline.max_idle_wait_ms,
             admin_listen: admin.listen,
-            admin_api_token: admin.api_token,
+            admin_api_token: api_token,
             schema_registry,
             output_format,
             workers: pipeline.workers.unwrap_or_else(cores),
@@ -378,6 +394,37 @@ fn host_name() -> String {
         .map(|name| name.trim().chars().filter(|c| c.is_ascii_alphanumeric() || "._-".contains(*c)).collect::<String>())
         .filter(|name| !name.is_empty())
         .unwrap_or_else(|| "tactful".to_owned())
+}
+
+/// `value` with each `${NAME}` replaced by the environment variable `NAME`
+/// (as `lookup` finds it), so a secret can stay out of the file. Only the
+/// settings that hold secrets are expanded: `admin.api_token`,
+/// `kafka.client_properties` and `schema_registry.basic_auth_user_info`.
+/// The error says what is wrong without repeating the value, which may be a
+/// secret itself.
+fn expand_environment(value: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut expanded = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(start) = rest.find("${") {
+        expanded.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else {
+            return Err("has a `${` without its closing `}`".to_owned());
+        };
+        let name = &after[..end];
+        let is_name = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !is_name {
+            return Err("has a `${...}` whose name is not letters, digits and `_`".to_owned());
+        }
+        match lookup(name) {
+            Some(variable) => expanded.push_str(&variable),
+            None => return Err(format!("names the environment variable `{name}`, which is not set")),
+        }
+        rest = &after[end + 1..];
+    }
+    expanded.push_str(rest);
+    Ok(expanded)
 }
 
 fn read(path: &Path) -> Result<String, ConfigError> {

@@ -39,7 +39,9 @@ pub struct RegistrySection {
     /// The registry's base URL, e.g. `http://registry:8081` (Confluent) or
     /// `http://apicurio:8080/apis/ccompat/v7` (Apicurio). Required.
     pub url: String,
-    /// `user:password` for HTTP basic auth, as Confluent's clients take it. Default: none.
+    /// `user:password` for HTTP basic auth, as Confluent's clients take it;
+    /// `${NAME}` in it is the environment variable `NAME` (a secret kept out
+    /// of the file). Default: none.
     #[serde(default)]
     pub basic_auth_user_info: Option<String>,
     /// A PEM file of the CA that signed an `https` registry's certificate.
@@ -93,7 +95,9 @@ pub struct KafkaSection {
     /// Default: the host name.
     #[serde(default)]
     pub instance_id: Option<String>,
-    /// Extra librdkafka settings (security, tuning), passed to every client as given.
+    /// Extra librdkafka settings (security, tuning), passed to every client
+    /// as given, except that `${NAME}` in a value is the environment variable
+    /// `NAME` (e.g. `sasl.password` from a Kubernetes Secret).
     #[serde(default)]
     pub client_properties: BTreeMap<String, String>,
 }
@@ -252,7 +256,8 @@ pub struct AdminSection {
     /// Listen address. Default 127.0.0.1:9464 (loopback only).
     pub listen: SocketAddr,
     /// Bearer token of the explain API (`/v1/profiles/...`), at least 16
-    /// characters. Default: none, and the explain API is off.
+    /// characters; `${NAME}` in it is the environment variable `NAME`, so
+    /// the token can stay out of the file. Default: none, and the explain API is off.
     pub api_token: Option<String>,
 }
 

@@ -75,3 +75,75 @@ fn workers_default_to_the_number_of_cores_and_must_be_at_least_one() {
     let error = load_text(&format!("{minimal}[pipeline]\nworkers = -1\n")).err().unwrap().to_string();
     assert!(error.contains(".toml:4:11: "), "{error}");
 }
+
+#[test]
+fn a_secret_setting_takes_environment_variables_by_name() {
+    let environment = |name: &str| match name {
+        "KAFKA_PASSWORD" => Some("s3cret-with-${braces}".to_owned()),
+        "EMPTY" => Some(String::new()),
+        _ => None,
+    };
+    assert_eq!(expand_environment("plain", environment).unwrap(), "plain");
+    assert_eq!(expand_environment("${KAFKA_PASSWORD}", environment).unwrap(), "s3cret-with-${braces}");
+    assert_eq!(
+        expand_environment("user:${KAFKA_PASSWORD}!${EMPTY}", environment).unwrap(),
+        "user:s3cret-with-${braces}!"
+    );
+    assert_eq!(
+        expand_environment("${MISSING}", environment).unwrap_err(),
+        "names the environment variable `MISSING`, which is not set"
+    );
+    assert_eq!(
+        expand_environment("ab${KAFKA_PASSWORD", environment).unwrap_err(),
+        "has a `${` without its closing `}`"
+    );
+    assert_eq!(
+        expand_environment("${}", environment).unwrap_err(),
+        "has a `${...}` whose name is not letters, digits and `_`"
+    );
+    assert_eq!(
+        expand_environment("${1A}", environment).unwrap_err(),
+        "has a `${...}` whose name is not letters, digits and `_`"
+    );
+}
+
+#[test]
+fn the_api_token_client_properties_and_registry_credentials_are_expanded_at_load() {
+    // PATH is set wherever tests run; setting a variable here would race with other tests.
+    let path = std::env::var("PATH").unwrap();
+    let config = load_text(
+        "[kafka]\nbootstrap_servers = \"x:1\"\n[kafka.client_properties]\n\"sasl.password\" = \"<${PATH}>\"\n\
+         [admin]\napi_token = \"${PATH}\"\n[schema_registry]\nurl = \"http://r:1\"\nbasic_auth_user_info = \"ann:${PATH}\"\n",
+    )
+    .unwrap();
+    assert_eq!(config.client_properties["sasl.password"], format!("<{path}>"));
+    assert_eq!(config.admin_api_token.as_deref(), Some(path.as_str()));
+    assert_eq!(config.schema_registry.unwrap().basic_auth, Some(("ann".to_owned(), path.clone())));
+    // Other settings are taken as written.
+    let config = load_text("[kafka]\nbootstrap_servers = \"x:1\"\napp_id = \"a\"\ngroup_id = \"${PATH}\"\n").unwrap();
+    assert_eq!(config.group_id, "${PATH}");
+
+    let unset = "TACTFUL_CONFIG_TEST_NEVER_SET";
+    let error = load_text(&format!("[kafka]\nbootstrap_servers = \"x:1\"\n[admin]\napi_token = \"${{{unset}}}\"\n"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        error.ends_with(&format!(
+            ".toml:4:1: admin.api_token names the environment variable `{unset}`, which is not set"
+        )),
+        "{error}"
+    );
+    let error = load_text(&format!(
+        "[kafka]\nbootstrap_servers = \"x:1\"\nclient_properties = {{ \"sasl.password\" = \"${{{unset}}}\" }}\n"
+    ))
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        error.ends_with(&format!(
+            ".toml:3:1: kafka.client_properties `sasl.password` names the environment variable `{unset}`, which is not set"
+        )),
+        "{error}"
+    );
+}

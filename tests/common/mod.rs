@@ -380,14 +380,20 @@ impl Pipeline {
     pub fn spawn(topics: &Topics, options: PipelineOptions) -> Self {
         let admin_port = free_port();
         let config_path = write_config_listening(topics, &options, admin_port);
-        let dir = config_path.parent().unwrap();
-        let log_path = dir.join("tactful.log");
+        let log_path = config_path.parent().unwrap().join("tactful.log");
+        Self::launch(config_path, admin_port, log_path, &[("RUST_LOG".to_owned(), options.log_level)])
+    }
+
+    /// Starts `tactful run --config config_path` (a config the test wrote,
+    /// its admin endpoint on `admin_port`) with `environment` added to its
+    /// own, logging to `log_path`; does not wait for readiness.
+    pub fn launch(config_path: PathBuf, admin_port: u16, log_path: PathBuf, environment: &[(String, String)]) -> Self {
         // Appended: a restarted instance keeps its earlier incarnations' log.
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_tactful"))
             .args(["run", "--config"])
             .arg(&config_path)
-            .env("RUST_LOG", &options.log_level)
+            .envs(environment.iter().map(|(name, value)| (name, value)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
