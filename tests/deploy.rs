@@ -464,7 +464,7 @@ fn a_pod_s_probes_scrape_path_and_token_are_what_tactful_serves_and_sigterm_ends
     let status = pipeline.wait_for_exit(Duration::from_secs(grace));
     let log = std::fs::read_to_string(log_path).unwrap_or_default();
     assert!(status.success(), "SIGTERM: {status} after {:?}; log:\n{log}", started.elapsed());
-    assert!(log.contains("last batch committed, leaving the group"), "{log}");
+    assert!(log.contains("shutting down: last batch committed"), "{log}");
 }
 
 #[test]
