@@ -75,21 +75,21 @@ impl Table {
 
     /// Reads `partitions` from their beginning (replacing what was read before).
     ///
-    /// The beginning is given as an offset (each partition's low watermark,
-    /// from the watermark client): with `Offset::Beginning`, librdkafka first
-    /// looks the offset up itself, and the first record arrived ~500 ms
-    /// after the assignment (measured, BENCHMARKS.md "Restore speed"). An
-    /// offset that is gone by the time it is fetched (retention) is reset
-    /// to the earliest by `auto.offset.reset`.
+    /// The consumer is told about the topic first: assigned partitions of a
+    /// topic it has no metadata for wait for librdkafka's periodic scan of
+    /// unknown topics, and the first record arrived up to a second after the
+    /// assignment (measured, BENCHMARKS.md "Restore speed"). If the request
+    /// fails, the scan still finds the topic, later.
     pub fn assign(&mut self, partitions: &[Partition]) -> Result<(), PipelineError> {
+        if !partitions.is_empty() {
+            if let Err(error) = self.consumer.fetch_metadata(Some(&self.topic), WATERMARK_TIMEOUT) {
+                tracing::warn!(topic = %self.topic, %error, "cannot read a table topic's metadata");
+            }
+        }
         let mut assignment = TopicPartitionList::new();
         for partition in partitions {
-            let beginning = match self.watermarks.fetch_watermarks(&self.topic, partition.0, WATERMARK_TIMEOUT) {
-                Ok((low, _)) => Offset::Offset(low),
-                Err(_) => Offset::Beginning,
-            };
             assignment
-                .add_partition_offset(&self.topic, partition.0, beginning)
+                .add_partition_offset(&self.topic, partition.0, Offset::Beginning)
                 .map_err(kafka("build a table assignment"))?;
         }
         self.consumer.assign(&assignment).map_err(kafka("assign table partitions"))?;
