@@ -104,4 +104,4 @@ done
 kill -TERM "$pipeline_pid"
 wait "$pipeline_pid" || true
 sed 's/\x1b\[[0-9;]*m//g' "$run_dir/restore.log" | grep 'state restored' \
-    | sed -E 's/.*records=([0-9]+) users=([0-9]+) elapsed_ms=([0-9]+) users_per_second=([0-9]+).*/restore: \2 users (\1 changelog records) in \3 ms, \4 users\/s/'
+    | sed -E 's/.*records=([0-9]+) users=([0-9]+) elapsed_ms=([0-9]+) users_per_second=([0-9]+) read_ms=([0-9]+) install_ms=([0-9]+).*/restore: \2 users (\1 changelog records) in \3 ms (reading \5 ms, installing \6 ms), \4 users\/s/'

@@ -20,8 +20,8 @@ use crate::model::{ConsentChange, Event, InputKind, Membership, ProfileUpdate};
 use crate::profile;
 use crate::segments::engine::{next_recency_flip, next_window_exit};
 use crate::segments::{Catalogue, ReloadReport, Segments};
-use crate::state::changelog::{self, ChangelogError};
-use crate::state::restore::{reconcile, Reconciliation, Restoring};
+use crate::state::changelog;
+use crate::state::restore::{reconcile, NewestValues, Reconciliation};
 use crate::state::shards::{Handle, Shard, Shards, Timers, User};
 use crate::state::{Partition, UserState};
 use crate::time::EventTime;
@@ -122,6 +122,17 @@ pub struct Reloaded {
     pub outputs: Vec<(Partition, Output)>,
     /// What the reload changed.
     pub report: ReloadReport,
+}
+
+/// What restoring one partition gave.
+#[derive(Debug, Default)]
+pub struct RestoredPartition {
+    /// Updates to publish (the partition's users').
+    pub outputs: Vec<Output>,
+    /// Users restored.
+    pub users: usize,
+    /// Changelog values that could not be read: those users start afresh.
+    pub unreadable: u64,
 }
 
 /// The consent-gated segment engine over sharded in-memory state.
@@ -278,11 +289,7 @@ impl Processor {
     /// A consent tombstone (or no consent at all): forget the user entirely.
     fn forget(&self, segments: &Segments, partition: Partition, user_id: &str) -> Processed {
         self.consent.remove(user_id);
-        let removed = self.shards.with(partition, |shard| shard.remove(user_id)).flatten();
-        let output = removed.and_then(|state| {
-            segments.count_members(state.published.as_ref(), None);
-            state.holds_profile_data().then(|| Output::Tombstone { user_id: user_id.to_owned() })
-        });
+        let output = self.shards.with(partition, |shard| forget_state(segments, shard, user_id)).flatten();
         Processed::applied(output)
     }
 
@@ -477,73 +484,70 @@ impl Processor {
             .flatten()
     }
 
-    /// Installs a changelog record of a user of `partition` read while
-    /// restoring (`None` = a tombstone), noting the consent it was built
-    /// under in `restoring` to reconcile with at the end.
-    pub fn restore(
-        &self,
-        restoring: &mut Restoring,
-        partition: Partition,
-        user_id: &str,
-        value: Option<&[u8]>,
-    ) -> Result<(), ChangelogError> {
+    /// Restores `partition`'s users from their newest changelog values (a
+    /// tombstone leaves only the consent table's entry), reconciles each with
+    /// the consent table (see [`reconcile`]), re-evaluates them under the
+    /// segments in force and sets their timers; returns what to publish. The
+    /// shard is locked once for all its users: partitions are restored side
+    /// by side, each user's consent entry written only by their partition's.
+    pub fn restore_partition(&self, partition: Partition, newest: &NewestValues, now_ms: i64) -> RestoredPartition {
         let segments = self.segments.load();
-        let restored = value.map(|value| changelog::decode(value, &segments.catalogue)).transpose()?;
-        let built_under = self.shards.with_open(partition, |shard| {
-            let state = shard.user_or_new(user_id).state;
-            segments.count_members(state.published.as_ref(), None);
-            let built_under = match restored {
-                Some(restored) => {
-                    *state = restored.state;
-                    restored.consent
-                }
-                None => {
-                    state.clear();
-                    self.consent.cloned(user_id)
-                }
-            };
-            segments.count_members(None, state.published.as_ref());
-            built_under
+        let mut restored_partition = RestoredPartition::default();
+        self.shards.with_open(partition, |shard| {
+            for (user_id, value) in newest.iter() {
+                let Ok(restored) = value.map(|value| changelog::decode(value, &segments.catalogue)).transpose() else {
+                    // Another writer's record, or a corrupted one: the user starts afresh.
+                    restored_partition.unreadable += 1;
+                    continue;
+                };
+                let state = shard.user_or_new(user_id).state;
+                segments.count_members(state.published.as_ref(), None);
+                let built_under = match restored {
+                    Some(restored) => {
+                        *state = restored.state;
+                        restored.consent
+                    }
+                    None => {
+                        state.clear();
+                        self.consent.cloned(user_id)
+                    }
+                };
+                segments.count_members(None, state.published.as_ref());
+                restored_partition.users += 1;
+                let output = self.reconcile_restored(&segments, shard, user_id, built_under, now_ms);
+                restored_partition.outputs.extend(output);
+            }
         });
-        restoring.users.insert(user_id.to_owned(), (partition, built_under));
-        Ok(())
+        restored_partition
     }
 
-    /// Ends a restore: reconciles each restored user with the consent table
-    /// (see [`reconcile`]), re-evaluates them under the segments in force,
-    /// sets their timers, and returns what to publish, with the user's partition.
-    pub fn finish_restore(&self, restoring: Restoring, now_ms: i64) -> Vec<(Partition, Output)> {
-        let segments = self.segments.load();
-        let mut outputs = Vec::new();
-        for (user_id, (partition, built_under)) in restoring.users {
-            let reconciliation = reconcile(self.consent.cloned(&user_id), built_under);
-            let output = match reconciliation {
-                Reconciliation::Forget => self.forget(&segments, partition, &user_id).output,
-                Reconciliation::Enforce(consent) => self.update_user(partition, &user_id, |user| {
-                    self.enforce(&segments, user, &consent, consent.ts, now_ms)
-                }),
-                Reconciliation::Refresh(consent) | Reconciliation::Adopt(consent) => {
-                    let output = self.update_user(partition, &user_id, |user| {
-                        let clock = user.state.clock;
-                        self.refresh(&segments, user, &consent, clock, now_ms)
-                    });
-                    self.consent.put(&user_id, consent);
-                    output
-                }
-            };
-            outputs.extend(output.map(|output| (partition, output)));
-        }
-        outputs
-    }
-
-    /// Runs `update` on `user_id`'s state on `partition`, if it is held.
-    fn update_user(
+    /// Reconciles a user just restored, built under `built_under`, with the
+    /// consent table; returns what to publish.
+    fn reconcile_restored(
         &self,
-        partition: Partition,
+        segments: &Segments,
+        shard: &mut Shard,
         user_id: &str,
-        update: impl FnOnce(User<'_>) -> Option<Output>,
+        built_under: Option<ConsentInForce>,
+        now_ms: i64,
     ) -> Option<Output> {
-        self.shards.with(partition, |shard| shard.user(user_id).and_then(update)).flatten()
+        match reconcile(self.consent.cloned(user_id), built_under) {
+            Reconciliation::Forget => {
+                self.consent.remove(user_id);
+                forget_state(segments, shard, user_id)
+            }
+            Reconciliation::Enforce(consent) => {
+                shard.user(user_id).and_then(|user| self.enforce(segments, user, &consent, consent.ts, now_ms))
+            }
+            Reconciliation::Refresh(consent) | Reconciliation::Adopt(consent) => {
+                let output = shard.user(user_id).and_then(|user| {
+                    let clock = user.state.clock;
+                    self.refresh(segments, user, &consent, clock, now_ms)
+                });
+                self.consent.put(user_id, consent);
+                output
+            }
+        }
     }
 
     /// Puts a new segment catalogue in force without a restart (see
@@ -585,6 +589,14 @@ impl Processor {
     fn consent_in_force(&self, user_id: &str) -> Option<ConsentInForce> {
         self.consent.cloned(user_id)
     }
+}
+
+/// Removes `user_id`'s state from `shard` (their memberships leave the
+/// counts); returns the tombstone to publish if anything about them was published.
+fn forget_state(segments: &Segments, shard: &mut Shard, user_id: &str) -> Option<Output> {
+    let removed = shard.remove(user_id)?;
+    segments.count_members(removed.published.as_ref(), None);
+    removed.holds_profile_data().then(|| Output::Tombstone { user_id: user_id.to_owned() })
 }
 
 /// Forgets everything built for a user (their memberships leave the counts).

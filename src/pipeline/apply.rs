@@ -93,7 +93,7 @@ pub struct Shell<'a> {
     dead_letters_enabled: bool,
     consent_catch_up_timeout: Duration,
     /// The threads that apply event records and advance event time, partition by partition.
-    workers: workers::Workers,
+    pub(super) workers: workers::Workers,
     /// Each event topic's index (its kind is `EVENT_KINDS[index]`).
     pub(super) topic_indices: BTreeMap<String, usize>,
     pub(super) event_topics: [String; 3],

@@ -10,13 +10,14 @@ use super::event_time;
 use super::ingest::{Ingest, Rebalanced};
 use super::merge::Merger;
 use super::table::{CaughtUp, Table};
+use super::workers;
 use super::PipelineError;
 use crate::control::now_ms;
-use crate::state::restore::Restoring;
+use crate::state::restore::NewestValues;
 use crate::state::Partition;
 use crate::telemetry::record_restore;
 use rdkafka::message::Message;
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 /// How long restoring a partition's state may take before the start fails
@@ -145,7 +146,8 @@ impl Shell<'_> {
         }
         // The last record of each user wins (the topic is compacted, but not
         // necessarily yet): only that one is decoded.
-        let mut latest: HashMap<String, (Partition, Option<Vec<u8>>)> = HashMap::new();
+        let mut newest: BTreeMap<Partition, NewestValues> =
+            partitions.iter().map(|partition| (*partition, NewestValues::default())).collect();
         let mut bad_records = 0_u64;
         let mut records = 0_u64;
         loop {
@@ -159,12 +161,10 @@ impl Shell<'_> {
                     }
                     return;
                 }
-                match message.key().and_then(|key| std::str::from_utf8(key).ok()) {
-                    Some(user_id) => {
-                        let value = message.payload().map(<[u8]>::to_vec);
-                        latest.insert(user_id.to_owned(), (partition, value));
-                    }
-                    None => bad_records += 1,
+                let user_id = message.key().and_then(|key| std::str::from_utf8(key).ok());
+                match (user_id, newest.get_mut(&partition)) {
+                    (Some(user_id), Some(users)) => users.note(user_id, message.payload()),
+                    _ => bad_records += 1,
                 }
             })?;
             match caught_up {
@@ -173,16 +173,18 @@ impl Shell<'_> {
                 CaughtUp::Behind(_) => return Err(PipelineError::Restore(RESTORE_TIMEOUT)),
             }
         }
-        let mut restoring = Restoring::default();
-        for (user_id, (partition, value)) in latest {
-            if self.processor.restore(&mut restoring, partition, &user_id, value.as_deref()).is_err() {
-                bad_records += 1;
-            }
-        }
         changelog.assign(&[])?;
-        let users = restoring.len();
-        for (partition, output) in self.processor.finish_restore(restoring, now_ms()) {
-            self.work.push_output(partition, output);
+        let read = started.elapsed();
+        // Decoded, installed and reconciled a partition per worker.
+        let restored =
+            workers::restore_partitions(self.processor, newest.into_iter().collect(), &self.workers, now_ms());
+        let mut users = 0;
+        for (partition, restored) in restored {
+            users += restored.users;
+            bad_records += restored.unreadable;
+            for output in restored.outputs {
+                self.work.push_output(partition, output);
+            }
         }
         self.owned.extend(partitions);
         let elapsed = started.elapsed();
@@ -197,6 +199,8 @@ impl Shell<'_> {
             users,
             elapsed_ms = elapsed.as_millis() as u64,
             users_per_second = (users as f64 / elapsed.as_secs_f64().max(1e-6)) as u64,
+            read_ms = read.as_millis() as u64,
+            install_ms = (elapsed - read).as_millis() as u64,
             "state restored"
         );
         Ok(())

@@ -5,7 +5,10 @@
 //! every user's records in their order. The core's state is sharded by
 //! partition: threads on different partitions share only the consent table,
 //! which the pipeline thread alone writes, and never during these steps
-//! (consent records are applied before them, not beside them).
+//! (consent records are applied before them, not beside them). Restoring
+//! partitions from the changelog is the exception: each partition's task
+//! writes the consent entries of its own users only (a reconciliation), so
+//! no entry has two writers.
 //!
 //! This is the one place where the work is split and merged. Results come
 //! back in the order of what was given, whichever thread computed them, so
@@ -19,7 +22,8 @@
 //! begins each batch with its allocator cache empty, and in the benchmark
 //! that cost more than the second thread gained (BENCHMARKS.md).
 
-use crate::processor::{Output, Processed, Processor, Source};
+use crate::processor::{Output, Processed, Processor, RestoredPartition, Source};
+use crate::state::restore::NewestValues;
 use crate::state::Partition;
 use crate::time::EventTime;
 use crate::validate::{Input, Rejection};
@@ -95,6 +99,18 @@ pub fn apply_in_order(processor: &Processor, records: Vec<Record>, workers: &Wor
         results[position] = Some(processed);
     }
     results.into_iter().flatten().collect()
+}
+
+/// Restores each partition's users from their newest changelog values on
+/// the `workers`, a partition per task (see [`Processor::restore_partition`]);
+/// returns what each gave, in the order of `partitions`.
+pub fn restore_partitions(
+    processor: &Processor,
+    partitions: Vec<(Partition, NewestValues)>,
+    workers: &Workers,
+    now_ms: i64,
+) -> Vec<(Partition, RestoredPartition)> {
+    workers.run(partitions, |(partition, newest)| (partition, processor.restore_partition(partition, &newest, now_ms)))
 }
 
 /// Fires the time-driven changes of each partition up to its new watermark

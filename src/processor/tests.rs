@@ -1509,11 +1509,13 @@ fn changelog_of(from: &Harness, users: &[&str]) -> Vec<(String, Option<Vec<u8>>)
 
 /// Restores `records` into `into` on partition 0 and reconciles.
 fn restore_into(into: &Harness, records: &[(String, Option<Vec<u8>>)]) -> Vec<(Partition, Output)> {
-    let mut restoring = Restoring::default();
+    let mut newest = NewestValues::default();
     for (user, value) in records {
-        into.processor.restore(&mut restoring, Partition(0), user, value.as_deref()).unwrap();
+        newest.note(user, value.as_deref());
     }
-    into.processor.finish_restore(restoring, NOW)
+    let restored = into.processor.restore_partition(Partition(0), &newest, NOW);
+    assert_eq!((restored.users, restored.unreadable), (newest.len(), 0));
+    restored.outputs.into_iter().map(|output| (Partition(0), output)).collect()
 }
 
 #[test]

@@ -2,27 +2,50 @@
 //! with the consent table, which may have moved on since the changelog was
 //! written (a withdrawal read while the state was elsewhere).
 
-use super::Partition;
 use crate::consent::ConsentInForce;
 use std::collections::HashMap;
 
-/// The users restored so far, with the consent their changelog state was
-/// built under, to reconcile once the restore is complete.
+/// The newest changelog value of each user of one partition read so far
+/// (`None`: a tombstone). The changelog is read oldest first and, until the
+/// broker compacts it, holds several records per user; only the newest
+/// counts. A user's buffer is reused for each of their records, so reading
+/// allocates per user, not per record.
 #[derive(Debug, Default)]
-pub struct Restoring {
-    /// User id → (partition, the consent of their changelog record).
-    pub(crate) users: HashMap<String, (Partition, Option<ConsentInForce>)>,
+pub struct NewestValues {
+    /// User id → their newest value. foldhash: several times faster than
+    /// SipHash on short keys, and seeded per process so ids cannot be
+    /// crafted to collide.
+    values: HashMap<Box<str>, Option<Vec<u8>>, foldhash::fast::RandomState>,
 }
 
-impl Restoring {
-    /// Users restored so far.
-    pub fn len(&self) -> usize {
-        self.users.len()
+impl NewestValues {
+    /// Notes `value` as `user_id`'s newest, replacing the one before.
+    pub fn note(&mut self, user_id: &str, value: Option<&[u8]>) {
+        match (self.values.get_mut(user_id), value) {
+            (Some(Some(buffer)), Some(value)) => {
+                buffer.clear();
+                buffer.extend_from_slice(value);
+            }
+            (Some(newest), value) => *newest = value.map(<[u8]>::to_vec),
+            (None, value) => {
+                self.values.insert(user_id.into(), value.map(<[u8]>::to_vec));
+            }
+        }
     }
 
-    /// Whether no user was restored.
+    /// Each user with their newest value, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, Option<&[u8]>)> {
+        self.values.iter().map(|(user_id, value)| (&**user_id, value.as_deref()))
+    }
+
+    /// Number of users noted.
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    /// Whether no user was noted.
     pub fn is_empty(&self) -> bool {
-        self.users.is_empty()
+        self.values.is_empty()
     }
 }
 
@@ -64,6 +87,24 @@ mod tests {
 
     fn at(ts: i64) -> ConsentInForce {
         ConsentInForce { granted: Default::default(), level: PersonalizationLevel::Full, source: "cmp".into(), ts }
+    }
+
+    #[test]
+    fn a_users_newest_record_wins_and_a_tombstone_clears_it() {
+        let mut newest = NewestValues::default();
+        newest.note("a", Some(b"first, longer"));
+        newest.note("b", Some(b"kept"));
+        newest.note("a", Some(b"second"));
+        newest.note("c", Some(b"erased"));
+        newest.note("c", None);
+        newest.note("d", None);
+        newest.note("d", Some(b"after a tombstone"));
+        let mut values: Vec<(&str, Option<&[u8]>)> = newest.iter().collect();
+        values.sort_unstable();
+        let expected: Vec<(&str, Option<&[u8]>)> =
+            vec![("a", Some(b"second")), ("b", Some(b"kept")), ("c", None), ("d", Some(b"after a tombstone"))];
+        assert_eq!(values, expected);
+        assert_eq!(newest.len(), 4);
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //!
 //! The state is shared, not owned by one thread: each shard is behind its
 //! own lock and has one writer at a time (its partition's worker during a
-//! batch's apply step, the pipeline thread between steps), so workers
+//! batch's apply step or a restore, the pipeline thread between steps), so workers
 //! applying different partitions never wait for each other, and the admin
 //! endpoint reads one user at a time, locking only the shard it reads for
 //! that moment. The map of shards changes only when partitions are assigned
