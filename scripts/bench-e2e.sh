@@ -13,7 +13,7 @@
 # Then it starts the pipeline again and reports how fast the state is
 # restored from the changelog (users restored per second).
 #
-# Usage: [GUARANTEE=exactly_once|at_least_once] [MAX_BATCH=50000] [COMMIT_INTERVAL_MS=100] [MAX_IDLE_WAIT_MS=500] \
+# Usage: [TACTFUL_BIN=path] [GUARANTEE=exactly_once|at_least_once] [MAX_BATCH=50000] [COMMIT_INTERVAL_MS=100] [MAX_IDLE_WAIT_MS=500] \
 #        [WORKERS=<threads; default the number of cores>] [ADMIN_PORT=19464] \
 #        scripts/bench-e2e.sh [users] [events] [partitions]
 # (KAFKA_PORT and KAFKA_CONTROLLER_PORT move the broker, see scripts/kafka.sh.)
@@ -26,7 +26,7 @@ partitions="${3:-4}"
 guarantee="${GUARANTEE:-exactly_once}"
 port="${ADMIN_PORT:-19464}"
 
-cargo build --release --quiet
+tactful_binary
 bootstrap="$(scripts/kafka.sh start)"
 trap 'kill "${pipeline_pid:-0}" 2>/dev/null || true; scripts/kafka.sh stop >/dev/null 2>&1 || true' EXIT
 
@@ -38,7 +38,7 @@ settings=("max_batch_records = ${MAX_BATCH:-50000}" "commit_interval_ms = ${COMM
 [ -n "${WORKERS:-}" ] && settings+=("workers = $WORKERS")
 write_config "$run_dir/tactful.toml" "$prefix" "$prefix" "$bootstrap" "$port" "${settings[@]}"
 
-target/release/tactful gen --config "$run_dir/tactful.toml" --users "$users" --events "$events" --partitions "$partitions" 2> "$run_dir/gen.log"
+"$tactful" gen --config "$run_dir/tactful.toml" --users "$users" --events "$events" --partitions "$partitions" 2> "$run_dir/gen.log"
 tail -1 "$run_dir/gen.log"
 total=$(grep -o 'done, [0-9]* records' "$run_dir/gen.log" | grep -o '[0-9]*')
 
@@ -46,7 +46,7 @@ broker_pid=$(cat "${KAFKA_RUN_DIR:-target/kafka}/kafka.pid")
 broker_cpu_before=$(cpu_seconds "$broker_pid")
 
 started=$(date +%s.%N)
-target/release/tactful run --config "$run_dir/tactful.toml" 2> "$run_dir/run.log" &
+"$tactful" run --config "$run_dir/tactful.toml" 2> "$run_dir/run.log" &
 pipeline_pid=$!
 processed=0
 while [ "$processed" -lt "$total" ]; do
@@ -95,7 +95,7 @@ echo "$threads" | awk -v total="$process_cpu" -v broker="$broker_cpu" -v wall="$
     }'
 
 # Restore: a new process reads the changelog before it is ready.
-target/release/tactful run --config "$run_dir/tactful.toml" 2> "$run_dir/restore.log" &
+"$tactful" run --config "$run_dir/tactful.toml" 2> "$run_dir/restore.log" &
 pipeline_pid=$!
 until curl -sf "127.0.0.1:$port/readyz" >/dev/null; do
     sleep 0.2

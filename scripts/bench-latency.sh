@@ -46,7 +46,7 @@ case "$guarantee" in
 esac
 
 # TACTFUL_BIN: another build to measure (e.g. a candidate change), instead of this tree's.
-if [ -n "${TACTFUL_BIN:-}" ]; then tactful="$TACTFUL_BIN"; else cargo build --release --quiet; tactful=target/release/tactful; fi
+tactful_binary
 python="$(scripts/python-env.sh)"
 if [ -z "${KAFKA_PORT:-}" ]; then
     KAFKA_PORT="$(free_port)"

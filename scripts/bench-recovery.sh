@@ -29,7 +29,7 @@ rate="${RATE:-5000}"
 settle="${SETTLE:-20}"
 restart_delay="${RESTART_DELAY:-1}"
 
-if [ -n "${TACTFUL_BIN:-}" ]; then tactful="$TACTFUL_BIN"; else cargo build --release --quiet; tactful=target/release/tactful; fi
+tactful_binary
 python="$(scripts/python-env.sh)"
 export KAFKA_PORT="${KAFKA_PORT:-$(free_port)}" KAFKA_RUN_DIR="${KAFKA_RUN_DIR:-target/kafka-recovery}"
 export KAFKA_CONTROLLER_PORT=$((KAFKA_PORT + 1))

@@ -47,3 +47,15 @@ write_config() {
         printf '\n[admin]\nlisten = "127.0.0.1:%s"\n' "$admin_port"
     } > "$file"
 }
+
+# Sets $tactful to the binary to measure: $TACTFUL_BIN (another build, e.g.
+# the base of an A/B comparison), or this tree's release build, built now.
+# shellcheck disable=SC2034 # $tactful is for the sourcing script
+tactful_binary() {
+    if [ -n "${TACTFUL_BIN:-}" ]; then
+        tactful="$TACTFUL_BIN"
+    else
+        cargo build --release --quiet
+        tactful=target/release/tactful
+    fi
+}

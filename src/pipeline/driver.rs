@@ -27,6 +27,11 @@ use crate::telemetry::{
 use rdkafka::message::BorrowedMessage;
 use std::time::{Duration, Instant};
 
+/// How long a batch with records waits for the next one before it is
+/// delivered: longer than the gaps between records librdkafka has already
+/// fetched, shorter than anything a caught-up reader would notice.
+const ARRIVAL_PAUSE: Duration = Duration::from_millis(2);
+
 /// The driver's state across batches.
 pub struct Driver<'a> {
     config: &'a Config,
@@ -69,8 +74,9 @@ impl<'a> Driver<'a> {
     }
 
     /// One batch up to its delivery: polls records for up to the commit
-    /// interval or until the batch is full (larger batches amortise the
-    /// consent catch-up and the commit), acting on partition changes as
+    /// interval, until the batch is full, or until records stop arriving
+    /// (larger batches amortise the consent catch-up and the commit; a
+    /// caught-up pipeline does not wait for them), acting on partition changes as
     /// polls note them; applies the consent table, then the events in
     /// event-time order; advances event time (events and event time on the
     /// worker threads, partition by partition). Returns the records applied.
@@ -83,7 +89,13 @@ impl<'a> Driver<'a> {
         let batch_deadline = self.batch_started + Duration::from_millis(self.config.commit_interval_ms);
         let mut polled = 0;
         while polled < self.config.max_batch_records {
-            let message = ingest.poll(batch_deadline.saturating_duration_since(Instant::now()));
+            // Once the batch has records, a pause in their arrival ends it:
+            // under a backlog the fetched records never run out and batches
+            // fill up; a caught-up pipeline delivers what came at once, and
+            // what arrives meanwhile makes the next batch.
+            let remaining = batch_deadline.saturating_duration_since(Instant::now());
+            let wait = if polled == 0 { remaining } else { remaining.min(ARRIVAL_PAUSE) };
+            let message = ingest.poll(wait);
             // Partition changes happen inside a poll: act on them before
             // keeping what it returned.
             for change in ingest.take_rebalances() {
