@@ -2,7 +2,9 @@
 # The whole test suite: starts a real Apache Kafka broker (scripts/kafka.sh)
 # and a Confluent-compatible schema registry (scripts/registry.sh), makes
 # sure the interoperability tools are there (the Python venv of
-# scripts/python-env.sh, kcat from scripts/kcat.sh), runs every test against
+# scripts/python-env.sh, kcat from scripts/kcat.sh) and the observability
+# ones (Prometheus from scripts/prometheus.sh, Grafana's dashboard schema
+# from scripts/grafana-schema.sh), runs every test against
 # them, and stops the broker and the registry, also on failure.
 # Anything that cannot start or install fails the run loudly; no test is skipped.
 set -euo pipefail
@@ -22,6 +24,11 @@ export TACTFUL_TEST_PYTHON="$python"
 kcat="$(scripts/kcat.sh)" || { echo "test.sh: kcat is missing and could not be installed" >&2; exit 1; }
 export TACTFUL_TEST_KCAT="$kcat"
 echo "test.sh: interop tools: $TACTFUL_TEST_PYTHON, $TACTFUL_TEST_KCAT" >&2
+prometheus="$(scripts/prometheus.sh)" || { echo "test.sh: Prometheus is missing and could not be installed" >&2; exit 1; }
+export TACTFUL_TEST_PROMETHEUS="$prometheus"
+grafana_schema="$(scripts/grafana-schema.sh)" || { echo "test.sh: Grafana's dashboard schema could not be installed" >&2; exit 1; }
+export TACTFUL_TEST_GRAFANA_SCHEMA="$grafana_schema"
+echo "test.sh: observability tools: $TACTFUL_TEST_PROMETHEUS, $TACTFUL_TEST_GRAFANA_SCHEMA" >&2
 
 # Unit, property and integration tests (benchmarks are built by clippy in CI
 # and run with `cargo bench`).

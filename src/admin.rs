@@ -127,6 +127,7 @@ async fn erase(State(explain): State<ExplainApi>, headers: HeaderMap, Path(user_
         }
         Err((error, _)) => {
             tracing::warn!(%error, "could not record an erasure request");
+            explain.erasures.abandoned(&receipt);
             (StatusCode::SERVICE_UNAVAILABLE, "the erasure could not be recorded; try again\n").into_response()
         }
     }

@@ -2,6 +2,8 @@
 //! Kafka as a consent tombstone; its receipt then reports when each place
 //! holding the user's data was cleared. Receipts live in memory (the erasure
 //! itself is durable in the consent topic; a restart forgets the receipts).
+//! The receipts this instance still has to complete are exported as the
+//! gauge `tactful_erasures_pending`, so an operator is told when one stalls.
 
 use serde::Serialize;
 use std::collections::HashMap;
@@ -32,8 +34,14 @@ pub struct ErasureStatus {
 #[derive(Default)]
 struct Registry {
     by_receipt: HashMap<String, ErasureStatus>,
-    /// Receipts not complete yet, by user id.
+    /// Receipts not complete yet that this instance will complete, by user id.
     pending: HashMap<String, Vec<String>>,
+}
+
+impl Registry {
+    fn pending_receipts(&self) -> usize {
+        self.pending.values().map(Vec::len).sum()
+    }
 }
 
 /// The receipts of this process.
@@ -43,13 +51,25 @@ pub struct Erasures {
 }
 
 impl Erasures {
-    fn with<T>(&self, change: impl FnOnce(&mut Registry) -> T) -> T {
-        change(&mut self.registry.lock().unwrap_or_else(PoisonError::into_inner))
+    fn with<T>(&self, read: impl FnOnce(&Registry) -> T) -> T {
+        read(&self.registry.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Applies `change`, then exports the count of pending receipts.
+    fn change(&self, change: impl FnOnce(&mut Registry)) {
+        let mut registry = self.registry.lock().unwrap_or_else(PoisonError::into_inner);
+        change(&mut registry);
+        crate::telemetry::record_erasures_pending(registry.pending_receipts());
+    }
+
+    /// Receipts this instance has yet to complete.
+    pub fn pending(&self) -> usize {
+        self.with(Registry::pending_receipts)
     }
 
     /// Opens a receipt for erasing `user_id`, before the tombstone is sent.
     pub fn open(&self, receipt: &str, user_id: &str, now_ms: i64) {
-        self.with(|registry| {
+        self.change(|registry| {
             registry.by_receipt.insert(
                 receipt.to_owned(),
                 ErasureStatus {
@@ -68,10 +88,34 @@ impl Erasures {
 
     /// The consent tombstone of `receipt` was acknowledged.
     pub fn recorded(&self, receipt: &str, now_ms: i64) {
-        self.with(|registry| {
+        self.change(|registry| {
             if let Some(status) = registry.by_receipt.get_mut(receipt) {
                 status.recorded_at = Some(now_ms);
             }
+        });
+    }
+
+    /// Kafka did not take the consent tombstone of `receipt`: the request
+    /// failed (its caller got no receipt and retries), so the receipt is
+    /// dropped rather than left pending for ever.
+    pub fn abandoned(&self, receipt: &str) {
+        self.change(|registry| {
+            registry.by_receipt.remove(receipt);
+            for receipts in registry.pending.values_mut() {
+                receipts.retain(|pending| pending != receipt);
+            }
+            registry.pending.retain(|_, receipts| !receipts.is_empty());
+        });
+    }
+
+    /// The consent tombstone of `user_id` was applied by an instance that
+    /// does not own the user's partition: the owner clears the state and
+    /// completes its own copy of the erasure, so this instance's receipts
+    /// for the user are no longer pending here (they stay readable, never
+    /// complete, as the README says).
+    pub fn owned_elsewhere(&self, user_id: &str) {
+        self.change(|registry| {
+            registry.pending.remove(user_id);
         });
     }
 
@@ -91,7 +135,7 @@ impl Erasures {
     }
 
     fn update_pending(&self, user_id: &str, change: impl Fn(&mut ErasureStatus)) {
-        self.with(|registry| {
+        self.change(|registry| {
             let Some(receipts) = registry.pending.get(user_id).cloned() else { return };
             let mut still_pending = Vec::new();
             for receipt in receipts {
@@ -145,5 +189,24 @@ mod tests {
         erasures.state_cleared("u1", 500);
         assert_eq!(erasures.status("r1").unwrap().state_cleared_at, Some(120));
         assert_eq!(erasures.status("unknown"), None);
+    }
+
+    #[test]
+    fn a_receipt_is_pending_until_complete_abandoned_or_owned_by_another_instance() {
+        let erasures = Erasures::default();
+        erasures.open("r1", "u1", 100);
+        erasures.open("r2", "u1", 101);
+        erasures.open("r3", "u2", 102);
+        erasures.open("r4", "u3", 103);
+        assert_eq!(erasures.pending(), 4);
+        erasures.state_cleared("u1", 110);
+        assert_eq!(erasures.pending(), 4, "the tombstones are not committed yet");
+        erasures.committed("u1", 120);
+        assert_eq!(erasures.pending(), 2);
+        erasures.abandoned("r3");
+        assert_eq!((erasures.pending(), erasures.status("r3")), (1, None));
+        erasures.owned_elsewhere("u3");
+        assert_eq!(erasures.pending(), 0);
+        assert!(!erasures.status("r4").unwrap().complete);
     }
 }

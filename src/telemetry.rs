@@ -35,6 +35,7 @@ const COMMIT_DURATION: &str = "tactful_commit_duration_seconds";
 const APPLY_DURATION: &str = "tactful_apply_duration_seconds";
 const CONSUMER_LAG: &str = "tactful_consumer_lag_records";
 const UPDATE_LATENCY: &str = "tactful_update_latency_seconds";
+const ERASURES_PENDING: &str = "tactful_erasures_pending";
 
 /// Histogram buckets for durations, in seconds: from a fast commit (1 ms)
 /// to a long restore (5 min).
@@ -75,6 +76,13 @@ pub fn install_metrics() -> Result<PrometheusHandle, BuildError> {
          (exactly once: its transaction's commit, when read_committed consumers see it)."
     );
     describe_gauge!(CONSUMER_LAG, Unit::Count, "Records not yet read on this instance's partitions, by event kind.");
+    describe_gauge!(
+        ERASURES_PENDING,
+        Unit::Count,
+        "Erasure receipts this instance has yet to complete (state, profile and changelog cleared)."
+    );
+    // Exported from the start, so a dashboard or alert reads 0 rather than nothing.
+    record_erasures_pending(0);
     Ok(handle)
 }
 
@@ -107,6 +115,11 @@ pub fn record_consumer_lag(lag: &[(InputKind, i64)]) {
     for (kind, records) in lag {
         metrics::gauge!(CONSUMER_LAG, "kind" => kind.as_str()).set(*records as f64);
     }
+}
+
+/// Sets the count of erasure receipts this instance has yet to complete.
+pub fn record_erasures_pending(receipts: usize) {
+    metrics::gauge!(ERASURES_PENDING).set(receipts as f64);
 }
 
 /// Input kinds, in a fixed order for tallies.

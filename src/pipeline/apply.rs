@@ -315,6 +315,10 @@ impl<'a> Shell<'a> {
                     work.erased.push(user_id.to_owned());
                 }
             }
+        } else if !owned && kind == InputKind::Consent && message.payload().is_none() {
+            if let Some(user_id) = message.key().and_then(|key| std::str::from_utf8(key).ok()) {
+                self.erasures.owned_elsewhere(user_id);
+            }
         }
         if processed.output.is_some() {
             work.produced_at.extend(message.timestamp().to_millis());

@@ -5,11 +5,13 @@
 //!
 //! The services come from the environment when scripts/test.sh set it
 //! (`TACTFUL_TEST_BOOTSTRAP`, `TACTFUL_TEST_REGISTRY`, `TACTFUL_TEST_PYTHON`,
-//! `TACTFUL_TEST_KCAT`); otherwise the harness gets each one itself, the first
-//! time a test of the process asks for it, from the script test.sh uses:
-//! `scripts/kafka.sh ensure` and `scripts/registry.sh ensure` (which reuse a
-//! broker or registry that runs from this checkout, and start one on free
-//! ports if none does), `scripts/python-env.sh` and `scripts/kcat.sh`. So a
+//! `TACTFUL_TEST_KCAT`, `TACTFUL_TEST_PROMETHEUS`,
+//! `TACTFUL_TEST_GRAFANA_SCHEMA`); otherwise the harness gets each one
+//! itself, the first time a test of the process asks for it, from the script
+//! test.sh uses: `scripts/kafka.sh ensure` and `scripts/registry.sh ensure`
+//! (which reuse a broker or registry that runs from this checkout, and start
+//! one on free ports if none does), `scripts/python-env.sh`,
+//! `scripts/kcat.sh`, `scripts/prometheus.sh` and `scripts/grafana-schema.sh`. So a
 //! plain `cargo test` works anywhere the scripts do. A service that cannot be
 //! had fails every test that needs it, with the script's stderr: nothing is
 //! skipped.
@@ -820,6 +822,21 @@ pub fn interop_python() -> String {
 pub fn kcat() -> String {
     static KCAT: OnceLock<Result<String, String>> = OnceLock::new();
     service(&KCAT, "TACTFUL_TEST_KCAT", &["scripts/kcat.sh"])
+}
+
+/// The folder holding `prometheus` and `promtool`: `TACTFUL_TEST_PROMETHEUS`,
+/// else the one scripts/prometheus.sh finds or installs (Debian's package).
+pub fn prometheus_bin_dir() -> PathBuf {
+    static PROMETHEUS: OnceLock<Result<String, String>> = OnceLock::new();
+    PathBuf::from(service(&PROMETHEUS, "TACTFUL_TEST_PROMETHEUS", &["scripts/prometheus.sh"]))
+}
+
+/// The folder whose `node_modules` holds Grafana's dashboard schema
+/// (@grafana/schema) and the TypeScript compiler:
+/// `TACTFUL_TEST_GRAFANA_SCHEMA`, else the one scripts/grafana-schema.sh installs.
+pub fn grafana_schema_dir() -> PathBuf {
+    static SCHEMA: OnceLock<Result<String, String>> = OnceLock::new();
+    PathBuf::from(service(&SCHEMA, "TACTFUL_TEST_GRAFANA_SCHEMA", &["scripts/grafana-schema.sh"]))
 }
 
 /// A path inside the repository.
