@@ -140,10 +140,11 @@ fn type_check_dashboard(name: &str, dashboard: &str) -> (bool, String) {
 }
 
 /// A Prometheus server of the test, on a free port with a fresh storage
-/// folder; killed when dropped.
+/// folder; killed when dropped, and its folder removed unless the test failed.
 struct Prometheus {
     child: Child,
     port: u16,
+    dir: PathBuf,
     log_path: PathBuf,
 }
 
@@ -173,7 +174,7 @@ impl Prometheus {
             .stderr(log)
             .spawn()
             .unwrap();
-        Self { child, port, log_path }
+        Self { child, port, dir, log_path }
     }
 
     fn log(&self) -> String {
@@ -217,6 +218,9 @@ impl Drop for Prometheus {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
