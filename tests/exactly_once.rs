@@ -101,7 +101,7 @@ fn an_instance_killed_and_restarted_takes_its_partitions_back_without_interrupti
     // The group is settled once each instance's last assignment is half the partitions.
     let owns_half = |pipeline: &Pipeline| {
         let log = pipeline.log();
-        let assigned = log.lines().filter(|line| line.contains("Assigned([")).last().unwrap_or_default();
+        let assigned = log.lines().rfind(|line| line.contains("Assigned([")).unwrap_or_default();
         assigned.matches("Partition(").count() == PARTITIONS as usize / 2
     };
     let deadline = Instant::now() + Duration::from_secs(60);
