@@ -83,7 +83,7 @@ fn a_wrong_password_fails_the_start_saying_authentication_failed_without_showing
     let status = pipeline.wait_for_exit(EXIT_BOUND);
     let log = std::fs::read_to_string(log_path).unwrap();
     assert_eq!(status.code(), Some(1), "exits with an error by itself, not killed after {EXIT_BOUND:?}: {log}");
-    let last = log.lines().last().unwrap();
+    let last = log.lines().next_back().unwrap();
     let prefix = format!("tactful: pipeline stopped: kafka: authentication failed at {}: ", listener.bootstrap);
     assert!(last.starts_with(&prefix), "{last}");
     assert!(
@@ -123,7 +123,7 @@ fn brokers_whose_certificate_another_ca_signed_fail_the_start_saying_the_tls_han
     let status = pipeline.wait_for_exit(EXIT_BOUND);
     let log = std::fs::read_to_string(log_path).unwrap();
     assert_eq!(status.code(), Some(1), "exits with an error by itself, not killed after {EXIT_BOUND:?}: {log}");
-    let last = log.lines().last().unwrap();
+    let last = log.lines().next_back().unwrap();
     let prefix = format!("tactful: pipeline stopped: kafka: the TLS handshake with {} failed: ", listener.bootstrap);
     assert!(last.starts_with(&prefix), "{last}");
     assert!(last.contains("certificate verify failed"), "{last}");
