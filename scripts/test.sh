@@ -8,6 +8,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# OpenSSL: headers for the build (librdkafka links the system's), the
+# command for the broker's SASL_SSL test certificates.
+scripts/openssl.sh || { echo "test.sh: OpenSSL is missing and could not be installed" >&2; exit 1; }
+
 bootstrap="$(scripts/kafka.sh start)" || { echo "test.sh: the Kafka test broker did not start" >&2; exit 1; }
 trap 'scripts/registry.sh stop >/dev/null 2>&1 || true; scripts/kafka.sh stop >/dev/null 2>&1 || true' EXIT
 export TACTFUL_TEST_BOOTSTRAP="$bootstrap"
