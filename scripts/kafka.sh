@@ -10,12 +10,20 @@
 #   scripts/kafka.sh restart  # stop and start again on the same data (prints the address)
 #   scripts/kafka.sh status   # exit 0 if running and the port answers, else 1
 #
+# Besides PLAINTEXT, every broker also has a SASL_SSL listener (SCRAM-SHA-512,
+# TLS with a certificate of a test CA made at start with openssl), for the
+# tests of a secured cluster. What a client needs for it is in the run dir's
+# `sasl-ssl.env` (lines `name=value`): `bootstrap` (its address), `ca` (the
+# CA certificate, PEM), `username` and `password` (a SCRAM-SHA-512 user made
+# at format time, its password random per start).
+#
 # start, ensure, restart and stop wait for each other (a lock beside the run
 # dir): several callers of ensure at once start one broker.
 #
 # Environment:
 #   KAFKA_PORT             PLAINTEXT port            (default 19092; ensure: a free one)
 #   KAFKA_CONTROLLER_PORT  KRaft controller port     (default 19093; ensure: the next one)
+#   KAFKA_SASL_SSL_PORT    SASL_SSL port             (default: the controller port + 1)
 #   restart, status and ensure act on the ports of the running broker (saved
 #   in the run dir), whatever these say.
 #   KAFKA_RUN_DIR          run dir, wiped on start   (default <repo>/target/kafka)
@@ -25,7 +33,7 @@
 #   KAFKA_HEAP_OPTS        JVM heap flags            (default -Xms256m -Xmx768m)
 #   KAFKA_READY_TIMEOUT    seconds to wait for ready (default 120)
 #
-# Only java 17+, mvn, bash and coreutils are needed; everything generated
+# Only java 17+, mvn, openssl, bash and coreutils are needed; everything generated
 # lives in the run dir (under target/) or the cache dir.
 set -euo pipefail
 
@@ -34,6 +42,7 @@ KAFKA_VERSION="${KAFKA_VERSION:-4.1.2}"
 LOG4J_VERSION="${KAFKA_LOG4J_VERSION:-2.24.3}"
 PORT="${KAFKA_PORT:-19092}"
 CPORT="${KAFKA_CONTROLLER_PORT:-19093}"
+SPORT="${KAFKA_SASL_SSL_PORT:-$((CPORT + 1))}"
 HOST=127.0.0.1
 READY_TIMEOUT="${KAFKA_READY_TIMEOUT:-120}"
 STOP_TIMEOUT=30
@@ -44,7 +53,11 @@ CACHE_DIR="${TACTFUL_CACHE_DIR:-$HOME/.cache/tactful}/kafka-$KAFKA_VERSION"
 LIBS_DIR="$CACHE_DIR/libs"
 MARKER="$CACHE_DIR/.complete"
 PID_FILE="$RUN_DIR/kafka.pid"
-PORTS_FILE="$RUN_DIR/ports"         # "<port> <controller port>" of the broker
+PORTS_FILE="$RUN_DIR/ports"         # "<port> <controller port> <SASL_SSL port>" of the broker
+TLS_DIR="$RUN_DIR/tls"             # the test CA, the broker's key and keystore
+SASL_SSL_ENV="$RUN_DIR/sasl-ssl.env" # what a SASL_SSL client needs (see the top)
+# The SCRAM-SHA-512 user the tests connect as.
+SASL_USERNAME=tactful-test
 SERVER_LOG="$RUN_DIR/server.log"   # log4j2 output of the broker
 STDOUT_LOG="$RUN_DIR/kafka.out"    # JVM stdout/stderr (crashes, early errors)
 
@@ -60,6 +73,7 @@ require_tools() {
     for t in java mvn; do
         command -v "$t" >/dev/null 2>&1 || die "'$t' not found in PATH (need Java 17+ and Maven)"
     done
+    command -v openssl >/dev/null 2>&1 || die "'openssl' not found in PATH (it makes the SASL_SSL listener's test certificates)"
 }
 
 # Kafka, its runtime dependencies, and the log4j2 SLF4J 1.x binding: Kafka
@@ -84,11 +98,20 @@ process.roles=broker,controller
 node.id=1
 # --standalone formatting needs the bootstrap-servers form, not quorum.voters.
 controller.quorum.bootstrap.servers=$HOST:$CPORT
-listeners=PLAINTEXT://$HOST:$PORT,CONTROLLER://$HOST:$CPORT
-advertised.listeners=PLAINTEXT://$HOST:$PORT,CONTROLLER://$HOST:$CPORT
+listeners=PLAINTEXT://$HOST:$PORT,CONTROLLER://$HOST:$CPORT,SASL_SSL://$HOST:$SPORT
+advertised.listeners=PLAINTEXT://$HOST:$PORT,CONTROLLER://$HOST:$CPORT,SASL_SSL://$HOST:$SPORT
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL
+
+# The secured listener: TLS with the test CA's certificate for $HOST, and
+# SCRAM-SHA-512 users (made at format time, kept in the metadata log). No
+# authorizer: an authenticated user may do anything, as on PLAINTEXT.
+sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+ssl.keystore.type=PKCS12
+ssl.keystore.location=$TLS_DIR/broker.p12
+ssl.keystore.password=$KEYSTORE_PASSWORD
 log.dirs=$RUN_DIR/data
 
 # One node: every internal topic must fit on a single replica.
@@ -142,6 +165,38 @@ logger.config.level = WARN
 EOF
 }
 
+# A random secret of letters and digits (passwords of the test user and keystore).
+random_secret() {
+    local secret
+    secret="$(head -c 48 /dev/urandom | base64 | tr -dc 'A-Za-z0-9')"
+    echo "${secret:0:24}"
+}
+
+# The SASL_SSL listener's TLS material, made fresh every start: a test CA
+# (ca.crt is what clients trust), the broker's key and a certificate for
+# $HOST signed by it (librdkafka checks the name: IP $HOST in the subject
+# alternative names), and the PKCS12 keystore the broker reads them from.
+# Sets KEYSTORE_PASSWORD.
+make_tls() {
+    mkdir -p "$TLS_DIR"
+    KEYSTORE_PASSWORD="$(random_secret)"
+    local tls_log="$RUN_DIR/tls.log"
+    {
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+            -keyout "$TLS_DIR/ca.key" -out "$TLS_DIR/ca.crt" -days 30 -subj "/CN=tactful test CA" \
+            -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign &&
+            openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+                -keyout "$TLS_DIR/broker.key" -out "$TLS_DIR/broker.csr" -subj "/CN=$HOST" &&
+            printf 'subjectAltName=IP:%s,DNS:localhost\nextendedKeyUsage=serverAuth\nkeyUsage=critical,digitalSignature\n' \
+                "$HOST" >"$TLS_DIR/broker.ext" &&
+            openssl x509 -req -in "$TLS_DIR/broker.csr" -CA "$TLS_DIR/ca.crt" -CAkey "$TLS_DIR/ca.key" \
+                -CAcreateserial -days 30 -extfile "$TLS_DIR/broker.ext" -out "$TLS_DIR/broker.crt" &&
+            openssl pkcs12 -export -in "$TLS_DIR/broker.crt" -inkey "$TLS_DIR/broker.key" \
+                -certfile "$TLS_DIR/ca.crt" -name broker -out "$TLS_DIR/broker.p12" \
+                -passout "pass:$KEYSTORE_PASSWORD"
+    } >"$tls_log" 2>&1 || { cat "$tls_log" >&2; die "openssl could not make the SASL_SSL listener's certificates (see above)"; }
+}
+
 # JVM flags. BROKER_OPTS follow Kafka's kafka-run-class.sh, but with a
 # smaller heap: a test broker needs little.
 jvm_opts() {
@@ -182,8 +237,8 @@ cmd_start() {
         die "a broker is already running (pid $pid, run dir $RUN_DIR); run '$0 stop' first"
     fi
     local p
-    for p in "$PORT" "$CPORT"; do
-        port_open "$p" && die "port $HOST:$p is already in use (set KAFKA_PORT / KAFKA_CONTROLLER_PORT)"
+    for p in "$PORT" "$CPORT" "$SPORT"; do
+        port_open "$p" && die "port $HOST:$p is already in use (set KAFKA_PORT / KAFKA_CONTROLLER_PORT / KAFKA_SASL_SSL_PORT)"
     done
 
     fetch_kafka
@@ -192,16 +247,32 @@ cmd_start() {
     # offsets, and re-formatting it fails anyway.
     fresh_run_dir KAFKA_RUN_DIR
     mkdir -p "$RUN_DIR/data"
-    echo "$PORT $CPORT" >"$PORTS_FILE"
+    echo "$PORT $CPORT $SPORT" >"$PORTS_FILE"
+    make_tls
     write_configs
+    # The test user's password: random, so that a test can look for it in
+    # what a client logs and be sure nothing else matches.
+    local sasl_password
+    sasl_password="$(random_secret)"
 
     jvm_opts
     local cluster_id
     cluster_id="$(java "${TOOL_OPTS[@]}" kafka.tools.StorageTool random-uuid 2>>"$STDOUT_LOG")" \
         || fail_start "" "StorageTool random-uuid failed"
+    # --add-scram: KRaft keeps SCRAM credentials in the metadata log; users
+    # made at format time exist before the broker serves its first client.
     java "${TOOL_OPTS[@]}" kafka.tools.StorageTool format -t "$cluster_id" \
-        -c "$RUN_DIR/server.properties" --standalone >>"$STDOUT_LOG" 2>&1 \
+        -c "$RUN_DIR/server.properties" --standalone \
+        --add-scram "SCRAM-SHA-512=[name=$SASL_USERNAME,password=$sasl_password]" >>"$STDOUT_LOG" 2>&1 \
         || fail_start "" "StorageTool format failed"
+    # Readable by this user only: it holds the password.
+    (umask 077 && cat >"$SASL_SSL_ENV" <<EOF
+bootstrap=$HOST:$SPORT
+ca=$TLS_DIR/ca.crt
+username=$SASL_USERNAME
+password=$sasl_password
+EOF
+    )
 
     launch_broker
 }
@@ -225,7 +296,8 @@ launch_broker() {
     local deadline=$((SECONDS + READY_TIMEOUT))
     while :; do
         kill -0 "$pid" 2>/dev/null || fail_start "" "broker exited during startup"
-        if tail -n +"$log_start" "$SERVER_LOG" 2>/dev/null | grep -q 'Kafka Server started' && port_open "$PORT"; then
+        if tail -n +"$log_start" "$SERVER_LOG" 2>/dev/null | grep -q 'Kafka Server started' \
+            && port_open "$PORT" && { [ -z "$SPORT" ] || port_open "$SPORT"; }; then
             break
         fi
         [ "$SECONDS" -lt "$deadline" ] || fail_start "$pid" "broker not ready after ${READY_TIMEOUT}s"
@@ -239,7 +311,8 @@ launch_broker() {
 # the defaults (see cmd_ensure).
 load_ports() {
     if [ -f "$PORTS_FILE" ]; then
-        read -r PORT CPORT <"$PORTS_FILE"
+        # A broker started before the SASL_SSL listener existed has no third port.
+        read -r PORT CPORT SPORT <"$PORTS_FILE"
     fi
 }
 
@@ -252,7 +325,7 @@ cmd_restart() {
     log "restarting broker (pid $pid)"
     stop_process "$pid" broker
     local p
-    for p in "$PORT" "$CPORT"; do
+    for p in "$PORT" "$CPORT" ${SPORT:+"$SPORT"}; do
         local deadline=$((SECONDS + 30))
         while port_open "$p"; do
             [ "$SECONDS" -lt "$deadline" ] || die "port $HOST:$p still in use after the broker stopped"
@@ -280,8 +353,9 @@ cmd_ensure() {
         return 0
     fi
     if [ -z "${KAFKA_PORT:-}" ]; then
-        PORT="$(free_port_pair)"
+        PORT="$(free_port_run 3)"
         CPORT=$((PORT + 1))
+        SPORT=$((PORT + 2))
     fi
     cmd_start
 }

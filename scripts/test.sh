@@ -10,10 +10,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# OpenSSL: headers for the build (librdkafka links the system's), the
+# command for the broker's SASL_SSL test certificates.
+scripts/openssl.sh || { echo "test.sh: OpenSSL is missing and could not be installed" >&2; exit 1; }
+
 bootstrap="$(scripts/kafka.sh start)" || { echo "test.sh: the Kafka test broker did not start" >&2; exit 1; }
 trap 'scripts/registry.sh stop >/dev/null 2>&1 || true; scripts/kafka.sh stop >/dev/null 2>&1 || true' EXIT
 export TACTFUL_TEST_BOOTSTRAP="$bootstrap"
-echo "test.sh: Kafka broker at $TACTFUL_TEST_BOOTSTRAP" >&2
+# Its SASL_SSL listener's address, CA, user and password (tests/secured.rs).
+TACTFUL_TEST_SASL_SSL="$(realpath -m "${KAFKA_RUN_DIR:-target/kafka}")/sasl-ssl.env"
+export TACTFUL_TEST_SASL_SSL
+echo "test.sh: Kafka broker at $TACTFUL_TEST_BOOTSTRAP (SASL_SSL: $TACTFUL_TEST_SASL_SSL)" >&2
 
 registry="$(scripts/registry.sh start)" || { echo "test.sh: the schema registry did not start" >&2; exit 1; }
 export TACTFUL_TEST_REGISTRY="$registry"

@@ -2,14 +2,16 @@
 # Shared by the benchmark scripts (bench-e2e.sh, bench-latency.sh,
 # bench-streams.sh). Sourced, not run.
 
-# Prints a port P such that nothing listens on P or P+1 (a broker's pair, or
-# an admin port), from 20000-29999 like scripts/lib/services.sh.
+# Prints a port P such that nothing listens on P to P+2 (a broker's PLAINTEXT,
+# controller and SASL_SSL ports, or an admin port), from 20000-29999 like
+# scripts/lib/services.sh.
 free_port() {
     local port
     for _ in $(seq 100); do
         port=$((20000 + RANDOM % 10000))
         if ! timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$port" 2>/dev/null \
-            && ! timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$((port + 1))" 2>/dev/null; then
+            && ! timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$((port + 1))" 2>/dev/null \
+            && ! timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$((port + 2))" 2>/dev/null; then
             echo "$port"
             return 0
         fi

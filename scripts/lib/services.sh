@@ -13,21 +13,30 @@ port_open() {
     timeout 2 bash -c "exec 3<>/dev/tcp/$HOST/$1" 2>/dev/null
 }
 
-# Prints a port P such that nothing listens on P or P+1 (a service's pair of
-# ports). From 20000-29999: away from the fixed defaults that `start` uses,
-# so a service that `ensure` started and left running never blocks
+# Prints a port P such that nothing listens on P to P+$1-1 (a service's run
+# of ports). From 20000-29999: away from the fixed defaults that `start`
+# uses, so a service that `ensure` started and left running never blocks
 # scripts/test.sh (of this or another checkout), and below the kernel's
 # ephemeral range (32768+), where outgoing connections take their ports.
-free_port_pair() {
-    local attempt port
+free_port_run() {
+    local count="$1" attempt port offset taken
     for ((attempt = 0; attempt < 100; attempt++)); do
         port=$((20000 + RANDOM % 10000))
-        if ! port_open "$port" && ! port_open "$((port + 1))"; then
+        taken=
+        for ((offset = 0; offset < count; offset++)); do
+            if port_open "$((port + offset))"; then taken=1; break; fi
+        done
+        if [ -z "$taken" ]; then
             echo "$port"
             return 0
         fi
     done
-    die "no two free adjacent ports found in 20000-29999"
+    die "no $count free adjacent ports found in 20000-29999"
+}
+
+# A free pair of ports (see free_port_run).
+free_port_pair() {
+    free_port_run 2
 }
 
 # Prints the pid from $PID_FILE if that process is alive and its command line

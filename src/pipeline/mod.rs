@@ -56,6 +56,29 @@ pub enum PipelineError {
         /// librdkafka's error.
         source: KafkaError,
     },
+    /// The brokers refused the client's credentials: the user's to fix, and
+    /// retrying cannot help.
+    #[error(
+        "kafka: authentication failed at {bootstrap_servers}: {reason}; check the sasl.* settings in \
+         [kafka.client_properties] and the secrets they name"
+    )]
+    Authentication {
+        /// `kafka.bootstrap_servers`.
+        bootstrap_servers: String,
+        /// What librdkafka reported: the broker and its answer.
+        reason: String,
+    },
+    /// The TLS handshake with the brokers failed: the user's to fix.
+    #[error(
+        "kafka: the TLS handshake with {bootstrap_servers} failed: {reason}; check the ssl.* settings in \
+         [kafka.client_properties]"
+    )]
+    Tls {
+        /// `kafka.bootstrap_servers`.
+        bootstrap_servers: String,
+        /// What librdkafka reported: the broker and the TLS error.
+        reason: String,
+    },
     /// The topics do not have the layout the contract needs.
     #[error("topic layout")]
     Topics(#[from] TopicsError),

@@ -1,16 +1,22 @@
 //! The topic layout: the four input topics must exist and be co-partitioned;
 //! missing output topics are created when configured to.
 
-use super::{kafka, settings, PipelineError};
+use super::{kafka, log_client_error, settings, PipelineError};
 use crate::config::Config;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::RDKafkaErrorCode;
-use std::time::Duration;
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::metadata::Metadata;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 /// How long a metadata request may take before the start fails.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one metadata attempt waits before the probe looks at what
+/// librdkafka reported meanwhile: a refused login shows within a second or
+/// two, and a slow but healthy cluster keeps its connection across attempts.
+const METADATA_ATTEMPT: Duration = Duration::from_millis(500);
 
 /// Why the topics cannot be used. The operator's to fix.
 #[derive(Debug, thiserror::Error)]
@@ -44,11 +50,74 @@ pub enum TopicsError {
     },
 }
 
+/// Why the brokers will not serve this client, whatever it retries: its
+/// settings (or the secrets they name) must change. librdkafka reports these
+/// only to the error callback and keeps reconnecting.
+#[derive(Debug, PartialEq)]
+enum Refusal {
+    /// SASL authentication failed (wrong user name, password or mechanism).
+    Authentication(String),
+    /// The TLS handshake failed (e.g. the brokers' certificate is not signed
+    /// by a CA in `ssl.ca.location`).
+    Tls(String),
+}
+
+/// The context of the start-up probe: keeps the first refusal librdkafka
+/// reports, and logs other client errors as degraded.
+#[derive(Default)]
+struct ProbeContext {
+    refusal: Mutex<Option<Refusal>>,
+}
+
+impl ClientContext for ProbeContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        // `reason` is librdkafka's text (the broker's address and what it
+        // answered); it carries no credentials.
+        let refusal = match error.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::Authentication) => Refusal::Authentication(reason.to_owned()),
+            Some(RDKafkaErrorCode::SSL) => Refusal::Tls(reason.to_owned()),
+            _ => return log_client_error(error),
+        };
+        self.refusal.lock().unwrap_or_else(PoisonError::into_inner).get_or_insert(refusal);
+    }
+}
+
+impl ConsumerContext for ProbeContext {}
+
+/// The cluster's metadata, asked in short attempts until METADATA_TIMEOUT:
+/// a refused login or TLS handshake ends the start at once with what the
+/// broker said, instead of a timeout that names neither.
+fn read_metadata(config: &Config) -> Result<Metadata, PipelineError> {
+    let probe: BaseConsumer<ProbeContext> = settings::base(config)
+        .create_with_context(ProbeContext::default())
+        .map_err(kafka("create a metadata client"))?;
+    let deadline = Instant::now() + METADATA_TIMEOUT;
+    loop {
+        let attempt = METADATA_ATTEMPT.min(deadline.saturating_duration_since(Instant::now()));
+        let failure = match probe.fetch_metadata(None, attempt) {
+            Ok(metadata) => return Ok(metadata),
+            Err(error) => error,
+        };
+        // Serves the error callbacks of what happened meanwhile.
+        let _ = probe.poll(Duration::ZERO);
+        let bootstrap_servers = config.bootstrap_servers.clone();
+        match probe.context().refusal.lock().unwrap_or_else(PoisonError::into_inner).take() {
+            Some(Refusal::Authentication(reason)) => {
+                return Err(PipelineError::Authentication { bootstrap_servers, reason })
+            }
+            Some(Refusal::Tls(reason)) => return Err(PipelineError::Tls { bootstrap_servers, reason }),
+            None => {}
+        }
+        if Instant::now() >= deadline {
+            return Err(kafka("read cluster metadata")(failure));
+        }
+    }
+}
+
 /// Checks that the four input topics exist and are co-partitioned, creates
 /// missing output topics when configured to, and returns the partition count.
 pub fn check_topics(config: &Config, runtime: &tokio::runtime::Handle) -> Result<i32, PipelineError> {
-    let probe: BaseConsumer = settings::base(config).create().map_err(kafka("create a metadata client"))?;
-    let metadata = probe.fetch_metadata(None, METADATA_TIMEOUT).map_err(kafka("read cluster metadata"))?;
+    let metadata = read_metadata(config)?;
     let partitions_of = |name: &str| {
         metadata
             .topics()

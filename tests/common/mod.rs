@@ -4,8 +4,8 @@
 //! input and read profile updates.
 //!
 //! The services come from the environment when scripts/test.sh set it
-//! (`TACTFUL_TEST_BOOTSTRAP`, `TACTFUL_TEST_REGISTRY`, `TACTFUL_TEST_PYTHON`,
-//! `TACTFUL_TEST_KCAT`, `TACTFUL_TEST_PROMETHEUS`,
+//! (`TACTFUL_TEST_BOOTSTRAP`, `TACTFUL_TEST_SASL_SSL`, `TACTFUL_TEST_REGISTRY`,
+//! `TACTFUL_TEST_PYTHON`, `TACTFUL_TEST_KCAT`, `TACTFUL_TEST_PROMETHEUS`,
 //! `TACTFUL_TEST_GRAFANA_SCHEMA`); otherwise the harness gets each one
 //! itself, the first time a test of the process asks for it, from the script
 //! test.sh uses: `scripts/kafka.sh ensure` and `scripts/registry.sh ensure`
@@ -53,6 +53,46 @@ pub const HOUR_MS: i64 = 3_600_000;
 pub fn bootstrap() -> String {
     static BOOTSTRAP: OnceLock<Result<String, String>> = OnceLock::new();
     service(&BOOTSTRAP, "TACTFUL_TEST_BOOTSTRAP", &["scripts/kafka.sh", "ensure"])
+}
+
+/// What a client needs for the test broker's SASL_SSL listener
+/// (SCRAM-SHA-512 over TLS), as scripts/kafka.sh writes it.
+#[derive(Clone, Debug)]
+pub struct SaslSsl {
+    /// The listener's address.
+    pub bootstrap: String,
+    /// The test CA's certificate (PEM), for `ssl.ca.location`.
+    pub ca: String,
+    /// The SCRAM-SHA-512 user.
+    pub username: String,
+    /// Its password (random per broker start).
+    pub password: String,
+}
+
+/// The test broker's SASL_SSL listener: the file `TACTFUL_TEST_SASL_SSL`
+/// names (scripts/test.sh sets it), else the `sasl-ssl.env` in the run dir
+/// of the broker [`bootstrap`] found or started.
+pub fn sasl_ssl() -> SaslSsl {
+    let path = match std::env::var("TACTFUL_TEST_SASL_SSL") {
+        Ok(path) => PathBuf::from(path),
+        Err(_) => {
+            bootstrap();
+            let run_dir = std::env::var("KAFKA_RUN_DIR").unwrap_or_else(|_| repo_path("target/kafka"));
+            PathBuf::from(run_dir).join("sasl-ssl.env")
+        }
+    };
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|error| {
+        panic!(
+            "cannot read {} ({error}): a broker started by an older scripts/kafka.sh has no SASL_SSL \
+             listener; run `scripts/kafka.sh stop` and test again",
+            path.display()
+        )
+    });
+    let values: HashMap<&str, &str> = text.lines().filter_map(|line| line.split_once('=')).collect();
+    let value = |name: &str| {
+        values.get(name).map(|value| (*value).to_owned()).unwrap_or_else(|| panic!("no `{name}` in {}", path.display()))
+    };
+    SaslSsl { bootstrap: value("bootstrap"), ca: value("ca"), username: value("username"), password: value("password") }
 }
 
 /// The value of `variable` if set, else the one line `script` (a command
@@ -204,6 +244,10 @@ pub struct PipelineOptions {
     extra_tables: String,
     /// `RUST_LOG` of the process.
     log_level: String,
+    /// `bootstrap_servers` of the `[kafka]` table, if not the test broker's PLAINTEXT listener.
+    bootstrap_servers: Option<String>,
+    /// Environment variables of the process beyond `RUST_LOG`.
+    environment: Vec<(String, String)>,
     /// `workers` of the `[pipeline]` table.
     workers: usize,
     /// The folder (under the temp dir, with the topics' prefix) of its config
@@ -220,6 +264,8 @@ impl Default for PipelineOptions {
             admin_settings: String::new(),
             extra_tables: String::new(),
             log_level: "info".to_owned(),
+            bootstrap_servers: None,
+            environment: Vec::new(),
             workers: 1,
             incarnation: None,
         }
@@ -269,6 +315,19 @@ impl PipelineOptions {
     /// Applies records with `workers` threads (1 unless set).
     pub fn workers(mut self, workers: usize) -> Self {
         self.workers = workers;
+        self
+    }
+
+    /// Connects to `address` instead of the test broker's PLAINTEXT listener.
+    pub fn bootstrap_servers(mut self, address: &str) -> Self {
+        self.bootstrap_servers = Some(address.to_owned());
+        self
+    }
+
+    /// Sets an environment variable of the process (e.g. a secret the
+    /// config names as `${NAME}`).
+    pub fn environment(mut self, name: &str, value: &str) -> Self {
+        self.environment.push((name.to_owned(), value.to_owned()));
         self
     }
 
@@ -344,7 +403,7 @@ listen = "127.0.0.1:{admin_port}"
 {admin_settings}
 {extra_tables}
 "#,
-        bootstrap = bootstrap(),
+        bootstrap = options.bootstrap_servers.clone().unwrap_or_else(bootstrap),
         prefix = topics.prefix,
         group = topics.group(),
         kafka_settings = options.kafka_settings(),
@@ -383,7 +442,9 @@ impl Pipeline {
         let admin_port = free_port();
         let config_path = write_config_listening(topics, &options, admin_port);
         let log_path = config_path.parent().unwrap().join("tactful.log");
-        Self::launch(config_path, admin_port, log_path, &[("RUST_LOG".to_owned(), options.log_level)])
+        let mut environment = options.environment;
+        environment.push(("RUST_LOG".to_owned(), options.log_level));
+        Self::launch(config_path, admin_port, log_path, &environment)
     }
 
     /// Starts `tactful run --config config_path` (a config the test wrote,
