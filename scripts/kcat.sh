@@ -14,6 +14,8 @@ set -euo pipefail
 
 log() { echo "kcat.sh: $*" >&2; }
 die() { log "error: $*"; exit 1; }
+# shellcheck source=scripts/lib/apt.sh
+. "$(dirname "$0")/lib/apt.sh"
 
 # Prints the path of a working kcat, or fails.
 find_kcat() {
@@ -34,20 +36,6 @@ if path="$(find_kcat)"; then
 fi
 [ -z "${KCAT:-}" ] || die "KCAT=$KCAT is not a working kcat binary"
 
-command -v apt-get >/dev/null 2>&1 || die "kcat not found and apt-get is not available: install kcat by hand"
-SUDO=()
-if [ "$(id -u)" -ne 0 ]; then
-    command -v sudo >/dev/null 2>&1 || die "kcat not found; installing it needs root: run 'apt-get install -y kcat' as root"
-    SUDO=(sudo -n)
-fi
-log "kcat not found; installing Debian's kcat package (once)"
-apt_log="$(mktemp)"
-trap 'rm -f "$apt_log"' EXIT
-# apt's output goes to a temp file, shown only on failure: our stdout must
-# stay exactly one line.
-if ! { "${SUDO[@]}" apt-get update && DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y kcat; } >"$apt_log" 2>&1; then
-    cat "$apt_log" >&2
-    die "apt-get could not install kcat (see above)"
-fi
+apt_install kcat kcat
 path="$(find_kcat)" || die "kcat still not usable after 'apt-get install kcat'"
 echo "$path"

@@ -15,6 +15,8 @@ set -euo pipefail
 
 log() { echo "openssl.sh: $*" >&2; }
 die() { log "error: $*"; exit 1; }
+# shellcheck source=scripts/lib/apt.sh
+. "$(dirname "$0")/lib/apt.sh"
 
 # The Debian packages of what is missing, one per line.
 missing_packages() {
@@ -28,18 +30,6 @@ missing_packages() {
 mapfile -t packages < <(missing_packages)
 [ "${#packages[@]}" -eq 0 ] && exit 0
 
-command -v apt-get >/dev/null 2>&1 || die "missing ${packages[*]} and apt-get is not available: install them by hand"
-SUDO=()
-if [ "$(id -u)" -ne 0 ]; then
-    command -v sudo >/dev/null 2>&1 || die "missing ${packages[*]}; installing needs root: run 'apt-get install -y ${packages[*]}' as root"
-    SUDO=(sudo -n)
-fi
-log "installing Debian's ${packages[*]} (once)"
-apt_log="$(mktemp)"
-trap 'rm -f "$apt_log"' EXIT
-if ! { "${SUDO[@]}" apt-get update && DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y "${packages[@]}"; } >"$apt_log" 2>&1; then
-    cat "$apt_log" >&2
-    die "apt-get could not install ${packages[*]} (see above)"
-fi
+apt_install "OpenSSL (${packages[*]})" "${packages[@]}"
 mapfile -t packages < <(missing_packages)
 [ "${#packages[@]}" -eq 0 ] || die "still missing after apt-get: ${packages[*]}"

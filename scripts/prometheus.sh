@@ -16,6 +16,8 @@ set -euo pipefail
 
 log() { echo "prometheus.sh: $*" >&2; }
 die() { log "error: $*"; exit 1; }
+# shellcheck source=scripts/lib/apt.sh
+. "$(dirname "$0")/lib/apt.sh"
 
 # Prints the folder of a working prometheus and promtool pair, or fails.
 find_prometheus() {
@@ -40,22 +42,6 @@ if dir="$(find_prometheus)"; then
 fi
 [ -z "${PROMETHEUS_BIN_DIR:-}" ] || die "PROMETHEUS_BIN_DIR=$PROMETHEUS_BIN_DIR has no working prometheus and promtool"
 
-command -v apt-get >/dev/null 2>&1 || die "prometheus/promtool not found and apt-get is not available: install Prometheus by hand"
-SUDO=()
-if [ "$(id -u)" -ne 0 ]; then
-    command -v sudo >/dev/null 2>&1 || die "prometheus not found; installing it needs root: run 'apt-get install -y prometheus' as root"
-    SUDO=(sudo -n)
-fi
-log "prometheus not found; installing Debian's prometheus package (once)"
-apt_log="$(mktemp)"
-trap 'rm -f "$apt_log"' EXIT
-# apt's output goes to a temp file, shown only on failure: our stdout must
-# stay exactly one line. --no-install-recommends: the node exporter and the
-# web assets are not needed to scrape and evaluate.
-if ! { "${SUDO[@]}" apt-get update \
-    && DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y --no-install-recommends prometheus; } >"$apt_log" 2>&1; then
-    cat "$apt_log" >&2
-    die "apt-get could not install prometheus (see above)"
-fi
+apt_install prometheus/promtool prometheus
 dir="$(find_prometheus)" || die "prometheus/promtool still not usable after 'apt-get install prometheus'"
 echo "$dir"
