@@ -9,7 +9,7 @@ use crate::consent::minimise::eligible;
 use crate::consent::Purposes;
 use crate::experiments::{ExperimentCounts, Experiments};
 use crate::model::{Event, Membership, PersonalizationLevel};
-use crate::state::{PublishedProfile, Retention};
+use crate::state::{PublishedMember, PublishedProfile, Retention};
 use crate::time::{EventTime, DAY_MS};
 use std::sync::atomic::{AtomicI64, Ordering};
 
@@ -132,13 +132,18 @@ impl Segments {
 
     /// Moves the member counts from the memberships of `before` to those of `after`.
     pub fn count_members(&self, before: Option<&PublishedProfile>, after: Option<&PublishedProfile>) {
-        let adjust = |profile: Option<&PublishedProfile>, delta: i64| {
-            for member in profile.map(|profile| profile.members.as_slice()).unwrap_or_default() {
+        let before = before.map_or(&[][..], |profile| profile.members.as_slice());
+        let after = after.map_or(&[][..], |profile| profile.members.as_slice());
+        // Only the segments entered or left: most updates change a reason,
+        // not the memberships, and the counters are shared by the worker
+        // threads (each change moves their cache line between cores).
+        let adjust = |from: &[PublishedMember], unless_in: &[PublishedMember], delta: i64| {
+            for member in from.iter().filter(|member| !unless_in.iter().any(|other| other.segment == member.segment)) {
                 self.members[member.segment.0].fetch_add(delta, Ordering::Relaxed);
             }
         };
-        adjust(before, -1);
-        adjust(after, 1);
+        adjust(before, after, -1);
+        adjust(after, before, 1);
     }
 
     /// How long facts are kept for a user with `level` and `granted`: as long
