@@ -4,7 +4,8 @@
 //! its `/export` download, `POST /v1/profiles/{user_id}/erase` and
 //! `GET /v1/erasures/{receipt}`.
 
-use crate::control::{now_ms, Control};
+use crate::consent_writer::ConsentWriter;
+use crate::control::Control;
 use crate::erasure::Erasures;
 use crate::processor::Processor;
 use axum::extract::{Path, State};
@@ -13,10 +14,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 #[derive(Clone)]
 struct AdminState {
@@ -34,15 +33,10 @@ pub struct ExplainApi {
     pub processor: Arc<Processor>,
     /// The erasure receipts, opened here and advanced by the pipeline.
     pub erasures: Arc<Erasures>,
-    /// Sends an erasure's tombstone to the consent topic, so the erasure is
-    /// durable before a receipt is returned.
-    pub consent_producer: FutureProducer,
-    /// The consent topic erasure tombstones are written to.
-    pub consent_topic: Arc<str>,
+    /// Records erasures on the consent topic, so an erasure is durable
+    /// before a receipt is returned.
+    pub writer: Arc<ConsentWriter>,
 }
-
-/// How long an erasure request waits for Kafka to acknowledge its tombstone.
-const ERASURE_SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The admin routes; the explain API only when `explain` is given.
 pub fn router(control: Arc<Control>, metrics: PrometheusHandle, explain: Option<ExplainApi>) -> Router {
@@ -115,19 +109,13 @@ async fn erase(State(explain): State<ExplainApi>, headers: HeaderMap, Path(user_
     if !authorized(&headers, &explain.token) {
         return unauthorized();
     }
-    let receipt = format!("{:032x}", rand::random::<u128>());
-    // Opened before the tombstone is sent: the pipeline may apply it at once.
-    explain.erasures.open(&receipt, &user_id, now_ms());
-    let tombstone = FutureRecord::<str, ()>::to(&explain.consent_topic).key(&user_id);
-    match explain.consent_producer.send(tombstone, ERASURE_SEND_TIMEOUT).await {
-        Ok(_) => {
-            explain.erasures.recorded(&receipt, now_ms());
+    match explain.writer.erase(&explain.erasures, &user_id).await {
+        Ok(receipt) => {
             let status = format!("/v1/erasures/{receipt}");
             (StatusCode::ACCEPTED, Json(serde_json::json!({"receipt": receipt, "status": status}))).into_response()
         }
-        Err((error, _)) => {
+        Err(error) => {
             tracing::warn!(%error, "could not record an erasure request");
-            explain.erasures.abandoned(&receipt);
             (StatusCode::SERVICE_UNAVAILABLE, "the erasure could not be recorded; try again\n").into_response()
         }
     }

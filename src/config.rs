@@ -161,6 +161,23 @@ pub struct Config {
     pub output_format: OutputFormat,
     /// Threads that apply a batch's records, partition by partition (at least 1).
     pub workers: usize,
+    /// The privacy center, if it is on.
+    pub privacy_center: Option<PrivacyCenter>,
+}
+
+/// The validated `[privacy_center]`.
+#[derive(Clone, Debug)]
+pub struct PrivacyCenter {
+    /// Where the page listens.
+    pub listen: SocketAddr,
+    /// The link signing key (never logged).
+    pub link_secret: String,
+    /// The base URL of the links, without a trailing `/`.
+    pub public_url: String,
+    /// The other instances' privacy centers, without trailing `/`.
+    pub peers: Vec<String>,
+    /// Requests per link per minute.
+    pub requests_per_minute: u32,
 }
 
 /// The validated `[schema_registry]`.
@@ -199,7 +216,7 @@ impl Config {
             ConfigError::Invalid { path: path.to_owned(), line, column, message: format!("{key} {problem}") }
         };
         let base = path.parent().unwrap_or(Path::new("."));
-        let ConfigFile { kafka, topics, pipeline, privacy, admin, schema_registry } = file;
+        let ConfigFile { kafka, topics, pipeline, privacy, admin, privacy_center, schema_registry } = file;
         if kafka.bootstrap_servers.trim().is_empty() {
             return Err(invalid("kafka.bootstrap_servers", "is empty"));
         }
@@ -238,6 +255,43 @@ impl Config {
         if api_token.as_ref().is_some_and(|token| token.chars().count() < 16) {
             return Err(invalid("admin.api_token", "must be at least 16 characters"));
         }
+        let privacy_center = match privacy_center {
+            Some(section) => {
+                let link_secret = from_environment(&section.link_secret)
+                    .map_err(|problem| invalid("privacy_center.link_secret", &problem))?;
+                if link_secret.chars().count() < 32 {
+                    return Err(invalid("privacy_center.link_secret", "must be at least 32 characters"));
+                }
+                if section.requests_per_minute == 0 {
+                    return Err(invalid("privacy_center.requests_per_minute", "must be at least 1"));
+                }
+                let is_http = |url: &str| url.starts_with("http://") || url.starts_with("https://");
+                if let Some(url) = section.public_url.as_deref().filter(|url| !is_http(url)) {
+                    return Err(invalid(
+                        "privacy_center.public_url",
+                        &format!("`{url}` must start with http:// or https://"),
+                    ));
+                }
+                if let Some(url) = section.peers.iter().find(|url| !is_http(url)) {
+                    return Err(invalid(
+                        "privacy_center.peers",
+                        &format!("`{url}` must start with http:// or https://"),
+                    ));
+                }
+                let trimmed = |url: &str| url.trim_end_matches('/').to_owned();
+                Some(PrivacyCenter {
+                    listen: section.listen,
+                    link_secret,
+                    public_url: section
+                        .public_url
+                        .as_deref()
+                        .map_or_else(|| format!("http://{}", section.listen), trimmed),
+                    peers: section.peers.iter().map(|url| trimmed(url)).collect(),
+                    requests_per_minute: section.requests_per_minute,
+                })
+            }
+            None => None,
+        };
         if privacy.max_retention_days == 0 {
             return Err(invalid("privacy.max_retention_days", "must be at least 1"));
         }
@@ -349,6 +403,7 @@ impl Config {
             max_idle_wait_ms: pipeline.max_idle_wait_ms,
             admin_listen: admin.listen,
             admin_api_token: api_token,
+            privacy_center,
             schema_registry,
             output_format,
             workers: pipeline.workers.unwrap_or_else(cores),
@@ -399,7 +454,8 @@ fn host_name() -> String {
 /// `value` with each `${NAME}` replaced by the environment variable `NAME`
 /// (as `lookup` finds it), so a secret can stay out of the file. Only the
 /// settings that hold secrets are expanded: `admin.api_token`,
-/// `kafka.client_properties` and `schema_registry.basic_auth_user_info`.
+/// `privacy_center.link_secret`, `kafka.client_properties` and
+/// `schema_registry.basic_auth_user_info`.
 /// The error says what is wrong without repeating the value, which may be a
 /// secret itself.
 fn expand_environment(value: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, String> {

@@ -3,10 +3,14 @@
 
 use crate::codec::Codec;
 use crate::consent::DropReason;
+use crate::consent_writer::ConsentWriter;
+use crate::erasure::Erasures;
+use crate::privacy_center::PrivacyCenter;
 use crate::processor::Processor;
 use crate::synthetic::Population;
 use crate::telemetry::Tally;
 use crate::time::EventTime;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Options of `tactful demo`.
@@ -28,6 +32,12 @@ pub struct DemoOptions {
     /// and print the measured lift at the end.
     #[arg(long, value_parser = parse_share)]
     pub holdout: Option<f64>,
+    /// After the run, serve the privacy center on this address (e.g.
+    /// 127.0.0.1:8090), print a signed link to one synthetic user's page,
+    /// and keep serving until Ctrl-C. Choices made there are applied to
+    /// the demo's core at once.
+    #[arg(long)]
+    pub privacy_center: Option<std::net::SocketAddr>,
 }
 
 fn parse_share(text: &str) -> Result<f64, String> {
@@ -37,10 +47,16 @@ fn parse_share(text: &str) -> Result<f64, String> {
     }
 }
 
-/// The demo failed to start. A build defect: the embedded defaults are tested.
+/// The demo failed.
 #[derive(Debug, thiserror::Error)]
-#[error("the embedded default is invalid")]
-pub struct DemoError(#[source] crate::codec::SchemaError);
+pub enum DemoError {
+    /// A build defect: the embedded defaults are tested.
+    #[error("the embedded default is invalid")]
+    Defaults(#[source] crate::codec::SchemaError),
+    /// The privacy center could not be served.
+    #[error("could not serve the privacy center on {0}")]
+    PrivacyCenter(std::net::SocketAddr, #[source] std::io::Error),
+}
 
 /// Runs the demo and prints a live summary to stdout.
 pub fn run(options: &DemoOptions) -> Result<(), DemoError> {
@@ -50,8 +66,8 @@ pub fn run(options: &DemoOptions) -> Result<(), DemoError> {
             segment.holdout = Some(share);
         }
     }
-    let codec = Codec::new(&[]).map_err(DemoError)?;
-    let processor = Processor::new(codec, catalogue, &settings);
+    let codec = Codec::new(&[]).map_err(DemoError::Defaults)?;
+    let processor = Arc::new(Processor::new(codec, catalogue, &settings));
     let now_ms = crate::control::now_ms();
     let mut population = Population::new(options.seed, options.users.max(1), options.events, options.days, now_ms);
 
@@ -117,7 +133,45 @@ pub fn run(options: &DemoOptions) -> Result<(), DemoError> {
             break;
         }
     }
-    Ok(())
+    match (options.privacy_center, sample_users.last()) {
+        (Some(listen), Some(user_id)) => serve_privacy_center(listen, processor, user_id),
+        _ => Ok(()),
+    }
+}
+
+/// Serves the privacy center of the demo's users until Ctrl-C, with a
+/// signing secret made for this run, and prints a link to `user_id`'s page.
+fn serve_privacy_center(
+    listen: std::net::SocketAddr,
+    processor: Arc<Processor>,
+    user_id: &str,
+) -> Result<(), DemoError> {
+    let failed = |error| DemoError::PrivacyCenter(listen, error);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(failed)?;
+    let settings = crate::config::PrivacyCenter {
+        listen,
+        link_secret: format!("{:032x}{:032x}", rand::random::<u128>(), rand::random::<u128>()),
+        public_url: format!("http://{listen}"),
+        peers: Vec::new(),
+        requests_per_minute: 600,
+    };
+    let writer = Arc::new(ConsentWriter::InProcess(processor.clone()));
+    let center =
+        PrivacyCenter::new(settings, processor, Arc::new(Erasures::default()), writer).map_err(DemoError::Defaults)?;
+    let expires = crate::control::now_ms() / 1_000 + 24 * 3_600;
+    let link = center.link(user_id, expires);
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(listen).await.map_err(failed)?;
+        println!("\nThe privacy center of {user_id}, as their own link would open it (valid for a day; Ctrl-C stops):");
+        println!("  {link}");
+        let stop = async {
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        axum::serve(listener, crate::privacy_center::router(Arc::new(center)))
+            .with_graceful_shutdown(stop)
+            .await
+            .map_err(failed)
+    })
 }
 
 fn print_summary(label: &str, rate: f64, total: &Tally, processor: &Processor) {

@@ -58,6 +58,35 @@ pub struct DataHeld {
     pub since: i64,
     /// How many records of this category are held.
     pub records: usize,
+    /// What the category is, for pages that word it in another language.
+    #[serde(skip)]
+    pub kind: DataKind,
+}
+
+/// The categories of data held, with how long each is kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DataKind {
+    /// Pages viewed, kept for `kept_ms`.
+    Browsing {
+        /// How long a page view is kept.
+        kept_ms: i64,
+    },
+    /// Purchases, kept for `kept_ms` or the last `last` ones.
+    Purchases {
+        /// How long a purchase is kept.
+        kept_ms: i64,
+        /// How many of the newest purchases are kept.
+        last: usize,
+    },
+    /// Purchases with an item in a sensitive category (explicit consent).
+    SensitivePurchases,
+    /// Locations, precise or coarsened to about 5 km, kept for `kept_ms`.
+    Location {
+        /// Whether locations are kept as precise as they came.
+        precise: bool,
+        /// How long a location is kept.
+        kept_ms: i64,
+    },
 }
 
 /// "last hour", "last 7 days", … for a window.
@@ -100,6 +129,7 @@ pub fn data_held(history: &History, retention: &Retention, precise_location: boo
             category: format!("browsing history, {}", last(retention.browse_ms)),
             since: oldest.ts,
             records: history.browses.len(),
+            kind: DataKind::Browsing { kept_ms: retention.browse_ms },
         });
     }
     if let Some(oldest) = history.purchases.front() {
@@ -111,6 +141,7 @@ pub fn data_held(history: &History, retention: &Retention, precise_location: boo
             ),
             since: oldest.ts,
             records: history.purchases.len(),
+            kind: DataKind::Purchases { kept_ms: retention.purchase_ms, last: retention.purchase_last },
         });
         let sensitive: Vec<i64> = history
             .purchases
@@ -123,6 +154,7 @@ pub fn data_held(history: &History, retention: &Retention, precise_location: boo
                 category: "purchases in sensitive categories (with your explicit consent)".to_owned(),
                 since: *since,
                 records: sensitive.len(),
+                kind: DataKind::SensitivePurchases,
             });
         }
     }
@@ -132,6 +164,7 @@ pub fn data_held(history: &History, retention: &Retention, precise_location: boo
             category: format!("{precision}, {}", last(retention.location_ms)),
             since: oldest.ts,
             records: history.locations.len(),
+            kind: DataKind::Location { precise: precise_location, kept_ms: retention.location_ms },
         });
     }
     held

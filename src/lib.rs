@@ -29,9 +29,11 @@ pub mod report;
 // endpoint and what it serves, time units, synthetic data.
 pub mod admin;
 pub mod config;
+pub mod consent_writer;
 pub mod control;
 pub mod erasure;
 pub mod explain;
+pub mod privacy_center;
 pub mod synthetic;
 pub mod telemetry;
 pub mod time;

@@ -8,9 +8,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use tactful::config::Config;
+use tactful::consent_writer::ConsentWriter;
 use tactful::control::Control;
 use tactful::erasure::Erasures;
 use tactful::pipeline;
+use tactful::privacy_center::{self, PrivacyCenter};
 use tactful::processor::Processor;
 use tactful::{admin, codec::Codec, demo, gen, replay, telemetry};
 
@@ -164,25 +166,37 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
         .block_on(admin::bind(config.admin_listen))
         .with_context(|| format!("bind the admin endpoint to {}", config.admin_listen))?;
     let erasures = Arc::new(Erasures::default());
-    let explain = match config.admin_api_token.as_deref() {
-        Some(token) => {
-            let consent_producer: FutureProducer =
-                pipeline::settings::consent_producer(&config).create().context("create the erasure producer")?;
-            Some(admin::ExplainApi {
-                token: Arc::from(token),
-                processor: processor.clone(),
-                erasures: erasures.clone(),
-                consent_producer,
-                consent_topic: Arc::from(config.topics.consent.as_str()),
-            })
-        }
-        None => None,
+    // Erasures (explain API) and choices (privacy center) go to the consent topic.
+    let writer = if config.admin_api_token.is_some() || config.privacy_center.is_some() {
+        let producer: FutureProducer =
+            pipeline::settings::consent_producer(&config).create().context("create the consent producer")?;
+        Some(Arc::new(ConsentWriter::Kafka { producer, topic: Arc::from(config.topics.consent.as_str()) }))
+    } else {
+        None
     };
-    let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
-    let admin_task =
-        runtime.spawn(admin::serve(listener, admin::router(control.clone(), metrics, explain), async move {
-            let _ = admin_stopped.await;
-        }));
+    let explain = match (config.admin_api_token.as_deref(), &writer) {
+        (Some(token), Some(writer)) => Some(admin::ExplainApi {
+            token: Arc::from(token),
+            processor: processor.clone(),
+            erasures: erasures.clone(),
+            writer: writer.clone(),
+        }),
+        _ => None,
+    };
+    let (stop_http, http_stopped) = tokio::sync::watch::channel(false);
+    let stopped = |mut receiver: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = receiver.wait_for(|stop| *stop).await;
+    };
+    let router = admin::router(control.clone(), metrics, explain);
+    let mut http_tasks = vec![runtime.spawn(admin::serve(listener, router, stopped(http_stopped.clone())))];
+    if let (Some(settings), Some(writer)) = (&config.privacy_center, &writer) {
+        let listener = runtime
+            .block_on(privacy_center::bind(settings.listen))
+            .with_context(|| format!("bind the privacy center to {}", settings.listen))?;
+        let center = PrivacyCenter::new(settings.clone(), processor.clone(), erasures.clone(), writer.clone())?;
+        let router = privacy_center::router(Arc::new(center));
+        http_tasks.push(runtime.spawn(admin::serve(listener, router, stopped(http_stopped.clone()))));
+    }
     let signal_control = control.clone();
     runtime.spawn(async move {
         wait_for_signal().await;
@@ -196,11 +210,13 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
     let result = std::thread::scope(|scope| {
         scope.spawn(|| pipeline::run(&config, &processor, &erasures, &control, &handle)).join()
     });
-    let _ = stop_admin.send(());
-    if let Ok(Ok(Err(error))) =
-        runtime.block_on(async { tokio::time::timeout(std::time::Duration::from_secs(5), admin_task).await })
-    {
-        tracing::warn!(%error, "admin endpoint failed");
+    let _ = stop_http.send(true);
+    for task in http_tasks {
+        if let Ok(Ok(Err(error))) =
+            runtime.block_on(async { tokio::time::timeout(std::time::Duration::from_secs(5), task).await })
+        {
+            tracing::warn!(%error, "an HTTP endpoint failed");
+        }
     }
     match result {
         Ok(outcome) => outcome.context("pipeline stopped"),

@@ -219,6 +219,20 @@ impl Processor {
         }
     }
 
+    /// Whether this process answers for `user_id`: it owns the partition
+    /// their consent was read from, or no consent is known for them (then
+    /// nothing is held about them anywhere).
+    pub fn answers_for(&self, user_id: &str) -> bool {
+        self.consent.cloned(user_id).is_none_or(|consent| self.shards.is_open(consent.partition))
+    }
+
+    /// The human description of segment `id`, from the catalogue in force.
+    pub fn segment_description(&self, id: &str) -> Option<String> {
+        let segments = self.segments.load();
+        let index = segments.catalogue.index_of(id)?;
+        Some(segments.catalogue.segment(index).description.clone())
+    }
+
     /// Takes on `partitions`: their users' records will be applied here.
     pub fn own(&self, partitions: &[Partition]) {
         for partition in partitions {
@@ -300,7 +314,7 @@ impl Processor {
         change: ConsentChange,
         now_ms: i64,
     ) -> Processed {
-        let consent = ConsentInForce::from_change(&change);
+        let consent = ConsentInForce { partition, ..ConsentInForce::from_change(&change) };
         if self.consent.has_newer(&change.user_id, consent.ts) {
             return Processed::applied(None);
         }

@@ -29,6 +29,7 @@ pub const CONVERTED_METRIC: &str = "tactful_experiment_converted_total";
 const SEGMENT_MEMBERS: &str = "tactful_segment_members";
 const SEGMENT_RELOADS: &str = "tactful_segment_reloads_total";
 const RESTORED_USERS: &str = "tactful_restored_users_total";
+const PRIVACY_CENTER_REQUESTS: &str = "tactful_privacy_center_requests_total";
 const RESTORE_DURATION: &str = "tactful_restore_duration_seconds";
 const BATCH_DURATION: &str = "tactful_batch_duration_seconds";
 const COMMIT_DURATION: &str = "tactful_commit_duration_seconds";
@@ -61,6 +62,10 @@ pub fn install_metrics() -> Result<PrometheusHandle, BuildError> {
     describe_gauge!(SEGMENT_MEMBERS, "Current members of each segment on this instance's partitions.");
     describe_counter!(SEGMENT_RELOADS, "Reloads of the segment file, applied or rejected.");
     describe_counter!(RESTORED_USERS, "Users whose state was restored from the changelog.");
+    describe_counter!(
+        PRIVACY_CENTER_REQUESTS,
+        "Privacy center requests, by outcome (page, saved, erased, forwarded, refused_forged, refused_expired, rate_limited, csrf, unavailable, write_failed)."
+    );
     describe_histogram!(RESTORE_DURATION, Unit::Seconds, "Time to restore assigned partitions from the changelog.");
     describe_histogram!(BATCH_DURATION, Unit::Seconds, "Time of one batch, from its first poll to its delivery.");
     describe_histogram!(COMMIT_DURATION, Unit::Seconds, "Time to deliver a batch: its transaction or its send.");
@@ -120,6 +125,11 @@ pub fn record_consumer_lag(lag: &[(InputKind, i64)]) {
 /// Sets the count of erasure receipts this instance has yet to complete.
 pub fn record_erasures_pending(receipts: usize) {
     metrics::gauge!(ERASURES_PENDING).set(receipts as f64);
+}
+
+/// Counts a privacy center request by its `outcome` (a fixed label; never a user).
+pub fn record_privacy_center(outcome: &'static str) {
+    metrics::counter!(PRIVACY_CENTER_REQUESTS, "outcome" => outcome).increment(1);
 }
 
 /// Input kinds, in a fixed order for tallies.

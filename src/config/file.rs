@@ -26,6 +26,10 @@ pub struct ConfigFile {
     /// `[admin]`: where health, readiness and metrics are served. Default: loopback, no explain API.
     #[serde(default)]
     pub admin: AdminSection,
+    /// `[privacy_center]`: the page where users see and change what is held
+    /// about them. Default: absent, and the page is off.
+    #[serde(default)]
+    pub privacy_center: Option<PrivacyCenterSection>,
     /// Without it, Confluent-framed input is bad input (`unknown_schema`).
     #[serde(default)]
     pub schema_registry: Option<RegistrySection>,
@@ -265,4 +269,41 @@ impl Default for AdminSection {
     fn default() -> Self {
         Self { listen: SocketAddr::from(([127, 0, 0, 1], 9464)), api_token: None }
     }
+}
+
+/// `[privacy_center]`: the page a user opens through a signed link to see
+/// and change what is held about them, on its own listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrivacyCenterSection {
+    /// Listen address. Default 127.0.0.1:8090 (put a TLS-terminating proxy
+    /// in front of it to publish it).
+    #[serde(default = "default_privacy_center_listen")]
+    pub listen: SocketAddr,
+    /// The key links are signed with (HMAC-SHA256), shared with the backend
+    /// that issues them; at least 32 characters, `${NAME}` read from the
+    /// environment. Required.
+    pub link_secret: String,
+    /// The address users reach the page at, as the links printed by
+    /// `tactful demo` and written in logs at start-up use it. Default
+    /// `http://<listen>`.
+    #[serde(default)]
+    pub public_url: Option<String>,
+    /// The privacy centers of the other instances of the group (base URLs,
+    /// e.g. `http://tactful-1.tactful:8090`): a request for a user whose
+    /// partition another instance owns is answered by that one. Default none.
+    #[serde(default)]
+    pub peers: Vec<String>,
+    /// Requests one link may make per minute before it is refused with
+    /// 429. Default 60.
+    #[serde(default = "default_requests_per_minute")]
+    pub requests_per_minute: u32,
+}
+
+fn default_privacy_center_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8090))
+}
+
+fn default_requests_per_minute() -> u32 {
+    60
 }

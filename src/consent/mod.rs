@@ -154,6 +154,11 @@ pub struct ConsentInForce {
     pub source: compact_str::CompactString,
     /// When the user chose (event time of the `ConsentChange`).
     pub ts: i64,
+    /// The consent topic's partition the choice was read from: the input
+    /// partition that holds the user (the topics are co-partitioned), so
+    /// the instance owning it holds their state. Not stored in the changelog.
+    #[serde(skip)]
+    pub partition: crate::state::Partition,
 }
 
 impl ConsentInForce {
@@ -164,6 +169,7 @@ impl ConsentInForce {
             level: change.level,
             source: change.source.as_str().into(),
             ts: change.ts,
+            partition: crate::state::Partition::default(),
         }
     }
 

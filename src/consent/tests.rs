@@ -116,6 +116,7 @@ fn consent_in_force_records_the_change() {
             level: PersonalizationLevel::Light,
             source: "cmp".into(),
             ts: 42,
+            partition: Default::default(),
         }
     );
 }
@@ -273,6 +274,7 @@ proptest! {
             level,
             source: "cmp".into(),
             ts: 0,
+            partition: Default::default(),
         };
         let allowed = known
             && granted.contains(&Purpose::Personalization)

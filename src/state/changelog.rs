@@ -10,7 +10,7 @@
 use crate::consent::{ConsentInForce, Purposes};
 use crate::model::PersonalizationLevel;
 use crate::segments::{Catalogue, SegmentIndex};
-use crate::state::{ExperimentEntry, History, PublishedMember, PublishedProfile, UserState, MAX_CAPTURES};
+use crate::state::{ExperimentEntry, History, Partition, PublishedMember, PublishedProfile, UserState, MAX_CAPTURES};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 
@@ -148,6 +148,7 @@ pub fn decode(bytes: &[u8], catalogue: &Catalogue) -> Result<Restored, Changelog
         level: consent.level,
         source: consent.source.as_ref().into(),
         ts: consent.ts,
+        partition: Partition::default(),
     });
     let state = UserState {
         gpc_opt_out,
@@ -236,6 +237,7 @@ mod tests {
             level: PersonalizationLevel::Full,
             source: "cmp-web".into(),
             ts: 1_699_999_999_000,
+            partition: Partition::default(),
         };
         (state, consent)
     }

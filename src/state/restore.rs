@@ -86,7 +86,13 @@ mod tests {
     use crate::model::PersonalizationLevel;
 
     fn at(ts: i64) -> ConsentInForce {
-        ConsentInForce { granted: Default::default(), level: PersonalizationLevel::Full, source: "cmp".into(), ts }
+        ConsentInForce {
+            granted: Default::default(),
+            level: PersonalizationLevel::Full,
+            source: "cmp".into(),
+            ts,
+            partition: Default::default(),
+        }
     }
 
     #[test]

@@ -211,6 +211,11 @@ impl Shards {
         }
     }
 
+    /// Whether a shard for `partition` is held here.
+    pub fn is_open(&self, partition: Partition) -> bool {
+        self.shards.load().contains_key(&partition)
+    }
+
     /// Runs `update` on the shard of `partition`, made empty if there is none.
     pub fn with_open<T>(&self, partition: Partition, update: impl FnOnce(&mut Shard) -> T) -> T {
         if let Some(shard) = self.shards.load().get(&partition) {
