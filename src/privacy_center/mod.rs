@@ -107,10 +107,10 @@ impl PrivacyCenter {
 
     /// Whether the link in `fields` is one this page accepts now, counted
     /// against its rate limit.
-    fn check(&self, fields: &HashMap<String, String>, lang: Lang) -> Result<Link, Response> {
+    fn check(&self, fields: &HashMap<String, String>, lang: Lang) -> Result<Link, Box<Response>> {
         let refused = |outcome: &'static str| {
             record_privacy_center(outcome);
-            page_response(StatusCode::FORBIDDEN, page::refusal(lang, lang.text().refused), None)
+            Box::new(page_response(StatusCode::FORBIDDEN, page::refusal(lang, lang.text().refused), None))
         };
         let (Some(user), Some(expires), Some(sig)) = (
             fields.get("user"),
@@ -127,7 +127,8 @@ impl PrivacyCenter {
         }
         if !self.admit(sig) {
             record_privacy_center("rate_limited");
-            return Err(page_response(StatusCode::TOO_MANY_REQUESTS, page::refusal(lang, lang.text().too_many), None));
+            let refusal = page::refusal(lang, lang.text().too_many);
+            return Err(Box::new(page_response(StatusCode::TOO_MANY_REQUESTS, refusal, None)));
         }
         Ok(Link { user: user.clone(), expires, sig: sig.to_ascii_lowercase() })
     }
@@ -298,7 +299,7 @@ async fn show(
     let lang = language(&fields, &headers);
     let link = match center.check(&fields, lang) {
         Ok(link) => link,
-        Err(refusal) => return refusal,
+        Err(refusal) => return *refusal,
     };
     if let Some(response) = center.route(&link.user, lang, &method, &uri, &headers, Bytes::new()).await {
         return response;
@@ -347,7 +348,7 @@ async fn accept_change(
     uri: &Uri,
     headers: &HeaderMap,
     body: &Bytes,
-) -> Result<(Link, Lang, Vec<(String, String)>), Response> {
+) -> Result<(Link, Lang, Vec<(String, String)>), Box<Response>> {
     let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(body).unwrap_or_default();
     let fields: HashMap<String, String> = pairs.iter().cloned().collect();
     let lang = language(&fields, headers);
@@ -358,10 +359,10 @@ async fn accept_change(
     });
     if !same {
         record_privacy_center("csrf");
-        return Err(page_response(StatusCode::FORBIDDEN, page::refusal(lang, lang.text().refused), None));
+        return Err(Box::new(page_response(StatusCode::FORBIDDEN, page::refusal(lang, lang.text().refused), None)));
     }
     if let Some(response) = center.route(&link.user, lang, method, uri, headers, body.clone()).await {
-        return Err(response);
+        return Err(Box::new(response));
     }
     Ok((link, lang, pairs))
 }
@@ -375,7 +376,7 @@ async fn save_choices(
 ) -> Response {
     let (link, lang, pairs) = match accept_change(&center, &method, &uri, &headers, &body).await {
         Ok(accepted) => accepted,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let level = match pairs.iter().find(|(name, _)| name == "level").map(|(_, value)| value.as_str()) {
         Some("full") => PersonalizationLevel::Full,
@@ -420,7 +421,7 @@ async fn erase(
 ) -> Response {
     let (link, lang, _) = match accept_change(&center, &method, &uri, &headers, &body).await {
         Ok(accepted) => accepted,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     match center.writer.erase(&center.erasures, &link.user).await {
         Ok(receipt) => {

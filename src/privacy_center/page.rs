@@ -120,7 +120,7 @@ fn head(out: &mut String, lang: Lang, title: &str, refresh: bool, switch: Option
             code = other.code()
         );
     }
-    let _ = write!(out, "<h1>{}</h1>\n", escape(title));
+    let _ = writeln!(out, "<h1>{}</h1>", escape(title));
 }
 
 /// A page that refuses: a bad or expired link, too many requests, or the
