@@ -147,3 +147,47 @@ fn the_api_token_client_properties_and_registry_credentials_are_expanded_at_load
         "{error}"
     );
 }
+
+#[test]
+fn the_privacy_center_is_off_by_default_and_validated_when_on() {
+    let config = load_text("[kafka]\nbootstrap_servers = \"x:1\"\n").unwrap();
+    assert!(config.privacy_center.is_none());
+
+    let secret = "s".repeat(32);
+    let config = load_text(&format!(
+        "[kafka]\nbootstrap_servers = \"x:1\"\n[privacy_center]\nlink_secret = \"{secret}\"\n\
+         peers = [\"http://tactful-0.tactful:8090/\", \"https://b:8090\"]\n"
+    ))
+    .unwrap();
+    let center = config.privacy_center.unwrap();
+    assert_eq!(center.listen.to_string(), "127.0.0.1:8090");
+    assert_eq!(center.public_url, "http://127.0.0.1:8090");
+    assert_eq!(center.peers, vec!["http://tactful-0.tactful:8090", "https://b:8090"]);
+    assert_eq!(center.requests_per_minute, 60);
+    assert_eq!(center.link_secret, secret);
+
+    let invalid = |table: &str| {
+        load_text(&format!("[kafka]\nbootstrap_servers = \"x:1\"\n[privacy_center]\n{table}\n"))
+            .err()
+            .unwrap()
+            .to_string()
+    };
+    assert!(invalid("listen = \"127.0.0.1:1\"").contains("missing field `link_secret`"));
+    assert!(
+        invalid("link_secret = \"too-short\"").ends_with("privacy_center.link_secret must be at least 32 characters")
+    );
+    let error = invalid(&format!("link_secret = \"{secret}\"\npublic_url = \"privacy.example.com\""));
+    assert!(
+        error.ends_with("privacy_center.public_url `privacy.example.com` must start with http:// or https://"),
+        "{error}"
+    );
+    let error = invalid(&format!("link_secret = \"{secret}\"\nrequests_per_minute = 0"));
+    assert!(error.ends_with("privacy_center.requests_per_minute must be at least 1"), "{error}");
+    // The secret, like every secret setting, may come from the environment.
+    let path = std::env::var("PATH").unwrap();
+    let config = load_text(&format!(
+        "[kafka]\nbootstrap_servers = \"x:1\"\n[privacy_center]\nlink_secret = \"${{PATH}}{secret}\"\n"
+    ))
+    .unwrap();
+    assert_eq!(config.privacy_center.unwrap().link_secret, format!("{path}{secret}"));
+}

@@ -404,3 +404,93 @@ legend { font-weight: 600; padding: 0 0.25rem; }
 button { font: inherit; padding: 0.5rem 1.1rem; border-radius: 6px; border: 2px solid #0b4fa8; background: #0b4fa8; color: #fff; cursor: pointer; }
 button.danger { border-color: #a4161a; background: #a4161a; }
 ";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::explain::{ConsentView, DataHeld, DataKind, ProfileView};
+    use crate::model::Membership;
+
+    fn explanation(user: &str, reason: &str) -> Explanation {
+        Explanation {
+            user_id: user.to_owned(),
+            consent: Some(ConsentView {
+                granted: vec!["personalization", "location", "web"],
+                level: PersonalizationLevel::Full,
+                source: "cmp <web>".to_owned(),
+                ts: 1_796_169_600_000,
+                gpc_opt_out: false,
+            }),
+            profile: Some(ProfileView {
+                level: PersonalizationLevel::Full,
+                channels: vec!["web".to_owned()],
+                segments: vec![Membership {
+                    id: "near_store".to_owned(),
+                    since: 1_796_169_600_000,
+                    reason: reason.to_owned(),
+                    channels: vec!["web".to_owned()],
+                    arm: None,
+                }],
+            }),
+            data_held: vec![DataHeld {
+                category: String::new(),
+                since: 1_796_169_600_000,
+                records: 3,
+                kind: DataKind::Location { precise: false, kept_ms: 3_600_000 },
+            }],
+        }
+    }
+
+    fn render_for(user: &str, reason: &str, lang: Lang, notice: Notice) -> String {
+        let link = Link { user: user.to_owned(), expires: 1_900_000_000, sig: "ab".repeat(32) };
+        let explanation = explanation(user, reason);
+        let describe = |_: &str| Some("Near a store".to_owned());
+        render(&Page {
+            lang,
+            link: &link,
+            csrf: "c".repeat(32).as_str(),
+            explanation: Some(&explanation),
+            describe: &describe,
+            notice,
+        })
+    }
+
+    #[test]
+    fn everything_from_outside_is_escaped_and_nothing_inline_needs_the_csp_relaxed() {
+        let page = render_for("\"><script>alert(1)</script>", "Was <b>near</b> & \"there\"", Lang::En, Notice::None);
+        assert!(!page.contains("<script"), "{page}");
+        assert!(page.contains("value=\"&quot;&gt;&lt;script&gt;alert(1)&lt;/script&gt;\""), "{page}");
+        assert!(page.contains("<p class=\"reason\">Was &lt;b&gt;near&lt;/b&gt; &amp; &quot;there&quot;</p>"), "{page}");
+        assert!(page.contains("Recorded by cmp &lt;web&gt; on 2 December 2026."), "{page}");
+        assert!(!page.contains(" style=") && !page.contains("<style"), "{page}");
+        // No event handler attribute (` onclick=`, …).
+        let handler = page.split(" on").skip(1).any(|rest| {
+            let name = rest.chars().take_while(char::is_ascii_alphabetic).count();
+            name > 0 && rest[name..].starts_with('=')
+        });
+        assert!(!handler, "{page}");
+    }
+
+    #[test]
+    fn the_page_says_what_is_held_what_is_not_done_and_shows_the_switches_as_in_force() {
+        let page = render_for("u-1", "Was near.", Lang::En, Notice::None);
+        assert!(page.contains("<li data-kind=\"location\">Your location to about 5 km, kept for the last hour; since 2 December 2026 (3 records).</li>"), "{page}");
+        assert!(page.contains("<li>Your location is kept only to about 5 km, never more precisely.</li>"), "{page}");
+        assert!(page.contains("<li>Nothing is personalized for you in emails.</li>"), "{page}");
+        assert!(page.contains("id=\"granted-location\" value=\"location\" checked>"), "{page}");
+        assert!(page.contains("id=\"granted-precise_location\" value=\"precise_location\">"), "{page}");
+        assert!(page.contains("id=\"level-full\" value=\"full\" checked>"), "{page}");
+        assert!(page.contains("<p class=\"meta\">Since 2 December 2026. Used on this website.</p>"), "{page}");
+        assert!(!page.contains("http-equiv=\"refresh\""));
+        let dutch = render_for("u-1", "Was near.", Lang::Nl, Notice::Saving);
+        assert!(dutch.contains("<html lang=\"nl\">") && dutch.contains("http-equiv=\"refresh\""), "{dutch}");
+        assert!(
+            dutch.contains(
+                "Uw locatie tot op ongeveer 5 km, bewaard voor het laatste uur; sinds 2 december 2026 (3 gegevens)."
+            ),
+            "{dutch}"
+        );
+        assert!(dutch.contains("<a href=\"/?user=u-1&amp;expires=1900000000&amp;sig="), "{dutch}");
+        assert!(dutch.contains("&amp;lang=en\" hreflang=\"en\" lang=\"en\">English</a>"), "{dutch}");
+    }
+}
