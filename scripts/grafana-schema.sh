@@ -16,34 +16,23 @@ set -euo pipefail
 # Pinned: a new Grafana may change its schema; moving on is a reviewed change.
 GRAFANA_SCHEMA_VERSION=13.2.3
 TYPESCRIPT_VERSION=5.9.3
-CACHE_ROOT="${TACTFUL_CACHE_DIR:-$HOME/.cache/tactful}"
-DIR="$CACHE_ROOT/grafana-schema-$GRAFANA_SCHEMA_VERSION-ts-$TYPESCRIPT_VERSION"
-MARKER="$DIR/.complete"
 
 log() { echo "grafana-schema.sh: $*" >&2; }
 die() { log "error: $*"; exit 1; }
+# shellcheck source=scripts/lib/npm.sh
+. "$(dirname "$0")/lib/npm.sh"
 
-if [ ! -f "$MARKER" ]; then
-    command -v npm >/dev/null 2>&1 || die "npm not found (on Debian: apt-get install nodejs npm)"
-    mkdir -p "$CACHE_ROOT"
-    # Two runs at once must not install over each other.
-    exec 9>"$DIR.lock"
-    flock 9
-    if [ ! -f "$MARKER" ]; then
-        log "installing @grafana/schema $GRAFANA_SCHEMA_VERSION and typescript $TYPESCRIPT_VERSION into $DIR (once)"
-        rm -rf "$DIR"
-        mkdir -p "$DIR"
-        # npm's output goes to a log file, shown only on failure: our stdout
-        # must stay exactly one line. The marker is written last.
-        if ! (cd "$DIR" && echo '{"private": true}' >package.json \
-            && npm install --no-audit --no-fund --ignore-scripts --save-exact \
-                "@grafana/schema@$GRAFANA_SCHEMA_VERSION" "typescript@$TYPESCRIPT_VERSION") >"$DIR/npm.log" 2>&1; then
-            cat "$DIR/npm.log" >&2
-            die "npm install failed (see above)"
-        fi
-        [ -f "$DIR/node_modules/@grafana/schema/dist/types/index.d.ts" ] || die "@grafana/schema has no type declarations"
-        node "$DIR/node_modules/typescript/bin/tsc" --version >/dev/null || die "tsc does not run"
-        touch "$MARKER"
-    fi
-fi
+DIR="$CACHE_ROOT/grafana-schema-$GRAFANA_SCHEMA_VERSION-ts-$TYPESCRIPT_VERSION"
+
+# Installs both packages into $DIR and checks them.
+install_schema() {
+    log "installing @grafana/schema $GRAFANA_SCHEMA_VERSION and typescript $TYPESCRIPT_VERSION into $DIR (once)"
+    echo '{"private": true}' >"$DIR/package.json"
+    npm_logged "$DIR" install --no-audit --no-fund --ignore-scripts --save-exact \
+        "@grafana/schema@$GRAFANA_SCHEMA_VERSION" "typescript@$TYPESCRIPT_VERSION"
+    [ -f "$DIR/node_modules/@grafana/schema/dist/types/index.d.ts" ] || die "@grafana/schema has no type declarations"
+    node "$DIR/node_modules/typescript/bin/tsc" --version >/dev/null || die "tsc does not run"
+}
+
+fill_once "$DIR" install_schema
 echo "$DIR"

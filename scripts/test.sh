@@ -4,8 +4,10 @@
 # sure the interoperability tools are there (the Python venv of
 # scripts/python-env.sh, kcat from scripts/kcat.sh) and the observability
 # ones (Prometheus from scripts/prometheus.sh, Grafana's dashboard schema
-# from scripts/grafana-schema.sh), runs every test against
-# them, and stops the broker and the registry, also on failure.
+# from scripts/grafana-schema.sh) and the browser ones (headless Chromium
+# and chromedriver from scripts/chromium.sh, the axe-core accessibility
+# checker from scripts/axe.sh), runs every test against them, and stops the
+# broker and the registry, also on failure.
 # Anything that cannot start or install fails the run loudly; no test is skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,6 +38,11 @@ export TACTFUL_TEST_PROMETHEUS="$prometheus"
 grafana_schema="$(scripts/grafana-schema.sh)" || { echo "test.sh: Grafana's dashboard schema could not be installed" >&2; exit 1; }
 export TACTFUL_TEST_GRAFANA_SCHEMA="$grafana_schema"
 echo "test.sh: observability tools: $TACTFUL_TEST_PROMETHEUS, $TACTFUL_TEST_GRAFANA_SCHEMA" >&2
+chromedriver="$(scripts/chromium.sh)" || { echo "test.sh: Chromium and chromedriver are missing and could not be installed" >&2; exit 1; }
+export TACTFUL_TEST_CHROMEDRIVER="$chromedriver"
+axe="$(scripts/axe.sh)" || { echo "test.sh: axe-core could not be fetched" >&2; exit 1; }
+export TACTFUL_TEST_AXE="$axe"
+echo "test.sh: browser tools: $TACTFUL_TEST_CHROMEDRIVER, $TACTFUL_TEST_AXE" >&2
 
 # Unit, property and integration tests (benchmarks are built by clippy in CI
 # and run with `cargo bench`).

@@ -6,15 +6,17 @@
 //! The services come from the environment when scripts/test.sh set it
 //! (`TACTFUL_TEST_BOOTSTRAP`, `TACTFUL_TEST_SASL_SSL`, `TACTFUL_TEST_REGISTRY`,
 //! `TACTFUL_TEST_PYTHON`, `TACTFUL_TEST_KCAT`, `TACTFUL_TEST_PROMETHEUS`,
-//! `TACTFUL_TEST_GRAFANA_SCHEMA`); otherwise the harness gets each one
+//! `TACTFUL_TEST_GRAFANA_SCHEMA`, `TACTFUL_TEST_CHROMEDRIVER`,
+//! `TACTFUL_TEST_AXE`); otherwise the harness gets each one
 //! itself, the first time a test of the process asks for it, from the script
 //! test.sh uses: `scripts/kafka.sh ensure` and `scripts/registry.sh ensure`
 //! (which reuse a broker or registry that runs from this checkout, and start
 //! one on free ports if none does), `scripts/python-env.sh`,
-//! `scripts/kcat.sh`, `scripts/prometheus.sh` and `scripts/grafana-schema.sh`. So a
-//! plain `cargo test` works anywhere the scripts do. A service that cannot be
-//! had fails every test that needs it, with the script's stderr: nothing is
-//! skipped.
+//! `scripts/kcat.sh`, `scripts/prometheus.sh`, `scripts/grafana-schema.sh`,
+//! `scripts/chromium.sh` and `scripts/axe.sh` (the last two for the headless
+//! browser of [`browser`]). So a plain `cargo test` works anywhere the
+//! scripts do. A service that cannot be had fails every test that needs it,
+//! with the script's stderr: nothing is skipped.
 //!
 //! A broker or registry the harness started keeps running after the tests,
 //! for the next test binary and the next run. Its pid file, ports and logs are
@@ -25,6 +27,7 @@
 //! test.sh of this one refuses to start while they run (stop them first).
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod stream;
 
 use apache_avro::Schema;
