@@ -5,10 +5,15 @@
 //! is written to the consent topic as a `ConsentChange` that fastavro
 //! decodes, and shows on the page only once the pipeline applied it; a
 //! link is rate limited; and with two instances, each answers for the
-//! other's users.
+//! other's users. The last test is a person's visit in headless Chromium
+//! (WebDriver): reading a reason, switching location off with the
+//! keyboard, seeing `near_store` and the location data go, axe-core's
+//! accessibility rules on every page, screenshots in English and Dutch
+//! (target/test-artifacts/privacy-center-{en,nl}.png).
 
 mod common;
 
+use common::browser::Browser;
 use common::{
     avro, browse, consent, free_port, interop_python, location, now_ms, read_with_kcat, to_json, try_http,
     wait_processed, Pipeline, PipelineOptions, Producer, Topics, EVERYTHING,
@@ -275,4 +280,86 @@ fn with_two_instances_each_answers_for_the_users_of_the_other() {
             assert!(body.contains("data-segment=\"near_store\""), "{user} on {port}: {body}");
         }
     }
+}
+
+/// What `script` returns in the page, or `None` while the page is being
+/// replaced (its meta refresh reloads it every two seconds).
+fn in_page(browser: &Browser, script: &str) -> Option<serde_json::Value> {
+    browser.block_on(browser.client().execute(script, Vec::new())).ok()
+}
+
+/// Saves a PNG of the whole page (the window made as tall as the page).
+fn screenshot_whole_page(browser: &Browser, path: &std::path::Path) {
+    let height = in_page(browser, "return document.documentElement.scrollHeight").and_then(|height| height.as_u64());
+    let height = u32::try_from(height.expect("the page's height")).unwrap();
+    // The window's toolbars (invisible, headless) take 143 pixels of it.
+    browser.block_on(browser.client().set_window_size(1280, height + 143)).unwrap();
+    browser.screenshot(path);
+}
+
+/// Waits (reloads included) until `script` returns true in the page.
+fn wait_in_page(browser: &Browser, script: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while in_page(browser, script) != Some(serde_json::json!(true)) {
+        assert!(Instant::now() < deadline, "the page never satisfied {script}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn in_a_browser_a_person_reads_why_switches_location_off_and_sees_it_gone() {
+    let topics = Topics::create("privacy-browser");
+    let port = free_port();
+    let _pipeline = Pipeline::start(&topics, options(port, &[], 1_000));
+    shopper(&topics, "u-visitor");
+    let url = format!("http://127.0.0.1:{port}/?{}", signed_query("u-visitor", in_an_hour()));
+    let artifacts = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts");
+
+    let browser = Browser::start("en-GB");
+    browser.goto(&url);
+    assert_eq!(browser.text("h1"), "Your data and your choices");
+    assert_eq!(
+        browser.text("li[data-segment=near_store] .reason"),
+        "Was within 500 m of one of our stores in the last hour."
+    );
+    assert!(browser.text("li[data-segment=near_store] .meta").ends_with("Used in push notifications."));
+    assert!(browser
+        .text("li[data-kind=location]")
+        .starts_with("Your precise location, kept for the last hour; since "));
+    assert_eq!(browser.axe_violations(), Vec::<String>::new(), "axe-core on the page");
+    screenshot_whole_page(&browser, &artifacts.join("privacy-center-en.png"));
+
+    // By keyboard alone: space toggles the focused switch, Enter submits.
+    let location = browser.find("#granted-location");
+    browser.block_on(location.send_keys(" ")).unwrap();
+    assert_eq!(in_page(&browser, "return document.getElementById('granted-location').checked"), Some(false.into()));
+    let save = browser.find("#save");
+    browser.block_on(save.send_keys("\u{E007}")).unwrap();
+    wait_in_page(
+        &browser,
+        "const n = document.getElementById('notice'); return !!n && n.innerText.includes('Your choices are in force');",
+    );
+    let gone = "return document.querySelectorAll('[data-segment=near_store], [data-kind=location]').length";
+    assert_eq!(in_page(&browser, gone), Some(0.into()));
+    assert!(browser.text("#not-done-list").contains("We do not use your location."));
+    assert!(browser.text("li[data-kind=browsing]").starts_with("Pages you viewed"));
+    assert_eq!(in_page(&browser, "return document.getElementById('granted-location').checked"), Some(false.into()));
+    assert_eq!(browser.axe_violations(), Vec::<String>::new(), "axe-core after saving");
+
+    // Forged and expired links: the same refusal, and nothing else.
+    for bad in [url.replace("sig=", "sig=0"), format!("http://127.0.0.1:{port}/?{}", signed_query("u-visitor", 1))] {
+        browser.goto(&bad);
+        assert_eq!(browser.text("h1"), "This link does not work");
+        assert_eq!(browser.text("main"), "This link is not valid or has expired. Ask for a new one where you got it.");
+    }
+    drop(browser);
+
+    // A Dutch browser gets the page in Dutch.
+    let browser = Browser::start("nl");
+    browser.goto(&url);
+    assert_eq!(in_page(&browser, "return document.documentElement.lang"), Some("nl".into()));
+    assert_eq!(browser.text("h1"), "Uw gegevens en uw keuzes");
+    assert!(browser.text("#not-done-list").contains("We gebruiken uw locatie niet."));
+    assert_eq!(browser.axe_violations(), Vec::<String>::new(), "axe-core on the Dutch page");
+    screenshot_whole_page(&browser, &artifacts.join("privacy-center-nl.png"));
 }

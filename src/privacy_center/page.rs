@@ -228,7 +228,7 @@ pub fn render(page: &Page<'_>) -> String {
                 since_word = text.member_since,
                 since = text.date(data.since),
                 records = data.records,
-                records_word = text.records,
+                records_word = if data.records == 1 { text.records.0 } else { text.records.1 },
             );
         }
         out.push_str("</ul>\n");
@@ -486,7 +486,7 @@ mod tests {
         assert!(dutch.contains("<html lang=\"nl\">") && dutch.contains("http-equiv=\"refresh\""), "{dutch}");
         assert!(
             dutch.contains(
-                "Uw locatie tot op ongeveer 5 km, bewaard voor het laatste uur; sinds 2 december 2026 (3 gegevens)."
+                "Uw locatie tot op ongeveer 5 km, bewaard voor het laatste uur; sinds 2 december 2026 (3 vermeldingen)."
             ),
             "{dutch}"
         );
