@@ -268,7 +268,8 @@ fn the_container_build_file_passes_hadolint_and_matches_the_pod() {
     assert_eq!(command, deployment.container()["args"]);
     let user = format!("{}:{}", pod["securityContext"]["runAsUser"], pod["securityContext"]["runAsGroup"]);
     assert_eq!(instruction("USER "), user);
-    assert_eq!(instruction("EXPOSE ").parse::<u16>().unwrap(), deployment.container_port("admin"));
+    let exposed: Vec<u16> = instruction("EXPOSE ").split_whitespace().map(|port| port.parse().unwrap()).collect();
+    assert_eq!(exposed, vec![deployment.container_port("admin"), deployment.container_port("privacy")]);
     assert_eq!(instruction("ENTRYPOINT "), r#"["/usr/local/bin/tactful"]"#);
 }
 
@@ -375,6 +376,13 @@ fn run_as_mounted(test: &str, deployment: &Deployment, topics: &Topics) -> (Pipe
     let listen = admin_listen(&as_configured);
     let admin = config["admin"].as_table_mut().unwrap();
     admin.insert("listen".into(), std::net::SocketAddr::new(listen.ip(), admin_port).to_string().into());
+    if let Some(center) = config.get_mut("privacy_center").and_then(|table| table.as_table_mut()) {
+        let listen: std::net::SocketAddr = center["listen"].as_str().unwrap().parse().unwrap();
+        let port = common::free_port();
+        center.insert("listen".into(), std::net::SocketAddr::new(listen.ip(), port).to_string().into());
+        // No peers on the test machine: this instance owns every partition.
+        center.insert("peers".into(), toml::Value::Array(Vec::new()));
+    }
     let config_file = config_path.file_name().unwrap().to_str().unwrap().to_owned();
     let config_mount = config_path.parent().unwrap();
     // The changed file goes in as a ConfigMap update would.
@@ -448,6 +456,28 @@ fn a_pod_s_probes_scrape_path_and_token_are_what_tactful_serves_and_sigterm_ends
     let service_port = &deployment.one("Service")["spec"]["ports"][0];
     assert_eq!(service_port["port"].as_u64(), Some(u64::from(admin_port)));
     assert_eq!(service_port["targetPort"], "admin");
+
+    // The privacy center listens on the container's `privacy` port, which
+    // the Service publishes, and every peer is a pod of the Service.
+    let center = config["privacy_center"].as_table().expect("the privacy center is on");
+    let privacy: std::net::SocketAddr = center["listen"].as_str().unwrap().parse().unwrap();
+    assert!(privacy.ip().is_unspecified(), "privacy_center.listen {privacy} must be every interface of the pod");
+    assert_eq!(deployment.container_port("privacy"), privacy.port());
+    let service_port = &deployment.one("Service")["spec"]["ports"][1];
+    assert_eq!(
+        (service_port["port"].as_u64(), &service_port["targetPort"]),
+        (Some(u64::from(privacy.port())), &"privacy".into())
+    );
+    let replicas = deployment.one("StatefulSet")["spec"]["replicas"].as_u64().unwrap();
+    let peers: Vec<&str> = center["peers"].as_array().unwrap().iter().map(|peer| peer.as_str().unwrap()).collect();
+    let pods: Vec<String> = (0..replicas).map(|n| format!("http://tactful-{n}.tactful:{}", privacy.port())).collect();
+    assert_eq!(peers, pods, "privacy_center.peers lists every pod of the StatefulSet");
+    let running = read_toml(&pipeline.config_path);
+    let port: std::net::SocketAddr = running["privacy_center"]["listen"].as_str().unwrap().parse().unwrap();
+    let (status, head, _) = common::try_http(port.port(), "GET", "/style.css", &[]).unwrap();
+    assert_eq!(status, 200, "{head}");
+    // Without a signed link, the page refuses.
+    assert_eq!(common::try_http(port.port(), "GET", "/?user=nobody", &[]).unwrap().0, 403);
 
     // The explain API is on, with the token from the Secret's variable.
     assert_eq!(http_get(pipeline.admin_port, "/v1/profiles/nobody").unwrap().0, 401);
