@@ -363,3 +363,43 @@ fn in_a_browser_a_person_reads_why_switches_location_off_and_sees_it_gone() {
     assert_eq!(browser.axe_violations(), Vec::<String>::new(), "axe-core on the Dutch page");
     screenshot_whole_page(&browser, &artifacts.join("privacy-center-nl.png"));
 }
+
+#[test]
+fn the_demo_prints_a_link_to_a_synthetic_users_privacy_center_and_applies_choices_there() {
+    use std::io::BufRead;
+    let port = free_port();
+    let mut demo = Command::new(env!("CARGO_BIN_EXE_tactful"))
+        .args(["demo", "--users", "500", "--events", "20000", "--privacy-center", &format!("127.0.0.1:{port}")])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = std::io::BufReader::new(demo.stdout.take().unwrap());
+    let (sender, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || stdout.lines().map_while(Result::ok).for_each(|line| drop(sender.send(line))));
+    let prefix = format!("  http://127.0.0.1:{port}/?");
+    let link = loop {
+        let line = lines.recv_timeout(Duration::from_secs(120)).expect("the demo prints a link");
+        if let Some(query) = line.strip_prefix(&prefix) {
+            break format!("/?{query}");
+        }
+    };
+    let (status, head, body) = get(port, &link, &[]);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("<li class=\"segment\" data-segment="), "a demo user with memberships: {body}");
+    assert!(body.contains("Recorded by synthetic-cmp on"), "{body}");
+
+    // No personalization at all: applied to the demo's core at once.
+    let (cookie, token) = csrf(&head, &body);
+    let query = link.trim_start_matches("/?");
+    let (status, head, _) = post(port, "/choices", &format!("{query}&csrf={token}&level=none"), Some(&cookie));
+    assert_eq!(status, 303);
+    let page = header(&head, "location").unwrap();
+    let (_, _, after) = get(port, page, &[&format!("Cookie: {cookie}")]);
+    assert!(after.contains("Your choices are in force"), "{after}");
+    assert!(after.contains("id=\"segments-none\"") && after.contains("id=\"held-none\""), "{after}");
+    assert!(after.contains("Recorded by privacy-center on"), "{after}");
+
+    Command::new("kill").args(["-INT", &demo.id().to_string()]).status().unwrap();
+    assert!(demo.wait().unwrap().success(), "Ctrl-C stops the demo cleanly");
+}
