@@ -519,7 +519,8 @@ impl Processor {
                 let built_under = match restored {
                     Some(restored) => {
                         *state = restored.state;
-                        restored.consent
+                        // The changelog partition is the user's input partition.
+                        restored.consent.map(|consent| ConsentInForce { partition, ..consent })
                     }
                     None => {
                         state.clear();

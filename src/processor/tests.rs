@@ -1804,3 +1804,31 @@ fn a_segment_removed_by_a_reload_is_exited_and_a_changed_one_re_evaluated() {
     let published = h.processor.explain("u").unwrap().profile.unwrap();
     assert_eq!(published.segments.iter().filter(|member| member.id == "bookworm").count(), 1);
 }
+
+/// The privacy center answers for a user where their partition is held:
+/// the partition their consent was read from.
+#[test]
+fn a_user_is_answered_for_where_the_partition_of_their_consent_is_held() {
+    let h = harness();
+    assert!(h.processor.answers_for("u-unknown"), "no consent anywhere: nothing held anywhere");
+    let change = ConsentChange {
+        user_id: "u-elsewhere".to_owned(),
+        ts: T0,
+        granted: strings(&EVERYTHING),
+        level: PersonalizationLevel::Full,
+        source: "test-cmp".to_owned(),
+    };
+    let value = serde_json::to_vec(&change).unwrap();
+    let source = Source { partition: Partition(3), watermark: None };
+    // As the pipeline applies another instance's consent record: without taking its partition on.
+    let input = h.processor.decode(InputKind::Consent, Some(b"u-elsewhere"), Some(&value), NOW).unwrap();
+    h.processor.apply(source, input, NOW);
+    assert!(!h.processor.answers_for("u-elsewhere"), "partition 3 is another instance's");
+    h.processor.own(&[Partition(3)]);
+    assert!(h.processor.answers_for("u-elsewhere"));
+    assert_eq!(
+        h.processor.segment_description("near_store").as_deref(),
+        Some("Was near one of our stores in the last hour.")
+    );
+    assert_eq!(h.processor.segment_description("no_such_segment"), None);
+}
