@@ -7,7 +7,7 @@
 #   scripts/kafka.sh ensure   # the same, reusing the broker if one runs (its topics kept);
 #                             # one it starts is on free ports (unless KAFKA_PORT is set)
 #   scripts/kafka.sh stop     # exit 0 also when nothing was running
-#   scripts/kafka.sh restart  # stop and start again on the same data (prints the address)
+#   scripts/kafka.sh restart [S]  # stop, stay down S seconds (default 0), start again on the same data (prints the address)
 #   scripts/kafka.sh status   # exit 0 if running and the port answers, else 1
 #
 # Besides PLAINTEXT, every broker also has a SASL_SSL listener (SCRAM-SHA-512,
@@ -316,10 +316,11 @@ load_ports() {
     fi
 }
 
-# Stops the running broker and starts it again on the same data: topics,
-# records, offsets and transactions survive (the broker-restart test).
+# Stops the running broker, stays down $1 seconds (default 0), and starts
+# it again on the same data: topics, records, offsets and transactions
+# survive (the broker-restart tests).
 cmd_restart() {
-    local pid
+    local down="${1:-0}" pid
     pid="$(running_pid)" || die "no broker is running (run dir $RUN_DIR)"
     load_ports
     log "restarting broker (pid $pid)"
@@ -332,6 +333,7 @@ cmd_restart() {
             sleep 0.2
         done
     done
+    [ "$down" -eq 0 ] || { log "staying down ${down}s"; sleep "$down"; }
     jvm_opts
     launch_broker
 }
@@ -380,7 +382,7 @@ case "${1:-}" in
     start) hold_lock; cmd_start ;;
     ensure) hold_lock; cmd_ensure ;;
     stop) hold_lock; cmd_stop ;;
-    restart) hold_lock; cmd_restart ;;
+    restart) hold_lock; cmd_restart "${2:-0}" ;;
     status) cmd_status ;;
     *)
         echo "usage: $0 {start|ensure|stop|restart|status}" >&2

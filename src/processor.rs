@@ -233,6 +233,11 @@ impl Processor {
         Some(segments.catalogue.segment(index).description.clone())
     }
 
+    /// The partitions whose state is held here.
+    pub fn partitions(&self) -> Vec<Partition> {
+        self.shards.partitions()
+    }
+
     /// Takes on `partitions`: their users' records will be applied here.
     pub fn own(&self, partitions: &[Partition]) {
         for partition in partitions {

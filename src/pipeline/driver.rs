@@ -105,6 +105,9 @@ impl<'a> Driver<'a> {
             polled += 1;
             self.shell.ingest(message, merger);
         }
+        if let Some(error) = ingest.fatal_error() {
+            return Err(PipelineError::ConsumerFenced(error));
+        }
         self.shell.catch_up_consent_for_batch(&mut self.consent, polled)?;
         let applying = Instant::now();
         let ready = std::iter::from_fn(|| merger.next(applying)).collect();

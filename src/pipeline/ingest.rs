@@ -81,6 +81,9 @@ impl ConsumerContext for GroupContext {
 /// The event consumer group member.
 pub struct Ingest {
     consumer: BaseConsumer<GroupContext>,
+    /// The fatal error the consumer reported, if any: it reads nothing
+    /// more, and must be made again (see [`PipelineError::ConsumerFenced`]).
+    fatal: Mutex<Option<KafkaError>>,
 }
 
 impl Ingest {
@@ -93,7 +96,7 @@ impl Ingest {
         let consumer: BaseConsumer<GroupContext> = settings::event_consumer(config)
             .create_with_context(GroupContext::default())
             .map_err(kafka("create the event consumer"))?;
-        Ok(Self { consumer })
+        Ok(Self { consumer, fatal: Mutex::new(None) })
     }
 
     /// Joins the consumer group of the event topics.
@@ -106,6 +109,11 @@ impl Ingest {
         match self.consumer.poll(timeout) {
             None => None,
             Some(Ok(message)) => Some(message),
+            Some(Err(error @ KafkaError::MessageConsumptionFatal(_))) => {
+                tracing::warn!(%error, "event consumer error");
+                *self.fatal.lock().unwrap_or_else(PoisonError::into_inner) = Some(error);
+                None
+            }
             // Transient errors (a broker restarting, a rebalance) are retried by
             // librdkafka; they are logged and the loop goes on.
             Some(Err(error)) => {
@@ -113,6 +121,11 @@ impl Ingest {
                 None
             }
         }
+    }
+
+    /// The fatal error the consumer reported, if it did.
+    pub fn fatal_error(&self) -> Option<KafkaError> {
+        self.fatal.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// The partition changes since the last call.

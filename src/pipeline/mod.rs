@@ -94,6 +94,12 @@ pub enum PipelineError {
     /// A bundled schema is invalid (a build defect).
     #[error("the bundled schemas")]
     Schema(#[source] SchemaError),
+    /// The event consumer hit a fatal error: with static membership, the
+    /// broker fenced it (its session timed out while the coordinator was
+    /// unreachable, and librdkafka's rejoin replaced it). `run` starts the
+    /// consumer again; nothing is lost, as nothing it read is committed yet.
+    #[error("kafka: the event consumer was fenced ({0})")]
+    ConsumerFenced(KafkaError),
 }
 
 /// Wraps a Kafka error with what the pipeline was doing.
@@ -131,6 +137,32 @@ pub fn run(
         }
         _ => ProfileFormat::SingleObject,
     };
+    loop {
+        match consume(config, processor, erasures, control, registry.clone(), profile_format, partitions) {
+            Err(PipelineError::ConsumerFenced(error)) => {
+                // As after a restart of the process: the state of the
+                // partitions it owned is restored when they are assigned again.
+                tracing::warn!(%error, "event consumer fenced; starting it again");
+                control.set_ready(false);
+                processor.drop_partitions(&processor.partitions());
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
+/// One life of the event consumer: joins the group and runs batches until a
+/// shutdown is requested (then commits and stops), an error, or the
+/// consumer is fenced.
+fn consume(
+    config: &Config,
+    processor: &Processor,
+    erasures: &Erasures,
+    control: &Control,
+    registry: Option<RegistryClient>,
+    profile_format: ProfileFormat,
+    partitions: i32,
+) -> Result<(), PipelineError> {
     // Made before the driver, whose shell holds its committed offsets:
     // dropped after it, as librdkafka's destroy needs.
     let ingest = Ingest::new(config)?;

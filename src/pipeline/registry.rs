@@ -23,6 +23,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
 
 /// A Confluent-compatible schema registry.
+#[derive(Clone)]
 pub struct RegistryClient {
     agent: ureq::Agent,
     url: String,
