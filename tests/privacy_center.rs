@@ -150,6 +150,12 @@ fn a_signed_link_shows_the_page_and_any_other_link_is_refused_alike() {
     let policy = header(&head, "content-security-policy").unwrap();
     assert!(policy.starts_with("default-src 'none'; style-src 'self';"), "{policy}");
     assert_eq!(header(&head, "referrer-policy"), Some("no-referrer"));
+    // Nothing of the admin endpoint is served here.
+    for path in ["/metrics", "/v1/profiles/u-shopper", "/healthz"] {
+        let (status, head, _) = get(port, path, &[]);
+        assert_eq!(status, 404, "{path}");
+        assert!(header(&head, "content-security-policy").is_some(), "{path}: {head}");
+    }
 
     // Forged, expired, and another user's signature: one refusal, whoever asks.
     let good = signed_query("u-shopper", expires);

@@ -224,7 +224,14 @@ pub fn router(center: Arc<PrivacyCenter>) -> Router {
         .route("/choices", post(save_choices))
         .route("/erase", post(erase))
         .route("/style.css", get(style))
+        .fallback(not_found)
         .with_state(center)
+}
+
+async fn not_found() -> Response {
+    let mut response = (StatusCode::NOT_FOUND, "not found\n").into_response();
+    secure(&mut response);
+    response
 }
 
 /// Sets the security headers on `response`.
