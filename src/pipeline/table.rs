@@ -141,19 +141,14 @@ impl Table {
         timeout: Duration,
         mut handle: impl FnMut(&BorrowedMessage<'_>),
     ) -> Result<CaughtUp, PipelineError> {
-        let mut targets = Vec::with_capacity(self.partitions.len());
-        for &partition in &self.partitions {
-            match self.watermarks.fetch_watermarks(&self.topic, partition.0, WATERMARK_TIMEOUT) {
-                // An empty partition has nothing to read.
-                Ok((low, high)) if high <= low => {}
-                Ok((_, high)) => targets.push((partition.0, high)),
-                // The cluster is unreachable: go on with what is read (the caller decides).
-                Err(error) => {
-                    tracing::warn!(topic = %self.topic, %error, "cannot read the end of a table topic");
-                    return Ok(CaughtUp::Behind(self.partitions.len()));
-                }
+        let targets = match self.stable_ends() {
+            Ok(targets) => targets,
+            // The cluster is unreachable: go on with what is read (the caller decides).
+            Err(error) => {
+                tracing::warn!(topic = %self.topic, %error, "cannot read the end of a table topic");
+                return Ok(CaughtUp::Behind(self.partitions.len()));
             }
-        }
+        };
         let deadline = Instant::now() + timeout;
         let mut reached_end = HashSet::new();
         loop {
@@ -186,6 +181,31 @@ impl Table {
                 self.handle(result, &mut reached_end, &mut handle);
             }
         }
+    }
+
+    /// The last stable offset of each assigned partition that has any
+    /// records: one request for all of them (a ListOffsets for the latest
+    /// offset, read_committed), where a watermark query per partition cost
+    /// a round trip each, every batch.
+    fn stable_ends(&self) -> Result<Vec<(i32, i64)>, KafkaError> {
+        if self.partitions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut latest = TopicPartitionList::new();
+        for partition in &self.partitions {
+            latest.add_partition_offset(&self.topic, partition.0, Offset::End)?;
+        }
+        let ends = self.watermarks.offsets_for_times(latest, WATERMARK_TIMEOUT)?;
+        let mut targets = Vec::with_capacity(self.partitions.len());
+        for element in ends.elements() {
+            element.error()?;
+            // An empty partition has nothing to read; a compacted one whose
+            // records were all removed reports its end when it reaches it.
+            if let Some(end) = element.offset().to_raw().filter(|end| *end > 0) {
+                targets.push((element.partition(), end));
+            }
+        }
+        Ok(targets)
     }
 
     /// Hands the records already fetched to `handle`, without waiting.
