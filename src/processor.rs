@@ -604,9 +604,8 @@ impl Processor {
         self.shards.read(user_id, |_, state| state.clone())
     }
 
-    /// A copy of `user_id`'s consent in force, for tests.
-    #[cfg(test)]
-    fn consent_in_force(&self, user_id: &str) -> Option<ConsentInForce> {
+    /// A copy of `user_id`'s consent in force, if any is known.
+    pub fn consent_in_force(&self, user_id: &str) -> Option<ConsentInForce> {
         self.consent.cloned(user_id)
     }
 }

@@ -395,9 +395,8 @@ async fn save_choices(
         .filter(|purpose| pairs.iter().any(|(name, value)| name == "granted" && value == purpose.as_str()))
         .map(|purpose| purpose.as_str().to_owned())
         .collect();
-    let explanation = center.processor.explain(&link.user);
     // Newer than the choice in force, whatever clock recorded that one.
-    let in_force = explanation.as_ref().and_then(|explanation| explanation.consent.as_ref()).map(|consent| consent.ts);
+    let in_force = center.processor.consent_in_force(&link.user).map(|consent| consent.ts);
     let ts = now_ms().max(in_force.map_or(i64::MIN, |ts| ts + 1));
     let change = ConsentChange { user_id: link.user.clone(), ts, granted, level, source: SOURCE.to_owned() };
     let mut value = Vec::with_capacity(128);
@@ -405,16 +404,31 @@ async fn save_choices(
         Ok(()) => center.writer.write(&link.user, Some(&value)).await.map_err(|error| error.to_string()),
         Err(error) => Err(error.to_string()),
     };
+    let written = written.map(|()| ("saved", ("saved", ts.to_string())));
+    after_write(&center, &link, lang, &headers, written, Notice::SaveFailed)
+}
+
+/// The answer to a change: on success (an outcome to count, and the
+/// field the page is shown with), a redirect to the page that shows its
+/// progress; else the page saying nothing was changed.
+fn after_write(
+    center: &PrivacyCenter,
+    link: &Link,
+    lang: Lang,
+    headers: &HeaderMap,
+    written: Result<(&'static str, (&str, String)), String>,
+    failed: Notice,
+) -> Response {
     match written {
-        Ok(()) => {
-            record_privacy_center("saved");
-            see_other(&page_url(&link, lang, ("saved", &ts.to_string())))
+        Ok((outcome, (name, value))) => {
+            record_privacy_center(outcome);
+            see_other(&page_url(link, lang, (name, &value)))
         }
         Err(error) => {
-            tracing::warn!(%error, "could not record a privacy center choice");
+            tracing::warn!(%error, "could not record a privacy center change");
             record_privacy_center("write_failed");
-            let status = StatusCode::SERVICE_UNAVAILABLE;
-            render(&center, lang, &link, explanation.as_ref(), Notice::SaveFailed, status, &headers)
+            let explanation = center.processor.explain(&link.user);
+            render(center, lang, link, explanation.as_ref(), failed, StatusCode::SERVICE_UNAVAILABLE, headers)
         }
     }
 }
@@ -430,19 +444,9 @@ async fn erase(
         Ok(accepted) => accepted,
         Err(response) => return *response,
     };
-    match center.writer.erase(&center.erasures, &link.user).await {
-        Ok(receipt) => {
-            record_privacy_center("erased");
-            see_other(&page_url(&link, lang, ("receipt", &receipt)))
-        }
-        Err(error) => {
-            tracing::warn!(%error, "could not record a privacy center erasure");
-            record_privacy_center("write_failed");
-            let explanation = center.processor.explain(&link.user);
-            let status = StatusCode::SERVICE_UNAVAILABLE;
-            render(&center, lang, &link, explanation.as_ref(), Notice::EraseFailed, status, &headers)
-        }
-    }
+    let erased = center.writer.erase(&center.erasures, &link.user).await;
+    let erased = erased.map(|receipt| ("erased", ("receipt", receipt))).map_err(|error| error.to_string());
+    after_write(&center, &link, lang, &headers, erased, Notice::EraseFailed)
 }
 
 /// Binds the page's address, so a taken port fails the start.
