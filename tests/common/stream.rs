@@ -252,3 +252,35 @@ pub fn committed_events(topics: &Topics) -> i64 {
         }
     }
 }
+
+/// A seeded stream through instance `a` of a pipeline on 4 partitions,
+/// with the test broker (scripts/kafka.sh's) stopped and started again on
+/// the same data mid-stream, staying down `down_s` seconds: the profiles
+/// converge to the recomputation, nothing lost or doubled, and the
+/// pipeline stops cleanly. For test binaries of their own (no other test
+/// may see the broker go away).
+pub fn assert_survives_a_broker_restart(test: &str, seed: u64, users: usize, events: u64, down_s: u32) {
+    const PARTITIONS: i32 = 4;
+    let topics = Topics::create_with(test, PARTITIONS, PARTITIONS);
+    let inputs = seeded(seed, users, events, 90, PARTITIONS);
+    let (first, second) = inputs.split_at(inputs.len() / 3);
+    produce(&topics, first, 1_000_000);
+    let pipeline = super::Pipeline::start(&topics, instance("a"));
+    std::thread::scope(|scope| {
+        let producer = scope.spawn(|| produce(&topics, second, 20_000));
+        std::thread::sleep(Duration::from_millis(1_500));
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/kafka.sh");
+        let restart =
+            std::process::Command::new("bash").args([script, "restart", &down_s.to_string()]).output().unwrap();
+        assert!(
+            restart.status.success(),
+            "the test broker could not be restarted (is it the one of scripts/kafka.sh?): {}",
+            String::from_utf8_lossy(&restart.stderr)
+        );
+        producer.join().unwrap();
+    });
+    assert_converges(&topics, &inputs);
+    let log = pipeline.log();
+    let status = pipeline.stop();
+    assert!(status.success(), "the pipeline survived the restart and stops cleanly: {status:?}\n{log}");
+}
