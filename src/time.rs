@@ -29,3 +29,20 @@ impl EventTime {
         EventTime(self.0.saturating_sub(ms))
     }
 }
+
+/// Year, month (1–12) and day of month of day `day` since the epoch, in the
+/// proleptic Gregorian calendar (the civil-from-days algorithm, to avoid a
+/// date crate for one conversion).
+pub fn civil_from_days(day: i64) -> (i64, u32, u32) {
+    let z = day + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z - era * 146_097;
+    let year_of_era = (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day_of_month = day_of_year - (153 * month_index + 2) / 5 + 1;
+    let month = if month_index < 10 { month_index + 3 } else { month_index - 9 };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    // Both are small and positive by construction (1–12, 1–31).
+    (year, month as u32, day_of_month as u32)
+}
