@@ -68,7 +68,13 @@ fn authorized(headers: &HeaderMap, token: &str) -> bool {
     else {
         return false;
     };
-    given.len() == token.len() && given.bytes().zip(token.bytes()).fold(0u8, |diff, (a, b)| diff | (a ^ b)) == 0
+    same_secret(given, token)
+}
+
+/// Whether `given` equals the secret `expected`, in a time that does not
+/// depend on where they first differ (tokens, CSRF tokens).
+pub fn same_secret(given: &str, expected: &str) -> bool {
+    given.len() == expected.len() && given.bytes().zip(expected.bytes()).fold(0u8, |diff, (a, b)| diff | (a ^ b)) == 0
 }
 
 /// The same answer for any request without the right token: no hint whether a user exists.

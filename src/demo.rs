@@ -156,8 +156,7 @@ fn serve_privacy_center(
         requests_per_minute: 600,
     };
     let writer = Arc::new(ConsentWriter::InProcess(processor.clone()));
-    let center =
-        PrivacyCenter::new(settings, processor, Arc::new(Erasures::default()), writer).map_err(DemoError::Defaults)?;
+    let center = PrivacyCenter::new(settings, processor, Arc::new(Erasures::default()), writer);
     let expires = crate::control::now_ms() / 1_000 + 24 * 3_600;
     let link = center.link(user_id, expires);
     runtime.block_on(async {

@@ -193,7 +193,7 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
         let listener = runtime
             .block_on(privacy_center::bind(settings.listen))
             .with_context(|| format!("bind the privacy center to {}", settings.listen))?;
-        let center = PrivacyCenter::new(settings.clone(), processor.clone(), erasures.clone(), writer.clone())?;
+        let center = PrivacyCenter::new(settings.clone(), processor.clone(), erasures.clone(), writer.clone());
         let router = privacy_center::router(Arc::new(center));
         http_tasks.push(runtime.spawn(admin::serve(listener, router, stopped(http_stopped.clone()))));
     }

@@ -64,12 +64,31 @@ fn from_hex(text: &str) -> Option<Vec<u8>> {
     (0..text.len()).step_by(2).map(|at| u8::from_str_radix(&text[at..at + 2], 16).ok()).collect()
 }
 
-/// The query string of a link (`user=…&expires=…&sig=…`), URL-encoded.
-pub fn query(secret: &[u8], user_id: &str, expires: i64) -> String {
-    let signature = sign(secret, user_id, expires);
-    let expires = expires.to_string();
-    let pairs = [("user", user_id), ("expires", expires.as_str()), ("sig", signature.as_str())];
-    serde_urlencoded::to_string(pairs).unwrap_or_default()
+/// A signed link: whom it is for, until when, and its signature. The page
+/// carries it in every form and link it shows.
+#[derive(Clone, Debug)]
+pub struct Link {
+    /// The user the link is for.
+    pub user: String,
+    /// Its expiry, Unix seconds.
+    pub expires: i64,
+    /// Its signature.
+    pub sig: String,
+}
+
+impl Link {
+    /// The link for `user_id` until `expires`, signed with `secret`.
+    pub fn signed(secret: &[u8], user_id: &str, expires: i64) -> Self {
+        Self { user: user_id.to_owned(), expires, sig: sign(secret, user_id, expires) }
+    }
+
+    /// Its query string (`user=…&expires=…&sig=…`, then `extra`), URL-encoded.
+    pub fn query(&self, extra: &[(&str, &str)]) -> String {
+        let expires = self.expires.to_string();
+        let mut pairs = vec![("user", self.user.as_str()), ("expires", expires.as_str()), ("sig", self.sig.as_str())];
+        pairs.extend_from_slice(extra);
+        serde_urlencoded::to_string(pairs).unwrap_or_default()
+    }
 }
 
 #[cfg(test)]
@@ -112,7 +131,7 @@ mod tests {
 
     #[test]
     fn the_query_encodes_the_user_id() {
-        let query = query(SECRET, "jöran@example.nl", 1_767_225_600);
+        let query = Link::signed(SECRET, "jöran@example.nl", 1_767_225_600).query(&[]);
         assert_eq!(
             query,
             "user=j%C3%B6ran%40example.nl&expires=1767225600&sig=77d3c4c5269f176e723587435811a533ccd2a8a82530951c4933685535d983fe"

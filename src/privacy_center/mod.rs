@@ -13,7 +13,6 @@ pub mod link;
 pub mod page;
 pub mod text;
 
-use crate::codec::Codec;
 use crate::config::PrivacyCenter as Settings;
 use crate::consent::Purpose;
 use crate::consent_writer::ConsentWriter;
@@ -28,7 +27,8 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode,
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use page::{Link, Notice, Page};
+use link::Link;
+use page::{Notice, Page};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use text::Lang;
@@ -67,8 +67,6 @@ pub struct PrivacyCenter {
     processor: Arc<Processor>,
     erasures: Arc<Erasures>,
     writer: Arc<ConsentWriter>,
-    /// Encodes the `ConsentChange`s written (Avro single-object encoding).
-    codec: Codec,
     /// Requests per link in the current minute: (minute, count).
     requests: Mutex<HashMap<String, (i64, u32)>>,
     peers: ureq::Agent,
@@ -81,28 +79,21 @@ impl PrivacyCenter {
         processor: Arc<Processor>,
         erasures: Arc<Erasures>,
         writer: Arc<ConsentWriter>,
-    ) -> Result<Self, crate::codec::SchemaError> {
+    ) -> Self {
         let peers = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .max_redirects(0)
             .timeout_global(Some(PEER_TIMEOUT))
             .build()
             .new_agent();
-        Ok(Self {
-            settings,
-            processor,
-            erasures,
-            writer,
-            codec: Codec::new(&[])?,
-            requests: Mutex::new(HashMap::new()),
-            peers,
-        })
+        Self { settings, processor, erasures, writer, requests: Mutex::new(HashMap::new()), peers }
     }
 
     /// The link to `user_id`'s page, valid until `expires` (Unix seconds),
     /// as the company's backend would make it.
     pub fn link(&self, user_id: &str, expires: i64) -> String {
-        format!("{}/?{}", self.settings.public_url, link::query(self.settings.link_secret.as_bytes(), user_id, expires))
+        let link = Link::signed(self.settings.link_secret.as_bytes(), user_id, expires);
+        format!("{}/?{}", self.settings.public_url, link.query(&[]))
     }
 
     /// Whether the link in `fields` is one this page accepts now, counted
@@ -283,13 +274,6 @@ fn language(fields: &HashMap<String, String>, headers: &HeaderMap) -> Lang {
     })
 }
 
-/// The link's query with `extra` appended, for the redirect after a change.
-fn page_url(link: &Link, lang: Lang, extra: (&str, &str)) -> String {
-    let expires = link.expires.to_string();
-    let pairs = [("user", link.user.as_str()), ("expires", &expires), ("sig", &link.sig), ("lang", lang.code()), extra];
-    format!("/?{}", serde_urlencoded::to_string(pairs).unwrap_or_default())
-}
-
 async fn style() -> Response {
     let mut response = ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], page::STYLE).into_response();
     secure(&mut response);
@@ -361,9 +345,7 @@ async fn accept_change(
     let lang = language(&fields, headers);
     let link = center.check(&fields, lang)?;
     let sent = fields.get("csrf").map(String::as_str).unwrap_or_default();
-    let same = csrf_cookie(headers).is_some_and(|cookie| {
-        cookie.len() == sent.len() && cookie.bytes().zip(sent.bytes()).fold(0u8, |diff, (a, b)| diff | (a ^ b)) == 0
-    });
+    let same = csrf_cookie(headers).is_some_and(|cookie| crate::admin::same_secret(&cookie, sent));
     if !same {
         record_privacy_center("csrf");
         return Err(Box::new(page_response(StatusCode::FORBIDDEN, page::refusal(lang, lang.text().refused), None)));
@@ -400,7 +382,7 @@ async fn save_choices(
     let ts = now_ms().max(in_force.map_or(i64::MIN, |ts| ts + 1));
     let change = ConsentChange { user_id: link.user.clone(), ts, granted, level, source: SOURCE.to_owned() };
     let mut value = Vec::with_capacity(128);
-    let written = match center.codec.encode_input(InputKind::Consent, &change, &mut value) {
+    let written = match center.processor.codec().encode_input(InputKind::Consent, &change, &mut value) {
         Ok(()) => center.writer.write(&link.user, Some(&value)).await.map_err(|error| error.to_string()),
         Err(error) => Err(error.to_string()),
     };
@@ -422,7 +404,7 @@ fn after_write(
     match written {
         Ok((outcome, (name, value))) => {
             record_privacy_center(outcome);
-            see_other(&page_url(link, lang, (name, &value)))
+            see_other(&format!("/?{}", link.query(&[("lang", lang.code()), (name, &value)])))
         }
         Err(error) => {
             tracing::warn!(%error, "could not record a privacy center change");

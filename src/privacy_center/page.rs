@@ -3,32 +3,13 @@
 //! loads nothing from elsewhere and has no inline script or style, so its
 //! Content-Security-Policy can forbid both. Pure: a view in, a page out.
 
+use super::link::Link;
 use super::text::{Lang, Text};
 use crate::consent::Purpose;
 use crate::erasure::ErasureStatus;
 use crate::explain::Explanation;
 use crate::model::PersonalizationLevel;
 use std::fmt::Write;
-
-/// The signed link the page was opened with; carried in every form and
-/// link of the page.
-#[derive(Clone, Debug)]
-pub struct Link {
-    /// The user the link is for.
-    pub user: String,
-    /// Its expiry, Unix seconds.
-    pub expires: i64,
-    /// Its signature.
-    pub sig: String,
-}
-
-impl Link {
-    fn query(&self, lang: Lang) -> String {
-        let expires = self.expires.to_string();
-        let pairs = [("user", self.user.as_str()), ("expires", &expires), ("sig", &self.sig), ("lang", lang.code())];
-        serde_urlencoded::to_string(pairs).unwrap_or_default()
-    }
-}
 
 /// What the page says above the data, after a change.
 #[derive(Clone, Debug, PartialEq)]
@@ -116,7 +97,7 @@ fn head(out: &mut String, lang: Lang, title: &str, refresh: bool, switch: Option
         let _ = writeln!(
             out,
             "<p class=\"language\"><a href=\"/?{}\" hreflang=\"{code}\" lang=\"{code}\">{name}</a></p>",
-            escape(&link.query(other)),
+            escape(&link.query(&[("lang", other.code())])),
             code = other.code()
         );
     }

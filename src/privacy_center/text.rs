@@ -65,6 +65,8 @@ impl Lang {
 
 /// The fixed words of the page; each field is the words its name says.
 pub struct Text {
+    /// The language these words are in.
+    lang: Lang,
     pub(super) title: &'static str,
     pub(super) intro: &'static str,
     pub(super) other_language: (&'static str, Lang),
@@ -109,6 +111,7 @@ pub struct Text {
 }
 
 static EN: Text = Text {
+    lang: Lang::En,
     title: "Your data and your choices",
     intro: "What we hold about you, why you see what you see, and switches to change it. Changes take effect within seconds.",
     other_language: ("Nederlands", Lang::Nl),
@@ -156,6 +159,7 @@ static EN: Text = Text {
 };
 
 static NL: Text = Text {
+    lang: Lang::Nl,
     title: "Uw gegevens en uw keuzes",
     intro: "Wat we over u bewaren, waarom u ziet wat u ziet, en knoppen om dat te veranderen. Wijzigingen werken binnen enkele seconden.",
     other_language: ("English", Lang::En),
@@ -204,11 +208,7 @@ static NL: Text = Text {
 
 impl Text {
     fn lang(&self) -> Lang {
-        if std::ptr::eq(self, &NL) {
-            Lang::Nl
-        } else {
-            Lang::En
-        }
+        self.lang
     }
 
     /// A purpose the page has a switch for, in plain words.
