@@ -18,6 +18,10 @@ use tactful::state::Partition;
 use tactful::synthetic::{Population, SyntheticRecord};
 use tactful::time::EventTime;
 
+/// The allocator of the `tactful` binary, so the figures are the product's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const USERS: usize = 1_000_000;
 const RECORDS: u64 = 2_000_000;
 const CHUNK: usize = 10_000;

@@ -16,6 +16,12 @@ use tactful::privacy_center::{self, PrivacyCenter};
 use tactful::processor::Processor;
 use tactful::{admin, codec::Codec, demo, gen, replay, telemetry};
 
+/// mimalloc instead of glibc's allocator: the hot path allocates the strings
+/// of decoded events and rendered updates, and glibc's free lists
+/// (consolidation, chunk unlinking) were a sixth of its time (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Consent-first streaming personalization.
 #[derive(Parser)]
 #[command(version, about)]

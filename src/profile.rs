@@ -9,6 +9,7 @@ use crate::model::ProfileUpdate;
 use crate::segments::engine::evaluate;
 use crate::segments::Segments;
 use crate::state::{PublishedMember, PublishedProfile, UserState, MAX_CAPTURES};
+use smallvec::SmallVec;
 
 /// Re-evaluates every segment the user's consent allows and returns the
 /// update to publish, if anything changed. Reasons and channel names are
@@ -28,7 +29,8 @@ pub fn refresh(
     // user's consent allows need them.
     state.history.prune(now, &segments.retention_for(level, granted));
     let previous = state.published.as_ref().map(|profile| profile.members.as_slice()).unwrap_or_default();
-    let mut members = Vec::new();
+    // On the stack: most events change no membership, and then nothing is allocated.
+    let mut members = SmallVec::<[PublishedMember; 8]>::new();
     for (index, segment) in segments.by_id() {
         if !eligible(segment, level, granted) {
             continue;
@@ -40,10 +42,16 @@ pub fn refresh(
         let since = previous.iter().find(|member| member.segment == index).map_or(now, |member| member.since);
         members.push(PublishedMember { segment: index, since, figures, channels: segment.channels.intersect(granted) });
     }
-    let profile = PublishedProfile { level, channels: Purposes::channels_of(granted), members };
-    if state.published.as_ref() == Some(&profile) || (state.published.is_none() && profile.members.is_empty()) {
+    let channels = Purposes::channels_of(granted);
+    let unchanged = match &state.published {
+        Some(published) => published.level == level && published.channels == channels && published.members == *members,
+        None => members.is_empty(),
+    };
+    if unchanged {
         return None;
     }
+    // Stored for as long as the user is held: no spare capacity.
+    let profile = PublishedProfile { level, channels, members: members.to_vec() };
     let ids_missing_from = |these: &[PublishedMember], those: &[PublishedMember]| -> Vec<String> {
         these
             .iter()
@@ -70,9 +78,6 @@ pub fn refresh(
         exited,
     };
     state.experiment_entries.extend(new_entries);
-    // Stored for as long as the user is held: no spare capacity.
-    let mut profile = profile;
-    profile.members.shrink_to_fit();
     state.published = Some(profile);
     Some(update)
 }

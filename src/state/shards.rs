@@ -163,8 +163,24 @@ impl Shard {
 /// first. Entries whose time no longer matches the user's `next_change` are
 /// stale and skipped; so is one whose slot was reused, unless its time is
 /// the new user's own (then it fires when theirs would).
+///
+/// Kept in buckets of a minute of event time, not one heap of every user's
+/// timer: a heap of a million entries misses the cache on most levels of
+/// every pop. The timers of the minutes event time has reached are moved,
+/// a bucket at a time, into a small heap that orders them.
 #[derive(Debug, Default)]
-pub struct Timers(BinaryHeap<std::cmp::Reverse<(i64, Handle)>>);
+pub struct Timers {
+    /// The timers due before `ready_until`, earliest first.
+    ready: BinaryHeap<std::cmp::Reverse<(i64, Handle)>>,
+    ready_until: i64,
+    /// The later ones, by the minute they fall in.
+    later: HashMap<i64, Vec<(i64, Handle)>, foldhash::fast::RandomState>,
+    /// The minutes of `later`, earliest first.
+    minutes: BinaryHeap<std::cmp::Reverse<i64>>,
+}
+
+/// The span of one bucket of timers, in milliseconds of event time.
+const TIMER_BUCKET_MS: i64 = 60_000;
 
 impl Timers {
     /// Sets the timer of the user in `handle` to `next_change`, unless it is set there already.
@@ -172,15 +188,34 @@ impl Timers {
         if next_change != state.next_change {
             state.next_change = next_change;
             if let Some(due) = next_change {
-                self.0.push(std::cmp::Reverse((due, handle)));
+                if due < self.ready_until {
+                    self.ready.push(std::cmp::Reverse((due, handle)));
+                } else {
+                    let minute = due.div_euclid(TIMER_BUCKET_MS);
+                    let bucket = self.later.entry(minute).or_insert_with(|| {
+                        self.minutes.push(std::cmp::Reverse(minute));
+                        Vec::new()
+                    });
+                    bucket.push((due, handle));
+                }
             }
         }
     }
 
     fn pop_due(&mut self, watermark: i64) -> Option<(i64, Handle)> {
-        match self.0.peek() {
-            Some(std::cmp::Reverse((due, _))) if *due <= watermark => self.0.pop().map(|entry| entry.0),
-            _ => None,
+        loop {
+            // Every timer in `later` is due after every one in `ready`.
+            if let Some(std::cmp::Reverse((due, _))) = self.ready.peek() {
+                return (*due <= watermark).then(|| self.ready.pop().map(|entry| entry.0)).flatten();
+            }
+            let std::cmp::Reverse(minute) = *self.minutes.peek()?;
+            if minute.saturating_mul(TIMER_BUCKET_MS) > watermark {
+                return None;
+            }
+            self.minutes.pop();
+            self.ready_until = minute.saturating_add(1).saturating_mul(TIMER_BUCKET_MS);
+            let bucket = self.later.remove(&minute).unwrap_or_default();
+            self.ready = bucket.into_iter().map(std::cmp::Reverse).collect();
         }
     }
 }
@@ -283,6 +318,32 @@ mod tests {
         }
         assert_eq!(shard.len(), 3);
         assert_eq!(shard.user_or_new("a").state.clock, i64::from(b'a'));
+    }
+
+    #[test]
+    fn timers_across_buckets_come_due_in_time_order_with_ones_set_while_firing() {
+        let mut shard = Shard::default();
+        let minute = TIMER_BUCKET_MS;
+        let handles: Vec<Handle> = (0..6).map(|user| shard.user_or_new(&user.to_string()).handle).collect();
+        let mut set = |shard: &mut Shard, handle: Handle, due: i64| {
+            let user = shard.by_handle(handle).expect("held");
+            user.timers.set(handle, Some(due), user.state);
+        };
+        for (handle, due) in handles.iter().zip([3 * minute + 5, minute, 5, 3 * minute, -minute, i64::MAX]) {
+            set(&mut shard, *handle, due);
+        }
+        assert_eq!(shard.pop_due(-minute), Some((-minute, handles[4])));
+        assert_eq!(shard.pop_due(4), None);
+        assert_eq!(shard.pop_due(minute), Some((5, handles[2])));
+        // Set while its bucket is being fired: it still comes in order.
+        set(&mut shard, handles[2], 7);
+        assert_eq!(shard.pop_due(minute), Some((7, handles[2])));
+        assert_eq!(shard.pop_due(minute), Some((minute, handles[1])));
+        assert_eq!(shard.pop_due(3 * minute + 4), Some((3 * minute, handles[3])));
+        assert_eq!(shard.pop_due(3 * minute + 4), None);
+        assert_eq!(shard.pop_due(i64::MAX - 1), Some((3 * minute + 5, handles[0])));
+        assert_eq!(shard.pop_due(i64::MAX - 1), None);
+        assert_eq!(shard.pop_due(i64::MAX), Some((i64::MAX, handles[5])));
     }
 
     #[test]
