@@ -366,14 +366,21 @@ impl Processor {
     fn apply_event(&self, segments: &Segments, source: Source, event: Event, now_ms: i64) -> Processed {
         let user_id = event.user_id();
         // A copy: no lock on the consent table is held while the shard's is taken.
-        let consent = self.consent.cloned(user_id);
+        let (consent, hint) = self.consent.with_slot(user_id).unzip();
         if let Err(reason) = consent::admit(&event, consent.as_ref()) {
             return Processed::without_output(Outcome::Dropped(reason));
         }
         let Some(consent) = consent else { return Processed::without_output(Outcome::Dropped(DropReason::NoConsent)) };
-        self.shards.with_open(source.partition, |shard| {
-            self.apply_admitted(segments, shard.user_or_new(user_id), source, &event, &consent, now_ms)
-        })
+        let hint = hint.flatten();
+        let (processed, handle) = self.shards.with_open(source.partition, |shard| {
+            let user = shard.user_hinted(hint, user_id);
+            let handle = user.handle;
+            (self.apply_admitted(segments, user, source, &event, &consent, now_ms), handle)
+        });
+        if hint != Some(handle) {
+            self.consent.note_slot(user_id, handle);
+        }
+        processed
     }
 
     /// Applies an admitted event to its user's state.

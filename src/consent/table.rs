@@ -4,9 +4,11 @@
 //! of a user whose partition moves here is known before their first event.
 
 use super::ConsentInForce;
+use crate::state::shards::Handle;
 use crate::state::UserKey;
 use dashmap::mapref::one::Ref;
 use dashmap::DashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 /// User id → the consent in force. Written by the pipeline thread only;
 /// read by it, the worker threads and the admin endpoint.
@@ -14,8 +16,21 @@ use dashmap::DashMap;
 pub struct ConsentTable {
     /// foldhash: several times faster than SipHash on short keys, and seeded
     /// per process so ids cannot be crafted to collide.
-    entries: DashMap<UserKey, ConsentInForce, foldhash::fast::RandomState>,
+    entries: DashMap<UserKey, Entry, foldhash::fast::RandomState>,
 }
+
+/// One user's entry: their consent, and where their partition state was
+/// last found ([`Handle`]), so that an event finds both with one lookup by
+/// id. The slot is a hint, checked against the id the slot holds: a shard
+/// dropped and opened again, or a slot reused, only costs a lookup.
+#[derive(Debug)]
+struct Entry {
+    consent: ConsentInForce,
+    slot: AtomicU32,
+}
+
+/// No slot noted.
+const NO_SLOT: u32 = u32::MAX;
 
 /// Parts of the table, each with its own lock. A read takes its part's
 /// lock, which writes the lock's cache line: with DashMap's default (4 per
@@ -31,26 +46,47 @@ impl Default for ConsentTable {
 
 impl ConsentTable {
     /// The entry of `user_id`, holding a read lock on its part of the table.
-    fn get(&self, user_id: &str) -> Option<Ref<'_, UserKey, ConsentInForce>> {
+    fn get(&self, user_id: &str) -> Option<Ref<'_, UserKey, Entry>> {
         self.entries.get(user_id)
     }
 
     /// A copy of the consent in force for `user_id`, if any was recorded
     /// (no lock is held once it returns).
     pub fn cloned(&self, user_id: &str) -> Option<ConsentInForce> {
-        self.get(user_id).map(|entry| entry.value().clone())
+        self.get(user_id).map(|entry| entry.consent.clone())
+    }
+
+    /// A copy of the consent in force for `user_id` with the slot their
+    /// state was last found in (see [`Self::note_slot`]).
+    pub fn with_slot(&self, user_id: &str) -> Option<(ConsentInForce, Option<Handle>)> {
+        self.get(user_id).map(|entry| {
+            let slot = entry.slot.load(Ordering::Relaxed);
+            (entry.consent.clone(), (slot != NO_SLOT).then_some(Handle(slot)))
+        })
+    }
+
+    /// Notes that `user_id`'s state is in slot `handle` of their shard.
+    pub fn note_slot(&self, user_id: &str, handle: Handle) {
+        if let Some(entry) = self.get(user_id) {
+            entry.slot.store(handle.0, Ordering::Relaxed);
+        }
     }
 
     /// Whether a choice newer than one made at `ts` is in force for
     /// `user_id` (then an older record, read again while catching up,
     /// changes nothing).
     pub fn has_newer(&self, user_id: &str, ts: i64) -> bool {
-        self.get(user_id).is_some_and(|in_force| in_force.ts > ts)
+        self.get(user_id).is_some_and(|in_force| in_force.consent.ts > ts)
     }
 
     /// Puts `consent` in force for `user_id`.
     pub fn put(&self, user_id: &str, consent: ConsentInForce) {
-        self.entries.insert(UserKey::from(user_id), consent);
+        match self.entries.get_mut(user_id) {
+            Some(mut entry) => entry.consent = consent,
+            None => {
+                self.entries.insert(UserKey::from(user_id), Entry { consent, slot: AtomicU32::new(NO_SLOT) });
+            }
+        }
     }
 
     /// Forgets `user_id` (a consent tombstone); returns whether they were known.

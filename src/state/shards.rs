@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 /// A user's slot in their shard, stable while the shard holds them (a
 /// forgotten user's slot is reused).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Handle(u32);
+pub struct Handle(pub(crate) u32);
 
 impl Handle {
     fn index(self) -> usize {
@@ -44,7 +44,7 @@ struct Slot {
 
 /// The id in slot `handle` (every indexed slot is occupied).
 fn key(slots: &[Option<Slot>], handle: Handle) -> &str {
-    slots[handle.index()].as_ref().map_or("", |slot| &slot.user_id)
+    slots.get(handle.index()).and_then(Option::as_ref).map_or("", |slot| &slot.user_id)
 }
 
 /// One user of a shard, found by id or handle, with the shard's timers.
@@ -116,6 +116,17 @@ impl Shard {
         };
         let slot = slots[handle.index()].as_mut().expect("an indexed slot is occupied");
         User { user_id: &slot.user_id, state: &mut slot.state, timers, handle }
+    }
+
+    /// `user_id` with their state, made empty if they are new; looked for
+    /// first in slot `hint`, where they were last found.
+    pub fn user_hinted(&mut self, hint: Option<Handle>, user_id: &str) -> User<'_> {
+        match hint {
+            Some(handle) if key(&self.slots, handle) == user_id => {
+                self.by_handle(handle).expect("a slot holding the id is occupied")
+            }
+            _ => self.user_or_new(user_id),
+        }
     }
 
     /// The user in slot `handle`, if it is occupied.
@@ -318,6 +329,22 @@ mod tests {
         }
         assert_eq!(shard.len(), 3);
         assert_eq!(shard.user_or_new("a").state.clock, i64::from(b'a'));
+    }
+
+    #[test]
+    fn a_hint_is_taken_only_when_its_slot_holds_the_user() {
+        let mut shard = Shard::default();
+        let a = shard.user_or_new("a").handle;
+        shard.user_or_new("a").state.clock = 1;
+        assert_eq!(shard.user_hinted(Some(a), "a").state.clock, 1);
+        // The slot reused by another user, or out of range: found (or made) by id.
+        shard.remove("a");
+        assert_eq!(shard.user_or_new("b").handle, a);
+        let again = shard.user_hinted(Some(a), "a");
+        assert_eq!((again.user_id, again.state.clock), ("a", 0));
+        assert_ne!(again.handle, a);
+        assert_eq!(shard.user_hinted(Some(Handle(99)), "b").handle, a);
+        assert_eq!(shard.len(), 2);
     }
 
     #[test]
