@@ -352,7 +352,7 @@ mod tests {
         let mut shard = Shard::default();
         let minute = TIMER_BUCKET_MS;
         let handles: Vec<Handle> = (0..6).map(|user| shard.user_or_new(&user.to_string()).handle).collect();
-        let mut set = |shard: &mut Shard, handle: Handle, due: i64| {
+        let set = |shard: &mut Shard, handle: Handle, due: i64| {
             let user = shard.by_handle(handle).expect("held");
             user.timers.set(handle, Some(due), user.state);
         };
