@@ -121,11 +121,12 @@ impl Shard {
     /// `user_id` with their state, made empty if they are new; looked for
     /// first in slot `hint`, where they were last found.
     pub fn user_hinted(&mut self, hint: Option<Handle>, user_id: &str) -> User<'_> {
-        match hint {
-            Some(handle) if key(&self.slots, handle) == user_id => {
-                self.by_handle(handle).expect("a slot holding the id is occupied")
-            }
-            _ => self.user_or_new(user_id),
+        let holds = |handle: &Handle| {
+            self.slots.get(handle.index()).and_then(Option::as_ref).is_some_and(|slot| slot.user_id == user_id)
+        };
+        match hint.filter(holds) {
+            Some(handle) => self.by_handle(handle).expect("the slot was just found occupied"),
+            None => self.user_or_new(user_id),
         }
     }
 
@@ -345,6 +346,10 @@ mod tests {
         assert_ne!(again.handle, a);
         assert_eq!(shard.user_hinted(Some(Handle(99)), "b").handle, a);
         assert_eq!(shard.len(), 2);
+        // An empty slot is not anyone's, not even an empty id's.
+        shard.remove("b");
+        assert_eq!(shard.user_hinted(Some(a), "").user_id, "");
+        assert!(shard.get("").is_some());
     }
 
     #[test]
