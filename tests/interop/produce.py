@@ -155,7 +155,10 @@ def main():
             return buf.getvalue()
 
     else:
-        registry = SchemaRegistryClient({"url": args.registry})
+        # A timeout, so that a request the registry never answers is retried
+        # (the client retries transport errors) instead of hanging the test:
+        # once, one did, for ten minutes.
+        registry = SchemaRegistryClient({"url": args.registry, "timeout": 10})
         # The serializer's defaults (auto-registration under <topic>-value),
         # plus the same input check as above.
         serializer = AvroSerializer(registry, schema_text, conf={"validate.strict.allow.default": True})

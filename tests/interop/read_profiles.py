@@ -217,7 +217,8 @@ def decode_datum(schema, data, where):
 class Decoder:
     def __init__(self, schema_dirs, registry_url):
         self.by_fp = load_schema_dirs(schema_dirs)
-        self.registry = SchemaRegistryClient({"url": registry_url}) if registry_url else None
+        # A timeout, so that an unanswered request is retried instead of hanging.
+        self.registry = SchemaRegistryClient({"url": registry_url, "timeout": 10}) if registry_url else None
         self.by_id = {}
 
     def registry_schema(self, schema_id, where):
