@@ -81,10 +81,11 @@ impl ConsentTable {
 
     /// Puts `consent` in force for `user_id`.
     pub fn put(&self, user_id: &str, consent: ConsentInForce) {
-        match self.entries.get_mut(user_id) {
-            Some(mut entry) => entry.consent = consent,
-            None => {
-                self.entries.insert(UserKey::from(user_id), Entry { consent, slot: AtomicU32::new(NO_SLOT) });
+        // One lookup; the slot noted for the user stays.
+        match self.entries.entry(UserKey::from(user_id)) {
+            dashmap::Entry::Occupied(mut entry) => entry.get_mut().consent = consent,
+            dashmap::Entry::Vacant(entry) => {
+                entry.insert(Entry { consent, slot: AtomicU32::new(NO_SLOT) });
             }
         }
     }

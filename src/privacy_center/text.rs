@@ -207,13 +207,9 @@ static NL: Text = Text {
 };
 
 impl Text {
-    fn lang(&self) -> Lang {
-        self.lang
-    }
-
     /// A purpose the page has a switch for, in plain words.
     pub fn purpose(&self, purpose: Purpose) -> &'static str {
-        match (self.lang(), purpose) {
+        match (self.lang, purpose) {
             (Lang::En, Purpose::Personalization) => "Personalization: a profile built from what you view and buy",
             (Lang::En, Purpose::Location) => "Location: where you are, to about 5 km",
             (Lang::En, Purpose::PreciseLocation) => "Precise location: where you are, exactly",
@@ -239,7 +235,7 @@ impl Text {
 
     /// A channel's short name (`web`, `email`, …) in this language.
     pub fn channel(&self, name: &str) -> String {
-        match (self.lang(), name) {
+        match (self.lang, name) {
             (Lang::En, "web") => "on this website".to_owned(),
             (Lang::En, "email") => "in emails".to_owned(),
             (Lang::En, "push") => "in push notifications".to_owned(),
@@ -254,7 +250,7 @@ impl Text {
 
     /// A personalization level in plain words.
     pub fn level(&self, level: PersonalizationLevel) -> &'static str {
-        match (self.lang(), level) {
+        match (self.lang, level) {
             (Lang::En, PersonalizationLevel::None) => "None: no personalization at all",
             (Lang::En, PersonalizationLevel::Light) => "Light: only simple things, such as new or returning visitor",
             (Lang::En, PersonalizationLevel::Full) => "Full: everything you allow below",
@@ -268,7 +264,7 @@ impl Text {
 
     /// "recorded by {source} on {date}".
     pub fn recorded(&self, source: &str, date: &str) -> String {
-        match self.lang() {
+        match self.lang {
             Lang::En => format!("Recorded by {source} on {date}."),
             Lang::Nl => format!("Vastgelegd door {source} op {date}."),
         }
@@ -284,7 +280,7 @@ impl Text {
     fn last(&self, window_ms: i64) -> String {
         let days = window_ms / DAY_MS;
         let hours = (window_ms / HOUR_MS).max(1);
-        match (self.lang(), window_ms < DAY_MS) {
+        match (self.lang, window_ms < DAY_MS) {
             (Lang::En, true) if hours == 1 => "the last hour".to_owned(),
             (Lang::En, true) => format!("the last {hours} hours"),
             (Lang::En, false) if days == 1 => "the last day".to_owned(),
@@ -299,7 +295,7 @@ impl Text {
     /// A category of data held, with how long it is kept.
     pub fn data_kind(&self, kind: crate::explain::DataKind) -> String {
         use crate::explain::DataKind;
-        match (self.lang(), kind) {
+        match (self.lang, kind) {
             (Lang::En, DataKind::Browsing { kept_ms }) => format!("Pages you viewed, kept for {}", self.last(kept_ms)),
             (Lang::En, DataKind::Purchases { kept_ms, last }) => {
                 format!("Your purchases, kept for {} or your last {last}", self.last(kept_ms))
@@ -334,7 +330,7 @@ impl Text {
     /// What is not done because `purpose` is not granted (or, for the
     /// channels, personalization there); `None` when nothing needs saying.
     pub fn not_done(&self, purpose: Purpose, location_granted: bool) -> Option<String> {
-        let text = match (self.lang(), purpose) {
+        let text = match (self.lang, purpose) {
             (Lang::En, Purpose::Location) => "We do not use your location.".to_owned(),
             (Lang::En, Purpose::PreciseLocation) if location_granted => {
                 "Your location is kept only to about 5 km, never more precisely.".to_owned()
@@ -365,7 +361,7 @@ impl Text {
 
     /// What the level being light leaves out.
     pub fn light_only(&self) -> &'static str {
-        match self.lang() {
+        match self.lang {
             Lang::En => "You chose light personalization: only simple groups, such as new or returning visitor, are used.",
             Lang::Nl => "U koos lichte personalisatie: alleen eenvoudige groepen, zoals nieuwe of terugkerende bezoeker, worden gebruikt.",
         }

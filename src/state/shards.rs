@@ -44,7 +44,7 @@ struct Slot {
 
 /// The id in slot `handle` (every indexed slot is occupied).
 fn key(slots: &[Option<Slot>], handle: Handle) -> &str {
-    slots.get(handle.index()).and_then(Option::as_ref).map_or("", |slot| &slot.user_id)
+    slots[handle.index()].as_ref().map_or("", |slot| &slot.user_id)
 }
 
 /// One user of a shard, found by id or handle, with the shard's timers.
@@ -121,6 +121,7 @@ impl Shard {
     /// `user_id` with their state, made empty if they are new; looked for
     /// first in slot `hint`, where they were last found.
     pub fn user_hinted(&mut self, hint: Option<Handle>, user_id: &str) -> User<'_> {
+        // A hint is not the index's: its slot may be out of range or empty.
         let holds = |handle: &Handle| {
             self.slots.get(handle.index()).and_then(Option::as_ref).is_some_and(|slot| slot.user_id == user_id)
         };
