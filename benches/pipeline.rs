@@ -25,6 +25,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const USERS: usize = 1_000_000;
 const RECORDS: u64 = 2_000_000;
 const CHUNK: usize = 10_000;
+/// Records between a prefetch and its record: the pipeline's (`pipeline::workers`).
+const LOOKAHEAD: usize = 4;
 
 fn processor() -> Processor {
     let (catalogue, settings) = tactful::config::embedded_defaults();
@@ -64,7 +66,11 @@ fn process_chunk(processor: &Processor, records: &[SyntheticRecord], now_ms: i64
         }
     };
     let mut newest_event_time = None;
-    for record in records {
+    for (index, record) in records.iter().enumerate() {
+        // As the pipeline's workers do: a user's consent entry is prefetched a few records ahead.
+        if let Some(ahead) = records.get(index + LOOKAHEAD) {
+            processor.prefetch(&ahead.key);
+        }
         let processed = processor.process(record.kind, Some(record.key.as_bytes()), record.value.as_deref(), now_ms);
         newest_event_time = newest_event_time.max(processed.event_time.map(EventTime));
         processed.output.map(&mut encode);

@@ -270,6 +270,13 @@ impl Processor {
         }
     }
 
+    /// Starts loading what applying an event of `user_id` reads first, their
+    /// consent entry, into the cache without waiting: called a few records
+    /// ahead of applying it (see [`crate::state::prefetch`]).
+    pub fn prefetch(&self, user_id: &str) {
+        self.consent.prefetch(user_id);
+    }
+
     /// Decodes and validates one input record of `kind`, without looking at
     /// or changing any state: the pipeline decodes records as they arrive and
     /// applies them later, in event-time order across the event topics.

@@ -64,6 +64,14 @@ impl Input {
             _ => None,
         }
     }
+
+    /// The user an event is about (`None` for a consent record or tombstone).
+    pub fn event_user(&self) -> Option<&str> {
+        match self {
+            Self::Record { record: Decoded::Event(event), .. } => Some(event.user_id()),
+            _ => None,
+        }
+    }
 }
 
 /// Decodes and validates one input record of `kind`, read at processing time

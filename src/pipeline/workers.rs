@@ -77,26 +77,53 @@ pub fn apply_record(processor: &Processor, (source, input): Record, now_ms: i64)
     }
 }
 
+/// How many records ahead of the one being applied a user's consent entry
+/// is prefetched: far enough for the load from memory to finish first (a
+/// record takes microseconds, a load a tenth of one), near enough that the
+/// lines are still cached when the record comes.
+const LOOKAHEAD: usize = 4;
+
+/// Applies `records` in their order on this thread, each user's consent
+/// entry prefetched [`LOOKAHEAD`] records before theirs; returns each
+/// record's result.
+fn apply_records(processor: &Processor, records: Vec<Record>, now_ms: i64) -> Vec<Processed> {
+    let mut results = Vec::with_capacity(records.len());
+    let mut records = records.into_iter();
+    while let Some(record) = records.next() {
+        let ahead = records.as_slice().get(LOOKAHEAD - 1).and_then(|(_, input)| input.as_ref().ok()?.event_user());
+        if let Some(user_id) = ahead {
+            processor.prefetch(user_id);
+        }
+        results.push(apply_record(processor, record, now_ms));
+    }
+    results
+}
+
 /// Applies `records` on the `workers`, all of a partition's records on one
 /// thread in their order; returns each record's result, in the order of
 /// `records`.
 pub fn apply_in_order(processor: &Processor, records: Vec<Record>, workers: &Workers, now_ms: i64) -> Vec<Processed> {
     if workers.pool.is_none() {
-        return records.into_iter().map(|record| apply_record(processor, record, now_ms)).collect();
+        return apply_records(processor, records, now_ms);
     }
     let count = records.len();
     // Split: each partition's records, with their positions.
-    let mut by_partition: BTreeMap<Partition, Vec<(usize, Record)>> = BTreeMap::new();
+    let mut by_partition: BTreeMap<Partition, (Vec<usize>, Vec<Record>)> = BTreeMap::new();
     for (position, record) in records.into_iter().enumerate() {
-        by_partition.entry(record.0.partition).or_default().push((position, record));
+        let (positions, records) = by_partition.entry(record.0.partition).or_default();
+        positions.push(position);
+        records.push(record);
     }
-    let applied: Vec<Vec<(usize, Processed)>> = workers.run(by_partition.into_values().collect(), |group| {
-        group.into_iter().map(|(position, record)| (position, apply_record(processor, record, now_ms))).collect()
-    });
+    let applied: Vec<(Vec<usize>, Vec<Processed>)> = workers
+        .run(by_partition.into_values().collect(), |(positions, records)| {
+            (positions, apply_records(processor, records, now_ms))
+        });
     // Merge: back in the order of the records.
     let mut results: Vec<Option<Processed>> = std::iter::repeat_with(|| None).take(count).collect();
-    for (position, processed) in applied.into_iter().flatten() {
-        results[position] = Some(processed);
+    for (positions, processed) in applied {
+        for (position, processed) in positions.into_iter().zip(processed) {
+            results[position] = Some(processed);
+        }
     }
     results.into_iter().flatten().collect()
 }
