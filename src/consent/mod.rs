@@ -161,6 +161,20 @@ pub struct ConsentInForce {
     pub partition: crate::state::Partition,
 }
 
+#[cfg(test)]
+impl ConsentInForce {
+    /// Full personalization with nothing granted, chosen at `ts` (tests).
+    pub(crate) fn chosen_at(ts: i64) -> Self {
+        Self {
+            granted: Purposes::default(),
+            level: PersonalizationLevel::Full,
+            source: "cmp".into(),
+            ts,
+            partition: crate::state::Partition::default(),
+        }
+    }
+}
+
 impl ConsentInForce {
     /// The consent recorded by `change`.
     pub fn from_change(change: &ConsentChange) -> Self {

@@ -130,17 +130,6 @@ impl ConsentTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::PersonalizationLevel;
-
-    fn consent(ts: i64) -> ConsentInForce {
-        ConsentInForce {
-            granted: Default::default(),
-            level: PersonalizationLevel::Full,
-            source: "cmp".into(),
-            ts,
-            partition: Default::default(),
-        }
-    }
 
     #[test]
     fn prefetching_finds_nothing_and_changes_nothing() {
@@ -152,7 +141,7 @@ mod tests {
         for number in 0..5_000_i64 {
             table.prefetch(&format!("u-{number}"));
             table.prefetch("nobody");
-            table.put(&format!("u-{number}"), consent(number));
+            table.put(&format!("u-{number}"), ConsentInForce::chosen_at(number));
         }
         for number in 0..5_000_i64 {
             table.prefetch(&format!("u-{number}"));

@@ -83,17 +83,6 @@ pub fn reconcile(table: Option<ConsentInForce>, built_under: Option<ConsentInFor
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::PersonalizationLevel;
-
-    fn at(ts: i64) -> ConsentInForce {
-        ConsentInForce {
-            granted: Default::default(),
-            level: PersonalizationLevel::Full,
-            source: "cmp".into(),
-            ts,
-            partition: Default::default(),
-        }
-    }
 
     #[test]
     fn a_users_newest_record_wins_and_a_tombstone_clears_it() {
@@ -115,10 +104,22 @@ mod tests {
 
     #[test]
     fn the_newer_consent_wins_and_an_unknown_user_is_forgotten() {
-        assert_eq!(reconcile(None, Some(at(5))), Reconciliation::Forget);
-        assert_eq!(reconcile(Some(at(6)), Some(at(5))), Reconciliation::Enforce(at(6)));
-        assert_eq!(reconcile(Some(at(6)), None), Reconciliation::Enforce(at(6)));
-        assert_eq!(reconcile(Some(at(5)), Some(at(5))), Reconciliation::Refresh(at(5)));
-        assert_eq!(reconcile(Some(at(4)), Some(at(5))), Reconciliation::Adopt(at(5)));
+        assert_eq!(reconcile(None, Some(ConsentInForce::chosen_at(5))), Reconciliation::Forget);
+        assert_eq!(
+            reconcile(Some(ConsentInForce::chosen_at(6)), Some(ConsentInForce::chosen_at(5))),
+            Reconciliation::Enforce(ConsentInForce::chosen_at(6))
+        );
+        assert_eq!(
+            reconcile(Some(ConsentInForce::chosen_at(6)), None),
+            Reconciliation::Enforce(ConsentInForce::chosen_at(6))
+        );
+        assert_eq!(
+            reconcile(Some(ConsentInForce::chosen_at(5)), Some(ConsentInForce::chosen_at(5))),
+            Reconciliation::Refresh(ConsentInForce::chosen_at(5))
+        );
+        assert_eq!(
+            reconcile(Some(ConsentInForce::chosen_at(4)), Some(ConsentInForce::chosen_at(5))),
+            Reconciliation::Adopt(ConsentInForce::chosen_at(5))
+        );
     }
 }
