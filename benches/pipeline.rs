@@ -14,7 +14,7 @@ use tactful::codec::Codec;
 use tactful::model::InputKind;
 use tactful::pipeline::workers::{advance_in_order, apply_in_order, apply_record, Record, Workers};
 use tactful::processor::{Output, Processor, Source};
-use tactful::state::Partition;
+use tactful::state::{Partition, LOOKAHEAD};
 use tactful::synthetic::{Population, SyntheticRecord};
 use tactful::time::EventTime;
 
@@ -25,8 +25,6 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const USERS: usize = 1_000_000;
 const RECORDS: u64 = 2_000_000;
 const CHUNK: usize = 10_000;
-/// Records between a prefetch and its record: the pipeline's (`pipeline::workers`).
-const LOOKAHEAD: usize = 4;
 
 fn processor() -> Processor {
     let (catalogue, settings) = tactful::config::embedded_defaults();

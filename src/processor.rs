@@ -23,11 +23,16 @@ use crate::segments::{Catalogue, ReloadReport, Segments};
 use crate::state::changelog;
 use crate::state::restore::{reconcile, NewestValues, Reconciliation};
 use crate::state::shards::{Handle, Shard, Shards, Timers, User};
-use crate::state::{Partition, UserState};
+use crate::state::{Partition, UserState, LOOKAHEAD};
 use crate::time::EventTime;
 use crate::validate::{self, Input, Rejection};
 use arc_swap::ArcSwap;
 use std::sync::Arc;
+
+/// Timers taken out at a time when event time advances: their users' slots
+/// and consent entries are prefetched a few timers ahead of firing them. A
+/// timer set while a round fires comes due in the next round.
+const TIMER_ROUND: usize = 64;
 
 /// What happened to a record.
 #[derive(Debug, PartialEq)]
@@ -465,30 +470,46 @@ impl Processor {
         let segments = self.segments.load();
         let advance = |shard: &mut Shard| {
             let mut outputs = Vec::new();
-            while let Some((due, handle)) = shard.pop_due(watermark.millis()) {
-                let Some(user) = shard.by_handle(handle) else { continue };
-                // A timer replaced by a later one is stale.
-                if user.state.next_change != Some(due) {
-                    continue;
+            let mut round = Vec::with_capacity(TIMER_ROUND);
+            loop {
+                round.extend(std::iter::from_fn(|| shard.pop_due(watermark.millis())).take(TIMER_ROUND));
+                if round.is_empty() {
+                    break outputs;
                 }
-                let consent = match self.consent.cloned(user.user_id) {
-                    Some(consent) if consent.allows_profile() => consent,
-                    _ => continue,
-                };
-                if user.state.last_event.saturating_add(self.idle_user_ms) <= due {
-                    // Idle for too long: deleted (data minimisation).
-                    let erase = user.state.published.is_some();
-                    erase_user(&segments, user.state);
-                    outputs.extend(erase.then(|| Output::Tombstone { user_id: user.user_id.to_owned() }));
-                    continue;
+                for (index, &(due, handle)) in round.iter().enumerate() {
+                    // The slot first, then the consent entry its id leads to.
+                    if let Some(&(_, ahead)) = round.get(index + 2 * LOOKAHEAD) {
+                        shard.prefetch(ahead);
+                    }
+                    if let Some(user_id) = round.get(index + LOOKAHEAD).and_then(|&(_, ahead)| shard.user_id(ahead)) {
+                        self.consent.prefetch(user_id);
+                    }
+                    outputs.extend(self.fire(&segments, shard, due, handle, now_ms));
                 }
-                user.state.clock = user.state.clock.max(due);
-                let clock = user.state.clock;
-                outputs.extend(self.refresh(&segments, user, &consent, clock, now_ms));
+                round.clear();
             }
-            outputs
         };
         self.shards.with(partition, advance).unwrap_or_default()
+    }
+
+    /// Fires the timer due at `due` of the user in slot `handle`: re-evaluates
+    /// them then, or erases them if they were idle for too long; returns what
+    /// to publish. A stale timer (replaced by a later one) does nothing.
+    fn fire(&self, segments: &Segments, shard: &mut Shard, due: i64, handle: Handle, now_ms: i64) -> Option<Output> {
+        let user = shard.by_handle(handle)?;
+        if user.state.next_change != Some(due) {
+            return None;
+        }
+        let consent = self.consent.cloned(user.user_id).filter(ConsentInForce::allows_profile)?;
+        if user.state.last_event.saturating_add(self.idle_user_ms) <= due {
+            // Idle for too long: deleted (data minimisation).
+            let erase = user.state.published.is_some();
+            erase_user(segments, user.state);
+            return erase.then(|| Output::Tombstone { user_id: user.user_id.to_owned() });
+        }
+        user.state.clock = user.state.clock.max(due);
+        let clock = user.state.clock;
+        self.refresh(segments, user, &consent, clock, now_ms)
     }
 
     /// Forgets everything built for the users of `partitions` (they moved to

@@ -24,7 +24,7 @@
 
 use crate::processor::{Output, Processed, Processor, RestoredPartition, Source};
 use crate::state::restore::NewestValues;
-use crate::state::Partition;
+use crate::state::{Partition, LOOKAHEAD};
 use crate::time::EventTime;
 use crate::validate::{Input, Rejection};
 use rayon::prelude::*;
@@ -76,12 +76,6 @@ pub fn apply_record(processor: &Processor, (source, input): Record, now_ms: i64)
         Err(rejection) => Processed::rejected(rejection),
     }
 }
-
-/// How many records ahead of the one being applied a user's consent entry
-/// is prefetched: far enough for the load from memory to finish first (a
-/// record takes microseconds, a load a tenth of one), near enough that the
-/// lines are still cached when the record comes.
-const LOOKAHEAD: usize = 4;
 
 /// Applies `records` in their order on this thread, each user's consent
 /// entry prefetched [`LOOKAHEAD`] records before theirs; returns each

@@ -1832,3 +1832,48 @@ fn a_user_is_answered_for_where_the_partition_of_their_consent_is_held() {
     );
     assert_eq!(h.processor.segment_description("no_such_segment"), None);
 }
+
+#[test]
+fn one_long_advance_fires_every_timer_as_advancing_a_day_at_a_time_does() {
+    use std::collections::BTreeMap;
+    // More users than a round of timers (TIMER_ROUND), each with a chain of
+    // timers (the views leave running_browser's window one by one, new_visitor's
+    // later, then the idle limit): a timer set while a round fires must still
+    // fire in the same advance, in its user's order.
+    let users: Vec<String> = (0..3 * TIMER_ROUND).map(|user| format!("u{user}")).collect();
+    let (at_once, stepwise) = (harness(), harness());
+    for h in [&at_once, &stepwise] {
+        for (number, user) in (0_i64..).zip(&users) {
+            h.consent(user, &EVERYTHING, PersonalizationLevel::Full, T0);
+            for view in 0..4 {
+                h.browse(user, T0 + number * MINUTE + view * HOUR, Some("running"));
+            }
+        }
+    }
+    let end = T0 + 400 * DAY;
+    let by_user = |outputs: Vec<Output>| {
+        let mut by_user: BTreeMap<String, Vec<Output>> = BTreeMap::new();
+        for output in outputs {
+            let user = match &output {
+                Output::Update(update) => update.user_id.clone(),
+                Output::Tombstone { user_id } => user_id.clone(),
+            };
+            by_user.entry(user).or_default().push(output);
+        }
+        by_user
+    };
+    let all_at_once = by_user(at_once.processor.advance_partition(Partition(0), EventTime(end), NOW));
+    let day_by_day = by_user(
+        (1..=400)
+            .flat_map(|day| stepwise.processor.advance_partition(Partition(0), EventTime(T0 + day * DAY), NOW))
+            .collect(),
+    );
+    assert_eq!(all_at_once.len(), users.len());
+    for outputs in all_at_once.values() {
+        // Three views leave running_browser's window one by one (3 → exit, with
+        // new figures until then), new_visitor leaves, then the tombstone.
+        assert!(outputs.len() >= 3, "{outputs:?}");
+        assert!(matches!(outputs.last(), Some(Output::Tombstone { .. })), "{outputs:?}");
+    }
+    assert_eq!(all_at_once, day_by_day);
+}

@@ -32,6 +32,12 @@ pub type UserKey = compact_str::CompactString;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Partition(pub i32);
 
+/// How many records (or timers) ahead of the one being applied a user's
+/// entries are prefetched: far enough for the load from memory to finish
+/// first (a record takes microseconds, a load a tenth of one), near enough
+/// that the lines are still cached when the record comes.
+pub const LOOKAHEAD: usize = 4;
+
 /// Asks the CPU to start loading the cache line at `address` without
 /// waiting for it (nothing is read; any address will do, a stale one only
 /// wastes the load). A batch does this some records ahead of applying them,
@@ -46,6 +52,12 @@ pub fn prefetch<T>(address: *const T) {
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = address;
+}
+
+/// [`prefetch`]es every cache line of `values`.
+pub fn prefetch_all<T>(values: &[T]) {
+    let (start, size) = (values.as_ptr().cast::<u8>(), size_of_val(values));
+    (0..size).step_by(64).chain(size.checked_sub(1)).for_each(|offset| prefetch(start.wrapping_add(offset)));
 }
 
 /// A stable 64-bit hash of a field value (FNV-1a: stable across builds and

@@ -17,7 +17,7 @@
 //! or revoked, and is read without a lock. No lock of the consent table is
 //! held while a shard's is taken (the processor copies a user's consent out).
 
-use super::{Partition, UserKey, UserState};
+use super::{prefetch_all, Partition, UserKey, UserState};
 use arc_swap::ArcSwap;
 use hashbrown::HashTable;
 use std::collections::{BinaryHeap, HashMap};
@@ -135,6 +135,19 @@ impl Shard {
     pub fn by_handle(&mut self, handle: Handle) -> Option<User<'_>> {
         let slot = self.slots.get_mut(handle.index())?.as_mut()?;
         Some(User { user_id: &slot.user_id, state: &mut slot.state, timers: &mut self.timers, handle })
+    }
+
+    /// The id held in slot `handle`, if it is occupied.
+    pub fn user_id(&self, handle: Handle) -> Option<&str> {
+        self.slots.get(handle.index())?.as_ref().map(|slot| slot.user_id.as_str())
+    }
+
+    /// Starts loading slot `handle` into the cache, every line of it,
+    /// without waiting (see [`prefetch_all`]).
+    pub fn prefetch(&self, handle: Handle) {
+        if let Some(slot) = self.slots.get(handle.index()) {
+            prefetch_all(std::slice::from_ref(slot));
+        }
     }
 
     /// Forgets `user_id`; returns their state if they were held.
@@ -351,6 +364,19 @@ mod tests {
         shard.remove("b");
         assert_eq!(shard.user_hinted(Some(a), "").user_id, "");
         assert!(shard.get("").is_some());
+    }
+
+    #[test]
+    fn a_slot_is_read_by_handle_and_prefetching_any_handle_changes_nothing() {
+        let mut shard = Shard::default();
+        let a = shard.user_or_new("a").handle;
+        let b = shard.user_or_new("b").handle;
+        shard.remove("a");
+        for handle in [a, b, Handle(99)] {
+            shard.prefetch(handle);
+        }
+        assert_eq!((shard.user_id(a), shard.user_id(b), shard.user_id(Handle(99))), (None, Some("b"), None));
+        assert_eq!(shard.len(), 1);
     }
 
     #[test]
