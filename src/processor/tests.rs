@@ -1854,11 +1854,7 @@ fn one_long_advance_fires_every_timer_as_advancing_a_day_at_a_time_does() {
     let by_user = |outputs: Vec<Output>| {
         let mut by_user: BTreeMap<String, Vec<Output>> = BTreeMap::new();
         for output in outputs {
-            let user = match &output {
-                Output::Update(update) => update.user_id.clone(),
-                Output::Tombstone { user_id } => user_id.clone(),
-            };
-            by_user.entry(user).or_default().push(output);
+            by_user.entry(output.user_id().to_owned()).or_default().push(output);
         }
         by_user
     };
