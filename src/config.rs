@@ -483,6 +483,16 @@ fn expand_environment(value: &str, lookup: impl Fn(&str) -> Option<String>) -> R
     Ok(expanded)
 }
 
+/// Loads `text` as a configuration file written to the temporary folder (tests).
+#[cfg(test)]
+pub(crate) fn load_text(text: &str) -> Result<Config, ConfigError> {
+    let dir = std::env::temp_dir().join(format!("tactful-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{:x}.toml", crate::state::hash_value(text)));
+    std::fs::write(&path, text).unwrap();
+    Config::load(&path)
+}
+
 fn read(path: &Path) -> Result<String, ConfigError> {
     std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })
 }

@@ -1,13 +1,5 @@
 use super::*;
 
-fn load_text(text: &str) -> Result<Config, ConfigError> {
-    let dir = std::env::temp_dir().join(format!("tactful-config-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(format!("{:x}.toml", crate::state::hash_value(text)));
-    std::fs::write(&path, text).unwrap();
-    Config::load(&path)
-}
-
 #[test]
 fn a_minimal_file_gets_the_documented_defaults() {
     let config = load_text("[kafka]\nbootstrap_servers = \"127.0.0.1:9092\"\n").unwrap();

@@ -64,9 +64,9 @@ pub fn producer(config: &Config) -> ClientConfig {
         // No duplicates or reordering from librdkafka's own retries.
         .set("enable.idempotence", "true")
         // Java clients' partitioner: a key lands where a Java producer would put it.
-        .set("partitioner", "murmur2_random")
-        // Small batches amortise requests without adding visible latency.
-        .set("linger.ms", "5");
+        .set("partitioner", "murmur2_random");
+    // Default: small batches amortise requests without adding visible latency.
+    set_default(&mut client, config, "linger.ms", "5");
     client
 }
 
@@ -122,4 +122,22 @@ pub fn load_producer(config: &Config) -> ClientConfig {
         .set("linger.ms", "20")
         .set("compression.type", "lz4");
     client
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::load_text;
+
+    #[test]
+    fn a_configured_linger_reaches_the_producer_and_the_guarantees_still_win() {
+        let text = "[kafka]\nbootstrap_servers = \"x:1\"\n[kafka.client_properties]\n\"linger.ms\" = \"0\"\n\
+                    partitioner = \"random\"\n\"enable.idempotence\" = \"false\"\n";
+        let configured = producer(&load_text(text).unwrap());
+        assert_eq!(configured.get("linger.ms"), Some("0"));
+        assert_eq!(configured.get("partitioner"), Some("murmur2_random"));
+        assert_eq!(configured.get("enable.idempotence"), Some("true"));
+        let default = producer(&load_text("[kafka]\nbootstrap_servers = \"x:1\"\n").unwrap());
+        assert_eq!(default.get("linger.ms"), Some("5"));
+    }
 }
