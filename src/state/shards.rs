@@ -122,9 +122,7 @@ impl Shard {
     /// first in slot `hint`, where they were last found.
     pub fn user_hinted(&mut self, hint: Option<Handle>, user_id: &str) -> User<'_> {
         // A hint is not the index's: its slot may be out of range or empty.
-        let holds = |handle: &Handle| {
-            self.slots.get(handle.index()).and_then(Option::as_ref).is_some_and(|slot| slot.user_id == user_id)
-        };
+        let holds = |handle: &Handle| self.user_id(*handle) == Some(user_id);
         match hint.filter(holds) {
             Some(handle) => self.by_handle(handle).expect("the slot was just found occupied"),
             None => self.user_or_new(user_id),
