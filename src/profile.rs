@@ -8,7 +8,7 @@ use crate::consent::{ConsentInForce, Purpose, Purposes};
 use crate::model::ProfileUpdate;
 use crate::segments::engine::evaluate;
 use crate::segments::Segments;
-use crate::state::{PublishedMember, PublishedProfile, UserState, MAX_CAPTURES};
+use crate::state::{Figures, PublishedMember, PublishedProfile, UserState, MAX_CAPTURES};
 use smallvec::SmallVec;
 
 /// Re-evaluates every segment the user's consent allows and returns the
@@ -40,6 +40,7 @@ pub fn refresh(
             continue;
         }
         let since = previous.iter().find(|member| member.segment == index).map_or(now, |member| member.since);
+        let figures = Figures::from_slice(&figures[..segment.captures.len()]);
         members.push(PublishedMember { segment: index, since, figures, channels: segment.channels.intersect(granted) });
     }
     let channels = Purposes::channels_of(granted);

@@ -418,6 +418,10 @@ fn high_value_needs_500_00_in_90_days_and_says_so() {
             &[],
         )
     );
+    // The membership keeps the segment's two figures, spent and orders, and no room for more.
+    let held = h.state("u3").published.expect("published").members;
+    assert_eq!(held.iter().map(|member| member.figures.to_vec()).collect::<Vec<_>>(), vec![vec![50_000.0, 1.0]]);
+    assert!(!held[0].figures.spilled());
 
     applied_silently(h.consent("u4", &EVERYTHING, PersonalizationLevel::Full, T0));
     applied_silently(h.purchase("u4", T0, &[("tv", "electronics", 1, 49_999)]));

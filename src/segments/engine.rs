@@ -328,25 +328,29 @@ pub fn next_recency_flip(rule: &Rule, history: &History, now: i64) -> Option<i64
     }
 }
 
-/// The reason sentence with the captured figures filled in.
+/// The reason sentence with the captured figures filled in. A figure the
+/// template names but `captures` lacks reads as 0: a profile published
+/// before a reload gave its segment more captures, read before the reload's
+/// re-evaluation reached the user.
 pub fn render_reason(parts: &[TemplatePart], captures: &[f64]) -> String {
+    let figure = |index: &usize| captures.get(*index).copied().unwrap_or_default();
     let mut reason = String::with_capacity(96);
     for part in parts {
         // Writing to a `String` cannot fail.
         let _ = match part {
             TemplatePart::Text(text) => reason.write_str(text),
-            TemplatePart::Number(index) => write!(reason, "{}", captures[*index] as i64),
+            TemplatePart::Number(index) => write!(reason, "{}", figure(index) as i64),
             TemplatePart::Counted { index, singular, plural } => {
-                let count = captures[*index] as i64;
+                let count = figure(index) as i64;
                 write!(reason, "{count} {}", if count == 1 { singular } else { plural })
             }
-            TemplatePart::Days(index) => match captures[*index] {
+            TemplatePart::Days(index) => match figure(index) {
                 value if value.is_finite() => write!(reason, "{}", (value / DAY_MS as f64).floor() as i64),
                 _ => reason.write_str("many"),
             },
-            TemplatePart::Percent(index) => write!(reason, "{}%", (captures[*index] * 100.0).round() as i64),
+            TemplatePart::Percent(index) => write!(reason, "{}%", (figure(index) * 100.0).round() as i64),
             TemplatePart::Cents(index) => {
-                let cents = captures[*index] as i64;
+                let cents = figure(index) as i64;
                 let sign = if cents < 0 { "-" } else { "" };
                 let (units, hundredths) = (cents.unsigned_abs() / 100, cents.unsigned_abs() % 100);
                 write!(reason, "{sign}{units}.{hundredths:02}")

@@ -805,6 +805,19 @@ fn counted_figures_take_the_singular_only_for_one() {
     assert_eq!(render_reason(&parts, &[12.0]), "Bought 12 items.");
 }
 
+#[test]
+fn a_figure_the_template_names_but_the_membership_lacks_reads_as_zero() {
+    // A membership published before a reload gave its segment a second capture.
+    let parts = vec![
+        TemplatePart::Number(0),
+        TemplatePart::Text(" visits, ".to_owned()),
+        TemplatePart::Cents(1),
+        TemplatePart::Text(" spent".to_owned()),
+    ];
+    assert_eq!(render_reason(&parts, &[3.0]), "3 visits, 0.00 spent");
+    assert_eq!(render_reason(&parts, &[3.0, 1250.0]), "3 visits, 12.50 spent");
+}
+
 // --- share and recency -----------------------------------------------------
 
 fn rule_of(text: &str) -> Rule {

@@ -10,7 +10,9 @@
 use crate::consent::{ConsentInForce, Purposes};
 use crate::model::PersonalizationLevel;
 use crate::segments::{Catalogue, SegmentIndex};
-use crate::state::{ExperimentEntry, History, Partition, PublishedMember, PublishedProfile, UserState, MAX_CAPTURES};
+use crate::state::{
+    ExperimentEntry, Figures, History, Partition, PublishedMember, PublishedProfile, UserState, MAX_CAPTURES,
+};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 
@@ -112,7 +114,7 @@ pub fn encode(state: &UserState, consent: Option<&ConsentInForce>, catalogue: &C
                 .map(|member| StoredMember {
                     segment: id(member.segment),
                     since: member.since,
-                    figures: member.figures,
+                    figures: stored_figures(&member.figures),
                     channels: member.channels,
                 })
                 .collect(),
@@ -132,6 +134,14 @@ pub fn encode(state: &UserState, consent: Option<&ConsentInForce>, catalogue: &C
     if let Ok(bytes) = postcard::to_extend(&stored, std::mem::take(out)) {
         *out = bytes;
     }
+}
+
+/// A membership's figures as format 1 stores them: always
+/// [`MAX_CAPTURES`] of them, the ones a segment does not capture zero.
+fn stored_figures(figures: &[f64]) -> [f64; MAX_CAPTURES] {
+    let mut stored = [0.0; MAX_CAPTURES];
+    stored.iter_mut().zip(figures).for_each(|(slot, figure)| *slot = *figure);
+    stored
 }
 
 /// The state stored in a changelog value, read under `catalogue`.
@@ -162,10 +172,12 @@ pub fn decode(bytes: &[u8], catalogue: &Catalogue) -> Result<Restored, Changelog
                 .members
                 .into_iter()
                 .filter_map(|member| {
+                    let segment = index(&member.segment)?;
+                    let captures = catalogue.segment(segment).captures.len();
                     Some(PublishedMember {
-                        segment: index(&member.segment)?,
+                        segment,
                         since: member.since,
-                        figures: member.figures,
+                        figures: Figures::from_slice(&member.figures[..captures]),
                         channels: member.channels,
                     })
                 })
@@ -225,8 +237,8 @@ mod tests {
         history.purchases.push_back(purchase);
         history.locations.push_back(LocationFact { ts: 1_700_000_200_000, lat: 52.37, lon: 4.89 });
         history.first_seen = Some(1_700_000_000_000);
-        let mut figures = [0.0; MAX_CAPTURES];
-        figures[0] = 3.0;
+        // The segment captures one figure, the number of days.
+        let figures = Figures::from_slice(&[3.0]);
         let member =
             PublishedMember { segment, since: 1_700_000_000_000, figures, channels: Purposes::from_names(&["web"]) };
         let channels = Purposes::from_names(&["web", "email"]);

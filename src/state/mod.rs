@@ -18,6 +18,7 @@ use crate::consent::Purposes;
 use crate::model::PersonalizationLevel;
 use crate::segments::SegmentIndex;
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 use std::collections::VecDeque;
 use std::hash::Hasher;
 use std::num::NonZeroU64;
@@ -276,6 +277,12 @@ pub struct ExperimentEntry {
 /// Most figures one segment's rule may capture for its reason.
 pub const MAX_CAPTURES: usize = 8;
 
+/// The figures of one membership's reason, as many as its segment captures:
+/// up to two are held inline (every bundled segment captures at most two),
+/// more go to the heap. 24 bytes, where a full `[f64; MAX_CAPTURES]` took 64
+/// for every membership of every user (BENCHMARKS.md, "Memory per user").
+pub type Figures = SmallVec<[f64; 2]>;
+
 /// One membership as last published, kept compact: the reason and channel
 /// names are rendered from it only when an update is due.
 #[derive(Clone, Debug, PartialEq)]
@@ -284,8 +291,8 @@ pub struct PublishedMember {
     pub segment: SegmentIndex,
     /// Event time the user entered it, epoch milliseconds; published as `Membership.since`.
     pub since: i64,
-    /// The figures of the reason.
-    pub figures: [f64; MAX_CAPTURES],
+    /// The figures of the reason, one per capture of the segment.
+    pub figures: Figures,
     /// Where the membership may be used: the segment's channels ∩ the user's.
     pub channels: Purposes,
 }
