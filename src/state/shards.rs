@@ -42,9 +42,64 @@ struct Slot {
     state: UserState,
 }
 
+/// How many slots a chunk of a shard's [`Slots`] holds: about 240 KB.
+const SLOTS_PER_CHUNK: usize = 1024;
+
+/// A shard's slots, by handle, in chunks of [`SLOTS_PER_CHUNK`] that never
+/// move: a growing shard neither copies its users nor holds more than one
+/// chunk of unused room. (One doubling `Vec` of slots held up to twice the
+/// room its users needed, and copied all of them at every doubling:
+/// BENCHMARKS.md, "Memory per user".)
+#[derive(Debug, Default)]
+struct Slots {
+    chunks: Vec<Vec<Option<Slot>>>,
+}
+
+impl Slots {
+    /// The place of slot `handle`, if there is one (occupied or vacant).
+    fn place(&self, handle: Handle) -> Option<&Option<Slot>> {
+        let index = handle.index();
+        self.chunks.get(index / SLOTS_PER_CHUNK)?.get(index % SLOTS_PER_CHUNK)
+    }
+
+    /// The place of slot `handle`, if there is one, to change.
+    fn place_mut(&mut self, handle: Handle) -> Option<&mut Option<Slot>> {
+        let index = handle.index();
+        self.chunks.get_mut(index / SLOTS_PER_CHUNK)?.get_mut(index % SLOTS_PER_CHUNK)
+    }
+
+    /// The slot at `handle`, if it is occupied.
+    fn get(&self, handle: Handle) -> Option<&Slot> {
+        self.place(handle)?.as_ref()
+    }
+
+    /// Puts `slot` in the place of `vacant` (a forgotten user's handle),
+    /// else in a new place at the end; returns its handle.
+    fn insert(&mut self, vacant: Option<Handle>, slot: Slot) -> Handle {
+        if let Some(handle) = vacant {
+            if let Some(place) = self.place_mut(handle) {
+                *place = Some(slot);
+                return handle;
+            }
+        }
+        if self.chunks.last().is_none_or(|chunk| chunk.len() == SLOTS_PER_CHUNK) {
+            self.chunks.push(Vec::with_capacity(SLOTS_PER_CHUNK));
+        }
+        let last = self.chunks.len() - 1;
+        let chunk = &mut self.chunks[last];
+        chunk.push(Some(slot));
+        Handle(u32::try_from(last * SLOTS_PER_CHUNK + chunk.len() - 1).expect("fewer than 2^32 users per partition"))
+    }
+
+    /// Every occupied slot.
+    fn iter(&self) -> impl Iterator<Item = &Slot> {
+        self.chunks.iter().flatten().flatten()
+    }
+}
+
 /// The id in slot `handle` (every indexed slot is occupied).
-fn key(slots: &[Option<Slot>], handle: Handle) -> &str {
-    slots[handle.index()].as_ref().map_or("", |slot| &slot.user_id)
+fn key(slots: &Slots, handle: Handle) -> &str {
+    slots.get(handle).map_or("", |slot| &slot.user_id)
 }
 
 /// One user of a shard, found by id or handle, with the shard's timers.
@@ -67,7 +122,7 @@ pub struct Shard {
     /// cannot be crafted to collide.
     index: HashTable<Handle>,
     hasher: foldhash::fast::RandomState,
-    slots: Vec<Option<Slot>>,
+    slots: Slots,
     /// Slots of forgotten users, reused first.
     vacant: Vec<Handle>,
     /// When time alone may change a user's profile.
@@ -83,7 +138,7 @@ impl Shard {
     /// The state of `user_id`, if held.
     pub fn get(&self, user_id: &str) -> Option<&UserState> {
         let handle = self.find(user_id)?;
-        self.slots[handle.index()].as_ref().map(|slot| &slot.state)
+        self.slots.get(handle).map(|slot| &slot.state)
     }
 
     /// `user_id` with their state, if held.
@@ -99,22 +154,13 @@ impl Shard {
         let handle = match index.find(hash, |handle| key(slots, *handle) == user_id) {
             Some(handle) => *handle,
             None => {
-                let slot = Some(Slot { user_id: UserKey::from(user_id), state: UserState::default() });
-                let handle = match vacant.pop() {
-                    Some(handle) => {
-                        slots[handle.index()] = slot;
-                        handle
-                    }
-                    None => {
-                        slots.push(slot);
-                        Handle(u32::try_from(slots.len() - 1).expect("fewer than 2^32 users per partition"))
-                    }
-                };
+                let slot = Slot { user_id: UserKey::from(user_id), state: UserState::default() };
+                let handle = slots.insert(vacant.pop(), slot);
                 index.insert_unique(hash, handle, |handle| hasher.hash_one(key(slots, *handle)));
                 handle
             }
         };
-        let slot = slots[handle.index()].as_mut().expect("an indexed slot is occupied");
+        let slot = slots.place_mut(handle).and_then(Option::as_mut).expect("an indexed slot is occupied");
         User { user_id: &slot.user_id, state: &mut slot.state, timers, handle }
     }
 
@@ -131,20 +177,21 @@ impl Shard {
 
     /// The user in slot `handle`, if it is occupied.
     pub fn by_handle(&mut self, handle: Handle) -> Option<User<'_>> {
-        let slot = self.slots.get_mut(handle.index())?.as_mut()?;
+        let slot = self.slots.place_mut(handle)?.as_mut()?;
         Some(User { user_id: &slot.user_id, state: &mut slot.state, timers: &mut self.timers, handle })
     }
 
     /// The id held in slot `handle`, if it is occupied.
     pub fn user_id(&self, handle: Handle) -> Option<&str> {
-        self.slots.get(handle.index())?.as_ref().map(|slot| slot.user_id.as_str())
+        self.slots.get(handle).map(|slot| slot.user_id.as_str())
     }
 
     /// Starts loading slot `handle` into the cache, every line of it,
     /// without waiting (see [`prefetch_all`]).
     pub fn prefetch(&self, handle: Handle) {
-        if let Some(slot) = self.slots.get(handle.index()) {
-            prefetch_all(std::slice::from_ref(slot));
+        // The place, not the slot: reading whether it is occupied would wait for the load.
+        if let Some(place) = self.slots.place(handle) {
+            prefetch_all(std::slice::from_ref(place));
         }
     }
 
@@ -154,7 +201,7 @@ impl Shard {
         let Self { index, slots, vacant, .. } = self;
         let (handle, _) = index.find_entry(hash, |handle| key(slots, *handle) == user_id).ok()?.remove();
         vacant.push(handle);
-        slots[handle.index()].take().map(|slot| slot.state)
+        slots.place_mut(handle)?.take().map(|slot| slot.state)
     }
 
     /// The handles of every user held.
@@ -164,7 +211,7 @@ impl Shard {
 
     /// Every user's state.
     pub fn states(&self) -> impl Iterator<Item = &UserState> {
-        self.slots.iter().flatten().map(|slot| &slot.state)
+        self.slots.iter().map(|slot| &slot.state)
     }
 
     /// The earliest timer due at `watermark`, removed.
@@ -342,6 +389,34 @@ mod tests {
         }
         assert_eq!(shard.len(), 3);
         assert_eq!(shard.user_or_new("a").state.clock, i64::from(b'a'));
+    }
+
+    #[test]
+    fn users_over_several_chunks_each_keep_their_own_slot() {
+        let mut shard = Shard::default();
+        let users = 2 * SLOTS_PER_CHUNK + SLOTS_PER_CHUNK / 2;
+        let handles: Vec<Handle> = (0..users)
+            .map(|user| {
+                let held = shard.user_or_new(&format!("user-{user}"));
+                held.state.clock = user as i64;
+                held.handle
+            })
+            .collect();
+        // Dense handles, in the order the users came.
+        assert!(handles.iter().enumerate().all(|(user, handle)| handle.index() == user));
+        // The last of the first chunk and the first of the second, forgotten and their slots reused.
+        for user in [SLOTS_PER_CHUNK - 1, SLOTS_PER_CHUNK] {
+            assert_eq!(shard.remove(&format!("user-{user}")).map(|state| state.clock), Some(user as i64));
+        }
+        let newcomers = [shard.user_or_new("newcomer-1").handle, shard.user_or_new("newcomer-2").handle];
+        assert_eq!(newcomers, [handles[SLOTS_PER_CHUNK], handles[SLOTS_PER_CHUNK - 1]]);
+        for user in (0..users).filter(|user| ![SLOTS_PER_CHUNK - 1, SLOTS_PER_CHUNK].contains(user)) {
+            let id = format!("user-{user}");
+            assert_eq!(shard.get(&id).map(|state| state.clock), Some(user as i64), "{id}");
+            assert_eq!(shard.user_id(handles[user]), Some(id.as_str()));
+        }
+        assert_eq!((shard.len(), shard.states().count()), (users, users));
+        assert_eq!(shard.user_or_new("one-more").handle.index(), users);
     }
 
     #[test]
