@@ -124,7 +124,7 @@ pub fn explain(segments: &Segments, user_id: &str, consent: Option<&ConsentInFor
 /// The categories of data in `history`, described with how long each is kept.
 pub fn data_held(history: &History, retention: &Retention, precise_location: bool) -> Vec<DataHeld> {
     let mut held = Vec::new();
-    if let Some(oldest) = history.browses.front() {
+    if let Some(oldest) = history.browses.first() {
         held.push(DataHeld {
             category: format!("browsing history, {}", last(retention.browse_ms)),
             since: oldest.ts,
@@ -132,7 +132,7 @@ pub fn data_held(history: &History, retention: &Retention, precise_location: boo
             kind: DataKind::Browsing { kept_ms: retention.browse_ms },
         });
     }
-    if let Some(oldest) = history.purchases.front() {
+    if let Some(oldest) = history.purchases.first() {
         held.push(DataHeld {
             category: format!(
                 "purchase history, {} or last {} purchases",
@@ -158,7 +158,7 @@ pub fn data_held(history: &History, retention: &Retention, precise_location: boo
             });
         }
     }
-    if let Some(oldest) = history.locations.front() {
+    if let Some(oldest) = history.locations.first() {
         let precision = if precise_location { "precise location" } else { "coarse location (about 5 km)" };
         held.push(DataHeld {
             category: format!("{precision}, {}", last(retention.location_ms)),

@@ -10,6 +10,7 @@ use crate::segments::engine::evaluate;
 use crate::segments::Segments;
 use crate::state::{Figures, PublishedMember, PublishedProfile, UserState, MAX_CAPTURES};
 use smallvec::SmallVec;
+use thin_vec::ThinVec;
 
 /// Re-evaluates every segment the user's consent allows and returns the
 /// update to publish, if anything changed. Reasons and channel names are
@@ -52,7 +53,7 @@ pub fn refresh(
         return None;
     }
     // Stored for as long as the user is held: no spare capacity.
-    let profile = PublishedProfile { level, channels, members: members.to_vec() };
+    let profile = PublishedProfile { level, channels, members: ThinVec::from(members.as_slice()) };
     let ids_missing_from = |these: &[PublishedMember], those: &[PublishedMember]| -> Vec<String> {
         these
             .iter()

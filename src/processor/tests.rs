@@ -530,7 +530,7 @@ fn without_precise_location_coordinates_are_coarsened_and_near_store_is_never_en
     // A precise fix now counts.
     let entered = update(h.location("u8", T0 + 4 * MINUTE, BERLIN_STORE));
     assert_eq!(entered.entered, strings(&["near_store"]));
-    let kept = h.state("u8").history.locations.back().cloned().unwrap();
+    let kept = h.state("u8").history.locations.last().cloned().unwrap();
     assert_eq!((kept.lat, kept.lon), BERLIN_STORE);
 }
 

@@ -261,12 +261,7 @@ pub fn evaluate(rule: &Rule, history: &History, now: i64, captures: &mut [f64]) 
 /// `windows` (purchase-item windows are given as purchase windows): the next
 /// moment a membership can change without a new event. Facts are sorted by time.
 pub fn next_window_exit(history: &History, now: i64, windows: &[(Source, i64)]) -> Option<i64> {
-    fn first_leaving<T>(
-        facts: &std::collections::VecDeque<T>,
-        ts: impl Fn(&T) -> i64,
-        now: i64,
-        window_ms: i64,
-    ) -> Option<i64> {
+    fn first_leaving<T>(facts: &[T], ts: impl Fn(&T) -> i64, now: i64, window_ms: i64) -> Option<i64> {
         // A fact at `ts` is in the window until `ts + window_ms`, when it leaves.
         let first_inside = facts.partition_point(|fact| ts(fact) + window_ms <= now);
         facts.get(first_inside).map(|fact| ts(fact) + window_ms)

@@ -69,11 +69,11 @@ fn at(ts: i64, lat: f64, lon: f64) -> LocationFact {
 }
 
 fn browses(facts: Vec<BrowseFact>) -> History {
-    History { browses: facts.into(), ..History::default() }
+    History { browses: facts, ..History::default() }
 }
 
 fn purchases(facts: Vec<PurchaseFact>) -> History {
-    History { purchases: facts.into(), ..History::default() }
+    History { purchases: facts, ..History::default() }
 }
 
 fn category_filter(category: &str) -> Filter {
@@ -607,10 +607,10 @@ fn near_counts_fixes_within_the_radius_and_the_window() {
     let near = Measure::Near { places: vec![(48.0, 11.0), store], radius_m: 500.0, window_ms: HOUR };
     let now = MIDNIGHT;
     // 0.0036° of latitude is 400.3 m; 0.0054° is 600.5 m.
-    let inside = History { locations: vec![at(now - 10, store.0 + 0.0036, store.1)].into(), ..History::default() };
-    let outside = History { locations: vec![at(now - 10, store.0 + 0.0054, store.1)].into(), ..History::default() };
-    let too_old = History { locations: vec![at(now - HOUR, store.0, store.1)].into(), ..History::default() };
-    let just_in_time = History { locations: vec![at(now - HOUR + 1, store.0, store.1)].into(), ..History::default() };
+    let inside = History { locations: vec![at(now - 10, store.0 + 0.0036, store.1)], ..History::default() };
+    let outside = History { locations: vec![at(now - 10, store.0 + 0.0054, store.1)], ..History::default() };
+    let too_old = History { locations: vec![at(now - HOUR, store.0, store.1)], ..History::default() };
+    let just_in_time = History { locations: vec![at(now - HOUR + 1, store.0, store.1)], ..History::default() };
     assert_eq!(measure(&near, &inside, now), 1.0);
     assert_eq!(measure(&near, &outside, now), 0.0);
     assert_eq!(measure(&near, &too_old, now), 0.0);
@@ -656,7 +656,7 @@ fn all_any_and_not_combine_and_every_branch_fills_its_capture() {
          { not = { sum = { of = \"purchase\", within = \"7d\" }, at_least = 100, as = \"spent\" } },\n]\n",
     ));
     let mut history = browses(vec![browse(1, None), browse(2, None)]);
-    history.purchases.push_back(purchase(3, 250, vec![]));
+    history.purchases.push(purchase(3, 250, vec![]));
     let mut captures = vec![0.0; 2];
     // The first branch fails; the second is still evaluated so the reason is complete.
     assert!(!evaluate(&segment.rule, &history, 10, &mut captures));

@@ -219,7 +219,7 @@ mod tests {
             ..UserState::default()
         };
         let history = &mut state.history;
-        history.browses.push_back(BrowseFact {
+        history.browses.push(BrowseFact {
             ts: 1_700_000_000_000,
             page_type: hash_value("product"),
             category: hash_present(Some("running")),
@@ -234,15 +234,19 @@ mod tests {
         };
         let purchase =
             PurchaseFact { ts: 1_700_000_100_000, currency: hash_value("EUR"), total_cents: 4200, items: vec![shoe] };
-        history.purchases.push_back(purchase);
-        history.locations.push_back(LocationFact { ts: 1_700_000_200_000, lat: 52.37, lon: 4.89 });
+        history.purchases.push(purchase);
+        history.locations.push(LocationFact { ts: 1_700_000_200_000, lat: 52.37, lon: 4.89 });
         history.first_seen = Some(1_700_000_000_000);
         // The segment captures one figure, the number of days.
         let figures = Figures::from_slice(&[3.0]);
         let member =
             PublishedMember { segment, since: 1_700_000_000_000, figures, channels: Purposes::from_names(&["web"]) };
         let channels = Purposes::from_names(&["web", "email"]);
-        state.published = Some(PublishedProfile { level: PersonalizationLevel::Full, channels, members: vec![member] });
+        state.published = Some(PublishedProfile {
+            level: PersonalizationLevel::Full,
+            channels,
+            members: thin_vec::thin_vec![member],
+        });
         state.experiment_entries.push(ExperimentEntry { segment, holdout: true, entered_at: 1_700_000_000_000 });
         let consent = ConsentInForce {
             granted: Purposes::from_names(&["personalization", "web", "email", "location"]),

@@ -19,9 +19,9 @@ use crate::model::PersonalizationLevel;
 use crate::segments::SegmentIndex;
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
-use std::collections::VecDeque;
 use std::hash::Hasher;
 use std::num::NonZeroU64;
+use thin_vec::ThinVec;
 
 /// A user id as the state holds it: inline, with no allocation, up to 24
 /// bytes (a 36-character UUID goes to the heap).
@@ -136,11 +136,11 @@ pub struct LocationFact {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct History {
     /// Page views kept, oldest first, for as long as some segment reads them.
-    pub browses: VecDeque<BrowseFact>,
+    pub browses: Vec<BrowseFact>,
     /// Purchases kept, oldest first, for the longest window or last-N rule.
-    pub purchases: VecDeque<PurchaseFact>,
+    pub purchases: Vec<PurchaseFact>,
     /// Location fixes kept, oldest first; empty without the `location` purpose.
-    pub locations: VecDeque<LocationFact>,
+    pub locations: Vec<LocationFact>,
     /// The time of the user's first applied event, kept only while a segment
     /// measures time since first seen.
     pub first_seen: Option<i64>,
@@ -180,8 +180,13 @@ impl Retention {
 }
 
 /// Inserts `fact` keeping the list sorted by time; events mostly arrive in
-/// order, so this is a push in the common case.
-pub fn insert_by_time<T>(facts: &mut VecDeque<T>, fact: T, ts: impl Fn(&T) -> i64) {
+/// order, so this is a push in the common case. The room grows from one
+/// fact by doubling, not from `Vec`'s four: most users keep one or two
+/// facts of a kind.
+pub fn insert_by_time<T>(facts: &mut Vec<T>, fact: T, ts: impl Fn(&T) -> i64) {
+    if facts.len() == facts.capacity() {
+        facts.reserve_exact(facts.len().max(1));
+    }
     let fact_ts = ts(&fact);
     let position = facts.iter().rposition(|existing| ts(existing) <= fact_ts).map_or(0, |index| index + 1);
     facts.insert(position, fact);
@@ -204,20 +209,18 @@ impl History {
             self.first_seen = None;
         }
         let expired = |ts: i64, window_ms: i64| ts <= now - window_ms.min(retention.max_ms);
-        while self.browses.front().is_some_and(|fact| expired(fact.ts, retention.browse_ms)) {
-            self.browses.pop_front();
-        }
-        while self.locations.front().is_some_and(|fact| expired(fact.ts, retention.location_ms)) {
-            self.locations.pop_front();
-        }
-        while let Some(oldest) = self.purchases.front() {
+        // Each list is sorted by time, so what leaves is a run at its start.
+        let browses = self.browses.partition_point(|fact| expired(fact.ts, retention.browse_ms));
+        self.browses.drain(..browses);
+        let locations = self.locations.partition_point(|fact| expired(fact.ts, retention.location_ms));
+        self.locations.drain(..locations);
+        let count = self.purchases.len();
+        let purchases = self.purchases.iter().enumerate().position(|(index, oldest)| {
             let within_window = !expired(oldest.ts, retention.purchase_ms);
-            let among_last = self.purchases.len() <= retention.purchase_last && !expired(oldest.ts, retention.max_ms);
-            if within_window || among_last {
-                break;
-            }
-            self.purchases.pop_front();
-        }
+            let among_last = count - index <= retention.purchase_last && !expired(oldest.ts, retention.max_ms);
+            within_window || among_last
+        });
+        self.purchases.drain(..purchases.unwrap_or(count));
     }
 
     /// Removes everything derived from sensitive categories (the `sensitive`
@@ -260,7 +263,7 @@ pub struct UserState {
     pub next_change: Option<i64>,
     /// Entries into experiment segments still waiting for a conversion
     /// (kept only with the `measurement` purpose, and only for the window).
-    pub experiment_entries: Vec<ExperimentEntry>,
+    pub experiment_entries: ThinVec<ExperimentEntry>,
 }
 
 /// An entry into a segment with a holdout, measured for its conversion.
@@ -305,7 +308,7 @@ pub struct PublishedProfile {
     /// The user's channels published.
     pub channels: Purposes,
     /// Sorted by segment id, as published.
-    pub members: Vec<PublishedMember>,
+    pub members: ThinVec<PublishedMember>,
 }
 
 impl UserState {
@@ -358,8 +361,8 @@ mod tests {
     #[test]
     fn prune_drops_a_fact_exactly_one_window_old_and_keeps_a_younger_one() {
         let mut history = History::default();
-        history.browses.push_back(BrowseFact { ts: 0, page_type: 0, category: None, product: None });
-        history.browses.push_back(BrowseFact { ts: 1, page_type: 0, category: None, product: None });
+        history.browses.push(BrowseFact { ts: 0, page_type: 0, category: None, product: None });
+        history.browses.push(BrowseFact { ts: 1, page_type: 0, category: None, product: None });
         let retention = Retention { browse_ms: 10, max_ms: i64::MAX, ..Retention::default() };
         history.prune(10, &retention);
         assert_eq!(history.browses.iter().map(|fact| fact.ts).collect::<Vec<_>>(), vec![1]);
@@ -369,7 +372,7 @@ mod tests {
     fn prune_keeps_the_last_n_purchases_beyond_the_window_but_not_beyond_max_retention() {
         let mut history = History::default();
         for ts in [0, 5, 6] {
-            history.purchases.push_back(purchase(ts));
+            history.purchases.push(purchase(ts));
         }
         let retention = Retention { purchase_ms: 1, purchase_last: 2, max_ms: 100, ..Retention::default() };
         history.prune(50, &retention);
@@ -378,6 +381,18 @@ mod tests {
         assert_eq!(history.purchases.iter().map(|fact| fact.ts).collect::<Vec<_>>(), vec![6]);
         history.prune(106, &retention);
         assert!(history.purchases.is_empty());
+    }
+
+    #[test]
+    fn facts_inserted_in_any_order_stay_sorted_in_room_that_doubles_from_one() {
+        let mut facts = Vec::new();
+        let mut rooms = Vec::new();
+        for ts in [5, 1, 9, 3, 7] {
+            insert_by_time(&mut facts, ts, |ts| *ts);
+            rooms.push(facts.capacity());
+        }
+        assert_eq!(facts, [1, 3, 5, 7, 9]);
+        assert_eq!(rooms, [1, 2, 4, 4, 8]);
     }
 
     #[test]
