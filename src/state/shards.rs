@@ -42,7 +42,7 @@ struct Slot {
     state: UserState,
 }
 
-/// How many slots a chunk of a shard's [`Slots`] holds: about 240 KB.
+/// How many slots a chunk of a shard's [`Slots`] holds (of 184 bytes each: 184 KiB).
 const SLOTS_PER_CHUNK: usize = 1024;
 
 /// A shard's slots, by handle, in chunks of [`SLOTS_PER_CHUNK`] that never
