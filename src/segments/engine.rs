@@ -4,6 +4,7 @@
 use super::definition::{Field, Filter, Measure, Rule, Segment, Source, TemplatePart};
 use crate::state::{BrowseFact, History, ItemFact, LocationFact, PurchaseFact};
 use crate::time::DAY_MS;
+use smallvec::SmallVec;
 use std::fmt::Write as _;
 use std::hash::Hasher as _;
 use std::num::NonZeroU64;
@@ -119,10 +120,14 @@ fn within_window<'a>(
     });
 }
 
-fn count_distinct(mut values: Vec<u64>) -> f64 {
+/// The values a measure collects from a user's facts while it is evaluated:
+/// on the stack up to 16 (a user's facts in a window are mostly fewer), so
+/// evaluating a rule, done for every event, allocates nothing.
+type Values = SmallVec<[u64; 16]>;
+
+fn count_distinct(mut values: Values) -> f64 {
     values.sort_unstable();
-    values.dedup();
-    values.len() as f64
+    values.chunk_by(|a, b| a == b).count() as f64
 }
 
 /// Great-circle distance in metres.
@@ -150,14 +155,14 @@ pub fn measure(measure: &Measure, history: &History, now: i64) -> f64 {
             sum as f64
         }
         Measure::DistinctDays { source, filters, window_ms } => {
-            let mut days = Vec::new();
+            let mut days = Values::new();
             within_window(history, *source, filters, now, *window_ms, |fact| {
                 days.push(fact.ts().div_euclid(DAY_MS) as u64)
             });
             count_distinct(days)
         }
         Measure::Distinct { source, filters, field, window_ms } => {
-            let mut values = Vec::new();
+            let mut values = Values::new();
             within_window(history, *source, filters, now, *window_ms, |fact| {
                 fact.each_value(*field, |value| values.push(value))
             });
@@ -166,7 +171,7 @@ pub fn measure(measure: &Measure, history: &History, now: i64) -> f64 {
         Measure::MostCommon { source, filters, field, last } => {
             // Each of the last N events counts once for every distinct value
             // it has: a purchase for every product (or category) on any line.
-            let (mut events, mut values) = (0usize, Vec::with_capacity(*last));
+            let (mut events, mut values) = (0usize, Values::new());
             newest_first(history, *source, filters, |fact| {
                 if fact.ts() <= now {
                     events += 1;

@@ -509,6 +509,22 @@ fn distinct_days_are_utc_days_across_midnight() {
 }
 
 #[test]
+fn distinct_values_beyond_the_sixteen_held_on_the_stack_are_all_counted() {
+    // 40 views over 20 days, two a day, each day's category seen on two days.
+    let history = browses(
+        (0..40)
+            .map(|view| browse(MIDNIGHT + (view / 2) * DAY + view % 2, Some(&format!("category-{}", view / 4))))
+            .collect(),
+    );
+    let now = MIDNIGHT + 20 * DAY;
+    let days = Measure::DistinctDays { source: Source::Browse, filters: vec![], window_ms: 30 * DAY };
+    assert_eq!(measure(&days, &history, now), 20.0);
+    let categories =
+        Measure::Distinct { source: Source::Browse, filters: vec![], field: Field::Category, window_ms: 30 * DAY };
+    assert_eq!(measure(&categories, &history, now), 10.0);
+}
+
+#[test]
 fn filters_select_facts_by_hashed_field_values() {
     let history = browses(vec![
         browse(1, Some("running")),
