@@ -4,7 +4,13 @@
 //! derive serves JSON input, Avro input (through `apache_avro::from_value`) and
 //! Avro output.
 
+use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+
+/// A name from a fixed set (a channel, an experiment arm): published
+/// without an allocation of its own, read back owned.
+pub type Name = Cow<'static, str>;
 
 /// How much personalization a user wants (CONTRACT §4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -144,24 +150,24 @@ pub struct ConsentChange {
 /// One segment membership, with the reason a user could be shown.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Membership {
-    /// The segment's id, as in the segment definitions file.
-    pub id: String,
+    /// The segment's id, as in the segment definitions file (inline up to 24 bytes).
+    pub id: CompactString,
     /// Event time the user entered the segment, epoch milliseconds UTC.
     pub since: i64,
     /// One plain sentence a user could be shown saying why they are in the
     /// segment, with the real figures.
     pub reason: String,
     /// The segment's allowed channels ∩ the user's channels.
-    pub channels: Vec<String>,
+    pub channels: Vec<Name>,
     /// Experiment arm, when the segment runs a holdout.
-    pub arm: Option<String>,
+    pub arm: Option<Name>,
 }
 
 /// The value published on `profiles.updates` (key = user id).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ProfileUpdate {
-    /// The user the profile describes; also the record key.
-    pub user_id: String,
+    /// The user the profile describes; also the record key (inline up to 24 bytes).
+    pub user_id: CompactString,
     /// Strictly increasing per user, across restarts and rebalances, never
     /// reused: consumers drop an update whose version is not above the last seen.
     pub version: i64,
@@ -170,13 +176,13 @@ pub struct ProfileUpdate {
     /// The personalization level in force for the user.
     pub level: PersonalizationLevel,
     /// Channels the user allows personalization on: a subset of web, email, push, ads.
-    pub channels: Vec<String>,
+    pub channels: Vec<Name>,
     /// All current memberships, sorted by id.
     pub segments: Vec<Membership>,
     /// Ids of the segments this update entered the user into.
-    pub entered: Vec<String>,
+    pub entered: Vec<CompactString>,
     /// Ids of the segments this update took the user out of.
-    pub exited: Vec<String>,
+    pub exited: Vec<CompactString>,
 }
 
 /// One decoded input event of any of the three event topics.

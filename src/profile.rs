@@ -9,6 +9,7 @@ use crate::model::ProfileUpdate;
 use crate::segments::engine::evaluate;
 use crate::segments::Segments;
 use crate::state::{Figures, PublishedMember, PublishedProfile, UserState, MAX_CAPTURES};
+use compact_str::CompactString;
 use smallvec::SmallVec;
 use thin_vec::ThinVec;
 
@@ -54,11 +55,11 @@ pub fn refresh(
     }
     // Stored for as long as the user is held: no spare capacity.
     let profile = PublishedProfile { level, channels, members: ThinVec::from(members.as_slice()) };
-    let ids_missing_from = |these: &[PublishedMember], those: &[PublishedMember]| -> Vec<String> {
+    let ids_missing_from = |these: &[PublishedMember], those: &[PublishedMember]| -> Vec<CompactString> {
         these
             .iter()
             .filter(|member| !those.iter().any(|other| other.segment == member.segment))
-            .map(|member| segments.catalogue.segment(member.segment).id.clone())
+            .map(|member| CompactString::new(&segments.catalogue.segment(member.segment).id))
             .collect()
     };
     let new_entries = if granted.contains(Purpose::Measurement) {
@@ -70,7 +71,7 @@ pub fn refresh(
     let exited = ids_missing_from(previous, &profile.members);
     segments.count_members(state.published.as_ref(), Some(&profile));
     let update = ProfileUpdate {
-        user_id: user_id.to_owned(),
+        user_id: CompactString::new(user_id),
         version: state.next_version(now_ms),
         ts: change_ts,
         level,

@@ -245,8 +245,8 @@ fn write_array<T>(items: &[T], out: &mut Vec<u8>, mut write: impl FnMut(&T, &mut
     out.push(0);
 }
 
-fn write_strings(items: &[String], out: &mut Vec<u8>) {
-    write_array(items, out, |item, out| write_string(item, out));
+fn write_strings<S: AsRef<str>>(items: &[S], out: &mut Vec<u8>) {
+    write_array(items, out, |item, out| write_string(item.as_ref(), out));
 }
 
 /// Appends the binary datum of `update` under the contract's `ProfileUpdate` schema.
@@ -277,7 +277,7 @@ pub fn write_profile_update(update: &ProfileUpdate, out: &mut Vec<u8>) {
 mod tests {
     use super::*;
     use crate::codec::Codec;
-    use crate::model::InputKind;
+    use crate::model::{InputKind, Name};
     use proptest::prelude::*;
 
     /// Decodes `bytes` (single-object) through apache-avro's generic path.
@@ -339,8 +339,15 @@ mod tests {
     }
 
     fn any_membership() -> impl Strategy<Value = Membership> {
-        (".{0,10}", any::<i64>(), ".{0,40}", proptest::collection::vec(".{0,5}", 0..4), optional_text())
-            .prop_map(|(id, since, reason, channels, arm)| Membership { id, since, reason, channels, arm })
+        (".{0,10}", any::<i64>(), ".{0,40}", proptest::collection::vec(".{0,5}", 0..4), optional_text()).prop_map(
+            |(id, since, reason, channels, arm): (String, _, _, Vec<String>, Option<String>)| Membership {
+                id: id.into(),
+                since,
+                reason,
+                channels: channels.into_iter().map(Name::from).collect(),
+                arm: arm.map(Name::from),
+            },
+        )
     }
 
     proptest! {
@@ -352,7 +359,16 @@ mod tests {
             entered in proptest::collection::vec(".{0,8}", 0..3), exited in proptest::collection::vec(".{0,8}", 0..3),
         ) {
             let level = [PersonalizationLevel::None, PersonalizationLevel::Light, PersonalizationLevel::Full][usize::from(level)];
-            let update = ProfileUpdate { user_id, version, ts, level, channels, segments, entered, exited };
+            let update = ProfileUpdate {
+                user_id: user_id.into(),
+                version,
+                ts,
+                level,
+                channels: channels.into_iter().map(Name::from).collect(),
+                segments,
+                entered: entered.into_iter().map(Into::into).collect(),
+                exited: exited.into_iter().map(Into::into).collect(),
+            };
             let schema = apache_avro::Schema::parse_str(crate::codec::PROFILE_SCHEMA).unwrap();
             let mut expected = Vec::new();
             apache_avro::write_avro_datum_ref(&schema, &update, &mut expected).unwrap();

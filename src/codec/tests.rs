@@ -146,29 +146,29 @@ fn consent_change() -> ConsentChange {
 
 fn profile(arm: Option<&str>) -> ProfileUpdate {
     ProfileUpdate {
-        user_id: "user-1".to_owned(),
+        user_id: "user-1".into(),
         version: 1_700_000_000_001,
         ts: 1_700_000_000_000,
         level: PersonalizationLevel::Full,
-        channels: vec!["web".to_owned(), "email".to_owned()],
+        channels: vec!["web".into(), "email".into()],
         segments: vec![
             Membership {
-                id: "high_value".to_owned(),
+                id: "high_value".into(),
                 since: 1_699_000_000_000,
                 reason: "Spent 500.00 across 1 purchase in the last 90 days.".to_owned(),
-                channels: vec!["web".to_owned()],
-                arm: arm.map(str::to_owned),
+                channels: vec!["web".into()],
+                arm: arm.map(|arm| arm.to_owned().into()),
             },
             Membership {
-                id: "new_visitor".to_owned(),
+                id: "new_visitor".into(),
                 since: 1_699_500_000_000,
                 reason: "Visited on 1 day in the last 30 days.".to_owned(),
                 channels: vec![],
                 arm: None,
             },
         ],
-        entered: vec!["high_value".to_owned()],
-        exited: vec!["returning_visitor".to_owned()],
+        entered: vec!["high_value".into()],
+        exited: vec!["returning_visitor".into()],
     }
 }
 

@@ -1,7 +1,7 @@
 //! The consent gate (CONTRACT §4): which purposes a user granted, and what that
 //! allows. Pure: no I/O, no clock.
 
-use crate::model::{ConsentChange, Event, PersonalizationLevel};
+use crate::model::{ConsentChange, Event, Name, PersonalizationLevel};
 
 pub mod minimise;
 pub mod table;
@@ -118,11 +118,11 @@ impl Purposes {
     }
 
     /// The channel purposes of the set as published names, in canonical order.
-    pub fn channel_names(self) -> Vec<String> {
+    pub fn channel_names(self) -> Vec<Name> {
         Purpose::CHANNELS
             .into_iter()
             .filter(|channel| self.contains(*channel))
-            .map(|channel| channel.as_str().to_owned())
+            .map(|channel| Name::Borrowed(channel.as_str()))
             .collect()
     }
 

@@ -169,7 +169,7 @@ pub fn render(page: &Page<'_>) -> String {
         Some(segments) => {
             out.push_str("<ul class=\"segments\">\n");
             for membership in segments {
-                let title = (page.describe)(&membership.id).unwrap_or_else(|| membership.id.clone());
+                let title = (page.describe)(&membership.id).unwrap_or_else(|| membership.id.to_string());
                 let used = if membership.channels.is_empty() {
                     text.used_nowhere.to_owned()
                 } else {
@@ -404,12 +404,12 @@ mod tests {
             }),
             profile: Some(ProfileView {
                 level: PersonalizationLevel::Full,
-                channels: vec!["web".to_owned()],
+                channels: vec!["web".into()],
                 segments: vec![Membership {
-                    id: "near_store".to_owned(),
+                    id: "near_store".into(),
                     since: 1_796_169_600_000,
                     reason: reason.to_owned(),
-                    channels: vec!["web".to_owned()],
+                    channels: vec!["web".into()],
                     arm: None,
                 }],
             }),

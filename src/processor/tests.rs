@@ -6,13 +6,14 @@ use crate::codec::DecodeError;
 use crate::consent::minimise::{coarsen, eligible};
 use crate::consent::Purposes;
 use crate::model::{
-    BrowseEvent, EventConsent, LocationEvent, PersonalizationLevel, ProfileUpdate, PurchaseEvent, PurchaseItem,
+    BrowseEvent, EventConsent, LocationEvent, Name, PersonalizationLevel, ProfileUpdate, PurchaseEvent, PurchaseItem,
 };
 use crate::segments::engine::{evaluate, render_reason};
 use crate::state::{
     hash_present, hash_value, insert_by_time, BrowseFact, History, ItemFact, LocationFact, PurchaseFact, MAX_CAPTURES,
 };
 use crate::time::{DAY_MS as DAY, HOUR_MS as HOUR, MINUTE_MS as MINUTE};
+use compact_str::CompactString;
 use proptest::prelude::*;
 use serde::Serialize;
 
@@ -83,6 +84,14 @@ fn harness_with_sensitive(sensitive: &[&str]) -> Harness {
 
 fn strings(list: &[&str]) -> Vec<String> {
     list.iter().map(|item| (*item).to_owned()).collect()
+}
+
+fn ids(list: &[&str]) -> Vec<CompactString> {
+    list.iter().map(|&id| id.into()).collect()
+}
+
+fn names(list: &[&str]) -> Vec<Name> {
+    list.iter().map(|item| Name::from((*item).to_owned())).collect()
 }
 
 fn browse_event(user: &str, ts: i64, category: Option<&str>) -> BrowseEvent {
@@ -236,7 +245,7 @@ fn rejected(processed: Processed, rejection: Rejection) {
 }
 
 fn membership(id: &str, since: i64, reason: &str, channels: &[&str]) -> Membership {
-    Membership { id: id.to_owned(), since, reason: reason.to_owned(), channels: strings(channels), arm: None }
+    Membership { id: id.into(), since, reason: reason.to_owned(), channels: names(channels), arm: None }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -251,14 +260,14 @@ fn expected(
     exited: &[&str],
 ) -> ProfileUpdate {
     ProfileUpdate {
-        user_id: user.to_owned(),
+        user_id: user.into(),
         version,
         ts,
         level,
-        channels: strings(channels),
+        channels: names(channels),
         segments,
-        entered: strings(entered),
-        exited: strings(exited),
+        entered: ids(entered),
+        exited: ids(exited),
     }
 }
 
@@ -338,10 +347,7 @@ fn running_browser_exits_when_its_views_leave_the_seven_day_window() {
     let still = h.browse("u1", T0 + 7 * DAY - 1, None);
     // new_visitor → returning_visitor (a second day), running_browser unchanged.
     let still = update(still);
-    assert_eq!(
-        (still.entered.clone(), still.exited.clone()),
-        (strings(&["returning_visitor"]), strings(&["new_visitor"]))
-    );
+    assert_eq!((still.entered.clone(), still.exited.clone()), (ids(&["returning_visitor"]), ids(&["new_visitor"])));
     assert!(still
         .segments
         .iter()
@@ -520,8 +526,9 @@ fn without_precise_location_coordinates_are_coarsened_and_near_store_is_never_en
     for ((lat, lon), (cell_lat, cell_lon)) in kept.iter().zip(expected_cells) {
         assert!((lat - cell_lat).abs() < 1e-9 && (lon - cell_lon).abs() < 1e-9, "{lat},{lon}");
     }
-    let ids: Vec<String> = h.processor.memberships("u8").unwrap().into_iter().map(|member| member.id).collect();
-    assert_eq!(ids, strings(&["in_berlin"]), "never near_store");
+    let segments: Vec<CompactString> =
+        h.processor.memberships("u8").unwrap().into_iter().map(|member| member.id).collect();
+    assert_eq!(segments, ["in_berlin"], "never near_store");
 
     // Granting precise location later makes near_store eligible, but the stored
     // fixes stay coarse (about 1.5 km from the Berlin store): not entered.
@@ -1256,7 +1263,7 @@ fn a_later_nearby_fix_moves_the_exit_and_the_earlier_timer_is_stale() {
     let outputs = harness.processor.advance_to(EventTime(T0 + 90 * MINUTE), NOW);
     assert_eq!(outputs.len(), 1);
     let Output::Update(exit) = &outputs[0] else { panic!("an update") };
-    assert_eq!((exit.exited.clone(), exit.ts), (strings(&["near_store"]), T0 + 90 * MINUTE));
+    assert_eq!((exit.exited.clone(), exit.ts), (ids(&["near_store"]), T0 + 90 * MINUTE));
 }
 
 #[test]
@@ -1442,7 +1449,7 @@ proptest! {
             // anywhere from the last change point to it, the result is the same.
             let now = newest.max(watermark);
             let published: Vec<(String, String)> = {
-                let mut members: Vec<(String, String)> = h.processor.memberships("u").unwrap_or_default().into_iter().map(|member| (member.id, member.reason)).collect();
+                let mut members: Vec<(String, String)> = h.processor.memberships("u").unwrap_or_default().into_iter().map(|member| (member.id.into(), member.reason)).collect();
                 members.sort();
                 members
             };
@@ -1702,7 +1709,7 @@ fn an_event_behind_its_partitions_watermark_is_applied_at_the_watermark_unless_n
     // is evaluated then, not back at the event's own time.
     let watermark = T0 + 10 + 30 * DAY - 1;
     let applied = update(browse_with_watermark(watermark));
-    assert_eq!((applied.ts, applied.entered.clone()), (watermark, vec!["new_visitor".to_owned()]));
+    assert_eq!((applied.ts, applied.entered.clone()), (watermark, ids(&["new_visitor"])));
     assert_eq!(applied.segments[0].reason, "Visited on 1 day in the last 30 days.");
     assert_eq!(h.state("u").history.browses.len(), 1);
     // The browse leaves the window one millisecond later: a timer says so.
@@ -1785,7 +1792,7 @@ fn a_segment_removed_by_a_reload_is_exited_and_a_changed_one_re_evaluated() {
     h.consent("u", &EVERYTHING, PersonalizationLevel::Full, T0);
     h.browse("u", T0, Some("books"));
     let entered = update(h.browse("u", T0 + MINUTE, Some("books")));
-    assert!(entered.entered.contains(&"bookworm".to_owned()));
+    assert!(entered.entered.contains(&"bookworm".into()));
     let stricter = BOOKWORM.replace("at_least = 2", "at_least = 3");
     let reloaded = h.processor.reload(catalogue_with(&stricter), NOW);
     assert_eq!(reloaded.report.changed, vec!["bookworm"]);

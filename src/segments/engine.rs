@@ -2,6 +2,7 @@
 //! Pure: time comes in as an argument.
 
 use super::definition::{Field, Filter, Measure, Rule, Segment, Source, TemplatePart};
+use crate::model::Name;
 use crate::state::{BrowseFact, History, ItemFact, LocationFact, PurchaseFact};
 use crate::time::DAY_MS;
 use smallvec::SmallVec;
@@ -362,8 +363,8 @@ pub fn render_reason(parts: &[TemplatePart], captures: &[f64]) -> String {
 
 /// The experiment arm of `user_id` in `segment`: deterministic, so stable
 /// across restarts and instances.
-pub fn arm(segment: &Segment, user_id: &str) -> Option<String> {
-    in_holdout(segment, user_id).map(|holdout| if holdout { "holdout" } else { "treatment" }.to_owned())
+pub fn arm(segment: &Segment, user_id: &str) -> Option<Name> {
+    in_holdout(segment, user_id).map(|holdout| Name::Borrowed(if holdout { "holdout" } else { "treatment" }))
 }
 
 /// Whether `user_id` is in the holdout of `segment`; `None` without an experiment.

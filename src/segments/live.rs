@@ -11,6 +11,7 @@ use crate::experiments::{ExperimentCounts, Experiments};
 use crate::model::{Event, Membership, PersonalizationLevel};
 use crate::state::{PublishedMember, PublishedProfile, Retention};
 use crate::time::{EventTime, DAY_MS};
+use compact_str::CompactString;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 /// The segments in force and what is counted per segment.
@@ -164,7 +165,7 @@ impl Segments {
             .map(|member| {
                 let segment = self.catalogue.segment(member.segment);
                 Membership {
-                    id: segment.id.clone(),
+                    id: CompactString::new(&segment.id),
                     since: member.since,
                     reason: render_reason(&segment.reason, &member.figures),
                     channels: member.channels.channel_names(),

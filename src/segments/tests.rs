@@ -6,6 +6,7 @@ use super::definition::{Comparison, Field, Filter, Measure, Rule, Source, Templa
 use super::engine::{arm, distance_m, evaluate, measure, render_reason};
 use super::*;
 use crate::consent::{Purpose, Purposes};
+use crate::model::Name;
 use crate::state::{hash_value, BrowseFact, History, ItemFact, LocationFact, PurchaseFact, Retention};
 use proptest::prelude::*;
 
@@ -85,12 +86,12 @@ fn category_filter(category: &str) -> Filter {
 #[test]
 fn the_bundled_catalogue_parses_with_the_expected_segments() {
     let catalogue = Catalogue::default_catalogue(&["prenatal".to_owned()], MAX_RETENTION);
-    let summary: Vec<(&str, Tier, Vec<String>, Option<f64>)> = catalogue
+    let summary: Vec<(&str, Tier, Vec<Name>, Option<f64>)> = catalogue
         .segments
         .iter()
         .map(|segment| (segment.id.as_str(), segment.tier, segment.channels.channel_names(), segment.holdout))
         .collect();
-    let names = |list: &[&str]| list.iter().map(|name| (*name).to_owned()).collect::<Vec<_>>();
+    let names = |list: &[&str]| list.iter().map(|name| Name::from((*name).to_owned())).collect::<Vec<_>>();
     assert_eq!(
         summary,
         vec![
@@ -741,8 +742,8 @@ fn arms_are_absent_without_a_holdout_and_fixed_across_calls() {
     assert_eq!(arm(&with_holdout("promo", None), "user-1"), None);
     assert_eq!(arm(&with_holdout("promo", Some(0.0)), "user-1").as_deref(), Some("treatment"));
     let segment = with_holdout("promo", Some(0.5));
-    let arms: Vec<Option<String>> = (0..20).map(|index| arm(&segment, &format!("u{index}"))).collect();
-    let again: Vec<Option<String>> = (0..20).map(|index| arm(&segment, &format!("u{index}"))).collect();
+    let arms: Vec<Option<Name>> = (0..20).map(|index| arm(&segment, &format!("u{index}"))).collect();
+    let again: Vec<Option<Name>> = (0..20).map(|index| arm(&segment, &format!("u{index}"))).collect();
     assert_eq!(arms, again);
 }
 

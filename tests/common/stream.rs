@@ -6,6 +6,7 @@
 
 use super::{bootstrap, now_ms, read_all, PipelineOptions, Producer, Topics};
 use rdkafka::message::Message;
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 use tactful::codec::Codec;
@@ -125,11 +126,14 @@ fn expected(inputs: &[Input], lateness_ms: i64) -> BTreeMap<String, Option<Profi
     for input in inputs {
         let profile = processor.explain(&input.key).and_then(|explanation| explanation.profile).map(|view| Profile {
             level: view.level.as_str().to_owned(),
-            channels: view.channels,
+            channels: view.channels.into_iter().map(Cow::into_owned).collect(),
             segments: view
                 .segments
                 .into_iter()
-                .map(|member| (member.id, member.reason, member.channels, member.arm))
+                .map(|member| {
+                    let channels = member.channels.into_iter().map(Cow::into_owned).collect();
+                    (member.id.into(), member.reason, channels, member.arm.map(Cow::into_owned))
+                })
                 .collect(),
         });
         profiles.insert(input.key.clone(), profile);
