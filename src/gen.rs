@@ -119,8 +119,8 @@ fn population(options: &GenOptions) -> Population {
 /// `kind`. Deliberately bad records are left out: a JSON line cannot carry a
 /// wrong key or garbage bytes.
 pub fn write_json_lines(options: &GenOptions, path: &std::path::Path) -> std::io::Result<u64> {
-    use crate::codec::{Codec, Decoded};
-    use crate::model::Event;
+    use crate::codec::Codec;
+    use crate::model::{BrowseEvent, ConsentChange, LocationEvent, PurchaseEvent};
     use std::io::Write;
     let codec = Codec::new(&[]).map_err(std::io::Error::other)?;
     let mut population = population(options);
@@ -132,13 +132,13 @@ pub fn write_json_lines(options: &GenOptions, path: &std::path::Path) -> std::io
         let line = match &record.value {
             None => serde_json::json!({"kind": "consent", "user_id": record.key, "tombstone": true}),
             Some(bytes) => {
-                let (user_id, mut json) = match codec.decode(record.kind, bytes).map(|(decoded, _)| decoded) {
-                    Ok(Decoded::Event(Event::Browse(event))) => (event.user_id.clone(), serde_json::to_value(event)?),
-                    Ok(Decoded::Event(Event::Purchase(event))) => (event.user_id.clone(), serde_json::to_value(event)?),
-                    Ok(Decoded::Event(Event::Location(event))) => (event.user_id.clone(), serde_json::to_value(event)?),
-                    Ok(Decoded::Consent(change)) => (change.user_id.clone(), serde_json::to_value(change)?),
-                    Err(_) => continue,
+                let written = match record.kind {
+                    InputKind::Browse => as_written::<BrowseEvent>(&codec, record.kind, bytes, |e| &e.user_id),
+                    InputKind::Purchase => as_written::<PurchaseEvent>(&codec, record.kind, bytes, |e| &e.user_id),
+                    InputKind::Location => as_written::<LocationEvent>(&codec, record.kind, bytes, |e| &e.user_id),
+                    InputKind::Consent => as_written::<ConsentChange>(&codec, record.kind, bytes, |c| &c.user_id),
                 };
+                let Some((user_id, mut json)) = written.transpose()? else { continue };
                 if user_id != record.key {
                     continue;
                 }
@@ -152,6 +152,18 @@ pub fn write_json_lines(options: &GenOptions, path: &std::path::Path) -> std::io
     }
     out.flush()?;
     Ok(written)
+}
+
+/// A record decoded as written (every field) as JSON, with its user id;
+/// `None` for a deliberately bad record, which does not decode.
+fn as_written<T: serde::de::DeserializeOwned + serde::Serialize>(
+    codec: &crate::codec::Codec,
+    kind: InputKind,
+    bytes: &[u8],
+    user_id: impl Fn(&T) -> &String,
+) -> Option<serde_json::Result<(String, serde_json::Value)>> {
+    let record: T = codec.decode_written(kind, bytes).ok()?;
+    Some(serde_json::to_value(&record).map(|json| (user_id(&record).clone(), json)))
 }
 
 fn create_inputs(

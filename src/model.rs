@@ -2,7 +2,10 @@
 //!
 //! Field names match the Avro schemas in `schemas/` exactly, so one serde
 //! derive serves JSON input, Avro input (through `apache_avro::from_value`) and
-//! Avro output.
+//! Avro output. The event records come in two shapes: as written (every
+//! field, for what writes or rewrites records) and as read (`BrowseRead`
+//! and its kin: what the pipeline keeps or checks, decoded without an
+//! allocation for the fields it never keeps).
 
 use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
@@ -185,15 +188,221 @@ pub struct ProfileUpdate {
     pub exited: Vec<CompactString>,
 }
 
-/// One decoded input event of any of the three event topics.
+/// A string of the contract that tactful checks is a string and never
+/// keeps: read past without an allocation.
+struct Unkept;
+
+impl<'de> Deserialize<'de> for Unkept {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Unkept;
+            fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                formatter.write_str("a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Unkept, E> {
+                Ok(Unkept)
+            }
+        }
+        deserializer.deserialize_str(Visitor)
+    }
+}
+
+/// Reads a field that is not kept as a `T`, checking its type, and keeps nothing.
+fn checked<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(deserializer: D) -> Result<(), D::Error> {
+    T::deserialize(deserializer).map(drop)
+}
+
+/// What tactful reads of a page view ([`BrowseEvent`]): the fields it keeps
+/// or checks, short strings inline. `event_id`, `session_id` and `url` are
+/// checked and never held.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct BrowseRead {
+    #[serde(rename = "event_id", deserialize_with = "checked::<_, Unkept>")]
+    _event_id: (),
+    /// The user the page view belongs to; must equal the record key.
+    pub user_id: CompactString,
+    /// Event time, epoch milliseconds UTC.
+    pub ts: i64,
+    #[serde(default, rename = "session_id", deserialize_with = "checked::<_, Option<Unkept>>")]
+    _session_id: (),
+    /// Kind of page viewed.
+    pub page_type: CompactString,
+    /// The product shown, on product pages.
+    #[serde(default)]
+    pub product_id: Option<CompactString>,
+    /// The product category shown.
+    #[serde(default)]
+    pub category: Option<CompactString>,
+    #[serde(default, rename = "url", deserialize_with = "checked::<_, Option<Unkept>>")]
+    _url: (),
+    /// The consent signals the device sent with the event.
+    #[serde(default)]
+    pub consent: Option<EventConsent>,
+}
+
+/// What tactful reads of an order line ([`PurchaseItem`]): all of it.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct ItemRead {
+    /// The product bought.
+    pub product_id: CompactString,
+    /// The product's category.
+    pub category: CompactString,
+    /// Units of the product in the order.
+    pub quantity: i32,
+    /// Price of one unit, in cents of the order's currency.
+    pub price_cents: i64,
+}
+
+/// What tactful reads of an order ([`PurchaseEvent`]); `event_id` and
+/// `order_id` are checked and never held.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct PurchaseRead {
+    #[serde(rename = "event_id", deserialize_with = "checked::<_, Unkept>")]
+    _event_id: (),
+    /// The buyer; must equal the record key.
+    pub user_id: CompactString,
+    /// Event time of the order, epoch milliseconds UTC.
+    pub ts: i64,
+    #[serde(rename = "order_id", deserialize_with = "checked::<_, Unkept>")]
+    _order_id: (),
+    /// ISO 4217 code of the currency all the order's amounts are in.
+    pub currency: CompactString,
+    /// What the order cost in total, in cents of `currency`.
+    pub total_cents: i64,
+    /// The order's lines; may be empty.
+    pub items: Vec<ItemRead>,
+    /// The consent signals the device sent with the event.
+    #[serde(default)]
+    pub consent: Option<EventConsent>,
+}
+
+/// What tactful reads of a location fix ([`LocationEvent`]); `event_id` is
+/// checked and never held, `accuracy_m` checked and not kept.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct LocationRead {
+    #[serde(rename = "event_id", deserialize_with = "checked::<_, Unkept>")]
+    _event_id: (),
+    /// The device's user; must equal the record key.
+    pub user_id: CompactString,
+    /// Event time of the fix, epoch milliseconds UTC.
+    pub ts: i64,
+    /// Latitude in degrees (WGS 84).
+    pub lat: f64,
+    /// Longitude in degrees (WGS 84).
+    pub lon: f64,
+    #[serde(default, rename = "accuracy_m", deserialize_with = "checked::<_, Option<f32>>")]
+    _accuracy_m: (),
+    /// The consent signals the device sent with the event.
+    #[serde(default)]
+    pub consent: Option<EventConsent>,
+}
+
+impl BrowseRead {
+    /// Read from the contract's field order (the Avro reader); the unkept
+    /// fields were read past.
+    pub(crate) fn from_fields(
+        user_id: CompactString,
+        ts: i64,
+        page_type: CompactString,
+        product_id: Option<CompactString>,
+        category: Option<CompactString>,
+        consent: Option<EventConsent>,
+    ) -> Self {
+        Self { _event_id: (), user_id, ts, _session_id: (), page_type, product_id, category, _url: (), consent }
+    }
+}
+
+impl PurchaseRead {
+    /// As [`BrowseRead::from_fields`].
+    pub(crate) fn from_fields(
+        user_id: CompactString,
+        ts: i64,
+        currency: CompactString,
+        total_cents: i64,
+        items: Vec<ItemRead>,
+        consent: Option<EventConsent>,
+    ) -> Self {
+        Self { _event_id: (), user_id, ts, _order_id: (), currency, total_cents, items, consent }
+    }
+}
+
+impl LocationRead {
+    /// As [`BrowseRead::from_fields`].
+    pub(crate) fn from_fields(
+        user_id: CompactString,
+        ts: i64,
+        lat: f64,
+        lon: f64,
+        consent: Option<EventConsent>,
+    ) -> Self {
+        Self { _event_id: (), user_id, ts, lat, lon, _accuracy_m: (), consent }
+    }
+}
+
+impl From<BrowseEvent> for BrowseRead {
+    fn from(event: BrowseEvent) -> Self {
+        let product_id = event.product_id.map(CompactString::from);
+        let category = event.category.map(CompactString::from);
+        Self::from_fields(event.user_id.into(), event.ts, event.page_type.into(), product_id, category, event.consent)
+    }
+}
+
+impl From<PurchaseItem> for ItemRead {
+    fn from(item: PurchaseItem) -> Self {
+        let (product_id, category) = (item.product_id.into(), item.category.into());
+        Self { product_id, category, quantity: item.quantity, price_cents: item.price_cents }
+    }
+}
+
+impl From<PurchaseEvent> for PurchaseRead {
+    fn from(event: PurchaseEvent) -> Self {
+        let items = event.items.into_iter().map(ItemRead::from).collect();
+        Self::from_fields(
+            event.user_id.into(),
+            event.ts,
+            event.currency.into(),
+            event.total_cents,
+            items,
+            event.consent,
+        )
+    }
+}
+
+impl From<LocationEvent> for LocationRead {
+    fn from(event: LocationEvent) -> Self {
+        Self::from_fields(event.user_id.into(), event.ts, event.lat, event.lon, event.consent)
+    }
+}
+
+/// One decoded input event of any of the three event topics, as tactful
+/// reads it: what is kept or checked, without the fields it never keeps.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
     /// A page view, from the browse topic.
-    Browse(BrowseEvent),
+    Browse(BrowseRead),
     /// An order, from the purchase topic.
-    Purchase(PurchaseEvent),
+    Purchase(PurchaseRead),
     /// A location fix, from the location topic.
-    Location(LocationEvent),
+    Location(LocationRead),
+}
+
+impl From<BrowseEvent> for Event {
+    fn from(event: BrowseEvent) -> Self {
+        Self::Browse(event.into())
+    }
+}
+
+impl From<PurchaseEvent> for Event {
+    fn from(event: PurchaseEvent) -> Self {
+        Self::Purchase(event.into())
+    }
+}
+
+impl From<LocationEvent> for Event {
+    fn from(event: LocationEvent) -> Self {
+        Self::Location(event.into())
+    }
 }
 
 impl Event {

@@ -9,8 +9,8 @@ mod common;
 
 use common::stream::{self, Input};
 use common::{http_get, Pipeline, PipelineOptions, Topics};
-use tactful::codec::{Codec, Decoded};
-use tactful::model::{Event, InputKind};
+use tactful::codec::Codec;
+use tactful::model::{BrowseEvent, InputKind};
 
 const SEED: u64 = 90;
 const DEFAULT_LATENESS_MS: i64 = 60_000;
@@ -24,14 +24,16 @@ fn with_long_urls(inputs: Vec<Input>) -> Vec<Input> {
     let url = format!("https://shop.example/{}", "p".repeat(1_000));
     inputs
         .into_iter()
-        .map(|input| match (&input.kind, input.value.as_deref().map(|value| codec.decode(input.kind, value))) {
-            (InputKind::Browse, Some(Ok((Decoded::Event(Event::Browse(mut browse)), _)))) => {
-                browse.url = Some(url.clone());
-                let mut value = Vec::new();
-                codec.encode_input(InputKind::Browse, &browse, &mut value).unwrap();
-                Input { value: Some(value), ..input }
-            }
-            _ => input,
+        .map(|input| {
+            let browse = match (input.kind, input.value.as_deref()) {
+                (InputKind::Browse, Some(value)) => codec.decode_written::<BrowseEvent>(InputKind::Browse, value).ok(),
+                _ => None,
+            };
+            let Some(browse) = browse else { return input };
+            let mut value = Vec::new();
+            let browse = BrowseEvent { url: Some(url.clone()), ..browse };
+            codec.encode_input(InputKind::Browse, &browse, &mut value).unwrap();
+            Input { value: Some(value), ..input }
         })
         .collect()
 }

@@ -98,6 +98,14 @@ pub enum FingerprintKind {
     Legacy,
 }
 
+/// The fingerprint of a single-object value (after the marker) and its datum.
+fn split_fingerprint(after_marker: &[u8]) -> Result<(u64, &[u8]), DecodeError> {
+    let Some((fingerprint, datum)) = after_marker.split_first_chunk::<8>() else {
+        return Err(DecodeError::Truncated("single-object fingerprint shorter than 8 bytes"));
+    };
+    Ok((u64::from_le_bytes(*fingerprint), datum))
+}
+
 /// Known writer schemas and the reader schemas of the contract.
 pub struct SchemaCatalogue {
     /// Writer schemas by fingerprint, standard and legacy.
@@ -148,10 +156,7 @@ impl SchemaCatalogue {
         kind: InputKind,
         after_marker: &[u8],
     ) -> Result<(T, FingerprintKind), DecodeError> {
-        let Some((fingerprint_bytes, datum)) = after_marker.split_first_chunk::<8>() else {
-            return Err(DecodeError::Truncated("single-object fingerprint shorter than 8 bytes"));
-        };
-        let fingerprint = u64::from_le_bytes(*fingerprint_bytes);
+        let (fingerprint, datum) = split_fingerprint(after_marker)?;
         let reader = self.reader(kind);
         if fingerprint == reader.known.fingerprint {
             return Ok((decode_direct(datum)?, FingerprintKind::Standard));
@@ -162,6 +167,19 @@ impl SchemaCatalogue {
         let (writer, fingerprint_kind) =
             self.writers.get(&fingerprint).ok_or(DecodeError::UnknownFingerprint(fingerprint))?;
         Ok((self.decode_resolved(kind, writer, datum)?, *fingerprint_kind))
+    }
+
+    /// Decodes the part of a single-object value after the `C3 01` marker
+    /// into the record as written, every field (e.g. `BrowseEvent`), through
+    /// apache-avro: for tools that rewrite records, not for the pipeline.
+    pub fn decode_single_object_written<T: DeserializeOwned>(
+        &self,
+        kind: InputKind,
+        after_marker: &[u8],
+    ) -> Result<T, DecodeError> {
+        let (fingerprint, datum) = split_fingerprint(after_marker)?;
+        let (writer, _) = self.writers.get(&fingerprint).ok_or(DecodeError::UnknownFingerprint(fingerprint))?;
+        self.decode_resolved(kind, writer, datum)
     }
 
     /// Decodes a datum written with `writer` (a registry's schema): directly

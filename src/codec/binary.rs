@@ -5,7 +5,9 @@
 //! the reader schema — about 4 µs per browse event here, more than the whole
 //! per-event budget. When a record's writer schema *is* the contract schema
 //! (same fingerprint, the common case) the layout is known, so these readers
-//! decode straight into the model types. Any other writer schema (schema
+//! decode straight into what tactful reads of an event (`BrowseRead` and its
+//! kin): short strings inline, the fields it never keeps checked (UTF-8)
+//! and read past, so a decoded event allocates nothing but its order lines. Any other writer schema (schema
 //! evolution) still goes through apache-avro's resolution.
 //!
 //! The writer for `ProfileUpdate` is direct for the same reason (apache-avro's
@@ -14,9 +16,10 @@
 
 use super::DecodeError;
 use crate::model::{
-    BrowseEvent, ConsentChange, EventConsent, LocationEvent, Membership, PersonalizationLevel, ProfileUpdate,
-    PurchaseEvent, PurchaseItem,
+    BrowseRead, ConsentChange, EventConsent, ItemRead, LocationRead, Membership, PersonalizationLevel, ProfileUpdate,
+    PurchaseRead,
 };
+use compact_str::CompactString;
 
 /// Reads Avro binary primitives from a byte slice, never past its end.
 pub struct Cursor<'a> {
@@ -74,10 +77,24 @@ impl<'a> Cursor<'a> {
         usize::try_from(self.long()?).map_err(|_| malformed("negative length"))
     }
 
-    pub fn string(&mut self) -> Result<String, DecodeError> {
+    fn str(&mut self) -> Result<&'a str, DecodeError> {
         let length = self.length()?;
         let bytes = self.take(length)?;
-        std::str::from_utf8(bytes).map(str::to_owned).map_err(|_| malformed("string is not UTF-8"))
+        std::str::from_utf8(bytes).map_err(|_| malformed("string is not UTF-8"))
+    }
+
+    pub fn string(&mut self) -> Result<String, DecodeError> {
+        self.str().map(str::to_owned)
+    }
+
+    /// A string held inline when it is short (ids, names).
+    pub fn short_string(&mut self) -> Result<CompactString, DecodeError> {
+        self.str().map(CompactString::new)
+    }
+
+    /// A string read past and checked (UTF-8), not kept.
+    pub fn skip_string(&mut self) -> Result<(), DecodeError> {
+        self.str().map(drop)
     }
 
     pub fn boolean(&mut self) -> Result<bool, DecodeError> {
@@ -150,55 +167,51 @@ fn event_consent(cursor: &mut Cursor<'_>) -> Result<Option<EventConsent>, Decode
     cursor.optional(|cursor| Ok(EventConsent { tcf: cursor.optional(Cursor::string)?, gpc: cursor.boolean()? }))
 }
 
-impl ReadAvro for BrowseEvent {
+impl ReadAvro for BrowseRead {
     fn read_avro(cursor: &mut Cursor<'_>) -> Result<Self, DecodeError> {
-        Ok(Self {
-            event_id: cursor.string()?,
-            user_id: cursor.string()?,
-            ts: cursor.long()?,
-            session_id: cursor.optional(Cursor::string)?,
-            page_type: cursor.string()?,
-            product_id: cursor.optional(Cursor::string)?,
-            category: cursor.optional(Cursor::string)?,
-            url: cursor.optional(Cursor::string)?,
-            consent: event_consent(cursor)?,
-        })
+        cursor.skip_string()?; // event_id
+        let user_id = cursor.short_string()?;
+        let ts = cursor.long()?;
+        cursor.optional(Cursor::skip_string)?; // session_id
+        let page_type = cursor.short_string()?;
+        let product_id = cursor.optional(Cursor::short_string)?;
+        let category = cursor.optional(Cursor::short_string)?;
+        cursor.optional(Cursor::skip_string)?; // url
+        let consent = event_consent(cursor)?;
+        Ok(Self::from_fields(user_id, ts, page_type, product_id, category, consent))
     }
 }
 
-impl ReadAvro for PurchaseEvent {
+impl ReadAvro for PurchaseRead {
     fn read_avro(cursor: &mut Cursor<'_>) -> Result<Self, DecodeError> {
-        Ok(Self {
-            event_id: cursor.string()?,
-            user_id: cursor.string()?,
-            ts: cursor.long()?,
-            order_id: cursor.string()?,
-            currency: cursor.string()?,
-            total_cents: cursor.long()?,
-            items: cursor.array(|cursor| {
-                Ok(PurchaseItem {
-                    product_id: cursor.string()?,
-                    category: cursor.string()?,
-                    quantity: cursor.int()?,
-                    price_cents: cursor.long()?,
-                })
-            })?,
-            consent: event_consent(cursor)?,
-        })
+        cursor.skip_string()?; // event_id
+        let user_id = cursor.short_string()?;
+        let ts = cursor.long()?;
+        cursor.skip_string()?; // order_id
+        let currency = cursor.short_string()?;
+        let total_cents = cursor.long()?;
+        let items = cursor.array(|cursor| {
+            Ok(ItemRead {
+                product_id: cursor.short_string()?,
+                category: cursor.short_string()?,
+                quantity: cursor.int()?,
+                price_cents: cursor.long()?,
+            })
+        })?;
+        let consent = event_consent(cursor)?;
+        Ok(Self::from_fields(user_id, ts, currency, total_cents, items, consent))
     }
 }
 
-impl ReadAvro for LocationEvent {
+impl ReadAvro for LocationRead {
     fn read_avro(cursor: &mut Cursor<'_>) -> Result<Self, DecodeError> {
-        Ok(Self {
-            event_id: cursor.string()?,
-            user_id: cursor.string()?,
-            ts: cursor.long()?,
-            lat: cursor.double()?,
-            lon: cursor.double()?,
-            accuracy_m: cursor.optional(Cursor::float)?,
-            consent: event_consent(cursor)?,
-        })
+        cursor.skip_string()?; // event_id
+        let user_id = cursor.short_string()?;
+        let ts = cursor.long()?;
+        let (lat, lon) = (cursor.double()?, cursor.double()?);
+        cursor.optional(Cursor::float)?; // accuracy_m
+        let consent = event_consent(cursor)?;
+        Ok(Self::from_fields(user_id, ts, lat, lon, consent))
     }
 }
 
@@ -277,7 +290,7 @@ pub fn write_profile_update(update: &ProfileUpdate, out: &mut Vec<u8>) {
 mod tests {
     use super::*;
     use crate::codec::Codec;
-    use crate::model::{InputKind, Name};
+    use crate::model::{BrowseEvent, InputKind, LocationEvent, Name, PurchaseEvent, PurchaseItem};
     use proptest::prelude::*;
 
     /// Decodes `bytes` (single-object) through apache-avro's generic path.
@@ -304,9 +317,9 @@ mod tests {
             let event = BrowseEvent { event_id: ids.0, user_id: ids.1, ts, session_id, page_type, product_id, category, url, consent };
             let mut bytes = Vec::new();
             Codec::new(&[]).unwrap().encode_input(InputKind::Browse, &event, &mut bytes).unwrap();
-            let direct = BrowseEvent::read_avro(&mut Cursor::new(&bytes[10..])).unwrap();
-            prop_assert_eq!(&direct, &event);
-            prop_assert_eq!(direct, generic::<BrowseEvent>(crate::codec::BROWSE_SCHEMA, &bytes));
+            let direct = BrowseRead::read_avro(&mut Cursor::new(&bytes[10..])).unwrap();
+            prop_assert_eq!(&direct, &BrowseRead::from(event));
+            prop_assert_eq!(direct, generic::<BrowseRead>(crate::codec::BROWSE_SCHEMA, &bytes));
         }
 
         #[test]
@@ -322,19 +335,19 @@ mod tests {
             let codec = Codec::new(&[]).unwrap();
             let mut bytes = Vec::new();
             codec.encode_input(InputKind::Purchase, &purchase, &mut bytes).unwrap();
-            let direct = PurchaseEvent::read_avro(&mut Cursor::new(&bytes[10..])).unwrap();
-            prop_assert_eq!(&direct, &purchase);
-            prop_assert_eq!(direct, generic::<PurchaseEvent>(crate::codec::PURCHASE_SCHEMA, &bytes));
+            let direct = PurchaseRead::read_avro(&mut Cursor::new(&bytes[10..])).unwrap();
+            prop_assert_eq!(&direct, &PurchaseRead::from(purchase));
+            prop_assert_eq!(direct, generic::<PurchaseRead>(crate::codec::PURCHASE_SCHEMA, &bytes));
 
             let location = LocationEvent { event_id: "e".to_owned(), user_id: "u".to_owned(), ts: -5, lat, lon, accuracy_m, consent };
             bytes.clear();
             codec.encode_input(InputKind::Location, &location, &mut bytes).unwrap();
-            let direct = LocationEvent::read_avro(&mut Cursor::new(&bytes[10..])).unwrap();
-            let generic = generic::<LocationEvent>(crate::codec::LOCATION_SCHEMA, &bytes);
+            let direct = LocationRead::read_avro(&mut Cursor::new(&bytes[10..])).unwrap();
+            let generic = generic::<LocationRead>(crate::codec::LOCATION_SCHEMA, &bytes);
             // Compare bit patterns: NaN is not equal to itself.
-            prop_assert_eq!((direct.lat.to_bits(), direct.lon.to_bits(), direct.accuracy_m.map(f32::to_bits)), (lat.to_bits(), lon.to_bits(), accuracy_m.map(f32::to_bits)));
-            prop_assert_eq!((generic.lat.to_bits(), generic.lon.to_bits(), generic.accuracy_m.map(f32::to_bits)), (lat.to_bits(), lon.to_bits(), accuracy_m.map(f32::to_bits)));
-            prop_assert_eq!(direct.consent, generic.consent);
+            prop_assert_eq!((direct.lat.to_bits(), direct.lon.to_bits()), (lat.to_bits(), lon.to_bits()));
+            prop_assert_eq!((generic.lat.to_bits(), generic.lon.to_bits()), (lat.to_bits(), lon.to_bits()));
+            prop_assert_eq!((&direct.user_id, direct.ts, &direct.consent), (&generic.user_id, generic.ts, &generic.consent));
         }
     }
 

@@ -191,6 +191,16 @@ impl Codec {
         Ok((wrap(record), encoding))
     }
 
+    /// Decodes a single-object or JSON value of `kind` into the record as
+    /// written, every field (e.g. `BrowseEvent`, where [`Codec::decode`]
+    /// gives what tactful keeps): for tools that rewrite records.
+    pub fn decode_written<T: DeserializeOwned>(&self, kind: InputKind, value: &[u8]) -> Result<T, DecodeError> {
+        match value {
+            [0xC3, 0x01, rest @ ..] => self.schemas.decode_single_object_written(kind, rest),
+            _ => decode_json(value),
+        }
+    }
+
     /// Appends `update` in Avro single-object encoding to `out`.
     pub fn encode_profile(&self, update: &ProfileUpdate, out: &mut Vec<u8>) {
         self.schemas.encode_profile(update, out)

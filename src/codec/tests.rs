@@ -198,16 +198,13 @@ fn json_round_trips_every_input_record_type() {
     let codec = codec();
     for browse in [full_browse(), bare_browse()] {
         let bytes = serde_json::to_vec(&browse).unwrap();
-        assert_eq!(decoded(&codec, InputKind::Browse, &bytes), Ok(Decoded::Event(Event::Browse(browse))));
+        assert_eq!(decoded(&codec, InputKind::Browse, &bytes), Ok(Decoded::Event(Event::from(browse))));
     }
     let bytes = serde_json::to_vec(&purchase()).unwrap();
-    assert_eq!(decoded(&codec, InputKind::Purchase, &bytes), Ok(Decoded::Event(Event::Purchase(purchase()))));
+    assert_eq!(decoded(&codec, InputKind::Purchase, &bytes), Ok(Decoded::Event(Event::from(purchase()))));
     for accuracy in [None, Some(12.5)] {
         let bytes = serde_json::to_vec(&location(accuracy)).unwrap();
-        assert_eq!(
-            decoded(&codec, InputKind::Location, &bytes),
-            Ok(Decoded::Event(Event::Location(location(accuracy))))
-        );
+        assert_eq!(decoded(&codec, InputKind::Location, &bytes), Ok(Decoded::Event(Event::from(location(accuracy)))));
     }
     let bytes = serde_json::to_vec(&consent_change()).unwrap();
     assert_eq!(decoded(&codec, InputKind::Consent, &bytes), Ok(Decoded::Consent(consent_change())));
@@ -217,7 +214,7 @@ fn json_round_trips_every_input_record_type() {
 fn json_with_leading_whitespace_is_json() {
     let mut bytes = b" \n\t".to_vec();
     bytes.extend(serde_json::to_vec(&bare_browse()).unwrap());
-    assert_eq!(decoded(&codec(), InputKind::Browse, &bytes), Ok(Decoded::Event(Event::Browse(bare_browse()))));
+    assert_eq!(decoded(&codec(), InputKind::Browse, &bytes), Ok(Decoded::Event(Event::from(bare_browse()))));
 }
 
 #[test]
@@ -225,16 +222,13 @@ fn avro_single_object_round_trips_every_input_record_type() {
     let codec = codec();
     for browse in [full_browse(), bare_browse()] {
         let bytes = avro_of(BROWSE_AVSC, &browse);
-        assert_eq!(decoded(&codec, InputKind::Browse, &bytes), Ok(Decoded::Event(Event::Browse(browse))));
+        assert_eq!(decoded(&codec, InputKind::Browse, &bytes), Ok(Decoded::Event(Event::from(browse))));
     }
     let bytes = avro_of(PURCHASE_AVSC, &purchase());
-    assert_eq!(decoded(&codec, InputKind::Purchase, &bytes), Ok(Decoded::Event(Event::Purchase(purchase()))));
+    assert_eq!(decoded(&codec, InputKind::Purchase, &bytes), Ok(Decoded::Event(Event::from(purchase()))));
     for accuracy in [None, Some(12.5)] {
         let bytes = avro_of(LOCATION_AVSC, &location(accuracy));
-        assert_eq!(
-            decoded(&codec, InputKind::Location, &bytes),
-            Ok(Decoded::Event(Event::Location(location(accuracy))))
-        );
+        assert_eq!(decoded(&codec, InputKind::Location, &bytes), Ok(Decoded::Event(Event::from(location(accuracy)))));
     }
     for level in [PersonalizationLevel::None, PersonalizationLevel::Light, PersonalizationLevel::Full] {
         let change = ConsentChange { level, ..consent_change() };
@@ -269,7 +263,7 @@ fn a_writer_with_an_added_field_with_default_still_decodes() {
         Err(DecodeError::UnknownFingerprint(fingerprint_of(&writer)))
     );
     let codec = Codec::new(&[writer]).unwrap();
-    assert_eq!(decoded(&codec, InputKind::Browse, &bytes), Ok(Decoded::Event(Event::Browse(full_browse()))));
+    assert_eq!(decoded(&codec, InputKind::Browse, &bytes), Ok(Decoded::Event(Event::from(full_browse()))));
 }
 
 #[test]
@@ -284,7 +278,7 @@ fn a_writer_lacking_optional_fields_still_decodes_them_as_not_given() {
     let bytes = single_object(&writer, Value::Record(fields));
     let codec = Codec::new(&[writer]).unwrap();
     let expected = BrowseEvent { url: None, consent: None, session_id: None, ..full_browse() };
-    assert_eq!(decoded(&codec, InputKind::Browse, &bytes), Ok(Decoded::Event(Event::Browse(expected))));
+    assert_eq!(decoded(&codec, InputKind::Browse, &bytes), Ok(Decoded::Event(Event::from(expected))));
 }
 
 #[test]
@@ -304,7 +298,7 @@ fn a_writer_lacking_a_nested_optional_field_still_decodes() {
     fields.iter_mut().find(|(name, _)| name == "consent").unwrap().1 = consent;
     let bytes = single_object(&writer, Value::Record(fields));
     let codec = Codec::new(&[writer]).unwrap();
-    assert_eq!(decoded(&codec, InputKind::Purchase, &bytes), Ok(Decoded::Event(Event::Purchase(event))));
+    assert_eq!(decoded(&codec, InputKind::Purchase, &bytes), Ok(Decoded::Event(Event::from(event))));
 }
 
 #[test]
@@ -436,7 +430,7 @@ fn confluent_framing_decodes_with_the_registrys_writer_schema_once_fetched() {
     assert_eq!(codec.missing_schema_id(&bytes), None);
     assert_eq!(
         codec.decode(InputKind::Browse, &bytes),
-        Ok((Decoded::Event(Event::Browse(full_browse())), Encoding::Confluent))
+        Ok((Decoded::Event(Event::from(full_browse())), Encoding::Confluent))
     );
     // Schema evolution: a writer with an added field (and no url) resolves.
     let evolved = edited_schema(BROWSE_AVSC, |fields| {
@@ -449,7 +443,7 @@ fn confluent_framing_decodes_with_the_registrys_writer_schema_once_fetched() {
     let bytes = confluent(2, &evolved, Value::Record(fields));
     codec.add_registry_schema(2, Ok(&evolved));
     let expected = BrowseEvent { url: None, ..full_browse() };
-    assert_eq!(decoded(&codec, InputKind::Browse, &bytes), Ok(Decoded::Event(Event::Browse(expected))));
+    assert_eq!(decoded(&codec, InputKind::Browse, &bytes), Ok(Decoded::Event(Event::from(expected))));
 }
 
 #[test]
@@ -512,12 +506,56 @@ fn json_missing_a_required_field_is_missing_field() {
 }
 
 #[test]
+fn fields_never_kept_are_still_checked_as_the_contract_types_them() {
+    let codec = codec();
+    let json_with = |record: serde_json::Value, field: &str, value: Option<serde_json::Value>| {
+        let mut record = record;
+        match value {
+            Some(value) => record[field] = value,
+            None => drop(record.as_object_mut().unwrap().remove(field)),
+        }
+        serde_json::to_vec(&record).unwrap()
+    };
+    let browse = serde_json::to_value(full_browse()).unwrap();
+    let purchase = serde_json::to_value(purchase()).unwrap();
+    let location = serde_json::to_value(location(Some(4.0))).unwrap();
+    for (kind, record, field) in [
+        (InputKind::Browse, &browse, "event_id"),
+        (InputKind::Purchase, &purchase, "order_id"),
+        (InputKind::Location, &location, "event_id"),
+    ] {
+        let error = decoded(&codec, kind, &json_with(record.clone(), field, None)).unwrap_err();
+        assert!(matches!(&error, DecodeError::MissingField(detail) if detail.contains(field)), "{field}: {error:?}");
+    }
+    for (kind, record, field, value) in [
+        (InputKind::Browse, &browse, "event_id", serde_json::json!(7)),
+        (InputKind::Browse, &browse, "session_id", serde_json::json!(false)),
+        (InputKind::Browse, &browse, "url", serde_json::json!(["https://shop.example"])),
+        (InputKind::Purchase, &purchase, "order_id", serde_json::json!({})),
+        (InputKind::Location, &location, "accuracy_m", serde_json::json!("near")),
+    ] {
+        let error = decoded(&codec, kind, &json_with(record.clone(), field, Some(value))).unwrap_err();
+        assert!(matches!(&error, DecodeError::Malformed { encoding: "json", .. }), "{field}: {error:?}");
+    }
+
+    // Avro: a url that is not UTF-8 is malformed, like any string.
+    let mut bytes = avro_of(BROWSE_SCHEMA, &full_browse());
+    let url = full_browse().url.unwrap();
+    let at = bytes.windows(url.len()).position(|window| window == url.as_bytes()).expect("the url is in the datum");
+    bytes[at] = 0xFF;
+    assert_eq!(
+        decoded(&codec, InputKind::Browse, &bytes),
+        Err(DecodeError::Malformed { encoding: "avro", detail: "string is not UTF-8".to_owned() })
+    );
+}
+
+#[test]
 fn json_nulls_and_absent_optionals_both_mean_not_given() {
     let codec = codec();
     let with_nulls = br#"{"event_id":"e-2","user_id":"user-2","ts":1700000000000,"page_type":"home",
         "session_id":null,"product_id":null,"category":null,"url":null,"consent":null}"#;
     let absent = br#"{"event_id":"e-2","user_id":"user-2","ts":1700000000000,"page_type":"home"}"#;
-    let expected = Ok(Decoded::Event(Event::Browse(bare_browse())));
+    let expected = Ok(Decoded::Event(Event::from(bare_browse())));
     assert_eq!(decoded(&codec, InputKind::Browse, with_nulls), expected);
     assert_eq!(decoded(&codec, InputKind::Browse, absent), expected);
 
@@ -532,13 +570,13 @@ fn json_nulls_and_absent_optionals_both_mean_not_given() {
         accuracy_m: None,
         consent: Some(EventConsent { tcf: None, gpc: false }),
     };
-    assert_eq!(decoded(&codec, InputKind::Location, null_tcf), Ok(Decoded::Event(Event::Location(expected))));
+    assert_eq!(decoded(&codec, InputKind::Location, null_tcf), Ok(Decoded::Event(Event::from(expected))));
 }
 
 #[test]
 fn json_fields_unknown_to_the_reader_are_ignored() {
     let json = br#"{"event_id":"e-2","user_id":"user-2","ts":1700000000000,"page_type":"home","new_field":[1,2]}"#;
-    assert_eq!(decoded(&codec(), InputKind::Browse, json), Ok(Decoded::Event(Event::Browse(bare_browse()))));
+    assert_eq!(decoded(&codec(), InputKind::Browse, json), Ok(Decoded::Event(Event::from(bare_browse()))));
 }
 
 #[test]
@@ -587,13 +625,13 @@ fn encoded_inputs_decode_back_to_the_same_records() {
     let mut bytes = Vec::new();
     codec.encode_input(InputKind::Browse, &full_browse(), &mut bytes).unwrap();
     assert_eq!(u64::from_le_bytes(bytes[2..10].try_into().unwrap()), fingerprint_of(BROWSE_AVSC));
-    assert_eq!(decoded(&codec, InputKind::Browse, &bytes), Ok(Decoded::Event(Event::Browse(full_browse()))));
+    assert_eq!(decoded(&codec, InputKind::Browse, &bytes), Ok(Decoded::Event(Event::from(full_browse()))));
     bytes.clear();
     codec.encode_input(InputKind::Purchase, &purchase(), &mut bytes).unwrap();
-    assert_eq!(decoded(&codec, InputKind::Purchase, &bytes), Ok(Decoded::Event(Event::Purchase(purchase()))));
+    assert_eq!(decoded(&codec, InputKind::Purchase, &bytes), Ok(Decoded::Event(Event::from(purchase()))));
     bytes.clear();
     codec.encode_input(InputKind::Location, &location(Some(4.0)), &mut bytes).unwrap();
-    assert_eq!(decoded(&codec, InputKind::Location, &bytes), Ok(Decoded::Event(Event::Location(location(Some(4.0))))));
+    assert_eq!(decoded(&codec, InputKind::Location, &bytes), Ok(Decoded::Event(Event::from(location(Some(4.0))))));
     bytes.clear();
     codec.encode_input(InputKind::Consent, &consent_change(), &mut bytes).unwrap();
     assert_eq!(decoded(&codec, InputKind::Consent, &bytes), Ok(Decoded::Consent(consent_change())));
@@ -693,7 +731,7 @@ proptest! {
             ..full_browse()
         };
         let codec = codec();
-        let expected = Decoded::Event(Event::Browse(event.clone()));
+        let expected = Decoded::Event(Event::from(event.clone()));
         prop_assert_eq!(decoded(&codec, InputKind::Browse, &avro_of(BROWSE_AVSC, &event)), Ok(expected.clone()));
         prop_assert_eq!(decoded(&codec, InputKind::Browse, &serde_json::to_vec(&event).unwrap()), Ok(expected));
     }

@@ -5,7 +5,7 @@ use crate::model::{BrowseEvent, EventConsent, LocationEvent, PurchaseEvent};
 use proptest::prelude::*;
 
 fn browse() -> Event {
-    Event::Browse(BrowseEvent {
+    Event::from(BrowseEvent {
         event_id: "e-1".to_owned(),
         user_id: "u".to_owned(),
         ts: 1_000,
@@ -19,7 +19,7 @@ fn browse() -> Event {
 }
 
 fn purchase() -> Event {
-    Event::Purchase(PurchaseEvent {
+    Event::from(PurchaseEvent {
         event_id: "e-2".to_owned(),
         user_id: "u".to_owned(),
         ts: 1_000,
@@ -32,7 +32,7 @@ fn purchase() -> Event {
 }
 
 fn location() -> Event {
-    Event::Location(LocationEvent {
+    Event::from(LocationEvent {
         event_id: "e-3".to_owned(),
         user_id: "u".to_owned(),
         ts: 1_000,
