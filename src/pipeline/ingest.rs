@@ -20,7 +20,7 @@ use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::BTreeMap;
 use std::sync::{Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long reading the committed offsets for a rewind may take.
 const REWIND_TIMEOUT: Duration = Duration::from_secs(30);
@@ -209,6 +209,27 @@ impl Ingest {
     /// Leaves the consumer group.
     pub fn leave(&self) {
         self.consumer.unsubscribe();
+    }
+}
+
+/// How long dropping the consumer serves the group's last rebalance events.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Drop for Ingest {
+    /// Leaves the group and serves the rebalance events still queued before
+    /// librdkafka's close (which `BaseConsumer`'s drop then does): an
+    /// assignment served during the close waits forever in
+    /// `rd_kafka_assign` (confluentinc/librdkafka#4884). Records polled
+    /// here are dropped unapplied; their offsets were never committed.
+    fn drop(&mut self) {
+        self.consumer.unsubscribe();
+        let deadline = Instant::now() + LEAVE_TIMEOUT;
+        while Instant::now() < deadline {
+            let quiet = self.consumer.poll(Duration::from_millis(100)).is_none();
+            if quiet && self.consumer.assignment().is_ok_and(|assigned| assigned.count() == 0) {
+                break;
+            }
+        }
     }
 }
 
