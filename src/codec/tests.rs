@@ -549,6 +549,67 @@ fn fields_never_kept_are_still_checked_as_the_contract_types_them() {
     );
 }
 
+/// The datum of `kind` in tests/fixtures/fastavro-events.txt, behind the
+/// single-object header of `schema_text`.
+fn written_by_fastavro(kind: &str, schema_text: &str) -> Vec<u8> {
+    let fixture = include_str!("../../tests/fixtures/fastavro-events.txt");
+    let line = fixture.lines().find_map(|line| line.strip_prefix(&format!("{kind} "))).expect("a fixture line");
+    let datum = (0..line.len()).step_by(2).map(|at| u8::from_str_radix(&line[at..at + 2], 16).unwrap());
+    [0xC3, 0x01].into_iter().chain(fingerprint_of(schema_text).to_le_bytes()).chain(datum).collect()
+}
+
+#[test]
+fn events_written_by_fastavro_decode_past_every_field_never_kept() {
+    let codec = codec();
+    let browse = written_by_fastavro("browse", BROWSE_SCHEMA);
+    let expected = BrowseEvent {
+        event_id: String::new(),
+        user_id: "u-7".to_owned(),
+        ts: 1_700_000_000_123,
+        session_id: None,
+        page_type: "product".to_owned(),
+        product_id: Some("shoe-42".to_owned()),
+        category: Some("running".to_owned()),
+        url: None,
+        consent: Some(EventConsent { tcf: None, gpc: true }),
+    };
+    assert_eq!(decoded(&codec, InputKind::Browse, &browse), Ok(Decoded::Event(Event::from(expected))));
+
+    let purchase = written_by_fastavro("purchase", PURCHASE_SCHEMA);
+    let item = |product_id: &str, category: &str, quantity, price_cents| PurchaseItem {
+        product_id: product_id.to_owned(),
+        category: category.to_owned(),
+        quantity,
+        price_cents,
+    };
+    let expected = PurchaseEvent {
+        event_id: String::new(),
+        user_id: "u-7".to_owned(),
+        ts: 1_700_000_000_456,
+        order_id: String::new(),
+        currency: "EUR".to_owned(),
+        total_cents: 12_345,
+        items: vec![item("shoe-42", "running", 2, 5_000), item("sock-1", "apparel", 1, 2_345)],
+        consent: None,
+    };
+    assert_eq!(decoded(&codec, InputKind::Purchase, &purchase), Ok(Decoded::Event(Event::from(expected))));
+
+    let location = written_by_fastavro("location", LOCATION_SCHEMA);
+    let expected = LocationEvent {
+        event_id: String::new(),
+        user_id: "u-7".to_owned(),
+        ts: 1_700_000_000_789,
+        lat: 52.5163,
+        lon: 13.3777,
+        accuracy_m: None,
+        consent: Some(EventConsent {
+            tcf: Some("CPXxRfAPXxRfAAfKABENB-CgAAAAAAAAAAYgAAAAAAAA".to_owned()),
+            gpc: false,
+        }),
+    };
+    assert_eq!(decoded(&codec, InputKind::Location, &location), Ok(Decoded::Event(Event::from(expected))));
+}
+
 #[test]
 fn json_nulls_and_absent_optionals_both_mean_not_given() {
     let codec = codec();

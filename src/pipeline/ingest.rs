@@ -205,11 +205,6 @@ impl Ingest {
     ) -> bool {
         self.unread(positions, starts, topic, partition) == Some(0)
     }
-
-    /// Leaves the consumer group.
-    pub fn leave(&self) {
-        self.consumer.unsubscribe();
-    }
 }
 
 /// How long dropping the consumer serves the group's last rebalance events.

@@ -184,6 +184,6 @@ fn consume(
     // A static member does not leave the group: a restart within the
     // session timeout takes its partitions back without a rebalance.
     tracing::info!("shutting down: last batch committed");
-    ingest.leave();
+    // Dropping the consumer leaves the group (see `Ingest`'s `Drop`).
     Ok(())
 }
