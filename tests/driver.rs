@@ -168,7 +168,6 @@ fn processed_and_committed(topics: &Topics, config: &Config, users: &[(&str, Par
     let applied = apply(&mut driver, users.len(), &ingest, &mut merger);
     assert_eq!(applied.len(), users.len());
     assert_eq!(driver.deliver(applied, &ingest, &mut merger).unwrap(), Delivered::Done);
-    ingest.leave();
     users
         .iter()
         .map(|(user, _)| {
