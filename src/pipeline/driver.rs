@@ -61,7 +61,7 @@ impl<'a> Driver<'a> {
         profile_format: ProfileFormat,
         partitions: i32,
     ) -> Result<Self, PipelineError> {
-        let delivery = guarantee::delivery(config.guarantee, Publisher::connect(config, profile_format)?, erasures);
+        let delivery = guarantee::delivery(config, Publisher::connect(config, profile_format)?, erasures);
         let mut consent = Table::open(config, &config.topics.consent, "consent-table")?;
         consent.assign(&(0..partitions).map(Partition).collect::<Vec<_>>())?;
         let changelog = Table::open(config, &config.topics.changelog, "restore")?;

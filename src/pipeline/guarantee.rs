@@ -4,16 +4,18 @@
 //! Exactly once (the default): each batch's outputs, dead letters, changelog
 //! records and input offsets are one Kafka transaction. At least once: a
 //! batch's offsets are committed once every record it produced is
-//! acknowledged; the next batch is processed meanwhile.
+//! acknowledged; the next batches are processed meanwhile.
 
 use super::ingest::Ingest;
 use super::publish::{requires_abort, Publisher, Records};
-use super::PipelineError;
-use crate::config::Guarantee;
+use super::{kafka, PipelineError};
+use crate::config::{Config, Guarantee};
 use crate::control::now_ms;
 use crate::erasure::Erasures;
 use rdkafka::consumer::CommitMode;
 use rdkafka::TopicPartitionList;
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
 /// A batch ready to be delivered.
 pub struct Batch<'a> {
@@ -49,11 +51,18 @@ pub trait Delivery {
     fn finish(&mut self, ingest: &Ingest) -> Result<(), PipelineError>;
 }
 
-/// The delivery of `guarantee`, publishing through `publisher`.
-pub fn delivery<'a>(guarantee: Guarantee, publisher: Publisher, erasures: &'a Erasures) -> Box<dyn Delivery + 'a> {
-    match guarantee {
+/// The delivery of `config`'s guarantee, publishing through `publisher`.
+pub fn delivery<'a>(config: &Config, publisher: Publisher, erasures: &'a Erasures) -> Box<dyn Delivery + 'a> {
+    match config.guarantee {
         Guarantee::ExactlyOnce => Box::new(ExactlyOnce { publisher, erasures }),
-        Guarantee::AtLeastOnce => Box::new(AtLeastOnce { publisher, erasures, in_flight: None }),
+        Guarantee::AtLeastOnce => Box::new(AtLeastOnce {
+            publisher,
+            erasures,
+            in_flight: VecDeque::new(),
+            acknowledged: TopicPartitionList::new(),
+            commit_interval: Duration::from_millis(config.commit_interval_ms),
+            committed_at: Instant::now(),
+        }),
     }
 }
 
@@ -103,14 +112,26 @@ impl Delivery for ExactlyOnce<'_> {
     }
 }
 
-/// A batch's offsets are committed once its records are acknowledged.
+/// A batch's offsets are committed once its records are acknowledged, at
+/// most once per commit interval, as a consumer's automatic commits are.
+/// The loop does not wait for the acknowledgements: the next batches are
+/// polled and processed meanwhile, up to [`MOST_IN_FLIGHT`] of them.
 struct AtLeastOnce<'a> {
     publisher: Publisher,
     erasures: &'a Erasures,
-    /// The batch before this one, whose records are in flight while this
-    /// one is processed.
-    in_flight: Option<InFlight>,
+    /// Batches sent and not yet known to be acknowledged, oldest first.
+    in_flight: VecDeque<InFlight>,
+    /// The input offsets of acknowledged batches, not yet committed.
+    acknowledged: TopicPartitionList,
+    /// How often offsets are committed at most.
+    commit_interval: Duration,
+    /// When offsets were last committed.
+    committed_at: Instant,
 }
+
+/// How many at-least-once batches may be sent and not yet acknowledged
+/// before the loop waits for the oldest.
+const MOST_IN_FLIGHT: usize = 8;
 
 /// An at-least-once batch whose records are sent but maybe not yet acknowledged.
 struct InFlight {
@@ -123,45 +144,70 @@ struct InFlight {
 }
 
 impl AtLeastOnce<'_> {
-    /// Waits until every record of `batch` is acknowledged and completes
-    /// the erasure receipts it carried.
-    fn acknowledged(&self, batch: &InFlight) -> Result<(), PipelineError> {
-        self.publisher.wait_until_acknowledged(batch.mark)?;
+    /// Takes the batches in flight whose records are all acknowledged
+    /// (every one, after waiting for them, when `wait`): their offsets are
+    /// to be committed, and the erasure receipts they carried complete.
+    fn take_acknowledged(&mut self, wait: bool) -> Result<(), PipelineError> {
+        if let Some(last) = self.in_flight.back().filter(|_| wait) {
+            self.publisher.wait_until_acknowledged(last.mark)?;
+        }
         let now = now_ms();
-        for user_id in &batch.erased {
-            self.erasures.committed(user_id, now);
-        }
-        Ok(())
-    }
-}
-
-impl Delivery for AtLeastOnce<'_> {
-    fn deliver(&mut self, ingest: &Ingest, batch: Batch<'_>) -> Result<Delivered, PipelineError> {
-        let mark = self.publisher.send(&batch.records)?;
-        let sent = InFlight { mark, offsets: batch.offsets, erased: batch.erased };
-        if let Some(previous) = self.in_flight.replace(sent) {
-            self.acknowledged(&previous)?;
-            ingest.commit(&previous.offsets, CommitMode::Async)?;
-        }
-        Ok(Delivered::Done)
-    }
-
-    fn settle(&mut self, ingest: &Ingest) -> Result<(), PipelineError> {
-        if let Some(previous) = self.in_flight.take() {
-            // What is acknowledged is committed; the rest repeats.
-            self.acknowledged(&previous)?;
-            if let Err(error) = ingest.commit(&previous.offsets, CommitMode::Sync) {
-                tracing::warn!(%error, "offsets of the last batch not committed before the rebalance");
+        while let Some(oldest) = self.in_flight.front() {
+            if !self.publisher.acknowledged(oldest.mark)? {
+                break;
+            }
+            let Some(done) = self.in_flight.pop_front() else { break };
+            for element in done.offsets.elements() {
+                let (topic, partition, offset) = (element.topic(), element.partition(), element.offset());
+                // A later batch's offset of a partition supersedes an earlier one's.
+                let noted = match self.acknowledged.find_partition(topic, partition) {
+                    Some(_) => self.acknowledged.set_partition_offset(topic, partition, offset),
+                    None => self.acknowledged.add_partition_offset(topic, partition, offset),
+                };
+                noted.map_err(kafka("note the offsets to commit"))?;
+            }
+            for user_id in &done.erased {
+                self.erasures.committed(user_id, now);
             }
         }
         Ok(())
     }
 
-    fn finish(&mut self, ingest: &Ingest) -> Result<(), PipelineError> {
-        if let Some(last) = self.in_flight.take() {
-            self.acknowledged(&last)?;
-            ingest.commit(&last.offsets, CommitMode::Sync)?;
+    /// Commits the acknowledged batches' offsets.
+    fn commit(&mut self, ingest: &Ingest, mode: CommitMode) -> Result<(), PipelineError> {
+        let offsets = std::mem::replace(&mut self.acknowledged, TopicPartitionList::new());
+        self.committed_at = Instant::now();
+        ingest.commit(&offsets, mode)
+    }
+}
+
+impl Delivery for AtLeastOnce<'_> {
+    fn deliver(&mut self, ingest: &Ingest, batch: Batch<'_>) -> Result<Delivered, PipelineError> {
+        if !batch.idle {
+            let mark = self.publisher.send(&batch.records)?;
+            self.in_flight.push_back(InFlight { mark, offsets: batch.offsets, erased: batch.erased });
+        }
+        if let Some(oldest) = self.in_flight.front().filter(|_| self.in_flight.len() > MOST_IN_FLIGHT) {
+            self.publisher.wait_until_acknowledged(oldest.mark)?;
+        }
+        self.take_acknowledged(false)?;
+        if self.committed_at.elapsed() >= self.commit_interval {
+            self.commit(ingest, CommitMode::Async)?;
+        }
+        Ok(Delivered::Done)
+    }
+
+    fn settle(&mut self, ingest: &Ingest) -> Result<(), PipelineError> {
+        // What is acknowledged is committed; the rest repeats.
+        self.take_acknowledged(true)?;
+        if let Err(error) = self.commit(ingest, CommitMode::Sync) {
+            tracing::warn!(%error, "offsets of the last batches not committed before the rebalance");
         }
         Ok(())
+    }
+
+    fn finish(&mut self, ingest: &Ingest) -> Result<(), PipelineError> {
+        self.take_acknowledged(true)?;
+        self.commit(ingest, CommitMode::Sync)
     }
 }

@@ -224,13 +224,23 @@ impl Publisher {
     /// and fails if any record was not delivered. (rdkafka's `flush` sleeps
     /// in 100 ms steps when a background thread serves delivery reports.)
     pub fn wait_until_acknowledged(&self, mark: u64) -> Result<(), PipelineError> {
-        let all_reported = self.wait_for_reports(mark, |tracker| tracker.failed.load(Ordering::Relaxed) > 0);
-        match self.producer.context().failed.load(Ordering::Relaxed) {
-            0 if all_reported => Ok(()),
-            0 => Err(PipelineError::Kafka {
+        self.wait_for_reports(mark, |tracker| tracker.failed.load(Ordering::Relaxed) > 0);
+        if self.acknowledged(mark)? {
+            Ok(())
+        } else {
+            Err(PipelineError::Kafka {
                 context: "wait for acknowledgements",
                 source: KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut),
-            }),
+            })
+        }
+    }
+
+    /// Whether every record sent up to `mark` is acknowledged, without
+    /// waiting; an error once any record sent failed.
+    pub fn acknowledged(&self, mark: u64) -> Result<bool, PipelineError> {
+        let tracker = self.producer.context();
+        match tracker.failed.load(Ordering::Relaxed) {
+            0 => Ok(tracker.reported.load(Ordering::Acquire) >= mark),
             failed => Err(PipelineError::Delivery(failed)),
         }
     }
