@@ -28,6 +28,9 @@ pub enum PersonalizationLevel {
 }
 
 impl PersonalizationLevel {
+    /// Every level, in order.
+    pub const ALL: [PersonalizationLevel; 3] = [Self::None, Self::Light, Self::Full];
+
     /// The Avro enum symbol.
     pub fn as_str(self) -> &'static str {
         match self {

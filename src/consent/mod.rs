@@ -82,6 +82,20 @@ impl Purposes {
     /// The empty set.
     pub const NONE: Purposes = Purposes(0);
 
+    /// How many different sets of purposes there are.
+    pub const SETS: usize = 1 << Purpose::ALL.len();
+
+    /// The set's place among the [`Purposes::SETS`] sets, to look it up in a
+    /// table by set.
+    pub fn index(self) -> usize {
+        usize::from(self.0) % Self::SETS
+    }
+
+    /// The set at `index` (see [`Purposes::index`]).
+    pub fn at(index: usize) -> Self {
+        Self((index % Self::SETS) as u16)
+    }
+
     /// Whether `purpose` is in the set.
     pub fn contains(self, purpose: Purpose) -> bool {
         self.0 & purpose.bit() != 0

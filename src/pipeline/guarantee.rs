@@ -81,8 +81,8 @@ impl Delivery for ExactlyOnce<'_> {
         }
         let publisher = &self.publisher;
         publisher.begin_transaction()?;
-        let committed = publisher.send(records).and_then(|mark| {
-            publisher.wait_until_reported(mark);
+        let committed = publisher.send(records).and_then(|_| {
+            publisher.flush();
             publisher.commit_transaction(&batch.offsets, || ingest.group_metadata())
         });
         match committed {

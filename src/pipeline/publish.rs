@@ -224,15 +224,17 @@ impl Publisher {
     /// and fails if any record was not delivered. (rdkafka's `flush` sleeps
     /// in 100 ms steps when a background thread serves delivery reports.)
     pub fn wait_until_acknowledged(&self, mark: u64) -> Result<(), PipelineError> {
-        self.wait_for_reports(mark, |tracker| tracker.failed.load(Ordering::Relaxed) > 0);
-        if self.acknowledged(mark)? {
-            Ok(())
-        } else {
-            Err(PipelineError::Kafka {
-                context: "wait for acknowledgements",
-                source: KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut),
-            })
+        let deadline = Instant::now() + FLUSH_TIMEOUT;
+        while !self.acknowledged(mark)? {
+            if Instant::now() > deadline {
+                return Err(PipelineError::Kafka {
+                    context: "wait for acknowledgements",
+                    source: KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut),
+                });
+            }
+            std::thread::sleep(ACKNOWLEDGEMENT_POLL);
         }
+        Ok(())
     }
 
     /// Whether every record sent up to `mark` is acknowledged, without
@@ -245,30 +247,23 @@ impl Publisher {
         }
     }
 
-    /// Waits until every record sent up to `mark` got its delivery report,
-    /// whatever it said, before a transaction is committed: the commit
-    /// first flushes, in rdkafka's 100 ms steps, which made each
-    /// transaction ~100 ms long. The commit still gives the verdict (a
-    /// failed record aborts the transaction), and waits itself for whatever
-    /// is not reported by the time this gives up.
-    pub fn wait_until_reported(&self, mark: u64) {
-        self.wait_for_reports(mark, |_| false);
-    }
-
-    /// Polls the delivery reports until every record sent up to `mark` has
-    /// one (`true`), `give_up` says so, or the flush timeout passes.
-    fn wait_for_reports(&self, mark: u64, give_up: impl Fn(&DeliveryTracker) -> bool) -> bool {
-        let deadline = Instant::now() + FLUSH_TIMEOUT;
-        let tracker = self.producer.context();
-        loop {
-            if tracker.reported.load(Ordering::Acquire) >= mark {
-                return true;
-            }
-            if give_up(tracker) || Instant::now() > deadline {
-                return false;
-            }
-            std::thread::sleep(ACKNOWLEDGEMENT_POLL);
-        }
+    /// Sends the records that linger in the producer's queues at once, and
+    /// waits until every record handed over got its delivery report,
+    /// whatever it said, before a transaction is committed. This is
+    /// librdkafka's own flush, which treats `linger.ms` as elapsed while it
+    /// waits. rdkafka's `flush` (which the commit calls first) calls it
+    /// without waiting and then polls for events, which the producer's own
+    /// thread takes, in 100 ms steps: each transaction took ~100 ms. The
+    /// commit still gives the verdict (a failed record aborts the
+    /// transaction), and waits itself for whatever is not reported by the
+    /// time this gives up.
+    pub fn flush(&self) {
+        let timeout_ms = i32::try_from(FLUSH_TIMEOUT.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: the client pointer is valid for the producer's lifetime.
+        // With delivery reports as events (rdkafka's), librdkafka's flush
+        // only waits for the count of records in flight to reach zero, which
+        // the producer's polling thread brings about.
+        unsafe { rdkafka::bindings::rd_kafka_flush(self.producer.client().native_ptr(), timeout_ms) };
     }
 
     fn send_one<K, P>(&self, mut record: BaseRecord<'_, K, P>) -> Result<(), PipelineError>

@@ -26,6 +26,9 @@ pub struct Segments {
     members: Vec<AtomicI64>,
     /// Entries and conversions per segment with a holdout.
     pub experiments: Experiments,
+    /// How long facts are kept, for each level and set of granted purposes
+    /// (see [`Segments::retention_for`]): worked out once, not per event.
+    retention: Vec<Retention>,
 }
 
 impl Segments {
@@ -45,7 +48,19 @@ impl Segments {
         let mut by_id: Vec<SegmentIndex> =
             (0..catalogue.segments.len()).filter(|index| in_force[*index]).map(SegmentIndex).collect();
         by_id.sort_by(|a, b| catalogue.segment(*a).id.cmp(&catalogue.segment(*b).id));
-        Self { catalogue, by_id, members, experiments }
+        let retention = PersonalizationLevel::ALL
+            .into_iter()
+            .flat_map(|level| (0..Purposes::SETS).map(move |set| (level, Purposes::at(set))))
+            .map(|(level, granted)| {
+                let none = Retention { max_ms: catalogue.retention.max_ms, ..Retention::default() };
+                by_id
+                    .iter()
+                    .map(|index| catalogue.segment(*index))
+                    .filter(|segment| eligible(segment, level, granted))
+                    .fold(none, |kept, segment| kept.union(&segment.retention))
+            })
+            .collect();
+        Self { catalogue, by_id, members, experiments, retention }
     }
 
     /// The segments in force after putting `catalogue` in force: segments
@@ -150,10 +165,7 @@ impl Segments {
     /// How long facts are kept for a user with `level` and `granted`: as long
     /// as the segments their consent allows read them (data minimisation).
     pub fn retention_for(&self, level: PersonalizationLevel, granted: Purposes) -> Retention {
-        let none = Retention { max_ms: self.catalogue.retention.max_ms, ..Retention::default() };
-        self.by_id()
-            .filter(|(_, segment)| eligible(segment, level, granted))
-            .fold(none, |kept, (_, segment)| kept.union(&segment.retention))
+        self.retention[level as usize * Purposes::SETS + granted.index()]
     }
 
     /// The memberships of a published profile as the contract shows them,
