@@ -173,8 +173,12 @@ impl AtLeastOnce<'_> {
         Ok(())
     }
 
-    /// Commits the acknowledged batches' offsets.
+    /// Commits the acknowledged batches' offsets, if there are any (the
+    /// interval runs from the last commit that committed something).
     fn commit(&mut self, ingest: &Ingest, mode: CommitMode) -> Result<(), PipelineError> {
+        if self.acknowledged.count() == 0 {
+            return Ok(());
+        }
         let offsets = std::mem::replace(&mut self.acknowledged, TopicPartitionList::new());
         self.committed_at = Instant::now();
         ingest.commit(&offsets, mode)
