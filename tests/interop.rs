@@ -317,6 +317,133 @@ fn confluent_records_from_a_registry_producer_are_decoded_with_schema_evolution_
 }
 
 #[test]
+fn purchases_written_by_fastavro_and_locations_by_the_registry_producer_are_personalized() {
+    let topics = Topics::create("interop-purchase-location");
+    let registry = registry();
+    let pipeline = Pipeline::start(&topics, PipelineOptions::default().extra_tables(&registry_table(&registry)));
+    let t = base_time();
+    produce_with_python(
+        "confluent",
+        "schemas/consent_change.avsc",
+        Some(&registry),
+        &[
+            (&topics.consent, "spender", consent("spender", t - 1000, EVERYTHING, "FULL")),
+            (&topics.consent, "habit", consent("habit", t - 1000, EVERYTHING, "FULL")),
+            (&topics.consent, "shopper", consent("shopper", t - 1000, EVERYTHING, "FULL")),
+            (&topics.consent, "coarse", consent("coarse", t - 1000, &["personalization", "location", "push"], "FULL")),
+        ],
+    );
+    // Purchases in single-object encoding by fastavro: arrays of item records.
+    // spender: 300.00, then two items adding up to 200.00; habit: ten
+    // purchases, nine of the same coffee.
+    let mut purchases = vec![
+        (topics.purchase.as_str(), "spender", purchase("spender", t, &[("p-tv", "electronics", 30_000)])),
+        (
+            topics.purchase.as_str(),
+            "spender",
+            purchase("spender", t + 1_000, &[("p-sofa", "home", 15_000), ("p-lamp", "home", 5_000)]),
+        ),
+    ];
+    for step in 0..10 {
+        let product = if step == 4 { "p-tea" } else { "p-coffee" };
+        purchases.push((
+            topics.purchase.as_str(),
+            "habit",
+            purchase("habit", t + step * 1_000, &[(product, "grocery", 1_299)]),
+        ));
+    }
+    produce_with_python("single-object", "schemas/purchase_event.avsc", None, &purchases);
+    // Locations in the Confluent format: each branch of the `accuracy_m` union.
+    // shopper: 200 m from the Berlin store, then across town two hours later;
+    // coarse: at the store, but without `precise_location`.
+    let mut near = location("shopper", t + 10_000, 52.5264, 13.4020);
+    near["accuracy_m"] = Value::Null;
+    produce_with_python(
+        "confluent",
+        "schemas/location_event.avsc",
+        Some(&registry),
+        &[
+            (&topics.location, "shopper", near),
+            (&topics.location, "coarse", location("coarse", t + 10_001, 52.5264, 13.4020)),
+            (&topics.location, "shopper", location("shopper", t + 10_000 + 2 * HOUR_MS, 52.4, 13.1)),
+        ],
+    );
+
+    let records = profiles_read_by_kcat(&topics, Some(&registry), "confluent");
+    let mut users = keys(&records);
+    users.sort();
+    assert_eq!(users, vec!["habit", "shopper", "spender"], "coarse, without precise location, is in no segment");
+    assert_eq!(updates_of(&records, "spender").len(), 1, "below 500.00 nothing is published");
+    assert_eq!(
+        last_update(&records, "spender"),
+        update(
+            "spender",
+            t + 1_000,
+            "FULL",
+            &["web", "email", "push", "ads"],
+            &[member(
+                "high_value",
+                t + 1_000,
+                "Spent 500.00 across 2 purchases in the last 90 days.",
+                &["web", "email", "push", "ads"]
+            )],
+            &["high_value"],
+            &[],
+        )
+    );
+    assert_eq!(updates_of(&records, "habit").len(), 1);
+    assert_eq!(
+        last_update(&records, "habit"),
+        update(
+            "habit",
+            t + 9_000,
+            "FULL",
+            &["web", "email", "push", "ads"],
+            &[member(
+                "creature_of_habit",
+                t + 9_000,
+                "Bought the same product in 9 of the last 10 purchases.",
+                &["email", "push"]
+            )],
+            &["creature_of_habit"],
+            &[],
+        )
+    );
+    let shopper = updates_of(&records, "shopper");
+    assert_eq!(shopper.len(), 2);
+    let mut entered = shopper[0].clone();
+    entered.as_object_mut().unwrap().remove("version");
+    assert_eq!(
+        entered,
+        update(
+            "shopper",
+            t + 10_000,
+            "FULL",
+            &["web", "email", "push", "ads"],
+            &[member("near_store", t + 10_000, "Was within 500 m of one of our stores in the last hour.", &["push"])],
+            &["near_store"],
+            &[],
+        )
+    );
+    let exited = &shopper[1];
+    assert_eq!(exited["segments"], json!([]));
+    assert_eq!(exited["entered"], json!([]));
+    assert_eq!(exited["exited"], json!(["near_store"]));
+    // Whichever the pipeline saw first: the window dropping the nearby fix as
+    // event time passed, or the fix across town.
+    let ts = exited["ts"].as_i64().unwrap();
+    assert!([t + 10_000 + HOUR_MS, t + 10_000 + 2 * HOUR_MS].contains(&ts), "{exited}");
+
+    assert_eq!(read_all(&topics.dead_letters).len(), 0, "nothing was dead-lettered");
+    let metrics = metrics(&pipeline);
+    for line in
+        ["tactful_records_applied_total{kind=\"purchase\"} 12", "tactful_records_applied_total{kind=\"location\"} 3"]
+    {
+        assert!(has_line(&metrics, line), "{line} missing:\n{metrics}");
+    }
+}
+
+#[test]
 fn confluent_records_with_an_unknown_id_or_an_incompatible_schema_are_dead_lettered_with_their_reason() {
     let topics = Topics::create("interop-bad-confluent");
     let registry = registry();
