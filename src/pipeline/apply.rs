@@ -155,8 +155,16 @@ impl<'a> Shell<'a> {
 
     /// Applies consent records up to the consent topic's end.
     pub fn catch_up_consent(&mut self, consent: &mut Table) -> Result<(), PipelineError> {
+        consent.ask_ends()?;
+        self.catch_up_consent_to_asked(consent)
+    }
+
+    /// Applies consent records up to the ends asked for last.
+    fn catch_up_consent_to_asked(&mut self, consent: &mut Table) -> Result<(), PipelineError> {
         let timeout = self.consent_catch_up_timeout;
-        if let CaughtUp::Behind(partitions) = consent.catch_up(timeout, |message| self.apply_consent(message))? {
+        if let CaughtUp::Behind(partitions) =
+            consent.catch_up_to_asked(timeout, |message| self.apply_consent(message))?
+        {
             tracing::warn!(
                 pending_partitions = partitions,
                 "consent topic did not catch up in time; applying events with the consent read so far"
@@ -166,7 +174,8 @@ impl<'a> Shell<'a> {
     }
 
     /// Applies the consent records a batch of `polled` event records needs:
-    /// all of them up to the topic's end before events are applied; while
+    /// all of them up to the topic's end before events are applied (the end
+    /// the batch loop asked for once its last record was polled); while
     /// events are quiet, those already fetched, so a withdrawal is honoured
     /// (and its tombstone published) promptly. Between a revocation and the
     /// assignment that follows, none: nothing may be published for users
@@ -178,7 +187,7 @@ impl<'a> Shell<'a> {
             consent.drain(|message| self.apply_consent(message));
             Ok(())
         } else {
-            self.catch_up_consent(consent)
+            self.catch_up_consent_to_asked(consent)
         }
     }
 

@@ -88,22 +88,43 @@ impl<'a> Driver<'a> {
         self.batch_started = Instant::now();
         let batch_deadline = self.batch_started + Duration::from_millis(self.config.commit_interval_ms);
         let mut polled = 0;
+        // Whether the consent topic's ends were asked for since the last
+        // record polled: what the batch's consent catch-up reads up to. They
+        // are asked for whenever the records fetched run out, so the round
+        // trip overlaps with the pause for more.
+        let mut asked = false;
         while polled < self.config.max_batch_records {
             // Once the batch has records, a pause in their arrival ends it:
             // under a backlog the fetched records never run out and batches
             // fill up; a caught-up pipeline delivers what came at once, and
             // what arrives meanwhile makes the next batch.
             let remaining = batch_deadline.saturating_duration_since(Instant::now());
-            let wait = if polled == 0 { remaining } else { remaining.min(ARRIVAL_PAUSE) };
+            let wait = match (polled, asked) {
+                (0, _) => remaining,
+                (_, false) => Duration::ZERO,
+                (_, true) => remaining.min(ARRIVAL_PAUSE),
+            };
             let message = ingest.poll(wait);
             // Partition changes happen inside a poll: act on them before
             // keeping what it returned.
             for change in ingest.take_rebalances() {
                 self.rebalance(change, ingest, merger)?;
             }
-            let Some(message) = message else { break };
-            polled += 1;
-            self.shell.ingest(message, merger);
+            match message {
+                Some(message) => {
+                    polled += 1;
+                    asked = false;
+                    self.shell.ingest(message, merger);
+                }
+                None if polled > 0 && !asked => {
+                    self.consent.ask_ends()?;
+                    asked = true;
+                }
+                None => break,
+            }
+        }
+        if polled > 0 && !asked {
+            self.consent.ask_ends()?;
         }
         if let Some(error) = ingest.fatal_error() {
             return Err(PipelineError::ConsumerFenced(error));

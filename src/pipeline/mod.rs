@@ -100,6 +100,12 @@ pub enum PipelineError {
     /// consumer again; nothing is lost, as nothing it read is committed yet.
     #[error("kafka: the event consumer was fenced ({0})")]
     ConsumerFenced(KafkaError),
+    /// A thread of the pipeline could not be started.
+    #[error("cannot start a thread")]
+    Thread(#[source] std::io::Error),
+    /// A table's thread asking for its ends stopped (a defect).
+    #[error("a table's watermark thread stopped")]
+    EndsThreadGone,
 }
 
 /// Wraps a Kafka error with what the pipeline was doing.

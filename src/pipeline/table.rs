@@ -13,6 +13,8 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::BorrowedMessage;
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::HashSet;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How long one watermark request may take.
@@ -44,9 +46,71 @@ pub struct Table {
     /// Asks for the partitions' end offsets (last stable offsets). A client
     /// of its own: on `consumer` the request would queue behind its
     /// long-polling fetches.
-    watermarks: BaseConsumer<TableContext>,
+    watermarks: Arc<BaseConsumer<TableContext>>,
     /// Asks for the partitions' high watermarks, open transactions included.
     high_watermarks: BaseConsumer<TableContext>,
+    /// Asks `watermarks` for the ends while the caller goes on.
+    ends: Ends,
+}
+
+/// The answer to an ask for the stable ends: its number, and the ends.
+type Answer = (u64, Result<Vec<(i32, i64)>, KafkaError>);
+
+/// Asks for a table's stable ends on a thread of its own, so that the
+/// round trip overlaps with what the caller does meanwhile (the batch loop:
+/// its pause for more records). Asks made while one is answered are
+/// answered once, by one request made after the newest of them.
+struct Ends {
+    asks: Sender<(u64, Vec<Partition>)>,
+    answers: Receiver<Answer>,
+    /// The number of the newest ask.
+    asked: u64,
+    /// The number of the newest ask whose answer was taken.
+    answered: u64,
+}
+
+impl Ends {
+    fn start(topic: &str, watermarks: Arc<BaseConsumer<TableContext>>) -> Result<Self, PipelineError> {
+        let (asks, asked) = mpsc::channel::<(u64, Vec<Partition>)>();
+        let (answer, answers) = mpsc::channel();
+        let topic = topic.to_owned();
+        std::thread::Builder::new()
+            .name("table-ends".to_owned())
+            .spawn(move || {
+                while let Ok(mut ask) = asked.recv() {
+                    while let Ok(newer) = asked.try_recv() {
+                        ask = newer;
+                    }
+                    let (number, partitions) = ask;
+                    if answer.send((number, stable_ends(&watermarks, &topic, &partitions))).is_err() {
+                        return;
+                    }
+                }
+            })
+            .map_err(PipelineError::Thread)?;
+        Ok(Self { asks, answers, asked: 0, answered: 0 })
+    }
+
+    /// Asks for the stable ends of `partitions`, as of now.
+    fn ask(&mut self, partitions: &[Partition]) -> Result<(), PipelineError> {
+        self.asked += 1;
+        self.asks.send((self.asked, partitions.to_vec())).map_err(|_| PipelineError::EndsThreadGone)
+    }
+
+    /// The answer to the newest ask (asking now if its answer was taken).
+    fn answer(&mut self, partitions: &[Partition]) -> Result<Result<Vec<(i32, i64)>, KafkaError>, PipelineError> {
+        if self.answered == self.asked {
+            self.ask(partitions)?;
+        }
+        self.answered = self.asked;
+        // Every ask is answered within WATERMARK_TIMEOUT, when its request gives up.
+        loop {
+            let (number, ends) = self.answers.recv().map_err(|_| PipelineError::EndsThreadGone)?;
+            if number == self.asked {
+                return Ok(ends);
+            }
+        }
+    }
 }
 
 /// How far a catch-up got.
@@ -64,13 +128,16 @@ impl Table {
         let consumer: BaseConsumer<TableContext> = settings::table_consumer(config, role)
             .create_with_context(TableContext)
             .map_err(kafka("create a table consumer"))?;
-        let watermarks = settings::watermark_client(config, true)
-            .create_with_context(TableContext)
-            .map_err(kafka("create a watermark client"))?;
+        let watermarks: Arc<BaseConsumer<TableContext>> = Arc::new(
+            settings::watermark_client(config, true)
+                .create_with_context(TableContext)
+                .map_err(kafka("create a watermark client"))?,
+        );
         let high_watermarks = settings::watermark_client(config, false)
             .create_with_context(TableContext)
             .map_err(kafka("create a watermark client"))?;
-        Ok(Self { topic: topic.to_owned(), partitions: Vec::new(), consumer, watermarks, high_watermarks })
+        let ends = Ends::start(topic, Arc::clone(&watermarks))?;
+        Ok(Self { topic: topic.to_owned(), partitions: Vec::new(), consumer, watermarks, high_watermarks, ends })
     }
 
     /// Reads `partitions` from their beginning (replacing what was read before).
@@ -139,9 +206,28 @@ impl Table {
     pub fn catch_up(
         &mut self,
         timeout: Duration,
+        handle: impl FnMut(&BorrowedMessage<'_>),
+    ) -> Result<CaughtUp, PipelineError> {
+        self.ask_ends()?;
+        self.catch_up_to_asked(timeout, handle)
+    }
+
+    /// Asks for the assigned partitions' ends as of now, without waiting for
+    /// the answer: [`Table::catch_up_to_asked`] reads up to them.
+    pub fn ask_ends(&mut self) -> Result<(), PipelineError> {
+        self.ends.ask(&self.partitions)
+    }
+
+    /// Hands every record to `handle` until each assigned partition reached
+    /// the end it had when [`Table::ask_ends`] was last called (or, if a
+    /// catch-up read up to those ends already, the end it has now), or
+    /// `timeout` passed.
+    pub fn catch_up_to_asked(
+        &mut self,
+        timeout: Duration,
         mut handle: impl FnMut(&BorrowedMessage<'_>),
     ) -> Result<CaughtUp, PipelineError> {
-        let targets = match self.stable_ends() {
+        let targets = match self.ends.answer(&self.partitions)? {
             Ok(targets) => targets,
             // The cluster is unreachable: go on with what is read (the caller decides).
             Err(error) => {
@@ -183,31 +269,6 @@ impl Table {
         }
     }
 
-    /// The last stable offset of each assigned partition that has any
-    /// records: one request for all of them (a ListOffsets for the latest
-    /// offset, read_committed), where a watermark query per partition cost
-    /// a round trip each, every batch.
-    fn stable_ends(&self) -> Result<Vec<(i32, i64)>, KafkaError> {
-        if self.partitions.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut latest = TopicPartitionList::new();
-        for partition in &self.partitions {
-            latest.add_partition_offset(&self.topic, partition.0, Offset::End)?;
-        }
-        let ends = self.watermarks.offsets_for_times(latest, WATERMARK_TIMEOUT)?;
-        let mut targets = Vec::with_capacity(self.partitions.len());
-        for element in ends.elements() {
-            element.error()?;
-            // An empty partition has nothing to read; a compacted one whose
-            // records were all removed reports its end when it reaches it.
-            if let Some(end) = element.offset().to_raw().filter(|end| *end > 0) {
-                targets.push((element.partition(), end));
-            }
-        }
-        Ok(targets)
-    }
-
     /// Hands the records already fetched to `handle`, without waiting.
     pub fn drain(&mut self, mut handle: impl FnMut(&BorrowedMessage<'_>)) {
         let mut reached_end = HashSet::new();
@@ -234,4 +295,33 @@ impl Table {
             Err(error) => tracing::warn!(topic = %self.topic, %error, "table consumer error"),
         }
     }
+}
+
+/// The last stable offset of each of `partitions` of `topic` that has any
+/// records: one request for all of them (a ListOffsets for the latest
+/// offset, read_committed), where a watermark query per partition cost a
+/// round trip each, every batch.
+fn stable_ends(
+    watermarks: &BaseConsumer<TableContext>,
+    topic: &str,
+    partitions: &[Partition],
+) -> Result<Vec<(i32, i64)>, KafkaError> {
+    if partitions.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut latest = TopicPartitionList::new();
+    for partition in partitions {
+        latest.add_partition_offset(topic, partition.0, Offset::End)?;
+    }
+    let ends = watermarks.offsets_for_times(latest, WATERMARK_TIMEOUT)?;
+    let mut targets = Vec::with_capacity(partitions.len());
+    for element in ends.elements() {
+        element.error()?;
+        // An empty partition has nothing to read; a compacted one whose
+        // records were all removed reports its end when it reaches it.
+        if let Some(end) = element.offset().to_raw().filter(|end| *end > 0) {
+            targets.push((element.partition(), end));
+        }
+    }
+    Ok(targets)
 }
