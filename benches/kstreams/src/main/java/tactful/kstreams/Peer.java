@@ -128,6 +128,13 @@ final class Peer {
         settings.put(StreamsConfig.STATESTORE_CACHE_MAX_BYTES_CONFIG, 128L << 20);
         settings.put(StreamsConfig.ROCKSDB_CONFIG_SETTER_CLASS_CONFIG, BoundedRocksDb.class);
         settings.put(StreamsConfig.TOPOLOGY_OPTIMIZATION_CONFIG, StreamsConfig.OPTIMIZE);
+        // A task merges its consent and event partitions by timestamp. When
+        // one of them has nothing buffered, wait up to 500 ms for it before
+        // going on without it. The default 0 waits only for records the last
+        // fetch reported on the broker, so under load an event could pass
+        // the consent record before it. tactful waits as long for a quiet
+        // event topic (pipeline.max_idle_wait_ms).
+        settings.put(StreamsConfig.MAX_TASK_IDLE_MS_CONFIG, 500L);
         // Undecodable consent records are counted and skipped (events never throw: bad ones are dead-lettered).
         settings.put(StreamsConfig.DESERIALIZATION_EXCEPTION_HANDLER_CLASS_CONFIG, CountingHandler.class);
         // Bigger polls and producer batches under a backlog: fewer round trips per record.
