@@ -9,7 +9,7 @@ import java.util.Map;
  * <pre>
  * java -jar tactful-kstreams.jar run --bootstrap HOST:PORT --application-id ID --state-dir DIR \
  *     --browse T --purchase T --location T --consent T --profiles T --dead-letters T \
- *     [--commit-interval-ms 1000] [--metrics-port 19465]
+ *     [--commit-interval-ms 1000] [--max-task-idle-ms 0] [--metrics-port 19465]
  * java -jar tactful-kstreams.jar profiles --bootstrap HOST:PORT --topic T
  * </pre>
  */
@@ -35,6 +35,7 @@ public final class Main {
                     required(options, "bootstrap"), required(options, "application-id"),
                     Path.of(required(options, "state-dir")),
                     Long.parseLong(options.getOrDefault("commit-interval-ms", "1000")),
+                    Long.parseLong(options.getOrDefault("max-task-idle-ms", "0")),
                     Integer.parseInt(options.getOrDefault("metrics-port", "19465")));
             case "profiles" -> ProfileDump.main(required(options, "bootstrap"), required(options, "topic"));
             default -> usage();
@@ -52,7 +53,7 @@ public final class Main {
 
     private static void usage() {
         System.err.println("usage: run --bootstrap B --application-id ID --state-dir DIR --browse T --purchase T "
-                + "--location T --consent T --profiles T --dead-letters T [--commit-interval-ms N] [--metrics-port P]"
+                + "--location T --consent T --profiles T --dead-letters T [--commit-interval-ms N] [--max-task-idle-ms N] [--metrics-port P]"
                 + "\n       profiles --bootstrap B --topic T");
         System.exit(2);
     }
