@@ -96,6 +96,23 @@ fn registry_table(url: &str) -> String {
     format!("[schema_registry]\nurl = \"{url}\"\n")
 }
 
+/// A pipeline on fresh topics `name` that reads the Confluent format with
+/// the registry (and publishes in it, by default), after the registry
+/// producer wrote each `(user, granted, level)` consent at `t - 1000`:
+/// the topics, the registry's URL and the pipeline.
+fn pipeline_with_registry(name: &str, t: i64, consents: &[(&str, &[&str], &str)]) -> (Topics, String, Pipeline) {
+    let topics = Topics::create(name);
+    let registry = registry();
+    let pipeline = Pipeline::start(&topics, PipelineOptions::default().extra_tables(&registry_table(&registry)));
+    let records: Vec<(&str, &str, Value)> = consents
+        .iter()
+        .map(|(user, granted, level)| (topics.consent.as_str(), *user, consent(user, t - 1000, granted, level)))
+        .collect();
+    produce_with_python("confluent", "schemas/consent_change.avsc", Some(&registry), &records);
+    drop(records);
+    (topics, registry, pipeline)
+}
+
 /// A browse event in the evolved writer schema tests/fixtures/browse_event_v2.avsc:
 /// no `url`, with `referrer` and `app_version`.
 fn browse_v2(user: &str, ts: i64, category: &str) -> Value {
@@ -195,20 +212,12 @@ fn records_written_by_fastavro_are_personalized_and_the_updates_decode_with_fast
 
 #[test]
 fn confluent_records_from_a_registry_producer_are_decoded_with_schema_evolution_and_updates_are_registered() {
-    let topics = Topics::create("interop-confluent");
-    let registry = registry();
-    // No output_format: with a registry, updates are in the Confluent format by default.
-    let _pipeline = Pipeline::start(&topics, PipelineOptions::default().extra_tables(&registry_table(&registry)));
     let t = base_time();
-    produce_with_python(
-        "confluent",
-        "schemas/consent_change.avsc",
-        Some(&registry),
-        &[
-            (&topics.consent, "ana", consent("ana", t - 1000, GRANTED, "FULL")),
-            (&topics.consent, "ben", consent("ben", t - 1000, GRANTED, "FULL")),
-            (&topics.consent, "eve", consent("eve", t - 1000, GRANTED, "FULL")),
-        ],
+    // No output_format: with a registry, updates are in the Confluent format by default.
+    let (topics, registry, _pipeline) = pipeline_with_registry(
+        "interop-confluent",
+        t,
+        &[("ana", GRANTED, "FULL"), ("ben", GRANTED, "FULL"), ("eve", GRANTED, "FULL")],
     );
     // In event-time order: the contract's schema first, then the evolved writer.
     produce_with_python(
@@ -318,19 +327,15 @@ fn confluent_records_from_a_registry_producer_are_decoded_with_schema_evolution_
 
 #[test]
 fn purchases_written_by_fastavro_and_locations_by_the_registry_producer_are_personalized() {
-    let topics = Topics::create("interop-purchase-location");
-    let registry = registry();
-    let pipeline = Pipeline::start(&topics, PipelineOptions::default().extra_tables(&registry_table(&registry)));
     let t = base_time();
-    produce_with_python(
-        "confluent",
-        "schemas/consent_change.avsc",
-        Some(&registry),
+    let (topics, registry, pipeline) = pipeline_with_registry(
+        "interop-purchase-location",
+        t,
         &[
-            (&topics.consent, "spender", consent("spender", t - 1000, EVERYTHING, "FULL")),
-            (&topics.consent, "habit", consent("habit", t - 1000, EVERYTHING, "FULL")),
-            (&topics.consent, "shopper", consent("shopper", t - 1000, EVERYTHING, "FULL")),
-            (&topics.consent, "coarse", consent("coarse", t - 1000, &["personalization", "location", "push"], "FULL")),
+            ("spender", EVERYTHING, "FULL"),
+            ("habit", EVERYTHING, "FULL"),
+            ("shopper", EVERYTHING, "FULL"),
+            ("coarse", &["personalization", "location", "push"], "FULL"),
         ],
     );
     // Purchases in single-object encoding by fastavro: arrays of item records.
@@ -445,19 +450,11 @@ fn purchases_written_by_fastavro_and_locations_by_the_registry_producer_are_pers
 
 #[test]
 fn confluent_records_with_an_unknown_id_or_an_incompatible_schema_are_dead_lettered_with_their_reason() {
-    let topics = Topics::create("interop-bad-confluent");
-    let registry = registry();
-    let pipeline = Pipeline::start(&topics, PipelineOptions::default().extra_tables(&registry_table(&registry)));
     let t = base_time();
-    produce_with_python(
-        "confluent",
-        "schemas/consent_change.avsc",
-        Some(&registry),
-        &[
-            (&topics.consent, "u-unknown-id", consent("u-unknown-id", t - 1000, GRANTED, "FULL")),
-            (&topics.consent, "u-mismatch", consent("u-mismatch", t - 1000, GRANTED, "FULL")),
-            (&topics.consent, "u-good", consent("u-good", t - 1000, GRANTED, "FULL")),
-        ],
+    let (topics, registry, pipeline) = pipeline_with_registry(
+        "interop-bad-confluent",
+        t,
+        &[("u-unknown-id", GRANTED, "FULL"), ("u-mismatch", GRANTED, "FULL"), ("u-good", GRANTED, "FULL")],
     );
     // Offset 0: a valid BrowseEvent datum behind a schema id no registry has.
     let mut unknown_id = vec![0x00];
