@@ -130,6 +130,10 @@ group.initial.rebalance.delay.ms=0
 # Tests create their topics explicitly; a typo must fail, not create a topic.
 auto.create.topics.enable=false
 num.partitions=1
+# The log cleaner looks for logs to compact every second, not every 15 s:
+# a test of compaction (an erased user's records leave the log within the
+# topic's max.compaction.lag.ms) waits for it.
+log.cleaner.backoff.ms=1000
 # Smaller thread pools than the defaults (3/8): a test box has few cores.
 num.network.threads=2
 num.io.threads=4

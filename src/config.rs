@@ -147,6 +147,8 @@ pub struct Config {
     pub consent_catch_up_timeout_ms: u64,
     /// Whether missing output topics are created at start.
     pub create_output_topics: bool,
+    /// `max.compaction.lag.ms` of the compacted topics created at start.
+    pub max_compaction_lag_ms: u64,
     /// How far the watermark trails the newest event time, in milliseconds.
     pub allowed_lateness_ms: i64,
     /// How long an empty event topic is waited for before the others go on, in milliseconds.
@@ -235,6 +237,9 @@ impl Config {
         }
         if pipeline.allowed_lateness_ms < 0 {
             return Err(invalid("pipeline.allowed_lateness_ms", "must not be negative"));
+        }
+        if pipeline.max_compaction_lag_ms == 0 {
+            return Err(invalid("pipeline.max_compaction_lag_ms", "must be above zero"));
         }
         if pipeline.workers == Some(0) {
             return Err(invalid("pipeline.workers", "must be at least 1"));
@@ -399,6 +404,7 @@ impl Config {
             dead_letters_enabled: pipeline.dead_letters_enabled,
             consent_catch_up_timeout_ms: pipeline.consent_catch_up_timeout_ms,
             create_output_topics: pipeline.create_output_topics,
+            max_compaction_lag_ms: pipeline.max_compaction_lag_ms,
             allowed_lateness_ms: pipeline.allowed_lateness_ms,
             max_idle_wait_ms: pipeline.max_idle_wait_ms,
             admin_listen: admin.listen,

@@ -660,6 +660,53 @@ fn erasure_through_the_api_publishes_a_tombstone_and_completes_its_receipt() {
 }
 
 #[test]
+fn an_erased_users_older_records_leave_the_brokers_log_within_the_compaction_lag() {
+    let topics = Topics::create("compaction-lag");
+    // The compacted topics tactful creates (profiles and changelog) get this lag.
+    let _pipeline =
+        Pipeline::start(&topics, PipelineOptions::default().pipeline_settings("max_compaction_lag_ms = 1000"));
+    let producer = Producer::new();
+    let t = base_time();
+    for user in ["leaver", "stayer"] {
+        producer.send_keyed(&topics.consent, user, &to_json(&consent(user, t - 1000, EVERYTHING, "FULL")));
+        for step in 0..3 {
+            producer.send_keyed(&topics.browse, user, &to_json(&browse(user, t + step, "running")));
+        }
+    }
+    assert_eq!(of_user(&read_profiles(&topics), "leaver").len(), 2, "two updates before the erasure");
+    producer.send(&topics.consent, Some(b"leaver"), None);
+    producer.send_keyed(&topics.browse, "stayer", &to_json(&browse("stayer", t + 10, "books")));
+    let before = read_profiles(&topics);
+    assert_eq!(of_user(&before, "leaver").last().unwrap(), &&None, "the erasure's tombstone");
+    let records_of = |topic: &str, user: &str| -> Vec<Option<Vec<u8>>> {
+        read_all(topic)
+            .into_iter()
+            .filter(|message| message.key() == Some(user.as_bytes()))
+            .map(|message| message.payload().map(<[u8]>::to_vec))
+            .collect()
+    };
+    assert!(records_of(&topics.changelog, "leaver").len() >= 2, "the leaver's state was in the changelog");
+    // The broker rolls a segment on the first append after the lag (the
+    // stayer's next update), then compacts the segment it closed.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    producer.send_keyed(&topics.browse, "stayer", &to_json(&browse("stayer", t + common::DAY_MS, "books")));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    loop {
+        let left = [records_of(&topics.profiles, "leaver"), records_of(&topics.changelog, "leaver")];
+        if left.iter().all(|records| records == &[None]) {
+            break;
+        }
+        let counts = left.map(|records| records.len());
+        assert!(std::time::Instant::now() < deadline, "records of the leaver on profiles, changelog: {counts:?}");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    let after = read_profiles(&topics);
+    let stayer = of_user(&after, "stayer");
+    assert_eq!(stayer.last().unwrap().as_ref().unwrap().ts, t + common::DAY_MS, "the stayer's newest update is kept");
+    assert!(records_of(&topics.changelog, "stayer").last().unwrap().is_some(), "and their state");
+}
+
+#[test]
 fn experiment_counts_are_exported_and_tactful_report_reads_them() {
     let topics = Topics::create("experiment");
     let segments = std::env::temp_dir().join(format!("{}-segments.toml", topics.prefix));

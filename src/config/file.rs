@@ -172,9 +172,15 @@ pub struct PipelineSection {
     /// events; past it, the batch is applied with the consent read so far and
     /// a warning is logged. Default 10000 ms.
     pub consent_catch_up_timeout_ms: u64,
-    /// Create `profiles.updates` (compacted) and the dead-letter topic when
-    /// missing, with the input partition count. Default true.
+    /// Create `profiles.updates` (compacted), the changelog (compacted) and
+    /// the dead-letter topic when missing, with the input partition count.
+    /// Default true.
     pub create_output_topics: bool,
+    /// `max.compaction.lag.ms` of the compacted topics tactful creates: a
+    /// record superseded (a withdrawn user's state, an old profile) leaves
+    /// the broker's log within about this long, and a restore reads at most
+    /// this long of the changelog uncompacted. Default 3600000 ms (1 hour).
+    pub max_compaction_lag_ms: u64,
     /// How far behind the newest event time the watermark trails: events may
     /// arrive this much out of order before time-driven exits fire. Default 60000 ms.
     pub allowed_lateness_ms: i64,
@@ -209,6 +215,7 @@ impl Default for PipelineSection {
             event_time_tolerance_ms: 400 * DAY_MS,
             consent_catch_up_timeout_ms: 10_000,
             create_output_topics: true,
+            max_compaction_lag_ms: 3_600_000,
             allowed_lateness_ms: crate::time::MINUTE_MS,
             max_idle_wait_ms: 500,
             conversion_window_ms: 7 * DAY_MS,

@@ -58,6 +58,18 @@ fn invalid_values_are_explained() {
 }
 
 #[test]
+fn compacted_topics_are_created_with_an_hours_compaction_lag_unless_configured() {
+    let minimal = "[kafka]\nbootstrap_servers = \"x:1\"\n";
+    assert_eq!(load_text(minimal).unwrap().max_compaction_lag_ms, 3_600_000);
+    assert_eq!(
+        load_text(&format!("{minimal}[pipeline]\nmax_compaction_lag_ms = 1000\n")).unwrap().max_compaction_lag_ms,
+        1000
+    );
+    let error = load_text(&format!("{minimal}[pipeline]\nmax_compaction_lag_ms = 0\n")).err().unwrap().to_string();
+    assert!(error.contains(".toml:4:1: pipeline.max_compaction_lag_ms must be above zero"), "{error}");
+}
+
+#[test]
 fn workers_default_to_the_number_of_cores_and_must_be_at_least_one() {
     let minimal = "[kafka]\nbootstrap_servers = \"x:1\"\n";
     assert_eq!(load_text(minimal).unwrap().workers, std::thread::available_parallelism().unwrap().get());

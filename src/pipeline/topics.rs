@@ -159,11 +159,18 @@ pub fn check_topics(config: &Config, runtime: &tokio::runtime::Handle) -> Result
     }
     let admin: AdminClient<DefaultClientContext> =
         settings::base(config).create().map_err(kafka("create an admin client"))?;
-    // -1: the cluster's default replication factor.
+    // -1: the cluster's default replication factor. The broker compacts
+    // only closed segments, and by default closes one after a week or a
+    // gigabyte: the lag bounds how long superseded records stay.
+    let lag = config.max_compaction_lag_ms.to_string();
     let new_topics: Vec<NewTopic<'_>> = missing
         .iter()
         .map(|(name, cleanup)| {
-            NewTopic::new(name, partitions, TopicReplication::Fixed(-1)).set("cleanup.policy", cleanup)
+            let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(-1)).set("cleanup.policy", cleanup);
+            match *cleanup {
+                "compact" => topic.set("max.compaction.lag.ms", &lag),
+                _ => topic,
+            }
         })
         .collect();
     let results = runtime
