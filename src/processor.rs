@@ -462,6 +462,12 @@ impl Processor {
         partitions.into_iter().flat_map(|partition| self.advance_partition(partition, watermark, now_ms)).collect()
     }
 
+    /// Whether a timer of `partition` may be due at `watermark` (false:
+    /// [`Processor::advance_partition`] would fire nothing).
+    pub fn may_be_due(&self, partition: Partition, watermark: EventTime) -> bool {
+        self.shards.with(partition, |shard| shard.may_be_due(watermark.millis())).unwrap_or(false)
+    }
+
     /// Event time has progressed to `watermark` on `partition`: re-evaluates
     /// every user of it whose profile time alone changes by then, at that
     /// moment, and returns the updates (time-driven exits and entries, no new

@@ -219,6 +219,11 @@ impl Shard {
         self.timers.pop_due(watermark)
     }
 
+    /// Whether a timer may be due at `watermark` (false: [`Shard::pop_due`] finds none).
+    pub fn may_be_due(&self, watermark: i64) -> bool {
+        self.timers.may_be_due(watermark)
+    }
+
     /// Number of users held.
     pub fn len(&self) -> usize {
         self.index.len()
@@ -270,6 +275,16 @@ impl Timers {
                     bucket.push((due, handle));
                 }
             }
+        }
+    }
+
+    /// Whether the earliest timer, or the earliest minute of timers, is due
+    /// at `watermark` (a minute that has begun may hold only later ones).
+    fn may_be_due(&self, watermark: i64) -> bool {
+        match (self.ready.peek(), self.minutes.peek()) {
+            (Some(std::cmp::Reverse((due, _))), _) => *due <= watermark,
+            (None, Some(std::cmp::Reverse(minute))) => minute.saturating_mul(TIMER_BUCKET_MS) <= watermark,
+            (None, None) => false,
         }
     }
 
@@ -464,18 +479,27 @@ mod tests {
         for (handle, due) in handles.iter().zip([3 * minute + 5, minute, 5, 3 * minute, -minute, i64::MAX]) {
             set(&mut shard, *handle, due);
         }
-        assert_eq!(shard.pop_due(-minute), Some((-minute, handles[4])));
-        assert_eq!(shard.pop_due(4), None);
-        assert_eq!(shard.pop_due(minute), Some((5, handles[2])));
+        // Whatever `may_be_due` says no to, `pop_due` finds nothing for.
+        let pop = |shard: &mut Shard, watermark: i64| {
+            let may_be_due = shard.may_be_due(watermark);
+            let popped = shard.pop_due(watermark);
+            assert!(may_be_due || popped.is_none(), "{popped:?} popped at {watermark}");
+            popped
+        };
+        assert!(!shard.may_be_due(-minute - 1));
+        assert_eq!(pop(&mut shard, -minute), Some((-minute, handles[4])));
+        assert_eq!(pop(&mut shard, 4), None);
+        assert_eq!(pop(&mut shard, minute), Some((5, handles[2])));
         // Set while its bucket is being fired: it still comes in order.
         set(&mut shard, handles[2], 7);
-        assert_eq!(shard.pop_due(minute), Some((7, handles[2])));
-        assert_eq!(shard.pop_due(minute), Some((minute, handles[1])));
-        assert_eq!(shard.pop_due(3 * minute + 4), Some((3 * minute, handles[3])));
-        assert_eq!(shard.pop_due(3 * minute + 4), None);
-        assert_eq!(shard.pop_due(i64::MAX - 1), Some((3 * minute + 5, handles[0])));
-        assert_eq!(shard.pop_due(i64::MAX - 1), None);
-        assert_eq!(shard.pop_due(i64::MAX), Some((i64::MAX, handles[5])));
+        assert_eq!(pop(&mut shard, minute), Some((7, handles[2])));
+        assert_eq!(pop(&mut shard, minute), Some((minute, handles[1])));
+        assert_eq!(pop(&mut shard, 3 * minute + 4), Some((3 * minute, handles[3])));
+        assert_eq!(pop(&mut shard, 3 * minute + 4), None);
+        assert_eq!(pop(&mut shard, i64::MAX - 1), Some((3 * minute + 5, handles[0])));
+        assert_eq!(pop(&mut shard, i64::MAX - 1), None);
+        assert_eq!(pop(&mut shard, i64::MAX), Some((i64::MAX, handles[5])));
+        assert!(!shard.may_be_due(i64::MAX), "nothing is left");
     }
 
     #[test]
