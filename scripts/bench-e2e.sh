@@ -106,10 +106,7 @@ echo "$threads" | awk -v total="$process_cpu" -v broker="$broker_cpu" -v wall="$
 restore() {
     "$tactful" run --config "$run_dir/tactful.toml" 2> "$run_dir/restore.log" &
     pipeline_pid=$!
-    until curl -sf "127.0.0.1:$port/readyz" >/dev/null; do
-        sleep 0.05
-        kill -0 "$pipeline_pid" 2>/dev/null || { echo "the pipeline died:"; tail -20 "$run_dir/restore.log"; exit 1; }
-    done
+    wait_until_ready "$pipeline_pid" "$port" "$run_dir/restore.log"
     local peak
     peak=$(awk '/VmHWM/ {print $2 " " $3}' "/proc/$pipeline_pid/status")
     kill -TERM "$pipeline_pid"

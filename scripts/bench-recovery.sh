@@ -62,12 +62,7 @@ start_instance() {
     "$tactful" run --config "$run_dir/$1.toml" 2>> "$run_dir/$1.log" &
     pid[$1]=$!
 }
-wait_ready() {
-    until curl -sf "127.0.0.1:${port[$1]}/readyz" >/dev/null; do
-        kill -0 "${pid[$1]}" 2>/dev/null || { echo "instance $1 died:"; tail -20 "$run_dir/$1.log"; exit 1; }
-        sleep 0.1
-    done
-}
+wait_ready() { wait_until_ready "${pid[$1]}" "${port[$1]}" "$run_dir/$1.log"; }
 
 start_instance a
 start_instance b

@@ -119,16 +119,17 @@ def user_id(i):
     return f"lat-u{i:06d}"
 
 
-def producer(bootstrap):
+def producer(bootstrap, linger_ms=5):
     # As a Java client or tests/interop/produce.py would: Java's partitioner
     # (the user's records land on the same partition number in every topic),
-    # idempotence on, librdkafka's default linger.ms (5 ms) made explicit.
+    # idempotence on, librdkafka's (and Java's) default linger.ms (5 ms)
+    # made explicit.
     return Producer(
         {
             "bootstrap.servers": bootstrap,
             "partitioner": "murmur2_random",
             "enable.idempotence": True,
-            "linger.ms": 5,
+            "linger.ms": linger_ms,
         }
     )
 
@@ -463,7 +464,7 @@ def cmd_run(args):
         die("the consumer did not start polling within 60 s")
     time.sleep(1.0)  # the consumer's first fetches (the consent records' updates) are done
 
-    p = producer(args.bootstrap)
+    p = producer(args.bootstrap, args.linger_ms)
     deliveries = Deliveries()
     load = BrowseLoad(args.users, args.seed)
     run_id = f"{os.getpid()}-{int(time.time())}"
@@ -576,6 +577,7 @@ def main():
     r.add_argument("--metrics-url", help="tactful's /metrics, scraped before and after")
     r.add_argument("--seed", type=int, default=11)
     r.add_argument("--fetch-wait-ms", type=int, default=10, help="the consumer's fetch.wait.max.ms")
+    r.add_argument("--linger-ms", type=int, default=5, help="the event producer's linger.ms")
     m = sub.add_parser("commits", help="print the committed offsets of --group on --topic as they move")
     m.add_argument("--group", required=True)
     m.add_argument("--topic", required=True)

@@ -61,3 +61,13 @@ tactful_binary() {
         tactful=target/release/tactful
     fi
 }
+
+# Waits until the tactful process $1 answers ready on 127.0.0.1:$2/readyz;
+# if it dies first, shows the end of its log $3 and fails.
+wait_until_ready() {
+    local pid="$1" admin_port="$2" log_file="$3"
+    until curl -sf "127.0.0.1:$admin_port/readyz" >/dev/null; do
+        kill -0 "$pid" 2>/dev/null || { echo "the pipeline died:"; tail -20 "$log_file"; exit 1; }
+        sleep 0.05
+    done
+}
