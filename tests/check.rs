@@ -196,7 +196,7 @@ fn each_class_of_config_error_has_its_exact_message_and_position() {
             format!("{kafka}[pipeline]\nmax_batch = 3\n"),
             "5:1: unknown field `max_batch`, expected one of `segments_file`, `extra_schema_files`, \
              `processing_guarantee`, `max_batch_records`, `commit_interval_ms`, `dead_letters_enabled`, \
-             `event_time_tolerance_ms`, `consent_catch_up_timeout_ms`, `create_output_topics`, `allowed_lateness_ms`, \
+             `event_time_tolerance_ms`, `consent_catch_up_timeout_ms`, `create_output_topics`, `max_compaction_lag_ms`, `allowed_lateness_ms`, \
              `max_idle_wait_ms`, `conversion_window_ms`, `output_format`, `workers`",
         ),
         (
