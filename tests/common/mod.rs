@@ -825,6 +825,15 @@ pub fn read_all(topic: &str) -> Vec<rdkafka::message::OwnedMessage> {
     records
 }
 
+/// The values (`None`: a tombstone) of every record keyed `key` in `topic`, in topic order.
+pub fn values_of(topic: &str, key: &str) -> Vec<Option<Vec<u8>>> {
+    read_all(topic)
+        .into_iter()
+        .filter(|message| message.key() == Some(key.as_bytes()))
+        .map(|message| message.payload().map(<[u8]>::to_vec))
+        .collect()
+}
+
 /// All profile records, in topic order.
 pub fn read_profiles(topics: &Topics) -> Vec<ProfileRecord> {
     wait_processed(topics);
