@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use rdkafka::admin::{NewTopic, TopicReplication};
 use rdkafka::message::Message;
 
 #[test]
@@ -696,6 +697,27 @@ fn an_erased_users_older_records_leave_the_brokers_log_within_the_compaction_lag
     let stayer = of_user(&after, "stayer");
     assert_eq!(stayer.last().unwrap().as_ref().unwrap().ts, t + common::DAY_MS, "the stayer's newest update is kept");
     assert!(values_of(&topics.changelog, "stayer").last().unwrap().is_some(), "and their state");
+}
+
+#[test]
+fn a_compacted_topic_made_by_hand_without_a_compaction_bound_is_warned_of_at_start() {
+    let topics = Topics::create("unbounded-lag");
+    // Made by hand before the start: the changelog without a lag (Kafka's
+    // default, never forced), the profiles topic within the configured one.
+    create_topics(&[
+        NewTopic::new(&topics.changelog, 1, TopicReplication::Fixed(1)).set("cleanup.policy", "compact"),
+        NewTopic::new(&topics.profiles, 1, TopicReplication::Fixed(1))
+            .set("cleanup.policy", "compact")
+            .set("max.compaction.lag.ms", "600000"),
+    ]);
+    let pipeline = Pipeline::start(&topics, PipelineOptions::default());
+    let log = pipeline.log();
+    let warnings: Vec<&str> =
+        log.lines().filter(|line| line.contains("without a bound on its compaction lag")).collect();
+    assert_eq!(warnings.len(), 1, "one warning, for the changelog only:\n{log}");
+    assert!(warnings[0].contains(&topics.changelog), "{}", warnings[0]);
+    assert!(warnings[0].contains("9223372036854775807"), "the topic's lag as the broker describes it: {}", warnings[0]);
+    assert!(warnings[0].contains("3600000"), "the configured bound: {}", warnings[0]);
 }
 
 #[test]

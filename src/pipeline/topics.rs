@@ -3,7 +3,7 @@
 
 use super::{kafka, log_client_error, settings, PipelineError};
 use crate::config::Config;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -114,6 +114,9 @@ fn read_metadata(config: &Config) -> Result<Metadata, PipelineError> {
     }
 }
 
+/// An output topic: its name and cleanup policy.
+type Output<'a> = (&'a str, &'static str);
+
 /// Checks that the four input topics exist and are co-partitioned, creates
 /// missing output topics when configured to, and returns the partition count.
 pub fn check_topics(config: &Config, runtime: &tokio::runtime::Handle) -> Result<i32, PipelineError> {
@@ -145,20 +148,33 @@ pub fn check_topics(config: &Config, runtime: &tokio::runtime::Handle) -> Result
         );
     }
     let outputs = [(&topics.profiles, "compact"), (&topics.dead_letters, "delete"), (&topics.changelog, "compact")];
-    let missing: Vec<(&str, &str)> = outputs
+    let (missing, existing): (Vec<Output<'_>>, Vec<Output<'_>>) = outputs
         .into_iter()
-        .filter(|(name, _)| partitions_of(name).is_none())
         .map(|(name, cleanup)| (name.as_str(), cleanup))
-        .collect();
-    if missing.is_empty() {
-        return Ok(partitions);
-    }
-    if !config.create_output_topics {
+        .partition(|(name, _)| partitions_of(name).is_none());
+    if !missing.is_empty() && !config.create_output_topics {
         let names: Vec<&str> = missing.iter().map(|(name, _)| *name).collect();
         return Err(TopicsError::MissingOutputs(names.join(", ")).into());
     }
     let admin: AdminClient<DefaultClientContext> =
         settings::base(config).create().map_err(kafka("create an admin client"))?;
+    if !missing.is_empty() {
+        create_outputs(config, &admin, runtime, &missing, partitions)?;
+    }
+    let compacted: Vec<&str> =
+        existing.iter().filter(|(_, cleanup)| *cleanup == "compact").map(|(name, _)| *name).collect();
+    warn_of_unbounded_compaction(config, &admin, runtime, &compacted);
+    Ok(partitions)
+}
+
+/// Creates the `missing` output topics (name, cleanup policy) with `partitions` partitions.
+fn create_outputs(
+    config: &Config,
+    admin: &AdminClient<DefaultClientContext>,
+    runtime: &tokio::runtime::Handle,
+    missing: &[Output<'_>],
+    partitions: i32,
+) -> Result<(), PipelineError> {
     // -1: the cluster's default replication factor. The broker compacts
     // only closed segments, and by default closes one after a week or a
     // gigabyte: the lag bounds how long superseded records stay.
@@ -173,9 +189,8 @@ pub fn check_topics(config: &Config, runtime: &tokio::runtime::Handle) -> Result
             }
         })
         .collect();
-    let results = runtime
-        .block_on(admin.create_topics(&new_topics, &AdminOptions::new().operation_timeout(Some(METADATA_TIMEOUT))))
-        .map_err(kafka("create output topics"))?;
+    let results =
+        runtime.block_on(admin.create_topics(&new_topics, &admin_options())).map_err(kafka("create output topics"))?;
     for result in results {
         match result {
             Ok(name) => tracing::info!(topic = %name, partitions, "created output topic"),
@@ -185,5 +200,77 @@ pub fn check_topics(config: &Config, runtime: &tokio::runtime::Handle) -> Result
             }
         }
     }
-    Ok(partitions)
+    Ok(())
+}
+
+fn admin_options() -> AdminOptions {
+    AdminOptions::new().operation_timeout(Some(METADATA_TIMEOUT)).request_timeout(Some(METADATA_TIMEOUT))
+}
+
+/// Warns of each of the `compacted` topics that exist already (made by
+/// hand, or before the setting) whose `max.compaction.lag.ms` is above
+/// `pipeline.max_compaction_lag_ms`: an erased user's superseded records
+/// stay on the brokers' disks until the segment rolls (a week by default),
+/// and a restart reads all of them. Not an error: the operator may mean it.
+/// A cluster that will not describe its topics gets a warning that it could
+/// not be checked.
+fn warn_of_unbounded_compaction(
+    config: &Config,
+    admin: &AdminClient<DefaultClientContext>,
+    runtime: &tokio::runtime::Handle,
+    compacted: &[&str],
+) {
+    if compacted.is_empty() {
+        return;
+    }
+    let specifiers: Vec<ResourceSpecifier<'_>> = compacted.iter().map(|name| ResourceSpecifier::Topic(name)).collect();
+    let described = match runtime.block_on(admin.describe_configs(&specifiers, &admin_options())) {
+        Ok(described) => described,
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the compacted output topics' settings to check max.compaction.lag.ms");
+            return;
+        }
+    };
+    for (topic, result) in compacted.iter().zip(described) {
+        let lag = match &result {
+            Ok(resource) => resource.get("max.compaction.lag.ms").and_then(|entry| entry.value.as_deref()),
+            Err(code) => {
+                tracing::warn!(topic, %code, "cannot read the topic's settings to check max.compaction.lag.ms");
+                continue;
+            }
+        };
+        if exceeds(lag, config.max_compaction_lag_ms) {
+            tracing::warn!(
+                topic,
+                max_compaction_lag_ms = lag.unwrap_or("unset"),
+                wanted = config.max_compaction_lag_ms,
+                "compacted topic without a bound on its compaction lag: an erased user's older records stay on the \
+                 brokers' disks until its segment rolls, and a restart reads them all; set its max.compaction.lag.ms \
+                 (tactful sets pipeline.max_compaction_lag_ms only on topics it creates)"
+            );
+        }
+    }
+}
+
+/// Whether a topic's `max.compaction.lag.ms` (as the broker describes it)
+/// lets superseded records stay longer than `bound` ms: unset or not a
+/// number counts as unbounded.
+fn exceeds(lag: Option<&str>, bound: u64) -> bool {
+    lag.and_then(|lag| lag.parse::<u64>().ok()).is_none_or(|lag| lag > bound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::exceeds;
+
+    #[test]
+    fn a_compaction_lag_above_the_configured_one_or_unset_is_unbounded() {
+        // Kafka's default is Long.MAX_VALUE: never forced.
+        assert!(exceeds(Some("9223372036854775807"), 3_600_000));
+        assert!(exceeds(Some("3600001"), 3_600_000));
+        assert!(exceeds(None, 3_600_000));
+        assert!(exceeds(Some("soon"), 3_600_000));
+        assert!(!exceeds(Some("3600000"), 3_600_000));
+        assert!(!exceeds(Some("1000"), 3_600_000));
+    }
 }

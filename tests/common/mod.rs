@@ -179,20 +179,13 @@ impl Topics {
             changelog: format!("tactful.{prefix}.changelog"),
             prefix,
         };
-        let admin: AdminClient<DefaultClientContext> =
-            ClientConfig::new().set("bootstrap.servers", bootstrap()).create().unwrap();
-        let new_topics = [
+        create_topics(&[
             NewTopic::new(&topics.browse, partitions, TopicReplication::Fixed(1)),
             NewTopic::new(&topics.purchase, partitions, TopicReplication::Fixed(1)),
             NewTopic::new(&topics.location, partitions, TopicReplication::Fixed(1)),
             NewTopic::new(&topics.consent, consent_partitions, TopicReplication::Fixed(1))
                 .set("cleanup.policy", "compact"),
-        ];
-        let results = runtime().block_on(admin.create_topics(&new_topics, &AdminOptions::new())).unwrap();
-        for result in results {
-            result.unwrap_or_else(|(name, code)| panic!("cannot create topic {name}: {code}"));
-        }
-        wait_until_listed(&new_topics.iter().map(|topic| topic.name).collect::<Vec<_>>());
+        ]);
         topics
     }
 
@@ -203,6 +196,17 @@ impl Topics {
     pub fn group(&self) -> String {
         format!("{}-group", self.prefix)
     }
+}
+
+/// Creates `new_topics` on the test broker and waits until its metadata lists them.
+pub fn create_topics(new_topics: &[NewTopic<'_>]) {
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", bootstrap()).create().unwrap();
+    let results = runtime().block_on(admin.create_topics(new_topics, &AdminOptions::new())).unwrap();
+    for result in results {
+        result.unwrap_or_else(|(name, code)| panic!("cannot create topic {name}: {code}"));
+    }
+    wait_until_listed(&new_topics.iter().map(|topic| topic.name).collect::<Vec<_>>());
 }
 
 /// Waits until the broker's metadata lists `names`: topic creation returns
