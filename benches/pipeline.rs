@@ -65,9 +65,13 @@ fn process_chunk(processor: &Processor, records: &[SyntheticRecord], now_ms: i64
     };
     let mut newest_event_time = None;
     for (index, record) in records.iter().enumerate() {
-        // As the pipeline's workers do: a user's consent entry is prefetched a few records ahead.
-        if let Some(ahead) = records.get(index + LOOKAHEAD) {
+        // As the pipeline's workers do: a user's consent entry is prefetched
+        // a few records ahead, then the slot of their state it names.
+        if let Some(ahead) = records.get(index + 2 * LOOKAHEAD) {
             processor.prefetch(&ahead.key);
+        }
+        if let Some(ahead) = records.get(index + LOOKAHEAD) {
+            processor.prefetch_slot(Partition(0), &ahead.key);
         }
         let processed = processor.process(record.kind, Some(record.key.as_bytes()), record.value.as_deref(), now_ms);
         newest_event_time = newest_event_time.max(processed.event_time.map(EventTime));

@@ -282,6 +282,16 @@ impl Processor {
         self.consent.prefetch(user_id);
     }
 
+    /// Starts loading what applying an event of `user_id` read from
+    /// `partition` reads next, the slot of their state, into the cache
+    /// without waiting: called after [`Processor::prefetch`], when their
+    /// consent entry (which names the slot) has arrived.
+    pub fn prefetch_slot(&self, partition: Partition, user_id: &str) {
+        if let Some(handle) = self.consent.slot_of(user_id) {
+            self.shards.with(partition, |shard| shard.prefetch(handle));
+        }
+    }
+
     /// Decodes and validates one input record of `kind`, without looking at
     /// or changing any state: the pipeline decodes records as they arrive and
     /// applies them later, in event-time order across the event topics.

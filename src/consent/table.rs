@@ -32,6 +32,14 @@ struct Entry {
 /// No slot noted.
 const NO_SLOT: u32 = u32::MAX;
 
+impl Entry {
+    /// The slot noted, if any.
+    fn slot(&self) -> Option<Handle> {
+        let slot = self.slot.load(Ordering::Relaxed);
+        (slot != NO_SLOT).then_some(Handle(slot))
+    }
+}
+
 /// Parts of the table, each with its own lock. A read takes its part's
 /// lock, which writes the lock's cache line: with DashMap's default (4 per
 /// core) the worker threads' reads kept taking those few lines from each
@@ -59,10 +67,7 @@ impl ConsentTable {
     /// A copy of the consent in force for `user_id` with the slot their
     /// state was last found in (see [`Self::note_slot`]).
     pub fn with_slot(&self, user_id: &str) -> Option<(ConsentInForce, Option<Handle>)> {
-        self.get(user_id).map(|entry| {
-            let slot = entry.slot.load(Ordering::Relaxed);
-            (entry.consent.clone(), (slot != NO_SLOT).then_some(Handle(slot)))
-        })
+        self.get(user_id).map(|entry| (entry.consent.clone(), entry.slot()))
     }
 
     /// Starts loading the part of the table where `user_id`'s entry would
@@ -84,6 +89,11 @@ impl ConsentTable {
         let bucket = unsafe { part.bucket(index) };
         prefetch(bucket.as_ptr());
         prefetch(part.data_end().as_ptr().cast::<u8>().wrapping_add(index));
+    }
+
+    /// The slot `user_id`'s state was last found in, if noted.
+    pub fn slot_of(&self, user_id: &str) -> Option<Handle> {
+        self.get(user_id)?.slot()
     }
 
     /// Notes that `user_id`'s state is in slot `handle` of their shard.
@@ -149,5 +159,20 @@ mod tests {
         }
         assert_eq!(table.cloned("nobody"), None);
         assert_eq!(table.len(), 5_000);
+    }
+
+    #[test]
+    fn the_slot_noted_for_a_user_is_theirs_until_noted_again() {
+        let table = ConsentTable::default();
+        table.note_slot("u-1", Handle(7)); // no consent: nothing to note it on
+        assert_eq!(table.slot_of("u-1"), None);
+        table.put("u-1", ConsentInForce::chosen_at(1));
+        assert_eq!(table.slot_of("u-1"), None, "none noted yet");
+        table.note_slot("u-1", Handle(7));
+        assert_eq!(table.slot_of("u-1"), Some(Handle(7)));
+        assert_eq!(table.with_slot("u-1").map(|(consent, slot)| (consent.ts, slot)), Some((1, Some(Handle(7)))));
+        table.note_slot("u-1", Handle(3));
+        assert_eq!(table.slot_of("u-1"), Some(Handle(3)));
+        assert_eq!(table.slot_of("u-2"), None);
     }
 }

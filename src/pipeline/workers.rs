@@ -93,15 +93,22 @@ pub fn apply_record(processor: &Processor, (source, input): Record, now_ms: i64)
 }
 
 /// Applies `records` in their order on this thread, each user's consent
-/// entry prefetched [`LOOKAHEAD`] records before theirs; returns each
+/// entry prefetched 2 × [`LOOKAHEAD`] records before theirs and the slot of
+/// their state (which the entry names) [`LOOKAHEAD`] before; returns each
 /// record's result.
 fn apply_records(processor: &Processor, records: Vec<Record>, now_ms: i64) -> Vec<Processed> {
     let mut results = Vec::with_capacity(records.len());
     let mut records = records.into_iter();
     while let Some(record) = records.next() {
-        let ahead = records.as_slice().get(LOOKAHEAD - 1).and_then(|(_, input)| input.as_ref().ok()?.event_user());
-        if let Some(user_id) = ahead {
+        let ahead = |distance: usize| {
+            let (source, input) = records.as_slice().get(distance - 1)?;
+            Some((source.partition, input.as_ref().ok()?.event_user()?))
+        };
+        if let Some((_, user_id)) = ahead(2 * LOOKAHEAD) {
             processor.prefetch(user_id);
+        }
+        if let Some((partition, user_id)) = ahead(LOOKAHEAD) {
+            processor.prefetch_slot(partition, user_id);
         }
         results.push(apply_record(processor, record, now_ms));
     }
