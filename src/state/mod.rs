@@ -36,7 +36,9 @@ pub struct Partition(pub i32);
 /// How many records (or timers) ahead of the one being applied a user's
 /// entries are prefetched: far enough for the load from memory to finish
 /// first (a record takes microseconds, a load a tenth of one), near enough
-/// that the lines are still cached when the record comes.
+/// that the lines are still cached when the record comes. Where one entry
+/// leads to the next (a consent entry names the slot of the user's state),
+/// the first is prefetched twice as far ahead.
 pub const LOOKAHEAD: usize = 4;
 
 /// Asks the CPU to start loading the cache line at `address` without
