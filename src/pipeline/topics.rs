@@ -203,6 +203,7 @@ fn create_outputs(
     Ok(())
 }
 
+/// How long the start-up's admin requests may take.
 fn admin_options() -> AdminOptions {
     AdminOptions::new().operation_timeout(Some(METADATA_TIMEOUT)).request_timeout(Some(METADATA_TIMEOUT))
 }
@@ -244,9 +245,10 @@ fn warn_of_unbounded_compaction(
                 topic,
                 max_compaction_lag_ms = lag.unwrap_or("unset"),
                 wanted = config.max_compaction_lag_ms,
-                "compacted topic without a bound on its compaction lag: an erased user's older records stay on the \
-                 brokers' disks until its segment rolls, and a restart reads them all; set its max.compaction.lag.ms \
-                 (tactful sets pipeline.max_compaction_lag_ms only on topics it creates)"
+                "compacted topic with no bound on its compaction lag, or a longer one than configured: an erased \
+                 user's older records stay on the brokers' disks until its segment rolls, and a restart reads them \
+                 all; set its max.compaction.lag.ms (tactful sets pipeline.max_compaction_lag_ms only on topics it \
+                 creates)"
             );
         }
     }
