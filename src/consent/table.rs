@@ -34,7 +34,7 @@ const NO_SLOT: u32 = u32::MAX;
 
 impl Entry {
     /// The slot noted, if any.
-    fn slot(&self) -> Option<Handle> {
+    fn noted_slot(&self) -> Option<Handle> {
         let slot = self.slot.load(Ordering::Relaxed);
         (slot != NO_SLOT).then_some(Handle(slot))
     }
@@ -67,7 +67,7 @@ impl ConsentTable {
     /// A copy of the consent in force for `user_id` with the slot their
     /// state was last found in (see [`Self::note_slot`]).
     pub fn with_slot(&self, user_id: &str) -> Option<(ConsentInForce, Option<Handle>)> {
-        self.get(user_id).map(|entry| (entry.consent.clone(), entry.slot()))
+        self.get(user_id).map(|entry| (entry.consent.clone(), entry.noted_slot()))
     }
 
     /// Starts loading the part of the table where `user_id`'s entry would
@@ -93,7 +93,7 @@ impl ConsentTable {
 
     /// The slot `user_id`'s state was last found in, if noted.
     pub fn slot_of(&self, user_id: &str) -> Option<Handle> {
-        self.get(user_id)?.slot()
+        self.get(user_id)?.noted_slot()
     }
 
     /// Notes that `user_id`'s state is in slot `handle` of their shard.

@@ -115,7 +115,7 @@ fn read_metadata(config: &Config) -> Result<Metadata, PipelineError> {
 }
 
 /// An output topic: its name and cleanup policy.
-type Output<'a> = (&'a str, &'static str);
+type OutputTopic<'a> = (&'a str, &'static str);
 
 /// Checks that the four input topics exist and are co-partitioned, creates
 /// missing output topics when configured to, and returns the partition count.
@@ -148,7 +148,7 @@ pub fn check_topics(config: &Config, runtime: &tokio::runtime::Handle) -> Result
         );
     }
     let outputs = [(&topics.profiles, "compact"), (&topics.dead_letters, "delete"), (&topics.changelog, "compact")];
-    let (missing, existing): (Vec<Output<'_>>, Vec<Output<'_>>) = outputs
+    let (missing, existing): (Vec<OutputTopic<'_>>, Vec<OutputTopic<'_>>) = outputs
         .into_iter()
         .map(|(name, cleanup)| (name.as_str(), cleanup))
         .partition(|(name, _)| partitions_of(name).is_none());
@@ -172,7 +172,7 @@ fn create_outputs(
     config: &Config,
     admin: &AdminClient<DefaultClientContext>,
     runtime: &tokio::runtime::Handle,
-    missing: &[Output<'_>],
+    missing: &[OutputTopic<'_>],
     partitions: i32,
 ) -> Result<(), PipelineError> {
     // -1: the cluster's default replication factor. The broker compacts
