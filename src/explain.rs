@@ -115,7 +115,7 @@ pub fn explain(segments: &Segments, user_id: &str, consent: Option<&ConsentInFor
         profile: state.published.as_ref().map(|profile| ProfileView {
             level: profile.level,
             channels: profile.channels.channel_names(),
-            segments: segments.render(user_id, profile),
+            segments: segments.render(user_id, &profile.members),
         }),
         data_held: data_held(&state.history, &retention, precise),
     }

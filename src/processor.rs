@@ -209,7 +209,9 @@ impl Processor {
     pub fn memberships(&self, user_id: &str) -> Option<Vec<Membership>> {
         let segments = self.segments.load();
         self.shards
-            .read(user_id, |_, state| state.published.as_ref().map(|profile| segments.render(user_id, profile)))
+            .read(user_id, |_, state| {
+                state.published.as_ref().map(|profile| segments.render(user_id, &profile.members))
+            })
             .flatten()
     }
 

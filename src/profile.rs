@@ -53,8 +53,6 @@ pub fn refresh(
     if unchanged {
         return None;
     }
-    // Stored for as long as the user is held: no spare capacity.
-    let profile = PublishedProfile { level, channels, members: ThinVec::from(members.as_slice()) };
     let ids_missing_from = |these: &[PublishedMember], those: &[PublishedMember]| -> Vec<CompactString> {
         these
             .iter()
@@ -63,24 +61,34 @@ pub fn refresh(
             .collect()
     };
     let new_entries = if granted.contains(Purpose::Measurement) {
-        segments.experiments.measure_entries(&segments.catalogue, user_id, &profile.members, previous)
+        segments.experiments.measure_entries(&segments.catalogue, user_id, &members, previous)
     } else {
         Vec::new()
     };
-    let entered = ids_missing_from(&profile.members, previous);
-    let exited = ids_missing_from(previous, &profile.members);
-    segments.count_members(state.published.as_ref(), Some(&profile));
+    let entered = ids_missing_from(&members, previous);
+    let exited = ids_missing_from(previous, &members);
+    segments.count_member_changes(previous, &members);
     let update = ProfileUpdate {
         user_id: CompactString::new(user_id),
         version: state.next_version(now_ms),
         ts: change_ts,
         level,
-        channels: profile.channels.channel_names(),
-        segments: segments.render(user_id, &profile),
+        channels: channels.channel_names(),
+        segments: segments.render(user_id, &members),
         entered,
         exited,
     };
     state.experiment_entries.extend(new_entries);
-    state.published = Some(profile);
+    match &mut state.published {
+        // Most updates change a figure, not the memberships: the room held is reused.
+        Some(published) if published.members.len() == members.len() => {
+            published.members.clone_from_slice(&members);
+            (published.level, published.channels) = (level, channels);
+        }
+        // Stored for as long as the user is held: no spare capacity.
+        published => {
+            *published = Some(PublishedProfile { level, channels, members: ThinVec::from(members.as_slice()) })
+        }
+    }
     Some(update)
 }

@@ -733,6 +733,8 @@ fn gpc_removes_ads_until_a_newer_consent_change_grants_ads_again() {
             &[],
         )
     );
+    // The profile held is the one published: the explain API shows ads again.
+    assert_eq!(h.processor.explain("u1").unwrap().profile.unwrap().channels, names(&ALL_CHANNELS));
 }
 
 #[test]

@@ -148,8 +148,14 @@ impl Segments {
 
     /// Moves the member counts from the memberships of `before` to those of `after`.
     pub fn count_members(&self, before: Option<&PublishedProfile>, after: Option<&PublishedProfile>) {
-        let before = before.map_or(&[][..], |profile| profile.members.as_slice());
-        let after = after.map_or(&[][..], |profile| profile.members.as_slice());
+        fn members(profile: Option<&PublishedProfile>) -> &[PublishedMember] {
+            profile.map_or(&[], |profile| &profile.members)
+        }
+        self.count_member_changes(members(before), members(after));
+    }
+
+    /// [`Segments::count_members`] for the memberships `before` and `after`.
+    pub fn count_member_changes(&self, before: &[PublishedMember], after: &[PublishedMember]) {
         // Only the segments entered or left: most updates change a reason,
         // not the memberships, and the counters are shared by the worker
         // threads (each change moves their cache line between cores).
@@ -170,9 +176,8 @@ impl Segments {
 
     /// The memberships of a published profile as the contract shows them,
     /// with their reasons rendered.
-    pub fn render(&self, user_id: &str, profile: &PublishedProfile) -> Vec<Membership> {
-        profile
-            .members
+    pub fn render(&self, user_id: &str, members: &[PublishedMember]) -> Vec<Membership> {
+        members
             .iter()
             .map(|member| {
                 let segment = self.catalogue.segment(member.segment);
