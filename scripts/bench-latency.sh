@@ -12,9 +12,11 @@
 # receive wall clock − ts for the updates caused by the run's events after
 # WARMUP s. Producer and consumer run on this machine: one clock, no skew.
 # A first round of BROKER_WARMUP s (exactly once, its own topics) warms the
-# broker's JIT and is not reported.
+# broker's JIT and is not reported. GUARANTEE=floor measures the broker
+# alone: no tactful, the consumer reads the events themselves (one hop, the
+# same producer and consumer settings); `all` runs it before both guarantees.
 #
-# Usage: [GUARANTEE=exactly_once|at_least_once|both] [CAPACITY=40000] [RATE=CAPACITY/2] \
+# Usage: [GUARANTEE=exactly_once|at_least_once|both|floor|all] [CAPACITY=40000] [RATE=CAPACITY/2] \
 #        [DURATION=30] [WARMUP=5] [USERS=10000] [PARTITIONS=4] \
 #        [COMMIT_INTERVAL_MS=100] [MAX_BATCH=50000] [MAX_IDLE_WAIT_MS=500] \
 #        [BROKER_WARMUP=20] [CONSUMER_FETCH_WAIT_MS=10] [PRODUCER_LINGER_MS=5] [CLIENT_PROPERTIES=key=value,...] \
@@ -45,8 +47,9 @@ producer_linger_ms="${PRODUCER_LINGER_MS:-5}"
 broker_warmup="${BROKER_WARMUP:-20}"
 case "$guarantee" in
     both) guarantees=(exactly_once at_least_once) ;;
-    exactly_once | at_least_once) guarantees=("$guarantee") ;;
-    *) echo "GUARANTEE must be exactly_once, at_least_once or both" >&2; exit 2 ;;
+    all) guarantees=(floor exactly_once at_least_once) ;;
+    exactly_once | at_least_once | floor) guarantees=("$guarantee") ;;
+    *) echo "GUARANTEE must be exactly_once, at_least_once, both, floor or all" >&2; exit 2 ;;
 esac
 
 # TACTFUL_BIN: another build to measure (e.g. a candidate change), instead of this tree's.
@@ -93,24 +96,33 @@ for round in "${rounds[@]}"; do
         done
     fi
     "$python" scripts/latency.py --bootstrap "$bootstrap" topics --prefix "$prefix" --partitions "$partitions"
-    "$python" scripts/latency.py --bootstrap "$bootstrap" consent --topic "$prefix.consent.changes" --users "$users"
-
-    "$tactful" run --config "$run_dir/$round.toml" 2> "$run_dir/$round.run.log" &
-    pipeline_pid=$!
-    wait_until_ready "$pipeline_pid" "$admin_port" "$run_dir/$round.run.log"
-
     broker_pid="$(cat "${KAFKA_RUN_DIR:-target/kafka}/kafka.pid")"
-    cpu_before="$(cpu_seconds "$pipeline_pid") $(cpu_seconds "$broker_pid")"
+    if [ "$round" = floor ]; then
+        # The broker alone: the same load, read back from the events topic.
+        read=(--read events)
+        cpu_before="0 $(cpu_seconds "$broker_pid")"
+    else
+        read=(--metrics-url "http://127.0.0.1:$admin_port/metrics")
+        "$python" scripts/latency.py --bootstrap "$bootstrap" consent --topic "$prefix.consent.changes" --users "$users"
+        "$tactful" run --config "$run_dir/$round.toml" 2> "$run_dir/$round.run.log" &
+        pipeline_pid=$!
+        wait_until_ready "$pipeline_pid" "$admin_port" "$run_dir/$round.run.log"
+        cpu_before="$(cpu_seconds "$pipeline_pid") $(cpu_seconds "$broker_pid")"
+    fi
     "$python" scripts/latency.py --bootstrap "$bootstrap" run \
         --browse-topic "$prefix.events.browse" --profiles-topic "$prefix.profiles.updates" \
-        --users "$users" --rate "$rate" --duration "$seconds" --warmup "$warmup" \
-        --metrics-url "http://127.0.0.1:$admin_port/metrics" --fetch-wait-ms "$consumer_fetch_wait_ms" \
-        --linger-ms "$producer_linger_ms" > "$run_dir/$round.json"
-    peak_rss=$(awk '/VmHWM/ {print $2 " " $3}' "/proc/$pipeline_pid/status")
-    cpu_after="$(cpu_seconds "$pipeline_pid") $(cpu_seconds "$broker_pid")"
-    kill -TERM "$pipeline_pid"
-    wait "$pipeline_pid" || true
-    pipeline_pid=""
+        --users "$users" --rate "$rate" --duration "$seconds" --warmup "$warmup" "${read[@]}" \
+        --fetch-wait-ms "$consumer_fetch_wait_ms" --linger-ms "$producer_linger_ms" > "$run_dir/$round.json"
+    if [ -n "$pipeline_pid" ]; then
+        peak_rss=$(awk '/VmHWM/ {print $2 " " $3}' "/proc/$pipeline_pid/status")
+        cpu_after="$(cpu_seconds "$pipeline_pid") $(cpu_seconds "$broker_pid")"
+        kill -TERM "$pipeline_pid"
+        wait "$pipeline_pid" || true
+        pipeline_pid=""
+    else
+        peak_rss="-"
+        cpu_after="0 $(cpu_seconds "$broker_pid")"
+    fi
     if [ "$round" = warm-up ]; then
         echo "== broker warm-up round ($g, ${seconds}s, not reported): broker CPU $(echo "$cpu_after" | awk -v b="$cpu_before" '{split(b, x, " "); printf "%.1f", $2 - x[2]}') s"
         continue
@@ -120,20 +132,24 @@ for round in "${rounds[@]}"; do
 import json, sys
 r = json.load(open(sys.argv[1])); g = sys.argv[2]; lat = r["latency_ms"]; p = r["pipeline"]
 (t0, b0), (t1, b1) = (map(float, x.split()) for x in sys.argv[4:6])
-print(f"== {g}")
+floor = g == "floor"
+print("== floor: the broker alone, the consumer reads the events (no tactful)" if floor else f"== {g}")
 print(f"produced {r['produced']} events in {r['produce_seconds']} s: {r['rate_achieved']} events/s "
       f"(target {r['rate_target']}; producer >10 ms behind schedule {r['producer_late_ticks']} times)")
-print(f"tactful: applied {p.get('applied')}, published {p.get('updates_published')} updates, "
-      f"dropped {p.get('dropped')}, rejected {p.get('rejected')}; while producing {p.get('batches')} batches, "
-      f"mean batch {p.get('batch_mean_ms')} ms of which delivery {p.get('delivery_mean_ms')} ms; peak memory {sys.argv[3]}")
+if not floor:
+    print(f"tactful: applied {p.get('applied')}, published {p.get('updates_published')} updates, "
+          f"dropped {p.get('dropped')}, rejected {p.get('rejected')}; while producing {p.get('batches')} batches, "
+          f"mean batch {p.get('batch_mean_ms')} ms of which delivery {p.get('delivery_mean_ms')} ms; peak memory {sys.argv[3]}")
 print(f"CPU seconds during the run (production and drain): tactful {t1 - t0:.1f}, broker {b1 - b0:.1f}, "
       f"producer {r['producer_cpu_seconds']}, consumer {r['consumer_cpu_seconds']}")
-print(f"consumer: {r['updates_received']} updates read, {r['updates_of_the_run']} caused by the run's events, "
+read, of_the_run = ("events", "of the run") if floor else ("updates", "caused by the run's events")
+print(f"consumer: {r['updates_received']} {read} read, {r['updates_of_the_run']} {of_the_run}, "
       f"{r['measured']} measured (after the warm-up)")
 if lat:
     print(f"latency ms: p50 {lat['p50']}  p90 {lat['p90']}  p99 {lat['p99']}  p99.9 {lat['p999']}  max {lat['max']}  "
           f"(min {lat['min']}, mean {lat['mean']})")
-    for key, what in (("event_to_sent_ms", "event -> sent by tactful"), ("sent_to_visible_ms", "sent -> visible")):
+    sent_by = "the event's producer" if floor else "tactful"
+    for key, what in (("event_to_sent_ms", f"event -> sent by {sent_by}"), ("sent_to_visible_ms", "sent -> visible")):
         part = r[key]
         print(f"  {what}: p50 {part['p50']}  p99 {part['p99']}  max {part['max']}")
 else:

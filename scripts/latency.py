@@ -20,10 +20,13 @@ Subcommands:
   = the wall clock when ``poll`` returned it − ``ts``. Producer and
   consumer run on the same machine: one clock. The update record's Kafka
   timestamp (CreateTime, set when tactful's producer sent it) splits the
-  latency into event → sent by tactful and sent → visible. Prints the
-  figures as one JSON line on stdout (percentiles, counts, the achieved
-  rate, CPU seconds of producer and consumer, and tactful's batches and
-  deliveries in the window, from its /metrics) and a summary on stderr.
+  latency into event → sent by tactful and sent → visible. With
+  ``--read events`` the consumer reads the browse events themselves
+  instead, with the same settings: the broker's floor, one hop and no
+  tactful. Prints the figures as one JSON line on stdout (percentiles,
+  counts, the achieved rate, CPU seconds of producer and consumer, and
+  tactful's batches and deliveries in the window, from its /metrics) and a
+  summary on stderr.
 - ``commits``: the helper of ``scripts/bench-recovery.sh``. Every 50 ms for
   ``--duration`` seconds it asks the broker for the offsets consumer group
   ``--group`` committed on each partition of ``--topic``, and prints a line
@@ -298,13 +301,14 @@ class BrowseLoad:
                 die("the pre-encoded BrowseEvent differs from fastavro's encoding")
 
 
-def consume(bootstrap, topic, fetch_wait_ms, ready, done, window, results):
+def consume(bootstrap, topic, schema_name, fetch_wait_ms, ready, done, window, results):
     """The read_committed consumer (a process of its own, so that the
     producer's pacing never delays a poll). Records (ts, receive ms) of every
-    ProfileUpdate; once `done` is set and `window` holds (first, last) event
-    ts of the run, drains until nothing arrives for 3 s and sends the
+    record of `schema_name` (a ProfileUpdate, or for the broker's floor the
+    BrowseEvent itself); once `done` is set and `window` holds (first, last)
+    event ts of the run, drains until nothing arrives for 3 s and sends the
     measured latencies' summary to `results`."""
-    schema, header = load_schema("profile_update", raw_times=True)
+    schema, header = load_schema(schema_name, raw_times=True)
     c = Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -320,7 +324,7 @@ def consume(bootstrap, topic, fetch_wait_ms, ready, done, window, results):
     )
     md = c.list_topics(topic, timeout=30)
     if topic not in md.topics or md.topics[topic].error is not None:
-        results.send({"error": f"profiles topic {topic} not found"})
+        results.send({"error": f"topic {topic} not found"})
         return
     # From the beginning: the consent records' updates come first and are
     # skipped by their ts; nothing of the run can be missed.
@@ -450,13 +454,19 @@ def pipeline_figures(before, at_end, after):
 
 
 def cmd_run(args):
+    # The broker's floor: the consumer reads the events themselves, one hop
+    # through the broker with the same producer and consumer settings.
+    if args.read == "events":
+        topic, schema_name = args.browse_topic, "browse_event"
+    else:
+        topic, schema_name = args.profiles_topic, "profile_update"
     ctx = mp.get_context("spawn")
     ready, done = ctx.Event(), ctx.Event()
     window_recv, window_send = ctx.Pipe(duplex=False)
     results_recv, results_send = ctx.Pipe(duplex=False)
     consumer = ctx.Process(
         target=consume,
-        args=(args.bootstrap, args.profiles_topic, args.fetch_wait_ms, ready, done, window_recv, results_send),
+        args=(args.bootstrap, topic, schema_name, args.fetch_wait_ms, ready, done, window_recv, results_send),
         daemon=True,
     )
     consumer.start()
@@ -578,6 +588,12 @@ def main():
     r.add_argument("--seed", type=int, default=11)
     r.add_argument("--fetch-wait-ms", type=int, default=10, help="the consumer's fetch.wait.max.ms")
     r.add_argument("--linger-ms", type=int, default=5, help="the event producer's linger.ms")
+    r.add_argument(
+        "--read",
+        choices=["profiles", "events"],
+        default="profiles",
+        help="what the consumer reads: tactful's profile updates, or the events themselves (the broker's floor)",
+    )
     m = sub.add_parser("commits", help="print the committed offsets of --group on --topic as they move")
     m.add_argument("--group", required=True)
     m.add_argument("--topic", required=True)
