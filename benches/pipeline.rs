@@ -1,6 +1,7 @@
 //! The in-process path of one record: decode → consent gate → segment update
 //! → encode the profile update, over 1M distinct synthetic users. Kafka I/O is
-//! excluded (see BENCHMARKS.md for the end-to-end figures). `workers/` runs
+//! excluded (see BENCHMARKS.md for the end-to-end figures). `state held`
+//! times the month after, over the state the first month left. `workers/` runs
 //! the same path over 4 partitions as the Kafka driver does, with its
 //! apply and time-driven steps on 1 and 2 worker threads.
 
@@ -16,7 +17,7 @@ use tactful::pipeline::workers::{advance_in_order, apply_in_order, apply_record,
 use tactful::processor::{Output, Processor, Source};
 use tactful::state::{Partition, LOOKAHEAD};
 use tactful::synthetic::{Population, SyntheticRecord};
-use tactful::time::EventTime;
+use tactful::time::{EventTime, DAY_MS};
 
 /// The allocator of the `tactful` binary, so the figures are the product's.
 #[global_allocator]
@@ -31,6 +32,8 @@ fn processor() -> Processor {
     Processor::new(Codec::new(&[]).unwrap(), catalogue, &settings)
 }
 
+const DAYS: i64 = 30;
+
 struct Workload {
     now_ms: i64,
     consents: Vec<SyntheticRecord>,
@@ -39,10 +42,19 @@ struct Workload {
 
 fn workload() -> Workload {
     let now_ms = 1_800_000_000_000;
-    let mut population = Population::new(42, USERS, RECORDS, 30, now_ms);
+    let mut population = Population::new(42, USERS, RECORDS, DAYS, now_ms);
     let consents = population.consent_records();
     let events = (0..RECORDS).map(|_| population.next_record()).collect();
     Workload { now_ms, consents, events }
+}
+
+/// The same users' next month: events over the `DAYS` after `workload`'s
+/// (other draws, so other users are the busy ones).
+fn next_month(workload: &Workload) -> Workload {
+    let now_ms = workload.now_ms + DAYS * DAY_MS;
+    let mut population = Population::new(43, USERS, RECORDS, DAYS, now_ms);
+    let events = (0..RECORDS).map(|_| population.next_record()).collect();
+    Workload { now_ms, consents: Vec::new(), events }
 }
 
 /// A processor that knows every user's consent, untimed.
@@ -50,6 +62,16 @@ fn loaded_processor(workload: &Workload) -> Processor {
     let processor = processor();
     for record in &workload.consents {
         processor.process(record.kind, Some(record.key.as_bytes()), record.value.as_deref(), workload.now_ms);
+    }
+    processor
+}
+
+/// A processor that has processed `workload`'s month, untimed.
+fn processor_after(workload: &Workload) -> Processor {
+    let processor = loaded_processor(workload);
+    let mut buffer = Vec::with_capacity(1024);
+    for chunk in workload.events.chunks(CHUNK) {
+        process_chunk(&processor, chunk, workload.now_ms, &mut buffer);
     }
     processor
 }
@@ -119,6 +141,21 @@ fn full_path(criterion: &mut Criterion) {
         replay(bencher, &workload, loaded_processor, |processor, chunk| {
             process_chunk(processor, chunk, workload.now_ms, &mut buffer);
         });
+    });
+    // The month after, over the state the first month left: the users are
+    // held already, so this times processing with less of the state growing
+    // into fresh memory (facts still come and go with the windows).
+    let month = next_month(&workload);
+    group.bench_function(BenchmarkId::new("decode_consent_segments_encode", "1M users, state held"), |bencher| {
+        let mut buffer = Vec::with_capacity(1024);
+        replay(
+            bencher,
+            &month,
+            |_| processor_after(&workload),
+            |processor, chunk| {
+                process_chunk(processor, chunk, month.now_ms, &mut buffer);
+            },
+        );
     });
     group.finish();
 }

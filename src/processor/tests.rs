@@ -1269,6 +1269,24 @@ fn a_later_nearby_fix_moves_the_exit_and_the_earlier_timer_is_stale() {
 }
 
 #[test]
+fn an_order_no_filter_counts_is_dropped_when_its_retention_ends_without_a_new_event() {
+    // creature_of_habit keeps the last ten orders beyond any window; the
+    // eleventh-newest goes when it leaves the longest purchase window of a
+    // user who granted `sensitive` (180 days, expecting_parent's), although
+    // that window counts prenatal lines only.
+    let h = harness();
+    h.consent("regular", &["personalization", "sensitive", "email"], PersonalizationLevel::Full, T0 - MINUTE);
+    for minute in 0..11 {
+        h.purchase("regular", T0 + minute * MINUTE, &[("coffee", "grocery", 1, 1_299)]);
+    }
+    h.processor.advance_to(EventTime(T0 + 180 * DAY - 1), NOW);
+    assert_eq!(h.state("regular").history.purchases.len(), 11);
+    h.processor.advance_to(EventTime(T0 + 180 * DAY), NOW);
+    let kept: Vec<i64> = h.state("regular").history.purchases.iter().map(|order| order.ts).collect();
+    assert_eq!(kept, (1..11).map(|minute| T0 + minute * MINUTE).collect::<Vec<_>>());
+}
+
+#[test]
 fn time_passing_can_also_enter_a_segment() {
     // Two visit days make a returning visitor; 30 days after the first day,
     // only one day is left in the window and the user is a new visitor again.

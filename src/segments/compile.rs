@@ -184,6 +184,17 @@ impl Catalogue {
             retention = retention.union(&segment.retention);
             segments.push(segment);
         }
+        // A fact no filter counts still leaves its retention on time.
+        for (source, window_ms) in [
+            (Source::Browse, retention.browse_ms),
+            (Source::Purchase, retention.purchase_ms),
+            (Source::Location, retention.location_ms),
+        ] {
+            let window = Window { source, window_ms, filters: Vec::new() };
+            if window_ms > 0 && !windows.contains(&window) {
+                windows.push(window);
+            }
+        }
         Ok(Self { segments, retention, windows })
     }
 
@@ -286,7 +297,7 @@ struct RuleCompiler<'a> {
     captures: Vec<String>,
     needs: Purposes,
     retention: &'a mut Retention,
-    windows: &'a mut Vec<(Source, i64)>,
+    windows: &'a mut Vec<Window>,
     /// Where the innermost failing rule starts in the file.
     error_offset: Option<usize>,
 }
@@ -380,7 +391,7 @@ impl RuleCompiler<'_> {
         rules.iter().map(|rule| self.compile_spanned(rule)).collect()
     }
 
-    fn window(&mut self, source: Source, within: Option<&str>) -> Result<i64, String> {
+    fn window(&mut self, source: Source, filters: &[Filter], within: Option<&str>) -> Result<i64, String> {
         let text = within.ok_or("needs `within`, a window such as \"7d\"")?;
         let window_ms = parse_duration_ms(text)
             .ok_or_else(|| format!("`within = \"{text}\"` is not a duration (e.g. 90d, 1h, 15m, 30s)"))?;
@@ -391,8 +402,9 @@ impl RuleCompiler<'_> {
             ));
         }
         let fact_source = if source == Source::PurchaseItem { Source::Purchase } else { source };
-        if !self.windows.contains(&(fact_source, window_ms)) {
-            self.windows.push((fact_source, window_ms));
+        let window = Window { source: fact_source, window_ms, filters: filters.to_vec() };
+        if !self.windows.contains(&window) {
+            self.windows.push(window);
         }
         let kept = match source {
             Source::Browse => &mut self.retention.browse_ms,
@@ -437,22 +449,29 @@ impl RuleCompiler<'_> {
             parse_field(source, text)
         };
         Ok(match name {
-            "count" => Measure::Count { source, filters, window_ms: self.window(source, spec.within.as_deref())? },
+            "count" => {
+                let window_ms = self.window(source, &filters, spec.within.as_deref())?;
+                Measure::Count { source, filters, window_ms }
+            }
             "sum" => {
                 if !matches!(source, Source::Purchase | Source::PurchaseItem) {
                     return Err("`sum` adds amounts in cents: `of` must be purchase or purchase_item".to_owned());
                 }
-                Measure::Sum { source, filters, window_ms: self.window(source, spec.within.as_deref())? }
+                let window_ms = self.window(source, &filters, spec.within.as_deref())?;
+                Measure::Sum { source, filters, window_ms }
             }
             "distinct_days" => {
-                Measure::DistinctDays { source, filters, window_ms: self.window(source, spec.within.as_deref())? }
+                let window_ms = self.window(source, &filters, spec.within.as_deref())?;
+                Measure::DistinctDays { source, filters, window_ms }
             }
             "distinct" => {
                 let field = field()?;
-                Measure::Distinct { source, filters, field, window_ms: self.window(source, spec.within.as_deref())? }
+                let window_ms = self.window(source, &filters, spec.within.as_deref())?;
+                Measure::Distinct { source, filters, field, window_ms }
             }
             "since_last" => {
-                Measure::SinceLast { source, filters, window_ms: self.window(source, spec.within.as_deref())? }
+                let window_ms = self.window(source, &filters, spec.within.as_deref())?;
+                Measure::SinceLast { source, filters, window_ms }
             }
             _ => {
                 let last =
@@ -529,7 +548,7 @@ impl RuleCompiler<'_> {
             Some("precise") => self.needs = self.needs.with(Purpose::PreciseLocation),
             Some(other) => return Err(format!("`precision = \"{other}\"` is not `coarse` or `precise`")),
         }
-        let window_ms = self.window(Source::Location, spec.within.as_deref())?;
+        let window_ms = self.window(Source::Location, &[], spec.within.as_deref())?;
         Ok(Measure::Near { places, radius_m, window_ms })
     }
 }

@@ -296,9 +296,23 @@ pub struct Catalogue {
     pub segments: Vec<Segment>,
     /// How long facts must be kept for all of these segments together.
     pub retention: Retention,
-    /// Every distinct (source, window) a rule reads: when a fact leaves one of
-    /// these windows a membership may change without a new event.
-    pub windows: Vec<(Source, i64)>,
+    /// Every distinct window a rule counts in, with the filters it counts
+    /// through, and each source's retention: when a fact those filters
+    /// accept leaves one of these windows, a membership may change without
+    /// a new event (and at the end of its retention the fact is dropped).
+    pub windows: Vec<Window>,
+}
+
+/// A window of the catalogue's rules, as the timers see it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Window {
+    /// The facts it holds: purchase-item windows are given as purchase
+    /// windows (a purchase passes an item filter when one of its lines does).
+    pub source: Source,
+    /// Its length.
+    pub window_ms: i64,
+    /// What a fact must match to count in it (none: every fact).
+    pub filters: Vec<Filter>,
 }
 
 /// The default catalogue shipped with tactful.

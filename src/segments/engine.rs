@@ -1,7 +1,7 @@
 //! Evaluates compiled rules over a user's retained facts at an evaluation time.
 //! Pure: time comes in as an argument.
 
-use super::definition::{Field, Filter, Measure, Rule, Segment, Source, TemplatePart};
+use super::definition::{Field, Filter, Measure, Rule, Segment, Source, TemplatePart, Window};
 use crate::model::Name;
 use crate::state::{BrowseFact, History, ItemFact, LocationFact, PurchaseFact};
 use crate::time::DAY_MS;
@@ -264,22 +264,26 @@ pub fn evaluate(rule: &Rule, history: &History, now: i64, captures: &mut [f64]) 
 }
 
 /// The earliest time after `now` at which a retained fact leaves one of
-/// `windows` (purchase-item windows are given as purchase windows): the next
-/// moment a membership can change without a new event. Facts are sorted by time.
-pub fn next_window_exit(history: &History, now: i64, windows: &[(Source, i64)]) -> Option<i64> {
-    fn first_leaving<T>(facts: &[T], ts: impl Fn(&T) -> i64, now: i64, window_ms: i64) -> Option<i64> {
+/// `windows` that its filters accept: the next moment a membership can
+/// change without a new event. Facts are sorted by time.
+pub fn next_window_exit(history: &History, now: i64, windows: &[Window]) -> Option<i64> {
+    fn first_leaving<T>(facts: &[T], fact: impl Fn(&T) -> Fact<'_>, now: i64, window: &Window) -> Option<i64> {
         // A fact at `ts` is in the window until `ts + window_ms`, when it leaves.
-        let first_inside = facts.partition_point(|fact| ts(fact) + window_ms <= now);
-        facts.get(first_inside).map(|fact| ts(fact) + window_ms)
+        let first_inside = facts.partition_point(|each| fact(each).ts() + window.window_ms <= now);
+        facts[first_inside..]
+            .iter()
+            .map(fact)
+            .find(|fact| window.filters.iter().all(|filter| fact.matches(filter)))
+            .map(|fact| fact.ts() + window.window_ms)
     }
     windows
         .iter()
-        .filter_map(|(source, window_ms)| match source {
-            Source::Browse => first_leaving(&history.browses, |fact| fact.ts, now, *window_ms),
+        .filter_map(|window| match window.source {
+            Source::Browse => first_leaving(&history.browses, |fact| Fact::Browse(fact), now, window),
             Source::Purchase | Source::PurchaseItem => {
-                first_leaving(&history.purchases, |fact| fact.ts, now, *window_ms)
+                first_leaving(&history.purchases, |fact| Fact::Purchase(fact), now, window)
             }
-            Source::Location => first_leaving(&history.locations, |fact| fact.ts, now, *window_ms),
+            Source::Location => first_leaving(&history.locations, |fact| Fact::Location(fact), now, window),
         })
         .min()
 }

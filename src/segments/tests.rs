@@ -2,8 +2,8 @@
 //! experiment arms, and the bundled catalogue `deploy/segments.toml`.
 
 use super::compile::parse_duration_ms;
-use super::definition::{Comparison, Field, Filter, Measure, Rule, Source, TemplatePart, DEFAULT_SEGMENTS};
-use super::engine::{arm, distance_m, evaluate, measure, render_reason};
+use super::definition::{Comparison, Field, Filter, Measure, Rule, Source, TemplatePart, Window, DEFAULT_SEGMENTS};
+use super::engine::{arm, distance_m, evaluate, measure, next_window_exit, render_reason};
 use super::*;
 use crate::consent::{Purpose, Purposes};
 use crate::model::Name;
@@ -133,6 +133,45 @@ fn the_bundled_catalogue_keeps_facts_only_as_long_as_its_windows() {
             max_ms: MAX_RETENTION,
         }
     );
+}
+
+#[test]
+fn the_bundled_catalogue_times_each_window_through_the_filters_it_counts_with() {
+    let catalogue = Catalogue::default_catalogue(&[], MAX_RETENTION);
+    let window = |source, days: i64, filters: Vec<Filter>| Window { source, window_ms: days * DAY, filters };
+    assert_eq!(
+        catalogue.windows,
+        vec![
+            window(Source::Browse, 30, vec![]),
+            window(Source::Purchase, 90, vec![]),
+            window(Source::Browse, 7, vec![category_filter("running")]),
+            window(Source::Purchase, 7, vec![category_filter("running")]),
+            Window { source: Source::Location, window_ms: HOUR, filters: vec![] },
+            window(Source::Purchase, 180, vec![category_filter("prenatal")]),
+            // The end of a purchase's retention, whatever its lines.
+            window(Source::Purchase, 180, vec![]),
+        ]
+    );
+}
+
+#[test]
+fn a_fact_leaves_only_the_windows_whose_filters_count_it() {
+    let running =
+        vec![Window { source: Source::Browse, window_ms: 7 * DAY, filters: vec![category_filter("running")] }];
+    let history = browses(vec![browse(MIDNIGHT, Some("books")), browse(MIDNIGHT + HOUR, Some("running"))]);
+    assert_eq!(next_window_exit(&history, MIDNIGHT + HOUR, &running), Some(MIDNIGHT + HOUR + 7 * DAY));
+    // Once the running view has left, nothing that window counts is left.
+    assert_eq!(next_window_exit(&history, MIDNIGHT + HOUR + 7 * DAY, &running), None);
+    // Every view leaves an unfiltered window.
+    let every = vec![Window { source: Source::Browse, window_ms: 7 * DAY, filters: vec![] }];
+    assert_eq!(next_window_exit(&history, MIDNIGHT + HOUR, &every), Some(MIDNIGHT + 7 * DAY));
+    // A purchase-item window counts a purchase one of whose lines passes.
+    let items = vec![Window { source: Source::Purchase, window_ms: DAY, filters: vec![category_filter("running")] }];
+    let orders = purchases(vec![
+        purchase(MIDNIGHT, 100, vec![item("p1", "books", 1, 100)]),
+        purchase(MIDNIGHT + HOUR, 200, vec![item("p2", "books", 1, 100), item("p3", "running", 1, 100)]),
+    ]);
+    assert_eq!(next_window_exit(&orders, MIDNIGHT + HOUR, &items), Some(MIDNIGHT + HOUR + DAY));
 }
 
 #[test]
