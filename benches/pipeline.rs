@@ -143,8 +143,8 @@ fn full_path(criterion: &mut Criterion) {
         });
     });
     // The month after, over the state the first month left: the users are
-    // held already, so this times processing with less of the state growing
-    // into fresh memory (facts still come and go with the windows).
+    // held already, and windows drop their facts as fast as events bring
+    // them, so time causes about as many updates as the events do.
     let month = next_month(&workload);
     group.bench_function(BenchmarkId::new("decode_consent_segments_encode", "1M users, state held"), |bencher| {
         let mut buffer = Vec::with_capacity(1024);
