@@ -460,7 +460,9 @@ impl Processor {
             .filter_map(|(_, segment)| next_recency_flip(&segment.rule, &state.history, state.clock))
             .min();
         let idle_expiry = state.holds_profile_data().then(|| state.last_event.saturating_add(self.idle_user_ms));
-        let next_change = next_window_exit(&state.history, state.clock, &segments.catalogue.windows)
+        let members = state.published.as_ref().map(|profile| profile.members.as_slice()).unwrap_or_default();
+        let timed = segments.timed_windows(members);
+        let next_change = next_window_exit(&state.history, state.clock, &segments.catalogue.windows, timed)
             .into_iter()
             .chain(recency_flip)
             .chain(idle_expiry)

@@ -1287,6 +1287,23 @@ fn an_order_no_filter_counts_is_dropped_when_its_retention_ends_without_a_new_ev
 }
 
 #[test]
+fn a_purchase_leaving_the_week_enters_running_browser_without_a_new_event() {
+    // running_browser needs no running purchase in the last 7 days: when
+    // the shoe bought leaves that window, the three views still in it make
+    // the user a member, though they were not one when the timer was set.
+    let h = harness();
+    h.consent("runner", &EVERYTHING, PersonalizationLevel::Full, T0 - MINUTE);
+    h.purchase("runner", T0, &[("shoe", "running", 1, 11_999)]);
+    for day in 2..5 {
+        h.browse("runner", T0 + day * DAY, Some("running"));
+    }
+    assert!(h.processor.memberships("runner").unwrap_or_default().iter().all(|member| member.id != "running_browser"));
+    let outputs = h.processor.advance_to(EventTime(T0 + 7 * DAY), NOW);
+    let [Output::Update(update)] = outputs.as_slice() else { panic!("one update expected, got {outputs:?}") };
+    assert_eq!((update.entered.clone(), update.ts), (ids(&["running_browser"]), T0 + 7 * DAY));
+}
+
+#[test]
 fn time_passing_can_also_enter_a_segment() {
     // Two visit days make a returning visitor; 30 days after the first day,
     // only one day is left in the window and the user is a new visitor again.

@@ -1,7 +1,7 @@
 //! Evaluates compiled rules over a user's retained facts at an evaluation time.
 //! Pure: time comes in as an argument.
 
-use super::definition::{Field, Filter, Measure, Rule, Segment, Source, TemplatePart, Window};
+use super::definition::{Comparison, Field, Filter, Measure, Rule, Segment, Source, TemplatePart, Window};
 use crate::model::Name;
 use crate::state::{BrowseFact, History, ItemFact, LocationFact, PurchaseFact};
 use crate::time::DAY_MS;
@@ -263,10 +263,63 @@ pub fn evaluate(rule: &Rule, history: &History, now: i64, captures: &mut [f64]) 
     }
 }
 
+/// Which of the catalogue's windows a rule reads, and through which of them
+/// a fact leaving can make the rule hold where it did not: bits by window
+/// index (a window the bits cannot name sets them all).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct WindowUse {
+    /// The windows whose exits can change the rule's figures or its result.
+    pub reads: u64,
+    /// The windows whose exits can make it hold for a user it did not.
+    pub enters: u64,
+}
+
+/// How `rule` uses `windows` (see [`WindowUse`]).
+pub fn window_use(rule: &Rule, windows: &[Window]) -> WindowUse {
+    fn walk(rule: &Rule, negated: bool, windows: &[Window], usage: &mut WindowUse) {
+        match rule {
+            Rule::All(rules) | Rule::Any(rules) => rules.iter().for_each(|rule| walk(rule, negated, windows, usage)),
+            Rule::Not(rule) => walk(rule, !negated, windows, usage),
+            Rule::Compare { measure, comparison, .. } => {
+                let (source, filters, window_ms) = match measure {
+                    Measure::Count { source, filters, window_ms }
+                    | Measure::Sum { source, filters, window_ms }
+                    | Measure::DistinctDays { source, filters, window_ms }
+                    | Measure::Distinct { source, filters, window_ms, .. }
+                    | Measure::SinceLast { source, filters, window_ms } => (*source, filters.as_slice(), *window_ms),
+                    Measure::Near { window_ms, .. } => (Source::Location, [].as_slice(), *window_ms),
+                    Measure::MostCommon { .. } | Measure::Share { .. } | Measure::SinceFirstSeen => return,
+                };
+                let source = if source == Source::PurchaseItem { Source::Purchase } else { source };
+                let bit = windows
+                    .iter()
+                    .position(|window| {
+                        window.source == source && window.window_ms == window_ms && window.filters == filters
+                    })
+                    .filter(|index| *index < 64)
+                    .map_or(u64::MAX, |index| 1 << index);
+                usage.reads |= bit;
+                // A fact leaving lowers a count, a sum (amounts are never
+                // negative) or a number of distinct values or days: a bound
+                // from below can then only stop holding.
+                let only_falls = !matches!(measure, Measure::SinceLast { .. })
+                    && matches!(comparison, Comparison::AtLeast(_) | Comparison::MoreThan(_));
+                if negated || !only_falls {
+                    usage.enters |= bit;
+                }
+            }
+        }
+    }
+    let mut usage = WindowUse::default();
+    walk(rule, false, windows, &mut usage);
+    usage
+}
+
 /// The earliest time after `now` at which a retained fact leaves one of
-/// `windows` that its filters accept: the next moment a membership can
-/// change without a new event. Facts are sorted by time.
-pub fn next_window_exit(history: &History, now: i64, windows: &[Window]) -> Option<i64> {
+/// `windows` that its filters accept, among those whose bit is set in
+/// `timed`: the next moment a membership can change without a new event.
+/// Facts are sorted by time.
+pub fn next_window_exit(history: &History, now: i64, windows: &[Window], timed: u64) -> Option<i64> {
     fn first_leaving<T>(facts: &[T], fact: impl Fn(&T) -> Fact<'_>, now: i64, window: &Window) -> Option<i64> {
         // A fact at `ts` is in the window until `ts + window_ms`, when it leaves.
         let first_inside = facts.partition_point(|each| fact(each).ts() + window.window_ms <= now);
@@ -278,7 +331,9 @@ pub fn next_window_exit(history: &History, now: i64, windows: &[Window]) -> Opti
     }
     windows
         .iter()
-        .filter_map(|window| match window.source {
+        .enumerate()
+        .filter(|(index, _)| timed & (1u64 << (*index).min(63)) != 0)
+        .filter_map(|(_, window)| match window.source {
             Source::Browse => first_leaving(&history.browses, |fact| Fact::Browse(fact), now, window),
             Source::Purchase | Source::PurchaseItem => {
                 first_leaving(&history.purchases, |fact| Fact::Purchase(fact), now, window)

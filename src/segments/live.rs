@@ -3,7 +3,8 @@
 //! of each and its experiment counts. Replaced as a whole by a hot reload,
 //! which keeps every segment's index (see [`SegmentIndex`]).
 
-use super::engine::{arm, render_reason};
+use super::definition::Source;
+use super::engine::{arm, render_reason, window_use, WindowUse};
 use super::{Catalogue, Segment, SegmentIndex};
 use crate::consent::minimise::eligible;
 use crate::consent::Purposes;
@@ -29,6 +30,10 @@ pub struct Segments {
     /// How long facts are kept, for each level and set of granted purposes
     /// (see [`Segments::retention_for`]): worked out once, not per event.
     retention: Vec<Retention>,
+    /// How each segment's rule uses the catalogue's windows, by index.
+    window_use: Vec<WindowUse>,
+    /// The windows timed for every user (see [`Segments::timed_windows`]).
+    timed_for_all: u64,
 }
 
 impl Segments {
@@ -60,7 +65,32 @@ impl Segments {
                     .fold(none, |kept, segment| kept.union(&segment.retention))
             })
             .collect();
-        Self { catalogue, by_id, members, experiments, retention }
+        let window_use: Vec<WindowUse> =
+            catalogue.segments.iter().map(|segment| window_use(&segment.rule, &catalogue.windows)).collect();
+        let retention_ends = catalogue.windows.iter().enumerate().filter(|(_, window)| {
+            let kept = &catalogue.retention;
+            let retention_ms = match window.source {
+                Source::Browse => kept.browse_ms,
+                Source::Purchase | Source::PurchaseItem => kept.purchase_ms,
+                Source::Location => kept.location_ms,
+            };
+            window.filters.is_empty() && window.window_ms == retention_ms
+        });
+        let timed_for_all = retention_ends
+            .map(|(index, _)| 1u64 << index.min(63))
+            .chain(by_id.iter().map(|index| window_use[index.0].enters))
+            .fold(0, |timed, bits| timed | bits);
+        Self { catalogue, by_id, members, experiments, retention, window_use, timed_for_all }
+    }
+
+    /// The windows whose exits are timed for a user who is a member of
+    /// `members`: each source's retention end (the fact is dropped then),
+    /// every window through which a segment can be entered as a fact leaves
+    /// (`equals`, `at_most`, `not`, …), and every window of the segments the
+    /// user is a member of (their figures change). A fact leaving any other
+    /// window can only lower a count that is already below its bound.
+    pub fn timed_windows(&self, members: &[PublishedMember]) -> u64 {
+        members.iter().fold(self.timed_for_all, |timed, member| timed | self.window_use[member.segment.0].reads)
     }
 
     /// The segments in force after putting `catalogue` in force: segments

@@ -3,7 +3,7 @@
 
 use super::compile::parse_duration_ms;
 use super::definition::{Comparison, Field, Filter, Measure, Rule, Source, TemplatePart, Window, DEFAULT_SEGMENTS};
-use super::engine::{arm, distance_m, evaluate, measure, next_window_exit, render_reason};
+use super::engine::{arm, distance_m, evaluate, measure, next_window_exit, render_reason, window_use, WindowUse};
 use super::*;
 use crate::consent::{Purpose, Purposes};
 use crate::model::Name;
@@ -155,23 +155,50 @@ fn the_bundled_catalogue_times_each_window_through_the_filters_it_counts_with() 
 }
 
 #[test]
+fn a_window_is_timed_for_a_segment_s_members_and_for_everyone_where_leaving_facts_can_make_members() {
+    let catalogue = Catalogue::default_catalogue(&[], MAX_RETENTION);
+    let bits = |indices: &[usize]| indices.iter().fold(0u64, |bits, index| bits | 1 << index);
+    let usage = |id: &str| {
+        let segment = catalogue.segments.iter().find(|segment| segment.id == id).expect("a bundled segment");
+        window_use(&segment.rule, &catalogue.windows)
+    };
+    // The windows by index, as the test above lists them: 0 browse 30 days,
+    // 1 purchase 90 days, 2 running views 7 days, 3 running lines 7 days,
+    // 4 location an hour, 5 prenatal lines 180 days, 6 purchase 180 days.
+    // `equals = 1` day: a day leaving makes a returning visitor new.
+    assert_eq!(usage("new_visitor"), WindowUse { reads: bits(&[0]), enters: bits(&[0]) });
+    assert_eq!(usage("returning_visitor"), WindowUse { reads: bits(&[0]), enters: 0 });
+    assert_eq!(usage("high_value"), WindowUse { reads: bits(&[1]), enters: 0 });
+    // No running purchase in the week (`equals = 0`): one leaving can make a member.
+    assert_eq!(usage("running_browser"), WindowUse { reads: bits(&[2, 3]), enters: bits(&[3]) });
+    assert_eq!(usage("near_store"), WindowUse { reads: bits(&[4]), enters: 0 });
+    assert_eq!(usage("expecting_parent"), WindowUse { reads: bits(&[5]), enters: 0 });
+    assert_eq!(usage("creature_of_habit"), WindowUse::default());
+    // Under `not`, a bound from below that stops holding makes the rule hold.
+    let negated =
+        only_segment(&segment_with_rule("{ not = { count = { of = \"browse\", within = \"7d\" }, at_least = 2 } }"));
+    let windows = [Window { source: Source::Browse, window_ms: 7 * DAY, filters: vec![] }];
+    assert_eq!(window_use(&negated.rule, &windows), WindowUse { reads: 1, enters: 1 });
+}
+
+#[test]
 fn a_fact_leaves_only_the_windows_whose_filters_count_it() {
     let running =
         vec![Window { source: Source::Browse, window_ms: 7 * DAY, filters: vec![category_filter("running")] }];
     let history = browses(vec![browse(MIDNIGHT, Some("books")), browse(MIDNIGHT + HOUR, Some("running"))]);
-    assert_eq!(next_window_exit(&history, MIDNIGHT + HOUR, &running), Some(MIDNIGHT + HOUR + 7 * DAY));
+    assert_eq!(next_window_exit(&history, MIDNIGHT + HOUR, &running, u64::MAX), Some(MIDNIGHT + HOUR + 7 * DAY));
     // Once the running view has left, nothing that window counts is left.
-    assert_eq!(next_window_exit(&history, MIDNIGHT + HOUR + 7 * DAY, &running), None);
+    assert_eq!(next_window_exit(&history, MIDNIGHT + HOUR + 7 * DAY, &running, u64::MAX), None);
     // Every view leaves an unfiltered window.
     let every = vec![Window { source: Source::Browse, window_ms: 7 * DAY, filters: vec![] }];
-    assert_eq!(next_window_exit(&history, MIDNIGHT + HOUR, &every), Some(MIDNIGHT + 7 * DAY));
+    assert_eq!(next_window_exit(&history, MIDNIGHT + HOUR, &every, u64::MAX), Some(MIDNIGHT + 7 * DAY));
     // A purchase-item window counts a purchase one of whose lines passes.
     let items = vec![Window { source: Source::Purchase, window_ms: DAY, filters: vec![category_filter("running")] }];
     let orders = purchases(vec![
         purchase(MIDNIGHT, 100, vec![item("p1", "books", 1, 100)]),
         purchase(MIDNIGHT + HOUR, 200, vec![item("p2", "books", 1, 100), item("p3", "running", 1, 100)]),
     ]);
-    assert_eq!(next_window_exit(&orders, MIDNIGHT + HOUR, &items), Some(MIDNIGHT + HOUR + DAY));
+    assert_eq!(next_window_exit(&orders, MIDNIGHT + HOUR, &items, u64::MAX), Some(MIDNIGHT + HOUR + DAY));
 }
 
 #[test]
