@@ -190,9 +190,15 @@ impl Catalogue {
             (Source::Purchase, retention.purchase_ms),
             (Source::Location, retention.location_ms),
         ] {
-            let window = Window { source, window_ms, filters: Vec::new() };
-            if window_ms > 0 && !windows.contains(&window) {
-                windows.push(window);
+            let unfiltered = |window: &&mut Window| {
+                window.source == source && window.window_ms == window_ms && window.filters.is_empty()
+            };
+            match windows.iter_mut().find(unfiltered) {
+                Some(window) => window.retention_end = true,
+                None if window_ms > 0 => {
+                    windows.push(Window { source, window_ms, filters: Vec::new(), retention_end: true })
+                }
+                None => {}
             }
         }
         Ok(Self { segments, retention, windows })
@@ -402,7 +408,7 @@ impl RuleCompiler<'_> {
             ));
         }
         let fact_source = if source == Source::PurchaseItem { Source::Purchase } else { source };
-        let window = Window { source: fact_source, window_ms, filters: filters.to_vec() };
+        let window = Window { source: fact_source, window_ms, filters: filters.to_vec(), retention_end: false };
         if !self.windows.contains(&window) {
             self.windows.push(window);
         }

@@ -313,6 +313,9 @@ pub struct Window {
     pub window_ms: i64,
     /// What a fact must match to count in it (none: every fact).
     pub filters: Vec<Filter>,
+    /// Whether it is also its source's retention: a fact leaving it is
+    /// dropped, so its exits are timed for every user.
+    pub retention_end: bool,
 }
 
 /// The default catalogue shipped with tactful.

@@ -3,7 +3,6 @@
 //! of each and its experiment counts. Replaced as a whole by a hot reload,
 //! which keeps every segment's index (see [`SegmentIndex`]).
 
-use super::definition::Source;
 use super::engine::{arm, render_reason, window_use, WindowUse};
 use super::{Catalogue, Segment, SegmentIndex};
 use crate::consent::minimise::eligible;
@@ -67,16 +66,8 @@ impl Segments {
             .collect();
         let window_use: Vec<WindowUse> =
             catalogue.segments.iter().map(|segment| window_use(&segment.rule, &catalogue.windows)).collect();
-        let retention_ends = catalogue.windows.iter().enumerate().filter(|(_, window)| {
-            let kept = &catalogue.retention;
-            let retention_ms = match window.source {
-                Source::Browse => kept.browse_ms,
-                Source::Purchase | Source::PurchaseItem => kept.purchase_ms,
-                Source::Location => kept.location_ms,
-            };
-            window.filters.is_empty() && window.window_ms == retention_ms
-        });
-        let timed_for_all = retention_ends
+        let timed_for_all = (catalogue.windows.iter().enumerate())
+            .filter(|(_, window)| window.retention_end)
             .map(|(index, _)| 1u64 << index.min(63))
             .chain(by_id.iter().map(|index| window_use[index.0].enters))
             .fold(0, |timed, bits| timed | bits);

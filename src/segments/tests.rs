@@ -77,6 +77,11 @@ fn purchases(facts: Vec<PurchaseFact>) -> History {
     History { purchases: facts, ..History::default() }
 }
 
+/// A window of a rule (not a retention end).
+fn window(source: Source, window_ms: i64, filters: Vec<Filter>) -> Window {
+    Window { source, window_ms, filters, retention_end: false }
+}
+
 fn category_filter(category: &str) -> Filter {
     Filter { field: Field::Category, any_of: vec![hash_value(category)] }
 }
@@ -138,18 +143,18 @@ fn the_bundled_catalogue_keeps_facts_only_as_long_as_its_windows() {
 #[test]
 fn the_bundled_catalogue_times_each_window_through_the_filters_it_counts_with() {
     let catalogue = Catalogue::default_catalogue(&[], MAX_RETENTION);
-    let window = |source, days: i64, filters: Vec<Filter>| Window { source, window_ms: days * DAY, filters };
+    let retention_end = |window: Window| Window { retention_end: true, ..window };
     assert_eq!(
         catalogue.windows,
         vec![
-            window(Source::Browse, 30, vec![]),
-            window(Source::Purchase, 90, vec![]),
-            window(Source::Browse, 7, vec![category_filter("running")]),
-            window(Source::Purchase, 7, vec![category_filter("running")]),
-            Window { source: Source::Location, window_ms: HOUR, filters: vec![] },
-            window(Source::Purchase, 180, vec![category_filter("prenatal")]),
+            retention_end(window(Source::Browse, 30 * DAY, vec![])),
+            window(Source::Purchase, 90 * DAY, vec![]),
+            window(Source::Browse, 7 * DAY, vec![category_filter("running")]),
+            window(Source::Purchase, 7 * DAY, vec![category_filter("running")]),
+            retention_end(window(Source::Location, HOUR, vec![])),
+            window(Source::Purchase, 180 * DAY, vec![category_filter("prenatal")]),
             // The end of a purchase's retention, whatever its lines.
-            window(Source::Purchase, 180, vec![]),
+            retention_end(window(Source::Purchase, 180 * DAY, vec![])),
         ]
     );
 }
@@ -177,23 +182,22 @@ fn a_window_is_timed_for_a_segment_s_members_and_for_everyone_where_leaving_fact
     // Under `not`, a bound from below that stops holding makes the rule hold.
     let negated =
         only_segment(&segment_with_rule("{ not = { count = { of = \"browse\", within = \"7d\" }, at_least = 2 } }"));
-    let windows = [Window { source: Source::Browse, window_ms: 7 * DAY, filters: vec![] }];
+    let windows = [window(Source::Browse, 7 * DAY, vec![])];
     assert_eq!(window_use(&negated.rule, &windows), WindowUse { reads: 1, enters: 1 });
 }
 
 #[test]
 fn a_fact_leaves_only_the_windows_whose_filters_count_it() {
-    let running =
-        vec![Window { source: Source::Browse, window_ms: 7 * DAY, filters: vec![category_filter("running")] }];
+    let running = [window(Source::Browse, 7 * DAY, vec![category_filter("running")])];
     let history = browses(vec![browse(MIDNIGHT, Some("books")), browse(MIDNIGHT + HOUR, Some("running"))]);
     assert_eq!(next_window_exit(&history, MIDNIGHT + HOUR, &running, u64::MAX), Some(MIDNIGHT + HOUR + 7 * DAY));
     // Once the running view has left, nothing that window counts is left.
     assert_eq!(next_window_exit(&history, MIDNIGHT + HOUR + 7 * DAY, &running, u64::MAX), None);
     // Every view leaves an unfiltered window.
-    let every = vec![Window { source: Source::Browse, window_ms: 7 * DAY, filters: vec![] }];
+    let every = [window(Source::Browse, 7 * DAY, vec![])];
     assert_eq!(next_window_exit(&history, MIDNIGHT + HOUR, &every, u64::MAX), Some(MIDNIGHT + 7 * DAY));
     // A purchase-item window counts a purchase one of whose lines passes.
-    let items = vec![Window { source: Source::Purchase, window_ms: DAY, filters: vec![category_filter("running")] }];
+    let items = [window(Source::Purchase, DAY, vec![category_filter("running")])];
     let orders = purchases(vec![
         purchase(MIDNIGHT, 100, vec![item("p1", "books", 1, 100)]),
         purchase(MIDNIGHT + HOUR, 200, vec![item("p2", "books", 1, 100), item("p3", "running", 1, 100)]),
