@@ -85,24 +85,24 @@ rounds=("${guarantees[@]}")
 for round in "${rounds[@]}"; do
     if [ "$round" = warm-up ]; then g=exactly_once; seconds=$broker_warmup; else g=$round; seconds=$duration; fi
     prefix="lat-$round-$(date +%s)"
-    write_config "$run_dir/$round.toml" "$prefix" "$prefix" "$bootstrap" "$admin_port" \
-        "processing_guarantee = \"$g\"" "commit_interval_ms = $commit_interval_ms" \
-        "max_batch_records = $max_batch" "max_idle_wait_ms = $max_idle_wait_ms"
-    if [ -n "${CLIENT_PROPERTIES:-}" ]; then
-        # key=value,key=value: librdkafka settings for tactful's clients.
-        printf '\n[kafka.client_properties]\n' >> "$run_dir/$round.toml"
-        tr ',' '\n' <<< "$CLIENT_PROPERTIES" | while IFS='=' read -r key value; do
-            printf '"%s" = "%s"\n' "$key" "$value" >> "$run_dir/$round.toml"
-        done
-    fi
     "$python" scripts/latency.py --bootstrap "$bootstrap" topics --prefix "$prefix" --partitions "$partitions"
     broker_pid="$(cat "${KAFKA_RUN_DIR:-target/kafka}/kafka.pid")"
     if [ "$round" = floor ]; then
         # The broker alone: the same load, read back from the events topic.
-        read=(--read events)
+        reading=(--read events)
         cpu_before="0 $(cpu_seconds "$broker_pid")"
     else
-        read=(--metrics-url "http://127.0.0.1:$admin_port/metrics")
+        reading=(--metrics-url "http://127.0.0.1:$admin_port/metrics")
+        write_config "$run_dir/$round.toml" "$prefix" "$prefix" "$bootstrap" "$admin_port" \
+            "processing_guarantee = \"$g\"" "commit_interval_ms = $commit_interval_ms" \
+            "max_batch_records = $max_batch" "max_idle_wait_ms = $max_idle_wait_ms"
+        if [ -n "${CLIENT_PROPERTIES:-}" ]; then
+            # key=value,key=value: librdkafka settings for tactful's clients.
+            printf '\n[kafka.client_properties]\n' >> "$run_dir/$round.toml"
+            tr ',' '\n' <<< "$CLIENT_PROPERTIES" | while IFS='=' read -r key value; do
+                printf '"%s" = "%s"\n' "$key" "$value" >> "$run_dir/$round.toml"
+            done
+        fi
         "$python" scripts/latency.py --bootstrap "$bootstrap" consent --topic "$prefix.consent.changes" --users "$users"
         "$tactful" run --config "$run_dir/$round.toml" 2> "$run_dir/$round.run.log" &
         pipeline_pid=$!
@@ -111,7 +111,7 @@ for round in "${rounds[@]}"; do
     fi
     "$python" scripts/latency.py --bootstrap "$bootstrap" run \
         --browse-topic "$prefix.events.browse" --profiles-topic "$prefix.profiles.updates" \
-        --users "$users" --rate "$rate" --duration "$seconds" --warmup "$warmup" "${read[@]}" \
+        --users "$users" --rate "$rate" --duration "$seconds" --warmup "$warmup" "${reading[@]}" \
         --fetch-wait-ms "$consumer_fetch_wait_ms" --linger-ms "$producer_linger_ms" > "$run_dir/$round.json"
     if [ -n "$pipeline_pid" ]; then
         peak_rss=$(awk '/VmHWM/ {print $2 " " $3}' "/proc/$pipeline_pid/status")

@@ -265,13 +265,19 @@ pub fn evaluate(rule: &Rule, history: &History, now: i64, captures: &mut [f64]) 
 
 /// Which of the catalogue's windows a rule reads, and through which of them
 /// a fact leaving can make the rule hold where it did not: bits by window
-/// index (a window the bits cannot name sets them all).
+/// index ([`window_bit`]; a window not in the catalogue sets them all).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct WindowUse {
     /// The windows whose exits can change the rule's figures or its result.
     pub reads: u64,
     /// The windows whose exits can make it hold for a user it did not.
     pub enters: u64,
+}
+
+/// The bit of the catalogue's window at `index` in a [`WindowUse`] or a
+/// timed mask; the last bit stands for every window from the 64th on.
+pub fn window_bit(index: usize) -> u64 {
+    1 << index.min(63)
 }
 
 /// How `rule` uses `windows` (see [`WindowUse`]).
@@ -296,8 +302,7 @@ pub fn window_use(rule: &Rule, windows: &[Window]) -> WindowUse {
                     .position(|window| {
                         window.source == source && window.window_ms == window_ms && window.filters == filters
                     })
-                    .filter(|index| *index < 64)
-                    .map_or(u64::MAX, |index| 1 << index);
+                    .map_or(u64::MAX, window_bit);
                 usage.reads |= bit;
                 // A fact leaving lowers a count, a sum (amounts are never
                 // negative) or a number of distinct values or days: a bound
@@ -332,7 +337,7 @@ pub fn next_window_exit(history: &History, now: i64, windows: &[Window], timed: 
     windows
         .iter()
         .enumerate()
-        .filter(|(index, _)| timed & (1u64 << (*index).min(63)) != 0)
+        .filter(|(index, _)| timed & window_bit(*index) != 0)
         .filter_map(|(_, window)| match window.source {
             Source::Browse => first_leaving(&history.browses, |fact| Fact::Browse(fact), now, window),
             Source::Purchase | Source::PurchaseItem => {

@@ -3,7 +3,7 @@
 //! of each and its experiment counts. Replaced as a whole by a hot reload,
 //! which keeps every segment's index (see [`SegmentIndex`]).
 
-use super::engine::{arm, render_reason, window_use, WindowUse};
+use super::engine::{arm, render_reason, window_bit, window_use, WindowUse};
 use super::{Catalogue, Segment, SegmentIndex};
 use crate::consent::minimise::eligible;
 use crate::consent::Purposes;
@@ -68,7 +68,7 @@ impl Segments {
             catalogue.segments.iter().map(|segment| window_use(&segment.rule, &catalogue.windows)).collect();
         let timed_for_all = (catalogue.windows.iter().enumerate())
             .filter(|(_, window)| window.retention_end)
-            .map(|(index, _)| 1u64 << index.min(63))
+            .map(|(index, _)| window_bit(index))
             .chain(by_id.iter().map(|index| window_use[index.0].enters))
             .fold(0, |timed, bits| timed | bits);
         Self { catalogue, by_id, members, experiments, retention, window_use, timed_for_all }
