@@ -15,6 +15,7 @@ use tactful::codec::Codec;
 use tactful::model::InputKind;
 use tactful::pipeline::workers::{advance_in_order, apply_in_order, apply_record, Record, Workers};
 use tactful::processor::{Output, Processor, Source};
+use tactful::state::changelog::decode;
 use tactful::state::{Partition, LOOKAHEAD};
 use tactful::synthetic::{Population, SyntheticRecord};
 use tactful::time::{EventTime, DAY_MS};
@@ -305,5 +306,33 @@ fn stages(criterion: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, full_path, on_workers, stages);
+/// The changelog value of a user's state, written with every update the
+/// pipeline publishes and read back by a restore: encoding and decoding the
+/// states of 100,000 users after the first month.
+fn changelog(criterion: &mut Criterion) {
+    let workload = workload();
+    let processor = processor_after(&workload);
+    let catalogue = processor.catalogue();
+    let users: Vec<&str> = workload.consents.iter().map(|record| record.key.as_str()).take(100_000).collect();
+    let values: Vec<Vec<u8>> =
+        users.iter().filter_map(|user_id| processor.changelog_value(Partition(0), user_id)).collect();
+    let mut group = criterion.benchmark_group("changelog");
+    group.throughput(Throughput::Elements(users.len() as u64));
+    group.bench_function("encode", |bencher| {
+        bencher.iter(|| {
+            users
+                .iter()
+                .filter_map(|user_id| processor.changelog_value(Partition(0), user_id))
+                .map(|value| value.len())
+                .sum::<usize>()
+        })
+    });
+    group.throughput(Throughput::Elements(values.len() as u64));
+    group.bench_function("decode", |bencher| {
+        bencher.iter(|| values.iter().filter(|value| decode(value, &catalogue).is_ok()).count())
+    });
+    group.finish();
+}
+
+criterion_group!(benches, full_path, on_workers, stages, changelog);
 criterion_main!(benches);
