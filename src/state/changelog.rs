@@ -394,7 +394,9 @@ fn figures(stored: &[f64], captures: usize) -> Figures {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::{hash_present, hash_value, BrowseFact, ItemFact, LocationFact, PurchaseFact};
+    use crate::state::{hash_present, hash_value};
+    use proptest::collection::vec;
+    use proptest::prelude::*;
 
     /// A changelog value written by the build before interned users and
     /// compact facts (77bae75), for a user with every kind of state.
@@ -540,5 +542,43 @@ mod tests {
     fn a_membership_has_the_figures_its_segment_captures_now() {
         assert_eq!(figures(&[1.0, 2.0, 3.0], 2), Figures::from_slice(&[1.0, 2.0]));
         assert_eq!(figures(&[1.0], 3), Figures::from_slice(&[1.0, 0.0, 0.0]));
+    }
+
+    /// A hash from a few, so that facts share them; 0 among them.
+    fn some_hash() -> impl Strategy<Value = u64> {
+        proptest::sample::select(vec![0, 1, 7, u64::MAX, hash_value("running"), hash_value("shoe")])
+    }
+
+    fn some_history() -> impl Strategy<Value = History> {
+        let present = || some_hash().prop_map(NonZeroU64::new);
+        let browse = (any::<i64>(), some_hash(), present(), present())
+            .prop_map(|(ts, page_type, category, product)| BrowseFact { ts, page_type, category, product });
+        let item = (some_hash(), some_hash(), any::<i32>(), any::<i64>(), any::<bool>()).prop_map(
+            |(category, product, quantity, price_cents, sensitive)| ItemFact {
+                category,
+                product,
+                quantity,
+                price_cents,
+                sensitive,
+            },
+        );
+        let purchase = (any::<i64>(), some_hash(), any::<i64>(), vec(item, 0..3))
+            .prop_map(|(ts, currency, total_cents, items)| PurchaseFact { ts, currency, total_cents, items });
+        let location =
+            (any::<i64>(), -90.0..90.0, -180.0..180.0).prop_map(|(ts, lat, lon)| LocationFact { ts, lat, lon });
+        (vec(browse, 0..8), vec(purchase, 0..4), vec(location, 0..3), any::<Option<i64>>()).prop_map(
+            |(browses, purchases, locations, first_seen)| History { browses, purchases, locations, first_seen },
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn any_facts_restore_exactly_as_they_were_written(history in some_history()) {
+            let (catalogue, _) = crate::config::embedded_defaults();
+            let (state, consent) = every_kind_of_state(&catalogue);
+            let state = UserState { history, ..state };
+            let restored = decode(&encoded(&state, &consent, &catalogue), &catalogue).expect("restores");
+            prop_assert_eq!(restored.state, state);
+        }
     }
 }
