@@ -10,9 +10,10 @@
 //! Format 2 (written since 2026-12-04) stores each distinct hash of a user's
 //! facts once, in 8 bytes, and the facts name it by position; each fact's
 //! time is the milliseconds since the one before it; a membership stores only
-//! the figures its segment captures. A page view takes about 7 bytes instead
-//! of 36, and a user's value about half as many as in format 1 (the facts as
-//! they are held), which is still read. A restore reads, copies and decodes
+//! the figures its segment captures. A page view takes 6 bytes (8 more for a
+//! product the value does not hold yet) instead of about 36, and a user's
+//! value about half as many as in format 1 (the facts as they are held),
+//! which is still read. A restore reads, copies and decodes
 //! every byte of the changelog (BENCHMARKS.md, "A compact changelog").
 
 use crate::consent::{ConsentInForce, Purposes};
