@@ -64,7 +64,7 @@ struct Stored<'a, H, F> {
 }
 
 /// Format 2's body.
-type Compact<'a> = Stored<'a, Facts, Cow<'a, [f64]>>;
+type Compact<'a> = Stored<'a, Facts<'a>, Cow<'a, [f64]>>;
 
 /// Format 1's body.
 type Held<'a> = Stored<'a, History, [f64; MAX_CAPTURES]>;
@@ -105,17 +105,43 @@ struct StoredEntry<'a> {
 /// A user's facts in format 2: every distinct hash once, the facts naming
 /// them by position, their times as differences.
 #[derive(Serialize, Deserialize)]
-struct Facts {
-    hashes: Vec<Hash>,
+struct Facts<'a> {
+    #[serde(borrow)]
+    hashes: Hashes<'a>,
     browses: Vec<Browse>,
     purchases: Vec<Purchase>,
     locations: Vec<Location>,
     first_seen: Option<i64>,
 }
 
-/// A 64-bit hash in 8 bytes: as a varint it would take 9 or 10.
-#[derive(Clone, Copy, Serialize, Deserialize)]
-struct Hash(#[serde(with = "postcard::fixint::le")] u64);
+/// Every distinct hash of a user's facts, each in 8 bytes, little-endian
+/// (as a varint a hash takes 9 or 10). One byte string, which a restore
+/// reads in place: postcard's fixed-width integers are read a byte at a time.
+struct Hashes<'a>(Cow<'a, [u8]>);
+
+impl Hashes<'_> {
+    fn of(hashes: &[u64]) -> Self {
+        Self(Cow::Owned(hashes.iter().flat_map(|hash| hash.to_le_bytes()).collect()))
+    }
+
+    /// The hash at `position`, if the value holds one there.
+    fn get(&self, position: usize) -> Option<u64> {
+        let bytes = self.0.get(position.checked_mul(8)?..)?.first_chunk::<8>()?;
+        Some(u64::from_le_bytes(*bytes))
+    }
+}
+
+impl Serialize for Hashes<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Hashes<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        <&'de [u8]>::deserialize(deserializer).map(|bytes| Self(Cow::Borrowed(bytes)))
+    }
+}
 
 /// A position in [`Facts::hashes`]. For a field that may be absent, 0 is
 /// absent and a hash's position is stored plus one.
@@ -154,13 +180,13 @@ struct Location {
     lon: f64,
 }
 
-impl Facts {
-    fn of(history: &History) -> Facts {
+impl Facts<'_> {
+    fn of(history: &History) -> Facts<'static> {
         let mut hashes = Vec::new();
         let mut present = |hash: Option<NonZeroU64>| {
             let Some(hash) = hash.map(NonZeroU64::get) else { return 0 };
-            let at = hashes.iter().position(|&Hash(known)| known == hash).unwrap_or_else(|| {
-                hashes.push(Hash(hash));
+            let at = hashes.iter().position(|&known| known == hash).unwrap_or_else(|| {
+                hashes.push(hash);
                 hashes.len() - 1
             });
             // A user holds far fewer than 2^32 facts.
@@ -196,7 +222,7 @@ impl Facts {
         let locations = (history.locations.iter())
             .map(|fact| Location { after: after(&mut since, fact.ts), lat: fact.lat, lon: fact.lon })
             .collect();
-        Facts { hashes, browses, purchases, locations, first_seen: history.first_seen }
+        Facts { hashes: Hashes::of(&hashes), browses, purchases, locations, first_seen: history.first_seen }
     }
 
     fn into_history(self) -> Result<History, ChangelogError> {
@@ -205,8 +231,8 @@ impl Facts {
             None => Ok(None),
             Some(at) => hashes
                 .get(at as usize)
-                .map(|&Hash(hash)| NonZeroU64::new(hash))
-                .ok_or_else(|| ChangelogError::Decode(format!("no hash at {at} of {}", hashes.len()))),
+                .map(NonZeroU64::new)
+                .ok_or_else(|| ChangelogError::Decode(format!("no hash at {at} of {} bytes", hashes.0.len()))),
         };
         let hash = |position: Position| present(position).map(|hash| hash.map_or(0, NonZeroU64::get));
         let mut since = 0;
@@ -483,7 +509,7 @@ mod tests {
 
     /// [`every_kind_of_state`] with a second page view (the same page type
     /// and category, another product), in format 2.
-    const WRITTEN_COMPACT: &str = "0201630207636d702d776562b090abfef9620105ece84228913716620c8e4afab47f1460f5a4a9f018f62060c7f87b8e19177dd9f20d8ee21851dc460280a0abfef962010200c0a90701020301c0bab7fef96204d04101020504e820000180d5c3fef9628fc2f5285c2f4a408fc2f5285c8f13400180a0abfef962c0efcffef962c0efcffef962808adcfef962010260011172657475726e696e675f76697369746f7280a0abfef96201000000000000084020011172657475726e696e675f76697369746f720180a0abfef962";
+    const WRITTEN_COMPACT: &str = "0201630207636d702d776562b090abfef9620128ece84228913716620c8e4afab47f1460f5a4a9f018f62060c7f87b8e19177dd9f20d8ee21851dc460280a0abfef962010200c0a90701020301c0bab7fef96204d04101020504e820000180d5c3fef9628fc2f5285c2f4a408fc2f5285c8f13400180a0abfef962c0efcffef962c0efcffef962808adcfef962010260011172657475726e696e675f76697369746f7280a0abfef96201000000000000084020011172657475726e696e675f76697369746f720180a0abfef962";
 
     #[test]
     fn the_compact_layout_is_unchanged_and_restores_the_state() {
@@ -526,7 +552,7 @@ mod tests {
         let (catalogue, _) = crate::config::embedded_defaults();
         let browse = Browse { after: 1_700_000_000_000, page_type: 1, category: 0, product: 2 };
         let facts = Facts {
-            hashes: vec![Hash(7)],
+            hashes: Hashes::of(&[7]),
             browses: vec![browse],
             purchases: vec![],
             locations: vec![],
@@ -543,7 +569,7 @@ mod tests {
         };
         let mut value = vec![FORMAT];
         value.extend(postcard::to_allocvec(&stored).expect("serialises"));
-        assert_eq!(decode(&value, &catalogue), Err(ChangelogError::Decode("no hash at 1 of 1".into())));
+        assert_eq!(decode(&value, &catalogue), Err(ChangelogError::Decode("no hash at 1 of 8 bytes".into())));
     }
 
     #[test]
