@@ -606,6 +606,12 @@ impl Processor {
         built_under: Option<ConsentInForce>,
         now_ms: i64,
     ) -> Option<Output> {
+        let mut refresh = |consent: &ConsentInForce| {
+            shard.user(user_id).and_then(|user| {
+                let clock = user.state.clock;
+                self.refresh(segments, user, consent, clock, now_ms)
+            })
+        };
         match reconcile(self.consent.cloned(user_id), built_under) {
             Reconciliation::Forget => {
                 self.consent.remove(user_id);
@@ -614,11 +620,10 @@ impl Processor {
             Reconciliation::Enforce(consent) => {
                 shard.user(user_id).and_then(|user| self.enforce(segments, user, &consent, consent.ts, now_ms))
             }
-            Reconciliation::Refresh(consent) | Reconciliation::Adopt(consent) => {
-                let output = shard.user(user_id).and_then(|user| {
-                    let clock = user.state.clock;
-                    self.refresh(segments, user, &consent, clock, now_ms)
-                });
+            // The table's own entry: nothing to write back.
+            Reconciliation::Refresh(consent) => refresh(&consent),
+            Reconciliation::Adopt(consent) => {
+                let output = refresh(&consent);
                 self.consent.put(user_id, consent);
                 output
             }
