@@ -120,10 +120,6 @@ struct Facts<'a> {
 struct Hashes<'a>(Cow<'a, [u8]>);
 
 impl Hashes<'_> {
-    fn of(hashes: &[u64]) -> Self {
-        Self(Cow::Owned(hashes.iter().flat_map(|hash| hash.to_le_bytes()).collect()))
-    }
-
     /// The hash at `position`, if the value holds one there.
     fn get(&self, position: usize) -> Option<u64> {
         let bytes = self.0.get(position.checked_mul(8)?..)?.first_chunk::<8>()?;
@@ -184,10 +180,10 @@ impl Facts<'_> {
     fn of(history: &History) -> Facts<'static> {
         let mut hashes = Vec::new();
         let mut present = |hash: Option<NonZeroU64>| {
-            let Some(hash) = hash.map(NonZeroU64::get) else { return 0 };
-            let at = hashes.iter().position(|&known| known == hash).unwrap_or_else(|| {
-                hashes.push(hash);
-                hashes.len() - 1
+            let Some(hash) = hash.map(|hash| hash.get().to_le_bytes()) else { return 0 };
+            let at = hashes.chunks_exact(8).position(|known| known == hash).unwrap_or_else(|| {
+                hashes.extend_from_slice(&hash);
+                hashes.len() / 8 - 1
             });
             // A user holds far fewer than 2^32 facts.
             Position::try_from(at + 1).unwrap_or(Position::MAX)
@@ -222,7 +218,7 @@ impl Facts<'_> {
         let locations = (history.locations.iter())
             .map(|fact| Location { after: after(&mut since, fact.ts), lat: fact.lat, lon: fact.lon })
             .collect();
-        Facts { hashes: Hashes::of(&hashes), browses, purchases, locations, first_seen: history.first_seen }
+        Facts { hashes: Hashes(Cow::Owned(hashes)), browses, purchases, locations, first_seen: history.first_seen }
     }
 
     fn into_history(self) -> Result<History, ChangelogError> {
@@ -552,7 +548,7 @@ mod tests {
         let (catalogue, _) = crate::config::embedded_defaults();
         let browse = Browse { after: 1_700_000_000_000, page_type: 1, category: 0, product: 2 };
         let facts = Facts {
-            hashes: Hashes::of(&[7]),
+            hashes: Hashes(Cow::Owned(7_u64.to_le_bytes().to_vec())),
             browses: vec![browse],
             purchases: vec![],
             locations: vec![],
