@@ -92,22 +92,17 @@ fn main() {
         drop(processor.advance_to(watermark, now_ms));
     }
     let state_bytes = allocated() - before - consent_bytes;
-    let values: Vec<usize> = consents
+    let (values, value_bytes) = consents
         .iter()
         .filter_map(|record| processor.changelog_value(Partition(0), &record.key))
-        .map(|value| value.len())
-        .collect();
+        .fold((0, 0), |(values, bytes), value| (values + 1, bytes + value.len()));
     let consented = processor.user_count();
     let held = processor.held_user_count();
     println!("users with a consent recorded: {consented}");
     println!("consent table: {consent_bytes} bytes, {:.0} bytes per user", consent_bytes as f64 / consented as f64);
     println!("users with partition state: {held}");
     println!("partition state: {state_bytes} bytes, {:.0} bytes per user held", state_bytes as f64 / held as f64);
-    println!(
-        "changelog: {} bytes, {:.0} bytes per user held",
-        values.iter().sum::<usize>(),
-        values.iter().sum::<usize>() as f64 / values.len() as f64
-    );
+    println!("changelog: {value_bytes} bytes, {:.0} bytes per user held", value_bytes as f64 / values as f64);
     let per_record = |count: usize| count as f64 / RECORDS as f64;
     println!("allocations per record: {:.2} decoding, {:.2} applying", per_record(decoding), per_record(applying));
     println!(
