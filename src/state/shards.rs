@@ -18,6 +18,7 @@
 //! held while a shard's is taken (the processor copies a user's consent out).
 
 use super::{prefetch_all, Partition, UserKey, UserState};
+use crate::time::DAY_MS;
 use arc_swap::ArcSwap;
 use hashbrown::HashTable;
 use std::collections::{BinaryHeap, HashMap};
@@ -243,20 +244,59 @@ impl Shard {
 /// Kept in buckets of a minute of event time, not one heap of every user's
 /// timer: a heap of a million entries misses the cache on most levels of
 /// every pop. The timers of the minutes event time has reached are moved,
-/// a bucket at a time, into a small heap that orders them.
+/// a bucket at a time, into a small heap that orders them. Minutes are
+/// bucketed only up to the end of the day event time has reached; later
+/// timers wait in buckets of a day, one per day ahead, and are sorted into
+/// minutes when event time reaches their day. A timer is set in the middle
+/// of applying an event, and the few hundred buckets it can fall in stay in
+/// the cache; the tens of thousands of minutes a held population's timers
+/// span did not (setting a timer missed on the minute's entry and on the
+/// end of its bucket).
 #[derive(Debug, Default)]
 pub struct Timers {
     /// The timers due before `ready_until`, earliest first.
     ready: BinaryHeap<std::cmp::Reverse<(i64, Handle)>>,
     ready_until: i64,
-    /// The later ones, by the minute they fall in.
-    later: HashMap<i64, Vec<(i64, Handle)>, foldhash::fast::RandomState>,
-    /// The minutes of `later`, earliest first.
-    minutes: BinaryHeap<std::cmp::Reverse<i64>>,
+    /// The timers from `ready_until` to `minutes_until`, by their minute.
+    minutes: Buckets<TIMER_BUCKET_MS>,
+    minutes_until: i64,
+    /// The later ones, by their day.
+    days: Buckets<DAY_MS>,
 }
 
 /// The span of one bucket of timers, in milliseconds of event time.
 const TIMER_BUCKET_MS: i64 = 60_000;
+
+/// Timers by the span of `SPAN` milliseconds they fall in.
+#[derive(Debug, Default)]
+struct Buckets<const SPAN: i64> {
+    by_span: HashMap<i64, Vec<(i64, Handle)>, foldhash::fast::RandomState>,
+    /// The keys of `by_span`, earliest first.
+    spans: BinaryHeap<std::cmp::Reverse<i64>>,
+}
+
+impl<const SPAN: i64> Buckets<SPAN> {
+    fn push(&mut self, due: i64, handle: Handle) {
+        let span = due.div_euclid(SPAN);
+        let bucket = self.by_span.entry(span).or_insert_with(|| {
+            self.spans.push(std::cmp::Reverse(span));
+            Vec::new()
+        });
+        bucket.push((due, handle));
+    }
+
+    /// When the earliest bucket's span begins.
+    fn earliest(&self) -> Option<i64> {
+        self.spans.peek().map(|std::cmp::Reverse(span)| span.saturating_mul(SPAN))
+    }
+
+    /// The earliest bucket, removed, and when its span ends.
+    fn pop(&mut self) -> Option<(Vec<(i64, Handle)>, i64)> {
+        let std::cmp::Reverse(span) = self.spans.pop()?;
+        let end = span.saturating_add(1).saturating_mul(SPAN);
+        Some((self.by_span.remove(&span).unwrap_or_default(), end))
+    }
+}
 
 impl Timers {
     /// Sets the timer of the user in `handle` to `next_change`, unless it is set there already.
@@ -266,42 +306,47 @@ impl Timers {
             if let Some(due) = next_change {
                 if due < self.ready_until {
                     self.ready.push(std::cmp::Reverse((due, handle)));
+                } else if due < self.minutes_until {
+                    self.minutes.push(due, handle);
                 } else {
-                    let minute = due.div_euclid(TIMER_BUCKET_MS);
-                    let bucket = self.later.entry(minute).or_insert_with(|| {
-                        self.minutes.push(std::cmp::Reverse(minute));
-                        Vec::new()
-                    });
-                    bucket.push((due, handle));
+                    self.days.push(due, handle);
                 }
             }
         }
     }
 
-    /// Whether the earliest timer, or the earliest minute of timers, is due
-    /// at `watermark` (a minute that has begun may hold only later ones).
+    /// Whether the earliest timer, or the earliest bucket of timers, is due
+    /// at `watermark` (a bucket whose span has begun may hold only later ones).
     fn may_be_due(&self, watermark: i64) -> bool {
-        match (self.ready.peek(), self.minutes.peek()) {
-            (Some(std::cmp::Reverse((due, _))), _) => *due <= watermark,
-            (None, Some(std::cmp::Reverse(minute))) => minute.saturating_mul(TIMER_BUCKET_MS) <= watermark,
-            (None, None) => false,
+        match self.ready.peek() {
+            Some(std::cmp::Reverse((due, _))) => *due <= watermark,
+            None => self.minutes.earliest().or_else(|| self.days.earliest()).is_some_and(|start| start <= watermark),
         }
     }
 
     fn pop_due(&mut self, watermark: i64) -> Option<(i64, Handle)> {
         loop {
-            // Every timer in `later` is due after every one in `ready`.
+            // Every timer in `minutes` is due after every one in `ready`,
+            // and every one in `days` after every one in `minutes`.
             if let Some(std::cmp::Reverse((due, _))) = self.ready.peek() {
                 return (*due <= watermark).then(|| self.ready.pop().map(|entry| entry.0)).flatten();
             }
-            let std::cmp::Reverse(minute) = *self.minutes.peek()?;
-            if minute.saturating_mul(TIMER_BUCKET_MS) > watermark {
-                return None;
+            match self.minutes.earliest() {
+                Some(start) if start > watermark => return None,
+                Some(_) => {
+                    let (bucket, end) = self.minutes.pop()?;
+                    self.ready_until = end;
+                    self.ready = bucket.into_iter().map(std::cmp::Reverse).collect();
+                }
+                None if self.days.earliest()? > watermark => return None,
+                None => {
+                    let (bucket, end) = self.days.pop()?;
+                    self.minutes_until = end;
+                    for (due, handle) in bucket {
+                        self.minutes.push(due, handle);
+                    }
+                }
             }
-            self.minutes.pop();
-            self.ready_until = minute.saturating_add(1).saturating_mul(TIMER_BUCKET_MS);
-            let bucket = self.later.remove(&minute).unwrap_or_default();
-            self.ready = bucket.into_iter().map(std::cmp::Reverse).collect();
         }
     }
 }
@@ -514,5 +559,60 @@ mod tests {
         assert_eq!(due, vec![10, 20]);
         let (due, handle) = shard.pop_due(30).expect("due");
         assert_eq!((due, shard.by_handle(handle).map(|user| user.user_id.to_owned())), (30, Some("late".to_owned())));
+    }
+
+    #[derive(Clone, Debug)]
+    enum TimerStep {
+        Set { user: usize, due: Option<i64> },
+        Pop { watermark: i64 },
+    }
+
+    fn timer_steps() -> impl proptest::strategy::Strategy<Value = Vec<TimerStep>> {
+        use proptest::prelude::*;
+        // Times over a few days either side of zero, and the extremes.
+        let time = prop_oneof![8 => -2 * DAY_MS..4 * DAY_MS, 1 => Just(i64::MAX), 1 => Just(i64::MIN)];
+        let step = prop_oneof![
+            3 => (0..6usize, proptest::option::weighted(0.9, time.clone())).prop_map(|(user, due)| TimerStep::Set { user, due }),
+            2 => time.prop_map(|watermark| TimerStep::Pop { watermark }),
+        ];
+        proptest::collection::vec(step, 0..60)
+    }
+
+    proptest::proptest! {
+        /// Every timer set comes due once, in time order, whichever buckets
+        /// it waited in: as a sorted list of every timer set would give them.
+        #[test]
+        fn timers_come_due_as_a_sorted_list_of_them_would(steps in timer_steps()) {
+            let mut shard = Shard::default();
+            let handles: Vec<Handle> = (0..6).map(|user| shard.user_or_new(&user.to_string()).handle).collect();
+            let mut set = std::collections::BTreeSet::new();
+            let mut sequence = 0;
+            for step in steps {
+                match step {
+                    TimerStep::Set { user, due } => {
+                        let user = shard.by_handle(handles[user]).expect("held");
+                        if due.is_some() && due != user.state.next_change {
+                            // A timer replaced is not taken out: it comes due stale.
+                            set.insert((due.unwrap_or_default(), user.handle, sequence));
+                            sequence += 1;
+                        }
+                        user.timers.set(user.handle, due, user.state);
+                    }
+                    TimerStep::Pop { watermark } => loop {
+                        let expected = set.first().copied().filter(|(due, _, _)| *due <= watermark);
+                        let may_be_due = shard.may_be_due(watermark);
+                        let popped = shard.pop_due(watermark);
+                        proptest::prop_assert_eq!(popped, expected.map(|(due, handle, _)| (due, handle)));
+                        proptest::prop_assert!(may_be_due || popped.is_none());
+                        match expected {
+                            Some(entry) => set.remove(&entry),
+                            None => break,
+                        };
+                    },
+                }
+            }
+            let rest: Vec<(i64, Handle)> = std::iter::from_fn(|| shard.pop_due(i64::MAX)).collect();
+            proptest::prop_assert_eq!(rest, set.iter().map(|(due, handle, _)| (*due, *handle)).collect::<Vec<_>>());
+        }
     }
 }
