@@ -4,7 +4,7 @@
 //! when. Pure: built from a user's state.
 
 use crate::consent::{ConsentInForce, Purpose};
-use crate::model::{Membership, Name, PersonalizationLevel};
+use crate::model::{Channels, Membership, PersonalizationLevel};
 use crate::segments::Segments;
 use crate::state::{History, Retention, UserState};
 use crate::time::{DAY_MS, HOUR_MS};
@@ -44,7 +44,7 @@ pub struct ProfileView {
     /// The personalization level the profile was published at.
     pub level: PersonalizationLevel,
     /// The channels personalization may be used on, as published.
-    pub channels: Vec<Name>,
+    pub channels: Channels,
     /// The memberships with the reasons a user is shown, sorted by segment id.
     pub segments: Vec<Membership>,
 }

@@ -15,6 +15,11 @@ use std::borrow::Cow;
 /// without an allocation of its own, read back owned.
 pub type Name = Cow<'static, str>;
 
+/// A list of channel names (a subset of web, email, push, ads, in that
+/// order): published as one of the sixteen lists shared by every update,
+/// without an allocation of its own; read back owned.
+pub type Channels = Cow<'static, [Name]>;
+
 /// How much personalization a user wants (CONTRACT §4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
@@ -164,7 +169,7 @@ pub struct Membership {
     /// segment, with the real figures.
     pub reason: String,
     /// The segment's allowed channels ∩ the user's channels.
-    pub channels: Vec<Name>,
+    pub channels: Channels,
     /// Experiment arm, when the segment runs a holdout.
     pub arm: Option<Name>,
 }
@@ -182,7 +187,7 @@ pub struct ProfileUpdate {
     /// The personalization level in force for the user.
     pub level: PersonalizationLevel,
     /// Channels the user allows personalization on: a subset of web, email, push, ads.
-    pub channels: Vec<Name>,
+    pub channels: Channels,
     /// All current memberships, sorted by id.
     pub segments: Vec<Membership>,
     /// Ids of the segments this update entered the user into.

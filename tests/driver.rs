@@ -20,7 +20,7 @@ use tactful::config::Config;
 use tactful::control::Control;
 use tactful::erasure::Erasures;
 use tactful::explain::Explanation;
-use tactful::model::{Membership, Name, PersonalizationLevel};
+use tactful::model::{Channels, Membership, Name, PersonalizationLevel};
 use tactful::pipeline::apply::Pending;
 use tactful::pipeline::driver::Driver;
 use tactful::pipeline::guarantee::Delivered;
@@ -110,7 +110,7 @@ fn new_visitor(since: i64) -> Vec<Membership> {
         id: "new_visitor".into(),
         since,
         reason: "Visited on 1 day in the last 30 days.".to_owned(),
-        channels: vec!["web".into(), "email".into(), "push".into()],
+        channels: vec!["web".into(), "email".into(), "push".into()].into(),
         arm: None,
     }]
 }
@@ -278,9 +278,9 @@ fn a_revoked_partition_is_dropped_and_one_given_straight_back_is_kept_unless_its
     let without_email = ["personalization", "location", "precise_location", "measurement", "web", "push", "ads"];
     send(&topics.consent, P0, "u0", Some(&to_json(&consent("u0", t + 1000, &without_email, "FULL"))));
     driver.catch_up_consent().unwrap();
-    let channels: Vec<Vec<Name>> =
+    let channels: Vec<Channels> =
         processor.memberships("u0").unwrap().into_iter().map(|membership| membership.channels).collect();
-    assert_eq!(channels, vec![vec!["web", "push"]]);
+    assert_eq!(channels, vec![Channels::from(vec![Name::from("web"), Name::from("push")])]);
     assert_eq!(driver.shell.work.changed, HashMap::from([("u0".to_owned(), P0)]));
     assert_eq!(driver.deliver(Vec::new(), &ingest, &mut merger).unwrap(), Delivered::Done);
     let narrowed = processor.explain("u0").unwrap();
@@ -334,7 +334,7 @@ fn an_aborted_batch_rewinds_state_and_offsets_to_the_last_commit() {
         id: "returning_visitor".into(),
         since: t + DAY_MS,
         reason: "Visited on 2 different days in the last 30 days.".to_owned(),
-        channels: vec!["web".into(), "email".into(), "push".into()],
+        channels: vec!["web".into(), "email".into(), "push".into()].into(),
         arm: None,
     }];
     assert_eq!(processor.memberships("u0"), Some(returning.clone()));

@@ -150,20 +150,20 @@ fn profile(arm: Option<&str>) -> ProfileUpdate {
         version: 1_700_000_000_001,
         ts: 1_700_000_000_000,
         level: PersonalizationLevel::Full,
-        channels: vec!["web".into(), "email".into()],
+        channels: vec!["web".into(), "email".into()].into(),
         segments: vec![
             Membership {
                 id: "high_value".into(),
                 since: 1_699_000_000_000,
                 reason: "Spent 500.00 across 1 purchase in the last 90 days.".to_owned(),
-                channels: vec!["web".into()],
+                channels: vec!["web".into()].into(),
                 arm: arm.map(|arm| arm.to_owned().into()),
             },
             Membership {
                 id: "new_visitor".into(),
                 since: 1_699_500_000_000,
                 reason: "Visited on 1 day in the last 30 days.".to_owned(),
-                channels: vec![],
+                channels: vec![].into(),
                 arm: None,
             },
         ],

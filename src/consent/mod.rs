@@ -1,7 +1,8 @@
 //! The consent gate (CONTRACT §4): which purposes a user granted, and what that
 //! allows. Pure: no I/O, no clock.
 
-use crate::model::{ConsentChange, Event, Name, PersonalizationLevel};
+use crate::model::{Channels, ConsentChange, Event, Name, PersonalizationLevel};
+use std::sync::LazyLock;
 
 pub mod minimise;
 pub mod table;
@@ -132,12 +133,18 @@ impl Purposes {
     }
 
     /// The channel purposes of the set as published names, in canonical order.
-    pub fn channel_names(self) -> Vec<Name> {
-        Purpose::CHANNELS
-            .into_iter()
-            .filter(|channel| self.contains(*channel))
-            .map(|channel| Name::Borrowed(channel.as_str()))
-            .collect()
+    pub fn channel_names(self) -> Channels {
+        /// Every subset of the channels, by the bits of `Purpose::CHANNELS` it holds.
+        static SUBSETS: LazyLock<Vec<Vec<Name>>> = LazyLock::new(|| {
+            (0..1 << Purpose::CHANNELS.len())
+                .map(|bits: usize| {
+                    let channels = Purpose::CHANNELS.iter().enumerate().filter(|(index, _)| bits & 1 << index != 0);
+                    channels.map(|(_, channel)| Name::Borrowed(channel.as_str())).collect()
+                })
+                .collect()
+        });
+        let bits = Purpose::CHANNELS.iter().enumerate().filter(|(_, channel)| self.contains(**channel));
+        Channels::Borrowed(&SUBSETS[bits.fold(0, |bits, (index, _)| bits | 1 << index)])
     }
 
     /// Parses purpose names; names that are not purposes are ignored so that a

@@ -404,12 +404,12 @@ mod tests {
             }),
             profile: Some(ProfileView {
                 level: PersonalizationLevel::Full,
-                channels: vec!["web".into()],
+                channels: vec!["web".into()].into(),
                 segments: vec![Membership {
                     id: "near_store".into(),
                     since: 1_796_169_600_000,
                     reason: reason.to_owned(),
-                    channels: vec!["web".into()],
+                    channels: vec!["web".into()].into(),
                     arm: None,
                 }],
             }),

@@ -6,7 +6,8 @@ use crate::codec::DecodeError;
 use crate::consent::minimise::{coarsen, eligible};
 use crate::consent::Purposes;
 use crate::model::{
-    BrowseEvent, EventConsent, LocationEvent, Name, PersonalizationLevel, ProfileUpdate, PurchaseEvent, PurchaseItem,
+    BrowseEvent, Channels, EventConsent, LocationEvent, Name, PersonalizationLevel, ProfileUpdate, PurchaseEvent,
+    PurchaseItem,
 };
 use crate::segments::engine::{evaluate, render_reason};
 use crate::state::{
@@ -90,7 +91,7 @@ fn ids(list: &[&str]) -> Vec<CompactString> {
     list.iter().map(|&id| id.into()).collect()
 }
 
-fn names(list: &[&str]) -> Vec<Name> {
+fn names(list: &[&str]) -> Channels {
     list.iter().map(|item| Name::from((*item).to_owned())).collect()
 }
 
@@ -1190,7 +1191,7 @@ proptest! {
                     sorted.dedup();
                     prop_assert_eq!(&ids, &sorted);
                     let granted = consent.granted;
-                    for name in &update.channels {
+                    for name in update.channels.iter() {
                         prop_assert!(granted.contains(Purpose::parse(name).unwrap()), "{name}");
                     }
                     for segment in &update.segments {

@@ -6,7 +6,7 @@ use super::definition::{Comparison, Field, Filter, Measure, Rule, Source, Templa
 use super::engine::{arm, distance_m, evaluate, measure, next_window_exit, render_reason, window_use, WindowUse};
 use super::*;
 use crate::consent::{Purpose, Purposes};
-use crate::model::Name;
+use crate::model::{Channels, Name};
 use crate::state::{hash_value, BrowseFact, History, ItemFact, LocationFact, PurchaseFact, Retention};
 use proptest::prelude::*;
 
@@ -91,12 +91,12 @@ fn category_filter(category: &str) -> Filter {
 #[test]
 fn the_bundled_catalogue_parses_with_the_expected_segments() {
     let catalogue = Catalogue::default_catalogue(&["prenatal".to_owned()], MAX_RETENTION);
-    let summary: Vec<(&str, Tier, Vec<Name>, Option<f64>)> = catalogue
+    let summary: Vec<(&str, Tier, Channels, Option<f64>)> = catalogue
         .segments
         .iter()
         .map(|segment| (segment.id.as_str(), segment.tier, segment.channels.channel_names(), segment.holdout))
         .collect();
-    let names = |list: &[&str]| list.iter().map(|name| Name::from((*name).to_owned())).collect::<Vec<_>>();
+    let names = |list: &[&str]| list.iter().map(|name| Name::from((*name).to_owned())).collect::<Channels>();
     assert_eq!(
         summary,
         vec![

@@ -126,12 +126,12 @@ fn expected(inputs: &[Input], lateness_ms: i64) -> BTreeMap<String, Option<Profi
     for input in inputs {
         let profile = processor.explain(&input.key).and_then(|explanation| explanation.profile).map(|view| Profile {
             level: view.level.as_str().to_owned(),
-            channels: view.channels.into_iter().map(Cow::into_owned).collect(),
+            channels: view.channels.iter().map(|name| name.to_string()).collect(),
             segments: view
                 .segments
                 .into_iter()
                 .map(|member| {
-                    let channels = member.channels.into_iter().map(Cow::into_owned).collect();
+                    let channels = member.channels.iter().map(|name| name.to_string()).collect();
                     (member.id.into(), member.reason, channels, member.arm.map(Cow::into_owned))
                 })
                 .collect(),
