@@ -93,6 +93,17 @@ fn channel_names_are_in_canonical_order_whatever_the_grant_order() {
 }
 
 #[test]
+fn every_set_of_channels_is_named_by_its_own_channels_only() {
+    let channels = ["web", "email", "push", "ads"];
+    for bits in 0..16 {
+        let granted: Vec<&str> = (0..4).filter(|bit| bits & 1 << bit != 0).map(|bit| channels[bit]).collect();
+        // Whatever else is granted.
+        let purposes = Purposes::from_names(&granted).with(Purpose::Personalization).with(Purpose::Sensitive);
+        assert_eq!(purposes.channel_names(), granted, "{granted:?}");
+    }
+}
+
+#[test]
 fn set_operations() {
     let all: Purposes = Purpose::ALL.into_iter().collect();
     let some = set(&[Purpose::Web, Purpose::Location]);
