@@ -591,9 +591,9 @@ mod tests {
                 match step {
                     TimerStep::Set { user, due } => {
                         let user = shard.by_handle(handles[user]).expect("held");
-                        if due.is_some() && due != user.state.next_change {
-                            // A timer replaced is not taken out: it comes due stale.
-                            set.insert((due.unwrap_or_default(), user.handle, sequence));
+                        // A timer replaced is not taken out: it comes due stale.
+                        if let Some(due) = due.filter(|due| Some(*due) != user.state.next_change) {
+                            set.insert((due, user.handle, sequence));
                             sequence += 1;
                         }
                         user.timers.set(user.handle, due, user.state);
