@@ -89,12 +89,16 @@ fn process_chunk(processor: &Processor, records: &[SyntheticRecord], now_ms: i64
     let mut newest_event_time = None;
     for (index, record) in records.iter().enumerate() {
         // As the pipeline's workers do: a user's consent entry is prefetched
-        // a few records ahead, then the slot of their state it names.
+        // a few records ahead, then the slot of their state it names, then
+        // the lists the slot points to.
         if let Some(ahead) = records.get(index + 2 * LOOKAHEAD) {
             processor.prefetch(&ahead.key);
         }
         if let Some(ahead) = records.get(index + LOOKAHEAD) {
             processor.prefetch_slot(Partition(0), &ahead.key);
+        }
+        if let Some(ahead) = records.get(index + LOOKAHEAD / 2) {
+            processor.prefetch_held(Partition(0), &ahead.key);
         }
         let processed = processor.process(record.kind, Some(record.key.as_bytes()), record.value.as_deref(), now_ms);
         newest_event_time = newest_event_time.max(processed.event_time.map(EventTime));

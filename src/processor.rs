@@ -294,6 +294,15 @@ impl Processor {
         }
     }
 
+    /// Starts loading what applying an event of `user_id` read from
+    /// `partition` reads last, the lists their slot points to: called after
+    /// [`Processor::prefetch_slot`], when the slot has arrived.
+    pub fn prefetch_held(&self, partition: Partition, user_id: &str) {
+        if let Some(handle) = self.consent.slot_of(user_id) {
+            self.shards.with(partition, |shard| shard.prefetch_held(handle));
+        }
+    }
+
     /// Decodes and validates one input record of `kind`, without looking at
     /// or changing any state: the pipeline decodes records as they arrive and
     /// applies them later, in event-time order across the event topics.
@@ -503,6 +512,9 @@ impl Processor {
                     }
                     if let Some(user_id) = round.get(index + LOOKAHEAD).and_then(|&(_, ahead)| shard.user_id(ahead)) {
                         self.consent.prefetch(user_id);
+                    }
+                    if let Some(&(_, ahead)) = round.get(index + LOOKAHEAD / 2) {
+                        shard.prefetch_held(ahead);
                     }
                     outputs.extend(self.fire(&segments, shard, due, handle, now_ms));
                 }

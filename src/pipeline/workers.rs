@@ -93,9 +93,9 @@ pub fn apply_record(processor: &Processor, (source, input): Record, now_ms: i64)
 }
 
 /// Applies `records` in their order on this thread, each user's consent
-/// entry prefetched 2 × [`LOOKAHEAD`] records before theirs and the slot of
-/// their state (which the entry names) [`LOOKAHEAD`] before; returns each
-/// record's result.
+/// entry prefetched 2 × [`LOOKAHEAD`] records before theirs, the slot of
+/// their state (which the entry names) [`LOOKAHEAD`] before, and the lists
+/// the slot points to [`LOOKAHEAD`] / 2 before; returns each record's result.
 fn apply_records(processor: &Processor, records: Vec<Record>, now_ms: i64) -> Vec<Processed> {
     let mut results = Vec::with_capacity(records.len());
     let mut records = records.into_iter();
@@ -109,6 +109,9 @@ fn apply_records(processor: &Processor, records: Vec<Record>, now_ms: i64) -> Ve
         }
         if let Some((partition, user_id)) = ahead(LOOKAHEAD) {
             processor.prefetch_slot(partition, user_id);
+        }
+        if let Some((partition, user_id)) = ahead(LOOKAHEAD / 2) {
+            processor.prefetch_held(partition, user_id);
         }
         results.push(apply_record(processor, record, now_ms));
     }

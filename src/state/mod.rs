@@ -38,7 +38,8 @@ pub struct Partition(pub i32);
 /// first (a record takes microseconds, a load a tenth of one), near enough
 /// that the lines are still cached when the record comes. Where one entry
 /// leads to the next (a consent entry names the slot of the user's state),
-/// the first is prefetched twice as far ahead.
+/// the first is prefetched twice as far ahead, and what the slot of a
+/// user's state points to half as far.
 pub const LOOKAHEAD: usize = 4;
 
 /// Asks the CPU to start loading the cache line at `address` without
@@ -61,6 +62,16 @@ pub fn prefetch<T>(address: *const T) {
 pub fn prefetch_all<T>(values: &[T]) {
     let (start, size) = (values.as_ptr().cast::<u8>(), size_of_val(values));
     (0..size).step_by(64).chain(size.checked_sub(1)).for_each(|offset| prefetch(start.wrapping_add(offset)));
+}
+
+/// Where `list`'s allocation starts (its length, then its elements), read
+/// without reading the allocation: the length a slice would need is in it.
+fn thin_vec_allocation<T>(list: &ThinVec<T>) -> *const u8 {
+    const { assert!(size_of::<ThinVec<T>>() == size_of::<*const u8>()) };
+    // SAFETY: a `ThinVec` is one pointer to its allocation (`repr(C)`, the
+    // size asserted above); any pointer-sized bits are a valid raw pointer,
+    // and a prefetch of a wrong one only wastes the load.
+    unsafe { std::ptr::from_ref(list).cast::<*const u8>().read() }
 }
 
 /// A stable 64-bit hash of a field value (FNV-1a: stable across builds and
@@ -319,6 +330,18 @@ impl UserState {
         self.published.is_some() || !self.history.is_empty()
     }
 
+    /// Starts loading the user's lists of facts and of published memberships
+    /// into the cache without waiting (see [`prefetch`]).
+    pub fn prefetch_held(&self) {
+        let History { browses, purchases, locations, .. } = &self.history;
+        prefetch_all(browses);
+        prefetch_all(purchases);
+        prefetch_all(locations);
+        if let Some(published) = &self.published {
+            prefetch(thin_vec_allocation(&published.members));
+        }
+    }
+
     /// Whether nothing is held beyond the consent table's part (then the
     /// changelog holds a tombstone for the user). The event-time clock
     /// counts: a user whose events kept no fact (a LIGHT user's purchase)
@@ -420,6 +443,14 @@ mod tests {
         assert_eq!(state.next_version(1_000), 1_001);
         assert_eq!(state.next_version(500), 1_002);
         assert_eq!(state.next_version(5_000), 5_000);
+    }
+
+    #[test]
+    fn a_membership_list_is_prefetched_from_its_length_just_before_its_first_member() {
+        let members = ThinVec::from([1u64, 2, 3]);
+        let allocation = thin_vec_allocation(&members) as usize;
+        // The allocation starts with the length and the capacity, then the members.
+        assert_eq!(members.as_ptr() as usize - allocation, 2 * size_of::<usize>());
     }
 
     #[test]

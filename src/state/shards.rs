@@ -196,6 +196,15 @@ impl Shard {
         }
     }
 
+    /// Starts loading what slot `handle` points to, the lists of its user's
+    /// facts and published memberships, without waiting: called after
+    /// [`Shard::prefetch`], when the slot itself has arrived.
+    pub fn prefetch_held(&self, handle: Handle) {
+        if let Some(slot) = self.slots.get(handle) {
+            slot.state.prefetch_held();
+        }
+    }
+
     /// Forgets `user_id`; returns their state if they were held.
     pub fn remove(&mut self, user_id: &str) -> Option<UserState> {
         let hash = self.hasher.hash_one(user_id);
@@ -432,6 +441,11 @@ impl Shards {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::consent::Purposes;
+    use crate::model::PersonalizationLevel;
+    use crate::segments::SegmentIndex;
+    use crate::state::{BrowseFact, Figures, PublishedMember, PublishedProfile};
+    use thin_vec::ThinVec;
 
     #[test]
     fn a_forgotten_users_slot_is_reused_and_every_user_stays_found() {
@@ -504,12 +518,33 @@ mod tests {
         let mut shard = Shard::default();
         let a = shard.user_or_new("a").handle;
         let b = shard.user_or_new("b").handle;
+        let c = shard.user_or_new("c").handle;
         shard.remove("a");
-        for handle in [a, b, Handle(99)] {
+        let held = shard.by_handle(b).expect("held").state;
+        held.history.browses.push(BrowseFact { ts: 1, page_type: 2, category: None, product: None });
+        held.published = Some(PublishedProfile {
+            level: PersonalizationLevel::Full,
+            channels: Purposes::default(),
+            members: ThinVec::from([PublishedMember {
+                segment: SegmentIndex(0),
+                since: 1,
+                figures: Figures::new(),
+                channels: Purposes::default(),
+            }]),
+        });
+        let before = held.clone();
+        shard.by_handle(c).expect("held").state.published = Some(PublishedProfile {
+            level: PersonalizationLevel::Light,
+            channels: Purposes::default(),
+            members: ThinVec::new(),
+        });
+        for handle in [a, b, c, Handle(99)] {
             shard.prefetch(handle);
+            shard.prefetch_held(handle);
         }
         assert_eq!((shard.user_id(a), shard.user_id(b), shard.user_id(Handle(99))), (None, Some("b"), None));
-        assert_eq!(shard.len(), 1);
+        assert_eq!(shard.len(), 2);
+        assert_eq!(shard.get("b"), Some(&before));
     }
 
     #[test]
