@@ -7,7 +7,7 @@ use super::{Purpose, Purposes};
 use crate::model::{Event, PersonalizationLevel};
 use crate::segments::{Segment, Tier};
 use crate::state::{
-    hash_present, hash_value, insert_by_time, BrowseFact, History, ItemFact, LocationFact, PurchaseFact,
+    hash_present, hash_value, insert_by_time, BrowseFact, History, ItemFact, Items, LocationFact, PurchaseFact,
 };
 
 /// Without `precise_location`, coordinates are snapped to the centre of a grid
@@ -70,7 +70,7 @@ impl Minimiser {
             }
             Event::Purchase(purchase) => {
                 let mut total_cents = purchase.total_cents;
-                let mut items = Vec::with_capacity(purchase.items.len());
+                let mut items = Items::with_capacity(purchase.items.len());
                 for item in &purchase.items {
                     let category = hash_value(&item.category);
                     let sensitive = self.is_sensitive(category);

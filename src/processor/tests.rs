@@ -1468,7 +1468,7 @@ proptest! {
                 Step::Purchase { product, category, cents, .. } => {
                     h.purchase("u", ts, &[(product, category, 1, cents)]);
                     let item = ItemFact { category: hash_value(category), product: hash_value(product), quantity: 1, price_cents: cents, sensitive: false };
-                    insert_by_time(&mut all.purchases, PurchaseFact { ts, currency: hash_value("EUR"), total_cents: cents, items: vec![item] }, |fact| fact.ts);
+                    insert_by_time(&mut all.purchases, PurchaseFact { ts, currency: hash_value("EUR"), total_cents: cents, items: smallvec::smallvec![item] }, |fact| fact.ts);
                 }
                 Step::Location { near, .. } => {
                     let at = if near { BERLIN_STORE } else { (52.40, 13.10) };

@@ -62,7 +62,7 @@ fn item(product: &str, category: &str, quantity: i32, price_cents: i64) -> ItemF
 }
 
 fn purchase(ts: i64, total_cents: i64, items: Vec<ItemFact>) -> PurchaseFact {
-    PurchaseFact { ts, currency: hash_value("EUR"), total_cents, items }
+    PurchaseFact { ts, currency: hash_value("EUR"), total_cents, items: items.into() }
 }
 
 fn at(ts: i64, lat: f64, lon: f64) -> LocationFact {

@@ -119,6 +119,11 @@ pub struct ItemFact {
     pub sensitive: bool,
 }
 
+/// The lines kept of a purchase: one inline, in the fact (most orders have
+/// one line), more on the heap. Rules read a purchase's lines with the
+/// purchase, so they come with it into the cache.
+pub type Items = SmallVec<[ItemFact; 1]>;
+
 /// What is kept of a purchase.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PurchaseFact {
@@ -130,7 +135,7 @@ pub struct PurchaseFact {
     /// (sensitive without consent).
     pub total_cents: i64,
     /// The lines that could be kept.
-    pub items: Vec<ItemFact>,
+    pub items: Items,
 }
 
 /// What is kept of a location fix, at the precision the user consented to.
@@ -379,7 +384,13 @@ mod tests {
             ts,
             currency: 0,
             total_cents: 100,
-            items: vec![ItemFact { category: 1, product: 2, quantity: 1, price_cents: 100, sensitive: false }],
+            items: smallvec::smallvec![ItemFact {
+                category: 1,
+                product: 2,
+                quantity: 1,
+                price_cents: 100,
+                sensitive: false
+            }],
         }
     }
 
