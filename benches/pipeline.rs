@@ -3,7 +3,7 @@
 //! excluded (see BENCHMARKS.md for the end-to-end figures). `state held`
 //! times the month after, over the state the first month left. `workers/` runs
 //! the same path over 4 partitions as the Kafka driver does, with its
-//! apply and time-driven steps on 1 and 2 worker threads.
+//! decode, apply and time-driven steps on 1 and 2 worker threads.
 
 // criterion_main! generates an undocumented `main`.
 #![allow(missing_docs)]
@@ -13,7 +13,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use tactful::codec::Codec;
 use tactful::model::InputKind;
-use tactful::pipeline::workers::{advance_in_order, apply_in_order, apply_record, Record, Workers};
+use tactful::pipeline::workers::{
+    advance_in_order, apply_in_order, apply_record, decode_in_order, Encoded, Record, Workers,
+};
 use tactful::processor::{Output, Processor, Source};
 use tactful::state::changelog::decode;
 use tactful::state::{Partition, LOOKAHEAD};
@@ -191,11 +193,11 @@ fn loaded_sharded_processor(workload: &Workload) -> Processor {
 }
 
 /// Processes a chunk as the Kafka driver processes a batch, with the same
-/// code for its parallel steps: the records decoded on the calling thread
-/// (as they arrive), consent records applied there; the events applied
-/// partition by partition on `workers` threads; each partition's event time
-/// advanced to its newest event on them; the updates encoded on the calling
-/// thread (as the publisher does).
+/// code for its parallel steps: consent records decoded and applied on the
+/// calling thread; the events decoded on the `workers` threads, then applied
+/// partition by partition on them; each partition's event time advanced to
+/// its newest event on them; the updates encoded on the calling thread (as
+/// the publisher does).
 fn process_chunk_on_workers(
     processor: &Processor,
     records: &[SyntheticRecord],
@@ -210,17 +212,22 @@ fn process_chunk_on_workers(
             processor.codec().encode_profile(&update, buffer);
         }
     };
-    let mut events: Vec<Record> = Vec::with_capacity(records.len());
+    let mut encoded: Vec<Encoded<'_>> = Vec::with_capacity(records.len());
+    let mut sources = Vec::with_capacity(records.len());
     for record in records {
         let partition = partition_of(&record.key);
-        let input = processor.decode(record.kind, Some(record.key.as_bytes()), record.value.as_deref(), now_ms);
+        let (key, value) = (Some(record.key.as_bytes()), record.value.as_deref());
         if record.kind == InputKind::Consent {
             let source = Source { partition, watermark: None };
+            let input = processor.decode(record.kind, key, value, now_ms);
             apply_record(processor, (source, input), now_ms).output.map(&mut encode);
         } else {
-            events.push((Source { partition, watermark: watermarks.get(&partition).copied() }, input));
+            encoded.push((record.kind, key, value));
+            sources.push(Source { partition, watermark: watermarks.get(&partition).copied() });
         }
     }
+    let inputs = decode_in_order(processor, &encoded, workers, now_ms);
+    let events: Vec<Record> = sources.into_iter().zip(inputs).collect();
     let partitions: Vec<Partition> = events.iter().map(|(source, _)| source.partition).collect();
     let mut newest: BTreeMap<Partition, EventTime> = BTreeMap::new();
     for (partition, processed) in partitions.into_iter().zip(apply_in_order(processor, events, workers, now_ms)) {

@@ -103,6 +103,9 @@ impl<'a> Driver<'a> {
         // are asked for whenever the records fetched run out, so the round
         // trip overlaps with the pause for more.
         let mut asked = false;
+        // Decoded together, on the worker threads, before a partition
+        // change is acted on and when polling ends.
+        let mut messages = Vec::new();
         while polled < self.config.max_batch_records {
             // Once the batch has records, a pause in their arrival ends it:
             // under a backlog the fetched records never run out and batches
@@ -116,15 +119,20 @@ impl<'a> Driver<'a> {
             };
             let message = ingest.poll(wait);
             // Partition changes happen inside a poll: act on them before
-            // keeping what it returned.
-            for change in ingest.take_rebalances() {
+            // keeping what it returned, with what was polled before them
+            // already in the merger (where a revocation drops its records).
+            let changes = ingest.take_rebalances();
+            if !changes.is_empty() {
+                self.shell.ingest(std::mem::take(&mut messages), merger);
+            }
+            for change in changes {
                 self.rebalance(change, ingest, merger)?;
             }
             match message {
                 Some(message) => {
                     polled += 1;
                     asked = false;
-                    self.shell.ingest(message, merger);
+                    messages.push(message);
                 }
                 None if polled > 0 && !asked => {
                     self.consent.ask_ends()?;
@@ -136,6 +144,7 @@ impl<'a> Driver<'a> {
         if polled > 0 && !asked {
             self.consent.ask_ends()?;
         }
+        self.shell.ingest(messages, merger);
         if let Some(error) = ingest.fatal_error() {
             return Err(PipelineError::ConsumerFenced(error));
         }

@@ -1,12 +1,14 @@
 //! Ingest: the consumer group of the event topics. It polls records, notes
 //! the partition changes librdkafka makes inside a poll for the pipeline to
 //! act on between two polls, tells whether a topic-partition is read to its
-//! end (for event time), and commits or rewinds offsets. Each record is
-//! decoded as it arrives (its writer schema fetched from the registry when
-//! needed) and buffered for its turn in event-time order.
+//! end (for event time), and commits or rewinds offsets. The records a
+//! batch polls are decoded together on the worker threads (their writer
+//! schemas fetched from the registry first, when needed) and buffered for
+//! their turn in event-time order.
 
 use super::apply::{Pending, Shell, EVENT_KINDS};
 use super::merge::Merger;
+use super::workers::{self, Encoded};
 use super::{kafka, log_client_error, settings, PipelineError};
 use crate::config::Config;
 use crate::control::now_ms;
@@ -239,16 +241,29 @@ impl Shell<'_> {
         Ok(EVENT_KINDS.iter().zip(&self.event_topics).map(|(kind, topic)| (*kind, lag_of(topic))).collect())
     }
 
-    /// Decodes a record read from an event topic and buffers it for its
-    /// turn in event-time order.
-    pub fn ingest<'c>(&mut self, message: BorrowedMessage<'c>, merger: &mut Merger<Pending<'c>>) {
-        let Some(&topic) = self.topic_indices.get(message.topic()) else {
-            tracing::error!(topic = message.topic(), "record from a topic that is not an input; skipped");
-            return;
-        };
-        let Some(input) = self.decode(EVENT_KINDS[topic], &message) else { return };
-        let event_time = input.as_ref().ok().and_then(Input::event_time);
-        merger.push(Partition(message.partition()), topic, event_time, Pending { message, input });
+    /// Decodes records read from the event topics, on the worker threads,
+    /// and buffers them for their turn in event-time order, in the order
+    /// they were read.
+    pub fn ingest<'c>(&mut self, messages: Vec<BorrowedMessage<'c>>, merger: &mut Merger<Pending<'c>>) {
+        let mut known = Vec::with_capacity(messages.len());
+        for message in messages {
+            let Some(&topic) = self.topic_indices.get(message.topic()) else {
+                tracing::error!(topic = message.topic(), "record from a topic that is not an input; skipped");
+                continue;
+            };
+            // Writer schemas are fetched here, one at a time, before any is needed.
+            if self.fetch_writer_schema(message.payload()) {
+                known.push((topic, message));
+            }
+        }
+        let encoded: Vec<Encoded<'_>> =
+            known.iter().map(|(topic, message)| (EVENT_KINDS[*topic], message.key(), message.payload())).collect();
+        let inputs = workers::decode_in_order(self.processor, &encoded, &self.workers, now_ms());
+        drop(encoded);
+        for ((topic, message), input) in known.into_iter().zip(inputs) {
+            let event_time = input.as_ref().ok().and_then(Input::event_time);
+            merger.push(Partition(message.partition()), topic, event_time, Pending { message, input });
+        }
     }
 
     /// Decodes and validates a record; `None` if it cannot be decoded now

@@ -24,6 +24,7 @@
 //! begins each batch with its allocator cache empty, and in the benchmark
 //! that cost more than the second thread gained (BENCHMARKS.md).
 
+use crate::model::InputKind;
 use crate::processor::{Output, Processed, Processor, RestoredPartition, Source};
 use crate::state::restore::NewestValues;
 use crate::state::{Partition, LOOKAHEAD};
@@ -82,6 +83,31 @@ impl Workers {
     fn worth_the_pool(&self, records: usize) -> bool {
         self.pool.is_some() && records >= POOL_MIN_RECORDS
     }
+
+    /// The pool's threads; 1 without a pool.
+    fn threads(&self) -> usize {
+        self.pool.as_ref().map_or(1, rayon::ThreadPool::current_num_threads)
+    }
+}
+
+/// A record as read, to decode: its kind, key and value.
+pub type Encoded<'a> = (InputKind, Option<&'a [u8]>, Option<&'a [u8]>);
+
+/// Decodes and validates `records` on the `workers`, a run of records per
+/// thread (decoding is pure: any record on any thread); returns each
+/// record's result, in the order of `records`.
+pub fn decode_in_order(
+    processor: &Processor,
+    records: &[Encoded<'_>],
+    workers: &Workers,
+    now_ms: i64,
+) -> Vec<Result<Input, Rejection>> {
+    let decode = |&(kind, key, value): &Encoded<'_>| processor.decode(kind, key, value, now_ms);
+    if !workers.worth_the_pool(records.len()) {
+        return records.iter().map(decode).collect();
+    }
+    let runs: Vec<&[Encoded<'_>]> = records.chunks(records.len().div_ceil(workers.threads())).collect();
+    workers.run(runs, |run| run.iter().map(decode).collect::<Vec<_>>()).into_iter().flatten().collect()
 }
 
 /// Applies one record at processing time `now_ms` (a bad one only gets its rejection).
@@ -225,13 +251,15 @@ mod tests {
                 let input = processor.decode(record.kind, Some(record.key.as_bytes()), record.value.as_deref(), NOW_MS);
                 results.push(apply_record(&processor, (source, input), NOW_MS));
             }
-            let records: Vec<Record> = events
+            let encoded: Vec<Encoded<'_>> = events
                 .iter()
-                .map(|record| {
+                .map(|record| (record.kind, Some(record.key.as_bytes()), record.value.as_deref()))
+                .collect();
+            let inputs = decode_in_order(&processor, &encoded, &workers, NOW_MS);
+            let records: Vec<Record> = (events.iter().zip(inputs))
+                .map(|(record, input)| {
                     let partition = partition_of(&record.key);
-                    let source = Source { partition, watermark: watermarks.get(&partition).copied() };
-                    let key = Some(record.key.as_bytes());
-                    (source, processor.decode(record.kind, key, record.value.as_deref(), NOW_MS))
+                    (Source { partition, watermark: watermarks.get(&partition).copied() }, input)
                 })
                 .collect();
             let sources: Vec<Source> = records.iter().map(|(source, _)| *source).collect();
@@ -248,6 +276,27 @@ mod tests {
             produced.push((results, advance_in_order(&processor, &advanced, &workers, NOW_MS)));
         }
         produced
+    }
+
+    #[test]
+    fn records_decoded_by_two_workers_come_back_as_one_decodes_them_in_their_order() {
+        let (catalogue, settings) = crate::config::embedded_defaults();
+        let processor = Processor::new(Codec::new(&[]).unwrap(), catalogue, &settings);
+        let mut population = Population::new(7, 500, 5_000, 30, NOW_MS);
+        let mut records: Vec<_> = (0..3_000).map(|_| population.next_record()).collect();
+        // Bad ones among them: not JSON, and a key that is not the event's user.
+        records[10].value = Some(b"{ not json".to_vec());
+        records[11].key = "someone-else".into();
+        let encoded: Vec<Encoded<'_>> =
+            records.iter().map(|record| (record.kind, Some(record.key.as_bytes()), record.value.as_deref())).collect();
+        let one_by_one: Vec<_> =
+            encoded.iter().map(|&(kind, key, value)| processor.decode(kind, key, value, NOW_MS)).collect();
+        assert!(one_by_one[10].is_err() && one_by_one[11].is_err());
+        assert!(one_by_one.iter().filter(|input| input.is_ok()).count() > 2_500);
+        for workers in [1, 2, 3] {
+            let decoded = decode_in_order(&processor, &encoded, &Workers::new(workers), NOW_MS);
+            assert_eq!(decoded, one_by_one, "{workers} workers");
+        }
     }
 
     #[test]
