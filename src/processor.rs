@@ -304,8 +304,9 @@ impl Processor {
     }
 
     /// Decodes and validates one input record of `kind`, without looking at
-    /// or changing any state: the pipeline decodes records as they arrive and
-    /// applies them later, in event-time order across the event topics.
+    /// or changing any state: the pipeline decodes a batch's records on its
+    /// worker threads and applies them later, in event-time order across the
+    /// event topics.
     pub fn decode(
         &self,
         kind: InputKind,

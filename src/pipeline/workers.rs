@@ -1,5 +1,6 @@
-//! Workers: a batch's apply step and its time-driven step spread over
-//! `pipeline.workers` threads, each partition's work on one thread at a
+//! Workers: a batch's decoding, its apply step and its time-driven step
+//! spread over `pipeline.workers` threads. Decoding is pure: any record on
+//! any thread. Applying takes each partition's work on one thread at a
 //! time. A user's records are all on one partition (the input topics are
 //! co-partitioned by user id), so applying partitions side by side keeps
 //! every user's records in their order. The core's state is sharded by
