@@ -289,17 +289,20 @@ impl Processor {
     /// without waiting: called after [`Processor::prefetch`], when their
     /// consent entry (which names the slot) has arrived.
     pub fn prefetch_slot(&self, partition: Partition, user_id: &str) {
-        if let Some(handle) = self.consent.slot_of(user_id) {
-            self.shards.with(partition, |shard| shard.prefetch(handle));
-        }
+        self.prefetch_by_slot(partition, user_id, Shard::prefetch);
     }
 
     /// Starts loading what applying an event of `user_id` read from
     /// `partition` reads last, the lists their slot points to: called after
     /// [`Processor::prefetch_slot`], when the slot has arrived.
     pub fn prefetch_held(&self, partition: Partition, user_id: &str) {
+        self.prefetch_by_slot(partition, user_id, Shard::prefetch_held);
+    }
+
+    /// `prefetch` of the slot `user_id`'s consent entry names, on `partition`'s shard.
+    fn prefetch_by_slot(&self, partition: Partition, user_id: &str, prefetch: fn(&Shard, Handle)) {
         if let Some(handle) = self.consent.slot_of(user_id) {
-            self.shards.with(partition, |shard| shard.prefetch_held(handle));
+            self.shards.with(partition, |shard| prefetch(shard, handle));
         }
     }
 

@@ -256,11 +256,11 @@ impl Shard {
 /// a bucket at a time, into a small heap that orders them. Minutes are
 /// bucketed only up to the end of the last day event time reached with
 /// timers in it; later timers wait in buckets of a day, one per day ahead,
-/// and are sorted into minutes when event time reaches their day. A timer is set in the middle
-/// of applying an event, and the few hundred buckets it can fall in stay in
-/// the cache; the tens of thousands of minutes a held population's timers
-/// span did not (setting a timer missed on the minute's entry and on the
-/// end of its bucket).
+/// and are sorted into minutes when event time reaches their day. A timer
+/// is set in the middle of applying an event, and the few hundred buckets
+/// it can fall in stay in the cache; the tens of thousands of minutes a
+/// held population's timers span did not (setting a timer missed on the
+/// minute's entry and on the end of its bucket).
 #[derive(Debug, Default)]
 pub struct Timers {
     /// The timers due before `ready_until`, earliest first.
