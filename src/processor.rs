@@ -23,7 +23,7 @@ use crate::segments::{Catalogue, ReloadReport, Segments};
 use crate::state::changelog;
 use crate::state::restore::{reconcile, NewestValues, Reconciliation};
 use crate::state::shards::{Handle, Shard, Shards, Timers, User};
-use crate::state::{Partition, UserState, LOOKAHEAD};
+use crate::state::{Lists, Partition, UserState, LOOKAHEAD};
 use crate::time::EventTime;
 use crate::validate::{self, Input, Rejection};
 use arc_swap::ArcSwap;
@@ -392,7 +392,7 @@ impl Processor {
             return erase.then(|| Output::Tombstone { user_id: user.user_id.to_owned() });
         }
         self.minimiser.narrow(&mut user.state.history, consent.granted);
-        self.refresh(segments, user, consent, change_ts, now_ms)
+        self.refresh(segments, user, consent, change_ts, now_ms, Lists::ALL)
     }
 
     /// Applies an event the consent gate admits. One that arrives after its
@@ -445,11 +445,17 @@ impl Processor {
         }
         state.last_event = state.last_event.max(ts);
         let clock = state.clock;
-        Processed::applied(self.refresh(segments, user, consent, clock, now_ms))
+        let changed = match event {
+            Event::Browse(_) => Lists::BROWSES,
+            Event::Purchase(_) => Lists::PURCHASES,
+            Event::Location(_) => Lists::LOCATIONS,
+        };
+        Processed::applied(self.refresh(segments, user, consent, clock, now_ms, changed))
     }
 
-    /// Re-evaluates the user at `change_ts` (see [`profile::refresh`]) and
-    /// sets their next timer.
+    /// Re-evaluates the user at `change_ts`, the `changed` lists of facts
+    /// changed since the last time (see [`profile::refresh`]), and sets
+    /// their next timer.
     fn refresh(
         &self,
         segments: &Segments,
@@ -457,9 +463,10 @@ impl Processor {
         consent: &ConsentInForce,
         change_ts: i64,
         now_ms: i64,
+        changed: Lists,
     ) -> Option<Output> {
         let User { user_id, state, timers, handle } = user;
-        let update = profile::refresh(segments, user_id, state, consent, change_ts, now_ms);
+        let update = profile::refresh(segments, user_id, state, consent, change_ts, now_ms, changed);
         self.schedule(segments, state, timers, handle);
         update.map(Output::Update)
     }
@@ -545,7 +552,7 @@ impl Processor {
         }
         user.state.clock = user.state.clock.max(due);
         let clock = user.state.clock;
-        self.refresh(segments, user, &consent, clock, now_ms)
+        self.refresh(segments, user, &consent, clock, now_ms, Lists::ALL)
     }
 
     /// Forgets everything built for the users of `partitions` (they moved to
@@ -625,7 +632,7 @@ impl Processor {
         let mut refresh = |consent: &ConsentInForce| {
             shard.user(user_id).and_then(|user| {
                 let clock = user.state.clock;
-                self.refresh(segments, user, consent, clock, now_ms)
+                self.refresh(segments, user, consent, clock, now_ms, Lists::ALL)
             })
         };
         match reconcile(self.consent.cloned(user_id), built_under) {
@@ -659,6 +666,9 @@ impl Processor {
             self.shards.with(partition, |shard| {
                 for handle in shard.handles() {
                     let Some(user) = shard.by_handle(handle) else { continue };
+                    // Rules may have changed: what was published no longer
+                    // stands until every segment is evaluated again.
+                    user.state.evaluated_under = None;
                     let consent = match self.consent.cloned(user.user_id) {
                         Some(consent) if consent.allows_profile() => consent,
                         _ => continue,
@@ -666,7 +676,7 @@ impl Processor {
                     // Windows may have changed: the timer is set anew.
                     user.state.next_change = None;
                     let clock = user.state.clock;
-                    let update = self.refresh(&segments, user, &consent, clock, now_ms);
+                    let update = self.refresh(&segments, user, &consent, clock, now_ms, Lists::ALL);
                     outputs.extend(update.map(|update| (partition, update)));
                 }
             });
