@@ -23,7 +23,7 @@ use crate::segments::{Catalogue, ReloadReport, Segments};
 use crate::state::changelog;
 use crate::state::restore::{reconcile, NewestValues, Reconciliation};
 use crate::state::shards::{Handle, Shard, Shards, Timers, User};
-use crate::state::{Lists, Partition, UserState, LOOKAHEAD};
+use crate::state::{Partition, UserState, LOOKAHEAD};
 use crate::time::EventTime;
 use crate::validate::{self, Input, Rejection};
 use arc_swap::ArcSwap;
@@ -392,7 +392,7 @@ impl Processor {
             return erase.then(|| Output::Tombstone { user_id: user.user_id.to_owned() });
         }
         self.minimiser.narrow(&mut user.state.history, consent.granted);
-        self.refresh(segments, user, consent, change_ts, now_ms, Lists::ALL)
+        self.refresh(segments, user, consent, change_ts, now_ms)
     }
 
     /// Applies an event the consent gate admits. One that arrives after its
@@ -445,17 +445,11 @@ impl Processor {
         }
         state.last_event = state.last_event.max(ts);
         let clock = state.clock;
-        let changed = match event {
-            Event::Browse(_) => Lists::BROWSES,
-            Event::Purchase(_) => Lists::PURCHASES,
-            Event::Location(_) => Lists::LOCATIONS,
-        };
-        Processed::applied(self.refresh(segments, user, consent, clock, now_ms, changed))
+        Processed::applied(self.refresh(segments, user, consent, clock, now_ms))
     }
 
-    /// Re-evaluates the user at `change_ts`, the `changed` lists of facts
-    /// changed since the last time (see [`profile::refresh`]), and sets
-    /// their next timer.
+    /// Re-evaluates the user at `change_ts` (see [`profile::refresh`]) and
+    /// sets their next timer.
     fn refresh(
         &self,
         segments: &Segments,
@@ -463,10 +457,9 @@ impl Processor {
         consent: &ConsentInForce,
         change_ts: i64,
         now_ms: i64,
-        changed: Lists,
     ) -> Option<Output> {
         let User { user_id, state, timers, handle } = user;
-        let update = profile::refresh(segments, user_id, state, consent, change_ts, now_ms, changed);
+        let update = profile::refresh(segments, user_id, state, consent, change_ts, now_ms);
         self.schedule(segments, state, timers, handle);
         update.map(Output::Update)
     }
@@ -552,7 +545,7 @@ impl Processor {
         }
         user.state.clock = user.state.clock.max(due);
         let clock = user.state.clock;
-        self.refresh(segments, user, &consent, clock, now_ms, Lists::ALL)
+        self.refresh(segments, user, &consent, clock, now_ms)
     }
 
     /// Forgets everything built for the users of `partitions` (they moved to
@@ -632,7 +625,7 @@ impl Processor {
         let mut refresh = |consent: &ConsentInForce| {
             shard.user(user_id).and_then(|user| {
                 let clock = user.state.clock;
-                self.refresh(segments, user, consent, clock, now_ms, Lists::ALL)
+                self.refresh(segments, user, consent, clock, now_ms)
             })
         };
         match reconcile(self.consent.cloned(user_id), built_under) {
@@ -666,9 +659,6 @@ impl Processor {
             self.shards.with(partition, |shard| {
                 for handle in shard.handles() {
                     let Some(user) = shard.by_handle(handle) else { continue };
-                    // Rules may have changed: what was published no longer
-                    // stands until every segment is evaluated again.
-                    user.state.evaluated_under = None;
                     let consent = match self.consent.cloned(user.user_id) {
                         Some(consent) if consent.allows_profile() => consent,
                         _ => continue,
@@ -676,7 +666,7 @@ impl Processor {
                     // Windows may have changed: the timer is set anew.
                     user.state.next_change = None;
                     let clock = user.state.clock;
-                    let update = self.refresh(&segments, user, &consent, clock, now_ms, Lists::ALL);
+                    let update = self.refresh(&segments, user, &consent, clock, now_ms);
                     outputs.extend(update.map(|update| (partition, update)));
                 }
             });

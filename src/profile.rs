@@ -8,21 +8,14 @@ use crate::consent::{ConsentInForce, Purpose, Purposes};
 use crate::model::ProfileUpdate;
 use crate::segments::engine::evaluate;
 use crate::segments::Segments;
-use crate::state::{Figures, Lists, PublishedMember, PublishedProfile, UserState, MAX_CAPTURES};
+use crate::state::{Figures, PublishedMember, PublishedProfile, UserState, MAX_CAPTURES};
 use compact_str::CompactString;
 use smallvec::SmallVec;
 use thin_vec::ThinVec;
 
-/// Re-evaluates the segments the user's consent allows and returns the
+/// Re-evaluates every segment the user's consent allows and returns the
 /// update to publish, if anything changed. Reasons and channel names are
 /// rendered only then: an unchanged profile costs no allocation.
-///
-/// `changed` names the lists of facts changed since the last refresh (an
-/// event changes its own). A segment reading none of them, nor any list
-/// pruned now, stands as published, without evaluating its rule, when
-/// nothing else can have moved it: the last refresh evaluated every
-/// segment under the same consent, and no time-driven change (the user's
-/// timer) has come due since.
 pub fn refresh(
     segments: &Segments,
     user_id: &str,
@@ -30,25 +23,18 @@ pub fn refresh(
     consent: &ConsentInForce,
     change_ts: i64,
     now_ms: i64,
-    changed: Lists,
 ) -> Option<ProfileUpdate> {
     let granted = consent.effective(state.gpc_opt_out);
     let level = consent.level;
     let now = state.clock;
-    let standing = state.evaluated_under == Some((granted, level)) && state.next_change.is_none_or(|due| now < due);
     // Data minimisation: keep facts only as long as the segments this
     // user's consent allows need them.
-    let pruned = state.history.prune(now, &segments.retention_for(level, granted));
-    let changed = changed.union(pruned);
+    state.history.prune(now, &segments.retention_for(level, granted));
     let previous = state.published.as_ref().map(|profile| profile.members.as_slice()).unwrap_or_default();
     // On the stack: most events change no membership, and then nothing is allocated.
     let mut members = SmallVec::<[PublishedMember; 8]>::new();
     for (index, segment) in segments.by_id() {
         if !eligible(segment, level, granted) {
-            continue;
-        }
-        if standing && !segments.reads(index).meets(changed) {
-            members.extend(previous.iter().find(|member| member.segment == index).cloned());
             continue;
         }
         let mut figures = [0.0; MAX_CAPTURES];
@@ -59,7 +45,6 @@ pub fn refresh(
         let figures = Figures::from_slice(&figures[..segment.captures.len()]);
         members.push(PublishedMember { segment: index, since, figures, channels: segment.channels.intersect(granted) });
     }
-    state.evaluated_under = Some((granted, level));
     let channels = Purposes::channels_of(granted);
     let unchanged = match &state.published {
         Some(published) => published.level == level && published.channels == channels && published.members == *members,

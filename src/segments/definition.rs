@@ -3,7 +3,7 @@
 //! the README.
 
 use crate::consent::Purposes;
-use crate::state::{Lists, Retention};
+use crate::state::Retention;
 use serde::Deserialize;
 
 /// Without `precise_location`, coordinates are coarsened to cells of about
@@ -49,17 +49,6 @@ pub enum Source {
     PurchaseItem,
     /// Location fixes (`of = "location"`), at the precision consented.
     Location,
-}
-
-impl Source {
-    /// The list of a user's facts it reads.
-    pub fn list(self) -> Lists {
-        match self {
-            Self::Browse => Lists::BROWSES,
-            Self::Purchase | Self::PurchaseItem => Lists::PURCHASES,
-            Self::Location => Lists::LOCATIONS,
-        }
-    }
 }
 
 /// A field a filter or a `distinct`/`most_common` measure reads.
@@ -182,23 +171,6 @@ pub enum Measure {
 }
 
 impl Measure {
-    /// The lists of a user's facts whose change can change its value. A
-    /// recency counts as reading them all: its value moves with every
-    /// evaluation time (the time since the first event, whichever it was,
-    /// or since the last match).
-    pub fn reads(&self) -> Lists {
-        match self {
-            Self::Count { source, .. }
-            | Self::Sum { source, .. }
-            | Self::DistinctDays { source, .. }
-            | Self::Distinct { source, .. }
-            | Self::MostCommon { source, .. }
-            | Self::Share { source, .. } => source.list(),
-            Self::Near { .. } => Lists::LOCATIONS,
-            Self::SinceFirstSeen | Self::SinceLast { .. } => Lists::ALL,
-        }
-    }
-
     /// Whether the value grows with time by itself (a recency): the rule's
     /// outcome can then change when its threshold is crossed.
     pub fn is_recency(&self) -> bool {
@@ -263,19 +235,6 @@ pub enum Rule {
         /// Index of the value in the reason template's captures.
         capture: Option<usize>,
     },
-}
-
-impl Rule {
-    /// The lists of a user's facts whose change can change its outcome or figures.
-    pub fn reads(&self) -> Lists {
-        match self {
-            Self::All(rules) | Self::Any(rules) => {
-                rules.iter().fold(Lists::NONE, |lists, rule| lists.union(rule.reads()))
-            }
-            Self::Not(rule) => rule.reads(),
-            Self::Compare { measure, .. } => measure.reads(),
-        }
-    }
 }
 
 /// One piece of a reason template.

@@ -9,7 +9,7 @@ use crate::consent::minimise::eligible;
 use crate::consent::Purposes;
 use crate::experiments::{ExperimentCounts, Experiments};
 use crate::model::{Event, Membership, PersonalizationLevel};
-use crate::state::{Lists, PublishedMember, PublishedProfile, Retention};
+use crate::state::{PublishedMember, PublishedProfile, Retention};
 use crate::time::{EventTime, DAY_MS};
 use compact_str::CompactString;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -33,8 +33,6 @@ pub struct Segments {
     window_use: Vec<WindowUse>,
     /// The windows timed for every user (see [`Segments::timed_windows`]).
     timed_for_all: u64,
-    /// The lists of facts each segment's rule reads, by index.
-    reads: Vec<Lists>,
 }
 
 impl Segments {
@@ -73,13 +71,7 @@ impl Segments {
             .map(|(index, _)| window_bit(index))
             .chain(by_id.iter().map(|index| window_use[index.0].enters))
             .fold(0, |timed, bits| timed | bits);
-        let reads = catalogue.segments.iter().map(|segment| segment.rule.reads()).collect();
-        Self { catalogue, by_id, members, experiments, retention, window_use, timed_for_all, reads }
-    }
-
-    /// The lists of facts the rule of the segment at `index` reads.
-    pub fn reads(&self, index: SegmentIndex) -> Lists {
-        self.reads[index.0]
+        Self { catalogue, by_id, members, experiments, retention, window_use, timed_for_all }
     }
 
     /// The windows whose exits are timed for a user who is a member of

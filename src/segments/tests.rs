@@ -7,7 +7,7 @@ use super::engine::{arm, distance_m, evaluate, measure, next_window_exit, render
 use super::*;
 use crate::consent::{Purpose, Purposes};
 use crate::model::{Channels, Name};
-use crate::state::{hash_value, BrowseFact, History, ItemFact, Lists, LocationFact, PurchaseFact, Retention};
+use crate::state::{hash_value, BrowseFact, History, ItemFact, LocationFact, PurchaseFact, Retention};
 use proptest::prelude::*;
 
 const DAY: i64 = 86_400_000;
@@ -122,31 +122,6 @@ fn the_bundled_catalogue_derives_what_each_segment_needs() {
         };
         assert_eq!(segment.needs, expected, "{}", segment.id);
     }
-}
-
-#[test]
-fn the_bundled_catalogue_derives_the_lists_of_facts_each_rule_reads() {
-    let catalogue = Catalogue::default_catalogue(&[], MAX_RETENTION);
-    let reads: Vec<(&str, Lists)> =
-        catalogue.segments.iter().map(|segment| (segment.id.as_str(), segment.rule.reads())).collect();
-    assert_eq!(
-        reads,
-        [
-            ("new_visitor", Lists::BROWSES),
-            ("returning_visitor", Lists::BROWSES),
-            ("high_value", Lists::PURCHASES),
-            ("creature_of_habit", Lists::PURCHASES),
-            ("running_browser", Lists::BROWSES.union(Lists::PURCHASES)),
-            ("near_store", Lists::LOCATIONS),
-            ("expecting_parent", Lists::PURCHASES),
-        ]
-    );
-    // A recency moves with the evaluation time whatever the event: it reads every list.
-    let since = only_segment(&segment_with_rule(r#"{ since_first_seen = {}, at_least = 1 }"#));
-    assert_eq!(since.rule.reads(), Lists::ALL);
-    let last =
-        only_segment(&segment_with_rule(r#"{ since_last = { of = "purchase", within = "90d" }, at_least = "7d" }"#));
-    assert_eq!(last.rule.reads(), Lists::ALL);
 }
 
 #[test]

@@ -401,8 +401,6 @@ fn restored<H, F: AsRef<[f64]>>(
         }),
         version: stored.version,
         next_change: None,
-        // Restored: the consent in force may be newer than what the profile was worked out under.
-        evaluated_under: None,
         experiment_entries: (stored.experiment_entries.into_iter())
             .filter_map(|entry| {
                 Some(ExperimentEntry {

@@ -149,43 +149,6 @@ pub struct LocationFact {
     pub lon: f64,
 }
 
-/// A set of a user's three lists of facts (browses, purchases, locations):
-/// the lists an event or a pruning changed, or the lists a rule reads.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Lists(u8);
-
-impl Lists {
-    /// No list.
-    pub const NONE: Self = Self(0);
-    /// Page views.
-    pub const BROWSES: Self = Self(1);
-    /// Purchases, with their lines.
-    pub const PURCHASES: Self = Self(2);
-    /// Location fixes.
-    pub const LOCATIONS: Self = Self(4);
-    /// Every list.
-    pub const ALL: Self = Self(7);
-
-    /// Both sets.
-    pub fn union(self, other: Self) -> Self {
-        Self(self.0 | other.0)
-    }
-
-    /// Whether the sets share a list.
-    pub fn meets(self, other: Self) -> bool {
-        self.0 & other.0 != 0
-    }
-
-    /// `self` if `condition` holds, else no list.
-    fn when(self, condition: bool) -> Self {
-        if condition {
-            self
-        } else {
-            Self::NONE
-        }
-    }
-}
-
 /// A user's retained facts, each list sorted by event time (an event that
 /// arrives late joins its place).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -258,9 +221,8 @@ impl History {
         self.first_seen = Some(self.first_seen.map_or(ts, |first| first.min(ts)));
     }
 
-    /// Drops facts no segment can read any more at time `now`; returns the
-    /// lists it dropped any from.
-    pub fn prune(&mut self, now: i64, retention: &Retention) -> Lists {
+    /// Drops facts no segment can read any more at time `now`.
+    pub fn prune(&mut self, now: i64, retention: &Retention) {
         if !retention.first_seen {
             self.first_seen = None;
         }
@@ -276,12 +238,7 @@ impl History {
             let among_last = count - index <= retention.purchase_last && !expired(oldest.ts, retention.max_ms);
             within_window || among_last
         });
-        let purchases = purchases.unwrap_or(count);
-        self.purchases.drain(..purchases);
-        Lists::BROWSES
-            .when(browses > 0)
-            .union(Lists::PURCHASES.when(purchases > 0))
-            .union(Lists::LOCATIONS.when(locations > 0))
+        self.purchases.drain(..purchases.unwrap_or(count));
     }
 
     /// Removes everything derived from sensitive categories (the `sensitive`
@@ -322,12 +279,6 @@ pub struct UserState {
     pub version: i64,
     /// When a fact next leaves a window (a timer is set for it).
     pub next_change: Option<i64>,
-    /// The purposes and level `published` was last worked out under, every
-    /// segment evaluated at `clock`; `None` when it was not (a new or
-    /// restored user, a reloaded catalogue). While they hold and no timer
-    /// is due, a segment reading none of the lists an event changed stands
-    /// as published (see [`crate::profile::refresh`]).
-    pub evaluated_under: Option<(Purposes, PersonalizationLevel)>,
     /// Entries into experiment segments still waiting for a conversion
     /// (kept only with the `measurement` purpose, and only for the window).
     pub experiment_entries: ThinVec<ExperimentEntry>,
@@ -449,9 +400,8 @@ mod tests {
         history.browses.push(BrowseFact { ts: 0, page_type: 0, category: None, product: None });
         history.browses.push(BrowseFact { ts: 1, page_type: 0, category: None, product: None });
         let retention = Retention { browse_ms: 10, max_ms: i64::MAX, ..Retention::default() };
-        assert_eq!(history.prune(10, &retention), Lists::BROWSES, "the list it dropped from");
+        history.prune(10, &retention);
         assert_eq!(history.browses.iter().map(|fact| fact.ts).collect::<Vec<_>>(), vec![1]);
-        assert_eq!(history.prune(10, &retention), Lists::NONE, "nothing more to drop");
     }
 
     #[test]
@@ -461,9 +411,8 @@ mod tests {
             history.purchases.push(purchase(ts));
         }
         let retention = Retention { purchase_ms: 1, purchase_last: 2, max_ms: 100, ..Retention::default() };
-        assert_eq!(history.prune(50, &retention), Lists::PURCHASES);
+        history.prune(50, &retention);
         assert_eq!(history.purchases.iter().map(|fact| fact.ts).collect::<Vec<_>>(), vec![5, 6]);
-        assert_eq!(history.prune(104, &retention), Lists::NONE);
         history.prune(105, &retention);
         assert_eq!(history.purchases.iter().map(|fact| fact.ts).collect::<Vec<_>>(), vec![6]);
         history.prune(106, &retention);
