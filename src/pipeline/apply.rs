@@ -2,9 +2,10 @@
 //! reaches the core. The event records a batch polls are decoded on the
 //! worker threads ([`workers`]) and buffered for their turn in event-time
 //! order, then applied partition by partition on them; consent records are
-//! applied as the consent table is read, on the pipeline thread. Every effect (outputs,
-//! dead letters, changed users, erasures, counts) is noted on the pipeline
-//! thread, record by record in their order, in the batch's [`Work`].
+//! applied as the consent table is read, on the pipeline thread. Every
+//! effect (outputs, dead letters, changed users, erasures, counts) is noted
+//! on the pipeline thread, record by record in their order, in the batch's
+//! [`Work`].
 
 use super::event_time::{self, EventTimes};
 use super::ingest::Ingest;

@@ -259,7 +259,6 @@ impl Shell<'_> {
         let encoded: Vec<Encoded<'_>> =
             known.iter().map(|(topic, message)| (EVENT_KINDS[*topic], message.key(), message.payload())).collect();
         let inputs = workers::decode_in_order(self.processor, &encoded, &self.workers, now_ms());
-        drop(encoded);
         for ((topic, message), input) in known.into_iter().zip(inputs) {
             let event_time = input.as_ref().ok().and_then(Input::event_time);
             merger.push(Partition(message.partition()), topic, event_time, Pending { message, input });
