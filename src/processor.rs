@@ -562,16 +562,28 @@ impl Processor {
     /// The changelog value of `user_id`'s state on `partition`; `None` when
     /// nothing beyond the consent table is held (a tombstone in the changelog).
     pub fn changelog_value(&self, partition: Partition, user_id: &str) -> Option<Vec<u8>> {
-        let consent = self.consent.cloned(user_id);
+        self.changelog_values(partition, &[user_id]).pop().flatten()
+    }
+
+    /// The changelog values of `user_ids`' states on `partition`, in their
+    /// order (see [`Processor::changelog_value`]), the shard locked once.
+    pub fn changelog_values<S: AsRef<str>>(&self, partition: Partition, user_ids: &[S]) -> Vec<Option<Vec<u8>>> {
+        // Each user's consent is copied out of its table before the shard
+        // is locked, as applying a record does.
+        let consents: Vec<_> = user_ids.iter().map(|user_id| self.consent.cloned(user_id.as_ref())).collect();
         let catalogue = &self.segments.load().catalogue;
         self.shards
             .with(partition, |shard| {
-                let state = shard.get(user_id).filter(|state| !state.holds_only_consent())?;
-                let mut value = Vec::with_capacity(256);
-                changelog::encode(state, consent.as_ref(), catalogue, &mut value);
-                Some(value)
+                (user_ids.iter().zip(&consents))
+                    .map(|(user_id, consent)| {
+                        let state = shard.get(user_id.as_ref()).filter(|state| !state.holds_only_consent())?;
+                        let mut value = Vec::with_capacity(256);
+                        changelog::encode(state, consent.as_ref(), catalogue, &mut value);
+                        Some(value)
+                    })
+                    .collect()
             })
-            .flatten()
+            .unwrap_or_else(|| vec![None; user_ids.len()])
     }
 
     /// Restores `partition`'s users from their newest changelog values (a

@@ -337,13 +337,21 @@ impl<'a> Shell<'a> {
         processed.event_time
     }
 
-    /// The changelog records of the users whose state changed, and of the
-    /// partitions whose event time moved.
+    /// The changelog records of the users whose state changed (their
+    /// values encoded on the worker threads), and of the partitions whose
+    /// event time moved.
     pub fn changelog_records(&mut self) -> Vec<ChangelogRecord> {
-        let processor = self.processor;
-        let users = self.work.changed.drain().map(|(user_id, partition)| {
-            let value = processor.changelog_value(partition, &user_id);
-            ChangelogRecord { key: user_id.into_bytes(), partition, value }
+        let mut by_partition: BTreeMap<Partition, Vec<String>> = BTreeMap::new();
+        for (user_id, partition) in self.work.changed.drain() {
+            by_partition.entry(partition).or_default().push(user_id);
+        }
+        let values = workers::changelog_values(self.processor, by_partition.into_iter().collect(), &self.workers);
+        let users = values.into_iter().flat_map(|(partition, values)| {
+            values.into_iter().map(move |(user_id, value)| ChangelogRecord {
+                key: user_id.into_bytes(),
+                partition,
+                value,
+            })
         });
         let event_times = self.event_times.take_changed().into_iter().map(|(partition, value)| ChangelogRecord {
             key: event_time::CHANGELOG_KEY.to_vec(),

@@ -103,12 +103,19 @@ pub fn decode_in_order(
     workers: &Workers,
     now_ms: i64,
 ) -> Vec<Result<Input, Rejection>> {
-    let decode = |&(kind, key, value): &Encoded<'_>| processor.decode(kind, key, value, now_ms);
-    if !workers.worth_the_pool(records.len()) {
-        return records.iter().map(decode).collect();
+    map_in_order(records, workers, |&(kind, key, value)| processor.decode(kind, key, value, now_ms))
+}
+
+/// `work` done on each of `items` on the `workers`, a run of items per
+/// thread, for work that reads no state (decoding records, encoding
+/// updates): any item on any thread. Returns the results in the order of
+/// `items`.
+pub fn map_in_order<T: Sync, R: Send>(items: &[T], workers: &Workers, work: impl Fn(&T) -> R + Sync + Send) -> Vec<R> {
+    if !workers.worth_the_pool(items.len()) {
+        return items.iter().map(work).collect();
     }
-    let runs: Vec<&[Encoded<'_>]> = records.chunks(records.len().div_ceil(workers.threads())).collect();
-    workers.run(runs, |run| run.iter().map(decode).collect::<Vec<_>>()).into_iter().flatten().collect()
+    let runs: Vec<&[T]> = items.chunks(items.len().div_ceil(workers.threads())).collect();
+    workers.run(runs, |run| run.iter().map(&work).collect::<Vec<_>>()).into_iter().flatten().collect()
 }
 
 /// Applies one record at processing time `now_ms` (a bad one only gets its rejection).
@@ -184,6 +191,28 @@ pub fn restore_partitions(
     now_ms: i64,
 ) -> Vec<(Partition, RestoredPartition)> {
     workers.run(partitions, |(partition, newest)| (partition, processor.restore_partition(partition, &newest, now_ms)))
+}
+
+/// A user id with their changelog value (`None`: a tombstone).
+pub type UserValue = (String, Option<Vec<u8>>);
+
+/// The changelog values of each partition's changed users on the
+/// `workers`, a partition per task (its shard locked once); returns each
+/// user id with its value (see [`Processor::changelog_values`]), partition
+/// by partition in the order of `changed`.
+pub fn changelog_values(
+    processor: &Processor,
+    changed: Vec<(Partition, Vec<String>)>,
+    workers: &Workers,
+) -> Vec<(Partition, Vec<UserValue>)> {
+    let values_of = |(partition, user_ids): (Partition, Vec<String>)| {
+        let values = processor.changelog_values(partition, &user_ids);
+        (partition, user_ids.into_iter().zip(values).collect())
+    };
+    if !workers.worth_the_pool(changed.iter().map(|(_, user_ids)| user_ids.len()).sum()) {
+        return changed.into_iter().map(values_of).collect();
+    }
+    workers.run(changed, values_of)
 }
 
 /// Fires the time-driven changes of each partition up to its new watermark
@@ -322,6 +351,41 @@ mod tests {
         assert!(updated.len() > distinct.len() + 100, "{} updates of {} users", updated.len(), distinct.len());
         assert_eq!(advanced.len(), PARTITIONS as usize);
         assert!(advanced.iter().all(|outputs| !outputs.is_empty()), "time-driven updates on every partition");
+    }
+
+    #[test]
+    fn changelog_values_encoded_by_two_workers_are_each_users_value_partition_by_partition() {
+        let workers = Workers::new(2);
+        let (catalogue, settings) = crate::config::embedded_defaults();
+        let processor = Processor::new(Codec::new(&[]).unwrap(), catalogue, &settings);
+        let mut population = Population::new(11, 2_000, 20_000, 30, NOW_MS);
+        let partition_of = |key: &str| Partition((crate::state::hash_value(key) % PARTITIONS) as i32);
+        processor.own(&(0..PARTITIONS as i32).map(Partition).collect::<Vec<_>>());
+        let mut users: BTreeMap<Partition, std::collections::BTreeSet<String>> = BTreeMap::new();
+        for record in population.consent_records().into_iter().chain((0..5_000).map(|_| population.next_record())) {
+            let source = Source { partition: partition_of(&record.key), watermark: None };
+            processor.process_from(source, record.kind, Some(record.key.as_bytes()), record.value.as_deref(), NOW_MS);
+            users.entry(source.partition).or_default().insert(record.key);
+        }
+        let changed: Vec<(Partition, Vec<String>)> =
+            users.into_iter().map(|(partition, users)| (partition, users.into_iter().collect())).collect();
+        assert!(changed.iter().map(|(_, users)| users.len()).sum::<usize>() >= POOL_MIN_RECORDS, "the pool is used");
+        let values = changelog_values(&processor, changed.clone(), &workers);
+        assert_eq!(values.len(), PARTITIONS as usize);
+        let (mut states, mut tombstones) = (0, 0);
+        for ((partition, user_ids), (given, values)) in changed.iter().zip(&values) {
+            assert_eq!(partition, given);
+            let expected: Vec<UserValue> = user_ids
+                .iter()
+                .map(|user_id| (user_id.clone(), processor.changelog_value(*partition, user_id)))
+                .collect();
+            assert_eq!(values, &expected, "{partition:?}");
+            states += values.iter().filter(|(_, value)| value.is_some()).count();
+            tombstones += values.iter().filter(|(_, value)| value.is_none()).count();
+        }
+        // Both kinds: users with state, and users who hold only consent.
+        assert!(states > 100 && tombstones > 100, "{states} states, {tombstones} tombstones");
+        assert_eq!(changelog_values(&processor, changed, &Workers::new(1)), values);
     }
 
     #[test]

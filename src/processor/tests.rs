@@ -1642,6 +1642,30 @@ fn an_older_consent_read_after_a_newer_restored_one_changes_nothing() {
 }
 
 #[test]
+fn changelog_values_of_several_users_are_each_users_value_in_the_order_asked() {
+    let h = harness();
+    for (user, ts) in [("a", T0), ("b", T0), ("c", T0 - DAY)] {
+        h.consent(user, &EVERYTHING, PersonalizationLevel::Full, ts);
+    }
+    update(h.browse("a", T0 + 1, Some("running")));
+    applied_silently(h.purchase("c", T0 + 2, &[("mug", "home", 1, 1_500)]));
+    let asked = ["c", "nobody", "b", "a"];
+    let values = h.processor.changelog_values(Partition(0), &asked);
+    let one_by_one: Vec<_> = asked.iter().map(|user| h.processor.changelog_value(Partition(0), user)).collect();
+    assert_eq!(values, one_by_one);
+    // "b" holds only consent and "nobody" nothing: tombstones; the others' states differ.
+    assert!(values[1].is_none() && values[2].is_none());
+    let (c, a) = (values[0].as_ref().expect("c's state"), values[3].as_ref().expect("a's state"));
+    assert_ne!(c, a);
+    let decoded = |value: &[u8]| crate::state::changelog::decode(value, &h.processor.catalogue()).unwrap();
+    let (c, a) = (decoded(c), decoded(a));
+    assert_eq!((a.state.history.browses.len(), a.consent.unwrap().ts), (1, T0), "a's browse, under a's consent");
+    assert_eq!((c.state.history.purchases.len(), c.consent.unwrap().ts), (1, T0 - DAY), "c's purchase, under c's");
+    // A partition this instance does not hold has no values to give.
+    assert_eq!(h.processor.changelog_values(Partition(7), &["a", "c"]), vec![None, None]);
+}
+
+#[test]
 fn the_clock_of_a_user_whose_events_kept_no_fact_survives_a_restore() {
     let before = harness();
     before.consent("u", &["personalization", "web"], PersonalizationLevel::Light, T0);
