@@ -84,11 +84,6 @@ impl Workers {
     fn worth_the_pool(&self, records: usize) -> bool {
         self.pool.is_some() && records >= POOL_MIN_RECORDS
     }
-
-    /// The pool's threads; 1 without a pool.
-    fn threads(&self) -> usize {
-        self.pool.as_ref().map_or(1, rayon::ThreadPool::current_num_threads)
-    }
 }
 
 /// A record as read, to decode: its kind, key and value.
@@ -103,19 +98,17 @@ pub fn decode_in_order(
     workers: &Workers,
     now_ms: i64,
 ) -> Vec<Result<Input, Rejection>> {
-    map_in_order(records, workers, |&(kind, key, value)| processor.decode(kind, key, value, now_ms))
-}
-
-/// `work` done on each of `items` on the `workers`, a run of items per
-/// thread, for work that reads no state (decoding records, encoding
-/// updates): any item on any thread. Returns the results in the order of
-/// `items`.
-pub fn map_in_order<T: Sync, R: Send>(items: &[T], workers: &Workers, work: impl Fn(&T) -> R + Sync + Send) -> Vec<R> {
-    if !workers.worth_the_pool(items.len()) {
-        return items.iter().map(work).collect();
+    let decode = |&(kind, key, value): &Encoded<'_>| processor.decode(kind, key, value, now_ms);
+    match &workers.pool {
+        Some(pool) if workers.worth_the_pool(records.len()) => {
+            // A run per thread, each result written in its place in the
+            // vector returned (rayon's indexed collect): nothing is copied
+            // once decoded.
+            let run = records.len().div_ceil(pool.current_num_threads());
+            pool.install(|| records.par_iter().with_min_len(run).map(decode).collect())
+        }
+        _ => records.iter().map(decode).collect(),
     }
-    let runs: Vec<&[T]> = items.chunks(items.len().div_ceil(workers.threads())).collect();
-    workers.run(runs, |run| run.iter().map(&work).collect::<Vec<_>>()).into_iter().flatten().collect()
 }
 
 /// Applies one record at processing time `now_ms` (a bad one only gets its rejection).
@@ -159,26 +152,28 @@ pub fn apply_in_order(processor: &Processor, records: Vec<Record>, workers: &Wor
     if !workers.worth_the_pool(records.len()) {
         return apply_records(processor, records, now_ms);
     }
-    let count = records.len();
-    // Split: each partition's records, with their positions.
-    let mut by_partition: BTreeMap<Partition, (Vec<usize>, Vec<Record>)> = BTreeMap::new();
-    for (position, record) in records.into_iter().enumerate() {
-        let (positions, records) = by_partition.entry(record.0.partition).or_default();
-        positions.push(position);
-        records.push(record);
+    // Split: each partition's records into a vector of its own, sized
+    // first, and for each record the place of its partition's.
+    let mut counts: BTreeMap<Partition, usize> = BTreeMap::new();
+    for (source, _) in &records {
+        *counts.entry(source.partition).or_default() += 1;
     }
-    let applied: Vec<(Vec<usize>, Vec<Processed>)> = workers
-        .run(by_partition.into_values().collect(), |(positions, records)| {
-            (positions, apply_records(processor, records, now_ms))
-        });
-    // Merge: back in the order of the records.
-    let mut results: Vec<Option<Processed>> = std::iter::repeat_with(|| None).take(count).collect();
-    for (positions, processed) in applied {
-        for (position, processed) in positions.into_iter().zip(processed) {
-            results[position] = Some(processed);
-        }
+    let places: BTreeMap<Partition, usize> =
+        counts.keys().enumerate().map(|(place, partition)| (*partition, place)).collect();
+    let mut by_partition: Vec<Vec<Record>> = counts.into_values().map(Vec::with_capacity).collect();
+    let mut order = Vec::with_capacity(records.len());
+    for record in records {
+        let place = places[&record.0.partition];
+        order.push(place);
+        by_partition[place].push(record);
     }
-    results.into_iter().flatten().collect()
+    let applied = workers.run(by_partition, |records| apply_records(processor, records, now_ms));
+    // Merge: back in the order of the records, each partition's results
+    // taken in theirs.
+    let mut applied: Vec<_> = applied.into_iter().map(Vec::into_iter).collect();
+    let mut results = Vec::with_capacity(order.len());
+    results.extend(order.into_iter().filter_map(|place| applied[place].next()));
+    results
 }
 
 /// Restores each partition's users from their newest changelog values on
