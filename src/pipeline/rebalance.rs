@@ -13,7 +13,7 @@ use super::table::{CaughtUp, Table};
 use super::workers;
 use super::PipelineError;
 use crate::control::now_ms;
-use crate::state::restore::NewestValues;
+use crate::state::restore::{NewestValues, ReadRecords};
 use crate::state::Partition;
 use crate::telemetry::record_restore;
 use rdkafka::message::Message;
@@ -27,6 +27,8 @@ const RESTORE_TIMEOUT: Duration = Duration::from_secs(300);
 /// before noting where the changelog ends (past it, the partition is simply
 /// restored if it comes back).
 const SETTLE_ON_REVOKE: Duration = Duration::from_secs(2);
+/// Changelog records read before they go to be noted, together.
+const RESTORE_RUN: usize = 4096;
 
 impl Shell<'_> {
     /// Acts on a partition change.
@@ -145,34 +147,53 @@ impl Shell<'_> {
             return Err(PipelineError::Restore(RESTORE_TIMEOUT));
         }
         // The last record of each user wins (the topic is compacted, but not
-        // necessarily yet): only that one is decoded.
+        // necessarily yet): only that one is decoded. Records are noted on a
+        // worker thread while this one reads the next ones, a run at a time.
         let mut newest: BTreeMap<Partition, NewestValues> =
             partitions.iter().map(|partition| (*partition, NewestValues::default())).collect();
-        let mut bad_records = 0_u64;
-        let mut records = 0_u64;
-        loop {
-            let caught_up = changelog.catch_up(RESTORE_TIMEOUT, |message| {
-                records += 1;
-                let partition = Partition(message.partition());
-                if message.key() == Some(event_time::CHANGELOG_KEY) {
-                    let value = message.payload().unwrap_or_default();
-                    if !self.event_times.restore(partition, value) {
-                        bad_records += 1;
-                    }
-                    return;
+        let mut unnoted = 0_u64;
+        let note = |read: ReadRecords| {
+            for (partition, user_id, value) in read.iter() {
+                match newest.get_mut(&partition) {
+                    Some(users) => users.note(user_id, value),
+                    None => unnoted += 1,
                 }
-                let user_id = message.key().and_then(|key| std::str::from_utf8(key).ok());
-                match (user_id, newest.get_mut(&partition)) {
-                    (Some(user_id), Some(users)) => users.note(user_id, message.payload()),
-                    _ => bad_records += 1,
-                }
-            })?;
-            match caught_up {
-                CaughtUp::Complete => break,
-                CaughtUp::Behind(_) if started.elapsed() < RESTORE_TIMEOUT => continue,
-                CaughtUp::Behind(_) => return Err(PipelineError::Restore(RESTORE_TIMEOUT)),
             }
-        }
+        };
+        let event_times = &mut self.event_times;
+        let (records, unreadable) = self.workers.pipelined(
+            |hand_over| {
+                let (mut records, mut unreadable) = (0_u64, 0_u64);
+                let mut read = ReadRecords::default();
+                loop {
+                    let caught_up = changelog.catch_up(RESTORE_TIMEOUT, |message| {
+                        records += 1;
+                        let partition = Partition(message.partition());
+                        if message.key() == Some(event_time::CHANGELOG_KEY) {
+                            unreadable +=
+                                u64::from(!event_times.restore(partition, message.payload().unwrap_or_default()));
+                            return;
+                        }
+                        match message.key().and_then(|key| std::str::from_utf8(key).ok()) {
+                            Some(user_id) => read.push(partition, user_id, message.payload()),
+                            None => unreadable += 1,
+                        }
+                        if read.len() == RESTORE_RUN {
+                            hand_over(std::mem::take(&mut read));
+                        }
+                    })?;
+                    match caught_up {
+                        CaughtUp::Complete => break,
+                        CaughtUp::Behind(_) if started.elapsed() < RESTORE_TIMEOUT => continue,
+                        CaughtUp::Behind(_) => return Err(PipelineError::Restore(RESTORE_TIMEOUT)),
+                    }
+                }
+                hand_over(read);
+                Ok((records, unreadable))
+            },
+            note,
+        )?;
+        let mut bad_records = unreadable + unnoted;
         changelog.assign(&[])?;
         let read = started.elapsed();
         // Decoded, installed and reconciled a partition per worker.

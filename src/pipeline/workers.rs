@@ -46,6 +46,11 @@ pub type Record = (Source, Result<Input, Rejection>);
 /// At ~2 µs a record, 256 records are half a millisecond of work.
 const POOL_MIN_RECORDS: usize = 256;
 
+/// Items handed from one stage of [`Workers::pipelined`] to the next that
+/// may wait at once: enough for the stages' paces to even out, few enough
+/// to bound what is held.
+const PIPELINE_DEPTH: usize = 4;
+
 /// The threads that apply records: none of their own for one worker (the
 /// caller's thread does the work), else a pool of `workers` threads.
 pub struct Workers {
@@ -78,6 +83,31 @@ impl Workers {
             Some(pool) if items.len() > 1 => pool.install(|| items.into_par_iter().with_max_len(1).map(work).collect()),
             _ => items.into_iter().map(work).collect(),
         }
+    }
+
+    /// Two stages of one job side by side: `produce` runs on this thread
+    /// and hands items to `consume`, which takes them in their order on a
+    /// pool thread meanwhile (at most [`PIPELINE_DEPTH`] items waiting).
+    /// With one worker, each item is consumed as it is handed over, on this
+    /// thread. Returns what `produce` returns, once everything it handed
+    /// over is consumed.
+    pub fn pipelined<T: Send, R>(
+        &self,
+        produce: impl FnOnce(&mut dyn FnMut(T)) -> R,
+        mut consume: impl FnMut(T) + Send,
+    ) -> R {
+        let Some(pool) = &self.pool else {
+            return produce(&mut consume);
+        };
+        let (sender, receiver) = std::sync::mpsc::sync_channel(PIPELINE_DEPTH);
+        pool.in_place_scope(|scope| {
+            scope.spawn(move |_| receiver.into_iter().for_each(consume));
+            // A send fails only once `consume` panicked: the scope raises that panic.
+            let result = produce(&mut |item| sender.send(item).unwrap_or(()));
+            // The consuming task ends once the channel is closed and empty.
+            drop(sender);
+            result
+        })
     }
 
     /// Whether `records` records are worth handing to the pool.
@@ -381,6 +411,30 @@ mod tests {
         // Both kinds: users with state, and users who hold only consent.
         assert!(states > 100 && tombstones > 100, "{states} states, {tombstones} tombstones");
         assert_eq!(changelog_values(&processor, changed, &Workers::new(1)), values);
+    }
+
+    #[test]
+    fn a_pipelined_job_consumes_every_item_in_order_beside_the_producer() {
+        let here = std::thread::current().id();
+        for workers in [1, 2] {
+            let mut consumed = Vec::new();
+            let mut consuming_threads = std::collections::HashSet::new();
+            let produced = Workers::new(workers).pipelined(
+                |hand_over| {
+                    for n in 0..1_000_u32 {
+                        hand_over(n);
+                    }
+                    "all handed over"
+                },
+                |n| {
+                    consumed.push(n);
+                    consuming_threads.insert(std::thread::current().id());
+                },
+            );
+            assert_eq!(produced, "all handed over");
+            assert_eq!(consumed, (0..1_000).collect::<Vec<_>>(), "{workers} workers");
+            assert_eq!(consuming_threads.contains(&here), workers == 1, "{workers} workers");
+        }
     }
 
     #[test]

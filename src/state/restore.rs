@@ -2,6 +2,7 @@
 //! with the consent table, which may have moved on since the changelog was
 //! written (a withdrawal read while the state was elsewhere).
 
+use super::Partition;
 use crate::consent::ConsentInForce;
 use std::collections::HashMap;
 
@@ -46,6 +47,56 @@ impl NewestValues {
     /// Whether no user was noted.
     pub fn is_empty(&self) -> bool {
         self.values.is_empty()
+    }
+}
+
+/// Changelog records read and not noted yet, in the order read: each
+/// user's id and value copied into two buffers shared by all of them, so
+/// that a run of records goes from the thread that reads them to the one
+/// that notes them (see [`NewestValues`]) as three allocations.
+#[derive(Debug, Default)]
+pub struct ReadRecords {
+    user_ids: String,
+    values: Vec<u8>,
+    /// Per record: its partition, where its user id ends, and where its
+    /// value ends (`None`: a tombstone).
+    records: Vec<(Partition, usize, Option<usize>)>,
+}
+
+impl ReadRecords {
+    /// Copies a record of `partition`: `user_id`'s `value`.
+    pub fn push(&mut self, partition: Partition, user_id: &str, value: Option<&[u8]>) {
+        self.user_ids.push_str(user_id);
+        let value_end = value.map(|value| {
+            self.values.extend_from_slice(value);
+            self.values.len()
+        });
+        self.records.push((partition, self.user_ids.len(), value_end));
+    }
+
+    /// Number of records copied.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Whether no record was copied.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// Each record, in the order copied.
+    pub fn iter(&self) -> impl Iterator<Item = (Partition, &str, Option<&[u8]>)> {
+        let (mut user_id_start, mut value_start) = (0, 0);
+        self.records.iter().map(move |&(partition, user_id_end, value_end)| {
+            let user_id = &self.user_ids[user_id_start..user_id_end];
+            user_id_start = user_id_end;
+            let value = value_end.map(|end| {
+                let value = &self.values[value_start..end];
+                value_start = end;
+                value
+            });
+            (partition, user_id, value)
+        })
     }
 }
 
@@ -100,6 +151,26 @@ mod tests {
             vec![("a", Some(b"second")), ("b", Some(b"kept")), ("c", None), ("d", Some(b"after a tombstone"))];
         assert_eq!(values, expected);
         assert_eq!(newest.len(), 4);
+    }
+
+    #[test]
+    fn records_read_come_back_as_copied_in_their_order() {
+        let mut read = ReadRecords::default();
+        assert!(read.is_empty());
+        read.push(Partition(1), "ann", Some(b"first"));
+        read.push(Partition(0), "bob", None);
+        read.push(Partition(1), "", Some(b""));
+        read.push(Partition(2), "zoë", Some(&[0, 255, 7]));
+        read.push(Partition(1), "ann", Some(b"second"));
+        let expected: Vec<(Partition, &str, Option<&[u8]>)> = vec![
+            (Partition(1), "ann", Some(b"first")),
+            (Partition(0), "bob", None),
+            (Partition(1), "", Some(b"")),
+            (Partition(2), "zoë", Some(&[0, 255, 7])),
+            (Partition(1), "ann", Some(b"second")),
+        ];
+        assert_eq!(read.iter().collect::<Vec<_>>(), expected);
+        assert_eq!(read.len(), 5);
     }
 
     #[test]
