@@ -58,7 +58,7 @@ started=$(date +%s.%N)
 pipeline_pid=$!
 processed=0
 while [ "$processed" -lt "$total" ]; do
-    sleep 0.5
+    sleep 0.1
     kill -0 "$pipeline_pid" 2>/dev/null || { echo "the pipeline died:"; tail -20 "$run_dir/run.log"; exit 1; }
     processed=$(curl -s "127.0.0.1:$port/metrics" | awk '/^tactful_(records_applied|events_dropped|records_rejected)_total/ {sum += $NF} END {printf "%d", sum}')
 done
