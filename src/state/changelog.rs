@@ -25,6 +25,7 @@ use crate::state::{
 };
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::num::NonZeroU64;
 
 /// The first byte of every changelog value this build writes: format 2, below.
@@ -176,18 +177,48 @@ struct Location {
     lon: f64,
 }
 
+/// Numbers the distinct hashes of a user's facts from 1, in the order
+/// first met, and keeps them in that order (see [`Hashes`]). A few are
+/// found by a scan; past [`Numbering::SCANNED`], by a map, so that a long
+/// history costs a lookup per field rather than a scan of every hash.
+#[derive(Default)]
+struct Numbering {
+    hashes: Vec<u64>,
+    /// Each hash's place in `hashes`, once there are more than a scan suits.
+    places: HashMap<u64, usize, foldhash::fast::FixedState>,
+}
+
+impl Numbering {
+    /// Up to this many distinct hashes, a scan finds one faster than a map.
+    const SCANNED: usize = 32;
+
+    /// `hash`'s position, numbering it if it is new; 0 for none.
+    fn position(&mut self, hash: Option<NonZeroU64>) -> Position {
+        let Some(hash) = hash.map(NonZeroU64::get) else { return 0 };
+        let found = if self.hashes.len() < Self::SCANNED {
+            self.hashes.iter().position(|&known| known == hash)
+        } else {
+            if self.places.is_empty() {
+                self.places.extend(self.hashes.iter().enumerate().map(|(place, &known)| (known, place)));
+            }
+            self.places.get(&hash).copied()
+        };
+        let place = found.unwrap_or_else(|| {
+            self.hashes.push(hash);
+            if !self.places.is_empty() {
+                self.places.insert(hash, self.hashes.len() - 1);
+            }
+            self.hashes.len() - 1
+        });
+        // A user holds far fewer than 2^32 facts.
+        Position::try_from(place + 1).unwrap_or(Position::MAX)
+    }
+}
+
 impl Facts<'_> {
     fn of(history: &History) -> Facts<'static> {
-        let mut hashes = Vec::new();
-        let mut present = |hash: Option<NonZeroU64>| {
-            let Some(hash) = hash.map(|hash| hash.get().to_le_bytes()) else { return 0 };
-            let at = hashes.chunks_exact(8).position(|known| known == hash).unwrap_or_else(|| {
-                hashes.extend_from_slice(&hash);
-                hashes.len() / 8 - 1
-            });
-            // A user holds far fewer than 2^32 facts.
-            Position::try_from(at + 1).unwrap_or(Position::MAX)
-        };
+        let mut numbering = Numbering::default();
+        let mut present = |hash: Option<NonZeroU64>| numbering.position(hash);
         let mut since = 0;
         let browses = (history.browses.iter())
             .map(|fact| Browse {
@@ -218,6 +249,7 @@ impl Facts<'_> {
         let locations = (history.locations.iter())
             .map(|fact| Location { after: after(&mut since, fact.ts), lat: fact.lat, lon: fact.lon })
             .collect();
+        let hashes = numbering.hashes.iter().flat_map(|hash| hash.to_le_bytes()).collect();
         Facts { hashes: Hashes(Cow::Owned(hashes)), browses, purchases, locations, first_seen: history.first_seen }
     }
 
@@ -548,6 +580,37 @@ mod tests {
         // The same product again: its hash is not stored twice.
         assert_eq!(one_more(&mut state, "sock"), before + 6 + 8 + 6);
         assert_eq!(decode(&encoded(&state, &consent, &catalogue), &catalogue).expect("restores").state, state);
+    }
+
+    #[test]
+    fn many_distinct_hashes_are_numbered_once_each_in_the_order_met() {
+        let mut numbering = Numbering::default();
+        let met: Vec<u64> = (1..=100).chain((1..=100).rev()).map(|n| n * 7_919).collect();
+        let positions: Vec<Position> = met.iter().map(|&hash| numbering.position(NonZeroU64::new(hash))).collect();
+        assert_eq!(positions, (1..=100).chain((1..=100).rev()).collect::<Vec<Position>>());
+        assert_eq!(numbering.hashes, (1..=100).map(|n| n * 7_919).collect::<Vec<_>>());
+        assert_eq!(numbering.position(None), 0);
+    }
+
+    #[test]
+    fn a_long_history_of_many_products_restores_with_each_hash_stored_once() {
+        let (catalogue, _) = crate::config::embedded_defaults();
+        let (mut state, consent) = every_kind_of_state(&catalogue);
+        let first = state.history.browses[0].clone();
+        let mut lengths = vec![encoded(&state, &consent, &catalogue).len()];
+        // 80 products, more than a scan numbers, each viewed twice: the
+        // second round adds the same views without a hash.
+        for _ in 0..2 {
+            for product in 0..80 {
+                let ts = state.history.browses.last().expect("a page view").ts + 60_000;
+                let product = hash_present(Some(&format!("product {product}")));
+                state.history.browses.push(BrowseFact { ts, product, ..first.clone() });
+            }
+            lengths.push(encoded(&state, &consent, &catalogue).len());
+        }
+        assert_eq!((lengths[1] - lengths[0]) - (lengths[2] - lengths[1]), 80 * 8, "{lengths:?}");
+        let value = encoded(&state, &consent, &catalogue);
+        assert_eq!(decode(&value, &catalogue).expect("restores").state, state);
     }
 
     #[test]
