@@ -408,3 +408,38 @@ fn at_least_once_commits_batches_once_acknowledged_without_waiting_and_all_on_se
     driver.delivery.settle(&ingest).unwrap();
     assert_eq!(committed_offset(&group, &topics.browse, 0), Some(3));
 }
+
+#[test]
+fn the_consumers_positions_are_after_the_records_applied_on_each_owned_partition() {
+    show_logs();
+    let topics = Topics::create_with("driver-positions", 2, 2);
+    let config = load_config(&topics, PipelineOptions::default());
+    let t = base_time();
+    for offset in 0..3 {
+        send(&topics.browse, P0, "u0", Some(&to_json(&browse("u0", t + offset, "books"))));
+    }
+    send(&topics.purchase, P1, "u1", Some(&to_json(&purchase("u1", t, &[("p1", "shoes", 4_000)]))));
+    let processor = processor(&config);
+    let erasures = Erasures::default();
+    let ingest = Ingest::new(&config).unwrap();
+    let mut driver = start(&config, &processor, &erasures);
+    ingest.subscribe(&config).unwrap();
+    let mut merger = Merger::new(Duration::from_millis(config.max_idle_wait_ms));
+    let applied = apply(&mut driver, 4, &ingest, &mut merger);
+    drop(applied);
+
+    let event_topics = [topics.browse.clone(), topics.purchase.clone(), topics.location.clone()];
+    let positions = ingest.positions(&event_topics, [P0, P1]).unwrap();
+    let offset = |topic: &str, partition: Partition| {
+        positions.find_partition(topic, partition.0).map(|element| element.offset().to_raw())
+    };
+    // After the last record read of each topic-partition that had some;
+    // the others were never read from, and the topics not asked about are not there.
+    assert_eq!(offset(&topics.browse, P0), Some(Some(3)));
+    assert_eq!(offset(&topics.purchase, P1), Some(Some(1)));
+    assert_eq!(positions.count(), 6);
+    // So those two are read to their end, from their positions alone.
+    let nowhere = rdkafka::TopicPartitionList::new();
+    assert!(ingest.read_to_end(&positions, &nowhere, &topics.browse, P0));
+    assert!(ingest.read_to_end(&positions, &nowhere, &topics.purchase, P1));
+}

@@ -108,10 +108,9 @@ pub struct Shell<'a> {
     /// The committed offsets of the assignment when it was made: where the
     /// consumer starts on each event partition.
     pub(super) starts: TopicPartitionList,
-    /// The consumer's positions when event time last advanced (once a
-    /// batch): what a topic-partition read to its end and the consumer lag
-    /// are worked out from. Asking librdkafka is a round trip to its main
-    /// thread, a tenth of the pipeline thread's time in small batches.
+    /// The consumer's positions on the owned partitions when event time
+    /// last advanced (once a batch): what a topic-partition read to its
+    /// end and the consumer lag are worked out from.
     pub(super) positions: TopicPartitionList,
     pub(super) event_times: EventTimes,
     /// The batch's effects.
@@ -245,7 +244,7 @@ impl<'a> Shell<'a> {
 
     /// Fires time-driven changes on every owned partition whose watermark advanced.
     pub fn advance_event_time(&mut self, ingest: &Ingest, merger: &Merger<Pending<'_>>) -> Result<(), PipelineError> {
-        self.positions = ingest.positions()?;
+        self.positions = ingest.positions(&self.event_topics, self.owned.iter().copied())?;
         let owned: Vec<Partition> = self.owned.iter().copied().collect();
         let topics = &self.event_topics;
         let starts = &self.starts;
