@@ -174,33 +174,15 @@ impl Ingest {
     }
 
     /// The consumer's positions now on `partitions` of each of `topics`, to
-    /// ask [`Ingest::read_to_end`] with. Read from librdkafka's fetch state
-    /// directly: rdkafka's `position` first asks for the whole assignment,
-    /// a round trip through librdkafka's main thread that took a tenth of
-    /// the pipeline thread's time in small batches (BENCHMARKS.md).
+    /// ask [`Ingest::read_to_end`] with.
     pub fn positions(
         &self,
         topics: &[String],
         partitions: impl IntoIterator<Item = Partition>,
     ) -> Result<TopicPartitionList, PipelineError> {
-        let mut positions = TopicPartitionList::new();
-        for partition in partitions {
-            for topic in topics {
-                positions.add_partition(topic, partition.0);
-            }
-        }
-        // SAFETY: the client pointer is valid for the consumer's lifetime,
-        // and the list is a valid one that outlives the call, which only
-        // writes the offsets of its elements.
-        let error =
-            unsafe { rdkafka::bindings::rd_kafka_position(self.consumer.client().native_ptr(), positions.ptr()) };
-        match error {
-            rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR => Ok(positions),
-            error => Err(PipelineError::Kafka {
-                context: "read consumer positions",
-                source: KafkaError::MetadataFetch(error.into()),
-            }),
-        }
+        let topic_partitions =
+            partitions.into_iter().flat_map(|partition| topics.iter().map(move |topic| (topic.as_str(), partition)));
+        super::positions(self.consumer.client(), topic_partitions)
     }
 
     /// How many records of `topic`'s `partition` are not read yet, as of

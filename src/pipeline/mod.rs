@@ -34,11 +34,14 @@ use crate::config::{Config, OutputFormat};
 use crate::control::Control;
 use crate::erasure::Erasures;
 use crate::processor::Processor;
+use crate::state;
 use driver::Driver;
 use ingest::Ingest;
 use merge::Merger;
 use publish::ProfileFormat;
+use rdkafka::client::{Client, ClientContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::TopicPartitionList;
 use registry::{RegistryClient, RegistryError};
 use std::time::Duration;
 
@@ -111,6 +114,31 @@ pub enum PipelineError {
 /// Wraps a Kafka error with what the pipeline was doing.
 fn kafka(context: &'static str) -> impl FnOnce(KafkaError) -> PipelineError {
     move |source| PipelineError::Kafka { context, source }
+}
+
+/// Where a consumer reads next on each of `topic_partitions`, from
+/// librdkafka's fetch state (no request is made). rdkafka's `position`
+/// first asks for the whole assignment, a round trip through librdkafka's
+/// main thread that took a tenth of the pipeline thread's time in small
+/// batches (BENCHMARKS.md). A partition not fetched from has no offset.
+fn positions<'t, C: ClientContext>(
+    client: &Client<C>,
+    topic_partitions: impl IntoIterator<Item = (&'t str, state::Partition)>,
+) -> Result<TopicPartitionList, PipelineError> {
+    let mut positions = TopicPartitionList::new();
+    for (topic, partition) in topic_partitions {
+        positions.add_partition(topic, partition.0);
+    }
+    // SAFETY: the client pointer is valid for the client's lifetime, and
+    // the list is a valid one that outlives the call, which only writes the
+    // offsets of its elements.
+    match unsafe { rdkafka::bindings::rd_kafka_position(client.native_ptr(), positions.ptr()) } {
+        rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR => Ok(positions),
+        error => Err(PipelineError::Kafka {
+            context: "read consumer positions",
+            source: KafkaError::MetadataFetch(error.into()),
+        }),
+    }
 }
 
 /// librdkafka's global errors are transient (it reconnects and retries) or,

@@ -246,7 +246,8 @@ impl Table {
                     None => break,
                 }
             }
-            let positions = self.consumer.position().map_err(kafka("read table positions"))?;
+            let positions =
+                super::positions(self.consumer.client(), self.partitions.iter().map(|p| (&*self.topic, *p)))?;
             let pending = targets
                 .iter()
                 .filter(|(partition, high)| {
