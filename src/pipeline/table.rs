@@ -246,8 +246,8 @@ impl Table {
                     None => break,
                 }
             }
-            let positions =
-                super::positions(self.consumer.client(), self.partitions.iter().map(|p| (&*self.topic, *p)))?;
+            let assigned = self.partitions.iter().map(|partition| (self.topic.as_str(), *partition));
+            let positions = super::positions(self.consumer.client(), assigned)?;
             let pending = targets
                 .iter()
                 .filter(|(partition, high)| {
