@@ -108,10 +108,6 @@ pub struct Shell<'a> {
     /// The committed offsets of the assignment when it was made: where the
     /// consumer starts on each event partition.
     pub(super) starts: TopicPartitionList,
-    /// The consumer's positions on the owned partitions when event time
-    /// last advanced (once a batch): what a topic-partition read to its
-    /// end and the consumer lag are worked out from.
-    pub(super) positions: TopicPartitionList,
     pub(super) event_times: EventTimes,
     /// The batch's effects.
     pub work: Work,
@@ -145,7 +141,6 @@ impl<'a> Shell<'a> {
             revoked: BTreeMap::new(),
             segments_source: config.segments_text.clone(),
             starts: TopicPartitionList::new(),
-            positions: TopicPartitionList::new(),
             event_times: EventTimes::new(config.allowed_lateness_ms),
             work: Work::default(),
             registry,
@@ -244,15 +239,14 @@ impl<'a> Shell<'a> {
 
     /// Fires time-driven changes on every owned partition whose watermark advanced.
     pub fn advance_event_time(&mut self, ingest: &Ingest, merger: &Merger<Pending<'_>>) -> Result<(), PipelineError> {
-        self.positions = ingest.positions(&self.event_topics, self.owned.iter().copied())?;
+        let positions = ingest.positions(&self.event_topics, self.owned.iter().copied())?;
         let owned: Vec<Partition> = self.owned.iter().copied().collect();
         let topics = &self.event_topics;
         let starts = &self.starts;
-        let positions = &self.positions;
         // A topic-partition is read to its end when nothing is left to fetch
         // and nothing fetched waits in the merger.
         let advanced = self.event_times.advance(&owned, topics.len(), |topic, partition| {
-            !merger.holds(partition, topic) && ingest.read_to_end(positions, starts, &topics[topic], partition)
+            !merger.holds(partition, topic) && ingest.read_to_end(&positions, starts, &topics[topic], partition)
         });
         let outputs = workers::advance_in_order(self.processor, &advanced, &self.workers, now_ms());
         for ((partition, _), outputs) in advanced.into_iter().zip(outputs) {

@@ -203,7 +203,7 @@ impl<'a> Driver<'a> {
             Delivered::Aborted => self.rewind(ingest, merger)?,
         }
         record_batch(self.batch_started.elapsed(), delivery_started.elapsed());
-        record_consumer_lag(&self.shell.consumer_lag(ingest));
+        record_consumer_lag(&self.shell.consumer_lag(ingest)?);
         self.shell.work.tally.flush_to_metrics();
         record_segment_sizes(self.shell.processor.segment_sizes());
         record_experiments(&self.shell.processor.experiment_counts());

@@ -238,14 +238,14 @@ impl Drop for Ingest {
 }
 
 impl Shell<'_> {
-    /// Records not yet read on the owned partitions, per event kind, as of
-    /// the positions event time last advanced from.
-    pub fn consumer_lag(&self, ingest: &Ingest) -> Vec<(InputKind, i64)> {
+    /// Records not yet read on the owned partitions, per event kind.
+    pub fn consumer_lag(&self, ingest: &Ingest) -> Result<Vec<(InputKind, i64)>, PipelineError> {
+        let positions = ingest.positions(&self.event_topics, self.owned.iter().copied())?;
         let lag_of = |topic: &str| -> i64 {
-            let unread = |partition: &Partition| ingest.unread(&self.positions, &self.starts, topic, *partition);
+            let unread = |partition: &Partition| ingest.unread(&positions, &self.starts, topic, *partition);
             self.owned.iter().filter_map(unread).sum()
         };
-        EVENT_KINDS.iter().zip(&self.event_topics).map(|(kind, topic)| (*kind, lag_of(topic))).collect()
+        Ok(EVENT_KINDS.iter().zip(&self.event_topics).map(|(kind, topic)| (*kind, lag_of(topic))).collect())
     }
 
     /// Decodes records read from the event topics, on the worker threads,
