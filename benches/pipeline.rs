@@ -44,10 +44,15 @@ struct Workload {
 }
 
 fn workload() -> Workload {
+    month(42, USERS, RECORDS)
+}
+
+/// `users` users and their `records` records in the month before `now_ms`, from `seed`.
+fn month(seed: u64, users: usize, records: u64) -> Workload {
     let now_ms = 1_800_000_000_000;
-    let mut population = Population::new(42, USERS, RECORDS, DAYS, now_ms);
+    let mut population = Population::new(seed, users, records, DAYS, now_ms);
     let consents = population.consent_records();
-    let events = (0..RECORDS).map(|_| population.next_record()).collect();
+    let events = (0..records).map(|_| population.next_record()).collect();
     Workload { now_ms, consents, events }
 }
 
@@ -336,6 +341,21 @@ fn changelog(criterion: &mut Criterion) {
     group.throughput(Throughput::Elements(values.len() as u64));
     group.bench_function("decode", |bencher| {
         bencher.iter(|| values.iter().filter(|value| decode(value, &catalogue).is_ok()).count())
+    });
+    // Busy users, as in the latency runs (scripts/bench-latency.sh): 10,000
+    // users with 60 events each in the month, so each value holds many
+    // facts and many distinct products.
+    let busy = month(44, 10_000, 600_000);
+    let users: Vec<&str> = busy.consents.iter().map(|record| record.key.as_str()).collect();
+    let processor = processor_after(&busy);
+    let facts: usize = (processor.changelog_values(Partition(0), &users).iter().flatten())
+        .filter_map(|value| decode(value, &catalogue).ok())
+        .map(|restored| restored.state.history.browses.len() + restored.state.history.purchases.len())
+        .sum();
+    println!("changelog/encode_busy: {:.1} page views and purchases per user", facts as f64 / users.len() as f64);
+    group.throughput(Throughput::Elements(users.len() as u64));
+    group.bench_function("encode_busy", |bencher| {
+        bencher.iter(|| processor.changelog_values(Partition(0), &users).iter().flatten().map(Vec::len).sum::<usize>())
     });
     group.finish();
 }

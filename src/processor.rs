@@ -577,7 +577,7 @@ impl Processor {
                 (user_ids.iter().zip(&consents))
                     .map(|(user_id, consent)| {
                         let state = shard.get(user_id.as_ref()).filter(|state| !state.holds_only_consent())?;
-                        let mut value = Vec::with_capacity(256);
+                        let mut value = Vec::new();
                         changelog::encode(state, consent.as_ref(), catalogue, &mut value);
                         Some(value)
                     })

@@ -25,7 +25,6 @@ use crate::state::{
 };
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::num::NonZeroU64;
 
 /// The first byte of every changelog value this build writes: format 2, below.
@@ -64,8 +63,8 @@ struct Stored<'a, H, F> {
     experiment_entries: Vec<StoredEntry<'a>>,
 }
 
-/// Format 2's body.
-type Compact<'a> = Stored<'a, Facts<'a>, Cow<'a, [f64]>>;
+/// Format 2's body, as read.
+type Compact<'a> = Stored<'a, ReadFacts<'a>, Cow<'a, [f64]>>;
 
 /// Format 1's body.
 type Held<'a> = Stored<'a, History, [f64; MAX_CAPTURES]>;
@@ -103,16 +102,34 @@ struct StoredEntry<'a> {
     entered_at: i64,
 }
 
-/// A user's facts in format 2: every distinct hash once, the facts naming
-/// them by position, their times as differences.
+/// A user's facts in format 2: every distinct hash once (`H`), the facts
+/// naming them by position, their times as differences. The lists (`B`, `P`,
+/// `L`) are read into vectors ([`ReadFacts`]) and written as they are walked
+/// ([`facts`]).
 #[derive(Serialize, Deserialize)]
-struct Facts<'a> {
-    #[serde(borrow)]
-    hashes: Hashes<'a>,
-    browses: Vec<Browse>,
-    purchases: Vec<Purchase>,
-    locations: Vec<Location>,
+struct Facts<H, B, P, L> {
+    hashes: H,
+    browses: B,
+    purchases: P,
+    locations: L,
     first_seen: Option<i64>,
+}
+
+/// Format 2's facts, as read.
+type ReadFacts<'a> = Facts<Hashes<'a>, Vec<Browse>, Vec<Purchase<Vec<Item>>>, Vec<Location>>;
+
+/// A list written as it is walked, without collecting it first: each call
+/// of `F` walks it anew, at a known length (postcard writes it first).
+struct Walk<F>(F);
+
+impl<F, I> Serialize for Walk<F>
+where
+    F: Fn() -> I,
+    I: ExactSizeIterator<Item: Serialize>,
+{
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq((self.0)())
+    }
 }
 
 /// Every distinct hash of a user's facts, each in 8 bytes, little-endian
@@ -121,11 +138,16 @@ struct Facts<'a> {
 struct Hashes<'a>(Cow<'a, [u8]>);
 
 impl Hashes<'_> {
-    /// The hash at `position`, if the value holds one there.
-    fn get(&self, position: usize) -> Option<u64> {
-        let bytes = self.0.get(position.checked_mul(8)?..)?.first_chunk::<8>()?;
-        Some(u64::from_le_bytes(*bytes))
+    /// The hash at `place`, if the value holds one there.
+    fn get(&self, place: usize) -> Option<u64> {
+        hash_at(&self.0, place)
     }
+}
+
+/// The hash at `place` of hashes stored as [`Hashes`] stores them.
+fn hash_at(hashes: &[u8], place: usize) -> Option<u64> {
+    let bytes = hashes.get(place.checked_mul(8)?..)?.first_chunk::<8>()?;
+    Some(u64::from_le_bytes(*bytes))
 }
 
 impl Serialize for Hashes<'_> {
@@ -153,12 +175,13 @@ struct Browse {
     product: Position,
 }
 
+/// `I`: the order's lines.
 #[derive(Serialize, Deserialize)]
-struct Purchase {
+struct Purchase<I> {
     after: i64,
     currency: Position,
     total_cents: i64,
-    items: Vec<Item>,
+    items: I,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -177,82 +200,122 @@ struct Location {
     lon: f64,
 }
 
-/// Numbers the distinct hashes of a user's facts from 1, in the order
-/// first met, and keeps them in that order (see [`Hashes`]). A few are
-/// found by a scan; past [`Numbering::SCANNED`], by a map, so that a long
-/// history costs a lookup per field rather than a scan of every hash.
-#[derive(Default)]
+/// The distinct hashes of a user's facts, numbered from 1 in the order
+/// first met, in a table that finds each one's number in a probe or two
+/// however many there are (a scan of the hashes made a long history's
+/// encoding quadratic). The facts' hashes are numbered first, so that the
+/// value can hold them ahead of the facts that name them.
 struct Numbering {
-    hashes: Vec<u64>,
-    /// Each hash's place in `hashes`, once there are more than a scan suits.
-    places: HashMap<u64, usize, foldhash::fast::FixedState>,
+    /// The hashes in the order met, as [`Hashes`] stores them.
+    hashes: Vec<u8>,
+    /// Open addressing: each slot holds a hash's position, 0 when empty.
+    /// Never more than half full, a power of two long.
+    slots: Vec<Position>,
+    /// 64 less the slots' number of bits.
+    shift: u32,
 }
 
 impl Numbering {
-    /// Up to this many distinct hashes, a scan finds one faster than a map.
-    const SCANNED: usize = 32;
+    /// Numbers every distinct hash of `history`'s facts.
+    fn of(history: &History) -> Self {
+        let fields =
+            3 * history.browses.len() + history.purchases.iter().map(|fact| 1 + 2 * fact.items.len()).sum::<usize>();
+        let slots = (2 * fields).next_power_of_two().max(8);
+        let mut numbering =
+            Numbering { hashes: Vec::with_capacity(8 * fields), slots: vec![0; slots], shift: 64 - slots.ilog2() };
+        for fact in &history.browses {
+            numbering.number(NonZeroU64::new(fact.page_type));
+            numbering.number(fact.category);
+            numbering.number(fact.product);
+        }
+        for fact in &history.purchases {
+            numbering.number(NonZeroU64::new(fact.currency));
+            for item in &fact.items {
+                numbering.number(NonZeroU64::new(item.category));
+                numbering.number(NonZeroU64::new(item.product));
+            }
+        }
+        numbering
+    }
 
-    /// `hash`'s position, numbering it if it is new; 0 for none.
-    fn position(&mut self, hash: Option<NonZeroU64>) -> Position {
-        let Some(hash) = hash.map(NonZeroU64::get) else { return 0 };
-        let found = if self.hashes.len() < Self::SCANNED {
-            self.hashes.iter().position(|&known| known == hash)
-        } else {
-            if self.places.is_empty() {
-                self.places.extend(self.hashes.iter().enumerate().map(|(place, &known)| (known, place)));
+    /// Numbers `hash` if it is new.
+    fn number(&mut self, hash: Option<NonZeroU64>) {
+        let Some(hash) = hash.map(NonZeroU64::get) else { return };
+        let slot = self.slot(hash);
+        if self.slots[slot] == 0 {
+            self.hashes.extend_from_slice(&hash.to_le_bytes());
+            // A user holds far fewer than 2^32 facts.
+            self.slots[slot] = Position::try_from(self.hashes.len() / 8).unwrap_or(Position::MAX);
+        }
+    }
+
+    /// `hash`'s position (it was numbered); 0 for none.
+    fn position(&self, hash: Option<NonZeroU64>) -> Position {
+        hash.map_or(0, |hash| self.slots[self.slot(hash.get())])
+    }
+
+    /// The slot that holds `hash`, or the empty one where it would go.
+    fn slot(&self, hash: u64) -> usize {
+        let mask = self.slots.len() - 1;
+        // The hash's high bits after a multiply: FNV's low bits alone spread
+        // similar strings unevenly.
+        let mut slot = (hash.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> self.shift) as usize;
+        loop {
+            let position = self.slots[slot];
+            if position == 0 || hash_at(&self.hashes, position as usize - 1) == Some(hash) {
+                return slot;
             }
-            self.places.get(&hash).copied()
-        };
-        let place = found.unwrap_or_else(|| {
-            self.hashes.push(hash);
-            if !self.places.is_empty() {
-                self.places.insert(hash, self.hashes.len() - 1);
-            }
-            self.hashes.len() - 1
-        });
-        // A user holds far fewer than 2^32 facts.
-        Position::try_from(place + 1).unwrap_or(Position::MAX)
+            slot = (slot + 1) & mask;
+        }
     }
 }
 
-impl Facts<'_> {
-    fn of(history: &History) -> Facts<'static> {
-        let mut numbering = Numbering::default();
-        let mut present = |hash: Option<NonZeroU64>| numbering.position(hash);
-        let mut since = 0;
-        let browses = (history.browses.iter())
-            .map(|fact| Browse {
+/// `history`'s facts in format 2, naming the hashes by their positions in
+/// `numbering`, written as they are walked.
+fn facts<'h>(history: &'h History, numbering: &'h Numbering) -> impl Serialize + 'h {
+    let present = |hash: Option<NonZeroU64>| numbering.position(hash);
+    let hash = move |hash: u64| present(NonZeroU64::new(hash));
+    Facts {
+        hashes: Hashes(Cow::Borrowed(&numbering.hashes)),
+        browses: Walk(move || {
+            let mut since = 0;
+            history.browses.iter().map(move |fact| Browse {
                 after: after(&mut since, fact.ts),
-                page_type: present(NonZeroU64::new(fact.page_type)),
+                page_type: hash(fact.page_type),
                 category: present(fact.category),
                 product: present(fact.product),
             })
-            .collect();
-        let mut since = 0;
-        let purchases = (history.purchases.iter())
-            .map(|fact| Purchase {
+        }),
+        purchases: Walk(move || {
+            let mut since = 0;
+            history.purchases.iter().map(move |fact| Purchase {
                 after: after(&mut since, fact.ts),
-                currency: present(NonZeroU64::new(fact.currency)),
+                currency: hash(fact.currency),
                 total_cents: fact.total_cents,
-                items: (fact.items.iter())
-                    .map(|item| Item {
-                        category: present(NonZeroU64::new(item.category)),
-                        product: present(NonZeroU64::new(item.product)),
+                items: Walk(move || {
+                    fact.items.iter().map(move |item| Item {
+                        category: hash(item.category),
+                        product: hash(item.product),
                         quantity: item.quantity,
                         price_cents: item.price_cents,
                         sensitive: item.sensitive,
                     })
-                    .collect(),
+                }),
             })
-            .collect();
-        let mut since = 0;
-        let locations = (history.locations.iter())
-            .map(|fact| Location { after: after(&mut since, fact.ts), lat: fact.lat, lon: fact.lon })
-            .collect();
-        let hashes = numbering.hashes.iter().flat_map(|hash| hash.to_le_bytes()).collect();
-        Facts { hashes: Hashes(Cow::Owned(hashes)), browses, purchases, locations, first_seen: history.first_seen }
+        }),
+        locations: Walk(move || {
+            let mut since = 0;
+            (history.locations.iter()).map(move |fact| Location {
+                after: after(&mut since, fact.ts),
+                lat: fact.lat,
+                lon: fact.lon,
+            })
+        }),
+        first_seen: history.first_seen,
     }
+}
 
+impl ReadFacts<'_> {
     fn into_history(self) -> Result<History, ChangelogError> {
         let Facts { hashes, browses, purchases, locations, first_seen } = self;
         let present = |position: Position| match position.checked_sub(1) {
@@ -340,7 +403,9 @@ pub struct Restored {
 /// Appends the changelog value of `state`, built under `consent`, to `out`.
 pub fn encode(state: &UserState, consent: Option<&ConsentInForce>, catalogue: &Catalogue, out: &mut Vec<u8>) {
     let id = |index: SegmentIndex| Cow::Borrowed(catalogue.segment(index).id.as_str());
-    let stored: Compact<'_> = Stored {
+    let numbering = Numbering::of(&state.history);
+    out.reserve(room(state, &numbering));
+    let stored = Stored {
         consent: consent.map(|consent| StoredConsent {
             granted: consent.granted,
             level: consent.level,
@@ -348,7 +413,7 @@ pub fn encode(state: &UserState, consent: Option<&ConsentInForce>, catalogue: &C
             ts: consent.ts,
             gpc_opt_out: state.gpc_opt_out,
         }),
-        history: Facts::of(&state.history),
+        history: facts(&state.history, &numbering),
         clock: state.clock,
         last_event: state.last_event,
         version: state.version,
@@ -374,9 +439,52 @@ pub fn encode(state: &UserState, consent: Option<&ConsentInForce>, catalogue: &C
     };
     out.push(FORMAT);
     // Writing into a Vec cannot fail, and every field is serialisable.
-    if let Ok(bytes) = postcard::to_extend(&stored, std::mem::take(out)) {
-        *out = bytes;
+    let _ = postcard::serialize_with_flavor(&stored, Bytes(out));
+}
+
+/// postcard's output, appended to a `Vec`. postcard writes each varint as
+/// a slice of a few bytes, which `Vec::extend` copies with a call to
+/// `memcpy`: a fifth of the time of encoding a busy user's value. Short
+/// slices are pushed a byte at a time instead.
+struct Bytes<'v>(&'v mut Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for Bytes<'_> {
+    type Output = ();
+
+    fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
+        self.0.push(byte);
+        Ok(())
     }
+
+    fn try_extend(&mut self, bytes: &[u8]) -> postcard::Result<()> {
+        if bytes.len() <= 16 {
+            for &byte in bytes {
+                self.0.push(byte);
+            }
+        } else {
+            self.0.extend_from_slice(bytes);
+        }
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
+}
+
+/// About the bytes of `state`'s value, so that it is written without
+/// growing: a few more for each fact and membership than they usually take.
+fn room(state: &UserState, numbering: &Numbering) -> usize {
+    let history = &state.history;
+    let items: usize = history.purchases.iter().map(|fact| fact.items.len()).sum();
+    let members = state.published.as_ref().map_or(0, |profile| profile.members.len());
+    64 + numbering.hashes.len()
+        + 8 * history.browses.len()
+        + 16 * history.purchases.len()
+        + 24 * items
+        + 24 * history.locations.len()
+        + 48 * members
+        + 24 * state.experiment_entries.len()
 }
 
 /// The state stored in a changelog value, read under `catalogue`.
@@ -386,7 +494,7 @@ pub fn decode(bytes: &[u8], catalogue: &Catalogue) -> Result<Restored, Changelog
     match format {
         FORMAT => {
             let stored: Compact<'_> = postcard::from_bytes(body).map_err(undecodable)?;
-            restored(stored, catalogue, Facts::into_history)
+            restored(stored, catalogue, ReadFacts::into_history)
         }
         FORMAT_1 => {
             let stored: Held<'_> = postcard::from_bytes(body).map_err(undecodable)?;
@@ -584,11 +692,16 @@ mod tests {
 
     #[test]
     fn many_distinct_hashes_are_numbered_once_each_in_the_order_met() {
-        let mut numbering = Numbering::default();
+        // 100 products viewed, then again in reverse, on one page type.
         let met: Vec<u64> = (1..=100).chain((1..=100).rev()).map(|n| n * 7_919).collect();
+        let view = |product: u64| BrowseFact { ts: 0, page_type: 3, category: None, product: NonZeroU64::new(product) };
+        let history = History { browses: met.iter().map(|&product| view(product)).collect(), ..History::default() };
+        let numbering = Numbering::of(&history);
+        let in_order: Vec<u64> = std::iter::once(3).chain((1..=100).map(|n| n * 7_919)).collect();
+        assert_eq!(numbering.hashes, in_order.iter().flat_map(|hash| hash.to_le_bytes()).collect::<Vec<u8>>());
         let positions: Vec<Position> = met.iter().map(|&hash| numbering.position(NonZeroU64::new(hash))).collect();
-        assert_eq!(positions, (1..=100).chain((1..=100).rev()).collect::<Vec<Position>>());
-        assert_eq!(numbering.hashes, (1..=100).map(|n| n * 7_919).collect::<Vec<_>>());
+        assert_eq!(positions, (2..=101).chain((2..=101).rev()).collect::<Vec<Position>>());
+        assert_eq!(numbering.position(NonZeroU64::new(3)), 1);
         assert_eq!(numbering.position(None), 0);
     }
 
@@ -598,8 +711,8 @@ mod tests {
         let (mut state, consent) = every_kind_of_state(&catalogue);
         let first = state.history.browses[0].clone();
         let mut lengths = vec![encoded(&state, &consent, &catalogue).len()];
-        // 80 products, more than a scan numbers, each viewed twice: the
-        // second round adds the same views without a hash.
+        // 80 products, each viewed twice: the second round adds the same
+        // views without a hash.
         for _ in 0..2 {
             for product in 0..80 {
                 let ts = state.history.browses.last().expect("a page view").ts + 60_000;
