@@ -16,7 +16,6 @@ use crate::control::now_ms;
 use crate::state::restore::{NewestValues, ReadRecords};
 use crate::state::Partition;
 use crate::telemetry::record_restore;
-use rdkafka::message::Message;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -166,16 +165,15 @@ impl Shell<'_> {
                 let (mut records, mut unreadable) = (0_u64, 0_u64);
                 let mut read = ReadRecords::default();
                 loop {
-                    let caught_up = changelog.catch_up(RESTORE_TIMEOUT, |message| {
+                    let caught_up = changelog.read_to_end(RESTORE_TIMEOUT, |record| {
                         records += 1;
-                        let partition = Partition(message.partition());
-                        if message.key() == Some(event_time::CHANGELOG_KEY) {
-                            unreadable +=
-                                u64::from(!event_times.restore(partition, message.payload().unwrap_or_default()));
+                        let partition = Partition(record.partition);
+                        if record.key == Some(event_time::CHANGELOG_KEY) {
+                            unreadable += u64::from(!event_times.restore(partition, record.value.unwrap_or_default()));
                             return;
                         }
-                        match message.key().and_then(|key| std::str::from_utf8(key).ok()) {
-                            Some(user_id) => read.push(partition, user_id, message.payload()),
+                        match record.key.and_then(|key| std::str::from_utf8(key).ok()) {
+                            Some(user_id) => read.push(partition, user_id, record.value),
                             None => unreadable += 1,
                         }
                         if read.len() == RESTORE_RUN {

@@ -7,12 +7,14 @@
 use super::{kafka, log_client_error, settings, PipelineError};
 use crate::config::Config;
 use crate::state::Partition;
+use rdkafka::bindings as rdsys;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
-use rdkafka::message::BorrowedMessage;
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::HashSet;
+use std::marker::PhantomData;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -227,25 +229,86 @@ impl Table {
         timeout: Duration,
         mut handle: impl FnMut(&BorrowedMessage<'_>),
     ) -> Result<CaughtUp, PipelineError> {
-        let targets = match self.ends.answer(&self.partitions)? {
-            Ok(targets) => targets,
-            // The cluster is unreachable: go on with what is read (the caller decides).
+        let targets = self.asked_ends()?;
+        self.catch_up_by(targets, timeout, |table, wait, reached_end| match wait {
+            None => {
+                for _ in 0..POSITION_CHECK_EVERY {
+                    match table.consumer.poll(Duration::ZERO) {
+                        Some(result) => table.handle(result, reached_end, &mut handle),
+                        None => break,
+                    }
+                }
+            }
+            Some(wait) => {
+                if let Some(result) = table.consumer.poll(wait) {
+                    table.handle(result, reached_end, &mut handle);
+                }
+            }
+        })
+    }
+
+    /// Hands each record's partition, key and value to `handle` until each
+    /// assigned partition reached the end it has now, or `timeout` passed,
+    /// as [`Table::catch_up`] does; the records fetched are taken from
+    /// librdkafka in runs (see [`Fetched`]). For reading a whole changelog.
+    pub fn read_to_end(
+        &mut self,
+        timeout: Duration,
+        mut handle: impl FnMut(Record<'_>),
+    ) -> Result<CaughtUp, PipelineError> {
+        self.ask_ends()?;
+        let targets = self.asked_ends()?;
+        let fetched = Fetched::of(&self.consumer);
+        let mut run = Vec::new();
+        self.catch_up_by(targets, timeout, |table, wait, reached_end| match wait {
+            None => fetched.read(POSITION_CHECK_EVERY, &mut run, |read| match read {
+                Ok(record) => {
+                    reached_end.remove(&record.partition);
+                    handle(record);
+                }
+                Err(error) => table.note_error(error, reached_end),
+            }),
+            Some(wait) => {
+                if let Some(result) = table.consumer.poll(wait) {
+                    table.handle(result, reached_end, &mut |message: &BorrowedMessage<'_>| {
+                        handle(Record { partition: message.partition(), key: message.key(), value: message.payload() })
+                    });
+                }
+            }
+        })
+    }
+
+    /// The ends asked for last (each assigned partition with records, and
+    /// its end), or `None` if they could not be read.
+    fn asked_ends(&mut self) -> Result<Option<Vec<(i32, i64)>>, PipelineError> {
+        Ok(match self.ends.answer(&self.partitions)? {
+            Ok(targets) => Some(targets),
             Err(error) => {
                 tracing::warn!(topic = %self.topic, %error, "cannot read the end of a table topic");
-                return Ok(CaughtUp::Behind(self.partitions.len()));
+                None
             }
-        };
+        })
+    }
+
+    /// The loop of a catch-up up to `targets` (see [`Table::asked_ends`]):
+    /// `read(self, None, reached_end)` hands over what is fetched (some
+    /// thousands of records at most), `read(self, Some(wait), reached_end)`
+    /// waits up to `wait` for a record, each noting the partitions that
+    /// reached their end.
+    fn catch_up_by(
+        &self,
+        targets: Option<Vec<(i32, i64)>>,
+        timeout: Duration,
+        mut read: impl FnMut(&Self, Option<Duration>, &mut HashSet<i32>),
+    ) -> Result<CaughtUp, PipelineError> {
+        // The cluster is unreachable: go on with what is read (the caller decides).
+        let Some(targets) = targets else { return Ok(CaughtUp::Behind(self.partitions.len())) };
         let deadline = Instant::now() + timeout;
         let mut reached_end = HashSet::new();
         loop {
             // Apply what is already fetched; positions are checked when that
             // runs dry, or every few thousand records.
-            for _ in 0..POSITION_CHECK_EVERY {
-                match self.consumer.poll(Duration::ZERO) {
-                    Some(result) => self.handle(result, &mut reached_end, &mut handle),
-                    None => break,
-                }
-            }
+            read(self, None, &mut reached_end);
             let assigned = self.partitions.iter().map(|partition| (self.topic.as_str(), *partition));
             let positions = super::positions(self.consumer.client(), assigned)?;
             let pending = targets
@@ -264,9 +327,7 @@ impl Table {
             if Instant::now() >= deadline {
                 return Ok(CaughtUp::Behind(pending));
             }
-            if let Some(result) = self.consumer.poll(CATCH_UP_POLL) {
-                self.handle(result, &mut reached_end, &mut handle);
-            }
+            read(self, Some(CATCH_UP_POLL), &mut reached_end);
         }
     }
 
@@ -287,14 +348,118 @@ impl Table {
     ) {
         match result {
             Ok(message) => {
-                reached_end.remove(&rdkafka::message::Message::partition(&message));
+                reached_end.remove(&message.partition());
                 handle(&message);
             }
-            Err(KafkaError::PartitionEOF(partition)) => {
+            Err(error) => self.note_error(error, reached_end),
+        }
+    }
+
+    /// Notes a partition's end, or logs an error of the consumer.
+    fn note_error(&self, error: KafkaError, reached_end: &mut HashSet<i32>) {
+        match error {
+            KafkaError::PartitionEOF(partition) => {
                 reached_end.insert(partition);
             }
-            Err(error) => tracing::warn!(topic = %self.topic, %error, "table consumer error"),
+            error => tracing::warn!(topic = %self.topic, %error, "table consumer error"),
         }
+    }
+}
+
+/// A record of a table, as a restore reads it.
+pub struct Record<'m> {
+    /// The partition it was read from.
+    pub partition: i32,
+    /// Its key, if it has one.
+    pub key: Option<&'m [u8]>,
+    /// Its value; `None` is a tombstone.
+    pub value: Option<&'m [u8]>,
+}
+
+/// The records a table consumer fetched, taken from librdkafka's queue in
+/// runs (`rd_kafka_consume_batch_queue`, which rdkafka does not offer):
+/// rdkafka's `poll` asks for one record at a time, wrapping each in an
+/// event it allocates a handle for, and reading a changelog cost about a
+/// sixth more time that way (BENCHMARKS.md, "A restore that takes its
+/// records in runs").
+struct Fetched<'c> {
+    queue: *mut rdsys::rd_kafka_queue_t,
+    /// The queue is the consumer's, and must not outlive it.
+    consumer: PhantomData<&'c BaseConsumer<TableContext>>,
+}
+
+impl<'c> Fetched<'c> {
+    /// The queue `consumer`'s fetched records arrive in.
+    fn of(consumer: &'c BaseConsumer<TableContext>) -> Self {
+        // SAFETY: the client pointer is valid for the consumer's lifetime,
+        // which bounds this one's; the handle is released in `drop`.
+        let queue = unsafe { rdsys::rd_kafka_queue_get_consumer(consumer.client().native_ptr()) };
+        Self { queue, consumer: PhantomData }
+    }
+
+    /// Hands up to about `most` records fetched (or a partition's end, or
+    /// an error) to `each`, without waiting, using `run` for their pointers.
+    fn read(
+        &self,
+        most: usize,
+        run: &mut Vec<*mut rdsys::rd_kafka_message_t>,
+        mut each: impl FnMut(Result<Record<'_>, KafkaError>),
+    ) {
+        const RUN: usize = 1_024;
+        if self.queue.is_null() {
+            return;
+        }
+        run.resize(RUN, std::ptr::null_mut());
+        let mut read = 0;
+        while read < most {
+            // SAFETY: the queue handle is valid (see `of`), and `run` has
+            // room for `RUN` pointers; a timeout of 0 does not wait.
+            let taken = unsafe { rdsys::rd_kafka_consume_batch_queue(self.queue, 0, run.as_mut_ptr(), RUN) };
+            let Ok(taken @ 1..) = usize::try_from(taken) else { return };
+            read += taken;
+            for &message in &run[..taken] {
+                // SAFETY: librdkafka handed over `taken` valid messages,
+                // each destroyed once, right after it is read; the slices
+                // made of its key and value do not outlive it.
+                unsafe {
+                    each(record(&*message));
+                    rdsys::rd_kafka_message_destroy(message);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Fetched<'_> {
+    fn drop(&mut self) {
+        if !self.queue.is_null() {
+            // SAFETY: the handle came from `rd_kafka_queue_get_consumer` and is released once.
+            unsafe { rdsys::rd_kafka_queue_destroy(self.queue) };
+        }
+    }
+}
+
+/// What a message taken from the queue holds: a record, or an error (a
+/// partition's end is one).
+///
+/// # Safety
+/// `message` must be a message librdkafka handed over and not yet destroyed.
+unsafe fn record(message: &rdsys::rd_kafka_message_t) -> Result<Record<'_>, KafkaError> {
+    // SAFETY (both): librdkafka's key and payload pointers are null or
+    // point to their lengths of bytes, which live as long as the message.
+    let bytes = |pointer: *mut std::ffi::c_void, len: usize| {
+        (!pointer.is_null()).then(|| unsafe { std::slice::from_raw_parts(pointer.cast::<u8>(), len) })
+    };
+    match message.err {
+        rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR => Ok(Record {
+            partition: message.partition,
+            key: bytes(message.key, message.key_len),
+            value: bytes(message.payload, message.len),
+        }),
+        rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR__PARTITION_EOF => {
+            Err(KafkaError::PartitionEOF(message.partition))
+        }
+        error => Err(KafkaError::MessageConsumption(error.into())),
     }
 }
 
@@ -325,4 +490,50 @@ fn stable_ends(
         }
     }
     Ok(targets)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A message as librdkafka hands one over: `key` and `value` borrowed.
+    fn message(err: rdsys::rd_kafka_resp_err_t, key: Option<&[u8]>, value: Option<&[u8]>) -> rdsys::rd_kafka_message_t {
+        let pointer =
+            |bytes: Option<&[u8]>| bytes.map_or(std::ptr::null_mut(), |bytes| bytes.as_ptr().cast_mut().cast());
+        rdsys::rd_kafka_message_t {
+            err,
+            rkt: std::ptr::null_mut(),
+            partition: 3,
+            payload: pointer(value),
+            len: value.map_or(0, <[u8]>::len),
+            key: pointer(key),
+            key_len: key.map_or(0, <[u8]>::len),
+            offset: 42,
+            _private: std::ptr::null_mut(),
+        }
+    }
+
+    #[test]
+    fn a_message_taken_from_the_queue_is_its_partition_key_and_value_or_why_not() {
+        use rdsys::rd_kafka_resp_err_t as Code;
+        let read = |message: &rdsys::rd_kafka_message_t| {
+            // SAFETY: the message's pointers are the slices below, alive for the call.
+            unsafe { record(message) }
+                .map(|record| (record.partition, record.key.map(<[u8]>::to_vec), record.value.map(<[u8]>::to_vec)))
+        };
+        let full = message(Code::RD_KAFKA_RESP_ERR_NO_ERROR, Some(b"user-1"), Some(&[2, 0, 255]));
+        assert_eq!(read(&full), Ok((3, Some(b"user-1".to_vec()), Some(vec![2, 0, 255]))));
+        // A tombstone has no value; an empty value is not a tombstone.
+        let tombstone = message(Code::RD_KAFKA_RESP_ERR_NO_ERROR, Some(b"user-1"), None);
+        assert_eq!(read(&tombstone), Ok((3, Some(b"user-1".to_vec()), None)));
+        let empty = message(Code::RD_KAFKA_RESP_ERR_NO_ERROR, None, Some(&[]));
+        assert_eq!(read(&empty), Ok((3, None, Some(Vec::new()))));
+        let end = message(Code::RD_KAFKA_RESP_ERR__PARTITION_EOF, None, None);
+        assert_eq!(read(&end), Err(KafkaError::PartitionEOF(3)));
+        let failed = message(Code::RD_KAFKA_RESP_ERR__TRANSPORT, None, None);
+        assert_eq!(
+            read(&failed),
+            Err(KafkaError::MessageConsumption(rdkafka::types::RDKafkaErrorCode::BrokerTransportFailure))
+        );
+    }
 }
