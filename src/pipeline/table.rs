@@ -203,17 +203,6 @@ impl Table {
         }
     }
 
-    /// Hands every record to `handle` until each assigned partition reached
-    /// the end it had when this call started, or `timeout` passed.
-    pub fn catch_up(
-        &mut self,
-        timeout: Duration,
-        handle: impl FnMut(&BorrowedMessage<'_>),
-    ) -> Result<CaughtUp, PipelineError> {
-        self.ask_ends()?;
-        self.catch_up_to_asked(timeout, handle)
-    }
-
     /// Asks for the assigned partitions' ends as of now, without waiting for
     /// the answer: [`Table::catch_up_to_asked`] reads up to them.
     pub fn ask_ends(&mut self) -> Result<(), PipelineError> {
@@ -248,9 +237,9 @@ impl Table {
     }
 
     /// Hands each record's partition, key and value to `handle` until each
-    /// assigned partition reached the end it has now, or `timeout` passed,
-    /// as [`Table::catch_up`] does; the records fetched are taken from
-    /// librdkafka in runs (see [`Fetched`]). For reading a whole changelog.
+    /// assigned partition reached the end it has when this call starts, or
+    /// `timeout` passed; the records fetched are taken from librdkafka in
+    /// runs (see [`Fetched`]). For reading a whole changelog.
     pub fn read_to_end(
         &mut self,
         timeout: Duration,
@@ -379,8 +368,8 @@ pub struct Record<'m> {
 /// The records a table consumer fetched, taken from librdkafka's queue in
 /// runs (`rd_kafka_consume_batch_queue`, which rdkafka does not offer):
 /// rdkafka's `poll` asks for one record at a time, wrapping each in an
-/// event it allocates a handle for, and reading a changelog cost about a
-/// sixth more time that way (BENCHMARKS.md, "A restore that takes its
+/// event it allocates a handle for, and reading a changelog took about a
+/// quarter longer that way (BENCHMARKS.md, "… a restore that takes its
 /// records in runs").
 struct Fetched<'c> {
     queue: *mut rdsys::rd_kafka_queue_t,
