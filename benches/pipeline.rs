@@ -47,7 +47,7 @@ fn workload() -> Workload {
     month(42, USERS, RECORDS)
 }
 
-/// `users` users and their `records` records in the month before `now_ms`, from `seed`.
+/// `users` users and their `records` records over the `DAYS` before a fixed now, drawn from `seed`.
 fn month(seed: u64, users: usize, records: u64) -> Workload {
     let now_ms = 1_800_000_000_000;
     let mut population = Population::new(seed, users, records, DAYS, now_ms);
@@ -324,9 +324,9 @@ fn stages(criterion: &mut Criterion) {
 
 /// The changelog value of a user's state, written with every update the
 /// pipeline publishes and read back by a restore: encoding and decoding the
-/// states of 100,000 users after the first month. They are encoded as the
-/// pipeline encodes a partition's changed users: together, the shard
-/// locked once.
+/// states of 100,000 users after the first month, and encoding those of
+/// 10,000 busy users. They are encoded as the pipeline encodes a
+/// partition's changed users: together, the shard locked once.
 fn changelog(criterion: &mut Criterion) {
     let workload = workload();
     let processor = processor_after(&workload);
@@ -343,7 +343,7 @@ fn changelog(criterion: &mut Criterion) {
         bencher.iter(|| values.iter().filter(|value| decode(value, &catalogue).is_ok()).count())
     });
     // Busy users, as in the latency runs (scripts/bench-latency.sh): 10,000
-    // users with 60 events each in the month, so each value holds many
+    // users with about 60 events each in the month, so each value holds many
     // facts and many distinct products.
     let busy = month(44, 10_000, 600_000);
     let users: Vec<&str> = busy.consents.iter().map(|record| record.key.as_str()).collect();
