@@ -247,10 +247,9 @@ impl Table {
     ) -> Result<CaughtUp, PipelineError> {
         self.ask_ends()?;
         let targets = self.asked_ends()?;
-        let fetched = Fetched::of(&self.consumer);
-        let mut run = Vec::new();
+        let mut fetched = Fetched::of(&self.consumer);
         self.catch_up_by(targets, timeout, |table, wait, reached_end| match wait {
-            None => fetched.read(POSITION_CHECK_EVERY, &mut run, |read| match read {
+            None => fetched.read(POSITION_CHECK_EVERY, |read| match read {
                 Ok(record) => {
                     reached_end.remove(&record.partition);
                     handle(record);
@@ -373,37 +372,36 @@ pub struct Record<'m> {
 /// records in runs").
 struct Fetched<'c> {
     queue: *mut rdsys::rd_kafka_queue_t,
+    /// Room for the pointers of a run of [`Fetched::RUN`] messages.
+    run: Vec<*mut rdsys::rd_kafka_message_t>,
     /// The queue is the consumer's, and must not outlive it.
     consumer: PhantomData<&'c BaseConsumer<TableContext>>,
 }
 
 impl<'c> Fetched<'c> {
+    /// The most messages taken in one call.
+    const RUN: usize = 1_024;
+
     /// The queue `consumer`'s fetched records arrive in.
     fn of(consumer: &'c BaseConsumer<TableContext>) -> Self {
         // SAFETY: the client pointer is valid for the consumer's lifetime,
         // which bounds this one's; the handle is released in `drop`.
         let queue = unsafe { rdsys::rd_kafka_queue_get_consumer(consumer.client().native_ptr()) };
-        Self { queue, consumer: PhantomData }
+        Self { queue, run: vec![std::ptr::null_mut(); Self::RUN], consumer: PhantomData }
     }
 
     /// Hands up to about `most` records fetched (or a partition's end, or
-    /// an error) to `each`, without waiting, using `run` for their pointers.
-    fn read(
-        &self,
-        most: usize,
-        run: &mut Vec<*mut rdsys::rd_kafka_message_t>,
-        mut each: impl FnMut(Result<Record<'_>, KafkaError>),
-    ) {
-        const RUN: usize = 1_024;
+    /// an error) to `each`, without waiting.
+    fn read(&mut self, most: usize, mut each: impl FnMut(Result<Record<'_>, KafkaError>)) {
         if self.queue.is_null() {
             return;
         }
-        run.resize(RUN, std::ptr::null_mut());
         let mut read = 0;
         while read < most {
+            let run = &mut self.run;
             // SAFETY: the queue handle is valid (see `of`), and `run` has
-            // room for `RUN` pointers; a timeout of 0 does not wait.
-            let taken = unsafe { rdsys::rd_kafka_consume_batch_queue(self.queue, 0, run.as_mut_ptr(), RUN) };
+            // room for its length of pointers; a timeout of 0 does not wait.
+            let taken = unsafe { rdsys::rd_kafka_consume_batch_queue(self.queue, 0, run.as_mut_ptr(), run.len()) };
             let Ok(taken @ 1..) = usize::try_from(taken) else { return };
             read += taken;
             for &message in &run[..taken] {
