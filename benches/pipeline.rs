@@ -5,10 +5,10 @@
 //! the same path over 4 partitions as the Kafka driver does, with its
 //! decode, apply and time-driven steps on 1 and 2 worker threads.
 
-// criterion_main! generates an undocumented `main`.
+// criterion_group! generates an undocumented function.
 #![allow(missing_docs)]
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use tactful::codec::Codec;
@@ -22,9 +22,10 @@ use tactful::state::{Partition, LOOKAHEAD};
 use tactful::synthetic::{Population, SyntheticRecord};
 use tactful::time::{EventTime, DAY_MS};
 
-/// The allocator of the `tactful` binary, so the figures are the product's.
+/// The allocator of the `tactful` binary, set up as it is (`main`), so the
+/// figures are the product's.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tactful::allocator::Allocator = tactful::allocator::Allocator;
 
 const USERS: usize = 1_000_000;
 const RECORDS: u64 = 2_000_000;
@@ -361,4 +362,10 @@ fn changelog(criterion: &mut Criterion) {
 }
 
 criterion_group!(benches, full_path, on_workers, stages, changelog);
-criterion_main!(benches);
+
+/// criterion_main!'s `main`, with the allocator set up first, as the binary's does.
+fn main() {
+    tactful::allocator::keep_freed_memory();
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

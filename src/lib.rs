@@ -26,8 +26,9 @@ pub mod replay;
 pub mod report;
 
 // Support: configuration, the control flags and clock, telemetry, the admin
-// endpoint and what it serves, time units, synthetic data.
+// endpoint and what it serves, time units, synthetic data, the allocator.
 pub mod admin;
+pub mod allocator;
 pub mod config;
 pub mod consent_writer;
 pub mod control;

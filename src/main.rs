@@ -19,8 +19,9 @@ use tactful::{admin, codec::Codec, demo, gen, replay, telemetry};
 /// mimalloc instead of glibc's allocator: the hot path allocates the strings
 /// of decoded events and rendered updates, and glibc's free lists
 /// (consolidation, chunk unlinking) were a sixth of its time (BENCHMARKS.md).
+/// It keeps the memory the process frees (see [`tactful::allocator`]).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tactful::allocator::Allocator = tactful::allocator::Allocator;
 
 /// Consent-first streaming personalization.
 #[derive(Parser)]
@@ -62,6 +63,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    tactful::allocator::keep_freed_memory();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run { config } => run(&config),
