@@ -126,7 +126,9 @@ fn within_window<'a>(
 /// evaluating a rule, done for every event, allocates nothing.
 type Values = SmallVec<[u64; 16]>;
 
-fn count_distinct(mut values: Values) -> f64 {
+/// How many distinct values `values` holds (sorted in place: a `Values` is
+/// 136 bytes, not moved).
+fn count_distinct(values: &mut Values) -> f64 {
     values.sort_unstable();
     values.chunk_by(|a, b| a == b).count() as f64
 }
@@ -160,14 +162,14 @@ pub fn measure(measure: &Measure, history: &History, now: i64) -> f64 {
             within_window(history, *source, filters, now, *window_ms, |fact| {
                 days.push(fact.ts().div_euclid(DAY_MS) as u64)
             });
-            count_distinct(days)
+            count_distinct(&mut days)
         }
         Measure::Distinct { source, filters, field, window_ms } => {
             let mut values = Values::new();
             within_window(history, *source, filters, now, *window_ms, |fact| {
                 fact.each_value(*field, |value| values.push(value))
             });
-            count_distinct(values)
+            count_distinct(&mut values)
         }
         Measure::MostCommon { source, filters, field, last } => {
             // Each of the last N events counts once for every distinct value
