@@ -16,9 +16,9 @@ use tactful::model::InputKind;
 use tactful::pipeline::workers::{
     advance_in_order, apply_in_order, apply_record, decode_in_order, Encoded, Record, Workers,
 };
-use tactful::processor::{Output, Processor, Source};
+use tactful::processor::{Lookahead, Output, Processor, Source};
 use tactful::state::changelog::decode;
-use tactful::state::{Partition, LOOKAHEAD};
+use tactful::state::Partition;
 use tactful::synthetic::{Population, SyntheticRecord};
 use tactful::time::{EventTime, DAY_MS};
 
@@ -95,19 +95,10 @@ fn process_chunk(processor: &Processor, records: &[SyntheticRecord], now_ms: i64
         }
     };
     let mut newest_event_time = None;
+    let mut lookahead = Lookahead::default();
     for (index, record) in records.iter().enumerate() {
-        // As the pipeline's workers do: a user's consent entry is prefetched
-        // a few records ahead, then the slot of their state it names, then
-        // the lists the slot points to.
-        if let Some(ahead) = records.get(index + 2 * LOOKAHEAD) {
-            processor.prefetch(&ahead.key);
-        }
-        if let Some(ahead) = records.get(index + LOOKAHEAD) {
-            processor.prefetch_slot(Partition(0), &ahead.key);
-        }
-        if let Some(ahead) = records.get(index + LOOKAHEAD / 2) {
-            processor.prefetch_held(Partition(0), &ahead.key);
-        }
+        // As the pipeline's workers do.
+        lookahead.before_next(processor, |distance| Some((Partition(0), records.get(index + distance)?.key.as_str())));
         let processed = processor.process(record.kind, Some(record.key.as_bytes()), record.value.as_deref(), now_ms);
         newest_event_time = newest_event_time.max(processed.event_time.map(EventTime));
         processed.output.map(&mut encode);

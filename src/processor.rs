@@ -34,6 +34,44 @@ use std::sync::Arc;
 /// timer set while a round fires comes due in the next round.
 const TIMER_ROUND: usize = 64;
 
+/// Prefetches, for records applied one after another, what applying each
+/// reads, a few records ahead of it (see [`LOOKAHEAD`]): a user's consent
+/// entry 2 × [`LOOKAHEAD`] records before theirs, the slot of their state
+/// (which the entry names) [`LOOKAHEAD`] before, and the lists the slot
+/// points to [`LOOKAHEAD`] / 2 before. The slot found for a record is kept
+/// for its last step, so the entry is looked up once ahead of applying it.
+#[derive(Debug, Default)]
+pub struct Lookahead {
+    /// The position of the record about to be applied, in the run.
+    position: usize,
+    /// The slot found for each of the next [`LOOKAHEAD`] records, at the
+    /// place its position gives (modulo [`LOOKAHEAD`]).
+    found: [Option<(Partition, Handle)>; LOOKAHEAD],
+}
+
+impl Lookahead {
+    /// Prefetches for the records after the one about to be applied:
+    /// `ahead(distance)` gives the partition and user of the record that
+    /// many places after it, if there is one and it is an event.
+    pub fn before_next<'a>(&mut self, processor: &Processor, ahead: impl Fn(usize) -> Option<(Partition, &'a str)>) {
+        let place = self.position % LOOKAHEAD;
+        self.position += 1;
+        if let Some((_, user_id)) = ahead(2 * LOOKAHEAD) {
+            processor.consent.prefetch(user_id);
+        }
+        // The slot of the record LOOKAHEAD / 2 places ahead was found
+        // LOOKAHEAD / 2 records ago, when it was LOOKAHEAD places ahead.
+        if let Some((partition, handle)) = self.found[(place + LOOKAHEAD / 2) % LOOKAHEAD] {
+            processor.shards.with(partition, |shard| shard.prefetch_held(handle));
+        }
+        self.found[place] = ahead(LOOKAHEAD).and_then(|(partition, user_id)| {
+            let handle = processor.consent.slot_of(user_id)?;
+            processor.shards.with(partition, |shard| shard.prefetch(handle))?;
+            Some((partition, handle))
+        });
+    }
+}
+
 /// What happened to a record.
 #[derive(Debug, PartialEq)]
 pub enum Outcome {
@@ -274,35 +312,6 @@ impl Processor {
         match self.decode(kind, key, value, now_ms) {
             Ok(input) => self.apply(source, input, now_ms),
             Err(rejection) => Processed::rejected(rejection),
-        }
-    }
-
-    /// Starts loading what applying an event of `user_id` reads first, their
-    /// consent entry, into the cache without waiting: called a few records
-    /// ahead of applying it (see [`crate::state::prefetch`]).
-    pub fn prefetch(&self, user_id: &str) {
-        self.consent.prefetch(user_id);
-    }
-
-    /// Starts loading what applying an event of `user_id` read from
-    /// `partition` reads next, the slot of their state, into the cache
-    /// without waiting: called after [`Processor::prefetch`], when their
-    /// consent entry (which names the slot) has arrived.
-    pub fn prefetch_slot(&self, partition: Partition, user_id: &str) {
-        self.prefetch_by_slot(partition, user_id, Shard::prefetch);
-    }
-
-    /// Starts loading what applying an event of `user_id` read from
-    /// `partition` reads last, the lists their slot points to: called after
-    /// [`Processor::prefetch_slot`], when the slot has arrived.
-    pub fn prefetch_held(&self, partition: Partition, user_id: &str) {
-        self.prefetch_by_slot(partition, user_id, Shard::prefetch_held);
-    }
-
-    /// `prefetch` of the slot `user_id`'s consent entry names, on `partition`'s shard.
-    fn prefetch_by_slot(&self, partition: Partition, user_id: &str, prefetch: fn(&Shard, Handle)) {
-        if let Some(handle) = self.consent.slot_of(user_id) {
-            self.shards.with(partition, |shard| prefetch(shard, handle));
         }
     }
 

@@ -26,9 +26,9 @@
 //! that cost more than the second thread gained (BENCHMARKS.md).
 
 use crate::model::InputKind;
-use crate::processor::{Output, Processed, Processor, RestoredPartition, Source};
+use crate::processor::{Lookahead, Output, Processed, Processor, RestoredPartition, Source};
 use crate::state::restore::NewestValues;
-use crate::state::{Partition, LOOKAHEAD};
+use crate::state::Partition;
 use crate::time::EventTime;
 use crate::validate::{Input, Rejection};
 use rayon::prelude::*;
@@ -149,27 +149,17 @@ pub fn apply_record(processor: &Processor, (source, input): Record, now_ms: i64)
     }
 }
 
-/// Applies `records` in their order on this thread, each user's consent
-/// entry prefetched 2 × [`LOOKAHEAD`] records before theirs, the slot of
-/// their state (which the entry names) [`LOOKAHEAD`] before, and the lists
-/// the slot points to [`LOOKAHEAD`] / 2 before; returns each record's result.
+/// Applies `records` in their order on this thread, prefetching what each
+/// reads a few records ahead (see [`Lookahead`]); returns each record's result.
 fn apply_records(processor: &Processor, records: Vec<Record>, now_ms: i64) -> Vec<Processed> {
     let mut results = Vec::with_capacity(records.len());
+    let mut lookahead = Lookahead::default();
     let mut records = records.into_iter();
     while let Some(record) = records.next() {
-        let ahead = |distance: usize| {
+        lookahead.before_next(processor, |distance| {
             let (source, input) = records.as_slice().get(distance - 1)?;
             Some((source.partition, input.as_ref().ok()?.event_user()?))
-        };
-        if let Some((_, user_id)) = ahead(2 * LOOKAHEAD) {
-            processor.prefetch(user_id);
-        }
-        if let Some((partition, user_id)) = ahead(LOOKAHEAD) {
-            processor.prefetch_slot(partition, user_id);
-        }
-        if let Some((partition, user_id)) = ahead(LOOKAHEAD / 2) {
-            processor.prefetch_held(partition, user_id);
-        }
+        });
         results.push(apply_record(processor, record, now_ms));
     }
     results
@@ -278,12 +268,25 @@ mod tests {
     /// the order of the records, then each advanced partition's outputs.
     type Produced = Vec<(Vec<Processed>, Vec<Vec<Output>>)>;
 
+    /// How a batch's events are applied.
+    #[derive(Clone, Copy)]
+    enum Applying {
+        /// As the driver applies them, on this many threads.
+        OnWorkers(usize),
+        /// One after another, nothing prefetched.
+        OneByOne,
+    }
+
     /// A seeded stream over 4 partitions, in batches of 2,000 records, run
-    /// as the driver runs it with `workers` threads: a batch's consent
-    /// records on the calling thread first, then its events, then event
-    /// time advanced to each partition's newest event minus a minute.
-    fn run(workers: usize) -> Produced {
-        let workers = Workers::new(workers);
+    /// as the driver runs it: a batch's consent records on the calling
+    /// thread first, then its events as `applying` says, then event time
+    /// advanced to each partition's newest event minus a minute.
+    fn run(applying: Applying) -> Produced {
+        let threads = match applying {
+            Applying::OnWorkers(threads) => threads,
+            Applying::OneByOne => 1,
+        };
+        let workers = Workers::new(threads);
         let (catalogue, settings) = crate::config::embedded_defaults();
         let processor = Processor::new(Codec::new(&[]).unwrap(), catalogue, &settings);
         let mut population = Population::new(5, 2_000, 20_000, 30, NOW_MS);
@@ -318,7 +321,12 @@ mod tests {
                 })
                 .collect();
             let sources: Vec<Source> = records.iter().map(|(source, _)| *source).collect();
-            let applied = apply_in_order(&processor, records, &workers, NOW_MS);
+            let applied: Vec<Processed> = match applying {
+                Applying::OnWorkers(_) => apply_in_order(&processor, records, &workers, NOW_MS),
+                Applying::OneByOne => {
+                    records.into_iter().map(|record| apply_record(&processor, record, NOW_MS)).collect()
+                }
+            };
             for (source, processed) in sources.iter().zip(&applied) {
                 if let Some(event_time) = processed.event_time {
                     let newest = EventTime(event_time - MINUTE_MS);
@@ -356,8 +364,8 @@ mod tests {
 
     #[test]
     fn records_of_several_partitions_applied_by_two_workers_give_what_one_gives_in_the_same_order() {
-        let one = run(1);
-        let two = run(2);
+        let one = run(Applying::OnWorkers(1));
+        let two = run(Applying::OnWorkers(2));
         // Every result and every output, versions included, record by record.
         assert_eq!(one.len(), two.len());
         for (batch, ((one_applied, one_advanced), (two_applied, two_advanced))) in one.iter().zip(&two).enumerate() {
@@ -376,6 +384,12 @@ mod tests {
         assert!(updated.len() > distinct.len() + 100, "{} updates of {} users", updated.len(), distinct.len());
         assert_eq!(advanced.len(), PARTITIONS as usize);
         assert!(advanced.iter().all(|outputs| !outputs.is_empty()), "time-driven updates on every partition");
+    }
+
+    #[test]
+    fn prefetching_ahead_of_the_records_applied_changes_none_of_their_results() {
+        // Prefetching only loads what applying reads (see `Lookahead`).
+        assert_eq!(run(Applying::OnWorkers(2)), run(Applying::OneByOne));
     }
 
     #[test]
