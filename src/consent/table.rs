@@ -5,7 +5,7 @@
 
 use super::ConsentInForce;
 use crate::state::shards::Handle;
-use crate::state::{prefetch, UserKey};
+use crate::state::{prefetch, prefetch_whole, UserKey};
 use dashmap::mapref::one::Ref;
 use dashmap::DashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -83,11 +83,12 @@ impl ConsentTable {
             return; // nothing allocated yet
         }
         // hashbrown probes from bucket `hash & (buckets - 1)`; its control
-        // bytes start at `data_end`, one per bucket.
+        // bytes start at `data_end`, one per bucket. A bucket (the id, then
+        // the entry) spans two or three cache lines: every one is loaded.
         let index = hash & (buckets - 1);
         // SAFETY: `index` is below `buckets()`; the bucket is not read, only its address taken.
         let bucket = unsafe { part.bucket(index) };
-        prefetch(bucket.as_ptr());
+        prefetch_whole(bucket.as_ptr());
         prefetch(part.data_end().as_ptr().cast::<u8>().wrapping_add(index));
     }
 

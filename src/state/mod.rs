@@ -60,7 +60,18 @@ pub fn prefetch<T>(address: *const T) {
 
 /// [`prefetch`]es every cache line of `values`.
 pub fn prefetch_all<T>(values: &[T]) {
-    let (start, size) = (values.as_ptr().cast::<u8>(), size_of_val(values));
+    prefetch_lines(values.as_ptr().cast(), size_of_val(values));
+}
+
+/// [`prefetch`]es every cache line of the `T` at `address` (as there: any
+/// address will do). A value larger than a line, or placed across two,
+/// is not all there after a prefetch of its first byte.
+pub fn prefetch_whole<T>(address: *const T) {
+    prefetch_lines(address.cast(), size_of::<T>());
+}
+
+/// [`prefetch`]es every cache line of the `size` bytes from `start`.
+fn prefetch_lines(start: *const u8, size: usize) {
     (0..size).step_by(64).chain(size.checked_sub(1)).for_each(|offset| prefetch(start.wrapping_add(offset)));
 }
 
