@@ -52,7 +52,8 @@ pub struct Lookahead {
 impl Lookahead {
     /// Prefetches for the records after the one about to be applied:
     /// `ahead(distance)` gives the partition and user of the record that
-    /// many places after it, if there is one and it is an event.
+    /// many places after it (`None` past the end, or for a record that
+    /// names no user).
     pub fn before_next<'a>(&mut self, processor: &Processor, ahead: impl Fn(usize) -> Option<(Partition, &'a str)>) {
         let place = self.position % LOOKAHEAD;
         self.position += 1;
