@@ -35,11 +35,13 @@ use std::sync::Arc;
 const TIMER_ROUND: usize = 64;
 
 /// Prefetches, for records applied one after another, what applying each
-/// reads, a few records ahead of it (see [`LOOKAHEAD`]): a user's consent
-/// entry 2 × [`LOOKAHEAD`] records before theirs, the slot of their state
-/// (which the entry names) [`LOOKAHEAD`] before, and the lists the slot
-/// points to [`LOOKAHEAD`] / 2 before. The slot found for a record is kept
-/// for its last step, so the entry is looked up once ahead of applying it.
+/// reads, a few records ahead of it (see [`LOOKAHEAD`]): the lock of the
+/// consent table's part that holds a user's entry 3 × [`LOOKAHEAD`]
+/// records before theirs, the entry 2 × [`LOOKAHEAD`] before (which takes
+/// that lock), the slot of their state (which the entry names)
+/// [`LOOKAHEAD`] before, and the lists the slot points to [`LOOKAHEAD`] / 2
+/// before. The slot found for a record is kept for its last step, so the
+/// entry is looked up once ahead of applying it.
 #[derive(Debug, Default)]
 pub struct Lookahead {
     /// The position of the record about to be applied, in the run.
@@ -57,6 +59,9 @@ impl Lookahead {
     pub fn before_next<'a>(&mut self, processor: &Processor, ahead: impl Fn(usize) -> Option<(Partition, &'a str)>) {
         let place = self.position % LOOKAHEAD;
         self.position += 1;
+        if let Some((_, user_id)) = ahead(3 * LOOKAHEAD) {
+            processor.consent.prefetch_part(user_id);
+        }
         if let Some((_, user_id)) = ahead(2 * LOOKAHEAD) {
             processor.consent.prefetch(user_id);
         }

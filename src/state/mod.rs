@@ -38,7 +38,8 @@ pub struct Partition(pub i32);
 /// first (a record takes microseconds, a load a tenth of one), near enough
 /// that the lines are still cached when the record comes. Where one entry
 /// leads to the next (a consent entry names the slot of the user's state),
-/// the first is prefetched twice as far ahead, and what the slot of a
+/// the first is prefetched twice as far ahead (for a batch's records, the
+/// lock its lookup takes three times as far), and what the slot of a
 /// user's state points to half as far.
 pub const LOOKAHEAD: usize = 4;
 
