@@ -240,7 +240,13 @@ fn decode_json<T: DeserializeOwned>(value: &[u8]) -> Result<T, DecodeError> {
             detail: "neither avro (C3 01), confluent (00) nor a json object".to_owned(),
         });
     }
-    serde_json::from_slice(value).map_err(|error| {
+    // The contract's JSON is one UTF-8 object: checked once for the whole
+    // value, which parses faster than checking each string as it is read.
+    let text = std::str::from_utf8(value).map_err(|error| DecodeError::Malformed {
+        encoding: "json",
+        detail: format!("not UTF-8 at byte {}", error.valid_up_to()),
+    })?;
+    serde_json::from_str(text).map_err(|error| {
         let detail = error.to_string();
         if detail.starts_with("missing field") {
             DecodeError::MissingField(detail)

@@ -649,6 +649,12 @@ fn values_that_are_no_known_encoding_or_invalid_json_are_malformed() {
         assert!(matches!(error, DecodeError::Malformed { encoding: "json", .. }), "{value:?}: {error:?}");
         assert_eq!(error.reason(), "undecodable");
     }
+    // Not UTF-8 inside a string: the contract's JSON is UTF-8 throughout.
+    let not_utf8 = b"{\"event_id\":\"e\xFF\",\"user_id\":\"u\",\"ts\":1,\"page_type\":\"home\"}";
+    assert_eq!(
+        decoded(&codec, InputKind::Browse, not_utf8),
+        Err(DecodeError::Malformed { encoding: "json", detail: "not UTF-8 at byte 14".to_owned() })
+    );
     let bad_level = br#"{"user_id":"u","ts":1,"granted":[],"level":"MAXIMUM","source":"cmp"}"#;
     assert!(matches!(
         decoded(&codec, InputKind::Consent, bad_level),
