@@ -67,14 +67,26 @@ impl Lookahead {
         }
         // The slot of the record LOOKAHEAD / 2 places ahead was found
         // LOOKAHEAD / 2 records ago, when it was LOOKAHEAD places ahead.
-        if let Some((partition, handle)) = self.found[(place + LOOKAHEAD / 2) % LOOKAHEAD] {
-            processor.shards.with(partition, |shard| shard.prefetch_held(handle));
+        let held = self.found[(place + LOOKAHEAD / 2) % LOOKAHEAD];
+        let next =
+            ahead(LOOKAHEAD).and_then(|(partition, user_id)| Some((partition, processor.consent.slot_of(user_id)?)));
+        // Both steps under one lock of their shard when the two records
+        // share a partition, as in a partition's run.
+        let mut found = None;
+        let partitions = [held, next].map(|step| step.map(|(partition, _)| partition));
+        let second = partitions[1].filter(|partition| partitions[0] != Some(*partition));
+        for partition in partitions[0].into_iter().chain(second) {
+            processor.shards.with(partition, |shard| {
+                if let Some((_, handle)) = held.filter(|&(of, _)| of == partition) {
+                    shard.prefetch_held(handle);
+                }
+                if let Some((_, handle)) = next.filter(|&(of, _)| of == partition) {
+                    shard.prefetch(handle);
+                    found = next;
+                }
+            });
         }
-        self.found[place] = ahead(LOOKAHEAD).and_then(|(partition, user_id)| {
-            let handle = processor.consent.slot_of(user_id)?;
-            processor.shards.with(partition, |shard| shard.prefetch(handle))?;
-            Some((partition, handle))
-        });
+        self.found[place] = found;
     }
 }
 
