@@ -18,7 +18,7 @@ use crate::experiments::ExperimentCounts;
 use crate::explain::{self, Explanation};
 use crate::model::{ConsentChange, Event, InputKind, Membership, ProfileUpdate};
 use crate::profile;
-use crate::segments::engine::{next_recency_flip, next_window_exit, FactKinds};
+use crate::segments::engine::{next_recency_flip, next_window_exit};
 use crate::segments::{Catalogue, ReloadReport, Segments};
 use crate::state::changelog;
 use crate::state::restore::{reconcile, NewestValues, Reconciliation};
@@ -421,7 +421,7 @@ impl Processor {
             return erase.then(|| Output::Tombstone { user_id: user.user_id.to_owned() });
         }
         self.minimiser.narrow(&mut user.state.history, consent.granted);
-        self.refresh(segments, user, consent, FactKinds::ALL, change_ts, now_ms)
+        self.refresh(segments, user, consent, change_ts, now_ms)
     }
 
     /// Applies an event the consent gate admits. One that arrives after its
@@ -476,22 +476,21 @@ impl Processor {
         }
         state.last_event = state.last_event.max(ts);
         let clock = state.clock;
-        Processed::applied(self.refresh(segments, user, consent, FactKinds::of_event(event), clock, now_ms))
+        Processed::applied(self.refresh(segments, user, consent, clock, now_ms))
     }
 
-    /// Re-evaluates the user at `change_ts` after `added` kinds of facts were
-    /// added (see [`profile::refresh`]) and sets their next timer.
+    /// Re-evaluates the user at `change_ts` (see [`profile::refresh`]) and
+    /// sets their next timer.
     fn refresh(
         &self,
         segments: &Segments,
         user: User<'_>,
         consent: &ConsentInForce,
-        added: FactKinds,
         change_ts: i64,
         now_ms: i64,
     ) -> Option<Output> {
         let User { user_id, state, timers, handle } = user;
-        let update = profile::refresh(segments, user_id, state, consent, added, change_ts, now_ms);
+        let update = profile::refresh(segments, user_id, state, consent, change_ts, now_ms);
         self.schedule(segments, state, timers, handle);
         update.map(Output::Update)
     }
@@ -577,7 +576,7 @@ impl Processor {
         }
         user.state.clock = user.state.clock.max(due);
         let clock = user.state.clock;
-        self.refresh(segments, user, &consent, FactKinds::ALL, clock, now_ms)
+        self.refresh(segments, user, &consent, clock, now_ms)
     }
 
     /// Forgets everything built for the users of `partitions` (they moved to
@@ -669,7 +668,7 @@ impl Processor {
         let mut refresh = |consent: &ConsentInForce| {
             shard.user(user_id).and_then(|user| {
                 let clock = user.state.clock;
-                self.refresh(segments, user, consent, FactKinds::ALL, clock, now_ms)
+                self.refresh(segments, user, consent, clock, now_ms)
             })
         };
         match reconcile(self.consent.cloned(user_id), built_under) {
@@ -710,7 +709,7 @@ impl Processor {
                     // Windows may have changed: the timer is set anew.
                     user.state.next_change = None;
                     let clock = user.state.clock;
-                    let update = self.refresh(&segments, user, &consent, FactKinds::ALL, clock, now_ms);
+                    let update = self.refresh(&segments, user, &consent, clock, now_ms);
                     outputs.extend(update.map(|update| (partition, update)));
                 }
             });

@@ -6,28 +6,21 @@
 use crate::consent::minimise::eligible;
 use crate::consent::{ConsentInForce, Purpose, Purposes};
 use crate::model::ProfileUpdate;
-use crate::segments::engine::{evaluate, FactKinds};
+use crate::segments::engine::evaluate;
 use crate::segments::Segments;
 use crate::state::{Figures, PublishedMember, PublishedProfile, UserState, MAX_CAPTURES};
 use compact_str::CompactString;
 use smallvec::SmallVec;
 use thin_vec::ThinVec;
 
-/// Re-evaluates the segments the user's consent allows and returns the
+/// Re-evaluates every segment the user's consent allows and returns the
 /// update to publish, if anything changed. Reasons and channel names are
 /// rendered only then: an unchanged profile costs no allocation.
-///
-/// `added` names the kinds of facts added since the last evaluation
-/// ([`FactKinds::ALL`] when anything else may have changed). A segment
-/// that reads none of them keeps what the last evaluation found, when the
-/// purposes in force are the same and the user's timer, the first moment
-/// time alone could change a membership, is still ahead.
 pub fn refresh(
     segments: &Segments,
     user_id: &str,
     state: &mut UserState,
     consent: &ConsentInForce,
-    added: FactKinds,
     change_ts: i64,
     now_ms: i64,
 ) -> Option<ProfileUpdate> {
@@ -38,17 +31,10 @@ pub fn refresh(
     // user's consent allows need them.
     state.history.prune(now, &segments.retention_for(level, granted));
     let previous = state.published.as_ref().map(|profile| profile.members.as_slice()).unwrap_or_default();
-    let last_evaluation_holds = state.published.as_ref().is_some_and(|profile| {
-        profile.level == level && profile.granted == Some(granted) && state.next_change.is_some_and(|due| due > now)
-    });
     // On the stack: most events change no membership, and then nothing is allocated.
     let mut members = SmallVec::<[PublishedMember; 8]>::new();
     for (index, segment) in segments.by_id() {
         if !eligible(segment, level, granted) {
-            continue;
-        }
-        if last_evaluation_holds && !segments.reads_any(index, added) {
-            members.extend(previous.iter().find(|member| member.segment == index).cloned());
             continue;
         }
         let mut figures = [0.0; MAX_CAPTURES];
@@ -65,9 +51,6 @@ pub fn refresh(
         None => members.is_empty(),
     };
     if unchanged {
-        if let Some(published) = &mut state.published {
-            published.granted = Some(granted);
-        }
         return None;
     }
     let ids_missing_from = |these: &[PublishedMember], those: &[PublishedMember]| -> Vec<CompactString> {
@@ -100,12 +83,11 @@ pub fn refresh(
         // Most updates change a figure, not the memberships: the room held is reused.
         Some(published) if published.members.len() == members.len() => {
             published.members.clone_from_slice(&members);
-            (published.level, published.channels, published.granted) = (level, channels, Some(granted));
+            (published.level, published.channels) = (level, channels);
         }
         // Stored for as long as the user is held: no spare capacity.
         published => {
-            let members = ThinVec::from(members.as_slice());
-            *published = Some(PublishedProfile { level, channels, granted: Some(granted), members })
+            *published = Some(PublishedProfile { level, channels, members: ThinVec::from(members.as_slice()) })
         }
     }
     Some(update)

@@ -2,7 +2,7 @@
 //! Pure: time comes in as an argument.
 
 use super::definition::{Comparison, Field, Filter, Measure, Rule, Segment, Source, TemplatePart, Window};
-use crate::model::{Event, Name};
+use crate::model::Name;
 use crate::state::{BrowseFact, History, ItemFact, LocationFact, PurchaseFact};
 use crate::time::DAY_MS;
 use smallvec::SmallVec;
@@ -266,71 +266,6 @@ pub fn evaluate(rule: &Rule, history: &History, now: i64, captures: &mut [f64]) 
             }
             comparison.holds(value)
         }
-    }
-}
-
-/// Kinds of facts, as a set: those a rule reads, or those an event added to.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FactKinds(u8);
-
-impl FactKinds {
-    /// Page views.
-    pub const BROWSES: Self = Self(1);
-    /// Purchases and their lines.
-    pub const PURCHASES: Self = Self(2);
-    /// Location fixes.
-    pub const LOCATIONS: Self = Self(4);
-    /// Every kind.
-    pub const ALL: Self = Self(7);
-
-    /// The kind of fact `event` adds.
-    pub fn of_event(event: &Event) -> Self {
-        match event {
-            Event::Browse(_) => Self::BROWSES,
-            Event::Purchase(_) => Self::PURCHASES,
-            Event::Location(_) => Self::LOCATIONS,
-        }
-    }
-
-    fn of_source(source: Source) -> Self {
-        match source {
-            Source::Browse => Self::BROWSES,
-            Source::Purchase | Source::PurchaseItem => Self::PURCHASES,
-            Source::Location => Self::LOCATIONS,
-        }
-    }
-
-    /// The kinds of facts `rule` reads. A recency measure reads them all:
-    /// its value moves with the evaluation time, which any event moves.
-    pub fn read_by(rule: &Rule) -> Self {
-        match rule {
-            Rule::All(rules) | Rule::Any(rules) => {
-                rules.iter().fold(Self::default(), |kinds, rule| kinds | Self::read_by(rule))
-            }
-            Rule::Not(rule) => Self::read_by(rule),
-            Rule::Compare { measure, .. } => match measure {
-                Measure::Count { source, .. }
-                | Measure::Sum { source, .. }
-                | Measure::DistinctDays { source, .. }
-                | Measure::Distinct { source, .. }
-                | Measure::MostCommon { source, .. }
-                | Measure::Share { source, .. } => Self::of_source(*source),
-                Measure::Near { .. } => Self::LOCATIONS,
-                Measure::SinceFirstSeen | Measure::SinceLast { .. } => Self::ALL,
-            },
-        }
-    }
-
-    /// Whether the two sets share a kind.
-    pub fn meet(self, other: Self) -> bool {
-        self.0 & other.0 != 0
-    }
-}
-
-impl std::ops::BitOr for FactKinds {
-    type Output = Self;
-    fn bitor(self, other: Self) -> Self {
-        Self(self.0 | other.0)
     }
 }
 

@@ -3,7 +3,7 @@
 //! of each and its experiment counts. Replaced as a whole by a hot reload,
 //! which keeps every segment's index (see [`SegmentIndex`]).
 
-use super::engine::{arm, render_reason, window_bit, window_use, FactKinds, WindowUse};
+use super::engine::{arm, render_reason, window_bit, window_use, WindowUse};
 use super::{Catalogue, Segment, SegmentIndex};
 use crate::consent::minimise::eligible;
 use crate::consent::Purposes;
@@ -31,8 +31,6 @@ pub struct Segments {
     retention: Vec<Retention>,
     /// How each segment's rule uses the catalogue's windows, by index.
     window_use: Vec<WindowUse>,
-    /// The kinds of facts each segment's rule reads, by index.
-    facts_read: Vec<FactKinds>,
     /// The windows timed for every user (see [`Segments::timed_windows`]).
     timed_for_all: u64,
 }
@@ -68,13 +66,12 @@ impl Segments {
             .collect();
         let window_use: Vec<WindowUse> =
             catalogue.segments.iter().map(|segment| window_use(&segment.rule, &catalogue.windows)).collect();
-        let facts_read = catalogue.segments.iter().map(|segment| FactKinds::read_by(&segment.rule)).collect();
         let timed_for_all = (catalogue.windows.iter().enumerate())
             .filter(|(_, window)| window.retention_end)
             .map(|(index, _)| window_bit(index))
             .chain(by_id.iter().map(|index| window_use[index.0].enters))
             .fold(0, |timed, bits| timed | bits);
-        Self { catalogue, by_id, members, experiments, retention, window_use, facts_read, timed_for_all }
+        Self { catalogue, by_id, members, experiments, retention, window_use, timed_for_all }
     }
 
     /// The windows whose exits are timed for a user who is a member of
@@ -85,11 +82,6 @@ impl Segments {
     /// window can only lower a count that is already below its bound.
     pub fn timed_windows(&self, members: &[PublishedMember]) -> u64 {
         members.iter().fold(self.timed_for_all, |timed, member| timed | self.window_use[member.segment.0].reads)
-    }
-
-    /// Whether the rule of the segment at `index` reads any of `kinds` of facts.
-    pub fn reads_any(&self, index: SegmentIndex, kinds: FactKinds) -> bool {
-        self.facts_read[index.0].meet(kinds)
     }
 
     /// The segments in force after putting `catalogue` in force: segments

@@ -527,7 +527,6 @@ fn restored<H, F: AsRef<[f64]>>(
         published: stored.published.map(|profile| PublishedProfile {
             level: profile.level,
             channels: profile.channels,
-            granted: None,
             members: (profile.members.into_iter())
                 .filter_map(|member| {
                     let segment = index(&member.segment)?;
@@ -614,7 +613,6 @@ mod tests {
         state.published = Some(PublishedProfile {
             level: PersonalizationLevel::Full,
             channels,
-            granted: None,
             members: thin_vec::thin_vec![member],
         });
         state.experiment_entries.push(ExperimentEntry { segment, holdout: true, entered_at: 1_700_000_000_000 });

@@ -337,9 +337,6 @@ pub struct PublishedProfile {
     pub level: PersonalizationLevel,
     /// The user's channels published.
     pub channels: Purposes,
-    /// The purposes in force when the memberships were last evaluated,
-    /// published or not; `None` until the first evaluation after a restore.
-    pub granted: Option<Purposes>,
     /// Sorted by segment id, as published.
     pub members: ThinVec<PublishedMember>,
 }

@@ -525,7 +525,6 @@ mod tests {
         held.published = Some(PublishedProfile {
             level: PersonalizationLevel::Full,
             channels: Purposes::default(),
-            granted: None,
             members: ThinVec::from([PublishedMember {
                 segment: SegmentIndex(0),
                 since: 1,
@@ -537,7 +536,6 @@ mod tests {
         shard.by_handle(c).expect("held").state.published = Some(PublishedProfile {
             level: PersonalizationLevel::Light,
             channels: Purposes::default(),
-            granted: None,
             members: ThinVec::new(),
         });
         for handle in [a, b, c, Handle(99)] {
