@@ -442,6 +442,24 @@ fn high_value_needs_500_00_in_90_days_and_says_so() {
 }
 
 #[test]
+fn an_event_of_another_kind_after_a_window_exit_publishes_the_exit_too() {
+    let h = harness();
+    applied_silently(h.consent("u1", &EVERYTHING, PersonalizationLevel::Full, T0));
+    update(h.purchase("u1", T0, &[("tv", "electronics", 1, 50_000)]));
+    // A page view a day later: high_value (it reads purchases only) is kept as it was.
+    let kept = update(h.browse("u1", T0 + DAY, None));
+    let spent = "Spent 500.00 across 1 purchase in the last 90 days.";
+    assert_eq!(kept.segments[0], membership("high_value", T0, spent, &ALL_CHANNELS));
+    assert_eq!(kept.entered, strings(&["new_visitor"]));
+    // The purchase left the 90-day window before the next page view, and no
+    // timer fired in between (event time did not advance): the page view's
+    // update shows high_value left.
+    let after = update(h.browse("u1", T0 + 90 * DAY, None));
+    assert_eq!((after.exited, after.entered), (ids(&["high_value"]), ids(&[])));
+    assert_eq!(after.segments, vec![membership("new_visitor", T0 + DAY, NEW_VISITOR_1, &["web", "email", "push"])]);
+}
+
+#[test]
 fn creature_of_habit_needs_nine_of_the_last_ten_purchases_and_never_uses_web_or_ads() {
     let h = harness();
     applied_silently(h.consent("u5", &EVERYTHING, PersonalizationLevel::Full, T0));
@@ -1366,6 +1384,41 @@ rule.all = [
     let [Output::Update(gone)] = outputs.as_slice() else { panic!("one update expected, got {outputs:?}") };
     assert_eq!(gone.exited, strings(&["lapsed_buyer"]));
     assert_eq!(gone.ts, T0 + 130 * DAY);
+}
+
+#[test]
+fn a_recency_figure_moves_with_every_event_whatever_its_kind() {
+    let h = harness_with_extra(
+        r#"
+[[segment]]
+id = "lapsed_buyer"
+description = "Bought in the last 90 days, but not in the last 30."
+tier = "full"
+channels = ["email"]
+reason = "Last bought {days:days} days ago."
+rule = { since_last = { of = "purchase", within = "90d" }, at_least = "30d", as = "days" }
+
+[[segment]]
+id = "long_known"
+description = "First seen 30 days ago or more."
+tier = "full"
+channels = ["email"]
+reason = "First seen {days:days} days ago."
+rule = { since_first_seen = {}, at_least = "30d", as = "days" }
+"#,
+    );
+    applied_silently(h.consent("u1", &EVERYTHING, PersonalizationLevel::Full, T0));
+    applied_silently(h.purchase("u1", T0, &[("mug", "home", 1, 1_500)]));
+    let reasons = |update: &ProfileUpdate| -> Vec<String> {
+        let shown = update.segments.iter().filter(|member| member.id == "lapsed_buyer" || member.id == "long_known");
+        shown.map(|member| member.reason.clone()).collect()
+    };
+    let first = update(h.browse("u1", T0 + 31 * DAY, None));
+    assert_eq!(reasons(&first), strings(&["Last bought 31 days ago.", "First seen 31 days ago."]));
+    // A page view two days later, with no timer due in between: the figures
+    // it shows are two days older, though neither segment reads page views.
+    let later = update(h.browse("u1", T0 + 33 * DAY, None));
+    assert_eq!(reasons(&later), strings(&["Last bought 33 days ago.", "First seen 33 days ago."]));
 }
 
 // ---- The processor against a brute-force oracle ------------------------------
