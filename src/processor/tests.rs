@@ -1391,10 +1391,10 @@ fn a_recency_figure_moves_with_every_event_whatever_its_kind() {
     let h = harness_with_extra(
         r#"
 [[segment]]
-id = "lapsed_buyer"
-description = "Bought in the last 90 days, but not in the last 30."
+id = "last_bought"
+description = "Bought nothing for 30 days or more, something in the last 90."
 tier = "full"
-channels = ["email"]
+channels = ["push"]
 reason = "Last bought {days:days} days ago."
 rule = { since_last = { of = "purchase", within = "90d" }, at_least = "30d", as = "days" }
 
@@ -1410,7 +1410,7 @@ rule = { since_first_seen = {}, at_least = "30d", as = "days" }
     applied_silently(h.consent("u1", &EVERYTHING, PersonalizationLevel::Full, T0));
     applied_silently(h.purchase("u1", T0, &[("mug", "home", 1, 1_500)]));
     let reasons = |update: &ProfileUpdate| -> Vec<String> {
-        let shown = update.segments.iter().filter(|member| member.id == "lapsed_buyer" || member.id == "long_known");
+        let shown = update.segments.iter().filter(|member| member.id == "last_bought" || member.id == "long_known");
         shown.map(|member| member.reason.clone()).collect()
     };
     let first = update(h.browse("u1", T0 + 31 * DAY, None));
