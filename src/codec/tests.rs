@@ -549,6 +549,71 @@ fn fields_never_kept_are_still_checked_as_the_contract_types_them() {
     );
 }
 
+#[test]
+fn json_events_written_by_python_decode_as_written() {
+    let browse = BrowseEvent {
+        event_id: "e-1".to_owned(),
+        user_id: "u-7".to_owned(),
+        ts: 1_700_000_000_000,
+        session_id: Some("s-42".to_owned()),
+        page_type: "product".to_owned(),
+        product_id: Some("schuh-größe-42".to_owned()),
+        category: Some("running".to_owned()),
+        url: Some("https://shop.example/schuh?größe=42&q=\"laufen\"".to_owned()),
+        consent: Some(EventConsent { tcf: None, gpc: true }),
+    };
+    let item = |product_id: &str, category: &str, quantity, price_cents| PurchaseItem {
+        product_id: product_id.to_owned(),
+        category: category.to_owned(),
+        quantity,
+        price_cents,
+    };
+    let purchase = PurchaseEvent {
+        event_id: "e-2".to_owned(),
+        user_id: "u-7".to_owned(),
+        ts: 1_700_000_100_000,
+        order_id: "order-0001-ø".to_owned(),
+        currency: "EUR".to_owned(),
+        total_cents: 12_345,
+        items: vec![item("crème-1", "beauté", 2, 6_000), item("sock-1", "apparel", 1, 345)],
+        consent: None,
+    };
+    let location = LocationEvent {
+        event_id: "e-3".to_owned(),
+        user_id: "u-7".to_owned(),
+        ts: 1_700_000_200_000,
+        lat: 52.524_6,
+        lon: 13.402,
+        accuracy_m: Some(12.5),
+        consent: None,
+    };
+    let codec = codec();
+    let fixture = include_str!("../../tests/fixtures/python-json-events.txt");
+    let lines: Vec<(&str, &str)> =
+        fixture.lines().filter(|line| !line.starts_with('#')).filter_map(|line| line.split_once(' ')).collect();
+    assert_eq!(lines.len(), 6, "each event escaped and as raw UTF-8");
+    for (kind, json) in lines {
+        let json = json.as_bytes();
+        match kind {
+            "browse" => {
+                assert_eq!(codec.decode_written(InputKind::Browse, json), Ok(browse.clone()));
+                assert_eq!(decoded(&codec, InputKind::Browse, json), Ok(Decoded::Event(Event::from(browse.clone()))));
+            }
+            "purchase" => {
+                assert_eq!(codec.decode_written(InputKind::Purchase, json), Ok(purchase.clone()));
+                let expected = Decoded::Event(Event::from(purchase.clone()));
+                assert_eq!(decoded(&codec, InputKind::Purchase, json), Ok(expected));
+            }
+            "location" => {
+                assert_eq!(codec.decode_written(InputKind::Location, json), Ok(location.clone()));
+                let expected = Decoded::Event(Event::from(location.clone()));
+                assert_eq!(decoded(&codec, InputKind::Location, json), Ok(expected));
+            }
+            other => panic!("unknown kind {other}"),
+        }
+    }
+}
+
 /// The datum of `kind` in tests/fixtures/fastavro-events.txt, behind the
 /// single-object header of `schema_text`.
 fn written_by_fastavro(kind: &str, schema_text: &str) -> Vec<u8> {
