@@ -1833,6 +1833,36 @@ fn an_event_behind_its_partitions_watermark_is_applied_at_the_watermark_unless_n
 }
 
 #[test]
+fn a_gpc_signal_holds_even_on_an_event_too_old_for_any_window() {
+    // The signal is about the person, whatever the event's moment: dropping
+    // it as late would keep personalizing ads for someone who opted out.
+    let h = harness();
+    h.consent("u", &LOCATION_GRANTS, PersonalizationLevel::Full, T0);
+    let watermark = T0 + 30 * DAY;
+    let at_watermark = |kind: InputKind, value: Vec<u8>| {
+        let source = Source { partition: Partition(0), watermark: Some(EventTime(watermark)) };
+        h.processor.process_from(source, kind, Some(b"u"), Some(&value), NOW)
+    };
+    let joined =
+        update(at_watermark(InputKind::Browse, serde_json::to_vec(&browse_event("u", watermark, None)).unwrap()));
+    assert_eq!(joined.channels, names(&ALL_CHANNELS));
+    // Locations are read for an hour in the default catalogue: a day behind is too old.
+    let old = location_event("u", watermark - DAY, BERLIN_STORE);
+    let late = at_watermark(InputKind::Location, serde_json::to_vec(&old).unwrap());
+    assert_eq!((late.outcome, late.output), (Outcome::Dropped(DropReason::Late), None));
+    let with_gpc = LocationEvent { consent: Some(EventConsent { tcf: None, gpc: true }), ..old };
+    let opted_out = update(at_watermark(InputKind::Location, serde_json::to_vec(&with_gpc).unwrap()));
+    let without_ads = ["web", "email", "push"];
+    assert_eq!(
+        (opted_out.ts, opted_out.channels, opted_out.segments[0].channels.clone()),
+        (watermark, names(&without_ads), names(&without_ads))
+    );
+    let state = h.state("u");
+    assert!(state.gpc_opt_out);
+    assert!(state.history.locations.is_empty(), "the fix itself is too old to keep");
+}
+
+#[test]
 fn an_idle_user_is_deleted_with_a_tombstone_once_event_time_passes_the_idle_limit() {
     let h = harness();
     h.consent("u", &EVERYTHING, PersonalizationLevel::Full, T0);

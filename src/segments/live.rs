@@ -150,9 +150,14 @@ impl Segments {
     /// Whether `event` arrived too late to change anything: its partition's
     /// event time (`watermark`) is past it by more than any segment reads
     /// events of its kind, so every window that could hold it has passed.
-    /// Anything newer is applied, even out of order.
+    /// Anything newer is applied, even out of order, and so is an event
+    /// carrying a GPC signal: the signal is about the person, whatever the
+    /// event's moment (its facts are then pruned as too old to keep).
     pub fn too_late(&self, event: &Event, watermark: Option<EventTime>) -> bool {
         let Some(watermark) = watermark else { return false };
+        if event.consent().is_some_and(|signals| signals.gpc) {
+            return false;
+        }
         let retention = &self.catalogue.retention;
         let reach_ms = match event {
             // Time since first seen reads every event the user ever had.
