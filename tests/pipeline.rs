@@ -387,6 +387,36 @@ fn gpc_removes_ads_until_a_newer_consent_change_grants_it_again() {
 }
 
 #[test]
+fn a_gpc_signal_on_an_event_too_old_for_any_window_still_removes_ads() {
+    let topics = Topics::create("late-gpc");
+    let pipeline = Pipeline::start(&topics, PipelineOptions::default().pipeline_settings("allowed_lateness_ms = 1000"));
+    let producer = Producer::new();
+    let t = base_time();
+    producer.send_keyed(&topics.consent, "l", &to_json(&consent("l", t - 1000, EVERYTHING, "FULL")));
+    producer.send_keyed(&topics.browse, "l", &to_json(&browse("l", t, "books")));
+    // Another user's browse moves event time two hours on.
+    producer.send_keyed(&topics.browse, "someone", &to_json(&browse("someone", t + 2 * HOUR_MS, "books")));
+    let records = read_profiles(&topics);
+    let joined = of_user(&records, "l")[0].clone().unwrap();
+    assert_eq!(joined.channels, vec!["web", "email", "push", "ads"]);
+    // A fix more than the hour near_store reads behind event time, as a
+    // producer that fell behind sends it: its signal still holds.
+    let mut fix = location("l", t - 10, 52.5250, 13.4025);
+    fix["consent"] = serde_json::json!({"gpc": true});
+    producer.send_keyed(&topics.location, "l", &to_json(&fix));
+    let records = read_profiles(&topics);
+    let updates = of_user(&records, "l");
+    assert_eq!(updates.len(), 2, "{updates:#?}");
+    let opted_out = updates[1].clone().unwrap();
+    assert_eq!(opted_out.channels, vec!["web", "email", "push"]);
+    assert_eq!(opted_out.ts, t + 2 * HOUR_MS - 1000, "evaluated at the partition's event time");
+    let segments: Vec<&str> = opted_out.segments.iter().map(|member| member.id.as_str()).collect();
+    assert_eq!(segments, ["new_visitor"], "the fix itself is too old for near_store");
+    let (_, metrics) = http_get(pipeline.admin_port, "/metrics").unwrap();
+    assert!(!metrics.contains("reason=\"late\"} 1"), "the event was not dropped as late:\n{metrics}");
+}
+
+#[test]
 fn near_store_is_exited_when_event_time_passes_without_new_events_of_the_user() {
     let topics = Topics::create("time-exit");
     let pipeline = Pipeline::start(&topics, PipelineOptions::default().pipeline_settings("allowed_lateness_ms = 1000"));
