@@ -19,10 +19,11 @@ use tactful::time::EventTime;
 /// The streams pack 90 days of event time into a few seconds of producing:
 /// a lateness of 30 days keeps records that a fetch had not seen yet from
 /// counting as late, as a minute does in a stream produced in real time.
-/// Not always: the producer has been seen to append one partition's location
-/// records half a second after the others', 16 days of this stream, and
-/// they were dropped as late. That changes no final profile, as only events
-/// too old for every window are dropped, and one carrying a GPC signal never is.
+/// Not always: in one run the broker appended a partition's location records
+/// (16 days of this stream) 0.2 s after the pipeline had read that
+/// partition's other topics to their end, and they were dropped as late.
+/// That changes no final profile, as only events too old for every window
+/// are dropped, and one carrying a GPC signal never is.
 pub const LATENESS_MS: i64 = 30 * super::DAY_MS;
 
 /// Instance `instance` of the group (see [`PipelineOptions::instance`]),
