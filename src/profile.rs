@@ -6,7 +6,7 @@
 use crate::consent::minimise::eligible;
 use crate::consent::{ConsentInForce, Purpose, Purposes};
 use crate::model::ProfileUpdate;
-use crate::segments::engine::evaluate;
+use crate::segments::engine::{evaluate, SharedMeasures};
 use crate::segments::Segments;
 use crate::state::{Figures, PublishedMember, PublishedProfile, UserState, MAX_CAPTURES};
 use compact_str::CompactString;
@@ -33,12 +33,13 @@ pub fn refresh(
     let previous = state.published.as_ref().map(|profile| profile.members.as_slice()).unwrap_or_default();
     // On the stack: most events change no membership, and then nothing is allocated.
     let mut members = SmallVec::<[PublishedMember; 8]>::new();
+    let mut shared = SharedMeasures::new();
     for (index, segment) in segments.by_id() {
         if !eligible(segment, level, granted) {
             continue;
         }
         let mut figures = [0.0; MAX_CAPTURES];
-        if !evaluate(&segment.rule, &state.history, now, &mut figures) {
+        if !evaluate(&segment.rule, &state.history, now, &mut figures, shared.segment(segments.shared_slots(index))) {
             continue;
         }
         let since = previous.iter().find(|member| member.segment == index).map_or(now, |member| member.since);

@@ -9,7 +9,7 @@ use crate::model::{
     BrowseEvent, Channels, EventConsent, LocationEvent, Name, PersonalizationLevel, ProfileUpdate, PurchaseEvent,
     PurchaseItem,
 };
-use crate::segments::engine::{evaluate, render_reason};
+use crate::segments::engine::{evaluate, render_reason, SharedMeasures};
 use crate::state::{
     hash_present, hash_value, insert_by_time, BrowseFact, History, ItemFact, LocationFact, PurchaseFact, MAX_CAPTURES,
 };
@@ -1487,7 +1487,7 @@ fn oracle(catalogue: &Catalogue, facts: &History, now: i64) -> Vec<(String, Stri
         .filter(|segment| eligible(segment, PersonalizationLevel::Full, granted))
         .filter_map(|segment| {
             let mut figures = [0.0; MAX_CAPTURES];
-            evaluate(&segment.rule, facts, now, &mut figures)
+            evaluate(&segment.rule, facts, now, &mut figures, &mut SharedMeasures::new())
                 .then(|| (segment.id.clone(), render_reason(&segment.reason, &figures)))
         })
         .collect();

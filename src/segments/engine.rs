@@ -239,28 +239,113 @@ pub fn measure(measure: &Measure, history: &History, now: i64) -> f64 {
     }
 }
 
+/// How many measures read by more than one rule leaf are computed once per
+/// evaluation of a user; any others are computed at each leaf.
+const MAX_SHARED: usize = 16;
+
+/// A leaf whose measure no other leaf reads (see [`shared_slots`]).
+const UNSHARED: u8 = u8::MAX;
+
+/// For each segment, the slot of each of its rule's leaves (in the order
+/// [`evaluate`] reaches them) among the measures that several leaves read,
+/// such as `new_visitor` and `returning_visitor`'s distinct days of browses
+/// over 30 days; [`UNSHARED`] for a measure only one leaf reads.
+pub fn shared_slots(segments: &[Segment]) -> Vec<Box<[u8]>> {
+    fn leaves<'r>(rule: &'r Rule, out: &mut Vec<&'r Measure>) {
+        match rule {
+            Rule::All(rules) | Rule::Any(rules) => rules.iter().for_each(|rule| leaves(rule, out)),
+            Rule::Not(rule) => leaves(rule, out),
+            Rule::Compare { measure, .. } => out.push(measure),
+        }
+    }
+    let per_segment: Vec<Vec<&Measure>> = (segments.iter())
+        .map(|segment| {
+            let mut measures = Vec::new();
+            leaves(&segment.rule, &mut measures);
+            measures
+        })
+        .collect();
+    let all: Vec<&Measure> = per_segment.iter().flatten().copied().collect();
+    let mut shared: Vec<&Measure> = Vec::new();
+    for (index, measure) in all.iter().enumerate() {
+        if shared.len() < MAX_SHARED && !shared.contains(measure) && all[index + 1..].contains(measure) {
+            shared.push(measure);
+        }
+    }
+    let slot = |measure: &&Measure| shared.iter().position(|each| each == measure).map_or(UNSHARED, |slot| slot as u8);
+    per_segment.iter().map(|measures| measures.iter().map(slot).collect()).collect()
+}
+
+/// The values of the measures several leaves read, computed at most once
+/// while one user is evaluated (at one time, over unchanged facts).
+pub struct SharedMeasures<'a> {
+    /// The slots of the leaves of the segment being evaluated.
+    slots: &'a [u8],
+    /// The next leaf of that segment.
+    leaf: usize,
+    values: [f64; MAX_SHARED],
+    /// Which slots hold a value, a bit each.
+    known: u16,
+}
+
+impl<'a> SharedMeasures<'a> {
+    /// Nothing computed yet.
+    pub fn new() -> Self {
+        Self { slots: &[], leaf: 0, values: [0.0; MAX_SHARED], known: 0 }
+    }
+
+    /// Evaluation moves on to a segment whose leaves have `slots` ([`shared_slots`]).
+    pub fn segment(&mut self, slots: &'a [u8]) -> &mut Self {
+        (self.slots, self.leaf) = (slots, 0);
+        self
+    }
+
+    /// The value of the next leaf's measure, `compute`d unless another leaf's was the same.
+    fn next(&mut self, compute: impl FnOnce() -> f64) -> f64 {
+        let slot = self.slots.get(self.leaf).copied().unwrap_or(UNSHARED);
+        self.leaf += 1;
+        if slot == UNSHARED {
+            return compute();
+        }
+        let (slot, bit) = (usize::from(slot), 1 << slot);
+        if self.known & bit == 0 {
+            self.values[slot] = compute();
+            self.known |= bit;
+        }
+        self.values[slot]
+    }
+}
+
+impl Default for SharedMeasures<'_> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Whether `rule` holds over `history` at `now`; captured values are written
-/// into `captures` (indexed as the segment's `captures`).
-pub fn evaluate(rule: &Rule, history: &History, now: i64, captures: &mut [f64]) -> bool {
+/// into `captures` (indexed as the segment's `captures`). A measure another
+/// leaf read already, as `shared` knows, is not computed again.
+pub fn evaluate(rule: &Rule, history: &History, now: i64, captures: &mut [f64], shared: &mut SharedMeasures) -> bool {
     match rule {
-        // Every branch is evaluated so that the reason's figures are all filled in.
+        // Every branch is evaluated so that the reason's figures are all
+        // filled in (and the leaves are reached in the order `shared` counts them).
         Rule::All(rules) => {
             let mut all = true;
             for rule in rules {
-                all &= evaluate(rule, history, now, captures);
+                all &= evaluate(rule, history, now, captures, shared);
             }
             all
         }
         Rule::Any(rules) => {
             let mut any = false;
             for rule in rules {
-                any |= evaluate(rule, history, now, captures);
+                any |= evaluate(rule, history, now, captures, shared);
             }
             any
         }
-        Rule::Not(rule) => !evaluate(rule, history, now, captures),
+        Rule::Not(rule) => !evaluate(rule, history, now, captures, shared),
         Rule::Compare { measure: what, comparison, capture } => {
-            let value = measure(what, history, now);
+            let value = shared.next(|| measure(what, history, now));
             if let Some(index) = capture {
                 captures[*index] = value;
             }

@@ -3,7 +3,7 @@
 //! of each and its experiment counts. Replaced as a whole by a hot reload,
 //! which keeps every segment's index (see [`SegmentIndex`]).
 
-use super::engine::{arm, render_reason, window_bit, window_use, WindowUse};
+use super::engine::{arm, render_reason, shared_slots, window_bit, window_use, WindowUse};
 use super::{Catalogue, Segment, SegmentIndex};
 use crate::consent::minimise::eligible;
 use crate::consent::Purposes;
@@ -33,6 +33,9 @@ pub struct Segments {
     window_use: Vec<WindowUse>,
     /// The windows timed for every user (see [`Segments::timed_windows`]).
     timed_for_all: u64,
+    /// Each segment's leaves' slots among the measures several leaves
+    /// read, by index (see [`shared_slots`]).
+    shared_slots: Vec<Box<[u8]>>,
 }
 
 impl Segments {
@@ -71,7 +74,14 @@ impl Segments {
             .map(|(index, _)| window_bit(index))
             .chain(by_id.iter().map(|index| window_use[index.0].enters))
             .fold(0, |timed, bits| timed | bits);
-        Self { catalogue, by_id, members, experiments, retention, window_use, timed_for_all }
+        let shared_slots = shared_slots(&catalogue.segments);
+        Self { catalogue, by_id, members, experiments, retention, window_use, timed_for_all, shared_slots }
+    }
+
+    /// The slots of segment `index`'s leaves among the measures several
+    /// leaves read (see [`crate::segments::engine::SharedMeasures`]).
+    pub fn shared_slots(&self, index: SegmentIndex) -> &[u8] {
+        &self.shared_slots[index.0]
     }
 
     /// The windows whose exits are timed for a user who is a member of

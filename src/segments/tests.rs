@@ -3,7 +3,10 @@
 
 use super::compile::parse_duration_ms;
 use super::definition::{Comparison, Field, Filter, Measure, Rule, Source, TemplatePart, Window, DEFAULT_SEGMENTS};
-use super::engine::{arm, distance_m, evaluate, measure, next_window_exit, render_reason, window_use, WindowUse};
+use super::engine::{
+    arm, distance_m, evaluate, measure, next_window_exit, render_reason, shared_slots, window_use, SharedMeasures,
+    WindowUse,
+};
 use super::*;
 use crate::consent::{Purpose, Purposes};
 use crate::model::{Channels, Name};
@@ -746,7 +749,7 @@ fn all_any_and_not_combine_and_every_branch_fills_its_capture() {
     history.purchases.push(purchase(3, 250, vec![]));
     let mut captures = vec![0.0; 2];
     // The first branch fails; the second is still evaluated so the reason is complete.
-    assert!(!evaluate(&segment.rule, &history, 10, &mut captures));
+    assert!(!evaluate(&segment.rule, &history, 10, &mut captures, &mut SharedMeasures::new()));
     assert_eq!(captures, vec![2.0, 250.0]);
     assert_eq!(render_reason(&segment.reason, &captures), "2 views, 2.50 spent");
 
@@ -755,9 +758,9 @@ fn all_any_and_not_combine_and_every_branch_fills_its_capture() {
         Rule::Compare { measure: count_browses(DAY), comparison: Comparison::AtLeast(2.0), capture: Some(1) },
     ]);
     let mut captures = vec![0.0; 2];
-    assert!(evaluate(&any, &history, 10, &mut captures));
+    assert!(evaluate(&any, &history, 10, &mut captures, &mut SharedMeasures::new()));
     assert_eq!(captures, vec![2.0, 2.0]);
-    assert!(!evaluate(&Rule::Not(Box::new(any)), &history, 10, &mut captures));
+    assert!(!evaluate(&Rule::Not(Box::new(any)), &history, 10, &mut captures, &mut SharedMeasures::new()));
 }
 
 #[test]
@@ -938,9 +941,9 @@ fn share_is_the_part_of_the_last_n_matching_events_that_satisfy_the_condition() 
     assert_eq!(measure(measure_of(&rule), &facts(9, 12), now), 0.9, "only the last 10 count");
     assert_eq!(measure(measure_of(&rule), &facts(9, 9), now), 0.0, "fewer than 10 purchases: 0");
     let mut captures = [0.0; 8];
-    assert!(evaluate(&rule, &facts(10, 10), now, &mut captures));
+    assert!(evaluate(&rule, &facts(10, 10), now, &mut captures, &mut SharedMeasures::new()));
     assert_eq!(render_reason(&[TemplatePart::Percent(0)], &captures), "100%");
-    assert!(!evaluate(&rule, &facts(8, 10), now, &mut captures));
+    assert!(!evaluate(&rule, &facts(8, 10), now, &mut captures, &mut SharedMeasures::new()));
 }
 
 #[test]
@@ -984,10 +987,10 @@ fn recency_comparisons_flip_at_reference_plus_threshold() {
     assert_eq!(next_recency_flip(&at_least, &history, MIDNIGHT + 30 * DAY), Some(MIDNIGHT + 30 * DAY + 1));
     assert_eq!(next_recency_flip(&more_than, &history, MIDNIGHT + 31 * DAY), None, "already flipped");
     let mut captures = [0.0; 8];
-    assert!(!evaluate(&at_least, &history, MIDNIGHT + 30 * DAY - 1, &mut captures));
-    assert!(evaluate(&at_least, &history, MIDNIGHT + 30 * DAY, &mut captures));
-    assert!(!evaluate(&more_than, &history, MIDNIGHT + 30 * DAY, &mut captures));
-    assert!(evaluate(&more_than, &history, MIDNIGHT + 30 * DAY + 1, &mut captures));
+    assert!(!evaluate(&at_least, &history, MIDNIGHT + 30 * DAY - 1, &mut captures, &mut SharedMeasures::new()));
+    assert!(evaluate(&at_least, &history, MIDNIGHT + 30 * DAY, &mut captures, &mut SharedMeasures::new()));
+    assert!(!evaluate(&more_than, &history, MIDNIGHT + 30 * DAY, &mut captures, &mut SharedMeasures::new()));
+    assert!(evaluate(&more_than, &history, MIDNIGHT + 30 * DAY + 1, &mut captures, &mut SharedMeasures::new()));
 }
 
 #[test]
@@ -1008,4 +1011,34 @@ fn arms_stay_what_earlier_versions_assigned() {
         })
         .collect();
     assert_eq!(holdout, "ttthhhttthhhhtth");
+}
+
+#[test]
+fn a_measure_several_leaves_read_is_computed_once_per_evaluation() {
+    let catalogue = Catalogue::default_catalogue(&[], MAX_RETENTION);
+    let slots = shared_slots(&catalogue.segments);
+    let of = |id: &str| -> &[u8] { &slots[catalogue.segments.iter().position(|segment| segment.id == id).unwrap()] };
+    // Both visitor segments read distinct days of browses over 30 days;
+    // high_value's sum and count of purchases are two measures, each read once.
+    assert_eq!((of("new_visitor"), of("returning_visitor")), (&[0][..], &[0][..]));
+    assert_eq!(of("high_value"), [u8::MAX, u8::MAX]);
+    assert_eq!(of("running_browser"), [u8::MAX, u8::MAX]);
+    assert!(["creature_of_habit", "near_store", "expecting_parent"].iter().all(|id| of(id) == [u8::MAX]));
+
+    // A shared slot's value is the first leaf's: the facts and time are the
+    // same for every leaf of one evaluation, so it is not computed again.
+    let at_least = |count: f64| Rule::Compare {
+        measure: count_browses(DAY),
+        comparison: Comparison::AtLeast(count),
+        capture: Some(0),
+    };
+    let two = browses(vec![browse(1, None), browse(2, None)]);
+    let mut captures = vec![0.0; 1];
+    let mut shared = SharedMeasures::new();
+    assert!(evaluate(&at_least(2.0), &two, 10, &mut captures, shared.segment(&[0])));
+    assert!(evaluate(&at_least(2.0), &History::default(), 10, &mut captures, shared.segment(&[0])));
+    assert_eq!(captures, vec![2.0]);
+    // Unshared, the same leaf reads the facts it is given.
+    assert!(!evaluate(&at_least(2.0), &History::default(), 10, &mut captures, shared.segment(&[u8::MAX])));
+    assert_eq!(captures, vec![0.0]);
 }
