@@ -595,23 +595,23 @@ fn json_events_written_by_python_decode_as_written() {
     for (kind, json) in lines {
         let json = json.as_bytes();
         match kind {
-            "browse" => {
-                assert_eq!(codec.decode_written(InputKind::Browse, json), Ok(browse.clone()));
-                assert_eq!(decoded(&codec, InputKind::Browse, json), Ok(Decoded::Event(Event::from(browse.clone()))));
-            }
-            "purchase" => {
-                assert_eq!(codec.decode_written(InputKind::Purchase, json), Ok(purchase.clone()));
-                let expected = Decoded::Event(Event::from(purchase.clone()));
-                assert_eq!(decoded(&codec, InputKind::Purchase, json), Ok(expected));
-            }
-            "location" => {
-                assert_eq!(codec.decode_written(InputKind::Location, json), Ok(location.clone()));
-                let expected = Decoded::Event(Event::from(location.clone()));
-                assert_eq!(decoded(&codec, InputKind::Location, json), Ok(expected));
-            }
+            "browse" => decodes_as_written(&codec, InputKind::Browse, json, &browse),
+            "purchase" => decodes_as_written(&codec, InputKind::Purchase, json, &purchase),
+            "location" => decodes_as_written(&codec, InputKind::Location, json, &location),
             other => panic!("unknown kind {other}"),
         }
     }
+}
+
+/// `json` decodes to `expected` both as written (every field) and as
+/// tactful reads it.
+fn decodes_as_written<T>(codec: &Codec, kind: InputKind, json: &[u8], expected: &T)
+where
+    T: serde::de::DeserializeOwned + Clone + PartialEq + std::fmt::Debug,
+    Event: From<T>,
+{
+    assert_eq!(codec.decode_written(kind, json).as_ref(), Ok(expected));
+    assert_eq!(decoded(codec, kind, json), Ok(Decoded::Event(Event::from(expected.clone()))));
 }
 
 /// The datum of `kind` in tests/fixtures/fastavro-events.txt, behind the
