@@ -18,7 +18,7 @@ use crate::experiments::ExperimentCounts;
 use crate::explain::{self, Explanation};
 use crate::model::{ConsentChange, Event, InputKind, Membership, ProfileUpdate};
 use crate::profile;
-use crate::segments::engine::{next_recency_flip, next_window_exit};
+use crate::segments::engine::next_window_exit;
 use crate::segments::{Catalogue, ReloadReport, Segments};
 use crate::state::changelog;
 use crate::state::restore::{reconcile, NewestValues, Reconciliation};
@@ -499,10 +499,7 @@ impl Processor {
     /// a fact leaving a window, a recency crossing its threshold, or the
     /// user becoming idle for too long.
     fn schedule(&self, segments: &Segments, state: &mut UserState, timers: &mut Timers, handle: Handle) {
-        let recency_flip = segments
-            .by_id()
-            .filter_map(|(_, segment)| next_recency_flip(&segment.rule, &state.history, state.clock))
-            .min();
+        let recency_flip = segments.next_recency_flip(&state.history, state.clock);
         let idle_expiry = state.holds_profile_data().then(|| state.last_event.saturating_add(self.idle_user_ms));
         let members = state.published.as_ref().map(|profile| profile.members.as_slice()).unwrap_or_default();
         let timed = segments.timed_windows(members);

@@ -456,6 +456,16 @@ fn newest_in_window(history: &History, source: Source, filters: &[Filter], now: 
     newest
 }
 
+/// Whether `rule` compares a recency (time since first seen, or since the
+/// last matching fact), which time passing alone can flip.
+pub fn compares_recency(rule: &Rule) -> bool {
+    match rule {
+        Rule::All(rules) | Rule::Any(rules) => rules.iter().any(compares_recency),
+        Rule::Not(rule) => compares_recency(rule),
+        Rule::Compare { measure, .. } => matches!(measure, Measure::SinceFirstSeen | Measure::SinceLast { .. }),
+    }
+}
+
 /// The earliest time after `now` at which a recency comparison in `rule`
 /// flips by time passing alone (its reference plus its threshold).
 pub fn next_recency_flip(rule: &Rule, history: &History, now: i64) -> Option<i64> {

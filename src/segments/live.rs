@@ -3,13 +3,15 @@
 //! of each and its experiment counts. Replaced as a whole by a hot reload,
 //! which keeps every segment's index (see [`SegmentIndex`]).
 
-use super::engine::{arm, render_reason, shared_slots, window_bit, window_use, WindowUse};
+use super::engine::{
+    arm, compares_recency, next_recency_flip, render_reason, shared_slots, window_bit, window_use, WindowUse,
+};
 use super::{Catalogue, Segment, SegmentIndex};
 use crate::consent::minimise::eligible;
 use crate::consent::Purposes;
 use crate::experiments::{ExperimentCounts, Experiments};
 use crate::model::{Event, Membership, PersonalizationLevel};
-use crate::state::{PublishedMember, PublishedProfile, Retention};
+use crate::state::{History, PublishedMember, PublishedProfile, Retention};
 use crate::time::{EventTime, DAY_MS};
 use compact_str::CompactString;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -36,6 +38,9 @@ pub struct Segments {
     /// Each segment's leaves' slots among the measures several leaves
     /// read, by index (see [`shared_slots`]).
     shared_slots: Vec<Box<[u8]>>,
+    /// The segments in force whose rules compare a recency (none in the
+    /// default catalogue): only theirs are walked for the next flip.
+    with_recency: Vec<SegmentIndex>,
 }
 
 impl Segments {
@@ -75,13 +80,33 @@ impl Segments {
             .chain(by_id.iter().map(|index| window_use[index.0].enters))
             .fold(0, |timed, bits| timed | bits);
         let shared_slots = shared_slots(&catalogue.segments);
-        Self { catalogue, by_id, members, experiments, retention, window_use, timed_for_all, shared_slots }
+        let with_recency =
+            by_id.iter().copied().filter(|index| compares_recency(&catalogue.segment(*index).rule)).collect();
+        Self {
+            catalogue,
+            by_id,
+            members,
+            experiments,
+            retention,
+            window_use,
+            timed_for_all,
+            shared_slots,
+            with_recency,
+        }
     }
 
     /// The slots of segment `index`'s leaves among the measures several
     /// leaves read (see [`crate::segments::engine::SharedMeasures`]).
     pub fn shared_slots(&self, index: SegmentIndex) -> &[u8] {
         &self.shared_slots[index.0]
+    }
+
+    /// The earliest time after `now` at which a recency comparison of a
+    /// segment in force flips for a user with `history` by time alone.
+    pub fn next_recency_flip(&self, history: &History, now: i64) -> Option<i64> {
+        (self.with_recency.iter())
+            .filter_map(|index| next_recency_flip(&self.catalogue.segment(*index).rule, history, now))
+            .min()
     }
 
     /// The windows whose exits are timed for a user who is a member of
