@@ -17,8 +17,9 @@ use tactful::pipeline::workers::{
     advance_in_order, apply_in_order, apply_record, decode_in_order, Encoded, Record, Workers,
 };
 use tactful::processor::{Lookahead, Output, Processor, Source};
+use tactful::segments::engine::{evaluate, SharedMeasures};
 use tactful::state::changelog::decode;
-use tactful::state::Partition;
+use tactful::state::{Partition, UserState, MAX_CAPTURES};
 use tactful::synthetic::{Population, SyntheticRecord};
 use tactful::time::{EventTime, DAY_MS};
 
@@ -161,7 +162,22 @@ fn full_path(criterion: &mut Criterion) {
             },
         );
     });
+    // Busy users, as in the latency runs: 10,000 users with about 60 events
+    // each in the month, so a refresh walks many facts per user (what
+    // incremental aggregates would save) and the state stays in the cache.
+    let busy = busy_month();
+    group.bench_function(BenchmarkId::new("decode_consent_segments_encode", "10k busy users"), |bencher| {
+        let mut buffer = Vec::with_capacity(1024);
+        replay(bencher, &busy, loaded_processor, |processor, chunk| {
+            process_chunk(processor, chunk, busy.now_ms, &mut buffer);
+        });
+    });
     group.finish();
+}
+
+/// 10,000 users with about 60 events each in the month.
+fn busy_month() -> Workload {
+    month(44, 10_000, 600_000)
 }
 
 /// Input partitions of the `workers/` workload.
@@ -337,7 +353,7 @@ fn changelog(criterion: &mut Criterion) {
     // Busy users, as in the latency runs (scripts/bench-latency.sh): 10,000
     // users with about 60 events each in the month, so each value holds many
     // facts and many distinct products.
-    let busy = month(44, 10_000, 600_000);
+    let busy = busy_month();
     let users: Vec<&str> = busy.consents.iter().map(|record| record.key.as_str()).collect();
     let processor = processor_after(&busy);
     let facts: usize = (processor.changelog_values(Partition(0), &users).iter().flatten())
@@ -352,7 +368,41 @@ fn changelog(criterion: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, full_path, on_workers, stages, changelog);
+/// Each segment's rule evaluated over the facts users hold at the end of
+/// the month, at each user's own evaluation time, as a refresh evaluates
+/// it: what rescanning a user's facts costs per segment (what aggregates
+/// kept incrementally could save at most), over 100,000 of the 1 M users
+/// and over the 10,000 busy users.
+fn evaluation(criterion: &mut Criterion) {
+    let mut group = criterion.benchmark_group("evaluate");
+    group.warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
+    for (name, workload, users) in [("1M users", workload(), 100_000), ("10k busy users", busy_month(), 10_000)] {
+        let processor = processor_after(&workload);
+        let catalogue = processor.catalogue();
+        let ids: Vec<&str> = workload.consents.iter().map(|record| record.key.as_str()).take(users).collect();
+        let states: Vec<UserState> = (processor.changelog_values(Partition(0), &ids).iter().flatten())
+            .filter_map(|value| decode(value, &catalogue).ok())
+            .map(|restored| restored.state)
+            .collect();
+        group.throughput(Throughput::Elements(states.len() as u64));
+        for segment in &catalogue.segments {
+            group.bench_function(BenchmarkId::new(segment.id.as_str(), name), |bencher| {
+                let mut figures = [0.0; MAX_CAPTURES];
+                bencher.iter(|| {
+                    (states.iter())
+                        .filter(|state| {
+                            let mut shared = SharedMeasures::new();
+                            evaluate(&segment.rule, &state.history, state.clock, &mut figures, &mut shared)
+                        })
+                        .count()
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, full_path, on_workers, stages, changelog, evaluation);
 
 /// criterion_main!'s `main`, with the allocator set up first, as the binary's does.
 fn main() {
