@@ -239,6 +239,16 @@ pub fn measure(measure: &Measure, history: &History, now: i64) -> f64 {
     }
 }
 
+/// Calls `each` with the measure of every leaf of `rule`, in the order
+/// [`evaluate`] reaches them.
+fn for_each_leaf<'r>(rule: &'r Rule, each: &mut impl FnMut(&'r Measure)) {
+    match rule {
+        Rule::All(rules) | Rule::Any(rules) => rules.iter().for_each(|rule| for_each_leaf(rule, each)),
+        Rule::Not(rule) => for_each_leaf(rule, each),
+        Rule::Compare { measure, .. } => each(measure),
+    }
+}
+
 /// How many measures read by more than one rule leaf are computed once per
 /// evaluation of a user; any others are computed at each leaf.
 const MAX_SHARED: usize = 16;
@@ -251,17 +261,10 @@ const UNSHARED: u8 = u8::MAX;
 /// such as `new_visitor` and `returning_visitor`'s distinct days of browses
 /// over 30 days; [`UNSHARED`] for a measure only one leaf reads.
 pub fn shared_slots(segments: &[Segment]) -> Vec<Box<[u8]>> {
-    fn leaves<'r>(rule: &'r Rule, out: &mut Vec<&'r Measure>) {
-        match rule {
-            Rule::All(rules) | Rule::Any(rules) => rules.iter().for_each(|rule| leaves(rule, out)),
-            Rule::Not(rule) => leaves(rule, out),
-            Rule::Compare { measure, .. } => out.push(measure),
-        }
-    }
     let per_segment: Vec<Vec<&Measure>> = (segments.iter())
         .map(|segment| {
             let mut measures = Vec::new();
-            leaves(&segment.rule, &mut measures);
+            for_each_leaf(&segment.rule, &mut |measure| measures.push(measure));
             measures
         })
         .collect();
@@ -459,11 +462,11 @@ fn newest_in_window(history: &History, source: Source, filters: &[Filter], now: 
 /// Whether `rule` compares a recency (time since first seen, or since the
 /// last matching fact), which time passing alone can flip.
 pub fn compares_recency(rule: &Rule) -> bool {
-    match rule {
-        Rule::All(rules) | Rule::Any(rules) => rules.iter().any(compares_recency),
-        Rule::Not(rule) => compares_recency(rule),
-        Rule::Compare { measure, .. } => matches!(measure, Measure::SinceFirstSeen | Measure::SinceLast { .. }),
-    }
+    let mut compares = false;
+    for_each_leaf(rule, &mut |measure| {
+        compares |= matches!(measure, Measure::SinceFirstSeen | Measure::SinceLast { .. })
+    });
+    compares
 }
 
 /// The earliest time after `now` at which a recency comparison in `rule`
