@@ -6,7 +6,7 @@
 use crate::consent::minimise::eligible;
 use crate::consent::{ConsentInForce, Purpose, Purposes};
 use crate::model::ProfileUpdate;
-use crate::segments::engine::{evaluate, SharedMeasures};
+use crate::segments::engine::evaluate;
 use crate::segments::Segments;
 use crate::state::{Figures, PublishedMember, PublishedProfile, UserState, MAX_CAPTURES};
 use compact_str::CompactString;
@@ -27,13 +27,14 @@ pub fn refresh(
     let granted = consent.effective(state.gpc_opt_out);
     let level = consent.level;
     let now = state.clock;
+    segments.advance_tallies(&mut state.history, now);
     // Data minimisation: keep facts only as long as the segments this
     // user's consent allows need them.
     state.history.prune(now, &segments.retention_for(level, granted));
     let previous = state.published.as_ref().map(|profile| profile.members.as_slice()).unwrap_or_default();
     // On the stack: most events change no membership, and then nothing is allocated.
     let mut members = SmallVec::<[PublishedMember; 8]>::new();
-    let mut shared = SharedMeasures::new();
+    let mut shared = segments.measures_of(&state.history);
     for (index, segment) in segments.by_id() {
         if !eligible(segment, level, granted) {
             continue;

@@ -55,7 +55,7 @@ impl Minimiser {
         let ts = event.ts();
         history.seen_at(ts);
         let sensitive_allowed = granted.contains(Purpose::Sensitive);
-        match event {
+        let after_all_others = match event {
             Event::Browse(browse) => {
                 let category = hash_present(browse.category.as_deref());
                 // Nothing about a product in a sensitive category is kept without consent.
@@ -66,7 +66,7 @@ impl Minimiser {
                     category: if hidden { None } else { category },
                     product: if hidden { None } else { hash_present(browse.product_id.as_deref()) },
                 };
-                insert_by_time(&mut history.browses, fact, |fact| fact.ts);
+                insert_by_time(&mut history.browses, fact, |fact| fact.ts)
             }
             Event::Purchase(purchase) => {
                 let mut total_cents = purchase.total_cents;
@@ -87,10 +87,12 @@ impl Minimiser {
                         sensitive,
                     });
                 }
-                if !items.is_empty() || purchase.items.is_empty() {
-                    let currency = hash_value(&purchase.currency);
-                    let fact = PurchaseFact { ts, currency, total_cents, items };
-                    insert_by_time(&mut history.purchases, fact, |fact| fact.ts);
+                if items.is_empty() && !purchase.items.is_empty() {
+                    // Every line was sensitive: nothing is kept.
+                    true
+                } else {
+                    let fact = PurchaseFact { ts, currency: hash_value(&purchase.currency), total_cents, items };
+                    insert_by_time(&mut history.purchases, fact, |fact| fact.ts)
                 }
             }
             Event::Location(location) => {
@@ -99,8 +101,12 @@ impl Minimiser {
                 } else {
                     coarsen(location.lat, location.lon)
                 };
-                insert_by_time(&mut history.locations, LocationFact { ts, lat, lon }, |fact| fact.ts);
+                insert_by_time(&mut history.locations, LocationFact { ts, lat, lon }, |fact| fact.ts)
             }
+        };
+        // A late fact moves those after it: the tallies cannot follow.
+        if !after_all_others {
+            history.tallies.forget();
         }
     }
 
@@ -108,6 +114,7 @@ impl Minimiser {
     /// locations without `location`, precise coordinates without
     /// `precise_location`, anything sensitive without `sensitive`.
     pub fn narrow(&self, history: &mut History, granted: Purposes) {
+        history.tallies.forget();
         if !granted.contains(Purpose::Location) {
             history.locations.clear();
         } else if !granted.contains(Purpose::PreciseLocation) {

@@ -2,6 +2,7 @@
 //! Pure: time comes in as an argument.
 
 use super::definition::{Comparison, Field, Filter, Measure, Rule, Segment, Source, TemplatePart, Window};
+use super::tally::Tallied;
 use crate::model::Name;
 use crate::state::{BrowseFact, History, ItemFact, LocationFact, PurchaseFact};
 use crate::time::DAY_MS;
@@ -16,7 +17,7 @@ const EARTH_RADIUS_M: f64 = 6_371_008.8;
 
 /// One retained fact as a measure sees it.
 #[derive(Clone, Copy)]
-enum Fact<'a> {
+pub(super) enum Fact<'a> {
     Browse(&'a BrowseFact),
     Purchase(&'a PurchaseFact),
     Item(i64, &'a ItemFact),
@@ -24,7 +25,7 @@ enum Fact<'a> {
 }
 
 impl Fact<'_> {
-    fn ts(self) -> i64 {
+    pub(super) fn ts(self) -> i64 {
         match self {
             Self::Browse(fact) => fact.ts,
             Self::Purchase(fact) => fact.ts,
@@ -55,7 +56,7 @@ impl Fact<'_> {
         }
     }
 
-    fn matches(self, filter: &Filter) -> bool {
+    pub(super) fn matches(self, filter: &Filter) -> bool {
         match self {
             // A purchase matches a filter on its lines when any line does.
             Self::Purchase(fact) if matches!(filter.field, Field::Category | Field::ProductId) => {
@@ -65,7 +66,7 @@ impl Fact<'_> {
         }
     }
 
-    fn amount_cents(self) -> i64 {
+    pub(super) fn amount_cents(self) -> i64 {
         match self {
             Self::Purchase(fact) => fact.total_cents,
             Self::Item(_, item) => item.price_cents.saturating_mul(i64::from(item.quantity)),
@@ -249,18 +250,20 @@ fn for_each_leaf<'r>(rule: &'r Rule, each: &mut impl FnMut(&'r Measure)) {
     }
 }
 
-/// How many measures read by more than one rule leaf are computed once per
-/// evaluation of a user; any others are computed at each leaf.
+/// How many measures are given a slot: computed once per evaluation of a
+/// user (see [`measure_slots`]); any others are computed at each leaf.
 const MAX_SHARED: usize = 16;
 
-/// A leaf whose measure no other leaf reads (see [`shared_slots`]).
+/// A leaf whose measure has no slot (see [`measure_slots`]).
 const UNSHARED: u8 = u8::MAX;
 
-/// For each segment, the slot of each of its rule's leaves (in the order
-/// [`evaluate`] reaches them) among the measures that several leaves read,
-/// such as `new_visitor` and `returning_visitor`'s distinct days of browses
-/// over 30 days; [`UNSHARED`] for a measure only one leaf reads.
-pub fn shared_slots(segments: &[Segment]) -> Vec<Box<[u8]>> {
+/// The measures given a slot, computed at most once while a user is
+/// evaluated: those several leaves read, such as `new_visitor` and
+/// `returning_visitor`'s distinct days of browses over 30 days, and those
+/// kept as tallies ([`Tallied`]). Returns them by slot, and for each segment
+/// the slot of each of its rule's leaves (in the order [`evaluate`] reaches
+/// them), [`UNSHARED`] for a leaf whose measure has none.
+pub fn measure_slots(segments: &[Segment]) -> (Vec<&Measure>, Vec<Box<[u8]>>) {
     let per_segment: Vec<Vec<&Measure>> = (segments.iter())
         .map(|segment| {
             let mut measures = Vec::new();
@@ -269,18 +272,21 @@ pub fn shared_slots(segments: &[Segment]) -> Vec<Box<[u8]>> {
         })
         .collect();
     let all: Vec<&Measure> = per_segment.iter().flatten().copied().collect();
-    let mut shared: Vec<&Measure> = Vec::new();
+    let mut slotted: Vec<&Measure> = Vec::new();
     for (index, measure) in all.iter().enumerate() {
-        if shared.len() < MAX_SHARED && !shared.contains(measure) && all[index + 1..].contains(measure) {
-            shared.push(measure);
+        let shared = all[index + 1..].contains(measure);
+        if slotted.len() < MAX_SHARED && !slotted.contains(measure) && (shared || Tallied::of(0, measure).is_some()) {
+            slotted.push(measure);
         }
     }
-    let slot = |measure: &&Measure| shared.iter().position(|each| each == measure).map_or(UNSHARED, |slot| slot as u8);
-    per_segment.iter().map(|measures| measures.iter().map(slot).collect()).collect()
+    let slot = |measure: &&Measure| slotted.iter().position(|each| each == measure).map_or(UNSHARED, |slot| slot as u8);
+    let slots = per_segment.iter().map(|measures| measures.iter().map(slot).collect()).collect();
+    (slotted, slots)
 }
 
-/// The values of the measures several leaves read, computed at most once
-/// while one user is evaluated (at one time, over unchanged facts).
+/// The values of the measures given a slot ([`measure_slots`]), computed at
+/// most once while one user is evaluated (at one time, over unchanged
+/// facts), or read from the user's tallies.
 pub struct SharedMeasures<'a> {
     /// The slots of the leaves of the segment being evaluated.
     slots: &'a [u8],
@@ -297,7 +303,14 @@ impl<'a> SharedMeasures<'a> {
         Self { slots: &[], leaf: 0, values: [0.0; MAX_SHARED], known: 0 }
     }
 
-    /// Evaluation moves on to a segment whose leaves have `slots` ([`shared_slots`]).
+    /// The measure at `slot` has `value` (a tally's).
+    pub fn know(&mut self, slot: u8, value: f64) {
+        let slot = usize::from(slot);
+        self.values[slot] = value;
+        self.known |= 1 << slot;
+    }
+
+    /// Evaluation moves on to a segment whose leaves have `slots` ([`measure_slots`]).
     pub fn segment(&mut self, slots: &'a [u8]) -> &mut Self {
         (self.slots, self.leaf) = (slots, 0);
         self

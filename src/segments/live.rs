@@ -4,8 +4,10 @@
 //! which keeps every segment's index (see [`SegmentIndex`]).
 
 use super::engine::{
-    arm, compares_recency, next_recency_flip, render_reason, shared_slots, window_bit, window_use, WindowUse,
+    arm, compares_recency, measure_slots, next_recency_flip, render_reason, window_bit, window_use, SharedMeasures,
+    WindowUse,
 };
+use super::tally::{self, Tallied};
 use super::{Catalogue, Segment, SegmentIndex};
 use crate::consent::minimise::eligible;
 use crate::consent::Purposes;
@@ -35,9 +37,13 @@ pub struct Segments {
     window_use: Vec<WindowUse>,
     /// The windows timed for every user (see [`Segments::timed_windows`]).
     timed_for_all: u64,
-    /// Each segment's leaves' slots among the measures several leaves
-    /// read, by index (see [`shared_slots`]).
+    /// Each segment's leaves' slots among the measures computed once per
+    /// evaluation, by index (see [`measure_slots`]).
     shared_slots: Vec<Box<[u8]>>,
+    /// The measures kept as tallies for users who hold many facts.
+    tallied: Vec<Tallied>,
+    /// Tallies kept under other segments in force are not read under these.
+    generation: u64,
     /// The segments in force whose rules compare a recency (none in the
     /// default catalogue): only theirs are walked for the next flip.
     with_recency: Vec<SegmentIndex>,
@@ -79,7 +85,9 @@ impl Segments {
             .map(|(index, _)| window_bit(index))
             .chain(by_id.iter().map(|index| window_use[index.0].enters))
             .fold(0, |timed, bits| timed | bits);
-        let shared_slots = shared_slots(&catalogue.segments);
+        let (slotted, shared_slots) = measure_slots(&catalogue.segments);
+        let tallied =
+            (slotted.iter().enumerate()).filter_map(|(slot, measure)| Tallied::of(slot as u8, measure)).collect();
         let with_recency =
             by_id.iter().copied().filter(|index| compares_recency(&catalogue.segment(*index).rule)).collect();
         Self {
@@ -91,12 +99,28 @@ impl Segments {
             window_use,
             timed_for_all,
             shared_slots,
+            tallied,
+            generation: tally::generation(),
             with_recency,
         }
     }
 
-    /// The slots of segment `index`'s leaves among the measures several
-    /// leaves read (see [`crate::segments::engine::SharedMeasures`]).
+    /// Moves the tallies of a user with `history` on to `now`, before facts
+    /// are pruned then (see [`tally::advance`]).
+    pub fn advance_tallies(&self, history: &mut History, now: i64) {
+        tally::advance(history, &self.tallied, self.generation, now);
+    }
+
+    /// The measures computed once per evaluation of a user with `history`:
+    /// their tallies' values known, nothing computed yet.
+    pub fn measures_of<'a>(&self, history: &History) -> SharedMeasures<'a> {
+        let mut shared = SharedMeasures::new();
+        tally::read(history, &self.tallied, &mut shared);
+        shared
+    }
+
+    /// The slots of segment `index`'s leaves among the measures computed
+    /// once per evaluation (see [`SharedMeasures`]).
     pub fn shared_slots(&self, index: SegmentIndex) -> &[u8] {
         &self.shared_slots[index.0]
     }

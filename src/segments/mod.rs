@@ -6,6 +6,7 @@ pub mod compile;
 pub mod definition;
 pub mod engine;
 pub mod live;
+pub mod tally;
 
 pub use definition::{Catalogue, DefinitionError, Segment, Tier};
 pub use live::{ReloadReport, Segments};

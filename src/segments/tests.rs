@@ -4,13 +4,14 @@
 use super::compile::parse_duration_ms;
 use super::definition::{Comparison, Field, Filter, Measure, Rule, Source, TemplatePart, Window, DEFAULT_SEGMENTS};
 use super::engine::{
-    arm, distance_m, evaluate, measure, next_window_exit, render_reason, shared_slots, window_use, SharedMeasures,
+    arm, distance_m, evaluate, measure, measure_slots, next_window_exit, render_reason, window_use, SharedMeasures,
     WindowUse,
 };
+use super::tally::TALLY_FROM;
 use super::*;
 use crate::consent::{Purpose, Purposes};
 use crate::model::{Channels, Name};
-use crate::state::{hash_value, BrowseFact, History, ItemFact, LocationFact, PurchaseFact, Retention};
+use crate::state::{hash_value, insert_by_time, BrowseFact, History, ItemFact, LocationFact, PurchaseFact, Retention};
 use proptest::prelude::*;
 
 const DAY: i64 = 86_400_000;
@@ -1014,16 +1015,22 @@ fn arms_stay_what_earlier_versions_assigned() {
 }
 
 #[test]
-fn a_measure_several_leaves_read_is_computed_once_per_evaluation() {
+fn a_measure_several_leaves_read_or_kept_as_a_tally_is_computed_once_per_evaluation() {
     let catalogue = Catalogue::default_catalogue(&[], MAX_RETENTION);
-    let slots = shared_slots(&catalogue.segments);
+    let (slotted, slots) = measure_slots(&catalogue.segments);
     let of = |id: &str| -> &[u8] { &slots[catalogue.segments.iter().position(|segment| segment.id == id).unwrap()] };
-    // Both visitor segments read distinct days of browses over 30 days;
-    // high_value's sum and count of purchases are two measures, each read once.
+    // Both visitor segments read distinct days of browses over 30 days: one
+    // slot. Every count, sum and distinct days has a slot (a tally can keep
+    // it); the last 10 purchases and the distance to a store have none.
     assert_eq!((of("new_visitor"), of("returning_visitor")), (&[0][..], &[0][..]));
-    assert_eq!(of("high_value"), [u8::MAX, u8::MAX]);
-    assert_eq!(of("running_browser"), [u8::MAX, u8::MAX]);
-    assert!(["creature_of_habit", "near_store", "expecting_parent"].iter().all(|id| of(id) == [u8::MAX]));
+    assert_eq!(of("high_value"), [1, 2]);
+    assert_eq!(of("running_browser"), [3, 4]);
+    assert_eq!(of("expecting_parent"), [5]);
+    assert!(["creature_of_habit", "near_store"].iter().all(|id| of(id) == [u8::MAX]));
+    assert_eq!(slotted.len(), 6);
+    assert!(
+        matches!(slotted[0], Measure::DistinctDays { source: Source::Browse, window_ms, .. } if *window_ms == 30 * DAY)
+    );
 
     // A shared slot's value is the first leaf's: the facts and time are the
     // same for every leaf of one evaluation, so it is not computed again.
@@ -1041,4 +1048,163 @@ fn a_measure_several_leaves_read_is_computed_once_per_evaluation() {
     // Unshared, the same leaf reads the facts it is given.
     assert!(!evaluate(&at_least(2.0), &History::default(), 10, &mut captures, shared.segment(&[u8::MAX])));
     assert_eq!(captures, vec![0.0]);
+}
+
+// ---- Window aggregates kept incrementally -------------------------------------
+
+/// Every purpose: each default segment is eligible.
+fn everything() -> Purposes {
+    purposes(&[
+        Purpose::Personalization,
+        Purpose::Location,
+        Purpose::PreciseLocation,
+        Purpose::Sensitive,
+        Purpose::Web,
+        Purpose::Email,
+        Purpose::Push,
+        Purpose::Ads,
+    ])
+}
+
+/// The default segments, with a prenatal category that is sensitive.
+fn default_segments() -> Segments {
+    Segments::new(Catalogue::default_catalogue(&["prenatal".to_owned()], MAX_RETENTION))
+}
+
+/// Whether a segment holds, and its figures.
+type Outcome = (bool, Vec<f64>);
+
+/// Moves `history`'s tallies on to `now` and prunes it, as a refresh does;
+/// then each segment's outcome, from the tallies and from reading the facts.
+fn tallied_and_read(segments: &Segments, history: &mut History, now: i64) -> Vec<(String, Outcome, Outcome)> {
+    segments.advance_tallies(history, now);
+    history.prune(now, &segments.retention_for(crate::model::PersonalizationLevel::Full, everything()));
+    let mut tallied = segments.measures_of(history);
+    (segments.by_id())
+        .map(|(index, segment)| {
+            let (mut from_tallies, mut from_facts) =
+                (vec![0.0; segment.captures.len()], vec![0.0; segment.captures.len()]);
+            let holds =
+                evaluate(&segment.rule, history, now, &mut from_tallies, tallied.segment(segments.shared_slots(index)));
+            let held = evaluate(&segment.rule, history, now, &mut from_facts, &mut SharedMeasures::new());
+            (segment.id.clone(), (holds, from_tallies), (held, from_facts))
+        })
+        .collect()
+}
+
+#[test]
+fn a_busy_user_s_tallies_are_kept_until_the_facts_change_in_a_way_they_cannot_follow() {
+    let segments = default_segments();
+    let mut history = History::default();
+    for hour in 0..12 {
+        let category = if hour % 3 == 0 { "running" } else { "books" };
+        assert!(insert_by_time(&mut history.browses, browse(MIDNIGHT + hour * HOUR, Some(category)), |fact| fact.ts));
+    }
+    // Twelve page views, four of them running products: kept as tallies.
+    let now = MIDNIGHT + 12 * HOUR;
+    let results = tallied_and_read(&segments, &mut history, now);
+    assert!(history.tallies.are_kept());
+    let running = results.iter().find(|(id, ..)| id == "running_browser").unwrap();
+    assert_eq!(running.1, (true, vec![4.0]));
+    assert!(results.iter().all(|(_, tallied, read)| tallied == read), "{results:?}");
+
+    // A week later, the first day's page views left the running window
+    // (a count): the tallies follow, and the user left the segment.
+    let results = tallied_and_read(&segments, &mut history, MIDNIGHT + 7 * DAY + 6 * HOUR);
+    assert!(history.tallies.are_kept());
+    let running = results.iter().find(|(id, ..)| id == "running_browser").unwrap();
+    assert!(!(running.1).0);
+    assert!(results.iter().all(|(_, tallied, read)| tallied == read), "{results:?}");
+
+    // A page view that arrives late moves the facts after it: dropped.
+    let late = browse(MIDNIGHT + 5 * HOUR + 1, Some("running"));
+    assert!(!insert_by_time(&mut history.browses, late, |fact| fact.ts));
+    history.tallies.forget();
+    // Read again from the facts at the next evaluation, and kept from there.
+    let results = tallied_and_read(&segments, &mut history, MIDNIGHT + 7 * DAY + 7 * HOUR);
+    assert!(history.tallies.are_kept());
+    assert!(results.iter().all(|(_, tallied, read)| tallied == read), "{results:?}");
+
+    // Pruning facts a tally still counts (a retention shorter than its
+    // window, as a narrower consent gives) drops them.
+    let short =
+        Retention { browse_ms: DAY, purchase_ms: DAY, location_ms: DAY, max_ms: MAX_RETENTION, ..Retention::default() };
+    history.prune(MIDNIGHT + 7 * DAY + 8 * HOUR, &short);
+    assert!(!history.tallies.are_kept());
+}
+
+#[test]
+fn a_user_who_holds_few_facts_keeps_no_tallies() {
+    let segments = default_segments();
+    let mut history = browses((0..TALLY_FROM as i64 - 1).map(|hour| browse(MIDNIGHT + hour * HOUR, None)).collect());
+    tallied_and_read(&segments, &mut history, MIDNIGHT + DAY);
+    assert!(!history.tallies.are_kept());
+    history.browses.push(browse(MIDNIGHT + DAY, None));
+    tallied_and_read(&segments, &mut history, MIDNIGHT + DAY);
+    assert!(history.tallies.are_kept());
+}
+
+/// One change to a user's facts, or event time passing.
+#[derive(Clone, Debug)]
+enum Change {
+    Browse { gap_ms: i64, running: bool },
+    Purchase { gap_ms: i64, category: &'static str, cents: i64, quantity: i32 },
+    Location { gap_ms: i64 },
+    Pass { gap_ms: i64 },
+}
+
+fn any_change() -> impl Strategy<Value = Change> {
+    // Mostly minutes to a day apart, now and then days, and now and then late.
+    let gap = || prop_oneof![6 => 0..DAY, 2 => 0..5 * DAY, 1 => -2 * DAY..0];
+    let category = prop_oneof![Just("running"), Just("prenatal"), Just("home")];
+    prop_oneof![
+        5 => (gap(), any::<bool>()).prop_map(|(gap_ms, running)| Change::Browse { gap_ms, running }),
+        3 => (gap(), category, 0..60_000i64, 1..4i32)
+            .prop_map(|(gap_ms, category, cents, quantity)| Change::Purchase { gap_ms, category, cents, quantity }),
+        1 => gap().prop_map(|gap_ms| Change::Location { gap_ms }),
+        1 => (0..40 * DAY).prop_map(|gap_ms| Change::Pass { gap_ms }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn tallies_moved_on_give_every_segment_what_reading_its_facts_gives(changes in proptest::collection::vec(any_change(), 1..150)) {
+        let segments = default_segments();
+        let (mut history, mut now) = (History::default(), MIDNIGHT);
+        for change in changes {
+            // A fact is never newer than the evaluation time (a user's clock).
+            let stamp = |gap_ms: i64, now: &mut i64| {
+                let ts = *now + gap_ms;
+                *now = (*now).max(ts);
+                ts
+            };
+            let after_all_others = match change {
+                Change::Browse { gap_ms, running } => {
+                    let fact = browse(stamp(gap_ms, &mut now), Some(if running { "running" } else { "books" }));
+                    insert_by_time(&mut history.browses, fact, |fact| fact.ts)
+                }
+                Change::Purchase { gap_ms, category, cents, quantity } => {
+                    let lines = vec![item("p", category, quantity, cents), item("q", "home", 1, 100)];
+                    let fact = purchase(stamp(gap_ms, &mut now), cents * i64::from(quantity) + 100, lines);
+                    insert_by_time(&mut history.purchases, fact, |fact| fact.ts)
+                }
+                Change::Location { gap_ms } => {
+                    insert_by_time(&mut history.locations, at(stamp(gap_ms, &mut now), 52.52, 13.40), |fact| fact.ts)
+                }
+                Change::Pass { gap_ms } => {
+                    now += gap_ms;
+                    true
+                }
+            };
+            // As keeping an event does (`Minimiser::keep`).
+            if !after_all_others {
+                history.tallies.forget();
+            }
+            for (id, tallied, read) in tallied_and_read(&segments, &mut history, now) {
+                prop_assert_eq!(tallied, read, "{} at {}", id, now);
+            }
+        }
+    }
 }

@@ -360,7 +360,7 @@ impl ReadFacts<'_> {
         let locations = (locations.into_iter())
             .map(|fact| LocationFact { ts: at(&mut since, fact.after), lat: fact.lat, lon: fact.lon })
             .collect();
-        Ok(History { browses, purchases, locations, first_seen })
+        Ok(History { browses, purchases, locations, first_seen, ..History::default() })
     }
 }
 
@@ -781,7 +781,13 @@ mod tests {
         let location =
             (any::<i64>(), -90.0..90.0, -180.0..180.0).prop_map(|(ts, lat, lon)| LocationFact { ts, lat, lon });
         (vec(browse, 0..8), vec(purchase, 0..4), vec(location, 0..3), any::<Option<i64>>()).prop_map(
-            |(browses, purchases, locations, first_seen)| History { browses, purchases, locations, first_seen },
+            |(browses, purchases, locations, first_seen)| History {
+                browses,
+                purchases,
+                locations,
+                first_seen,
+                ..History::default()
+            },
         )
     }
 

@@ -16,6 +16,7 @@ pub mod shards;
 
 use crate::consent::Purposes;
 use crate::model::PersonalizationLevel;
+use crate::segments::tally::{List, Tallies};
 use crate::segments::SegmentIndex;
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
@@ -174,6 +175,9 @@ pub struct History {
     /// The time of the user's first applied event, kept only while a segment
     /// measures time since first seen.
     pub first_seen: Option<i64>,
+    /// The window measures kept as tallies, for a user who holds many facts.
+    #[serde(skip)]
+    pub tallies: Tallies,
 }
 
 /// How long each kind of fact is kept: the longest window any segment reads,
@@ -212,14 +216,15 @@ impl Retention {
 /// Inserts `fact` keeping the list sorted by time; events mostly arrive in
 /// order, so this is a push in the common case. The room grows from one
 /// fact by doubling, not from `Vec`'s four: most users keep one or two
-/// facts of a kind.
-pub fn insert_by_time<T>(facts: &mut Vec<T>, fact: T, ts: impl Fn(&T) -> i64) {
+/// facts of a kind. Returns whether it went after all the others.
+pub fn insert_by_time<T>(facts: &mut Vec<T>, fact: T, ts: impl Fn(&T) -> i64) -> bool {
     if facts.len() == facts.capacity() {
         facts.reserve_exact(facts.len().max(1));
     }
     let fact_ts = ts(&fact);
     let position = facts.iter().rposition(|existing| ts(existing) <= fact_ts).map_or(0, |index| index + 1);
     facts.insert(position, fact);
+    position + 1 == facts.len()
 }
 
 impl History {
@@ -242,20 +247,25 @@ impl History {
         // Each list is sorted by time, so what leaves is a run at its start.
         let browses = self.browses.partition_point(|fact| expired(fact.ts, retention.browse_ms));
         self.browses.drain(..browses);
+        self.tallies.shift(List::Browses, browses);
         let locations = self.locations.partition_point(|fact| expired(fact.ts, retention.location_ms));
         self.locations.drain(..locations);
+        self.tallies.shift(List::Locations, locations);
         let count = self.purchases.len();
         let purchases = self.purchases.iter().enumerate().position(|(index, oldest)| {
             let within_window = !expired(oldest.ts, retention.purchase_ms);
             let among_last = count - index <= retention.purchase_last && !expired(oldest.ts, retention.max_ms);
             within_window || among_last
         });
-        self.purchases.drain(..purchases.unwrap_or(count));
+        let purchases = purchases.unwrap_or(count);
+        self.purchases.drain(..purchases);
+        self.tallies.shift(List::Purchases, purchases);
     }
 
     /// Removes everything derived from sensitive categories (the `sensitive`
     /// purpose was withdrawn). Returns whether anything was removed.
     pub fn forget_sensitive(&mut self) -> bool {
+        self.tallies.forget();
         let mut removed = false;
         for purchase in &mut self.purchases {
             let before = purchase.items.len();
