@@ -12,8 +12,9 @@
 
 use super::definition::{Filter, Measure, Source};
 use super::engine::{Fact, SharedMeasures};
-use crate::state::{History, PurchaseFact};
+use crate::state::{prefetch_whole, History, PurchaseFact};
 use crate::time::DAY_MS;
+use smallvec::SmallVec;
 
 /// From how many facts held (page views and purchases) a user's window
 /// measures are tallied.
@@ -82,18 +83,21 @@ impl List {
 /// held); of them, `units` matched its filters (a purchase counts once for
 /// each matching line when its source is purchase lines), amounting to
 /// `sum` (their magnitudes to `magnitude`), on `days` distinct days, the
-/// newest `last_day`.
+/// newest `last_day` ([`NO_DAY`] with no unit).
 #[derive(Clone, Copy, Debug)]
 struct Tally {
-    list: List,
-    start: u32,
-    end: u32,
-    units: u64,
     sum: i64,
     magnitude: u64,
-    days: u64,
-    last_day: Option<i64>,
+    last_day: i64,
+    start: u32,
+    end: u32,
+    units: u32,
+    days: u32,
+    list: List,
 }
+
+/// A tally's `last_day` while nothing matching is in its window.
+const NO_DAY: i64 = i64::MIN;
 
 /// A user's tallies, in the order of the segments' tallied measures; none
 /// for a user who holds few facts, or after a change that made them stale.
@@ -108,7 +112,8 @@ struct Kept {
     generation: u64,
     /// The evaluation time they were last moved on to.
     at: i64,
-    tallies: Vec<Tally>,
+    /// In the same allocation up to the default catalogue's six.
+    tallies: SmallVec<[Tally; 6]>,
 }
 
 impl PartialEq for Tallies {
@@ -121,6 +126,13 @@ impl Tallies {
     /// Whether tallies are kept.
     pub fn are_kept(&self) -> bool {
         self.0.is_some()
+    }
+
+    /// Starts loading the tallies into the cache without waiting.
+    pub fn prefetch(&self) {
+        if let Some(kept) = &self.0 {
+            prefetch_whole(&**kept);
+        }
     }
 
     /// Drops the tallies: the facts changed in a way they cannot follow.
@@ -178,9 +190,9 @@ pub fn read(history: &History, tallied: &[Tallied], shared: &mut SharedMeasures)
     let Some(kept) = &history.tallies.0 else { return };
     for (tally, measure) in kept.tallies.iter().zip(tallied) {
         let value = match measure.kind {
-            Kind::Count => tally.units as f64,
+            Kind::Count => f64::from(tally.units),
             Kind::Sum => tally.sum as f64,
-            Kind::Days => tally.days as f64,
+            Kind::Days => f64::from(tally.days),
         };
         shared.know(measure.slot, value);
     }
@@ -191,7 +203,7 @@ pub fn read(history: &History, tallied: &[Tallied], shared: &mut SharedMeasures)
 /// and the magnitude of their amounts.
 #[derive(Clone, Copy, Default)]
 struct Contribution {
-    units: u64,
+    units: u32,
     amount: i64,
     magnitude: u64,
 }
@@ -204,7 +216,7 @@ impl Contribution {
 
     fn and(self, other: Self) -> Self {
         Self {
-            units: self.units + other.units,
+            units: self.units.saturating_add(other.units),
             amount: self.amount.saturating_add(other.amount),
             magnitude: self.magnitude.saturating_add(other.magnitude),
         }
@@ -214,7 +226,7 @@ impl Contribution {
 impl Tally {
     fn new(measure: &Tallied) -> Self {
         let list = List::of(measure.source);
-        Self { list, start: 0, end: 0, units: 0, sum: 0, magnitude: 0, days: 0, last_day: None }
+        Self { sum: 0, magnitude: 0, last_day: NO_DAY, start: 0, end: 0, units: 0, days: 0, list }
     }
 
     /// Moves the tally on to `now`; `None` when it cannot be kept.
@@ -267,12 +279,12 @@ impl Tally {
             if measure.kind == Kind::Days {
                 // A day leaves with its last matching fact.
                 let next = inside[index + 1..].iter().find(|fact| contribution(fact).units > 0);
-                self.days -= u64::from(next.is_none_or(|next| day(next) != day(fact)));
+                self.days -= u32::from(next.is_none_or(|next| day(next) != day(fact)));
             }
         }
         self.start = u32::try_from(start + leaving).ok()?;
         if self.units == 0 {
-            self.last_day = None;
+            self.last_day = NO_DAY;
         }
         for (index, fact) in facts.iter().enumerate().skip(end) {
             if ts(fact) > now {
@@ -288,10 +300,10 @@ impl Tally {
                 continue;
             }
             self.magnitude = self.magnitude.checked_add(enters.magnitude).filter(|sum| *sum < LARGEST_MAGNITUDE)?;
-            (self.units, self.sum) = (self.units + enters.units, self.sum + enters.amount);
+            (self.units, self.sum) = (self.units.checked_add(enters.units)?, self.sum + enters.amount);
             let day = day(fact);
-            self.days += u64::from(self.last_day != Some(day));
-            self.last_day = Some(day);
+            self.days += u32::from(self.last_day != day);
+            self.last_day = day;
         }
         self.end = u32::try_from(facts.len()).ok()?;
         Some(())

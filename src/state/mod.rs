@@ -360,10 +360,11 @@ impl UserState {
     /// Starts loading the user's lists of facts and of published memberships
     /// into the cache without waiting (see [`prefetch`]).
     pub fn prefetch_held(&self) {
-        let History { browses, purchases, locations, .. } = &self.history;
+        let History { browses, purchases, locations, tallies, .. } = &self.history;
         prefetch_all(browses);
         prefetch_all(purchases);
         prefetch_all(locations);
+        tallies.prefetch();
         if let Some(published) = &self.published {
             prefetch(thin_vec_allocation(&published.members));
         }
