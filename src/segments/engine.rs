@@ -275,7 +275,7 @@ pub fn measure_slots(segments: &[Segment]) -> (Vec<&Measure>, Vec<Box<[u8]>>) {
     let mut slotted: Vec<&Measure> = Vec::new();
     for (index, measure) in all.iter().enumerate() {
         let shared = all[index + 1..].contains(measure);
-        if slotted.len() < MAX_SHARED && !slotted.contains(measure) && (shared || Tallied::of(0, measure).is_some()) {
+        if slotted.len() < MAX_SHARED && !slotted.contains(measure) && (shared || Tallied::keeps(measure)) {
             slotted.push(measure);
         }
     }

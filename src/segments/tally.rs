@@ -45,6 +45,12 @@ pub struct Tallied {
 }
 
 impl Tallied {
+    /// Whether `measure` can be kept as a tally: a count, a sum or a number
+    /// of distinct days over a window.
+    pub fn keeps(measure: &Measure) -> bool {
+        matches!(measure, Measure::Count { .. } | Measure::Sum { .. } | Measure::DistinctDays { .. })
+    }
+
     /// `measure`, at `slot`, as a tally, if it is one that can be kept so.
     pub fn of(slot: u8, measure: &Measure) -> Option<Self> {
         let (kind, source, filters, window_ms) = match measure {
