@@ -163,8 +163,8 @@ fn full_path(criterion: &mut Criterion) {
         );
     });
     // Busy users, as in the latency runs: 10,000 users with about 60 events
-    // each in the month, so a refresh walks many facts per user (what
-    // incremental aggregates would save) and the state stays in the cache.
+    // each in the month, so a user holds many facts (their windows are kept
+    // as tallies, `src/segments/tally.rs`) and the state stays in the cache.
     let busy = busy_month();
     group.bench_function(BenchmarkId::new("decode_consent_segments_encode", "10k busy users"), |bencher| {
         let mut buffer = Vec::with_capacity(1024);
@@ -370,9 +370,9 @@ fn changelog(criterion: &mut Criterion) {
 
 /// Each segment's rule evaluated over the facts users hold at the end of
 /// the month, at each user's own evaluation time, as a refresh evaluates
-/// it: what rescanning a user's facts costs per segment (what aggregates
-/// kept incrementally could save at most), over 100,000 of the 1 M users
-/// and over the 10,000 busy users.
+/// it from the facts: what reading a user's facts costs per segment (what
+/// a user below `TALLY_FROM` facts pays, and what tallies replace for the
+/// others), over 100,000 of the 1 M users and over the 10,000 busy users.
 fn evaluation(criterion: &mut Criterion) {
     let mut group = criterion.benchmark_group("evaluate");
     group.warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
