@@ -24,7 +24,7 @@ use crate::state::changelog;
 use crate::state::restore::{reconcile, NewestValues, Reconciliation};
 use crate::state::shards::{Handle, Shard, Shards, Timers, User};
 use crate::state::{Partition, UserState, LOOKAHEAD};
-use crate::time::EventTime;
+use crate::time::{EventTime, MaybeTime};
 use crate::validate::{self, Input, Rejection};
 use arc_swap::ArcSwap;
 use std::sync::Arc;
@@ -561,7 +561,7 @@ impl Processor {
     /// to publish. A stale timer (replaced by a later one) does nothing.
     fn fire(&self, segments: &Segments, shard: &mut Shard, due: i64, handle: Handle, now_ms: i64) -> Option<Output> {
         let user = shard.by_handle(handle)?;
-        if user.state.next_change != Some(due) {
+        if user.state.next_change.get() != Some(due) {
             return None;
         }
         let consent = self.consent.cloned(user.user_id).filter(ConsentInForce::allows_profile)?;
@@ -704,7 +704,7 @@ impl Processor {
                         _ => continue,
                     };
                     // Windows may have changed: the timer is set anew.
-                    user.state.next_change = None;
+                    user.state.next_change = MaybeTime::NONE;
                     let clock = user.state.clock;
                     let update = self.refresh(&segments, user, &consent, clock, now_ms);
                     outputs.extend(update.map(|update| (partition, update)));

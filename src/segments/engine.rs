@@ -221,7 +221,7 @@ pub fn measure(measure: &Measure, history: &History, now: i64) -> f64 {
                 satisfied as f64 / *last as f64
             }
         }
-        Measure::SinceFirstSeen => history.first_seen.map_or(0.0, |first| (now - first) as f64),
+        Measure::SinceFirstSeen => history.first_seen.get().map_or(0.0, |first| (now - first) as f64),
         Measure::SinceLast { source, filters, window_ms } => {
             newest_in_window(history, *source, filters, now, *window_ms).map_or(f64::INFINITY, |ts| (now - ts) as f64)
         }
@@ -492,7 +492,7 @@ pub fn next_recency_flip(rule: &Rule, history: &History, now: i64) -> Option<i64
         Rule::Not(rule) => next_recency_flip(rule, history, now),
         Rule::Compare { measure, comparison, .. } => {
             let reference = match measure {
-                Measure::SinceFirstSeen => history.first_seen?,
+                Measure::SinceFirstSeen => history.first_seen.get()?,
                 Measure::SinceLast { source, filters, window_ms } => {
                     newest_in_window(history, *source, filters, now, *window_ms)?
                 }

@@ -970,7 +970,7 @@ fn since_first_seen_and_since_last_measure_time_from_their_reference() {
         "{ since_last = { of = \"browse\", where = { category = \"running\" }, within = \"90d\" }, at_least = \"7d\" }",
     );
     let mut history = browses(vec![browse(MIDNIGHT, Some("running")), browse(MIDNIGHT + 2 * DAY, Some("books"))]);
-    history.first_seen = Some(MIDNIGHT - DAY);
+    history.first_seen = Some(MIDNIGHT - DAY).into();
     let now = MIDNIGHT + 3 * DAY;
     assert_eq!(measure(measure_of(&first_seen), &history, now), (4 * DAY) as f64);
     assert_eq!(measure(measure_of(&since_last), &history, now), (3 * DAY) as f64, "the newest running browse");
@@ -983,7 +983,7 @@ fn recency_comparisons_flip_at_reference_plus_threshold() {
     use super::engine::next_recency_flip;
     let at_least = rule_of("{ since_first_seen = {}, at_least = \"30d\" }");
     let more_than = rule_of("{ since_first_seen = {}, more_than = \"30d\" }");
-    let history = History { first_seen: Some(MIDNIGHT), ..History::default() };
+    let history = History { first_seen: Some(MIDNIGHT).into(), ..History::default() };
     assert_eq!(next_recency_flip(&at_least, &history, MIDNIGHT + DAY), Some(MIDNIGHT + 30 * DAY));
     assert_eq!(next_recency_flip(&at_least, &history, MIDNIGHT + 30 * DAY), Some(MIDNIGHT + 30 * DAY + 1));
     assert_eq!(next_recency_flip(&more_than, &history, MIDNIGHT + 31 * DAY), None, "already flipped");

@@ -23,6 +23,7 @@ use crate::state::{
     BrowseFact, ExperimentEntry, Figures, History, ItemFact, LocationFact, Partition, PublishedMember,
     PublishedProfile, PurchaseFact, UserState, MAX_CAPTURES,
 };
+use crate::time::MaybeTime;
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::num::NonZeroU64;
@@ -311,7 +312,7 @@ fn facts<'h>(history: &'h History, numbering: &'h Numbering) -> impl Serialize +
                 lon: fact.lon,
             })
         }),
-        first_seen: history.first_seen,
+        first_seen: history.first_seen.get(),
     }
 }
 
@@ -360,7 +361,7 @@ impl ReadFacts<'_> {
         let locations = (locations.into_iter())
             .map(|fact| LocationFact { ts: at(&mut since, fact.after), lat: fact.lat, lon: fact.lon })
             .collect();
-        Ok(History { browses, purchases, locations, first_seen, ..History::default() })
+        Ok(History { browses, purchases, locations, first_seen: first_seen.into(), ..History::default() })
     }
 }
 
@@ -540,7 +541,7 @@ fn restored<H, F: AsRef<[f64]>>(
                 .collect(),
         }),
         version: stored.version,
-        next_change: None,
+        next_change: MaybeTime::NONE,
         experiment_entries: (stored.experiment_entries.into_iter())
             .filter_map(|entry| {
                 Some(ExperimentEntry {
@@ -604,7 +605,7 @@ mod tests {
         };
         history.purchases.push(purchase);
         history.locations.push(LocationFact { ts: 1_700_000_200_000, lat: 52.37, lon: 4.89 });
-        history.first_seen = Some(1_700_000_000_000);
+        history.first_seen = Some(1_700_000_000_000).into();
         // The segment captures one figure, the number of days.
         let figures = Figures::from_slice(&[3.0]);
         let member =
@@ -647,7 +648,7 @@ mod tests {
         let restored = decode(&unhex(WRITTEN_BEFORE), &catalogue).expect("restores");
         assert_eq!(restored.consent, Some(consent));
         // The timer is not stored: it is set again after restoring.
-        assert_eq!(restored.state, UserState { next_change: None, ..state });
+        assert_eq!(restored.state, UserState { next_change: MaybeTime::NONE, ..state });
     }
 
     /// [`every_kind_of_state`] with a second page view (the same page type
@@ -785,7 +786,7 @@ mod tests {
                 browses,
                 purchases,
                 locations,
-                first_seen,
+                first_seen: first_seen.into(),
                 ..History::default()
             },
         )

@@ -18,6 +18,7 @@ use crate::consent::Purposes;
 use crate::model::PersonalizationLevel;
 use crate::segments::tally::{List, Tallies};
 use crate::segments::SegmentIndex;
+use crate::time::MaybeTime;
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 use std::hash::Hasher;
@@ -174,7 +175,7 @@ pub struct History {
     pub locations: Vec<LocationFact>,
     /// The time of the user's first applied event, kept only while a segment
     /// measures time since first seen.
-    pub first_seen: Option<i64>,
+    pub first_seen: MaybeTime,
     /// The window measures kept as tallies, for a user who holds many facts.
     #[serde(skip)]
     pub tallies: Tallies,
@@ -230,18 +231,21 @@ pub fn insert_by_time<T>(facts: &mut Vec<T>, fact: T, ts: impl Fn(&T) -> i64) ->
 impl History {
     /// Whether nothing is retained.
     pub fn is_empty(&self) -> bool {
-        self.browses.is_empty() && self.purchases.is_empty() && self.locations.is_empty() && self.first_seen.is_none()
+        self.browses.is_empty()
+            && self.purchases.is_empty()
+            && self.locations.is_empty()
+            && self.first_seen == MaybeTime::NONE
     }
 
     /// Notes an applied event's time (for `since_first_seen`).
     pub fn seen_at(&mut self, ts: i64) {
-        self.first_seen = Some(self.first_seen.map_or(ts, |first| first.min(ts)));
+        self.first_seen = Some(self.first_seen.get().map_or(ts, |first| first.min(ts))).into();
     }
 
     /// Drops facts no segment can read any more at time `now`.
     pub fn prune(&mut self, now: i64, retention: &Retention) {
         if !retention.first_seen {
-            self.first_seen = None;
+            self.first_seen = MaybeTime::NONE;
         }
         let expired = |ts: i64, window_ms: i64| ts <= now - window_ms.min(retention.max_ms);
         // Each list is sorted by time, so what leaves is a run at its start.
@@ -300,7 +304,7 @@ pub struct UserState {
     /// The version of the last update or tombstone published for the user.
     pub version: i64,
     /// When a fact next leaves a window (a timer is set for it).
-    pub next_change: Option<i64>,
+    pub next_change: MaybeTime,
     /// Entries into experiment segments still waiting for a conversion
     /// (kept only with the `measurement` purpose, and only for the window).
     pub experiment_entries: ThinVec<ExperimentEntry>,
