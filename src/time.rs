@@ -30,11 +30,12 @@ impl EventTime {
     }
 }
 
-/// An event time that may be absent, in the 8 bytes of an `i64`: an
-/// `Option<i64>` takes 16, and two of them sit in every user's slot. No
-/// event time is `i64::MIN` (timestamps are validated to lie within the
-/// retention of now, and a time derived from one moves forward from it), so
-/// that value stands for none; given as a time, it is taken as none.
+/// An event time (or a UTC day number derived from one) that may be absent,
+/// in the 8 bytes of an `i64`: an `Option<i64>` takes 16, and two of them
+/// sit in every user's slot. No event time is `i64::MIN` (timestamps are
+/// validated to lie within the retention of now, and a time derived from
+/// one moves forward from it), so that value stands for none; given as a
+/// time, it is taken as none.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(from = "Option<i64>", into = "Option<i64>")]
 pub struct MaybeTime(i64);

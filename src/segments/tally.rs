@@ -13,7 +13,7 @@
 use super::definition::{Filter, Measure, Source};
 use super::engine::{Fact, SharedMeasures};
 use crate::state::{prefetch_whole, History, PurchaseFact};
-use crate::time::DAY_MS;
+use crate::time::{MaybeTime, DAY_MS};
 use smallvec::SmallVec;
 
 /// From how many facts held (page views and purchases) a user's window
@@ -48,18 +48,23 @@ impl Tallied {
     /// Whether `measure` can be kept as a tally: a count, a sum or a number
     /// of distinct days over a window.
     pub fn keeps(measure: &Measure) -> bool {
-        matches!(measure, Measure::Count { .. } | Measure::Sum { .. } | Measure::DistinctDays { .. })
+        Self::parts(measure).is_some()
     }
 
     /// `measure`, at `slot`, as a tally, if it is one that can be kept so.
     pub fn of(slot: u8, measure: &Measure) -> Option<Self> {
-        let (kind, source, filters, window_ms) = match measure {
-            Measure::Count { source, filters, window_ms } => (Kind::Count, source, filters, window_ms),
-            Measure::Sum { source, filters, window_ms } => (Kind::Sum, source, filters, window_ms),
-            Measure::DistinctDays { source, filters, window_ms } => (Kind::Days, source, filters, window_ms),
-            _ => return None,
-        };
-        Some(Self { slot, kind, source: *source, filters: filters.clone(), window_ms: *window_ms })
+        let (kind, source, filters, window_ms) = Self::parts(measure)?;
+        Some(Self { slot, kind, source, filters: filters.to_vec(), window_ms })
+    }
+
+    /// What a tally of `measure` reports, and what it reads, if it can be kept.
+    fn parts(measure: &Measure) -> Option<(Kind, Source, &[Filter], i64)> {
+        match measure {
+            Measure::Count { source, filters, window_ms } => Some((Kind::Count, *source, filters, *window_ms)),
+            Measure::Sum { source, filters, window_ms } => Some((Kind::Sum, *source, filters, *window_ms)),
+            Measure::DistinctDays { source, filters, window_ms } => Some((Kind::Days, *source, filters, *window_ms)),
+            _ => None,
+        }
     }
 }
 
@@ -89,21 +94,18 @@ impl List {
 /// held); of them, `units` matched its filters (a purchase counts once for
 /// each matching line when its source is purchase lines), amounting to
 /// `sum` (their magnitudes to `magnitude`), on `days` distinct days, the
-/// newest `last_day` ([`NO_DAY`] with no unit).
+/// newest `last_day` (none with no unit).
 #[derive(Clone, Copy, Debug)]
 struct Tally {
     sum: i64,
     magnitude: u64,
-    last_day: i64,
+    last_day: MaybeTime,
     start: u32,
     end: u32,
     units: u32,
     days: u32,
     list: List,
 }
-
-/// A tally's `last_day` while nothing matching is in its window.
-const NO_DAY: i64 = i64::MIN;
 
 /// A user's tallies, in the order of the segments' tallied measures; none
 /// for a user who holds few facts, or after a change that made them stale.
@@ -232,7 +234,7 @@ impl Contribution {
 impl Tally {
     fn new(measure: &Tallied) -> Self {
         let list = List::of(measure.source);
-        Self { sum: 0, magnitude: 0, last_day: NO_DAY, start: 0, end: 0, units: 0, days: 0, list }
+        Self { sum: 0, magnitude: 0, last_day: MaybeTime::NONE, start: 0, end: 0, units: 0, days: 0, list }
     }
 
     /// Moves the tally on to `now`; `None` when it cannot be kept.
@@ -290,7 +292,7 @@ impl Tally {
         }
         self.start = u32::try_from(start + leaving).ok()?;
         if self.units == 0 {
-            self.last_day = NO_DAY;
+            self.last_day = MaybeTime::NONE;
         }
         for (index, fact) in facts.iter().enumerate().skip(end) {
             if ts(fact) > now {
@@ -308,8 +310,8 @@ impl Tally {
             self.magnitude = self.magnitude.checked_add(enters.magnitude).filter(|sum| *sum < LARGEST_MAGNITUDE)?;
             (self.units, self.sum) = (self.units.checked_add(enters.units)?, self.sum + enters.amount);
             let day = day(fact);
-            self.days += u32::from(self.last_day != day);
-            self.last_day = day;
+            self.days += u32::from(self.last_day.get() != Some(day));
+            self.last_day = Some(day).into();
         }
         self.end = u32::try_from(facts.len()).ok()?;
         Some(())
