@@ -299,7 +299,8 @@ fn stages(criterion: &mut Criterion) {
     }
     group.finish();
 
-    // Encoding: the updates a fresh processor publishes for the first records.
+    // Framing the updates a fresh processor publishes for the first records
+    // (each written as its datum when it was due), as the publisher does.
     let processor = loaded_processor(&workload);
     let updates: Vec<_> = workload
         .events

@@ -92,8 +92,9 @@ pub fn run(options: &DemoOptions) -> Result<(), DemoError> {
         tally.record(record.kind, &processed);
         newest_event_time = newest_event_time.max(processed.event_time.map(EventTime));
         if let Some(crate::processor::Output::Update(update)) = &processed.output {
-            if sample_users.len() < 400 && update.segments.len() >= 2 && !sample_users.contains(&update.user_id) {
-                sample_users.push(update.user_id.clone());
+            let sample = sample_users.len() < 400 && !sample_users.iter().any(|user| user == update.user_id());
+            if sample && update.decode().is_ok_and(|update| update.segments.len() >= 2) {
+                sample_users.push(update.user_id().to_owned());
             }
         }
         since_report += 1;

@@ -10,13 +10,13 @@
 //! every partition) and the partition-owned state ([`Shards`]: facts, the
 //! profile last published, timers), held only for partitions this instance owns.
 
-use crate::codec::{Codec, Decoded, Encoding};
+use crate::codec::{Codec, Decoded, EncodedUpdate, Encoding};
 use crate::consent::minimise::Minimiser;
 use crate::consent::table::ConsentTable;
 use crate::consent::{self, ConsentInForce, DropReason, Purpose};
 use crate::experiments::ExperimentCounts;
 use crate::explain::{self, Explanation};
-use crate::model::{ConsentChange, Event, InputKind, Membership, ProfileUpdate};
+use crate::model::{ConsentChange, Event, InputKind, Membership};
 use crate::profile;
 use crate::segments::engine::next_window_exit;
 use crate::segments::{Catalogue, ReloadReport, Segments};
@@ -104,8 +104,8 @@ pub enum Outcome {
 /// A record to publish on `profiles.updates`.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Output {
-    /// A changed profile.
-    Update(ProfileUpdate),
+    /// A changed profile, as the datum published.
+    Update(EncodedUpdate),
     /// The user was erased: a null value under their key.
     Tombstone {
         /// The record key.
@@ -117,7 +117,7 @@ impl Output {
     /// The record key.
     pub fn user_id(&self) -> &str {
         match self {
-            Self::Update(update) => &update.user_id,
+            Self::Update(update) => update.user_id(),
             Self::Tombstone { user_id } => user_id,
         }
     }

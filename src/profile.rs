@@ -1,21 +1,27 @@
 //! Evaluate and diff: the segments a user's consent allows are evaluated
 //! over their facts, and the result is compared with the profile last
-//! published. Only a changed profile becomes an update (with its reasons
-//! rendered then), so an event that changes nothing costs no allocation.
+//! published. Only a changed profile becomes an update, written then as the
+//! datum published (reasons rendered straight into it), so an event that
+//! changes nothing costs no allocation.
 
+use crate::codec::{write_strings, write_update_head, EncodedUpdate};
 use crate::consent::minimise::eligible;
 use crate::consent::{ConsentInForce, Purpose, Purposes};
-use crate::model::ProfileUpdate;
 use crate::segments::engine::evaluate;
 use crate::segments::Segments;
 use crate::state::{Figures, PublishedMember, PublishedProfile, UserState, MAX_CAPTURES};
-use compact_str::CompactString;
 use smallvec::SmallVec;
 use thin_vec::ThinVec;
 
+/// Room for an update's datum beside its memberships, and for each
+/// membership (its id, reason and channels): most updates fit the first
+/// allocation.
+const DATUM_ROOM: usize = 64;
+const MEMBERSHIP_ROOM: usize = 112;
+
 /// Re-evaluates every segment the user's consent allows and returns the
-/// update to publish, if anything changed. Reasons and channel names are
-/// rendered only then: an unchanged profile costs no allocation.
+/// update to publish, if anything changed. It is written (reasons rendered)
+/// only then: an unchanged profile costs no allocation.
 pub fn refresh(
     segments: &Segments,
     user_id: &str,
@@ -23,7 +29,7 @@ pub fn refresh(
     consent: &ConsentInForce,
     change_ts: i64,
     now_ms: i64,
-) -> Option<ProfileUpdate> {
+) -> Option<EncodedUpdate> {
     let granted = consent.effective(state.gpc_opt_out);
     let level = consent.level;
     let now = state.clock;
@@ -55,11 +61,11 @@ pub fn refresh(
     if unchanged {
         return None;
     }
-    let ids_missing_from = |these: &[PublishedMember], those: &[PublishedMember]| -> Vec<CompactString> {
+    let ids_missing_from = |these: &[PublishedMember], those: &[PublishedMember]| -> SmallVec<[&str; 4]> {
         these
             .iter()
             .filter(|member| !those.iter().any(|other| other.segment == member.segment))
-            .map(|member| CompactString::new(&segments.catalogue.segment(member.segment).id))
+            .map(|member| segments.catalogue.segment(member.segment).id.as_str())
             .collect()
     };
     let new_entries = if granted.contains(Purpose::Measurement) {
@@ -70,16 +76,11 @@ pub fn refresh(
     let entered = ids_missing_from(&members, previous);
     let exited = ids_missing_from(previous, &members);
     segments.count_member_changes(previous, &members);
-    let update = ProfileUpdate {
-        user_id: CompactString::new(user_id),
-        version: state.next_version(now_ms),
-        ts: change_ts,
-        level,
-        channels: channels.channel_names(),
-        segments: segments.render(user_id, &members),
-        entered,
-        exited,
-    };
+    let mut datum = Vec::with_capacity(DATUM_ROOM + MEMBERSHIP_ROOM * members.len());
+    write_update_head(user_id, state.next_version(now_ms), change_ts, level, &channels.channel_names(), &mut datum);
+    segments.write_memberships(user_id, &members, &mut datum);
+    write_strings(&entered, &mut datum);
+    write_strings(&exited, &mut datum);
     state.experiment_entries.extend(new_entries);
     match &mut state.published {
         // Most updates change a figure, not the memberships: the room held is reused.
@@ -92,5 +93,5 @@ pub fn refresh(
             *published = Some(PublishedProfile { level, channels, members: ThinVec::from(members.as_slice()) })
         }
     }
-    Some(update)
+    Some(EncodedUpdate::from_datum(datum))
 }

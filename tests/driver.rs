@@ -15,7 +15,7 @@ use common::*;
 use rdkafka::message::{BorrowedMessage, Message};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
-use tactful::codec::Codec;
+use tactful::codec::{Codec, EncodedUpdate};
 use tactful::config::Config;
 use tactful::control::Control;
 use tactful::erasure::Erasures;
@@ -142,7 +142,10 @@ fn comparable(outputs: &[Output]) -> Vec<Output> {
         .iter()
         .cloned()
         .map(|output| match output {
-            Output::Update(update) => Output::Update(tactful::model::ProfileUpdate { version: 0, ..update }),
+            Output::Update(update) => {
+                let update = update.decode().expect("a datum the contract's schema reads");
+                Output::Update(EncodedUpdate::from(&tactful::model::ProfileUpdate { version: 0, ..update }))
+            }
             tombstone => tombstone,
         })
         .collect();

@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::io::Read;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 /// The largest string and array block `apache_avro` may allocate for while
 /// decoding. Its default (512 MiB) lets a 20-byte record claiming a huge array
@@ -226,11 +226,9 @@ impl SchemaCatalogue {
             .map_err(|error| DecodeError::Malformed { encoding: "avro", detail: error.to_string() })
     }
 
-    /// Appends `update` in single-object encoding to `out`. Cannot fail: the
-    /// record type is the schema's own.
-    pub fn encode_profile(&self, update: &ProfileUpdate, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.profile_header);
-        super::binary::write_profile_update(update, out);
+    /// The single-object header of a `ProfileUpdate`.
+    pub fn profile_header(&self) -> &[u8] {
+        &self.profile_header
     }
 
     /// Appends an input record of `kind` in single-object encoding to `out`
@@ -280,6 +278,22 @@ fn decode_direct<T: ReadAvro>(datum: &[u8]) -> Result<T, DecodeError> {
             detail: format!("{extra} bytes after the end of the datum"),
         }),
     }
+}
+
+/// Decodes a `ProfileUpdate` datum as a consumer that knows only the
+/// contract's schema does: apache-avro's generic path, nothing of tactful's
+/// writer shared.
+pub fn decode_profile(datum: &[u8]) -> Result<ProfileUpdate, DecodeError> {
+    static SCHEMA: LazyLock<Result<Schema, String>> =
+        LazyLock::new(|| Schema::parse_str(PROFILE_SCHEMA).map_err(|error| error.to_string()));
+    let malformed = |detail: String| DecodeError::Malformed { encoding: "avro", detail };
+    let schema = SCHEMA.as_ref().map_err(|error| malformed(error.clone()))?;
+    let mut rest = datum;
+    let value = apache_avro::from_avro_datum(schema, &mut rest, None).map_err(|error| malformed(error.to_string()))?;
+    if !rest.is_empty() {
+        return Err(malformed(format!("{} bytes after the end of the datum", rest.len())));
+    }
+    apache_avro::from_value(&value).map_err(|error| malformed(error.to_string()))
 }
 
 /// A reader over a datum that notes any attempt to read past its end.

@@ -16,8 +16,8 @@
 
 use super::DecodeError;
 use crate::model::{
-    BrowseRead, ConsentChange, EventConsent, ItemRead, LocationRead, Membership, PersonalizationLevel, ProfileUpdate,
-    PurchaseRead,
+    BrowseRead, ConsentChange, EventConsent, ItemRead, LocationRead, Membership, Name, PersonalizationLevel,
+    ProfileUpdate, PurchaseRead,
 };
 use compact_str::CompactString;
 
@@ -77,7 +77,8 @@ impl<'a> Cursor<'a> {
         usize::try_from(self.long()?).map_err(|_| malformed("negative length"))
     }
 
-    fn str(&mut self) -> Result<&'a str, DecodeError> {
+    /// A string, borrowed.
+    pub fn str(&mut self) -> Result<&'a str, DecodeError> {
         let length = self.length()?;
         let bytes = self.take(length)?;
         std::str::from_utf8(bytes).map_err(|_| malformed("string is not UTF-8"))
@@ -232,14 +233,23 @@ impl ReadAvro for ConsentChange {
     }
 }
 
-/// Appends a zig-zag varint `long`.
-fn write_long(value: i64, out: &mut Vec<u8>) {
+/// The zig-zag varint bytes of `value`, and how many there are.
+fn long_bytes(value: i64) -> ([u8; 10], usize) {
+    let (mut bytes, mut count) = ([0; 10], 0);
     let mut zigzag = ((value << 1) ^ (value >> 63)) as u64;
     while zigzag >= 0x80 {
-        out.push((zigzag as u8) | 0x80);
+        bytes[count] = (zigzag as u8) | 0x80;
         zigzag >>= 7;
+        count += 1;
     }
-    out.push(zigzag as u8);
+    bytes[count] = zigzag as u8;
+    (bytes, count + 1)
+}
+
+/// Appends a zig-zag varint `long`.
+fn write_long(value: i64, out: &mut Vec<u8>) {
+    let (bytes, count) = long_bytes(value);
+    out.extend_from_slice(&bytes[..count]);
 }
 
 fn write_string(value: &str, out: &mut Vec<u8>) {
@@ -247,8 +257,31 @@ fn write_string(value: &str, out: &mut Vec<u8>) {
     out.extend_from_slice(value.as_bytes());
 }
 
+/// Appends a string as `text` writes it, piece by piece, its length before
+/// it: the text goes straight into `out`, and only one longer than 63 bytes
+/// (whose length takes more than the one byte kept for it) is moved.
+fn write_text(out: &mut Vec<u8>, text: impl FnOnce(&mut Appender<'_>)) {
+    let start = out.len();
+    out.push(0);
+    text(&mut Appender(out));
+    match long_bytes((out.len() - start - 1) as i64) {
+        (bytes, 1) => out[start] = bytes[0],
+        (bytes, count) => drop(out.splice(start..start + 1, bytes[..count].iter().copied())),
+    }
+}
+
+/// Text written onto the end of a byte buffer.
+pub struct Appender<'a>(&'a mut Vec<u8>);
+
+impl std::fmt::Write for Appender<'_> {
+    fn write_str(&mut self, text: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(text.as_bytes());
+        Ok(())
+    }
+}
+
 /// An array as one block (count, items) and the closing empty block.
-fn write_array<T>(items: &[T], out: &mut Vec<u8>, mut write: impl FnMut(&T, &mut Vec<u8>)) {
+pub fn write_array<T>(items: &[T], out: &mut Vec<u8>, mut write: impl FnMut(&T, &mut Vec<u8>)) {
     if !items.is_empty() {
         write_long(items.len() as i64, out);
         for item in items {
@@ -258,29 +291,64 @@ fn write_array<T>(items: &[T], out: &mut Vec<u8>, mut write: impl FnMut(&T, &mut
     out.push(0);
 }
 
-fn write_strings<S: AsRef<str>>(items: &[S], out: &mut Vec<u8>) {
+/// An array of strings.
+pub fn write_strings<S: AsRef<str>>(items: &[S], out: &mut Vec<u8>) {
     write_array(items, out, |item, out| write_string(item.as_ref(), out));
+}
+
+/// Appends the fields of a `ProfileUpdate` datum before its memberships,
+/// which follow as an array (each written with [`write_membership`]), then
+/// the ids entered and exited (each with [`write_strings`]).
+pub fn write_update_head(
+    user_id: &str,
+    version: i64,
+    ts: i64,
+    level: PersonalizationLevel,
+    channels: &[Name],
+    out: &mut Vec<u8>,
+) {
+    write_string(user_id, out);
+    write_long(version, out);
+    write_long(ts, out);
+    write_long(level as i64, out);
+    write_strings(channels, out);
+}
+
+/// Appends one `Membership` record, its reason as `reason` writes it.
+pub fn write_membership(
+    id: &str,
+    since: i64,
+    reason: impl FnOnce(&mut Appender<'_>),
+    channels: &[Name],
+    arm: Option<&str>,
+    out: &mut Vec<u8>,
+) {
+    write_string(id, out);
+    write_long(since, out);
+    write_text(out, reason);
+    write_strings(channels, out);
+    match arm {
+        None => write_long(0, out),
+        Some(arm) => {
+            write_long(1, out);
+            write_string(arm, out);
+        }
+    }
 }
 
 /// Appends the binary datum of `update` under the contract's `ProfileUpdate` schema.
 pub fn write_profile_update(update: &ProfileUpdate, out: &mut Vec<u8>) {
-    write_string(&update.user_id, out);
-    write_long(update.version, out);
-    write_long(update.ts, out);
-    write_long(update.level as i64, out);
-    write_strings(&update.channels, out);
+    write_update_head(&update.user_id, update.version, update.ts, update.level, &update.channels, out);
     write_array(&update.segments, out, |membership: &Membership, out| {
-        write_string(&membership.id, out);
-        write_long(membership.since, out);
-        write_string(&membership.reason, out);
-        write_strings(&membership.channels, out);
-        match &membership.arm {
-            None => write_long(0, out),
-            Some(arm) => {
-                write_long(1, out);
-                write_string(arm, out);
-            }
-        }
+        let reason = |text: &mut Appender<'_>| text.0.extend_from_slice(membership.reason.as_bytes());
+        write_membership(
+            &membership.id,
+            membership.since,
+            reason,
+            &membership.channels,
+            membership.arm.as_deref(),
+            out,
+        );
     });
     write_strings(&update.entered, out);
     write_strings(&update.exited, out);
@@ -352,7 +420,8 @@ mod tests {
     }
 
     fn any_membership() -> impl Strategy<Value = Membership> {
-        (".{0,10}", any::<i64>(), ".{0,40}", proptest::collection::vec(".{0,5}", 0..4), optional_text()).prop_map(
+        // Reasons past 63 bytes take a two-byte length.
+        (".{0,10}", any::<i64>(), ".{0,100}", proptest::collection::vec(".{0,5}", 0..4), optional_text()).prop_map(
             |(id, since, reason, channels, arm): (String, _, _, Vec<String>, Option<String>)| Membership {
                 id: id.into(),
                 since,

@@ -13,6 +13,8 @@ pub use avro::{
     PROFILE_SCHEMA, PURCHASE_SCHEMA,
 };
 
+pub use binary::{write_array, write_membership, write_strings, write_update_head, Appender};
+
 use crate::model::{ConsentChange, Event, InputKind, ProfileUpdate};
 use serde::de::DeserializeOwned;
 use std::collections::HashMap;
@@ -202,15 +204,16 @@ impl Codec {
     }
 
     /// Appends `update` in Avro single-object encoding to `out`.
-    pub fn encode_profile(&self, update: &ProfileUpdate, out: &mut Vec<u8>) {
-        self.schemas.encode_profile(update, out)
+    pub fn encode_profile(&self, update: &EncodedUpdate, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.schemas.profile_header());
+        out.extend_from_slice(update.datum());
     }
 
     /// Appends `update` in the Confluent wire format with registry id `schema_id` to `out`.
-    pub fn encode_profile_confluent(&self, schema_id: u32, update: &ProfileUpdate, out: &mut Vec<u8>) {
+    pub fn encode_profile_confluent(&self, schema_id: u32, update: &EncodedUpdate, out: &mut Vec<u8>) {
         out.push(CONFLUENT_MAGIC);
         out.extend_from_slice(&schema_id.to_be_bytes());
-        binary::write_profile_update(update, out);
+        out.extend_from_slice(update.datum());
     }
 
     /// Appends an input record of `kind` in Avro single-object encoding to `out`.
@@ -221,6 +224,53 @@ impl Codec {
         out: &mut Vec<u8>,
     ) -> Result<(), SchemaError> {
         self.schemas.encode_input(kind, value, out)
+    }
+}
+
+/// A profile update as the Avro datum published (the contract's
+/// `ProfileUpdate` schema, without a header). It is written once, when the
+/// update is due, straight from the state: an update waiting to be published
+/// is one allocation, not one per membership and reason.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EncodedUpdate(Vec<u8>);
+
+impl EncodedUpdate {
+    /// `datum`, written by [`write_update_head`] and the fields after it.
+    pub fn from_datum(datum: Vec<u8>) -> Self {
+        Self(datum)
+    }
+
+    /// The datum, as a header frames it.
+    pub fn datum(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The user, the datum's first field (and the record key).
+    pub fn user_id(&self) -> &str {
+        binary::Cursor::new(&self.0).str().unwrap_or_default()
+    }
+
+    /// The update as a consumer that knows only the contract reads it
+    /// (apache-avro's generic decoding): for tests, tools and the demo.
+    pub fn decode(&self) -> Result<ProfileUpdate, DecodeError> {
+        avro::decode_profile(&self.0)
+    }
+}
+
+impl From<&ProfileUpdate> for EncodedUpdate {
+    fn from(update: &ProfileUpdate) -> Self {
+        let mut datum = Vec::with_capacity(256);
+        binary::write_profile_update(update, &mut datum);
+        Self(datum)
+    }
+}
+
+impl std::fmt::Debug for EncodedUpdate {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.decode() {
+            Ok(update) => update.fmt(formatter),
+            Err(error) => write!(formatter, "EncodedUpdate({:?}: {error})", self.0),
+        }
     }
 }
 

@@ -739,7 +739,7 @@ fn encoded_profiles_decode_back_with_apache_avro() {
     let reader = schema(PROFILE_AVSC);
     for update in [profile(None), profile(Some("holdout")), profile(Some("treatment"))] {
         let mut out = vec![0xAA];
-        codec.encode_profile(&update, &mut out);
+        codec.encode_profile(&EncodedUpdate::from(&update), &mut out);
         assert_eq!(out[0], 0xAA, "encode_profile appends");
         let bytes = &out[1..];
         assert_eq!(&bytes[..2], &[0xC3, 0x01]);
@@ -770,10 +770,21 @@ fn encoded_inputs_decode_back_to_the_same_records() {
 }
 
 #[test]
+fn an_encoded_update_is_keyed_by_its_user_and_reads_back_as_written() {
+    for update in [profile(None), profile(Some("treatment"))] {
+        let encoded = EncodedUpdate::from(&update);
+        assert_eq!(encoded.user_id(), "user-1");
+        assert_eq!(encoded.decode(), Ok(update));
+    }
+    let cut = EncodedUpdate::from_datum(EncodedUpdate::from(&profile(None)).datum()[..20].to_vec());
+    assert!(matches!(cut.decode(), Err(DecodeError::Malformed { .. })), "{:?}", cut.decode());
+}
+
+#[test]
 fn encoded_profile_arms_are_avro_unions() {
     let reader = schema(PROFILE_AVSC);
     let mut bytes = Vec::new();
-    codec().encode_profile(&profile(Some("holdout")), &mut bytes);
+    codec().encode_profile(&EncodedUpdate::from(&profile(Some("holdout"))), &mut bytes);
     let value = apache_avro::from_avro_datum(&reader, &mut &bytes[10..], None).unwrap();
     let Value::Record(fields) = value else { panic!("a record") };
     let Value::Array(segments) = &fields.iter().find(|(name, _)| name == "segments").unwrap().1 else {

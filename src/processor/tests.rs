@@ -215,7 +215,9 @@ impl Harness {
 #[track_caller]
 fn update(processed: Processed) -> ProfileUpdate {
     match processed {
-        Processed { outcome: Outcome::Applied, output: Some(Output::Update(update)), .. } => update,
+        Processed { outcome: Outcome::Applied, output: Some(Output::Update(update)), .. } => {
+            update.decode().expect("a datum the contract's schema reads")
+        }
         other => panic!("expected an applied record with an update, got {other:?}"),
     }
 }
@@ -1198,6 +1200,7 @@ proptest! {
                 prop_assert!(ever_allowed[user_index], "{user} got {output:?} without ever allowing a profile");
                 prop_assert_eq!(output.user_id(), user);
                 if let Output::Update(update) = output {
+                    let update = update.decode().unwrap();
                     let consent = in_force[user_index].as_ref().expect("an update needs consent in force");
                     prop_assert!(consent.allows_profile());
                     prop_assert_eq!(update.level, consent.level);
@@ -1260,6 +1263,7 @@ fn near_store_is_exited_when_event_time_passes_one_hour_after_the_last_nearby_fi
     assert_eq!(harness.size_of("near_store"), 1);
     let outputs = harness.processor.advance_to(EventTime(T0 + HOUR), NOW);
     let [Output::Update(exit)] = outputs.as_slice() else { panic!("one update expected, got {outputs:?}") };
+    let exit = exit.decode().unwrap();
     assert_eq!(exit.user_id, "shopper");
     assert_eq!(exit.exited, strings(&["near_store"]));
     assert_eq!(exit.entered, Vec::<String>::new());
@@ -1284,6 +1288,7 @@ fn a_later_nearby_fix_moves_the_exit_and_the_earlier_timer_is_stale() {
     let outputs = harness.processor.advance_to(EventTime(T0 + 90 * MINUTE), NOW);
     assert_eq!(outputs.len(), 1);
     let Output::Update(exit) = &outputs[0] else { panic!("an update") };
+    let exit = exit.decode().unwrap();
     assert_eq!((exit.exited.clone(), exit.ts), (ids(&["near_store"]), T0 + 90 * MINUTE));
 }
 
@@ -1319,6 +1324,7 @@ fn a_purchase_leaving_the_week_enters_running_browser_without_a_new_event() {
     assert!(h.processor.memberships("runner").unwrap_or_default().iter().all(|member| member.id != "running_browser"));
     let outputs = h.processor.advance_to(EventTime(T0 + 7 * DAY), NOW);
     let [Output::Update(update)] = outputs.as_slice() else { panic!("one update expected, got {outputs:?}") };
+    let update = update.decode().unwrap();
     assert_eq!((update.entered.clone(), update.ts), (ids(&["running_browser"]), T0 + 7 * DAY));
 }
 
@@ -1333,6 +1339,7 @@ fn time_passing_can_also_enter_a_segment() {
     assert_eq!(returning.entered, strings(&["returning_visitor"]));
     let outputs = harness.processor.advance_to(EventTime(T0 + 30 * DAY), NOW);
     let [Output::Update(update)] = outputs.as_slice() else { panic!("one update expected, got {outputs:?}") };
+    let update = update.decode().unwrap();
     assert_eq!(update.entered, strings(&["new_visitor"]));
     assert_eq!(update.exited, strings(&["returning_visitor"]));
     assert_eq!(update.segments[0].reason, NEW_VISITOR_1);
@@ -1369,6 +1376,7 @@ rule.all = [
     assert!(h.processor.advance_to(EventTime(T0 + 30 * DAY - 1), NOW).is_empty());
     let outputs = h.processor.advance_to(EventTime(T0 + 30 * DAY), NOW);
     let [Output::Update(lapsed)] = outputs.as_slice() else { panic!("one update expected, got {outputs:?}") };
+    let lapsed = lapsed.decode().unwrap();
     assert_eq!(lapsed.entered, strings(&["lapsed_buyer"]));
     assert_eq!(lapsed.ts, T0 + 30 * DAY);
     assert_eq!(
@@ -1382,6 +1390,7 @@ rule.all = [
     assert_eq!(outputs.len(), 1, "lapsed again 30 days after the second purchase: {outputs:?}");
     let outputs = h.processor.advance_to(EventTime(T0 + 130 * DAY), NOW);
     let [Output::Update(gone)] = outputs.as_slice() else { panic!("one update expected, got {outputs:?}") };
+    let gone = gone.decode().unwrap();
     assert_eq!(gone.exited, strings(&["lapsed_buyer"]));
     assert_eq!(gone.ts, T0 + 130 * DAY);
 }
@@ -1505,6 +1514,7 @@ proptest! {
         applied_silently(h.consent("u", &LOCATION_GRANTS, PersonalizationLevel::Full, T0 - DAY));
         let mut all = History::default();
         let (mut newest, mut watermark) = (T0, T0);
+        let mut published_last = Vec::new();
         for step in steps {
             let gap = match &step {
                 Step::Browse { gap_ms, .. } | Step::Purchase { gap_ms, .. } | Step::Location { gap_ms, .. } => *gap_ms,
@@ -1513,26 +1523,39 @@ proptest! {
             // Late events may not go back past the watermark (time-driven
             // changes up to it are already published).
             let ts = (newest + gap).max(watermark + 1);
-            match step {
+            let outputs: Vec<Output> = match step {
                 Step::Browse { category, .. } => {
-                    h.browse("u", ts, Some(category));
+                    let processed = h.browse("u", ts, Some(category));
                     insert_by_time(&mut all.browses, BrowseFact { ts, page_type: hash_value("product"), category: hash_present(Some(category)), product: hash_present(Some(&format!("{category}-item"))) }, |fact| fact.ts);
+                    processed.output.into_iter().collect()
                 }
                 Step::Purchase { product, category, cents, .. } => {
-                    h.purchase("u", ts, &[(product, category, 1, cents)]);
+                    let processed = h.purchase("u", ts, &[(product, category, 1, cents)]);
                     let item = ItemFact { category: hash_value(category), product: hash_value(product), quantity: 1, price_cents: cents, sensitive: false };
                     insert_by_time(&mut all.purchases, PurchaseFact { ts, currency: hash_value("EUR"), total_cents: cents, items: smallvec::smallvec![item] }, |fact| fact.ts);
+                    processed.output.into_iter().collect()
                 }
                 Step::Location { near, .. } => {
                     let at = if near { BERLIN_STORE } else { (52.40, 13.10) };
-                    h.location("u", ts, at);
+                    let processed = h.location("u", ts, at);
                     insert_by_time(&mut all.locations, LocationFact { ts, lat: at.0, lon: at.1 }, |fact| fact.ts);
+                    processed.output.into_iter().collect()
                 }
                 Step::Advance { gap_ms } => {
                     watermark = watermark.max(newest + gap_ms);
-                    h.processor.advance_to(EventTime(watermark), NOW);
+                    h.processor.advance_to(EventTime(watermark), NOW)
                 }
+            };
+            // The last update published lists what the state holds: an
+            // update's memberships are written straight into its datum, the
+            // API's rendered, and the two agree.
+            for output in outputs {
+                published_last = match output {
+                    Output::Update(update) => update.decode().unwrap().segments,
+                    Output::Tombstone { .. } => Vec::new(),
+                };
             }
+            prop_assert_eq!(&published_last, &h.processor.memberships("u").unwrap_or_default());
             if !matches!(step, Step::Advance { .. }) {
                 newest = newest.max(ts);
             }
@@ -1676,6 +1699,7 @@ fn a_narrower_consent_in_the_table_deletes_what_it_no_longer_allows_on_restore()
     after.consent("u", &["personalization", "push"], PersonalizationLevel::Full, T0 + HOUR);
     let outputs = restore_into(&after, &records);
     let [(Partition(0), Output::Update(exit))] = outputs.as_slice() else { panic!("one update: {outputs:?}") };
+    let exit = exit.decode().unwrap();
     assert_eq!(exit.exited, vec!["near_store"]);
     assert!(after.state("u").history.locations.is_empty());
 }
@@ -1920,6 +1944,7 @@ fn a_segment_added_by_a_reload_is_evaluated_from_the_state_held_without_new_even
     let [(Partition(0), Output::Update(entered))] = reloaded.outputs.as_slice() else {
         panic!("{:?}", reloaded.outputs)
     };
+    let entered = entered.decode().unwrap();
     assert_eq!(entered.entered, vec!["bookworm", "long_reader"]);
     assert!(entered.version > version_before);
     let bookworm = entered.segments.iter().find(|member| member.id == "bookworm").unwrap();
@@ -1943,6 +1968,7 @@ fn a_segment_removed_by_a_reload_is_exited_and_a_changed_one_re_evaluated() {
     assert_eq!(reloaded.report.changed, vec!["bookworm"]);
     assert!(reloaded.report.partial.is_empty(), "the same windows: the state suffices");
     let [(Partition(0), Output::Update(exit))] = reloaded.outputs.as_slice() else { panic!("{:?}", reloaded.outputs) };
+    let exit = exit.decode().unwrap();
     assert_eq!(exit.exited, vec!["bookworm"]);
     // Back to the default catalogue: bookworm is retired; a third visit enters nothing new.
     let reloaded = h.processor.reload(catalogue_with(""), NOW);
@@ -1956,6 +1982,7 @@ fn a_segment_removed_by_a_reload_is_exited_and_a_changed_one_re_evaluated() {
     let reloaded = h.processor.reload(catalogue_with(BOOKWORM), NOW);
     assert_eq!(reloaded.report.added, vec!["bookworm"]);
     let [(Partition(0), Output::Update(back))] = reloaded.outputs.as_slice() else { panic!("{:?}", reloaded.outputs) };
+    let back = back.decode().unwrap();
     assert_eq!(back.entered, vec!["bookworm"]);
     let published = h.processor.explain("u").unwrap().profile.unwrap();
     assert_eq!(published.segments.iter().filter(|member| member.id == "bookworm").count(), 1);

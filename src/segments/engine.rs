@@ -7,7 +7,7 @@ use crate::model::Name;
 use crate::state::{BrowseFact, History, ItemFact, LocationFact, PurchaseFact};
 use crate::time::DAY_MS;
 use smallvec::SmallVec;
-use std::fmt::Write as _;
+use std::fmt::Write;
 use std::hash::Hasher as _;
 use std::num::NonZeroU64;
 use std::ops::ControlFlow;
@@ -510,36 +510,41 @@ pub fn next_recency_flip(rule: &Rule, history: &History, now: i64) -> Option<i64
     }
 }
 
-/// The reason sentence with the captured figures filled in. A figure the
-/// template names but `captures` lacks reads as 0: a profile published
-/// before a reload gave its segment more captures, read before the reload's
-/// re-evaluation reached the user.
+/// The reason sentence with the captured figures filled in (see [`write_reason`]).
 pub fn render_reason(parts: &[TemplatePart], captures: &[f64]) -> String {
-    let figure = |index: &usize| captures.get(*index).copied().unwrap_or_default();
     let mut reason = String::with_capacity(96);
+    write_reason(parts, captures, &mut reason);
+    reason
+}
+
+/// Writes the reason sentence with the captured figures filled in to `out`.
+/// A figure the template names but `captures` lacks reads as 0: a profile
+/// published before a reload gave its segment more captures, read before
+/// the reload's re-evaluation reached the user.
+pub fn write_reason(parts: &[TemplatePart], captures: &[f64], out: &mut impl Write) {
+    let figure = |index: &usize| captures.get(*index).copied().unwrap_or_default();
     for part in parts {
-        // Writing to a `String` cannot fail.
+        // Both writers tactful passes (a `String`, a byte buffer) cannot fail.
         let _ = match part {
-            TemplatePart::Text(text) => reason.write_str(text),
-            TemplatePart::Number(index) => write!(reason, "{}", figure(index) as i64),
+            TemplatePart::Text(text) => out.write_str(text),
+            TemplatePart::Number(index) => write!(out, "{}", figure(index) as i64),
             TemplatePart::Counted { index, singular, plural } => {
                 let count = figure(index) as i64;
-                write!(reason, "{count} {}", if count == 1 { singular } else { plural })
+                write!(out, "{count} {}", if count == 1 { singular } else { plural })
             }
             TemplatePart::Days(index) => match figure(index) {
-                value if value.is_finite() => write!(reason, "{}", (value / DAY_MS as f64).floor() as i64),
-                _ => reason.write_str("many"),
+                value if value.is_finite() => write!(out, "{}", (value / DAY_MS as f64).floor() as i64),
+                _ => out.write_str("many"),
             },
-            TemplatePart::Percent(index) => write!(reason, "{}%", (figure(index) * 100.0).round() as i64),
+            TemplatePart::Percent(index) => write!(out, "{}%", (figure(index) * 100.0).round() as i64),
             TemplatePart::Cents(index) => {
                 let cents = figure(index) as i64;
                 let sign = if cents < 0 { "-" } else { "" };
                 let (units, hundredths) = (cents.unsigned_abs() / 100, cents.unsigned_abs() % 100);
-                write!(reason, "{sign}{units}.{hundredths:02}")
+                write!(out, "{sign}{units}.{hundredths:02}")
             }
         };
     }
-    reason
 }
 
 /// The experiment arm of `user_id` in `segment`: deterministic, so stable

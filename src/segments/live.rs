@@ -4,11 +4,12 @@
 //! which keeps every segment's index (see [`SegmentIndex`]).
 
 use super::engine::{
-    arm, compares_recency, measure_slots, next_recency_flip, render_reason, window_bit, window_use, SharedMeasures,
-    WindowUse,
+    arm, compares_recency, measure_slots, next_recency_flip, render_reason, window_bit, window_use, write_reason,
+    SharedMeasures, WindowUse,
 };
 use super::tally::{self, Tallied};
 use super::{Catalogue, Segment, SegmentIndex};
+use crate::codec::{write_array, write_membership, Appender};
 use crate::consent::minimise::eligible;
 use crate::consent::Purposes;
 use crate::experiments::{ExperimentCounts, Experiments};
@@ -275,6 +276,18 @@ impl Segments {
                 }
             })
             .collect()
+    }
+
+    /// Appends the memberships of a published profile to an update's datum,
+    /// as [`Segments::render`] renders them: each reason written straight
+    /// into `out`.
+    pub fn write_memberships(&self, user_id: &str, members: &[PublishedMember], out: &mut Vec<u8>) {
+        write_array(members, out, |member, out| {
+            let segment = self.catalogue.segment(member.segment);
+            let reason = |text: &mut Appender<'_>| write_reason(&segment.reason, &member.figures, text);
+            let arm = arm(segment, user_id);
+            write_membership(&segment.id, member.since, reason, &member.channels.channel_names(), arm.as_deref(), out);
+        });
     }
 }
 
