@@ -233,23 +233,14 @@ impl ReadAvro for ConsentChange {
     }
 }
 
-/// The zig-zag varint bytes of `value`, and how many there are.
-fn long_bytes(value: i64) -> ([u8; 10], usize) {
-    let (mut bytes, mut count) = ([0; 10], 0);
-    let mut zigzag = ((value << 1) ^ (value >> 63)) as u64;
-    while zigzag >= 0x80 {
-        bytes[count] = (zigzag as u8) | 0x80;
-        zigzag >>= 7;
-        count += 1;
-    }
-    bytes[count] = zigzag as u8;
-    (bytes, count + 1)
-}
-
 /// Appends a zig-zag varint `long`.
 fn write_long(value: i64, out: &mut Vec<u8>) {
-    let (bytes, count) = long_bytes(value);
-    out.extend_from_slice(&bytes[..count]);
+    let mut zigzag = ((value << 1) ^ (value >> 63)) as u64;
+    while zigzag >= 0x80 {
+        out.push((zigzag as u8) | 0x80);
+        zigzag >>= 7;
+    }
+    out.push(zigzag as u8);
 }
 
 fn write_string(value: &str, out: &mut Vec<u8>) {
@@ -264,9 +255,13 @@ fn write_text(out: &mut Vec<u8>, text: impl FnOnce(&mut Appender<'_>)) {
     let start = out.len();
     out.push(0);
     text(&mut Appender(out));
-    match long_bytes((out.len() - start - 1) as i64) {
-        (bytes, 1) => out[start] = bytes[0],
-        (bytes, count) => drop(out.splice(start..start + 1, bytes[..count].iter().copied())),
+    let length = out.len() - start - 1;
+    if length < 64 {
+        out[start] = (length as u8) << 1;
+    } else {
+        let mut prefix = Vec::with_capacity(10);
+        write_long(length as i64, &mut prefix);
+        out.splice(start..start + 1, prefix);
     }
 }
 

@@ -113,7 +113,9 @@ impl Segments {
     }
 
     /// The measures computed once per evaluation of a user with `history`:
-    /// their tallies' values known, nothing computed yet.
+    /// their tallies' values known, nothing computed yet. Inlined: built in
+    /// its caller's frame, not copied there.
+    #[inline]
     pub fn measures_of<'a>(&self, history: &History) -> SharedMeasures<'a> {
         let mut shared = SharedMeasures::new();
         tally::read(history, &self.tallied, &mut shared);
