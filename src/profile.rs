@@ -7,7 +7,7 @@
 use crate::codec::{write_strings, write_update_head, EncodedUpdate};
 use crate::consent::minimise::eligible;
 use crate::consent::{ConsentInForce, Purpose, Purposes};
-use crate::segments::engine::evaluate;
+use crate::segments::engine::{evaluate, SharedMeasures};
 use crate::segments::Segments;
 use crate::state::{Figures, PublishedMember, PublishedProfile, UserState, MAX_CAPTURES};
 use smallvec::SmallVec;
@@ -40,7 +40,8 @@ pub fn refresh(
     let previous = state.published.as_ref().map(|profile| profile.members.as_slice()).unwrap_or_default();
     // On the stack: most events change no membership, and then nothing is allocated.
     let mut members = SmallVec::<[PublishedMember; 8]>::new();
-    let mut shared = segments.measures_of(&state.history);
+    let mut shared = SharedMeasures::new();
+    segments.know_tallies(&state.history, &mut shared);
     for (index, segment) in segments.by_id() {
         if !eligible(segment, level, granted) {
             continue;

@@ -112,14 +112,11 @@ impl Segments {
         tally::advance(history, &self.tallied, self.generation, now);
     }
 
-    /// The measures computed once per evaluation of a user with `history`:
-    /// their tallies' values known, nothing computed yet. Inlined: built in
-    /// its caller's frame, not copied there.
-    #[inline]
-    pub fn measures_of<'a>(&self, history: &History) -> SharedMeasures<'a> {
-        let mut shared = SharedMeasures::new();
-        tally::read(history, &self.tallied, &mut shared);
-        shared
+    /// Notes in `shared` (the measures computed once per evaluation of a
+    /// user with `history`) the values their tallies hold. Filled in place:
+    /// returned, the measures were copied once more per evaluation.
+    pub fn know_tallies(&self, history: &History, shared: &mut SharedMeasures<'_>) {
+        tally::read(history, &self.tallied, shared);
     }
 
     /// The slots of segment `index`'s leaves among the measures computed

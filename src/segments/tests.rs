@@ -1079,7 +1079,8 @@ type Outcome = (bool, Vec<f64>);
 fn tallied_and_read(segments: &Segments, history: &mut History, now: i64) -> Vec<(String, Outcome, Outcome)> {
     segments.advance_tallies(history, now);
     history.prune(now, &segments.retention_for(crate::model::PersonalizationLevel::Full, everything()));
-    let mut tallied = segments.measures_of(history);
+    let mut tallied = SharedMeasures::new();
+    segments.know_tallies(history, &mut tallied);
     (segments.by_id())
         .map(|(index, segment)| {
             let (mut from_tallies, mut from_facts) =
