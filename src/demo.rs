@@ -93,7 +93,7 @@ pub fn run(options: &DemoOptions) -> Result<(), DemoError> {
         newest_event_time = newest_event_time.max(processed.event_time.map(EventTime));
         if let Some(crate::processor::Output::Update(update)) = &processed.output {
             let sample = sample_users.len() < 400 && !sample_users.iter().any(|user| user == update.user_id());
-            if sample && update.decode().is_ok_and(|update| update.segments.len() >= 2) {
+            if sample && processor.memberships(update.user_id()).is_some_and(|memberships| memberships.len() >= 2) {
                 sample_users.push(update.user_id().to_owned());
             }
         }
