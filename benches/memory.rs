@@ -75,22 +75,7 @@ fn main() {
         processor.process(record.kind, Some(record.key.as_bytes()), record.value.as_deref(), now_ms);
     }
     let consent_bytes = allocated() - before;
-    let (mut decoding, mut applying) = (0, 0);
-    let mut newest = None;
-    for record in &events {
-        let start = allocations();
-        let decoded = processor.decode(record.kind, Some(record.key.as_bytes()), record.value.as_deref(), now_ms);
-        let decoded_at = allocations();
-        let processed = match decoded {
-            Ok(input) => processor.apply(Source { partition: Partition(0), watermark: None }, input, now_ms),
-            Err(rejection) => Processed::rejected(rejection),
-        };
-        (decoding, applying) = (decoding + decoded_at - start, applying + allocations() - decoded_at);
-        newest = newest.max(processed.event_time.map(EventTime));
-    }
-    if let Some(watermark) = newest {
-        drop(processor.advance_to(watermark, now_ms));
-    }
+    let first = apply_month(&processor, &events, now_ms, events.len());
     let state_bytes = allocated() - before - consent_bytes;
     let (values, value_bytes) = consents
         .iter()
@@ -103,11 +88,78 @@ fn main() {
     println!("users with partition state: {held}");
     println!("partition state: {state_bytes} bytes, {:.0} bytes per user held", state_bytes as f64 / held as f64);
     println!("changelog: {value_bytes} bytes, {:.0} bytes per user held", value_bytes as f64 / values as f64);
-    let per_record = |count: usize| count as f64 / RECORDS as f64;
-    println!("allocations per record: {:.2} decoding, {:.2} applying", per_record(decoding), per_record(applying));
+    first.print("the first month");
     println!(
         "in all: {} bytes, {:.0} bytes per consented user",
         consent_bytes + state_bytes,
         (consent_bytes + state_bytes) as f64 / consented as f64
     );
+
+    // The month after, over the state the first month left, with event time
+    // advanced after every chunk as `benches/pipeline.rs` does (`state held`):
+    // windows drop facts as fast as events bring them.
+    let now_ms = now_ms + 30 * tactful::time::DAY_MS;
+    let mut population = Population::new(43, USERS, RECORDS, 30, now_ms);
+    let events: Vec<_> = (0..RECORDS).map(|_| population.next_record()).collect();
+    let before = allocated();
+    let after = apply_month(&processor, &events, now_ms, 10_000);
+    let held = processor.held_user_count();
+    println!("users with partition state after the month after: {held}");
+    println!(
+        "partition state after the month after: {:.0} bytes per user held",
+        (state_bytes + allocated() - before) as f64 / held as f64
+    );
+    after.print("the month after");
+}
+
+/// Allocations made by a month's records, per record.
+struct Allocations {
+    decoding: usize,
+    applying: usize,
+    time_driven: usize,
+    records: usize,
+}
+
+impl Allocations {
+    fn print(&self, month: &str) {
+        let per_record = |count: usize| count as f64 / self.records as f64;
+        println!(
+            "allocations per record, {month}: {:.2} decoding, {:.2} applying, {:.2} time-driven",
+            per_record(self.decoding),
+            per_record(self.applying),
+            per_record(self.time_driven)
+        );
+    }
+}
+
+/// Applies `events`, advancing event time to the newest seen after every
+/// `chunk` of them, and counts the allocations of each step.
+fn apply_month(
+    processor: &Processor,
+    events: &[tactful::synthetic::SyntheticRecord],
+    now_ms: i64,
+    chunk: usize,
+) -> Allocations {
+    let mut counted = Allocations { decoding: 0, applying: 0, time_driven: 0, records: events.len() };
+    for records in events.chunks(chunk) {
+        let mut newest = None;
+        for record in records {
+            let start = allocations();
+            let decoded = processor.decode(record.kind, Some(record.key.as_bytes()), record.value.as_deref(), now_ms);
+            let decoded_at = allocations();
+            let processed = match decoded {
+                Ok(input) => processor.apply(Source { partition: Partition(0), watermark: None }, input, now_ms),
+                Err(rejection) => Processed::rejected(rejection),
+            };
+            counted.decoding += decoded_at - start;
+            counted.applying += allocations() - decoded_at;
+            newest = newest.max(processed.event_time.map(EventTime));
+        }
+        if let Some(watermark) = newest {
+            let start = allocations();
+            drop(processor.advance_to(watermark, now_ms));
+            counted.time_driven += allocations() - start;
+        }
+    }
+    counted
 }
