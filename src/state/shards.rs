@@ -360,7 +360,8 @@ impl Timers {
     }
 }
 
-type ShardMap = HashMap<Partition, Arc<Mutex<Shard>>>;
+/// foldhash, not SipHash: looked up twice per record, by keys no one outside chooses.
+type ShardMap = HashMap<Partition, Arc<Mutex<Shard>>, foldhash::fast::FixedState>;
 
 /// Every shard this instance holds, by partition.
 #[derive(Debug, Default)]
