@@ -17,7 +17,7 @@ use tactful::pipeline::workers::{
     advance_in_order, apply_in_order, apply_record, decode_in_order, Encoded, Record, Workers,
 };
 use tactful::processor::{Lookahead, Output, Processor, Source};
-use tactful::segments::engine::{evaluate, SharedMeasures};
+use tactful::segments::engine::{evaluate, write_reason, SharedMeasures};
 use tactful::state::changelog::decode;
 use tactful::state::{Partition, UserState, MAX_CAPTURES};
 use tactful::synthetic::{Population, SyntheticRecord};
@@ -326,6 +326,21 @@ fn stages(criterion: &mut Criterion) {
                 codec.encode_profile(update, &mut buffer);
             }
             std::hint::black_box(buffer.len())
+        })
+    });
+    // Every default segment's reason rendered with two figures, as a
+    // membership is written into an update (a figure the template does
+    // not name is not read).
+    let (catalogue, _) = tactful::config::embedded_defaults();
+    group.throughput(Throughput::Elements(catalogue.segments.len() as u64));
+    group.bench_function("reasons", |bencher| {
+        let mut text = String::with_capacity(1024);
+        bencher.iter(|| {
+            text.clear();
+            for segment in &catalogue.segments {
+                write_reason(&segment.reason, std::hint::black_box(&[3.0, 12_345.0]), &mut text);
+            }
+            std::hint::black_box(text.len())
         })
     });
     group.finish();
