@@ -5,6 +5,8 @@
 //! itself is generated before counting starts. Also counts the allocations
 //! made per record applied (decode, state and the update, which is built
 //! but not encoded here): a figure no other process on the machine moves.
+//! Then the same users' month after, as the pipeline bench's `state held`:
+//! the bytes per user held at its end, and its allocations per record.
 //! Prints the figures that go to BENCHMARKS.md.
 
 #![allow(missing_docs)]
@@ -14,8 +16,8 @@ use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
 use tactful::codec::Codec;
 use tactful::processor::{Processed, Processor, Source};
 use tactful::state::Partition;
-use tactful::synthetic::Population;
-use tactful::time::EventTime;
+use tactful::synthetic::{Population, SyntheticRecord};
+use tactful::time::{EventTime, DAY_MS};
 
 /// The system allocator, counting the bytes currently allocated and the
 /// allocations made.
@@ -53,6 +55,7 @@ static GLOBAL: Counting = Counting;
 
 const USERS: usize = 1_000_000;
 const RECORDS: u64 = 2_000_000;
+const DAYS: i64 = 30;
 
 fn allocated() -> isize {
     ALLOCATED.load(Ordering::Relaxed)
@@ -64,7 +67,7 @@ fn allocations() -> usize {
 
 fn main() {
     let now_ms = 1_800_000_000_000;
-    let mut population = Population::new(42, USERS, RECORDS, 30, now_ms);
+    let mut population = Population::new(42, USERS, RECORDS, DAYS, now_ms);
     let consents = population.consent_records();
     let events: Vec<_> = (0..RECORDS).map(|_| population.next_record()).collect();
 
@@ -98,8 +101,8 @@ fn main() {
     // The month after, over the state the first month left, with event time
     // advanced after every chunk as `benches/pipeline.rs` does (`state held`):
     // windows drop facts as fast as events bring them.
-    let now_ms = now_ms + 30 * tactful::time::DAY_MS;
-    let mut population = Population::new(43, USERS, RECORDS, 30, now_ms);
+    let now_ms = now_ms + DAYS * DAY_MS;
+    let mut population = Population::new(43, USERS, RECORDS, DAYS, now_ms);
     let events: Vec<_> = (0..RECORDS).map(|_| population.next_record()).collect();
     let before = allocated();
     let after = apply_month(&processor, &events, now_ms, 10_000);
@@ -134,12 +137,7 @@ impl Allocations {
 
 /// Applies `events`, advancing event time to the newest seen after every
 /// `chunk` of them, and counts the allocations of each step.
-fn apply_month(
-    processor: &Processor,
-    events: &[tactful::synthetic::SyntheticRecord],
-    now_ms: i64,
-    chunk: usize,
-) -> Allocations {
+fn apply_month(processor: &Processor, events: &[SyntheticRecord], now_ms: i64, chunk: usize) -> Allocations {
     let mut counted = Allocations { decoding: 0, applying: 0, time_driven: 0, records: events.len() };
     for records in events.chunks(chunk) {
         let mut newest = None;
