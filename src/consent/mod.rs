@@ -171,7 +171,7 @@ pub struct ConsentInForce {
     /// How much personalization the user wants.
     pub level: PersonalizationLevel,
     /// Which consent tool or channel recorded the choice, shown by the explain
-    /// API (inline up to 24 bytes: held for every user).
+    /// API. (The consent table holds each name once, not per user.)
     pub source: compact_str::CompactString,
     /// When the user chose (event time of the `ConsentChange`).
     pub ts: i64,
