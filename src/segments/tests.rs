@@ -74,11 +74,11 @@ fn at(ts: i64, lat: f64, lon: f64) -> LocationFact {
 }
 
 fn browses(facts: Vec<BrowseFact>) -> History {
-    History { browses: facts, ..History::default() }
+    History { browses: facts.into(), ..History::default() }
 }
 
 fn purchases(facts: Vec<PurchaseFact>) -> History {
-    History { purchases: facts, ..History::default() }
+    History { purchases: facts.into(), ..History::default() }
 }
 
 /// A window of a rule (not a retention end).
@@ -698,10 +698,13 @@ fn near_counts_fixes_within_the_radius_and_the_window() {
     let near = Measure::Near { places: vec![(48.0, 11.0), store], radius_m: 500.0, window_ms: HOUR };
     let now = MIDNIGHT;
     // 0.0036° of latitude is 400.3 m; 0.0054° is 600.5 m.
-    let inside = History { locations: vec![at(now - 10, store.0 + 0.0036, store.1)], ..History::default() };
-    let outside = History { locations: vec![at(now - 10, store.0 + 0.0054, store.1)], ..History::default() };
-    let too_old = History { locations: vec![at(now - HOUR, store.0, store.1)], ..History::default() };
-    let just_in_time = History { locations: vec![at(now - HOUR + 1, store.0, store.1)], ..History::default() };
+    let inside =
+        History { locations: thin_vec::thin_vec![at(now - 10, store.0 + 0.0036, store.1)], ..History::default() };
+    let outside =
+        History { locations: thin_vec::thin_vec![at(now - 10, store.0 + 0.0054, store.1)], ..History::default() };
+    let too_old = History { locations: thin_vec::thin_vec![at(now - HOUR, store.0, store.1)], ..History::default() };
+    let just_in_time =
+        History { locations: thin_vec::thin_vec![at(now - HOUR + 1, store.0, store.1)], ..History::default() };
     assert_eq!(measure(&near, &inside, now), 1.0);
     assert_eq!(measure(&near, &outside, now), 0.0);
     assert_eq!(measure(&near, &too_old, now), 0.0);

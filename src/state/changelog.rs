@@ -27,6 +27,7 @@ use crate::time::MaybeTime;
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::num::NonZeroU64;
+use thin_vec::ThinVec;
 
 /// The first byte of every changelog value this build writes: format 2, below.
 const FORMAT: u8 = 2;
@@ -368,8 +369,11 @@ impl ReadFacts<'_> {
 /// `stored` read by `read`, up to the first error, into a list allocated
 /// once at its length: collecting through a `Result` would grow it by
 /// doubling, with room to spare in every restored user's state.
-fn each<T, U>(stored: Vec<T>, mut read: impl FnMut(T) -> Result<U, ChangelogError>) -> Result<Vec<U>, ChangelogError> {
-    let mut read_all = Vec::with_capacity(stored.len());
+fn each<T, U>(
+    stored: Vec<T>,
+    mut read: impl FnMut(T) -> Result<U, ChangelogError>,
+) -> Result<ThinVec<U>, ChangelogError> {
+    let mut read_all = ThinVec::with_capacity(stored.len());
     for item in stored {
         read_all.push(read(item)?);
     }
@@ -783,9 +787,9 @@ mod tests {
             (any::<i64>(), -90.0..90.0, -180.0..180.0).prop_map(|(ts, lat, lon)| LocationFact { ts, lat, lon });
         (vec(browse, 0..8), vec(purchase, 0..4), vec(location, 0..3), any::<Option<i64>>()).prop_map(
             |(browses, purchases, locations, first_seen)| History {
-                browses,
-                purchases,
-                locations,
+                browses: browses.into(),
+                purchases: purchases.into(),
+                locations: locations.into(),
                 first_seen: first_seen.into(),
                 ..History::default()
             },

@@ -88,6 +88,14 @@ fn thin_vec_allocation<T>(list: &ThinVec<T>) -> *const u8 {
     unsafe { std::ptr::from_ref(list).cast::<*const u8>().read() }
 }
 
+/// [`prefetch`]es the start of `list`'s allocation: its length and the
+/// first elements, as many as the two lines after its start hold (the
+/// length that would say how many there are is in the allocation; a
+/// user's list seldom holds more).
+fn prefetch_start<T>(list: &ThinVec<T>) {
+    prefetch_lines(thin_vec_allocation(list), 2 * 64);
+}
+
 /// A stable 64-bit hash of a field value (FNV-1a: stable across builds and
 /// versions, which a changelog needs; `std`'s hasher is not).
 pub fn hash_value(value: &str) -> u64 {
@@ -168,11 +176,11 @@ pub struct LocationFact {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct History {
     /// Page views kept, oldest first, for as long as some segment reads them.
-    pub browses: Vec<BrowseFact>,
+    pub browses: ThinVec<BrowseFact>,
     /// Purchases kept, oldest first, for the longest window or last-N rule.
-    pub purchases: Vec<PurchaseFact>,
+    pub purchases: ThinVec<PurchaseFact>,
     /// Location fixes kept, oldest first; empty without the `location` purpose.
-    pub locations: Vec<LocationFact>,
+    pub locations: ThinVec<LocationFact>,
     /// The time of the user's first applied event, kept only while a segment
     /// measures time since first seen.
     pub first_seen: MaybeTime,
@@ -216,9 +224,9 @@ impl Retention {
 
 /// Inserts `fact` keeping the list sorted by time; events mostly arrive in
 /// order, so this is a push in the common case. The room grows from one
-/// fact by doubling, not from `Vec`'s four: most users keep one or two
+/// fact by doubling, not from the four a first push takes: most users keep one or two
 /// facts of a kind. Returns whether it went after all the others.
-pub fn insert_by_time<T>(facts: &mut Vec<T>, fact: T, ts: impl Fn(&T) -> i64) -> bool {
+pub fn insert_by_time<T>(facts: &mut ThinVec<T>, fact: T, ts: impl Fn(&T) -> i64) -> bool {
     if facts.len() == facts.capacity() {
         facts.reserve_exact(facts.len().max(1));
     }
@@ -365,9 +373,9 @@ impl UserState {
     /// into the cache without waiting (see [`prefetch`]).
     pub fn prefetch_held(&self) {
         let History { browses, purchases, locations, tallies, .. } = &self.history;
-        prefetch_all(browses);
-        prefetch_all(purchases);
-        prefetch_all(locations);
+        prefetch_start(browses);
+        prefetch_start(purchases);
+        prefetch_start(locations);
         tallies.prefetch();
         if let Some(published) = &self.published {
             prefetch(thin_vec_allocation(&published.members));
@@ -448,7 +456,7 @@ mod tests {
 
     #[test]
     fn facts_inserted_in_any_order_stay_sorted_in_room_that_doubles_from_one() {
-        let mut facts = Vec::new();
+        let mut facts = ThinVec::new();
         let mut rooms = Vec::new();
         for ts in [5, 1, 9, 3, 7] {
             insert_by_time(&mut facts, ts, |ts| *ts);

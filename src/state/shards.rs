@@ -36,15 +36,19 @@ impl Handle {
     }
 }
 
-/// A held user: their id and state.
+/// A held user: their id and state. Two whole cache lines: a slot is the
+/// first thing read of a user, from memory (see [`Shard::prefetch`]).
 #[derive(Debug)]
+#[repr(align(64))]
 struct Slot {
     user_id: UserKey,
     state: UserState,
 }
 
-/// How many slots a chunk of a shard's [`Slots`] holds (of 176 bytes each: 176 KiB).
+/// How many slots a chunk of a shard's [`Slots`] holds (of 128 bytes each: 128 KiB).
 const SLOTS_PER_CHUNK: usize = 1024;
+
+const _: () = assert!(size_of::<Option<Slot>>() == 128);
 
 /// A shard's slots, by handle, in chunks of [`SLOTS_PER_CHUNK`] that never
 /// move: a growing shard neither copies its users nor holds more than one
