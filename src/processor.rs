@@ -13,7 +13,7 @@
 use crate::codec::{Codec, Decoded, EncodedUpdate, Encoding};
 use crate::consent::minimise::Minimiser;
 use crate::consent::table::ConsentTable;
-use crate::consent::{self, ConsentInForce, DropReason, Purpose};
+use crate::consent::{self, Choice, ConsentInForce, DropReason, Purpose};
 use crate::experiments::ExperimentCounts;
 use crate::explain::{self, Explanation};
 use crate::model::{ConsentChange, Event, InputKind, Membership};
@@ -30,8 +30,8 @@ use arc_swap::ArcSwap;
 use std::sync::Arc;
 
 /// Timers taken out at a time when event time advances: their users' slots
-/// and consent entries are prefetched a few timers ahead of firing them. A
-/// timer set while a round fires comes due in the next round.
+/// and what the slots point to are prefetched a few timers ahead of firing
+/// them. A timer set while a round fires comes due in the next round.
 const TIMER_ROUND: usize = 64;
 
 /// Prefetches, for records applied one after another, what applying each
@@ -421,7 +421,7 @@ impl Processor {
             return erase.then(|| Output::Tombstone { user_id: user.user_id.to_owned() });
         }
         self.minimiser.narrow(&mut user.state.history, consent.granted);
-        self.refresh(segments, user, consent, change_ts, now_ms)
+        self.refresh(segments, user, consent.choice(), change_ts, now_ms)
     }
 
     /// Applies an event the consent gate admits. One that arrives after its
@@ -476,21 +476,22 @@ impl Processor {
         }
         state.last_event = state.last_event.max(ts);
         let clock = state.clock;
-        Processed::applied(self.refresh(segments, user, consent, clock, now_ms))
+        Processed::applied(self.refresh(segments, user, consent.choice(), clock, now_ms))
     }
 
-    /// Re-evaluates the user at `change_ts` (see [`profile::refresh`]) and
-    /// sets their next timer.
+    /// Re-evaluates the user under `choice`, the consent table's, at
+    /// `change_ts` (see [`profile::refresh`]) and sets their next timer.
     fn refresh(
         &self,
         segments: &Segments,
         user: User<'_>,
-        consent: &ConsentInForce,
+        choice: Choice,
         change_ts: i64,
         now_ms: i64,
     ) -> Option<Output> {
         let User { user_id, state, timers, handle } = user;
-        let update = profile::refresh(segments, user_id, state, consent, change_ts, now_ms);
+        state.evaluated_under = Some(choice);
+        let update = profile::refresh(segments, user_id, state, choice, change_ts, now_ms);
         self.schedule(segments, state, timers, handle);
         update.map(Output::Update)
     }
@@ -538,12 +539,9 @@ impl Processor {
                     break outputs;
                 }
                 for (index, &(due, handle)) in round.iter().enumerate() {
-                    // The slot first, then the consent entry its id leads to.
-                    if let Some(&(_, ahead)) = round.get(index + 2 * LOOKAHEAD) {
+                    // The slot first, then the lists it points to.
+                    if let Some(&(_, ahead)) = round.get(index + LOOKAHEAD) {
                         shard.prefetch(ahead);
-                    }
-                    if let Some(user_id) = round.get(index + LOOKAHEAD).and_then(|&(_, ahead)| shard.user_id(ahead)) {
-                        self.consent.prefetch(user_id);
                     }
                     if let Some(&(_, ahead)) = round.get(index + LOOKAHEAD / 2) {
                         shard.prefetch_held(ahead);
@@ -564,7 +562,8 @@ impl Processor {
         if user.state.next_change.get() != Some(due) {
             return None;
         }
-        let consent = self.consent.cloned(user.user_id).filter(ConsentInForce::allows_profile)?;
+        // The table's choice, as every change to it for a held user re-evaluates them.
+        let choice = user.state.evaluated_under.filter(|choice| choice.allows_profile())?;
         if user.state.last_event.saturating_add(self.idle_user_ms) <= due {
             // Idle for too long: deleted (data minimisation).
             let erase = user.state.published.is_some();
@@ -573,7 +572,7 @@ impl Processor {
         }
         user.state.clock = user.state.clock.max(due);
         let clock = user.state.clock;
-        self.refresh(segments, user, &consent, clock, now_ms)
+        self.refresh(segments, user, choice, clock, now_ms)
     }
 
     /// Forgets everything built for the users of `partitions` (they moved to
@@ -665,7 +664,7 @@ impl Processor {
         let mut refresh = |consent: &ConsentInForce| {
             shard.user(user_id).and_then(|user| {
                 let clock = user.state.clock;
-                self.refresh(segments, user, consent, clock, now_ms)
+                self.refresh(segments, user, consent.choice(), clock, now_ms)
             })
         };
         match reconcile(self.consent.cloned(user_id), built_under) {
@@ -706,7 +705,7 @@ impl Processor {
                     // Windows may have changed: the timer is set anew.
                     user.state.next_change = MaybeTime::NONE;
                     let clock = user.state.clock;
-                    let update = self.refresh(&segments, user, &consent, clock, now_ms);
+                    let update = self.refresh(&segments, user, consent.choice(), clock, now_ms);
                     outputs.extend(update.map(|update| (partition, update)));
                 }
             });

@@ -6,7 +6,7 @@
 
 use crate::codec::{write_strings, write_update_head, EncodedUpdate};
 use crate::consent::minimise::eligible;
-use crate::consent::{ConsentInForce, Purpose, Purposes};
+use crate::consent::{Choice, Purpose, Purposes};
 use crate::segments::engine::{evaluate, SharedMeasures};
 use crate::segments::Segments;
 use crate::state::{Figures, PublishedMember, PublishedProfile, UserState, MAX_CAPTURES};
@@ -26,12 +26,12 @@ pub fn refresh(
     segments: &Segments,
     user_id: &str,
     state: &mut UserState,
-    consent: &ConsentInForce,
+    choice: Choice,
     change_ts: i64,
     now_ms: i64,
 ) -> Option<EncodedUpdate> {
-    let granted = consent.effective(state.gpc_opt_out);
-    let level = consent.level;
+    let granted = choice.effective(state.gpc_opt_out);
+    let level = choice.level;
     let now = state.clock;
     segments.advance_tallies(&mut state.history, now);
     // Data minimisation: keep facts only as long as the segments this

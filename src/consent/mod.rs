@@ -208,13 +208,40 @@ impl ConsentInForce {
         }
     }
 
-    /// Whether a profile may exist at all: `personalization` granted and a level above NONE.
+    /// What the user chose, as evaluating their profile reads it.
+    pub fn choice(&self) -> Choice {
+        Choice { granted: self.granted, level: self.level }
+    }
+
+    /// Whether a profile may exist at all (see [`Choice::allows_profile`]).
     pub fn allows_profile(&self) -> bool {
+        self.choice().allows_profile()
+    }
+
+    /// The purposes in force (see [`Choice::effective`]).
+    pub fn effective(&self, gpc_opt_out: bool) -> Purposes {
+        self.choice().effective(gpc_opt_out)
+    }
+}
+
+/// What a user chose, as evaluating their profile reads it: the purposes
+/// granted and the level (3 bytes, where [`ConsentInForce`] takes 48).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Choice {
+    /// The purposes granted; every other purpose is refused.
+    pub granted: Purposes,
+    /// How much personalization the user wants.
+    pub level: PersonalizationLevel,
+}
+
+impl Choice {
+    /// Whether a profile may exist at all: `personalization` granted and a level above NONE.
+    pub fn allows_profile(self) -> bool {
         self.granted.contains(Purpose::Personalization) && self.level != PersonalizationLevel::None
     }
 
     /// The purposes in force, after a GPC opt-out (`gpc_opt_out`) if one was signalled.
-    pub fn effective(&self, gpc_opt_out: bool) -> Purposes {
+    pub fn effective(self, gpc_opt_out: bool) -> Purposes {
         if gpc_opt_out {
             self.granted.without(Purpose::Ads)
         } else {

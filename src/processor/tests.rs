@@ -1129,6 +1129,50 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// Checks what was published for a user against the consent in force for
+/// them (`consent`), whether any of their choices ever allowed a profile
+/// (`ever_allowed`), and the version last published (`last_version`).
+fn check_output(
+    output: &Output,
+    ever_allowed: bool,
+    consent: Option<&ConsentInForce>,
+    last_version: &mut i64,
+) -> Result<(), TestCaseError> {
+    prop_assert!(ever_allowed, "{output:?} without ever allowing a profile");
+    let Output::Update(update) = output else { return Ok(()) };
+    let update = update.decode().unwrap();
+    let consent = consent.expect("an update needs consent in force");
+    prop_assert!(consent.allows_profile());
+    prop_assert_eq!(update.level, consent.level);
+    prop_assert!(update.version > *last_version);
+    *last_version = update.version;
+    let ids: Vec<&str> = update.segments.iter().map(|segment| segment.id.as_str()).collect();
+    let mut sorted = ids.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    prop_assert_eq!(&ids, &sorted);
+    let granted = consent.granted;
+    for name in update.channels.iter() {
+        prop_assert!(granted.contains(Purpose::parse(name).unwrap()), "{name}");
+    }
+    for segment in &update.segments {
+        prop_assert!(segment.channels.iter().all(|channel| update.channels.contains(channel)));
+        if consent.level == PersonalizationLevel::Light {
+            prop_assert!(matches!(segment.id.as_str(), "new_visitor" | "returning_visitor"));
+        }
+        if segment.id == "near_store" {
+            prop_assert!(granted.contains(Purpose::PreciseLocation));
+        }
+    }
+    for id in &update.entered {
+        prop_assert!(ids.contains(&id.as_str()) && !update.exited.contains(id));
+    }
+    for id in &update.exited {
+        prop_assert!(!ids.contains(&id.as_str()));
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
 
@@ -1197,40 +1241,16 @@ proptest! {
                 }
             }
             if let Some(output) = &processed.output {
-                prop_assert!(ever_allowed[user_index], "{user} got {output:?} without ever allowing a profile");
                 prop_assert_eq!(output.user_id(), user);
-                if let Output::Update(update) = output {
-                    let update = update.decode().unwrap();
-                    let consent = in_force[user_index].as_ref().expect("an update needs consent in force");
-                    prop_assert!(consent.allows_profile());
-                    prop_assert_eq!(update.level, consent.level);
-                    prop_assert!(update.version > last_version[user_index]);
-                    last_version[user_index] = update.version;
-                    let ids: Vec<&str> = update.segments.iter().map(|segment| segment.id.as_str()).collect();
-                    let mut sorted = ids.clone();
-                    sorted.sort_unstable();
-                    sorted.dedup();
-                    prop_assert_eq!(&ids, &sorted);
-                    let granted = consent.granted;
-                    for name in update.channels.iter() {
-                        prop_assert!(granted.contains(Purpose::parse(name).unwrap()), "{name}");
-                    }
-                    for segment in &update.segments {
-                        prop_assert!(segment.channels.iter().all(|channel| update.channels.contains(channel)));
-                        if consent.level == PersonalizationLevel::Light {
-                            prop_assert!(matches!(segment.id.as_str(), "new_visitor" | "returning_visitor"));
-                        }
-                        if segment.id == "near_store" {
-                            prop_assert!(granted.contains(Purpose::PreciseLocation));
-                        }
-                    }
-                    for id in &update.entered {
-                        prop_assert!(ids.contains(&id.as_str()) && !update.exited.contains(id));
-                    }
-                    for id in &update.exited {
-                        prop_assert!(!ids.contains(&id.as_str()));
-                    }
-                }
+                check_output(output, ever_allowed[user_index], in_force[user_index].as_ref(), &mut last_version[user_index])?;
+            }
+        }
+        // Event time passes every window and then the idle limit: each
+        // timer fires under the consent in force, after whatever changes.
+        for watermark in [T0 + 45 * DAY, T0 + 400 * DAY] {
+            for output in h.processor.advance_to(EventTime(watermark), NOW) {
+                let user_index = users.iter().position(|user| *user == output.user_id()).expect("one of the users");
+                check_output(&output, ever_allowed[user_index], in_force[user_index].as_ref(), &mut last_version[user_index])?;
             }
         }
         // Member counts agree with the memberships held.
@@ -1344,6 +1364,27 @@ fn time_passing_can_also_enter_a_segment() {
     assert_eq!(update.exited, strings(&["returning_visitor"]));
     assert_eq!(update.segments[0].reason, NEW_VISITOR_1);
     assert_eq!(update.ts, T0 + 30 * DAY);
+}
+
+#[test]
+fn a_timer_fires_under_the_choice_in_force_after_a_narrower_one() {
+    // A returning visitor (two visit days) with every channel; then the user
+    // takes email and ads away. When the first day leaves the 30-day
+    // window, the update time alone makes is published under the choice in
+    // force: its channels only.
+    let harness = harness();
+    harness.consent("visitor", &EVERYTHING, PersonalizationLevel::Full, T0 - MINUTE);
+    update(harness.browse("visitor", T0, None));
+    update(harness.browse("visitor", T0 + DAY, None));
+    let narrowed =
+        update(harness.consent("visitor", &["personalization", "web"], PersonalizationLevel::Full, T0 + 2 * DAY));
+    assert_eq!(narrowed.channels, names(&["web"]));
+    let outputs = harness.processor.advance_to(EventTime(T0 + 30 * DAY), NOW);
+    let [Output::Update(update)] = outputs.as_slice() else { panic!("one update expected, got {outputs:?}") };
+    let update = update.decode().unwrap();
+    assert_eq!((update.entered.clone(), update.exited.clone()), (ids(&["new_visitor"]), ids(&["returning_visitor"])));
+    assert_eq!(update.channels, names(&["web"]));
+    assert_eq!(update.segments[0].channels, names(&["web"]));
 }
 
 #[test]

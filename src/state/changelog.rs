@@ -526,6 +526,8 @@ fn restored<H, F: AsRef<[f64]>>(
     });
     let state = UserState {
         gpc_opt_out,
+        // Evaluated again when restored, under the consent table's choice.
+        evaluated_under: None,
         last_event: stored.last_event,
         history: history(stored.history)?,
         clock: stored.clock,

@@ -14,7 +14,7 @@ pub mod changelog;
 pub mod restore;
 pub mod shards;
 
-use crate::consent::Purposes;
+use crate::consent::{Choice, Purposes};
 use crate::model::PersonalizationLevel;
 use crate::segments::tally::{List, Tallies};
 use crate::segments::SegmentIndex;
@@ -301,6 +301,12 @@ pub struct UserState {
     /// A GPC signal on one of the user's events removed `ads` until a newer
     /// `ConsentChange` grants it again.
     pub gpc_opt_out: bool,
+    /// The choice in the consent table when the user was last evaluated
+    /// (`None` before then and after an erasure). Every change to a held
+    /// user's consent evaluates or erases them under the new one, so this
+    /// stays the table's, and a timer evaluates under it without a lookup in
+    /// the table. Not in the changelog: a restored user is evaluated again.
+    pub evaluated_under: Option<Choice>,
     /// The time of the newest applied event (idle users are deleted after a while).
     pub last_event: i64,
     /// The facts kept from the user's applied events, as consent allows.
