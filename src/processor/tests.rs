@@ -1746,6 +1746,27 @@ fn a_narrower_consent_in_the_table_deletes_what_it_no_longer_allows_on_restore()
 }
 
 #[test]
+fn a_restored_users_timer_fires_under_the_tables_choice_not_the_one_their_state_was_built_under() {
+    let before = harness();
+    before.consent("u", &EVERYTHING, PersonalizationLevel::Full, T0 - DAY);
+    update(before.browse("u", T0, None));
+    update(before.browse("u", T0 + DAY, None));
+    let records = changelog_of(&before, &["u"]);
+
+    // Email, push and ads were taken away while the state was elsewhere.
+    let after = harness();
+    after.consent("u", &["personalization", "web"], PersonalizationLevel::Full, T0 + 2 * DAY);
+    let outputs = restore_into(&after, &records);
+    let [(Partition(0), Output::Update(narrowed))] = outputs.as_slice() else { panic!("one update: {outputs:?}") };
+    assert_eq!(narrowed.decode().unwrap().channels, names(&["web"]));
+    let outputs = after.processor.advance_to(EventTime(T0 + 30 * DAY), NOW);
+    let [Output::Update(update)] = outputs.as_slice() else { panic!("one update expected, got {outputs:?}") };
+    let update = update.decode().unwrap();
+    assert_eq!((update.entered.clone(), update.exited.clone()), (ids(&["new_visitor"]), ids(&["returning_visitor"])));
+    assert_eq!((update.channels.clone(), update.segments[0].channels.clone()), (names(&["web"]), names(&["web"])));
+}
+
+#[test]
 fn an_older_consent_read_after_a_newer_restored_one_changes_nothing() {
     let before = harness();
     before.consent("u", &EVERYTHING, PersonalizationLevel::Full, T0);
