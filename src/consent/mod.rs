@@ -225,7 +225,7 @@ impl ConsentInForce {
 }
 
 /// What a user chose, as evaluating their profile reads it: the purposes
-/// granted and the level (3 bytes, where [`ConsentInForce`] takes 48).
+/// granted and the level (3 bytes, where [`ConsentInForce`] takes 40).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Choice {
     /// The purposes granted; every other purpose is refused.

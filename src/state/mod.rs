@@ -224,8 +224,9 @@ impl Retention {
 
 /// Inserts `fact` keeping the list sorted by time; events mostly arrive in
 /// order, so this is a push in the common case. The room grows from one
-/// fact by doubling, not from the four a first push takes: most users keep one or two
-/// facts of a kind. Returns whether it went after all the others.
+/// fact by doubling, not from the four a first push takes: most users
+/// keep one or two facts of a kind. Returns whether it went after all the
+/// others.
 pub fn insert_by_time<T>(facts: &mut ThinVec<T>, fact: T, ts: impl Fn(&T) -> i64) -> bool {
     if facts.len() == facts.capacity() {
         facts.reserve_exact(facts.len().max(1));
