@@ -1369,9 +1369,7 @@ fn time_passing_can_also_enter_a_segment() {
 #[test]
 fn a_timer_fires_under_the_choice_in_force_after_a_narrower_one() {
     // A returning visitor (two visit days) with every channel; then the user
-    // takes email and ads away. When the first day leaves the 30-day
-    // window, the update time alone makes is published under the choice in
-    // force: its channels only.
+    // takes email, push and ads away.
     let harness = harness();
     harness.consent("visitor", &EVERYTHING, PersonalizationLevel::Full, T0 - MINUTE);
     update(harness.browse("visitor", T0, None));
@@ -1379,12 +1377,18 @@ fn a_timer_fires_under_the_choice_in_force_after_a_narrower_one() {
     let narrowed =
         update(harness.consent("visitor", &["personalization", "web"], PersonalizationLevel::Full, T0 + 2 * DAY));
     assert_eq!(narrowed.channels, names(&["web"]));
+    the_first_visit_day_leaving_is_published_for_web_only(&harness);
+}
+
+/// When the first of a returning visitor's two visit days (`T0`, `T0` + 1
+/// day) leaves the 30-day window, the update time alone makes is published
+/// under the choice in force, which grants `web` alone: its channels only.
+fn the_first_visit_day_leaving_is_published_for_web_only(harness: &Harness) {
     let outputs = harness.processor.advance_to(EventTime(T0 + 30 * DAY), NOW);
     let [Output::Update(update)] = outputs.as_slice() else { panic!("one update expected, got {outputs:?}") };
     let update = update.decode().unwrap();
     assert_eq!((update.entered.clone(), update.exited.clone()), (ids(&["new_visitor"]), ids(&["returning_visitor"])));
-    assert_eq!(update.channels, names(&["web"]));
-    assert_eq!(update.segments[0].channels, names(&["web"]));
+    assert_eq!((update.channels.clone(), update.segments[0].channels.clone()), (names(&["web"]), names(&["web"])));
 }
 
 #[test]
@@ -1759,11 +1763,7 @@ fn a_restored_users_timer_fires_under_the_tables_choice_not_the_one_their_state_
     let outputs = restore_into(&after, &records);
     let [(Partition(0), Output::Update(narrowed))] = outputs.as_slice() else { panic!("one update: {outputs:?}") };
     assert_eq!(narrowed.decode().unwrap().channels, names(&["web"]));
-    let outputs = after.processor.advance_to(EventTime(T0 + 30 * DAY), NOW);
-    let [Output::Update(update)] = outputs.as_slice() else { panic!("one update expected, got {outputs:?}") };
-    let update = update.decode().unwrap();
-    assert_eq!((update.entered.clone(), update.exited.clone()), (ids(&["new_visitor"]), ids(&["returning_visitor"])));
-    assert_eq!((update.channels.clone(), update.segments[0].channels.clone()), (names(&["web"]), names(&["web"])));
+    the_first_visit_day_leaving_is_published_for_web_only(&after);
 }
 
 #[test]
