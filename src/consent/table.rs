@@ -3,8 +3,7 @@
 //! of it (read ahead of the events, kept across rebalances), so the consent
 //! of a user whose partition moves here is known before their first event.
 
-use super::{ConsentInForce, Purposes};
-use crate::model::PersonalizationLevel;
+use super::{Choice, ConsentInForce};
 use crate::state::shards::Handle;
 use crate::state::{prefetch, prefetch_whole, Partition, UserKey};
 use compact_str::CompactString;
@@ -36,8 +35,7 @@ pub struct ConsentTable {
 /// user at the table's load, for a name a few tools share).
 #[derive(Debug)]
 struct Entry {
-    granted: Purposes,
-    level: PersonalizationLevel,
+    choice: Choice,
     source: SourceId,
     ts: i64,
     partition: Partition,
@@ -47,8 +45,8 @@ struct Entry {
 impl Entry {
     /// The entry holding `consent`, recorded by source `source`, with `slot` noted.
     fn of(consent: &ConsentInForce, source: SourceId, slot: u32) -> Self {
-        let ConsentInForce { granted, level, ts, partition, .. } = *consent;
-        Self { granted, level, source, ts, partition, slot: AtomicU32::new(slot) }
+        let ConsentInForce { ts, partition, .. } = *consent;
+        Self { choice: consent.choice(), source, ts, partition, slot: AtomicU32::new(slot) }
     }
 }
 
@@ -167,7 +165,7 @@ impl ConsentTable {
 
     /// The consent `entry` of `user_id` holds.
     fn in_force(&self, user_id: &str, entry: &Entry) -> ConsentInForce {
-        let Entry { granted, level, source, ts, partition, .. } = *entry;
+        let Entry { choice: Choice { granted, level }, source, ts, partition, .. } = *entry;
         ConsentInForce { granted, level, source: self.sources.name(user_id, source), ts, partition }
     }
 
