@@ -432,18 +432,18 @@ impl Processor {
     fn apply_event(&self, segments: &Segments, source: Source, event: &Event, now_ms: i64) -> Processed {
         let user_id = event.user_id();
         // A copy: no lock on the consent table is held while the shard's is taken.
-        let (consent, hint) = self.consent.with_slot(user_id).unzip();
-        if let Err(reason) = consent::admit(event, consent.as_ref()) {
+        let (choice, hint) = self.consent.with_slot(user_id).unzip();
+        if let Err(reason) = consent::admit(event, choice) {
             return Processed::without_output(Outcome::Dropped(reason));
         }
-        let Some(consent) = consent else { return Processed::without_output(Outcome::Dropped(DropReason::NoConsent)) };
+        let Some(choice) = choice else { return Processed::without_output(Outcome::Dropped(DropReason::NoConsent)) };
         let hint = hint.flatten();
         // The slot found is noted beside the result, not returned with it (a copy).
         let mut found = None;
         let processed = self.shards.with_open(source.partition, |shard| {
             let user = shard.user_hinted(hint, user_id);
             found = Some(user.handle);
-            self.apply_admitted(segments, user, source, event, &consent, now_ms)
+            self.apply_admitted(segments, user, source, event, choice, now_ms)
         });
         if let Some(handle) = found.filter(|handle| hint != Some(*handle)) {
             self.consent.note_slot(user_id, handle);
@@ -458,7 +458,7 @@ impl Processor {
         user: User<'_>,
         source: Source,
         event: &Event,
-        consent: &ConsentInForce,
+        choice: Choice,
         now_ms: i64,
     ) -> Processed {
         let state = &mut *user.state;
@@ -466,8 +466,8 @@ impl Processor {
             state.gpc_opt_out = true;
         }
         let ts = event.ts();
-        self.minimiser.keep(&mut state.history, event, consent.granted);
-        if matches!(event, Event::Purchase(_)) && consent.granted.contains(Purpose::Measurement) {
+        self.minimiser.keep(&mut state.history, event, choice.granted);
+        if matches!(event, Event::Purchase(_)) && choice.granted.contains(Purpose::Measurement) {
             segments.experiments.measure_conversion(state, ts, self.conversion_window_ms);
         }
         state.clock = state.clock.max(ts);
@@ -476,7 +476,7 @@ impl Processor {
         }
         state.last_event = state.last_event.max(ts);
         let clock = state.clock;
-        Processed::applied(self.refresh(segments, user, consent.choice(), clock, now_ms))
+        Processed::applied(self.refresh(segments, user, choice, clock, now_ms))
     }
 
     /// Re-evaluates the user under `choice`, the consent table's, at

@@ -287,8 +287,9 @@ impl DropReason {
     }
 }
 
-/// Decides whether `event` may be applied under `consent` (fail closed).
-pub fn admit(event: &Event, consent: Option<&ConsentInForce>) -> Result<(), DropReason> {
+/// Decides whether `event` may be applied under the choice in force, if
+/// any (fail closed).
+pub fn admit(event: &Event, consent: Option<Choice>) -> Result<(), DropReason> {
     let consent = consent.ok_or(DropReason::NoConsent)?;
     if !consent.granted.contains(Purpose::Personalization) {
         return Err(DropReason::NoPersonalization);

@@ -162,29 +162,29 @@ fn without_any_consent_every_event_is_dropped_as_no_consent() {
 fn without_personalization_every_event_is_dropped() {
     let consent = in_force(&["location", "precise_location", "web", "ads"], PersonalizationLevel::Full);
     for event in [browse(), purchase(), location()] {
-        assert_eq!(admit(&event, Some(&consent)), Err(DropReason::NoPersonalization));
+        assert_eq!(admit(&event, Some(consent.choice())), Err(DropReason::NoPersonalization));
     }
     // Missing personalization is reported before level NONE.
     let refusal = in_force(&[], PersonalizationLevel::None);
-    assert_eq!(admit(&browse(), Some(&refusal)), Err(DropReason::NoPersonalization));
+    assert_eq!(admit(&browse(), Some(refusal.choice())), Err(DropReason::NoPersonalization));
 }
 
 #[test]
 fn level_none_drops_every_event() {
     let consent = in_force(&["personalization", "location"], PersonalizationLevel::None);
     for event in [browse(), purchase(), location()] {
-        assert_eq!(admit(&event, Some(&consent)), Err(DropReason::LevelNone));
+        assert_eq!(admit(&event, Some(consent.choice())), Err(DropReason::LevelNone));
     }
 }
 
 #[test]
 fn location_events_need_location() {
     let consent = in_force(&["personalization", "precise_location"], PersonalizationLevel::Full);
-    assert_eq!(admit(&location(), Some(&consent)), Err(DropReason::NoLocation));
-    assert_eq!(admit(&browse(), Some(&consent)), Ok(()));
-    assert_eq!(admit(&purchase(), Some(&consent)), Ok(()));
+    assert_eq!(admit(&location(), Some(consent.choice())), Err(DropReason::NoLocation));
+    assert_eq!(admit(&browse(), Some(consent.choice())), Ok(()));
+    assert_eq!(admit(&purchase(), Some(consent.choice())), Ok(()));
     let with_location = in_force(&["personalization", "location"], PersonalizationLevel::Light);
-    assert_eq!(admit(&location(), Some(&with_location)), Ok(()));
+    assert_eq!(admit(&location(), Some(with_location.choice())), Ok(()));
 }
 
 #[test]
@@ -192,7 +192,7 @@ fn gpc_does_not_drop_events() {
     let consent = in_force(&["personalization", "ads"], PersonalizationLevel::Full);
     let Event::Browse(mut signalled) = browse() else { unreachable!("a browse") };
     signalled.consent = Some(crate::model::EventConsent { tcf: None, gpc: true });
-    assert_eq!(admit(&Event::Browse(signalled), Some(&consent)), Ok(()));
+    assert_eq!(admit(&Event::Browse(signalled), Some(consent.choice())), Ok(()));
 }
 
 #[test]
@@ -230,12 +230,12 @@ fn the_test_tc_strings_decode_to_what_they_claim() {
 
 #[test]
 fn an_event_tc_string_must_grant_purposes_1_5_and_6() {
-    let consent = in_force(&["personalization", "location", "precise_location"], PersonalizationLevel::Full);
+    let consent = in_force(&["personalization", "location", "precise_location"], PersonalizationLevel::Full).choice();
     for event in [browse(), purchase(), location()] {
-        assert_eq!(admit(&with_tcf(event.clone(), TCF_ALL_WITH_GEO), Some(&consent)), Ok(()));
-        assert_eq!(admit(&with_tcf(event.clone(), TCF_NO_PROFILING), Some(&consent)), Err(DropReason::TcfRefused));
-        assert_eq!(admit(&with_tcf(event.clone(), "not a tc string"), Some(&consent)), Err(DropReason::TcfRefused));
-        assert_eq!(admit(&with_tcf(event, ""), Some(&consent)), Err(DropReason::TcfRefused));
+        assert_eq!(admit(&with_tcf(event.clone(), TCF_ALL_WITH_GEO), Some(consent)), Ok(()));
+        assert_eq!(admit(&with_tcf(event.clone(), TCF_NO_PROFILING), Some(consent)), Err(DropReason::TcfRefused));
+        assert_eq!(admit(&with_tcf(event.clone(), "not a tc string"), Some(consent)), Err(DropReason::TcfRefused));
+        assert_eq!(admit(&with_tcf(event, ""), Some(consent)), Err(DropReason::TcfRefused));
     }
 }
 
@@ -243,9 +243,9 @@ fn an_event_tc_string_must_grant_purposes_1_5_and_6() {
 fn precise_location_also_needs_tcf_special_feature_1() {
     let precise = in_force(&["personalization", "location", "precise_location"], PersonalizationLevel::Full);
     let coarse = in_force(&["personalization", "location"], PersonalizationLevel::Full);
-    assert_eq!(admit(&with_tcf(location(), TCF_ALL_WITHOUT_GEO), Some(&precise)), Err(DropReason::TcfRefused));
-    assert_eq!(admit(&with_tcf(location(), TCF_ALL_WITHOUT_GEO), Some(&coarse)), Ok(()));
-    assert_eq!(admit(&with_tcf(browse(), TCF_ALL_WITHOUT_GEO), Some(&precise)), Ok(()));
+    assert_eq!(admit(&with_tcf(location(), TCF_ALL_WITHOUT_GEO), Some(precise.choice())), Err(DropReason::TcfRefused));
+    assert_eq!(admit(&with_tcf(location(), TCF_ALL_WITHOUT_GEO), Some(coarse.choice())), Ok(()));
+    assert_eq!(admit(&with_tcf(browse(), TCF_ALL_WITHOUT_GEO), Some(precise.choice())), Ok(()));
 }
 
 fn any_level() -> impl Strategy<Value = PersonalizationLevel> {
@@ -291,7 +291,7 @@ proptest! {
             && granted.contains(&Purpose::Personalization)
             && level != PersonalizationLevel::None
             && (!matches!(event, Event::Location(_)) || granted.contains(&Purpose::Location));
-        let verdict = admit(&event, known.then_some(&consent));
+        let verdict = admit(&event, known.then_some(consent.choice()));
         prop_assert_eq!(verdict.is_ok(), allowed);
         if allowed {
             prop_assert!(consent.allows_profile());
