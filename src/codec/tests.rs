@@ -676,6 +676,40 @@ fn events_written_by_fastavro_decode_past_every_field_never_kept() {
 }
 
 #[test]
+fn avro_strings_beyond_ascii_decode_exactly_and_broken_utf8_is_malformed() {
+    let codec = codec();
+    let browse = written_by_fastavro("browse-utf8", BROWSE_SCHEMA);
+    let expected = BrowseEvent {
+        event_id: String::new(),
+        user_id: "u-ø7".to_owned(),
+        ts: 1_700_000_000_789,
+        session_id: None,
+        page_type: "product".to_owned(),
+        product_id: Some("schuh-größe-42".to_owned()),
+        category: Some("laufschuhe-€".to_owned()),
+        url: None,
+        consent: None,
+    };
+    assert_eq!(decoded(&codec, InputKind::Browse, &browse), Ok(Decoded::Event(Event::from(expected))));
+
+    // The same datum with one character of a kept string replaced by bytes of
+    // its length that are not UTF-8: an overlong "6", a lead byte without its
+    // continuation, a surrogate, a lone continuation byte.
+    for (character, broken) in
+        [("ö", &[0xC0, 0xB6][..]), ("ö", &[0xC3, 0x28]), ("€", &[0xED, 0xA0, 0x80]), ("ø", &[0xB8, 0x37])]
+    {
+        let mut bytes = browse.clone();
+        let at = bytes.windows(character.len()).position(|window| window == character.as_bytes()).unwrap();
+        bytes[at..at + broken.len()].copy_from_slice(broken);
+        assert_eq!(
+            decoded(&codec, InputKind::Browse, &bytes),
+            Err(DecodeError::Malformed { encoding: "avro", detail: "string is not UTF-8".to_owned() }),
+            "{character} as {broken:02X?}"
+        );
+    }
+}
+
+#[test]
 fn json_nulls_and_absent_optionals_both_mean_not_given() {
     let codec = codec();
     let with_nulls = br#"{"event_id":"e-2","user_id":"user-2","ts":1700000000000,"page_type":"home",
