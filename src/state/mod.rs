@@ -237,6 +237,15 @@ pub fn insert_by_time<T>(facts: &mut ThinVec<T>, fact: T, ts: impl Fn(&T) -> i64
     position + 1 == facts.len()
 }
 
+/// Drops the first `count` facts of `facts`. Only when there are some:
+/// `ThinVec::drain` moves the facts after the range even when the range is
+/// empty, a copy of the whole list onto itself on every evaluation.
+fn drop_first<T>(facts: &mut ThinVec<T>, count: usize) {
+    if count > 0 {
+        facts.drain(..count);
+    }
+}
+
 impl History {
     /// Whether nothing is retained.
     pub fn is_empty(&self) -> bool {
@@ -259,10 +268,10 @@ impl History {
         let expired = |ts: i64, window_ms: i64| ts <= now - window_ms.min(retention.max_ms);
         // Each list is sorted by time, so what leaves is a run at its start.
         let browses = self.browses.partition_point(|fact| expired(fact.ts, retention.browse_ms));
-        self.browses.drain(..browses);
+        drop_first(&mut self.browses, browses);
         self.tallies.shift(List::Browses, browses);
         let locations = self.locations.partition_point(|fact| expired(fact.ts, retention.location_ms));
-        self.locations.drain(..locations);
+        drop_first(&mut self.locations, locations);
         self.tallies.shift(List::Locations, locations);
         let count = self.purchases.len();
         let purchases = self.purchases.iter().enumerate().position(|(index, oldest)| {
@@ -271,7 +280,7 @@ impl History {
             within_window || among_last
         });
         let purchases = purchases.unwrap_or(count);
-        self.purchases.drain(..purchases);
+        drop_first(&mut self.purchases, purchases);
         self.tallies.shift(List::Purchases, purchases);
     }
 
