@@ -289,20 +289,20 @@ impl DropReason {
 
 /// Decides whether `event` may be applied under the choice in force, if
 /// any (fail closed).
-pub fn admit(event: &Event, consent: Option<Choice>) -> Result<(), DropReason> {
-    let consent = consent.ok_or(DropReason::NoConsent)?;
-    if !consent.granted.contains(Purpose::Personalization) {
+pub fn admit(event: &Event, choice: Option<Choice>) -> Result<(), DropReason> {
+    let choice = choice.ok_or(DropReason::NoConsent)?;
+    if !choice.granted.contains(Purpose::Personalization) {
         return Err(DropReason::NoPersonalization);
     }
-    if consent.level == PersonalizationLevel::None {
+    if choice.level == PersonalizationLevel::None {
         return Err(DropReason::LevelNone);
     }
     let is_location = matches!(event, Event::Location(_));
-    if is_location && !consent.granted.contains(Purpose::Location) {
+    if is_location && !choice.granted.contains(Purpose::Location) {
         return Err(DropReason::NoLocation);
     }
     if let Some(text) = event.consent().and_then(|signals| signals.tcf.as_deref()) {
-        let precise = is_location && consent.granted.contains(Purpose::PreciseLocation);
+        let precise = is_location && choice.granted.contains(Purpose::PreciseLocation);
         if !tcf_grants(text, precise) {
             return Err(DropReason::TcfRefused);
         }
