@@ -151,7 +151,7 @@ impl Tallies {
     /// `removed` facts left the start of `list` (pruned): the tallies'
     /// positions follow, unless one of them still counted a fact removed.
     pub fn shift(&mut self, list: List, removed: usize) {
-        let Some(kept) = self.0.as_mut().filter(|_| removed > 0) else { return };
+        let Some(kept) = &mut self.0 else { return };
         let Ok(removed) = u32::try_from(removed) else { return self.forget() };
         let mut stale = false;
         for tally in kept.tallies.iter_mut().filter(|tally| tally.list == list) {

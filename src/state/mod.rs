@@ -237,12 +237,14 @@ pub fn insert_by_time<T>(facts: &mut ThinVec<T>, fact: T, ts: impl Fn(&T) -> i64
     position + 1 == facts.len()
 }
 
-/// Drops the first `count` facts of `facts`. Only when there are some:
-/// `ThinVec::drain` moves the facts after the range even when the range is
-/// empty, a copy of the whole list onto itself on every evaluation.
-fn drop_first<T>(facts: &mut ThinVec<T>, count: usize) {
+/// Drops the first `count` facts of `facts`, list `list` of the tallies'.
+/// Only when there are some: `ThinVec::drain` moves the facts after the
+/// range even when the range is empty, a copy of the whole list onto
+/// itself on every evaluation.
+fn drop_first<T>(facts: &mut ThinVec<T>, tallies: &mut Tallies, list: List, count: usize) {
     if count > 0 {
         facts.drain(..count);
+        tallies.shift(list, count);
     }
 }
 
@@ -268,11 +270,9 @@ impl History {
         let expired = |ts: i64, window_ms: i64| ts <= now - window_ms.min(retention.max_ms);
         // Each list is sorted by time, so what leaves is a run at its start.
         let browses = self.browses.partition_point(|fact| expired(fact.ts, retention.browse_ms));
-        drop_first(&mut self.browses, browses);
-        self.tallies.shift(List::Browses, browses);
+        drop_first(&mut self.browses, &mut self.tallies, List::Browses, browses);
         let locations = self.locations.partition_point(|fact| expired(fact.ts, retention.location_ms));
-        drop_first(&mut self.locations, locations);
-        self.tallies.shift(List::Locations, locations);
+        drop_first(&mut self.locations, &mut self.tallies, List::Locations, locations);
         let count = self.purchases.len();
         let purchases = self.purchases.iter().enumerate().position(|(index, oldest)| {
             let within_window = !expired(oldest.ts, retention.purchase_ms);
@@ -280,8 +280,7 @@ impl History {
             within_window || among_last
         });
         let purchases = purchases.unwrap_or(count);
-        drop_first(&mut self.purchases, purchases);
-        self.tallies.shift(List::Purchases, purchases);
+        drop_first(&mut self.purchases, &mut self.tallies, List::Purchases, purchases);
     }
 
     /// Removes everything derived from sensitive categories (the `sensitive`
