@@ -12,7 +12,7 @@ use super::ingest::Ingest;
 use super::merge::Merger;
 use super::publish::{ChangelogRecord, DeadLetter};
 use super::registry::RegistryClient;
-use super::table::{CaughtUp, Table};
+use super::table::{CaughtUp, Record, Table};
 use super::workers;
 use super::PipelineError;
 use crate::config::Config;
@@ -282,7 +282,7 @@ impl<'a> Shell<'a> {
     }
 
     /// Applies one consent record (every instance reads all of them).
-    fn apply_consent(&mut self, message: &BorrowedMessage<'_>) {
+    fn apply_consent(&mut self, message: &Record<'_>) {
         let partition = Partition(message.partition());
         if let Some(input) = self.decode(InputKind::Consent, message) {
             let record = (Source { partition, watermark: None }, input);
@@ -298,7 +298,7 @@ impl<'a> Shell<'a> {
         &mut self,
         kind: InputKind,
         partition: Partition,
-        message: &BorrowedMessage<'_>,
+        message: &impl Message,
         processed: Processed,
     ) -> Option<i64> {
         let work = &mut self.work;

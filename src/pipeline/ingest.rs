@@ -274,11 +274,7 @@ impl Shell<'_> {
 
     /// Decodes and validates a record; `None` if it cannot be decoded now
     /// (the schema registry stayed unreachable: the pipeline stops).
-    pub(super) fn decode(
-        &mut self,
-        kind: InputKind,
-        message: &BorrowedMessage<'_>,
-    ) -> Option<Result<Input, Rejection>> {
+    pub(super) fn decode(&mut self, kind: InputKind, message: &impl Message) -> Option<Result<Input, Rejection>> {
         if !self.fetch_writer_schema(message.payload()) {
             return None;
         }

@@ -10,7 +10,7 @@ use crate::state::Partition;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, DeliveryResult, Header, Message, OwnedHeaders, ToBytes};
+use rdkafka::message::{DeliveryResult, Header, Message, OwnedHeaders, ToBytes};
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::TopicPartitionList;
 use std::cell::Cell;
@@ -65,7 +65,7 @@ pub struct DeadLetter {
 
 impl DeadLetter {
     /// The dead letter of `message`, rejected for `reason`.
-    pub fn of(message: &BorrowedMessage<'_>, reason: &'static str) -> Self {
+    pub fn of(message: &impl Message, reason: &'static str) -> Self {
         Self {
             key: message.key().map(<[u8]>::to_vec),
             value: message.payload().map(<[u8]>::to_vec),

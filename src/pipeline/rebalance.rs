@@ -16,6 +16,7 @@ use crate::control::now_ms;
 use crate::state::restore::{NewestValues, ReadRecords};
 use crate::state::Partition;
 use crate::telemetry::record_restore;
+use rdkafka::Message;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -167,13 +168,14 @@ impl Shell<'_> {
                 loop {
                     let caught_up = changelog.read_to_end(RESTORE_TIMEOUT, |record| {
                         records += 1;
-                        let partition = Partition(record.partition);
-                        if record.key == Some(event_time::CHANGELOG_KEY) {
-                            unreadable += u64::from(!event_times.restore(partition, record.value.unwrap_or_default()));
+                        let partition = Partition(record.partition());
+                        if record.key() == Some(event_time::CHANGELOG_KEY) {
+                            unreadable +=
+                                u64::from(!event_times.restore(partition, record.payload().unwrap_or_default()));
                             return;
                         }
-                        match record.key.and_then(|key| std::str::from_utf8(key).ok()) {
-                            Some(user_id) => read.push(partition, user_id, record.value),
+                        match record.key().and_then(|key| std::str::from_utf8(key).ok()) {
+                            Some(user_id) => read.push(partition, user_id, record.payload()),
                             None => unreadable += 1,
                         }
                         if read.len() == RESTORE_RUN {

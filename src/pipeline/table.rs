@@ -11,7 +11,7 @@ use rdkafka::bindings as rdsys;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::message::{Message, OwnedHeaders, Timestamp};
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::HashSet;
 use std::marker::PhantomData;
@@ -216,54 +216,22 @@ impl Table {
     pub fn catch_up_to_asked(
         &mut self,
         timeout: Duration,
-        mut handle: impl FnMut(&BorrowedMessage<'_>),
+        handle: impl FnMut(&Record<'_>),
     ) -> Result<CaughtUp, PipelineError> {
         let targets = self.asked_ends()?;
-        self.catch_up_by(targets, timeout, |table, wait, reached_end| match wait {
-            None => {
-                for _ in 0..POSITION_CHECK_EVERY {
-                    match table.consumer.poll(Duration::ZERO) {
-                        Some(result) => table.handle(result, reached_end, &mut handle),
-                        None => break,
-                    }
-                }
-            }
-            Some(wait) => {
-                if let Some(result) = table.consumer.poll(wait) {
-                    table.handle(result, reached_end, &mut handle);
-                }
-            }
-        })
+        self.catch_up_by(targets, timeout, handle)
     }
 
-    /// Hands each record's partition, key and value to `handle` until each
-    /// assigned partition reached the end it has when this call starts, or
-    /// `timeout` passed; the records fetched are taken from librdkafka in
-    /// runs (see [`Fetched`]). For reading a whole changelog.
+    /// Hands every record to `handle` until each assigned partition reached
+    /// the end it has when this call starts, or `timeout` passed. For
+    /// reading a whole changelog.
     pub fn read_to_end(
         &mut self,
         timeout: Duration,
-        mut handle: impl FnMut(Record<'_>),
+        handle: impl FnMut(&Record<'_>),
     ) -> Result<CaughtUp, PipelineError> {
         self.ask_ends()?;
-        let targets = self.asked_ends()?;
-        let mut fetched = Fetched::of(&self.consumer);
-        self.catch_up_by(targets, timeout, |table, wait, reached_end| match wait {
-            None => fetched.read(POSITION_CHECK_EVERY, |read| match read {
-                Ok(record) => {
-                    reached_end.remove(&record.partition);
-                    handle(record);
-                }
-                Err(error) => table.note_error(error, reached_end),
-            }),
-            Some(wait) => {
-                if let Some(result) = table.consumer.poll(wait) {
-                    table.handle(result, reached_end, &mut |message: &BorrowedMessage<'_>| {
-                        handle(Record { partition: message.partition(), key: message.key(), value: message.payload() })
-                    });
-                }
-            }
-        })
+        self.catch_up_to_asked(timeout, handle)
     }
 
     /// The ends asked for last (each assigned partition with records, and
@@ -279,24 +247,36 @@ impl Table {
     }
 
     /// The loop of a catch-up up to `targets` (see [`Table::asked_ends`]):
-    /// `read(self, None, reached_end)` hands over what is fetched (some
-    /// thousands of records at most), `read(self, Some(wait), reached_end)`
-    /// waits up to `wait` for a record, each noting the partitions that
-    /// reached their end.
+    /// hands what is fetched to `handle`, a few thousand records at a time,
+    /// until each partition's position is at its target, or librdkafka
+    /// found the partition ended there (its position stays behind when the
+    /// last offsets hold no record: compacted away, or a transaction's
+    /// marker).
     fn catch_up_by(
         &self,
         targets: Option<Vec<(i32, i64)>>,
         timeout: Duration,
-        mut read: impl FnMut(&Self, Option<Duration>, &mut HashSet<i32>),
+        mut handle: impl FnMut(&Record<'_>),
     ) -> Result<CaughtUp, PipelineError> {
         // The cluster is unreachable: go on with what is read (the caller decides).
         let Some(targets) = targets else { return Ok(CaughtUp::Behind(self.partitions.len())) };
         let deadline = Instant::now() + timeout;
-        let mut reached_end = HashSet::new();
+        let mut fetched = Fetched::of(&self.consumer, &self.topic);
+        let mut ended = HashSet::new();
+        let mut wait = Duration::ZERO;
         loop {
-            // Apply what is already fetched; positions are checked when that
-            // runs dry, or every few thousand records.
-            read(self, None, &mut reached_end);
+            fetched.read(POSITION_CHECK_EVERY, wait, |fetch| match fetch {
+                Fetch::Record(record) => handle(&record),
+                // An end found before the target was written is not the
+                // target's: a fetch made before a transaction's markers, or
+                // before records written since, found it (and queued it).
+                Fetch::End { partition, offset } => {
+                    if targets.iter().any(|&(target, end)| target == partition && offset >= end) {
+                        ended.insert(partition);
+                    }
+                }
+                Fetch::Failed(error) => tracing::warn!(topic = %self.topic, %error, "table consumer error"),
+            });
             let assigned = self.partitions.iter().map(|partition| (self.topic.as_str(), *partition));
             let positions = super::positions(self.consumer.client(), assigned)?;
             let pending = targets
@@ -306,7 +286,7 @@ impl Table {
                         .find_partition(&self.topic, *partition)
                         .and_then(|element| element.offset().to_raw())
                         .unwrap_or(0);
-                    position < *high && !reached_end.contains(partition)
+                    position < *high && !ended.contains(partition)
                 })
                 .count();
             if pending == 0 {
@@ -315,63 +295,123 @@ impl Table {
             if Instant::now() >= deadline {
                 return Ok(CaughtUp::Behind(pending));
             }
-            read(self, Some(CATCH_UP_POLL), &mut reached_end);
+            wait = CATCH_UP_POLL;
         }
     }
 
     /// Hands the records already fetched to `handle`, without waiting.
-    pub fn drain(&mut self, mut handle: impl FnMut(&BorrowedMessage<'_>)) {
-        let mut reached_end = HashSet::new();
-        while let Some(result) = self.consumer.poll(Duration::ZERO) {
-            self.handle(result, &mut reached_end, &mut handle);
-        }
-    }
-
-    /// Hands a record to `handle`, or notes that a partition reached its end.
-    fn handle(
-        &self,
-        result: Result<BorrowedMessage<'_>, KafkaError>,
-        reached_end: &mut HashSet<i32>,
-        handle: &mut impl FnMut(&BorrowedMessage<'_>),
-    ) {
-        match result {
-            Ok(message) => {
-                reached_end.remove(&message.partition());
-                handle(&message);
-            }
-            Err(error) => self.note_error(error, reached_end),
-        }
-    }
-
-    /// Notes a partition's end, or logs an error of the consumer.
-    fn note_error(&self, error: KafkaError, reached_end: &mut HashSet<i32>) {
-        match error {
-            KafkaError::PartitionEOF(partition) => {
-                reached_end.insert(partition);
-            }
-            error => tracing::warn!(topic = %self.topic, %error, "table consumer error"),
-        }
+    pub fn drain(&mut self, mut handle: impl FnMut(&Record<'_>)) {
+        Fetched::of(&self.consumer, &self.topic).read(usize::MAX, Duration::ZERO, |fetch| match fetch {
+            Fetch::Record(record) => handle(&record),
+            Fetch::End { .. } => {}
+            Fetch::Failed(error) => tracing::warn!(topic = %self.topic, %error, "table consumer error"),
+        });
     }
 }
 
-/// A record of a table, as a restore reads it.
+/// A record of a table: a Kafka message of its topic, borrowed from
+/// librdkafka while it is handled.
 pub struct Record<'m> {
-    /// The partition it was read from.
-    pub partition: i32,
-    /// Its key, if it has one.
-    pub key: Option<&'m [u8]>,
-    /// Its value; `None` is a tombstone.
-    pub value: Option<&'m [u8]>,
+    /// The table's topic (a table reads one).
+    topic: &'m str,
+    message: &'m rdsys::rd_kafka_message_t,
+}
+
+impl Message for Record<'_> {
+    /// A table's records are read without their headers (nothing reads them).
+    type Headers = OwnedHeaders;
+
+    fn key(&self) -> Option<&[u8]> {
+        // SAFETY: librdkafka's key pointer is null or points to `key_len`
+        // bytes, which live as long as the message this borrows.
+        unsafe { bytes(self.message.key, self.message.key_len) }
+    }
+
+    fn payload(&self) -> Option<&[u8]> {
+        // SAFETY: as for the key.
+        unsafe { bytes(self.message.payload, self.message.len) }
+    }
+
+    /// A table's records are read-only.
+    unsafe fn payload_mut(&mut self) -> Option<&mut [u8]> {
+        None
+    }
+
+    fn topic(&self) -> &str {
+        self.topic
+    }
+
+    fn partition(&self) -> i32 {
+        self.message.partition
+    }
+
+    fn offset(&self) -> i64 {
+        self.message.offset
+    }
+
+    fn timestamp(&self) -> Timestamp {
+        let mut kind = rdsys::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_NOT_AVAILABLE;
+        // SAFETY: the message is one librdkafka handed over, alive while borrowed.
+        let millis = unsafe { rdsys::rd_kafka_message_timestamp(self.message, &mut kind) };
+        match kind {
+            rdsys::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_CREATE_TIME => Timestamp::CreateTime(millis),
+            rdsys::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_LOG_APPEND_TIME => Timestamp::LogAppendTime(millis),
+            rdsys::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_NOT_AVAILABLE => Timestamp::NotAvailable,
+        }
+    }
+
+    fn headers(&self) -> Option<&OwnedHeaders> {
+        None
+    }
+}
+
+/// The `len` bytes at `pointer`, unless it is null.
+///
+/// # Safety
+/// A non-null `pointer` must point to `len` bytes that outlive `'m`.
+unsafe fn bytes<'m>(pointer: *mut std::ffi::c_void, len: usize) -> Option<&'m [u8]> {
+    // SAFETY: the caller's.
+    (!pointer.is_null()).then(|| unsafe { std::slice::from_raw_parts(pointer.cast::<u8>(), len) })
+}
+
+/// What a table's consumer hands over.
+enum Fetch<'m> {
+    /// A record.
+    Record(Record<'m>),
+    /// A fetch found `partition` ended at `offset` (its last stable offset
+    /// then): librdkafka's end-of-partition event, which it sends once per end.
+    End { partition: i32, offset: i64 },
+    /// The consumer failed.
+    Failed(KafkaError),
+}
+
+/// What a message taken from the queue holds: a record of `topic`, a
+/// partition's end, or an error.
+///
+/// # Safety
+/// `message` must be a message librdkafka handed over and not yet destroyed.
+unsafe fn fetch<'m>(message: &'m rdsys::rd_kafka_message_t, topic: &'m str) -> Fetch<'m> {
+    match message.err {
+        rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR => Fetch::Record(Record { topic, message }),
+        // librdkafka puts the offset the fetch found the end at in the event.
+        rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR__PARTITION_EOF => {
+            Fetch::End { partition: message.partition, offset: message.offset }
+        }
+        error => Fetch::Failed(KafkaError::MessageConsumption(error.into())),
+    }
 }
 
 /// The records a table consumer fetched, taken from librdkafka's queue in
-/// runs (`rd_kafka_consume_batch_queue`, which rdkafka does not offer):
+/// runs (`rd_kafka_consume_batch_queue`, which rdkafka does not offer).
 /// rdkafka's `poll` asks for one record at a time, wrapping each in an
-/// event it allocates a handle for, and reading a changelog took about a
-/// quarter longer that way (BENCHMARKS.md, "… a restore that takes its
-/// records in runs").
+/// event it allocates a handle for (reading a changelog took about a
+/// quarter longer that way: BENCHMARKS.md, "… a restore that takes its
+/// records in runs"), and its end-of-partition error leaves out the
+/// offset the end was found at.
 struct Fetched<'c> {
     queue: *mut rdsys::rd_kafka_queue_t,
+    /// The consumer's topic.
+    topic: &'c str,
     /// Room for the pointers of a run of [`Fetched::RUN`] messages.
     run: Vec<*mut rdsys::rd_kafka_message_t>,
     /// The queue is the consumer's, and must not outlive it.
@@ -382,34 +422,37 @@ impl<'c> Fetched<'c> {
     /// The most messages taken in one call.
     const RUN: usize = 1_024;
 
-    /// The queue `consumer`'s fetched records arrive in.
-    fn of(consumer: &'c BaseConsumer<TableContext>) -> Self {
+    /// The queue `consumer`'s fetched records of `topic` arrive in.
+    fn of(consumer: &'c BaseConsumer<TableContext>, topic: &'c str) -> Self {
         // SAFETY: the client pointer is valid for the consumer's lifetime,
         // which bounds this one's; the handle is released in `drop`.
         let queue = unsafe { rdsys::rd_kafka_queue_get_consumer(consumer.client().native_ptr()) };
-        Self { queue, run: vec![std::ptr::null_mut(); Self::RUN], consumer: PhantomData }
+        Self { queue, topic, run: vec![std::ptr::null_mut(); Self::RUN], consumer: PhantomData }
     }
 
     /// Hands up to about `most` records fetched (or a partition's end, or
-    /// an error) to `each`, without waiting.
-    fn read(&mut self, most: usize, mut each: impl FnMut(Result<Record<'_>, KafkaError>)) {
+    /// an error) to `each`, waiting up to `wait` for the first.
+    fn read(&mut self, most: usize, wait: Duration, mut each: impl FnMut(Fetch<'_>)) {
         if self.queue.is_null() {
             return;
         }
+        let mut wait_ms = i32::try_from(wait.as_millis()).unwrap_or(i32::MAX);
         let mut read = 0;
         while read < most {
             let run = &mut self.run;
             // SAFETY: the queue handle is valid (see `of`), and `run` has
-            // room for its length of pointers; a timeout of 0 does not wait.
-            let taken = unsafe { rdsys::rd_kafka_consume_batch_queue(self.queue, 0, run.as_mut_ptr(), run.len()) };
+            // room for its length of pointers.
+            let taken =
+                unsafe { rdsys::rd_kafka_consume_batch_queue(self.queue, wait_ms, run.as_mut_ptr(), run.len()) };
             let Ok(taken @ 1..) = usize::try_from(taken) else { return };
+            wait_ms = 0;
             read += taken;
             for &message in &run[..taken] {
                 // SAFETY: librdkafka handed over `taken` valid messages,
-                // each destroyed once, right after it is read; the slices
-                // made of its key and value do not outlive it.
+                // each destroyed once, right after it is read; what is
+                // borrowed from it does not outlive it.
                 unsafe {
-                    each(record(&*message));
+                    each(fetch(&*message, self.topic));
                     rdsys::rd_kafka_message_destroy(message);
                 }
             }
@@ -423,30 +466,6 @@ impl Drop for Fetched<'_> {
             // SAFETY: the handle came from `rd_kafka_queue_get_consumer` and is released once.
             unsafe { rdsys::rd_kafka_queue_destroy(self.queue) };
         }
-    }
-}
-
-/// What a message taken from the queue holds: a record, or an error (a
-/// partition's end is one).
-///
-/// # Safety
-/// `message` must be a message librdkafka handed over and not yet destroyed.
-unsafe fn record(message: &rdsys::rd_kafka_message_t) -> Result<Record<'_>, KafkaError> {
-    // SAFETY (both): librdkafka's key and payload pointers are null or
-    // point to their lengths of bytes, which live as long as the message.
-    let bytes = |pointer: *mut std::ffi::c_void, len: usize| {
-        (!pointer.is_null()).then(|| unsafe { std::slice::from_raw_parts(pointer.cast::<u8>(), len) })
-    };
-    match message.err {
-        rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR => Ok(Record {
-            partition: message.partition,
-            key: bytes(message.key, message.key_len),
-            value: bytes(message.payload, message.len),
-        }),
-        rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR__PARTITION_EOF => {
-            Err(KafkaError::PartitionEOF(message.partition))
-        }
-        error => Err(KafkaError::MessageConsumption(error.into())),
     }
 }
 
@@ -500,27 +519,52 @@ mod tests {
         }
     }
 
+    /// What a test sees of a message taken from the queue.
+    #[derive(Debug, PartialEq)]
+    enum Seen {
+        Record { topic: String, partition: i32, offset: i64, key: Option<Vec<u8>>, value: Option<Vec<u8>> },
+        End { partition: i32, offset: i64 },
+        Failed(KafkaError),
+    }
+
     #[test]
-    fn a_message_taken_from_the_queue_is_its_partition_key_and_value_or_why_not() {
+    fn a_message_taken_from_the_queue_is_a_record_of_the_table_or_a_partitions_end_at_its_offset_or_an_error() {
         use rdsys::rd_kafka_resp_err_t as Code;
         let read = |message: &rdsys::rd_kafka_message_t| {
             // SAFETY: the message's pointers are the slices below, alive for the call.
-            unsafe { record(message) }
-                .map(|record| (record.partition, record.key.map(<[u8]>::to_vec), record.value.map(<[u8]>::to_vec)))
+            match unsafe { fetch(message, "consent") } {
+                Fetch::Record(record) => Seen::Record {
+                    topic: record.topic().to_owned(),
+                    partition: record.partition(),
+                    offset: record.offset(),
+                    key: record.key().map(<[u8]>::to_vec),
+                    value: record.payload().map(<[u8]>::to_vec),
+                },
+                Fetch::End { partition, offset } => Seen::End { partition, offset },
+                Fetch::Failed(error) => Seen::Failed(error),
+            }
+        };
+        let record = |key: Option<&[u8]>, value: Option<&[u8]>| Seen::Record {
+            topic: "consent".to_owned(),
+            partition: 3,
+            offset: 42,
+            key: key.map(<[u8]>::to_vec),
+            value: value.map(<[u8]>::to_vec),
         };
         let full = message(Code::RD_KAFKA_RESP_ERR_NO_ERROR, Some(b"user-1"), Some(&[2, 0, 255]));
-        assert_eq!(read(&full), Ok((3, Some(b"user-1".to_vec()), Some(vec![2, 0, 255]))));
+        assert_eq!(read(&full), record(Some(b"user-1"), Some(&[2, 0, 255])));
         // A tombstone has no value; an empty value is not a tombstone.
         let tombstone = message(Code::RD_KAFKA_RESP_ERR_NO_ERROR, Some(b"user-1"), None);
-        assert_eq!(read(&tombstone), Ok((3, Some(b"user-1".to_vec()), None)));
+        assert_eq!(read(&tombstone), record(Some(b"user-1"), None));
         let empty = message(Code::RD_KAFKA_RESP_ERR_NO_ERROR, None, Some(&[]));
-        assert_eq!(read(&empty), Ok((3, None, Some(Vec::new()))));
+        assert_eq!(read(&empty), record(None, Some(&[])));
+        // The end carries the offset the fetch found it at.
         let end = message(Code::RD_KAFKA_RESP_ERR__PARTITION_EOF, None, None);
-        assert_eq!(read(&end), Err(KafkaError::PartitionEOF(3)));
+        assert_eq!(read(&end), Seen::End { partition: 3, offset: 42 });
         let failed = message(Code::RD_KAFKA_RESP_ERR__TRANSPORT, None, None);
         assert_eq!(
             read(&failed),
-            Err(KafkaError::MessageConsumption(rdkafka::types::RDKafkaErrorCode::BrokerTransportFailure))
+            Seen::Failed(KafkaError::MessageConsumption(rdkafka::types::RDKafkaErrorCode::BrokerTransportFailure))
         );
     }
 }
