@@ -275,7 +275,6 @@ impl Table {
                         ended.insert(partition);
                     }
                 }
-                Fetch::Failed(error) => tracing::warn!(topic = %self.topic, %error, "table consumer error"),
             });
             let assigned = self.partitions.iter().map(|partition| (self.topic.as_str(), *partition));
             let positions = super::positions(self.consumer.client(), assigned)?;
@@ -301,10 +300,10 @@ impl Table {
 
     /// Hands the records already fetched to `handle`, without waiting.
     pub fn drain(&mut self, mut handle: impl FnMut(&Record<'_>)) {
-        Fetched::of(&self.consumer, &self.topic).read(usize::MAX, Duration::ZERO, |fetch| match fetch {
-            Fetch::Record(record) => handle(&record),
-            Fetch::End { .. } => {}
-            Fetch::Failed(error) => tracing::warn!(topic = %self.topic, %error, "table consumer error"),
+        Fetched::of(&self.consumer, &self.topic).read(usize::MAX, Duration::ZERO, |fetch| {
+            if let Fetch::Record(record) = fetch {
+                handle(&record);
+            }
         });
     }
 }
@@ -374,30 +373,28 @@ unsafe fn bytes<'m>(pointer: *mut std::ffi::c_void, len: usize) -> Option<&'m [u
     (!pointer.is_null()).then(|| unsafe { std::slice::from_raw_parts(pointer.cast::<u8>(), len) })
 }
 
-/// What a table's consumer hands over.
+/// What a table's consumer hands over (besides errors).
 enum Fetch<'m> {
     /// A record.
     Record(Record<'m>),
     /// A fetch found `partition` ended at `offset` (its last stable offset
     /// then): librdkafka's end-of-partition event, which it sends once per end.
     End { partition: i32, offset: i64 },
-    /// The consumer failed.
-    Failed(KafkaError),
 }
 
 /// What a message taken from the queue holds: a record of `topic`, a
-/// partition's end, or an error.
+/// partition's end, or an error of the consumer.
 ///
 /// # Safety
 /// `message` must be a message librdkafka handed over and not yet destroyed.
-unsafe fn fetch<'m>(message: &'m rdsys::rd_kafka_message_t, topic: &'m str) -> Fetch<'m> {
+unsafe fn fetch<'m>(message: &'m rdsys::rd_kafka_message_t, topic: &'m str) -> Result<Fetch<'m>, KafkaError> {
     match message.err {
-        rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR => Fetch::Record(Record { topic, message }),
+        rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR => Ok(Fetch::Record(Record { topic, message })),
         // librdkafka puts the offset the fetch found the end at in the event.
         rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR__PARTITION_EOF => {
-            Fetch::End { partition: message.partition, offset: message.offset }
+            Ok(Fetch::End { partition: message.partition, offset: message.offset })
         }
-        error => Fetch::Failed(KafkaError::MessageConsumption(error.into())),
+        error => Err(KafkaError::MessageConsumption(error.into())),
     }
 }
 
@@ -430,8 +427,8 @@ impl<'c> Fetched<'c> {
         Self { queue, topic, run: vec![std::ptr::null_mut(); Self::RUN], consumer: PhantomData }
     }
 
-    /// Hands up to about `most` records fetched (or a partition's end, or
-    /// an error) to `each`, waiting up to `wait` for the first.
+    /// Hands up to about `most` records fetched (or a partition's end) to
+    /// `each`, waiting up to `wait` for the first; logs the consumer's errors.
     fn read(&mut self, most: usize, wait: Duration, mut each: impl FnMut(Fetch<'_>)) {
         if self.queue.is_null() {
             return;
@@ -452,7 +449,10 @@ impl<'c> Fetched<'c> {
                 // each destroyed once, right after it is read; what is
                 // borrowed from it does not outlive it.
                 unsafe {
-                    each(fetch(&*message, self.topic));
+                    match fetch(&*message, self.topic) {
+                        Ok(fetched) => each(fetched),
+                        Err(error) => tracing::warn!(topic = self.topic, %error, "table consumer error"),
+                    }
                     rdsys::rd_kafka_message_destroy(message);
                 }
             }
@@ -533,15 +533,15 @@ mod tests {
         let read = |message: &rdsys::rd_kafka_message_t| {
             // SAFETY: the message's pointers are the slices below, alive for the call.
             match unsafe { fetch(message, "consent") } {
-                Fetch::Record(record) => Seen::Record {
+                Ok(Fetch::Record(record)) => Seen::Record {
                     topic: record.topic().to_owned(),
                     partition: record.partition(),
                     offset: record.offset(),
                     key: record.key().map(<[u8]>::to_vec),
                     value: record.payload().map(<[u8]>::to_vec),
                 },
-                Fetch::End { partition, offset } => Seen::End { partition, offset },
-                Fetch::Failed(error) => Seen::Failed(error),
+                Ok(Fetch::End { partition, offset }) => Seen::End { partition, offset },
+                Err(error) => Seen::Failed(error),
             }
         };
         let record = |key: Option<&[u8]>, value: Option<&[u8]>| Seen::Record {

@@ -803,25 +803,29 @@ pub fn read_all(topic: &str) -> Vec<rdkafka::message::OwnedMessage> {
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
     let partitions = metadata.topics()[0].partitions().len() as i32;
     let mut tpl = TopicPartitionList::new();
-    let mut remaining = 0;
+    // The partitions with records, until each is read to its end (once:
+    // librdkafka reports an end again when a partition grew since).
+    let mut remaining = std::collections::HashSet::new();
     for partition in 0..partitions {
         let (low, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(10)).unwrap();
         if high > low {
             tpl.add_partition_offset(topic, partition, Offset::Beginning).unwrap();
-            remaining += 1;
+            remaining.insert(partition);
         }
     }
-    if remaining == 0 {
+    if remaining.is_empty() {
         return Vec::new();
     }
     consumer.assign(&tpl).unwrap();
     let mut records = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while remaining > 0 {
+    while !remaining.is_empty() {
         assert!(Instant::now() < deadline, "could not read {topic} to its end");
         match consumer.poll(Duration::from_millis(200)) {
             Some(Ok(message)) => records.push(message.detach()),
-            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => remaining -= 1,
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(partition))) => {
+                remaining.remove(&partition);
+            }
             Some(Err(error)) => panic!("reading {topic}: {error}"),
             None => {}
         }
