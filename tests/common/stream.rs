@@ -211,9 +211,10 @@ pub fn assert_converges_with(topics: &Topics, inputs: &[Input], lateness_ms: i64
         }
         assert!(
             Instant::now() < deadline,
-            "{} of {} users differ from the pure core's result; first ones:\n{}",
+            "{} of {} users differ from the pure core's result (the pipelines' logs: {}); first ones:\n{}",
             differences.len(),
             expected.len(),
+            std::env::temp_dir().join(format!("tactful-test-{}-*/tactful.log", topics.prefix)).display(),
             differences.iter().take(5).cloned().collect::<Vec<_>>().join("\n")
         );
         std::thread::sleep(Duration::from_secs(1));
