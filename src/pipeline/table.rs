@@ -212,54 +212,18 @@ impl Table {
     /// Hands every record to `handle` until each assigned partition reached
     /// the end it had when [`Table::ask_ends`] was last called (or, if a
     /// catch-up read up to those ends already, the end it has now), or
-    /// `timeout` passed.
+    /// `timeout` passed. What is fetched is handed over a few thousand
+    /// records at a time; a partition has reached its end when its position
+    /// is there, or when librdkafka found it ended there (its position stays
+    /// behind when the last offsets hold no record: compacted away, or a
+    /// transaction's marker).
     pub fn catch_up_to_asked(
         &mut self,
-        timeout: Duration,
-        handle: impl FnMut(&Record<'_>),
-    ) -> Result<CaughtUp, PipelineError> {
-        let targets = self.asked_ends()?;
-        self.catch_up_by(targets, timeout, handle)
-    }
-
-    /// Hands every record to `handle` until each assigned partition reached
-    /// the end it has when this call starts, or `timeout` passed. For
-    /// reading a whole changelog.
-    pub fn read_to_end(
-        &mut self,
-        timeout: Duration,
-        handle: impl FnMut(&Record<'_>),
-    ) -> Result<CaughtUp, PipelineError> {
-        self.ask_ends()?;
-        self.catch_up_to_asked(timeout, handle)
-    }
-
-    /// The ends asked for last (each assigned partition with records, and
-    /// its end), or `None` if they could not be read.
-    fn asked_ends(&mut self) -> Result<Option<Vec<(i32, i64)>>, PipelineError> {
-        Ok(match self.ends.answer(&self.partitions)? {
-            Ok(targets) => Some(targets),
-            Err(error) => {
-                tracing::warn!(topic = %self.topic, %error, "cannot read the end of a table topic");
-                None
-            }
-        })
-    }
-
-    /// The loop of a catch-up up to `targets` (see [`Table::asked_ends`]):
-    /// hands what is fetched to `handle`, a few thousand records at a time,
-    /// until each partition's position is at its target, or librdkafka
-    /// found the partition ended there (its position stays behind when the
-    /// last offsets hold no record: compacted away, or a transaction's
-    /// marker).
-    fn catch_up_by(
-        &self,
-        targets: Option<Vec<(i32, i64)>>,
         timeout: Duration,
         mut handle: impl FnMut(&Record<'_>),
     ) -> Result<CaughtUp, PipelineError> {
         // The cluster is unreachable: go on with what is read (the caller decides).
-        let Some(targets) = targets else { return Ok(CaughtUp::Behind(self.partitions.len())) };
+        let Some(targets) = self.asked_ends()? else { return Ok(CaughtUp::Behind(self.partitions.len())) };
         let deadline = Instant::now() + timeout;
         let mut fetched = Fetched::of(&self.consumer, &self.topic);
         let mut ended = HashSet::new();
@@ -296,6 +260,30 @@ impl Table {
             }
             wait = CATCH_UP_POLL;
         }
+    }
+
+    /// Hands every record to `handle` until each assigned partition reached
+    /// the end it has when this call starts, or `timeout` passed. For
+    /// reading a whole changelog.
+    pub fn read_to_end(
+        &mut self,
+        timeout: Duration,
+        handle: impl FnMut(&Record<'_>),
+    ) -> Result<CaughtUp, PipelineError> {
+        self.ask_ends()?;
+        self.catch_up_to_asked(timeout, handle)
+    }
+
+    /// The ends asked for last (each assigned partition with records, and
+    /// its end), or `None` if they could not be read.
+    fn asked_ends(&mut self) -> Result<Option<Vec<(i32, i64)>>, PipelineError> {
+        Ok(match self.ends.answer(&self.partitions)? {
+            Ok(targets) => Some(targets),
+            Err(error) => {
+                tracing::warn!(topic = %self.topic, %error, "cannot read the end of a table topic");
+                None
+            }
+        })
     }
 
     /// Hands the records already fetched to `handle`, without waiting.
