@@ -8,6 +8,7 @@ use crate::codec::{write_strings, write_update_head, EncodedUpdate};
 use crate::consent::minimise::eligible;
 use crate::consent::{Choice, Purpose, Purposes};
 use crate::segments::engine::{evaluate, SharedMeasures};
+use crate::segments::live::channel_list;
 use crate::segments::Segments;
 use crate::state::{Figures, PublishedMember, PublishedProfile, UserState, MAX_CAPTURES};
 use smallvec::SmallVec;
@@ -78,7 +79,7 @@ pub fn refresh(
     let exited = ids_missing_from(previous, &members);
     segments.count_member_changes(previous, &members);
     let mut datum = Vec::with_capacity(DATUM_ROOM + MEMBERSHIP_ROOM * members.len());
-    write_update_head(user_id, state.next_version(now_ms), change_ts, level, &channels.channel_names(), &mut datum);
+    write_update_head(user_id, state.next_version(now_ms), change_ts, level, channel_list(channels), &mut datum);
     segments.write_memberships(user_id, &members, &mut datum);
     write_strings(&entered, &mut datum);
     write_strings(&exited, &mut datum);

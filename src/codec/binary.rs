@@ -307,35 +307,37 @@ pub fn write_strings<S: AsRef<str>>(items: &[S], out: &mut Vec<u8>) {
 
 /// Appends the fields of a `ProfileUpdate` datum before its memberships,
 /// which follow as an array (each written with [`write_membership`]), then
-/// the ids entered and exited (each with [`write_strings`]).
+/// the ids entered and exited (each with [`write_strings`]). `channels`
+/// are the channel names already written as an array (by [`write_strings`]).
 pub fn write_update_head(
     user_id: &str,
     version: i64,
     ts: i64,
     level: PersonalizationLevel,
-    channels: &[Name],
+    channels: &[u8],
     out: &mut Vec<u8>,
 ) {
     write_string(user_id, out);
     write_long(version, out);
     write_long(ts, out);
     write_long(level as i64, out);
-    write_strings(channels, out);
+    out.extend_from_slice(channels);
 }
 
-/// Appends one `Membership` record, its reason as `reason` writes it.
+/// Appends one `Membership` record, its reason as `reason` writes it, its
+/// `channels` already written as an array (by [`write_strings`]).
 pub fn write_membership(
     id: &str,
     since: i64,
     reason: impl FnOnce(&mut Appender<'_>),
-    channels: &[Name],
+    channels: &[u8],
     arm: Option<&str>,
     out: &mut Vec<u8>,
 ) {
     write_string(id, out);
     write_long(since, out);
     write_text(out, reason);
-    write_strings(channels, out);
+    out.extend_from_slice(channels);
     match arm {
         None => write_long(0, out),
         Some(arm) => {
@@ -347,17 +349,16 @@ pub fn write_membership(
 
 /// Appends the binary datum of `update` under the contract's `ProfileUpdate` schema.
 pub fn write_profile_update(update: &ProfileUpdate, out: &mut Vec<u8>) {
-    write_update_head(&update.user_id, update.version, update.ts, update.level, &update.channels, out);
+    let array = |names: &[Name]| {
+        let mut array = Vec::new();
+        write_strings(names, &mut array);
+        array
+    };
+    write_update_head(&update.user_id, update.version, update.ts, update.level, &array(&update.channels), out);
     write_array(&update.segments, out, |membership: &Membership, out| {
         let reason = |text: &mut Appender<'_>| text.0.extend_from_slice(membership.reason.as_bytes());
-        write_membership(
-            &membership.id,
-            membership.since,
-            reason,
-            &membership.channels,
-            membership.arm.as_deref(),
-            out,
-        );
+        let channels = array(&membership.channels);
+        write_membership(&membership.id, membership.since, reason, &channels, membership.arm.as_deref(), out);
     });
     write_strings(&update.entered, out);
     write_strings(&update.exited, out);

@@ -143,8 +143,14 @@ impl Purposes {
                 })
                 .collect()
         });
+        Channels::Borrowed(&SUBSETS[self.channel_subset()])
+    }
+
+    /// Which of the subsets of the channels the set's channel purposes are:
+    /// the bits of `Purpose::CHANNELS` it holds.
+    pub fn channel_subset(self) -> usize {
         let bits = Purpose::CHANNELS.iter().enumerate().filter(|(_, channel)| self.contains(**channel));
-        Channels::Borrowed(&SUBSETS[bits.fold(0, |bits, (index, _)| bits | 1 << index)])
+        bits.fold(0, |bits, (index, _)| bits | 1 << index)
     }
 
     /// Parses purpose names; names that are not purposes are ignored so that a

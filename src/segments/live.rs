@@ -9,15 +9,16 @@ use super::engine::{
 };
 use super::tally::{self, Tallied};
 use super::{Catalogue, Segment, SegmentIndex};
-use crate::codec::{write_array, write_membership, Appender};
+use crate::codec::{write_array, write_membership, write_strings, Appender};
 use crate::consent::minimise::eligible;
-use crate::consent::Purposes;
+use crate::consent::{Purpose, Purposes};
 use crate::experiments::{ExperimentCounts, Experiments};
 use crate::model::{Event, Membership, PersonalizationLevel};
 use crate::state::{History, PublishedMember, PublishedProfile, Retention};
 use crate::time::{EventTime, DAY_MS};
 use compact_str::CompactString;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::LazyLock;
 
 /// The segments in force and what is counted per segment.
 pub struct Segments {
@@ -285,9 +286,25 @@ impl Segments {
             let segment = self.catalogue.segment(member.segment);
             let reason = |text: &mut Appender<'_>| write_reason(&segment.reason, &member.figures, text);
             let arm = arm(segment, user_id);
-            write_membership(&segment.id, member.since, reason, &member.channels.channel_names(), arm.as_deref(), out);
+            write_membership(&segment.id, member.since, reason, channel_list(member.channels), arm.as_deref(), out);
         });
     }
+}
+
+/// The channel purposes of `channels` as an update's datum holds their
+/// names (an Avro array of strings): each of the sixteen lists is written
+/// once, not for every update and membership.
+pub fn channel_list(channels: Purposes) -> &'static [u8] {
+    static LISTS: LazyLock<Vec<Vec<u8>>> = LazyLock::new(|| {
+        let mut lists = vec![Vec::new(); 1 << Purpose::CHANNELS.len()];
+        for bits in 0..lists.len() {
+            let subset = Purpose::CHANNELS.iter().enumerate().filter(|(index, _)| bits & 1 << index != 0);
+            let channels: Purposes = subset.map(|(_, channel)| *channel).collect();
+            write_strings(&channels.channel_names(), &mut lists[channels.channel_subset()]);
+        }
+        lists
+    });
+    &LISTS[channels.channel_subset()]
 }
 
 /// What a reload changed, and where the state held could not fully serve a
@@ -336,5 +353,26 @@ impl ReloadReport {
         if !lacks.is_empty() {
             self.partial.push((segment.id.clone(), lacks.join("; ")));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_channel_list_is_the_avro_array_of_its_channel_names_in_contract_order() {
+        let schema = apache_avro::Schema::parse_str(r#"{"type": "array", "items": "string"}"#).unwrap();
+        let read = |channels: Purposes| {
+            let value = apache_avro::from_avro_datum(&schema, &mut channel_list(channels), None).unwrap();
+            apache_avro::from_value::<Vec<String>>(&value).unwrap()
+        };
+        let all = Purposes::channels_of(Purpose::ALL.into_iter().collect());
+        assert_eq!(read(all), ["web", "email", "push", "ads"]);
+        assert_eq!(read(Purposes::NONE), Vec::<String>::new());
+        assert_eq!(read([Purpose::Push, Purpose::Web].into_iter().collect()), ["web", "push"]);
+        assert_eq!(read([Purpose::Ads].into_iter().collect()), ["ads"]);
+        // Only the channels among the purposes count.
+        assert_eq!(read([Purpose::Email, Purpose::Location, Purpose::Sensitive].into_iter().collect()), ["email"]);
     }
 }
