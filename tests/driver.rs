@@ -13,8 +13,7 @@ mod common;
 
 use common::*;
 use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::producer::BaseProducer;
-use rdkafka::producer::{BaseRecord, Producer as _};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use tactful::codec::{Codec, EncodedUpdate};

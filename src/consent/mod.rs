@@ -134,7 +134,12 @@ impl Purposes {
 
     /// The channel purposes of the set as published names, in canonical order.
     pub fn channel_names(self) -> Channels {
-        /// Every subset of the channels, by the bits of `Purpose::CHANNELS` it holds.
+        Channels::Borrowed(&Self::channel_name_lists()[self.channel_subset()])
+    }
+
+    /// The names of every subset of the channels, in canonical order, at
+    /// the subset's index (see [`Purposes::channel_subset`]).
+    pub fn channel_name_lists() -> &'static [Vec<Name>] {
         static SUBSETS: LazyLock<Vec<Vec<Name>>> = LazyLock::new(|| {
             (0..1 << Purpose::CHANNELS.len())
                 .map(|bits: usize| {
@@ -143,7 +148,7 @@ impl Purposes {
                 })
                 .collect()
         });
-        Channels::Borrowed(&SUBSETS[self.channel_subset()])
+        &SUBSETS
     }
 
     /// Which of the subsets of the channels the set's channel purposes are:

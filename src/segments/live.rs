@@ -11,7 +11,7 @@ use super::tally::{self, Tallied};
 use super::{Catalogue, Segment, SegmentIndex};
 use crate::codec::{write_array, write_membership, write_strings, Appender};
 use crate::consent::minimise::eligible;
-use crate::consent::{Purpose, Purposes};
+use crate::consent::Purposes;
 use crate::experiments::{ExperimentCounts, Experiments};
 use crate::model::{Event, Membership, PersonalizationLevel};
 use crate::state::{History, PublishedMember, PublishedProfile, Retention};
@@ -296,13 +296,12 @@ impl Segments {
 /// once, not for every update and membership.
 pub fn channel_list(channels: Purposes) -> &'static [u8] {
     static LISTS: LazyLock<Vec<Vec<u8>>> = LazyLock::new(|| {
-        let mut lists = vec![Vec::new(); 1 << Purpose::CHANNELS.len()];
-        for bits in 0..lists.len() {
-            let subset = Purpose::CHANNELS.iter().enumerate().filter(|(index, _)| bits & 1 << index != 0);
-            let channels: Purposes = subset.map(|(_, channel)| *channel).collect();
-            write_strings(&channels.channel_names(), &mut lists[channels.channel_subset()]);
-        }
-        lists
+        let write = |names: &Vec<_>| {
+            let mut list = Vec::new();
+            write_strings(names, &mut list);
+            list
+        };
+        Purposes::channel_name_lists().iter().map(write).collect()
     });
     &LISTS[channels.channel_subset()]
 }
@@ -359,6 +358,7 @@ impl ReloadReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::consent::Purpose;
 
     #[test]
     fn each_channel_list_is_the_avro_array_of_its_channel_names_in_contract_order() {
