@@ -17,8 +17,8 @@
 
 use super::DecodeError;
 use crate::model::{
-    BrowseRead, ConsentChange, EventConsent, ItemRead, LocationRead, Membership, Name, PersonalizationLevel,
-    ProfileUpdate, PurchaseRead,
+    BrowseRead, ConsentChange, EventConsent, ItemRead, LocationRead, Membership, PersonalizationLevel, ProfileUpdate,
+    PurchaseRead,
 };
 use compact_str::CompactString;
 
@@ -305,10 +305,18 @@ pub fn write_strings<S: AsRef<str>>(items: &[S], out: &mut Vec<u8>) {
     write_array(items, out, |item, out| write_string(item.as_ref(), out));
 }
 
+/// [`write_strings`] into a buffer of its own: a list written once and
+/// copied where a datum holds it (see [`write_update_head`]).
+pub fn strings_written<S: AsRef<str>>(items: &[S]) -> Vec<u8> {
+    let mut out = Vec::new();
+    write_strings(items, &mut out);
+    out
+}
+
 /// Appends the fields of a `ProfileUpdate` datum before its memberships,
 /// which follow as an array (each written with [`write_membership`]), then
 /// the ids entered and exited (each with [`write_strings`]). `channels`
-/// are the channel names already written as an array (by [`write_strings`]).
+/// are the channel names already written as an array ([`strings_written`]).
 pub fn write_update_head(
     user_id: &str,
     version: i64,
@@ -325,7 +333,7 @@ pub fn write_update_head(
 }
 
 /// Appends one `Membership` record, its reason as `reason` writes it, its
-/// `channels` already written as an array (by [`write_strings`]).
+/// `channels` already written as an array ([`strings_written`]).
 pub fn write_membership(
     id: &str,
     since: i64,
@@ -349,15 +357,11 @@ pub fn write_membership(
 
 /// Appends the binary datum of `update` under the contract's `ProfileUpdate` schema.
 pub fn write_profile_update(update: &ProfileUpdate, out: &mut Vec<u8>) {
-    let array = |names: &[Name]| {
-        let mut array = Vec::new();
-        write_strings(names, &mut array);
-        array
-    };
-    write_update_head(&update.user_id, update.version, update.ts, update.level, &array(&update.channels), out);
+    let channels = strings_written(&update.channels);
+    write_update_head(&update.user_id, update.version, update.ts, update.level, &channels, out);
     write_array(&update.segments, out, |membership: &Membership, out| {
         let reason = |text: &mut Appender<'_>| text.0.extend_from_slice(membership.reason.as_bytes());
-        let channels = array(&membership.channels);
+        let channels = strings_written(&membership.channels);
         write_membership(&membership.id, membership.since, reason, &channels, membership.arm.as_deref(), out);
     });
     write_strings(&update.entered, out);

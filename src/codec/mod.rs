@@ -13,7 +13,7 @@ pub use avro::{
     PROFILE_SCHEMA, PURCHASE_SCHEMA,
 };
 
-pub use binary::{write_array, write_membership, write_strings, write_update_head, Appender};
+pub use binary::{strings_written, write_array, write_membership, write_strings, write_update_head, Appender};
 
 use crate::model::{ConsentChange, Event, InputKind, ProfileUpdate};
 use serde::de::DeserializeOwned;

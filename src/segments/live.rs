@@ -9,7 +9,7 @@ use super::engine::{
 };
 use super::tally::{self, Tallied};
 use super::{Catalogue, Segment, SegmentIndex};
-use crate::codec::{write_array, write_membership, write_strings, Appender};
+use crate::codec::{strings_written, write_array, write_membership, Appender};
 use crate::consent::minimise::eligible;
 use crate::consent::Purposes;
 use crate::experiments::{ExperimentCounts, Experiments};
@@ -295,14 +295,8 @@ impl Segments {
 /// names (an Avro array of strings): each of the sixteen lists is written
 /// once, not for every update and membership.
 pub fn channel_list(channels: Purposes) -> &'static [u8] {
-    static LISTS: LazyLock<Vec<Vec<u8>>> = LazyLock::new(|| {
-        let write = |names: &Vec<_>| {
-            let mut list = Vec::new();
-            write_strings(names, &mut list);
-            list
-        };
-        Purposes::channel_name_lists().iter().map(write).collect()
-    });
+    static LISTS: LazyLock<Vec<Vec<u8>>> =
+        LazyLock::new(|| Purposes::channel_name_lists().iter().map(|names| strings_written(names)).collect());
     &LISTS[channels.channel_subset()]
 }
 
