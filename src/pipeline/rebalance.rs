@@ -139,6 +139,18 @@ impl Shell<'_> {
         if partitions.is_empty() {
             return Ok(());
         }
+        // The state is written at once, from a cold start into memory the
+        // process has not touched before.
+        crate::allocator::in_small_pages(|| self.restore_from(partitions, consent, changelog))
+    }
+
+    /// [`Self::restore`]'s work, in small pages.
+    fn restore_from(
+        &mut self,
+        partitions: &[Partition],
+        consent: &mut Table,
+        changelog: &mut Table,
+    ) -> Result<(), PipelineError> {
         let started = Instant::now();
         self.catch_up_consent(consent)?;
         self.processor.own(partitions);
