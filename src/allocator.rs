@@ -41,8 +41,8 @@ pub fn keep_freed_memory() {
 /// zeroes 2 MiB at once, and on a VM that backs guest memory only when it
 /// is first touched (or takes freed memory back, as free page reporting
 /// does) that took 6–30 ms per page here, against about 1 ms for the same
-/// memory in small pages: a restore from a cold start was three times
-/// slower with them (BENCHMARKS.md, "Huge pages and a restore"). Memory
+/// memory in small pages: a restore from a cold start was more than twice
+/// as slow with them (BENCHMARKS.md, "A restore in small pages"). Memory
 /// mapped small stays small until the kernel's `khugepaged` merges it in
 /// the background; what is allocated after `work` gets huge pages again.
 /// An operator's `MIMALLOC_ALLOW_THP=0` (huge pages off for the whole
