@@ -168,8 +168,11 @@ mod tests {
         let _alone = PROCESS_WIDE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
         let kernel_gives_huge_pages = thp.contains("[always]") || thp.contains("[madvise]");
+        // Huge pages on for the process whatever it inherited (the flag
+        // passes to children), and put back as found at the end.
+        let inherited = thp_disabled();
+        set_thp_disabled(false);
         // The control: outside a section this kernel maps such memory huge.
-        assert!(!thp_disabled());
         if kernel_gives_huge_pages {
             assert!(huge_kilobytes_of_a_written_mapping() > 0, "no huge pages outside a section");
         }
@@ -191,6 +194,7 @@ mod tests {
         let unwound = std::panic::catch_unwind(|| in_small_pages(|| panic!("work failed")));
         assert!(unwound.is_err());
         assert!(!thp_disabled(), "huge pages not back after a section that panicked");
+        set_thp_disabled(inherited);
     }
 
     #[test]
