@@ -102,7 +102,7 @@ mod tests {
 
     /// Held by each test here: they set or measure the whole process (its
     /// huge pages, its resident memory), and would see each other's work.
-    static PROCESS_WIDE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    static PROCESS_WIDE: Mutex<()> = Mutex::new(());
 
     /// Resident bytes of this process now.
     fn resident() -> usize {
@@ -137,35 +137,42 @@ mod tests {
     /// byte, and returns the kilobytes of it the kernel mapped in huge pages.
     fn huge_kilobytes_of_a_written_mapping() -> u64 {
         const SIZE: usize = 8 << 20;
-        // SAFETY: a fresh anonymous private mapping, written only within
-        // its size, then unmapped once; no pointer to it outlives this call.
+        const HUGE_PAGE: usize = 2 << 20;
+        const RESERVED: usize = SIZE + 2 * HUGE_PAGE;
+        // SAFETY: a fresh anonymous private reservation; only its middle
+        // is made writable and written, within its size; it is unmapped
+        // once, and no pointer into it outlives this call.
         unsafe {
-            let mapping = libc::mmap(
+            let reserved = libc::mmap(
                 std::ptr::null_mut(),
-                SIZE,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                RESERVED,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
                 -1,
                 0,
             );
-            assert_ne!(mapping, libc::MAP_FAILED);
+            assert_ne!(reserved, libc::MAP_FAILED);
+            // Aligned to a huge page, with inaccessible memory on both
+            // sides: a mapping of its own in smaps, merged with no other.
+            let start = (reserved as usize + 1).next_multiple_of(HUGE_PAGE);
+            let mapping = reserved.cast::<u8>().add(start - reserved as usize).cast::<libc::c_void>();
+            assert_eq!(libc::mprotect(mapping, SIZE, libc::PROT_READ | libc::PROT_WRITE), 0);
             assert_eq!(libc::madvise(mapping, SIZE, libc::MADV_HUGEPAGE), 0);
             std::ptr::write_bytes(mapping.cast::<u8>(), 1, SIZE);
-            let start = format!("{:x}-", mapping as usize);
             let smaps = std::fs::read_to_string("/proc/self/smaps").expect("smaps");
             let huge = smaps
-                .split_once(&start)
+                .split_once(&format!("{start:x}-{:x} ", start + SIZE))
                 .and_then(|(_, entry)| entry.lines().find(|line| line.starts_with("AnonHugePages:")))
                 .and_then(|line| line.split_whitespace().nth(1)?.parse().ok())
                 .expect("the mapping's AnonHugePages");
-            libc::munmap(mapping, SIZE);
+            libc::munmap(reserved, RESERVED);
             huge
         }
     }
 
     #[test]
     fn memory_first_touched_in_small_page_sections_is_mapped_small_and_the_setting_found_is_put_back() {
-        let _alone = PROCESS_WIDE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _alone = PROCESS_WIDE.lock().unwrap_or_else(PoisonError::into_inner);
         let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
         let kernel_gives_huge_pages = thp.contains("[always]") || thp.contains("[madvise]");
         // Huge pages on for the process whatever it inherited (the flag
@@ -199,7 +206,7 @@ mod tests {
 
     #[test]
     fn memory_the_process_frees_stays_with_it_for_its_next_allocations() {
-        let _alone = PROCESS_WIDE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _alone = PROCESS_WIDE.lock().unwrap_or_else(PoisonError::into_inner);
         // Large beside what the other tests, running meanwhile, allocate and free.
         const PEAK: isize = 256 << 20;
         // Purged at once (a delay of 0), the peak leaves nothing resident:

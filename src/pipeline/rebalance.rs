@@ -139,8 +139,8 @@ impl Shell<'_> {
         if partitions.is_empty() {
             return Ok(());
         }
-        // The state is written at once, from a cold start into memory the
-        // process has not touched before.
+        // The state is written at once, most of it (at a start, all of it)
+        // into memory the process has not touched before.
         crate::allocator::in_small_pages(|| self.restore_from(partitions, consent, changelog))
     }
 
