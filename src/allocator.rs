@@ -11,8 +11,9 @@
 //! revoked, a backlog's large batches), as a JVM's heap does not; it is
 //! reused for what comes next.
 //!
-//! A restore writes hundreds of megabytes the process has not touched
-//! before, at once, and does so in small pages ([`in_small_pages`]).
+//! A restore writes hundreds of megabytes at once, at a start all of it
+//! into memory the process has not touched before, and does so in small
+//! pages ([`in_small_pages`]).
 
 /// The allocator the `tactful` binary installs (and the benches, so that
 /// their figures are the product's).
