@@ -8,7 +8,7 @@
 // criterion_group! generates an undocumented function.
 #![allow(missing_docs)]
 
-use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
+use criterion::{criterion_group, BatchSize, BenchmarkId, Criterion, Throughput};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use tactful::codec::Codec;
@@ -19,6 +19,7 @@ use tactful::pipeline::workers::{
 use tactful::processor::{Lookahead, Output, Processor, Source};
 use tactful::segments::engine::{evaluate, write_reason, SharedMeasures};
 use tactful::state::changelog::decode;
+use tactful::state::restore::NewestValues;
 use tactful::state::{Partition, UserState, MAX_CAPTURES};
 use tactful::synthetic::{Population, SyntheticRecord};
 use tactful::time::{EventTime, DAY_MS};
@@ -348,7 +349,8 @@ fn stages(criterion: &mut Criterion) {
 
 /// The changelog value of a user's state, written with every update the
 /// pipeline publishes and read back by a restore: encoding and decoding the
-/// states of 100,000 users after the first month, and encoding those of
+/// states of 100,000 users after the first month, installing them as a
+/// restore does, and encoding those of
 /// 10,000 busy users. They are encoded as the pipeline encodes a
 /// partition's changed users: together, the shard locked once.
 fn changelog(criterion: &mut Criterion) {
@@ -365,6 +367,21 @@ fn changelog(criterion: &mut Criterion) {
     group.throughput(Throughput::Elements(values.len() as u64));
     group.bench_function("decode", |bencher| {
         bencher.iter(|| values.iter().filter(|value| decode(value, &catalogue).is_ok()).count())
+    });
+    // A restore's install, as a worker restores a partition: the same
+    // users' newest values decoded into an empty shard, reconciled with the
+    // consent table and re-evaluated (the shard emptied before each, untimed).
+    let mut newest = NewestValues::default();
+    for (user_id, value) in users.iter().zip(processor.changelog_values(Partition(0), &users)) {
+        newest.note(user_id, value.as_deref());
+    }
+    group.throughput(Throughput::Elements(newest.len() as u64));
+    group.bench_function("install", |bencher| {
+        bencher.iter_batched(
+            || processor.drop_partitions(&[Partition(1)]),
+            |()| processor.restore_partition(Partition(1), &newest, workload.now_ms),
+            BatchSize::PerIteration,
+        )
     });
     // Busy users, as in the latency runs (scripts/bench-latency.sh): 10,000
     // users with about 60 events each in the month, so each value holds many
