@@ -358,7 +358,8 @@ fn changelog(criterion: &mut Criterion) {
     let processor = processor_after(&workload);
     let catalogue = processor.catalogue();
     let users: Vec<&str> = workload.consents.iter().map(|record| record.key.as_str()).take(100_000).collect();
-    let values: Vec<Vec<u8>> = processor.changelog_values(Partition(0), &users).into_iter().flatten().collect();
+    let newest_values = processor.changelog_values(Partition(0), &users);
+    let values: Vec<&[u8]> = newest_values.iter().flatten().map(Vec::as_slice).collect();
     let mut group = criterion.benchmark_group("changelog");
     group.throughput(Throughput::Elements(users.len() as u64));
     group.bench_function("encode", |bencher| {
@@ -372,7 +373,7 @@ fn changelog(criterion: &mut Criterion) {
     // users' newest values decoded into an empty shard, reconciled with the
     // consent table and re-evaluated (the shard emptied before each, untimed).
     let mut newest = NewestValues::default();
-    for (user_id, value) in users.iter().zip(processor.changelog_values(Partition(0), &users)) {
+    for (user_id, value) in users.iter().zip(&newest_values) {
         newest.note(user_id, value.as_deref());
     }
     group.throughput(Throughput::Elements(newest.len() as u64));
