@@ -15,12 +15,16 @@
 # broker's JIT and is not reported. GUARANTEE=floor measures the broker
 # alone: no tactful, the consumer reads the events themselves (one hop, the
 # same producer and consumer settings); `all` runs it before both guarantees.
+# The broker's JVM collects with ZGC (BROKER_GC=g1: G1, scripts/kafka.sh's
+# default): G1's young collections stop the broker for 10-25 ms about every
+# 0.8 s at this load on 2 shared cores, and those pauses, not tactful, set
+# the at-least-once tail (BENCHMARKS.md, "Latency").
 #
 # Usage: [GUARANTEE=exactly_once|at_least_once|both|floor|all] [CAPACITY=40000] [RATE=CAPACITY/2] \
 #        [DURATION=30] [WARMUP=5] [USERS=10000] [PARTITIONS=4] \
 #        [COMMIT_INTERVAL_MS=100] [MAX_BATCH=50000] [MAX_IDLE_WAIT_MS=500] \
 #        [BROKER_WARMUP=20] [CONSUMER_FETCH_WAIT_MS=10] [PRODUCER_LINGER_MS=5] [CLIENT_PROPERTIES=key=value,...] \
-#        [TACTFUL_BIN=path] \
+#        [BROKER_GC=zgc|g1] [TACTFUL_BIN=path] \
 #        scripts/bench-latency.sh
 # CAPACITY is records/s as scripts/bench-e2e.sh measures it (exactly once,
 # default batches) on this machine; the load is RATE = CAPACITY / 2.
@@ -45,6 +49,11 @@ consumer_fetch_wait_ms="${CONSUMER_FETCH_WAIT_MS:-10}"
 # shows what of the latency is that producer's batching.
 producer_linger_ms="${PRODUCER_LINGER_MS:-5}"
 broker_warmup="${BROKER_WARMUP:-20}"
+case "${BROKER_GC:-zgc}" in
+    zgc) export KAFKA_GC_OPTS="-XX:+UseZGC" ;;
+    g1) unset KAFKA_GC_OPTS ;;
+    *) echo "BROKER_GC must be zgc or g1" >&2; exit 2 ;;
+esac
 case "$guarantee" in
     both) guarantees=(exactly_once at_least_once) ;;
     all) guarantees=(floor exactly_once at_least_once) ;;
@@ -75,7 +84,8 @@ run_dir="target/bench-latency"
 rm -rf "$run_dir" && mkdir -p "$run_dir"
 echo "load: $rate browse events/s (capacity $capacity / 2) for ${duration}s, ${warmup}s warm-up not measured;" \
     "$users users, $partitions partitions; commit_interval_ms $commit_interval_ms, max_batch_records $max_batch," \
-    "max_idle_wait_ms $max_idle_wait_ms; $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
+    "max_idle_wait_ms $max_idle_wait_ms; the broker's collector ${BROKER_GC:-zgc};" \
+    "$(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 
 # A fresh broker's JVM compiles its hot paths during the first minute of
 # load (it then used about twice the CPU): a first round, exactly once at

@@ -31,6 +31,7 @@
 #   KAFKA_VERSION          Kafka version             (default 4.1.2)
 #   KAFKA_LOG4J_VERSION    log4j2 version matching Kafka's own (default 2.24.3)
 #   KAFKA_HEAP_OPTS        JVM heap flags            (default -Xms256m -Xmx768m)
+#   KAFKA_GC_OPTS          JVM collector flags       (default G1, as kafka-run-class.sh sets it)
 #   KAFKA_READY_TIMEOUT    seconds to wait for ready (default 120)
 #
 # Only java 17+, mvn, openssl, bash and coreutils are needed; everything generated
@@ -211,10 +212,10 @@ jvm_opts() {
     # StorageTool runs for about a second: the C1-only JIT and serial GC start
     # faster (saves ~0.8 s per start over the two tool runs).
     TOOL_OPTS=(-XX:TieredStopAtLevel=1 -XX:+UseSerialGC "${COMMON_OPTS[@]}")
-    # shellcheck disable=SC2206  # heap opts are intentionally word-split
+    # shellcheck disable=SC2206  # heap and collector opts are intentionally word-split
     BROKER_OPTS=(${KAFKA_HEAP_OPTS:--Xms256m -Xmx768m}
-        -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35
-        -XX:+ExplicitGCInvokesConcurrent
+        ${KAFKA_GC_OPTS:--XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35
+            -XX:+ExplicitGCInvokesConcurrent}
         # Die instead of limping on if the small heap is ever too small.
         -XX:+ExitOnOutOfMemoryError
         "${COMMON_OPTS[@]}")
