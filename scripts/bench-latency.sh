@@ -16,9 +16,9 @@
 # alone: no tactful, the consumer reads the events themselves (one hop, the
 # same producer and consumer settings); `all` runs it before both guarantees.
 # The broker's JVM collects with ZGC (BROKER_GC=g1: G1, scripts/kafka.sh's
-# default): G1's young collections stop the broker for 10-25 ms about every
-# 0.8 s at this load on 2 shared cores, and those pauses, not tactful, set
-# the at-least-once tail (BENCHMARKS.md, "Latency").
+# default): G1's young collections stop the broker about every 0.8 s at
+# this load on 2 shared cores (10-15 ms at the median, up to 55), and those
+# pauses, not tactful, set the at-least-once tail (BENCHMARKS.md, "Latency").
 #
 # Usage: [GUARANTEE=exactly_once|at_least_once|both|floor|all] [CAPACITY=40000] [RATE=CAPACITY/2] \
 #        [DURATION=30] [WARMUP=5] [USERS=10000] [PARTITIONS=4] \
