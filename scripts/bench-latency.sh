@@ -49,7 +49,8 @@ consumer_fetch_wait_ms="${CONSUMER_FETCH_WAIT_MS:-10}"
 # shows what of the latency is that producer's batching.
 producer_linger_ms="${PRODUCER_LINGER_MS:-5}"
 broker_warmup="${BROKER_WARMUP:-20}"
-case "${BROKER_GC:-zgc}" in
+broker_gc="${BROKER_GC:-zgc}"
+case "$broker_gc" in
     zgc) export KAFKA_GC_OPTS="-XX:+UseZGC" ;;
     g1) unset KAFKA_GC_OPTS ;;
     *) echo "BROKER_GC must be zgc or g1" >&2; exit 2 ;;
@@ -84,7 +85,7 @@ run_dir="target/bench-latency"
 rm -rf "$run_dir" && mkdir -p "$run_dir"
 echo "load: $rate browse events/s (capacity $capacity / 2) for ${duration}s, ${warmup}s warm-up not measured;" \
     "$users users, $partitions partitions; commit_interval_ms $commit_interval_ms, max_batch_records $max_batch," \
-    "max_idle_wait_ms $max_idle_wait_ms; the broker's collector ${BROKER_GC:-zgc};" \
+    "max_idle_wait_ms $max_idle_wait_ms; the broker's collector $broker_gc;" \
     "$(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 
 # A fresh broker's JVM compiles its hot paths during the first minute of
